@@ -1,0 +1,60 @@
+"""Error types that carry the CLI exit code they map to.
+
+The CLI never prints a traceback for these: it prints ``str(error)`` on one
+line and exits with ``error.exit_code``. Anything else is a bug in optpipe and
+is allowed to show a traceback.
+
+Exit codes (documented in ``optpipe --help`` and the README):
+
+* 0 - build finished and every gate passed
+* 1 - a parity / accuracy gate failed (artifacts are kept, the report says which)
+* 2 - usage or input error (bad model spec, bad shapes, corrupt files, ...)
+* 3 - environment error (the target needs hardware or a package that is missing)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+
+
+class OptpipeError(Exception):
+    """Base class: an error the user can act on, with a one-line message."""
+
+    exit_code: int = EXIT_USAGE
+
+
+class UserInputError(OptpipeError):
+    """The user gave something optpipe cannot use (model, weights, inputs, data, paths)."""
+
+    exit_code = EXIT_USAGE
+
+
+class EnvironmentUnavailable(OptpipeError):
+    """The requested target needs hardware or a package this machine lacks."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class MissingDependency(EnvironmentUnavailable):
+    """An optional Python package is missing; the message names the pip extra."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python package '{package}', which is not installed; "
+            f"install it with: pip install 'optpipe[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class PassError(OptpipeError):
+    """A pass failed; the message names the pass, the exit code is the cause's."""
+
+    def __init__(self, pass_name: str, cause: BaseException) -> None:
+        super().__init__(f"pass '{pass_name}' failed: {cause}")
+        self.pass_name = pass_name
+        self.cause = cause
+        self.exit_code = getattr(cause, "exit_code", EXIT_USAGE)
