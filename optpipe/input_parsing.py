@@ -1,0 +1,343 @@
+"""Parse ``--input`` and ``--dynamic`` options and make example input data.
+
+Users describe inputs on the command line when their model file has no
+``example_inputs()``, and declare which axes may vary at run time. Both are
+parsed here into plain values so that every mistake (a typo in a shape, a range
+that does not contain the example size, an axis that does not exist) is caught
+before a long export or engine build starts, with one line saying what to fix.
+
+Grammar::
+
+    --input   NAME:SHAPE[:DTYPE[:LOW..HIGH]]        x:2x3x224x224   ids:2x128:int64:0..1000
+    --dynamic NAME=MIN:OPT:MAX[@INPUT.AXIS,...]     batch=1:8:32    seq=1:32:128@ids.1,mask.1
+
+Generated data (:func:`make_inputs`) is deterministic for a given seed:
+
+* floating dtypes: standard normal, or uniform in ``[LOW, HIGH)`` when a range is given;
+* integer dtypes: uniform integers in ``[0, 2)`` by default - small enough to be a
+  valid index for any embedding table and a valid 0/1 mask - or ``[LOW, HIGH)``
+  (``HIGH`` exclusive, as in ``numpy``: ``0..1000`` suits a vocabulary of 1000);
+* ``bool``: ``True``/``False`` with equal probability (a range is refused).
+
+This module imports only numpy, never torch, so ``optpipe --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from optpipe.errors import UserInputError
+from optpipe.tensor_spec import Dim, DynamicDim, TensorSpec
+
+SUPPORTED_DTYPES: tuple[str, ...] = (
+    "float32",
+    "float16",
+    "float64",
+    "int64",
+    "int32",
+    "int8",
+    "uint8",
+    "bool",
+)
+DEFAULT_DTYPE = "float32"
+DEFAULT_INT_RANGE: tuple[int, int] = (0, 2)
+BATCH = "batch"
+
+_INPUT_USAGE = "expected NAME:SHAPE[:DTYPE[:LOW..HIGH]], e.g. x:2x3x224x224 or ids:2x128:int64:0..1000"
+_DYNAMIC_USAGE = "expected NAME=MIN:OPT:MAX[@INPUT.AXIS,...], e.g. batch=1:8:32 or seq=1:32:128@input_ids.1"
+_DIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class InputArg:
+    """One parsed ``--input``: a concrete example shape, a dtype and an optional value range.
+
+    ``low``/``high`` are ``None`` when the default distribution applies.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = DEFAULT_DTYPE
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class DynamicArg:
+    """One parsed ``--dynamic``: the bounds and which ``(input name, axis)`` pairs they apply to.
+
+    ``axes is None`` means axis 0 of every input (only allowed for ``batch``).
+    """
+
+    dim: DynamicDim
+    axes: tuple[tuple[str, int], ...] | None = None
+
+    def describe(self) -> str:
+        """The option as the user would write it, for error messages."""
+        text = f"{self.dim.axis_name}={self.dim.min}:{self.dim.opt}:{self.dim.max}"
+        if self.axes is not None:
+            text += "@" + ",".join(f"{name}.{axis}" for name, axis in self.axes)
+        return text
+
+
+def _is_integer_dtype(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint"))
+
+
+def _parse_number(text: str, integer: bool) -> float | None:
+    """Parse a range bound; ``None`` when it is not a number of the required kind."""
+    try:
+        return float(int(text)) if integer else float(text)
+    except ValueError:
+        return None
+
+
+def _parse_range(raw: str, part: str, dtype: str) -> tuple[float, float]:
+    """Parse ``LOW..HIGH`` and check it suits ``dtype`` (kind and representable values)."""
+    where = f"--input '{raw}'"
+    if dtype == "bool":
+        raise UserInputError(
+            f"{where}: a value range does not apply to bool inputs; drop ':{part}' "
+            "(bool data is random True/False)"
+        )
+    low_text, sep, high_text = part.partition("..")
+    if not sep:
+        raise UserInputError(
+            f"{where}: value range '{part}' must be LOW..HIGH, e.g. 0..1000 ({_INPUT_USAGE})"
+        )
+    integer = _is_integer_dtype(dtype)
+    low = _parse_number(low_text.strip(), integer)
+    high = _parse_number(high_text.strip(), integer)
+    kind = "integers" if integer else "numbers"
+    if low is None or high is None:
+        raise UserInputError(
+            f"{where}: value range '{part}' must be two {kind} LOW..HIGH for dtype {dtype}, e.g. 0..1000"
+        )
+    if not low < high:
+        raise UserInputError(
+            f"{where}: value range '{part}' is empty; LOW must be smaller than HIGH "
+            "(HIGH is exclusive for integer dtypes)"
+        )
+    if integer:
+        info = np.iinfo(np.dtype(dtype))
+        # HIGH is exclusive, so it may be one past the largest value.
+        if low < info.min or high - 1 > info.max:
+            raise UserInputError(
+                f"{where}: value range '{part}' does not fit {dtype} "
+                f"(values {info.min}..{int(info.max) + 1} with HIGH exclusive)"
+            )
+    elif not (np.isfinite(low) and np.isfinite(high)):
+        raise UserInputError(f"{where}: value range '{part}' must be finite")
+    return low, high
+
+
+def parse_input(text: str) -> InputArg:
+    """Parse one ``--input NAME:SHAPE[:DTYPE[:LOW..HIGH]]`` value.
+
+    SHAPE is positive integers joined by ``x`` (``2x3x224x224``); DTYPE defaults to
+    float32. Every malformed part raises :class:`UserInputError` naming that part.
+    """
+    parts = text.strip().split(":")
+    if len(parts) < 2 or len(parts) > 4:
+        raise UserInputError(f"--input '{text}': wrong number of ':'-separated parts ({_INPUT_USAGE})")
+    name, shape_text = parts[0].strip(), parts[1].strip()
+    if not name:
+        raise UserInputError(f"--input '{text}': the input NAME is empty ({_INPUT_USAGE})")
+    if not shape_text:
+        raise UserInputError(f"--input '{text}': the SHAPE is empty ({_INPUT_USAGE})")
+    shape: list[int] = []
+    for dim in re.split(r"[xX]", shape_text):
+        dim = dim.strip()
+        if not dim.isdigit() or int(dim) < 1:
+            raise UserInputError(
+                f"--input '{text}': dimension '{dim}' is not a positive integer ({_INPUT_USAGE})"
+            )
+        shape.append(int(dim))
+
+    dtype = DEFAULT_DTYPE
+    if len(parts) >= 3:
+        dtype = parts[2].strip().lower()
+        if dtype not in SUPPORTED_DTYPES:
+            raise UserInputError(
+                f"--input '{text}': unknown dtype '{parts[2]}'; use one of: {', '.join(SUPPORTED_DTYPES)}"
+            )
+    low = high = None
+    if len(parts) == 4:
+        low, high = _parse_range(text, parts[3].strip(), dtype)
+    return InputArg(name=name, shape=tuple(shape), dtype=dtype, low=low, high=high)
+
+
+def parse_dynamic(text: str) -> DynamicArg:
+    """Parse one ``--dynamic NAME=MIN:OPT:MAX[@INPUT.AXIS,...]`` value.
+
+    ``batch`` without ``@`` means axis 0 of every input; any other name must list
+    its axes, because guessing which axis is "sequence" would silently build the
+    wrong engine profile. Input names may contain dots (``input.1``): the axis is
+    the part after the last dot.
+    """
+    raw = text.strip()
+    name, sep, rest = raw.partition("=")
+    name = name.strip()
+    if not sep:
+        raise UserInputError(f"--dynamic '{text}': missing '=' ({_DYNAMIC_USAGE})")
+    if not _DIM_NAME_RE.match(name):
+        raise UserInputError(
+            f"--dynamic '{text}': dimension name '{name}' must be a word of letters, digits "
+            f"and '_' ({_DYNAMIC_USAGE})"
+        )
+    bounds_text, at, axes_text = rest.partition("@")
+    bounds_parts = bounds_text.split(":")
+    if len(bounds_parts) != 3:
+        raise UserInputError(
+            f"--dynamic '{text}': bounds '{bounds_text}' must be MIN:OPT:MAX ({_DYNAMIC_USAGE})"
+        )
+    bounds: list[int] = []
+    for label, part in zip(("MIN", "OPT", "MAX"), bounds_parts, strict=True):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise UserInputError(
+                f"--dynamic '{text}': {label} '{part}' is not a positive integer ({_DYNAMIC_USAGE})"
+            )
+        bounds.append(int(part))
+    low, opt, high = bounds
+    if not low <= opt <= high:
+        raise UserInputError(
+            f"--dynamic '{text}': bounds must satisfy MIN <= OPT <= MAX, got {low}:{opt}:{high}"
+        )
+
+    axes: tuple[tuple[str, int], ...] | None = None
+    if at:
+        pairs: list[tuple[str, int]] = []
+        for item in axes_text.split(","):
+            item = item.strip()
+            input_name, dot, axis_text = item.rpartition(".")
+            if not dot or not input_name or not axis_text.isdigit():
+                raise UserInputError(
+                    f"--dynamic '{text}': axis '{item}' must be INPUT.AXIS with a non-negative "
+                    f"integer AXIS, e.g. input_ids.1"
+                )
+            pair = (input_name, int(axis_text))
+            if pair in pairs:
+                raise UserInputError(f"--dynamic '{text}': axis '{item}' is listed twice")
+            pairs.append(pair)
+        axes = tuple(pairs)
+    elif name != BATCH:
+        raise UserInputError(
+            f"--dynamic '{text}': say which axes '{name}' applies to, e.g. "
+            f"{name}={low}:{opt}:{high}@input_ids.1,attention_mask.1 "
+            f"(only '{BATCH}' defaults to axis 0 of every input)"
+        )
+    return DynamicArg(dim=DynamicDim(name, low, opt, high), axes=axes)
+
+
+def resolve_input_specs(
+    input_names: Sequence[str],
+    example_shapes_dtypes: Sequence[tuple[Sequence[int], str]],
+    dynamic_args: Sequence[DynamicArg],
+) -> tuple[TensorSpec, ...]:
+    """Combine example shapes with ``--dynamic`` declarations into input :class:`TensorSpec`.
+
+    A dynamic axis gets the dimension's name (``str``) in place of its example
+    size. Checked here, before any export: the named inputs and axes exist (the
+    error lists the valid ones), no axis is claimed twice, ``batch`` without
+    explicit axes only meets inputs of rank >= 1, and each example size lies in
+    MIN..MAX - otherwise the exported graph would be traced at a size the engine
+    profile cannot run.
+    """
+    if len(input_names) != len(example_shapes_dtypes):
+        raise UserInputError(
+            f"{len(input_names)} input names ({', '.join(input_names)}) but "
+            f"{len(example_shapes_dtypes)} example inputs; give one name per input"
+        )
+    if len(set(input_names)) != len(input_names):
+        dupes = sorted({n for n in input_names if list(input_names).count(n) > 1})
+        raise UserInputError(f"input names must be unique; repeated: {', '.join(dupes)}")
+
+    shapes: dict[str, list[Dim]] = {
+        name: [int(d) for d in shape]
+        for name, (shape, _) in zip(input_names, example_shapes_dtypes, strict=True)
+    }
+    claimed: dict[tuple[str, int], str] = {}
+    seen_dims: set[str] = set()
+    valid_names = ", ".join(input_names) if input_names else "(none)"
+
+    for arg in dynamic_args:
+        dim = arg.dim
+        where = f"--dynamic '{arg.describe()}'"
+        if dim.axis_name in seen_dims:
+            raise UserInputError(f"{where}: dimension '{dim.axis_name}' is declared more than once")
+        seen_dims.add(dim.axis_name)
+
+        if arg.axes is None:
+            scalars = [name for name in input_names if len(shapes[name]) == 0]
+            if scalars:
+                raise UserInputError(
+                    f"{where}: '{BATCH}' means axis 0 of every input, but {', '.join(scalars)} "
+                    f"has no axes (a scalar); list the batched axes explicitly, e.g. "
+                    f"{BATCH}={dim.min}:{dim.opt}:{dim.max}@{input_names[0] if input_names else 'x'}.0"
+                )
+            targets = [(name, 0) for name in input_names]
+        else:
+            targets = list(arg.axes)
+
+        for input_name, axis in targets:
+            if input_name not in shapes:
+                raise UserInputError(f"{where}: no input named '{input_name}'; inputs are: {valid_names}")
+            shape = shapes[input_name]
+            if axis >= len(shape):
+                valid_axes = f"0..{len(shape) - 1}" if shape else "none, it is a scalar"
+                raise UserInputError(
+                    f"{where}: input '{input_name}' has rank {len(shape)}, so axis {axis} does not "
+                    f"exist (valid axes: {valid_axes})"
+                )
+            if (input_name, axis) in claimed:
+                raise UserInputError(
+                    f"{where}: axis {input_name}.{axis} is already dynamic as '{claimed[(input_name, axis)]}'"
+                )
+            size = shape[axis]
+            assert isinstance(size, int)
+            if not dim.min <= size <= dim.max:
+                raise UserInputError(
+                    f"{where}: the example size of {input_name}.{axis} is {size}, outside "
+                    f"{dim.min}..{dim.max}; widen the range or change the example input"
+                )
+            claimed[(input_name, axis)] = dim.axis_name
+            shape[axis] = dim.axis_name
+
+    return tuple(
+        TensorSpec(name=name, shape=tuple(shapes[name]), dtype=str(np.dtype(dtype)))
+        for name, (_, dtype) in zip(input_names, example_shapes_dtypes, strict=True)
+    )
+
+
+def make_inputs(args: Sequence[InputArg], seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Generate one array per ``--input``, deterministically for a given ``seed``.
+
+    Determinism matters because the same data feeds the PyTorch reference and
+    every compiled artifact, and a rebuild must compare like with like. The
+    distributions are described in the module docstring.
+    """
+    rng = np.random.default_rng(seed)
+    arrays: list[np.ndarray] = []
+    for arg in args:
+        if arg.dtype not in SUPPORTED_DTYPES:  # parse_input never makes these; guards hand-made args.
+            raise UserInputError(
+                f"input '{arg.name}': unsupported dtype '{arg.dtype}'; "
+                f"use one of: {', '.join(SUPPORTED_DTYPES)}"
+            )
+        dtype = np.dtype(arg.dtype)
+        if arg.dtype == "bool":
+            array = rng.integers(0, 2, size=arg.shape).astype(np.bool_)
+        elif _is_integer_dtype(arg.dtype):
+            low, high = DEFAULT_INT_RANGE if arg.low is None or arg.high is None else (arg.low, arg.high)
+            array = rng.integers(int(low), int(high), size=arg.shape, dtype=np.int64).astype(dtype)
+        elif arg.low is None or arg.high is None:
+            array = rng.standard_normal(size=arg.shape).astype(dtype)
+        else:
+            array = rng.uniform(arg.low, arg.high, size=arg.shape).astype(dtype)
+        arrays.append(array)
+    return tuple(arrays)
