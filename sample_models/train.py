@@ -130,7 +130,8 @@ def train_text(mod: ModuleType) -> dict[str, float]:
     """Synthetic keyword-frequency task: 6000 training and 1000 held-out sequences from different seeds."""
     ids_tr, mask_tr, y_tr = mod.make_dataset(6000, seed=1)
     ids_te, mask_te, y_te = mod.make_dataset(1000, seed=2)
-    _save_npz(mod.CALIB_PATH, {"input_ids": ids_tr[:CALIB_SAMPLES], "attention_mask": mask_tr[:CALIB_SAMPLES]})
+    calib = {"input_ids": ids_tr[:CALIB_SAMPLES], "attention_mask": mask_tr[:CALIB_SAMPLES]}
+    _save_npz(mod.CALIB_PATH, calib)
     _save_npz(mod.EVAL_PATH, {"input_ids": ids_te, "attention_mask": mask_te, "labels": y_te})
 
     torch.manual_seed(2)
@@ -153,7 +154,7 @@ def train_text(mod: ModuleType) -> dict[str, float]:
 
 
 def train_wine(mod: ModuleType) -> dict[str, float]:
-    """Wine: stratified 70/30 split, standardised with training statistics; alcohol is the regression target."""
+    """Wine: stratified 70/30 split, standardised with training statistics; alcohol is the regressand."""
     from sklearn.datasets import load_wine
     from sklearn.model_selection import train_test_split
 
