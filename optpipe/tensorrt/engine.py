@@ -1,0 +1,354 @@
+"""Build and load TensorRT engines: a thin layer over Polygraphy's TensorRT loaders.
+
+Why thin: TensorRT cannot be installed on the machines where optpipe is
+developed, so everything here is written from Polygraphy's and TensorRT's
+documentation and exercised only where TensorRT and a GPU exist (tests marked
+``gpu``). The logic that can be checked on a CPU (profile resolution, sidecar
+metadata, plan integrity, portability rules, timing-cache validity) lives in
+:mod:`optpipe.tensorrt.profiles` and :mod:`optpipe.tensorrt.metadata` as pure
+functions. ``tensorrt`` and ``polygraphy.backend.trt`` are imported inside the
+functions, so ``import optpipe`` works without them.
+
+Precision is decided in the ONNX graph (FP16 graph, INT8 QDQ), so the network is
+always parsed strongly typed; there are no FP16/INT8 builder flags (TensorRT 11
+removed them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from optpipe.errors import EnvironmentUnavailable, MissingDependency, UserInputError
+from optpipe.tensor_spec import TensorSpec
+from optpipe.tensorrt.metadata import (
+    HARDWARE_LEVELS,
+    SIDECAR_SCHEMA,
+    atomic_write_bytes,
+    check_compatibility,
+    compatibility_warnings,
+    read_sidecar,
+    sha256_file,
+    sidecar_path,
+    timing_cache_problem,
+    timing_cache_sidecar,
+    verify_plan_file,
+    write_json,
+)
+from optpipe.tensorrt.profiles import ProfilesArg, resolve_input_shapes
+
+log = logging.getLogger(__name__)
+
+PURPOSE = "Building a TensorRT engine"
+
+# CUDA runtime API constants (cuda_runtime_api.h / driver_types.h).
+_CUDA_SUCCESS = 0
+_ATTR_CC_MAJOR = 75  # cudaDevAttrComputeCapabilityMajor
+_ATTR_CC_MINOR = 76  # cudaDevAttrComputeCapabilityMinor
+
+
+def _import_tensorrt(purpose: str = PURPOSE) -> Any:
+    """``import tensorrt`` or a MissingDependency that says how to get it (exit code 3)."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise MissingDependency("tensorrt", "tensorrt", purpose) from exc
+    except Exception as exc:  # the pip placeholder wheels fail with OSError/RuntimeError on import
+        raise EnvironmentUnavailable(
+            f"{purpose} needs TensorRT, but 'import tensorrt' failed: {exc}. Install a working TensorRT "
+            "(pip install 'optpipe[tensorrt]' on a machine with an NVIDIA driver)."
+        ) from exc
+    return trt
+
+
+def _cudart() -> Any:
+    """The CUDA runtime library, through Polygraphy's CUDA wrapper (which finds libcudart)."""
+    try:
+        from polygraphy import cuda
+
+        return cuda.wrapper().handle
+    except Exception as exc:  # PolygraphyException / OSError: no libcudart on this machine
+        raise EnvironmentUnavailable(
+            f"{PURPOSE} needs an NVIDIA GPU with the CUDA runtime, but libcudart could not be loaded: {exc}"
+        ) from exc
+
+
+def _cuda_int(func: Any, *args: Any) -> int:
+    value = ctypes.c_int(0)
+    status = func(ctypes.byref(value), *args)
+    if status != _CUDA_SUCCESS:
+        raise EnvironmentUnavailable(
+            f"CUDA call {getattr(func, '__name__', func)} failed with error {status}"
+        )
+    return int(value.value)
+
+
+def check_trt_available() -> None:
+    """Raise EnvironmentUnavailable (exit 3) saying what is missing: TensorRT, or a CUDA GPU."""
+    _import_tensorrt()
+    cudart = _cudart()
+    count = ctypes.c_int(0)
+    status = cudart.cudaGetDeviceCount(ctypes.byref(count))
+    if status != _CUDA_SUCCESS or count.value < 1:
+        raise EnvironmentUnavailable(
+            f"{PURPOSE} needs an NVIDIA GPU, but CUDA reports none "
+            f"(cudaGetDeviceCount status {status}, {count.value} devices)"
+        )
+
+
+def _version_str(encoded: int) -> str:
+    """CUDA encodes versions as 1000 * major + 10 * minor."""
+    return f"{encoded // 1000}.{(encoded % 1000) // 10}"
+
+
+def collect_device_info() -> dict[str, Any]:
+    """Facts about this machine that decide engine portability (TensorRT version, GPU, CUDA).
+
+    Uses the CUDA runtime through Polygraphy's ctypes wrapper, so cuda-python is not needed.
+    """
+    trt = _import_tensorrt()
+    cudart = _cudart()
+    device = _cuda_int(cudart.cudaGetDevice)
+    major = _cuda_int(cudart.cudaDeviceGetAttribute, _ATTR_CC_MAJOR, device)
+    minor = _cuda_int(cudart.cudaDeviceGetAttribute, _ATTR_CC_MINOR, device)
+    # cudaDeviceProp starts with `char name[256]` in every CUDA version; the rest of the struct
+    # grows between versions, so read only the name from an oversized buffer.
+    props = ctypes.create_string_buffer(8192)
+    get_props = getattr(cudart, "cudaGetDeviceProperties_v2", None) or cudart.cudaGetDeviceProperties
+    name = "unknown"
+    if get_props(props, device) == _CUDA_SUCCESS:
+        name = props.raw[:256].split(b"\0", 1)[0].decode(errors="replace")
+    return {
+        "tensorrt_version": str(trt.__version__),
+        "gpu_name": name,
+        "compute_capability": f"{major}.{minor}",
+        "cuda_runtime_version": _version_str(_cuda_int(cudart.cudaRuntimeGetVersion)),
+        "cuda_driver_version": _version_str(_cuda_int(cudart.cudaDriverGetVersion)),
+        "device_index": device,
+    }
+
+
+def gpu_memory_info() -> tuple[int, int]:
+    """(free, total) bytes on the current GPU, from cudaMemGetInfo."""
+    cudart = _cudart()
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    status = cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+    if status != _CUDA_SUCCESS:
+        raise EnvironmentUnavailable(f"cudaMemGetInfo failed with error {status}")
+    return int(free.value), int(total.value)
+
+
+@dataclass(frozen=True)
+class EngineMetadata:
+    """What the ``model.plan.json`` sidecar records; ``to_dict`` is the JSON written."""
+
+    plan_path: str
+    plan_sha256: str
+    plan_size: int
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    cuda_runtime_version: str
+    cuda_driver_version: str
+    profiles: dict[str, dict[str, list[int]]]
+    build_options: dict[str, Any]
+    built_at: str
+    timing_cache: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SIDECAR_SCHEMA,
+            "plan_file": Path(self.plan_path).name,
+            "plan_sha256": self.plan_sha256,
+            "plan_size": self.plan_size,
+            "onnx_sha256": self.onnx_sha256,
+            "tensorrt_version": self.tensorrt_version,
+            "gpu_name": self.gpu_name,
+            "compute_capability": self.compute_capability,
+            "cuda_runtime_version": self.cuda_runtime_version,
+            "cuda_driver_version": self.cuda_driver_version,
+            "profiles": self.profiles,
+            "build_options": self.build_options,
+            "built_at": self.built_at,
+            "timing_cache": self.timing_cache,
+            "warnings": list(self.warnings),
+        }
+
+
+def _hardware_level(trt: Any, level: str | None) -> Any:
+    if level is None or level.lower() == "none":
+        return None
+    if level.lower() not in HARDWARE_LEVELS:
+        raise UserInputError(f"hardware_compatibility must be one of {HARDWARE_LEVELS}, got '{level}'")
+    try:
+        return getattr(trt.HardwareCompatibilityLevel, level.upper())
+    except AttributeError as exc:
+        raise EnvironmentUnavailable(
+            f"TensorRT {trt.__version__} has no hardware compatibility level '{level}'"
+        ) from exc
+
+
+def _prepare_timing_cache(timing_cache: Path | None, machine: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """Decide whether to load the cache; an incompatible one is moved aside (kept, not deleted)."""
+    if timing_cache is None:
+        return None, []
+    problem = timing_cache_problem(timing_cache, machine)
+    if problem is None:
+        return (str(timing_cache) if timing_cache.exists() else None), []
+    stale = timing_cache.with_name(timing_cache.name + ".stale")
+    os.replace(timing_cache, stale)
+    message = f"{problem}; ignoring it (moved to {stale.name}) and building a fresh one"
+    log.warning(message)
+    return None, [message]
+
+
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    *,
+    profiles: ProfilesArg,
+    input_specs: Sequence[TensorSpec],
+    builder_optimization_level: int = 3,
+    workspace_bytes: int | None = None,
+    timing_cache: Path | None = None,
+    hardware_compatibility: str | None = None,
+    version_compatible: bool = False,
+) -> EngineMetadata:
+    """Parse ``onnx_path`` strongly typed, build a plan, write it and its sidecar atomically.
+
+    ``profiles`` give min/opt/max for the dynamic axes of ``input_specs`` (one optimization
+    profile). ``timing_cache`` is loaded when it was written by this TensorRT version on this
+    GPU, otherwise set aside with a warning; the cache is (re)written after the build.
+    Raises UserInputError for a model TensorRT rejects, EnvironmentUnavailable without TensorRT/GPU.
+    """
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    if not onnx_path.is_file():
+        raise UserInputError(f"ONNX model not found: {onnx_path}")
+    if not 0 <= builder_optimization_level <= 5:
+        raise UserInputError(f"builder_optimization_level must be 0..5, got {builder_optimization_level}")
+    shapes = resolve_input_shapes(input_specs, profiles)  # fail on the CPU side before touching the GPU
+    check_trt_available()
+    trt = _import_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+    from polygraphy.exception import PolygraphyException
+
+    machine = collect_device_info()
+    hw_level = _hardware_level(trt, hardware_compatibility)
+    load_cache, warnings = _prepare_timing_cache(timing_cache, machine)
+
+    profile = Profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.add(name, min=low, opt=opt, max=high)
+    parser_flags = None
+    if hw_level is not None or version_compatible:
+        # Polygraphy's CreateConfig asks for this: the InstanceNorm plugin is not portable.
+        parser_flags = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
+    network = NetworkFromOnnxPath(str(onnx_path), flags=parser_flags, strongly_typed=True)
+    config = CreateConfig(
+        profiles=[profile],
+        builder_optimization_level=builder_optimization_level,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)} if workspace_bytes else None,
+        load_timing_cache=load_cache,
+        hardware_compatibility_level=hw_level,
+        version_compatible=version_compatible or None,
+    )
+    build = EngineBytesFromNetwork(
+        network, config=config, save_timing_cache=str(timing_cache) if timing_cache else None
+    )
+    try:
+        serialized = build()
+    except PolygraphyException as exc:
+        raise UserInputError(f"TensorRT could not build an engine from {onnx_path}: {exc}") from exc
+    data = bytes(serialized)
+
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(plan_path, data)
+    if timing_cache is not None and timing_cache.exists():
+        write_json(
+            timing_cache_sidecar(timing_cache),
+            {
+                "tensorrt_version": machine["tensorrt_version"],
+                "compute_capability": machine["compute_capability"],
+                "gpu_name": machine["gpu_name"],
+                "sha256": sha256_file(timing_cache),
+            },
+        )
+    metadata = EngineMetadata(
+        plan_path=str(plan_path),
+        plan_sha256=hashlib.sha256(data).hexdigest(),
+        plan_size=len(data),
+        onnx_sha256=sha256_file(onnx_path),
+        tensorrt_version=machine["tensorrt_version"],
+        gpu_name=machine["gpu_name"],
+        compute_capability=machine["compute_capability"],
+        cuda_runtime_version=machine["cuda_runtime_version"],
+        cuda_driver_version=machine["cuda_driver_version"],
+        profiles={n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()},
+        build_options={
+            "builder_optimization_level": builder_optimization_level,
+            "workspace_bytes": workspace_bytes,
+            "hardware_compatibility": (hardware_compatibility or "none").lower(),
+            "version_compatible": bool(version_compatible),
+            "strongly_typed": True,
+        },
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        timing_cache=str(timing_cache) if timing_cache else None,
+        warnings=tuple(warnings),
+    )
+    write_json(sidecar_path(plan_path), metadata.to_dict())
+    return metadata
+
+
+@dataclass
+class LoadedEngine:
+    """A deserialized engine (``trt.ICudaEngine``) with the sidecar it was checked against."""
+
+    engine: Any
+    metadata: dict[str, Any]
+    plan_path: Path
+    warnings: list[str]
+
+
+def check_plan(plan_path: str | Path) -> dict[str, Any]:
+    """CPU-side checks of a plan: sidecar present and readable, file intact. Returns the metadata."""
+    metadata = read_sidecar(plan_path)
+    verify_plan_file(plan_path, metadata)
+    return metadata
+
+
+def load_engine(plan_path: str | Path) -> LoadedEngine:
+    """Verify a plan against its sidecar and this machine, then deserialize it.
+
+    Order matters: integrity is checked before TensorRT is imported (UserInputError),
+    then portability (EnvironmentUnavailable with the reasons: the file is fine, this
+    machine cannot run it), then deserialization (UserInputError if TensorRT refuses).
+    """
+    plan_path = Path(plan_path)
+    metadata = check_plan(plan_path)
+    check_trt_available()
+    machine = collect_device_info()
+    reasons = check_compatibility(metadata, machine)
+    if reasons:
+        raise EnvironmentUnavailable(f"cannot run engine {plan_path} on this machine: " + "; ".join(reasons))
+    warnings = compatibility_warnings(metadata, machine)
+    for message in warnings:
+        log.warning(message)
+    from polygraphy.backend.trt import EngineFromBytes
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        engine = EngineFromBytes(plan_path.read_bytes())()
+    except PolygraphyException as exc:
+        raise UserInputError(
+            f"TensorRT could not deserialize {plan_path}: {exc}; rebuild the engine"
+        ) from exc
+    return LoadedEngine(engine=engine, metadata=metadata, plan_path=plan_path, warnings=warnings)
