@@ -1,0 +1,284 @@
+"""``optpipe.build``: the whole compile, from an in-memory module to a report.
+
+Order of work: check the output directory and the target, derive tensor
+specs, compute golden data with PyTorch, run the shared prefix (export,
+simplify) once, then one variant pipeline per precision (precision pass,
+engine, validate, benchmark). Every pipeline is assembled (and kind-checked)
+before the first pass runs. When the target's engine cannot be built on this
+machine (TensorRT without a GPU), the build stops after every CPU stage and
+the report says how to finish (a split build, exit 3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.build_dir import check_out_dir, discard, make_staging, publish
+from optpipe.errors import EnvironmentUnavailable, UserInputError
+from optpipe.golden import GoldenData, batch_dim_of, make_golden
+from optpipe.pass_base import BuildContext, Pass
+from optpipe.pipeline import Instrument, PassRecord, Pipeline
+from optpipe.report import Report
+from optpipe.target import Target, get_target
+from optpipe.tensor_spec import DynamicDim, TensorSpec
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    return value.detach().cpu().numpy()
+
+
+def _spec_from_examples(
+    names: Sequence[str], examples: Sequence[np.ndarray], dynamic: Sequence[DynamicDim]
+) -> tuple[TensorSpec, ...]:
+    """Input specs with axis 0 named ``batch`` when a dynamic batch was declared."""
+    batch = batch_dim_of(dynamic)
+    specs = []
+    for name, value in zip(names, examples, strict=True):
+        shape: list[int | str] = list(value.shape)
+        if batch is not None:
+            if not shape:
+                raise UserInputError(f"input '{name}' is a scalar and cannot have a dynamic batch")
+            if not batch.min <= shape[0] <= batch.max:
+                raise UserInputError(
+                    f"input '{name}' has batch {shape[0]}, outside the dynamic range {batch.min}..{batch.max}"
+                )
+            shape[0] = "batch"
+        specs.append(TensorSpec(name, tuple(shape), str(value.dtype)))
+    return tuple(specs)
+
+
+class ProgressInstrument:
+    """Prints one line per pass: ``[variant] pass ... done in 1.2s``."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.started: dict[str, float] = {}
+
+    def before_pass(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> None:
+        self.started[pass_.name] = time.perf_counter()
+        self.log(f"  -> {pass_.name}: {pass_.description}")
+        return None
+
+    def after_pass(self, pass_: Pass, artifact: Artifact, result: Any, ctx: BuildContext) -> None:
+        seconds = time.perf_counter() - self.started.get(pass_.name, time.perf_counter())
+        self.log(f"     {pass_.name} done in {seconds:.2f}s")
+
+
+def precision_pass(precision: str, target: Target, options: Mapping[str, Any]) -> Pass | None:
+    """The pass that lowers the simplified FP32 ONNX to ``precision`` (None for fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        from optpipe.passes.fp16 import Fp16Pass
+
+        return Fp16Pass.from_options(options)
+    if precision == "int8":
+        from optpipe.passes.int8_calibrate import Int8Pass
+
+        return Int8Pass.from_options(options, target)
+    raise UserInputError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
+
+
+def variant_passes(precision: str, target: Target, options: Mapping[str, Any], engine: bool) -> list[Pass]:
+    """Precision pass (if any), then engine, validate and benchmark when the engine can be built."""
+    from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
+    from optpipe.passes.validate import ValidateConfig, ValidatePass
+
+    passes: list[Pass] = []
+    lowering = precision_pass(precision, target, options)
+    if lowering is not None:
+        passes.append(lowering)
+    passes.extend(target.pre_engine_passes())
+    if engine:
+        passes.append(target.engine_pass())
+        passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
+        if options.get("benchmark", True):
+            passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))
+    return passes
+
+
+def _relative(path: Path | None, root: Path) -> str | None:
+    return str(path.relative_to(root)) if path is not None else None
+
+
+def build(
+    model: Any,
+    example_inputs: Sequence[Any] | Mapping[str, Any],
+    *,
+    out_dir: str | Path,
+    target: str = "cpu",
+    precisions: Sequence[str] = ("fp32",),
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic: Sequence[DynamicDim] = (),
+    input_specs: Sequence[TensorSpec] | None = None,
+    overwrite: bool = False,
+    tolerances: Mapping[str, Mapping[str, float]] | None = None,
+    threads: int | None = None,
+    benchmark: bool = True,
+    benchmark_batch: int | None = None,
+    heldout_inputs: Mapping[str, np.ndarray] | None = None,
+    exporter: str = "auto",
+    model_name: str = "",
+    log: Callable[[str], None] = print,
+    instruments: Sequence[Instrument] = (),
+    **precision_options: Any,
+) -> Report:
+    """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
+
+    ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict
+    name -> tensor. ``dynamic`` declares dynamic dimensions (``DynamicDim("batch",
+    1, 8, 32)`` makes axis 0 of every input dynamic); pass ``input_specs`` to
+    name other dynamic axes. Raises :class:`~optpipe.errors.OptpipeError` for
+    user and environment errors; a failed parity gate is *not* an exception but
+    ``report.passed is False`` (``report.exit_code == 1``).
+    """
+    from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
+    from optpipe.passes.simplify import SimplifyOnnx
+    from optpipe.runtime import TorchRunner
+
+    out = Path(out_dir)
+    target_obj = get_target(target)
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise UserInputError(f"unknown precision(s) {unknown}; choose from {', '.join(PRECISIONS)}")
+    if isinstance(example_inputs, Mapping):
+        input_names = list(example_inputs)
+        example_inputs = list(example_inputs.values())
+    examples = [_to_numpy(value) for value in example_inputs]
+    names = list(input_names) if input_names else [f"input_{i}" for i in range(len(examples))]
+    if len(names) != len(examples):
+        raise UserInputError(f"{len(names)} input names for {len(examples)} example inputs")
+    specs = tuple(input_specs) if input_specs else _spec_from_examples(names, examples, dynamic)
+    check_out_dir(out, overwrite)
+    engine_available = True
+    next_step: str | None = None
+    try:
+        target_obj.check_available()
+    except EnvironmentUnavailable as error:
+        engine_available = False
+        next_step = f"{error}. Copy {out} to a machine with it and run: optpipe engine {out}"
+
+    model.eval()
+    reference = TorchRunner(model, tuple(names), tuple(output_names or ()))
+    example_feed = dict(zip(names, examples, strict=True))
+    from optpipe.runtime import flatten_outputs
+
+    import torch
+
+    with torch.inference_mode():
+        first = flatten_outputs(model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in examples)))
+    outputs = tuple(output_names) if output_names else tuple(f"output_{i}" for i in range(len(first)))
+    if len(outputs) != len(first):
+        raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
+    reference.output_names = outputs
+    options = dict(precision_options, tolerances=tolerances or {}, benchmark=benchmark,
+                   benchmark_batch=benchmark_batch)
+    # Assemble every pipeline before running anything: a mis-assembled build fails now.
+    prefix = Pipeline([ExportOnnx(ExportConfig(exporter=exporter)), SimplifyOnnx()], variant="shared")
+    variants = {p: Pipeline(variant_passes(p, target_obj, options, engine_available), variant=p) for p in precisions}
+
+    staging = make_staging(out)
+    report = Report(target=target_obj.name, model=model_name or type(model).__name__)
+    try:
+        golden = make_golden(reference, example_feed, batch_dim_of(dynamic), dict(heldout_inputs or {}) or None)
+        golden.save(staging / "golden")
+        ctx = BuildContext(
+            work_dir=staging,
+            target=target_obj,
+            input_specs=specs,
+            output_names=outputs,
+            dynamic=tuple(dynamic),
+            model=model,
+            example_inputs=tuple(torch.from_numpy(np.ascontiguousarray(e)) for e in examples),
+            golden=golden,
+            threads=threads,
+            log=log,
+            options=options,
+        )
+        all_instruments = [ProgressInstrument(log), *instruments]
+        source = Artifact(ArtifactKind.TORCH, None, "", specs, tuple(TensorSpec(n, (), "") for n in outputs))
+        log(f"optpipe: building {report.model} for target '{target_obj.name}' ({', '.join(precisions)})")
+        onnx_artifact = prefix.run(source, ctx, report.passes, all_instruments)
+        for precision, pipeline in variants.items():
+            log(f"[{precision}]")
+            start = len(report.passes)
+            final = pipeline.run(onnx_artifact.derive(precision=precision), ctx, report.passes, all_instruments)
+            report.variants.append(_variant_record(precision, final, report.passes[start:], staging, engine_available))
+        report.baseline = next(
+            (v["torch_latency"] for v in report.variants if v.get("torch_latency")), None
+        )
+        report.warnings.extend(w for record in report.passes for w in record.warnings)
+        if not engine_available:
+            report.status = "split"
+            report.next_step = next_step
+        report.build = _build_record(specs, outputs, dynamic, precisions, options, onnx_artifact, staging)
+        report.write(staging / "report.json")
+        publish(staging, out)
+    except BaseException:
+        discard(staging)
+        raise
+    report.out_dir = out
+    return report
+
+
+def _variant_record(
+    precision: str, final: Artifact, records: list[PassRecord], root: Path, engine_built: bool
+) -> dict[str, Any]:
+    """One entry of ``report.variants`` from the variant pipeline's records."""
+    metrics: dict[str, Any] = {}
+    for record in records:
+        metrics[record.name] = record.metrics
+    parity = metrics.get("validate", {}).get("parity")
+    bench = metrics.get("benchmark", {})
+    onnx_path = final.extra.get("source_onnx") if final.kind is ArtifactKind.ENGINE else final.path
+    variant: dict[str, Any] = {
+        "precision": precision,
+        "status": "built" if engine_built else "pending",
+        "artifact": _relative(final.path, root) if final.kind is ArtifactKind.ENGINE else None,
+        "onnx": _relative(Path(str(onnx_path)), root) if onnx_path else None,
+        "passed": bool(parity and parity["passed"]),
+        "failures": list(parity["failures"]) if parity else [],
+        "parity": parity,
+        "latency": bench.get("latency"),
+        "torch_latency": bench.get("torch_latency"),
+        "speedup_vs_torch": bench.get("speedup_vs_torch"),
+        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark")},
+    }
+    return variant
+
+
+def _build_record(
+    specs: Sequence[TensorSpec],
+    outputs: Sequence[str],
+    dynamic: Sequence[DynamicDim],
+    precisions: Sequence[str],
+    options: Mapping[str, Any],
+    onnx_artifact: Artifact,
+    root: Path,
+) -> dict[str, Any]:
+    """What a later step (``optpipe engine``, ``optpipe verify``) needs to resume from the directory."""
+    return {
+        "inputs": [s.to_dict() for s in specs],
+        "outputs": list(outputs),
+        "dynamic": [d.to_dict() for d in dynamic],
+        "precisions": list(precisions),
+        "tolerances": options.get("tolerances") or {},
+        "onnx": _relative(onnx_artifact.path, root),
+        "golden": "golden",
+    }
+
+
+def load_golden(directory: Path) -> GoldenData:
+    """Golden data of a finished build directory."""
+    return GoldenData.load(directory / "golden")

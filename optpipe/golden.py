@@ -1,0 +1,120 @@
+"""Golden data: the inputs a build validates on and PyTorch's outputs for them.
+
+Saved in the build directory (``golden/<case>.npz``) so that parity can be
+re-checked later, on another machine (the GPU box finishing a split build) or
+by ``optpipe verify``, without the PyTorch model.
+
+Cases: the example inputs; when the batch is dynamic, the same rows at other
+batch sizes (torch 2.13's exporter can silently freeze the batch, so a
+dynamic artifact is never trusted at only the example's batch); and, when the
+model's module provides held-out data, a larger real-data case that makes
+top-1 agreement meaningful.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from optpipe.artifact import atomic_path
+from optpipe.runtime import Runner
+from optpipe.tensor_spec import DynamicDim
+
+INPUT_PREFIX = "input:"
+OUTPUT_PREFIX = "output:"
+
+
+@dataclass
+class GoldenCase:
+    """One batch of inputs with the reference outputs."""
+
+    name: str
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+    @property
+    def batch(self) -> int:
+        first = next(iter(self.inputs.values()))
+        return int(first.shape[0]) if first.ndim else 1
+
+
+@dataclass
+class GoldenData:
+    """All golden cases of a build."""
+
+    cases: list[GoldenCase]
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for case in self.cases:
+            arrays = {INPUT_PREFIX + k: v for k, v in case.inputs.items()}
+            arrays.update({OUTPUT_PREFIX + k: v for k, v in case.outputs.items()})
+            final = directory / f"{case.name}.npz"
+            with atomic_path(final) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub rejects **dict[str, ndarray]
+
+    @classmethod
+    def load(cls, directory: Path) -> GoldenData:
+        cases = []
+        for path in sorted(directory.glob("*.npz")):
+            with np.load(path) as data:
+                inputs = {k[len(INPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(INPUT_PREFIX)}
+                outputs = {k[len(OUTPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(OUTPUT_PREFIX)}
+            cases.append(GoldenCase(path.stem, inputs, outputs))
+        return cls(cases)
+
+    def case(self, name: str) -> GoldenCase:
+        for case in self.cases:
+            if case.name == name:
+                return case
+        raise KeyError(name)
+
+
+def resize_batch(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """The same rows repeated or cut to ``batch`` rows (valid values for any input kind)."""
+    resized = {}
+    for name, value in inputs.items():
+        index = np.arange(batch) % value.shape[0]
+        resized[name] = np.ascontiguousarray(value[index])
+    return resized
+
+
+def other_batch_sizes(example_batch: int, batch_dim: DynamicDim | None) -> list[int]:
+    """Batch sizes to validate besides the example's: the minimum and one more."""
+    if batch_dim is None:
+        return []
+    sizes = []
+    for candidate in (batch_dim.min, example_batch + 1, batch_dim.opt):
+        if candidate != example_batch and batch_dim.min <= candidate <= batch_dim.max and candidate not in sizes:
+            sizes.append(candidate)
+    return sizes[:2]
+
+
+def make_golden(
+    reference: Runner,
+    example: dict[str, np.ndarray],
+    batch_dim: DynamicDim | None,
+    heldout: dict[str, np.ndarray] | None = None,
+    heldout_limit: int = 64,
+) -> GoldenData:
+    """Run the reference runner on every case and collect the outputs."""
+    feeds: list[tuple[str, dict[str, np.ndarray]]] = [("example", example)]
+    example_batch = next(iter(example.values())).shape[0]
+    for size in other_batch_sizes(example_batch, batch_dim):
+        feeds.append((f"batch{size}", resize_batch(example, size)))
+    if heldout:
+        rows = min(heldout_limit, next(iter(heldout.values())).shape[0])
+        if batch_dim is not None:
+            rows = min(rows, batch_dim.max)
+        if batch_dim is not None or rows == example_batch:
+            feeds.append(("heldout", {k: np.ascontiguousarray(v[:rows]) for k, v in heldout.items()}))
+    cases = [GoldenCase(name, feed, reference.infer(feed)) for name, feed in feeds]
+    return GoldenData(cases)
+
+
+def batch_dim_of(dynamic: Sequence[DynamicDim]) -> DynamicDim | None:
+    """The dynamic dimension named ``batch``, if any."""
+    return next((d for d in dynamic if d.axis_name == "batch"), None)

@@ -1,0 +1,150 @@
+"""Numerical parity between a compiled artifact and the PyTorch reference.
+
+Per output we report max abs / max rel / mean abs error (as Polygraphy's
+comparator does), the mean and minimum per-sample cosine similarity, and for
+classifier-like outputs (``[N, C]`` with ``C >= 2``) the top-1 agreement.
+Gates are per precision with per-output overrides: FP32 must match
+element-wise; reduced precisions are judged by cosine and top-1, because
+element-wise tolerances either reject every INT8 model or accept broken ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from optpipe.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Thresholds one output must meet; ``None`` disables a check."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+    def with_overrides(self, overrides: Mapping[str, float]) -> Tolerance:
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise UserInputError(
+                f"unknown tolerance field(s) {', '.join(sorted(unknown))}; expected one of {', '.join(sorted(known))}"
+            )
+        return replace(self, **overrides)
+
+
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
+    "fp16": Tolerance(min_cosine=0.999, min_top1=0.99),
+    "int8": Tolerance(min_cosine=0.99, min_top1=0.99),
+}
+
+
+def tolerance_for(
+    precision: str, output: str, overrides: Mapping[str, Mapping[str, float]] | None = None
+) -> Tolerance:
+    """Default tolerance of a precision, with ``overrides[output]`` then ``overrides['*']`` applied."""
+    base = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
+    overrides = overrides or {}
+    for key in ("*", output):
+        if key in overrides:
+            base = base.with_overrides(overrides[key])
+    return base
+
+
+@dataclass
+class OutputParity:
+    """Error statistics of one output over all golden cases."""
+
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    cosine: float
+    cosine_min: float
+    top1_agreement: float | None
+    samples: int
+    passed: bool = True
+    failures: tuple[str, ...] = ()
+    tolerance: dict[str, float | None] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failures"] = list(self.failures)
+        return data
+
+
+def _per_sample_cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    if ref.ndim == 0:
+        ref, got = ref.reshape(1, 1), got.reshape(1, 1)
+    a = ref.reshape(ref.shape[0], -1).astype(np.float64)
+    b = got.reshape(got.shape[0], -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.where(both_zero, 1.0, cos)
+
+
+def is_classifier_like(shape: Sequence[int]) -> bool:
+    """Logits-shaped: ``[N, C]`` with at least two classes."""
+    return len(shape) == 2 and shape[1] >= 2
+
+
+def compare_output(
+    references: Sequence[np.ndarray], results: Sequence[np.ndarray], tolerance: Tolerance
+) -> OutputParity:
+    """Compare one output across cases and judge it against ``tolerance``."""
+    abs_errors, rel_errors, cosines, agreements = [], [], [], []
+    elementwise_ok = True
+    total = 0
+    for ref, got in zip(references, results, strict=True):
+        if ref.shape != got.shape:
+            raise ValueError(f"shape {tuple(got.shape)} differs from the reference {tuple(ref.shape)}")
+        r = ref.astype(np.float64)
+        g = got.astype(np.float64)
+        if not np.all(np.isfinite(g)):
+            abs_errors.append(np.array([np.inf]))
+            rel_errors.append(np.array([np.inf]))
+            cosines.append(np.zeros(max(1, r.shape[0] if r.ndim else 1)))
+            elementwise_ok = False
+            continue
+        diff = np.abs(r - g)
+        abs_errors.append(diff.ravel())
+        rel_errors.append((diff / np.maximum(np.abs(r), 1e-12)).ravel())
+        cosines.append(_per_sample_cosine(r, g))
+        if tolerance.atol is not None or tolerance.rtol is not None:
+            allowed = (tolerance.atol or 0.0) + (tolerance.rtol or 0.0) * np.abs(r)
+            elementwise_ok &= bool(np.all(diff <= allowed))
+        if is_classifier_like(ref.shape):
+            agreements.append(np.argmax(r, axis=1) == np.argmax(g, axis=1))
+        total += r.shape[0] if r.ndim else 1
+    abs_all = np.concatenate(abs_errors) if abs_errors else np.zeros(1)
+    rel_all = np.concatenate(rel_errors) if rel_errors else np.zeros(1)
+    cos_all = np.concatenate(cosines) if cosines else np.ones(1)
+    top1 = float(np.mean(np.concatenate(agreements))) if agreements else None
+    parity = OutputParity(
+        max_abs=float(abs_all.max()) if abs_all.size else 0.0,
+        max_rel=float(rel_all.max()) if rel_all.size else 0.0,
+        mean_abs=float(abs_all.mean()) if abs_all.size else 0.0,
+        cosine=float(cos_all.mean()),
+        cosine_min=float(cos_all.min()),
+        top1_agreement=top1,
+        samples=total,
+        tolerance=asdict(tolerance),
+    )
+    failures = []
+    if not elementwise_ok:
+        failures.append(f"element-wise error above atol={tolerance.atol} rtol={tolerance.rtol}")
+    if tolerance.min_cosine is not None and not parity.cosine >= tolerance.min_cosine:
+        failures.append(f"cosine {parity.cosine:.6f} < {tolerance.min_cosine}")
+    if tolerance.min_top1 is not None and top1 is not None and top1 < tolerance.min_top1:
+        failures.append(f"top-1 agreement {top1:.4f} < {tolerance.min_top1}")
+    parity.failures = tuple(failures)
+    parity.passed = not failures
+    return parity

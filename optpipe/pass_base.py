@@ -1,0 +1,125 @@
+"""The ``Pass`` base class and the context passes run in.
+
+Borrowed from onnx-ir's pass infrastructure: ``__call__`` runs
+``requires -> run -> ensures`` and re-raises any failure as a
+:class:`~optpipe.errors.PassError` naming the pass, so a user sees *which*
+stage broke. Optional hooks are no-ops, so a simple pass writes only ``run``.
+Each pass has a frozen ``Config`` dataclass whose fields are its documented
+options; the config is part of the cache key (issue: content-addressed cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.errors import OptpipeError, PassError
+from optpipe.tensor_spec import DynamicDim, TensorSpec
+
+if TYPE_CHECKING:  # torch is heavy and optional at import time
+    from optpipe.golden import GoldenData
+    from optpipe.target import Target
+
+
+@dataclass
+class BuildContext:
+    """Everything a pass may read besides its input artifact.
+
+    Passed explicitly (no global "current build"), as TVM's PassContext is.
+    ``work_dir`` is the staging directory of this build: passes write there and
+    the build renames it to the output directory only when it completes.
+    """
+
+    work_dir: Path
+    target: Target
+    input_specs: tuple[TensorSpec, ...]
+    output_names: tuple[str, ...]
+    dynamic: tuple[DynamicDim, ...] = ()
+    model: Any = None  # torch.nn.Module; Any so this module never imports torch
+    example_inputs: tuple[Any, ...] = ()
+    golden: GoldenData | None = None
+    threads: int | None = None
+    log: Callable[[str], None] = print
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the staging directory, with parent folders created."""
+        target = self.work_dir.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the new artifact plus what the report should show."""
+
+    artifact: Artifact
+    modified: bool = True
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """Config of a pass that has no options."""
+
+
+class Pass(ABC):
+    """One named, typed step of a build.
+
+    Subclasses set ``name``, ``description``, ``input_kind``, ``output_kind``,
+    optionally ``Config`` (a frozen dataclass), and implement :meth:`run`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    input_kind: ClassVar[ArtifactKind]
+    output_kind: ClassVar[ArtifactKind]
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{type(self).__name__} expects a {self.Config.__name__}, got {config!r}")
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as plain data, for reports and cache keys."""
+        return dataclasses.asdict(self.config)
+
+    def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
+        """Pre-condition hook; raise to refuse the input."""
+
+    @abstractmethod
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        """Do the work and return the new artifact."""
+
+    def ensures(self, result: PassResult, ctx: BuildContext) -> None:
+        """Post-condition hook; raise to reject the output."""
+
+    def __call__(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        if artifact.kind is not self.input_kind:
+            raise PassError(
+                self.name,
+                TypeError(f"expects a {self.input_kind.value} artifact, got {artifact.kind.value}"),
+            )
+        try:
+            self.requires(artifact, ctx)
+            result = self.run(artifact, ctx)
+            if result.artifact.kind is not self.output_kind:
+                raise TypeError(
+                    f"declared output kind {self.output_kind.value}, produced {result.artifact.kind.value}"
+                )
+            self.ensures(result, ctx)
+        except PassError:
+            raise
+        except (OptpipeError, Exception) as error:  # every failure names the pass
+            raise PassError(self.name, error) from error
+        return result
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"

@@ -1,0 +1,160 @@
+"""ONNX helpers shared by the precision modules (internal).
+
+The precision passes all need the same three things: the input specs of a
+model file, a way to run a model with intermediate tensors exposed as graph
+outputs, and atomic writes so a crash never leaves a valid-looking artifact.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from optpipe.errors import UserInputError
+from optpipe.tensor_spec import TensorSpec
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Load an ONNX file, turning a missing or corrupt file into a one-line user error."""
+    if not Path(path).is_file():
+        raise UserInputError(f"ONNX model '{path}' does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
+        raise UserInputError(f"cannot read ONNX model '{path}': {exc}") from exc
+
+
+def input_specs(model: onnx.ModelProto | Path) -> list[TensorSpec]:
+    """The real inputs of a model (graph inputs that are not initializers)."""
+    proto = load_model(model) if isinstance(model, Path) else model
+    inits = {init.name for init in proto.graph.initializer}
+    specs = []
+    for value in proto.graph.input:
+        if value.name in inits:
+            continue
+        ttype = value.type.tensor_type
+        shape: list[int | str] = []
+        for i, dim in enumerate(ttype.shape.dim):
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            else:
+                shape.append(dim.dim_param or f"{value.name}_dim{i}")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
+        specs.append(TensorSpec(value.name, tuple(shape), dtype))
+    return specs
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (streamed: models can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_atomic(model: onnx.ModelProto, dst: Path) -> None:
+    """Write ``model`` to ``dst`` via a temporary name in the same folder and a rename.
+
+    A crash mid-write leaves only a ``.tmp`` file, never a truncated ``dst``
+    that a later step would take for a finished artifact.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every typed tensor (after shape inference), by name."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is best-effort here; untyped tensors are simply skipped
+        inferred = model
+    types: dict[str, int] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if value.type.HasField("tensor_type"):
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str], types: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``names`` (typed from ``types``)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    existing = {o.name for o in exposed.graph.output}
+    for name in names:
+        if name in existing:
+            continue
+        exposed.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
+        existing.add(name)
+    return exposed
+
+
+def session(model: onnx.ModelProto, *, optimize: bool = False):  # type: ignore[no-untyped-def]
+    """An ONNX Runtime CPU session on an in-memory model.
+
+    Optimisation is off by default: these sessions inspect tensors, and graph
+    fusion would change which tensors exist and how they are computed.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_exposed(
+    model: onnx.ModelProto, names: Sequence[str], samples: Iterable[Mapping[str, np.ndarray]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{tensor name: value}`` for ``names`` on each sample (one session for all)."""
+    types = float_tensor_types(model)
+    wanted = [n for n in names if n in types]
+    sess = session(with_outputs(model, wanted, types))
+    out_names = [o.name for o in sess.get_outputs()]
+    feed_names = {i.name for i in sess.get_inputs()}
+    for sample in samples:
+        values = sess.run(None, {k: v for k, v in sample.items() if k in feed_names})
+        yield {n: np.asarray(v) for n, v in zip(out_names, values, strict=True) if n in wanted}
+
+
+def module_path(node: onnx.NodeProto) -> str:
+    """The PyTorch module path the dynamo exporter recorded for ``node`` ('' when absent).
+
+    torch.onnx (dynamo) writes ``pkg.torch.onnx.name_scopes`` such as
+    ``"['', 'encoder', 'layer', '0', 'conv2d_1']"``: the root, the module
+    attribute names, and last the op's own name, which we drop.
+    """
+    props = {p.key: p.value for p in node.metadata_props}
+    scopes = props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            parts = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            parts = None
+        if isinstance(parts, list) and parts:
+            return ".".join(str(p) for p in parts[1:-1] if p)
+    namespace = props.get("namespace", "")
+    if namespace:
+        # ": __main__.Net/conv2: torch.nn.modules.conv.Conv2d/conv2d_1: aten.conv2d.default"
+        names = [seg.split(":")[0] for seg in namespace.split("/")[1:-1]]
+        return ".".join(n for n in names if n)
+    return ""

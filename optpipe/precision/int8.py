@@ -1,0 +1,374 @@
+"""Post-training static INT8 quantization into explicit Q/DQ ONNX.
+
+Two styles, because the target decides what "fast and correct" means:
+
+* ``"cpu"`` - ONNX Runtime's fast CPU form: uint8 activations, int8
+  per-channel weights (U8S8), every op ORT knows quantized, outputs too, so
+  its kernels fuse Q/DQ around Conv/MatMul into integer kernels.
+* ``"tensorrt"`` - what TensorRT's strongly typed builder expects: int8 only,
+  symmetric (zero-point 0) activations and weights, per-channel weights
+  (Conv/Gemm axis 0, MatMul axis 1), Q/DQ only on the inputs of
+  Conv/ConvTranspose/Gemm/MatMul and no int32 bias DequantizeLinear.
+
+Ranges are computed here with ``create_calibrator`` rather than inside
+``quantize_static``: its built-in Entropy method uses 128 histogram bins and so
+silently equals MinMax. The computed ranges are handed to ``quantize_static``
+through its documented ``calibration_cache_path`` argument, so the quantizer
+itself never re-runs calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from optpipe.errors import EnvironmentUnavailable, UserInputError
+from optpipe.precision import _graph
+from optpipe.precision.calib_cache import CacheKey, CalibCache, Ranges, load_ranges, save_ranges, validate_ranges
+from optpipe.precision.calib_data import check_sample_count, data_fingerprint
+
+Style = Literal["cpu", "tensorrt"]
+Method = Literal["minmax", "entropy", "percentile"]
+
+#: The ops whose INT8 kernels bring the speed; a model without any of them has
+#: nothing worth quantizing.
+COMPUTE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    """What ``quantize_int8`` did.
+
+    ``status`` is ``"quantized"`` (``path`` written) or
+    ``"nothing_quantizable"`` (``path`` is ``None``, nothing written: the
+    model has no Conv/ConvTranspose/Gemm/MatMul left to quantize, and the
+    caller should keep the FP32 model rather than ship a Q/DQ-decorated copy).
+    Node names refer to the pre-processed model, which keeps the source's
+    names for the nodes that matter.
+    """
+
+    status: Literal["quantized", "nothing_quantizable"]
+    path: Path | None
+    style: str
+    method: str
+    quantized_nodes: list[str]
+    quantizable_nodes: list[str]
+    excluded_nodes: list[str]
+    ranges: Ranges
+    warnings: list[str] = field(default_factory=list)
+    cache_hit: bool = False
+
+    @property
+    def quantized_count(self) -> int:
+        return len(self.quantized_nodes)
+
+    @property
+    def quantizable_count(self) -> int:
+        return len(self.quantizable_nodes)
+
+
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    *,
+    style: Style = "cpu",
+    method: Method = "minmax",
+    exclude_nodes: Sequence[str] = (),
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    cache_dir: Path | None = None,
+    cache_file: Path | None = None,
+    percentile: float = 99.999,
+    reduce_range: bool = False,
+) -> Int8Result:
+    """Quantize ``src`` to a Q/DQ model at ``dst``.
+
+    Ranges come from, in order: ``ranges`` (tensor name -> (low, high)), a
+    matching entry in ``cache_dir`` or ``cache_file``, or calibration on
+    ``samples`` (the result is then stored in the cache). ``cache_file`` is a
+    user-supplied file: a key mismatch is an error when there are no samples
+    to recompute from, otherwise a warning, and the file is then rewritten.
+    ``exclude_nodes`` (names in ``src``) stay in FP32.
+    """
+    if style not in ("cpu", "tensorrt"):
+        raise UserInputError(f"unknown INT8 style '{style}'; use 'cpu' or 'tensorrt'")
+    if method not in ("minmax", "entropy", "percentile"):
+        raise UserInputError(f"unknown calibration method '{method}'; use minmax, entropy or percentile")
+    src, dst = Path(src), Path(dst)
+    source = _graph.load_model(src)
+    warnings: list[str] = []
+
+    with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text:
+        tmp = Path(tmp_text)
+        pre_path = tmp / "pre.onnx"
+        warnings.extend(_pre_process(src, pre_path))
+        pre = onnx.load(str(pre_path))
+
+        excluded = _map_exclusions(source, pre, exclude_nodes, src)
+        quantizable = [n.name for n in pre.graph.node if n.op_type in COMPUTE_OPS]
+        remaining = [n for n in quantizable if n not in set(excluded)]
+        if not remaining:
+            why = (
+                f"all {len(quantizable)} quantizable nodes are excluded"
+                if quantizable
+                else f"the model has no {'/'.join(COMPUTE_OPS)} node"
+            )
+            return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded, {},
+                              [*warnings, f"nothing to quantize: {why}"])  # fmt: skip
+
+        op_types = list(COMPUTE_OPS) if style == "tensorrt" else None
+        params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
+        key = CacheKey(_graph.file_sha256(src), data_fingerprint(samples) if samples else "", method, params)
+        final_ranges, cache_hit = _resolve_ranges(
+            pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings
+        )
+        known = {t for n in pre.graph.node for t in [*n.input, *n.output]}
+        unknown = sorted(set(final_ranges) - known)
+        if ranges is not None and unknown:
+            raise UserInputError(f"ranges name tensors not in the model: {unknown[:5]}")
+
+        out_path = tmp / "quantized.onnx"
+        _run_quantizer(pre_path, out_path, tmp, final_ranges, style, method, excluded, reduce_range)
+        quantized_model = onnx.load(str(out_path))
+        quantized = _quantized_nodes(quantized_model)
+        if not quantized:
+            return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded, final_ranges,
+                              [*warnings, "the quantizer quantized no node (no ranges for their inputs?)"],
+                              cache_hit)  # fmt: skip
+        _graph.save_atomic(quantized_model, dst)
+    return Int8Result("quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings,
+                      cache_hit)  # fmt: skip
+
+
+def compute_ranges(
+    model_path: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    method: Method,
+    *,
+    op_types: Sequence[str] | None = None,
+    percentile: float = 99.999,
+) -> Ranges:
+    """Calibrate ``model_path`` on ``samples``: tensor name -> (low, high).
+
+    Entropy uses 2048 histogram bins folded into 128 quantized bins (the
+    TensorRT recipe); with ORT's default 128 bins the search has one candidate
+    and returns the MinMax range. Percentile clips symmetric |x| at
+    ``percentile``.
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    if not samples:
+        raise UserInputError("calibration needs at least one sample")
+    enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+    extra: dict[str, object] = {}
+    if method == "entropy":
+        extra = {"num_bins": 2048, "num_quantized_bins": 128}
+    elif method == "percentile":
+        extra = {"num_bins": 2048, "percentile": percentile, "symmetric": True}
+    with tempfile.TemporaryDirectory(prefix="optpipe-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(model_path),
+            list(op_types) if op_types else None,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=enum,
+            extra_options=extra,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+            calibrator.collect_data(_Reader(samples))
+            data = calibrator.compute_data()
+    out: Ranges = {}
+    for name, tensor_data in data.items():
+        lo, hi = tensor_data.range_value
+        out[name] = (float(np.min(lo)), float(np.max(hi)))
+    return out
+
+
+class _Reader:
+    """The CalibrationDataReader protocol (``get_next``) over a list of samples."""
+
+    def __init__(self, samples: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._iter = iter(samples)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        item = next(self._iter, None)
+        return dict(item) if item is not None else None
+
+
+def _pre_process(src: Path, dst: Path) -> list[str]:
+    """ORT's quant_pre_process; symbolic shape inference crashes on some graphs, so retry without it."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+        return []
+    except Exception as first:  # symbolic shape inference fails with assorted errors on transformer graphs
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        except Exception as exc:  # give the user the cause in one line
+            raise UserInputError(f"quantization pre-processing of '{src}' failed: {exc}") from exc
+        return [f"symbolic shape inference failed ({type(first).__name__}); pre-processed without it"]
+
+
+def _map_exclusions(
+    source: onnx.ModelProto, pre: onnx.ModelProto, names: Sequence[str], src: Path
+) -> list[str]:
+    """Translate node names of ``src`` to the pre-processed model via their output tensors.
+
+    Pre-processing runs ORT's basic optimizer, which can rename or fuse
+    nodes; output tensor names survive it far better than node names.
+    """
+    pre_names = {n.name for n in pre.graph.node}
+    producer = {out: n.name for n in pre.graph.node for out in n.output}
+    source_nodes = {n.name: n for n in source.graph.node}
+    mapped: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        if name in pre_names:
+            mapped.append(name)
+        elif name in source_nodes:
+            targets = [producer[o] for o in source_nodes[name].output if o in producer]
+            if targets:
+                mapped.extend(targets)
+            else:
+                _LOG.debug("node %s was optimised away before quantization", name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise UserInputError(f"exclude_nodes names nodes not in '{src}': {unknown}")
+    return list(dict.fromkeys(mapped))
+
+
+def _resolve_ranges(
+    pre_path: Path,
+    tmp: Path,
+    samples: Sequence[Mapping[str, np.ndarray]] | None,
+    key: CacheKey,
+    ranges: Mapping[str, tuple[float, float]] | None,
+    cache_dir: Path | None,
+    cache_file: Path | None,
+    op_types: list[str] | None,
+    percentile: float,
+    warnings: list[str],
+) -> tuple[Ranges, bool]:
+    if ranges is not None:
+        return validate_ranges(dict(ranges), "ranges"), False
+    if cache_file is not None and Path(cache_file).is_file():
+        stored, cached = load_ranges(Path(cache_file))
+        differs = stored.mismatch(key) if samples else [
+            f for f in stored.mismatch(key) if f != "data_sha256"
+        ]  # fmt: skip
+        if not differs:
+            return cached, True
+        if not samples:
+            raise UserInputError(
+                f"calibration cache '{cache_file}' was made for a different {', '.join(differs)} "
+                "and there are no samples to recalibrate with"
+            )
+        warnings.append(f"calibration cache '{cache_file}' is stale ({', '.join(differs)} differ); recalibrated")
+    store = CalibCache(cache_dir) if cache_dir is not None else None
+    if store is not None and samples:
+        hit = store.lookup(key)
+        if hit is not None:
+            return hit, True
+    if not samples:
+        raise UserInputError("INT8 calibration needs samples, ranges or an existing calibration cache file")
+    warning = check_sample_count(len(samples), key.method)
+    if warning:
+        warnings.append(warning)
+    computed = compute_ranges(pre_path, samples, key.method, op_types=op_types, percentile=percentile)  # type: ignore[arg-type]
+    if store is not None:
+        store.store(key, computed)
+    if cache_file is not None:
+        save_ranges(Path(cache_file), key, computed)
+    return computed, False
+
+
+def _run_quantizer(
+    pre_path: Path,
+    out_path: Path,
+    tmp: Path,
+    ranges: Ranges,
+    style: str,
+    method: str,
+    excluded: list[str],
+    reduce_range: bool,
+) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        save_tensors_data,
+    )
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise EnvironmentUnavailable(
+            "INT8 quantization with precomputed ranges needs onnxruntime >= 1.32 "
+            "(quantize_static's calibration_cache_path); upgrade onnxruntime"
+        )
+    enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+    tensors = TensorsData(
+        enum,
+        {
+            name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
+            for name, (lo, hi) in ranges.items()
+        },
+    )
+    cache_path = tmp / "ort-ranges.json"
+    save_tensors_data(tensors, cache_path)
+
+    if style == "tensorrt":
+        options: dict[str, object] = {
+            "activation_type": QuantType.QInt8,
+            "weight_type": QuantType.QInt8,
+            "op_types_to_quantize": list(COMPUTE_OPS),
+            "extra_options": {
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "OpTypesToExcludeOutputQuantization": list(COMPUTE_OPS),
+                "QuantizeBias": False,
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            },
+        }
+    else:
+        options = {
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            "reduce_range": reduce_range,
+            "extra_options": {"WeightSymmetric": True},
+        }
+    quantize_static(
+        str(pre_path),
+        str(out_path),
+        calibration_data_reader=None,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        nodes_to_exclude=list(excluded),
+        calibrate_method=enum,
+        calibration_cache_path=str(cache_path),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """Compute nodes whose data and weight inputs both come from DequantizeLinear."""
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in COMPUTE_OPS and len(n.input) >= 2 and all(i in dq_outputs for i in n.input[:2])
+    ]

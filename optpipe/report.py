@@ -1,0 +1,153 @@
+"""The build report: what ran, what it measured, and the exit code.
+
+As in Black, the report owns the exit code and the CLI only prints it. The
+JSON schema is versioned (``schema``); fields are only ever added within a
+major version so CI scripts that read ``report.json`` keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from optpipe.artifact import write_bytes_atomic
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK
+from optpipe.pipeline import PassRecord
+
+SCHEMA = "optpipe.report/1"
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None (never imports it)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    """A human CPU description (model name on Linux, else platform.processor())."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Versions and host facts that explain a report's numbers."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "optpipe": package_version("optpipe"),
+        "torch": package_version("torch"),
+        "onnx": package_version("onnx"),
+        "onnxruntime": package_version("onnxruntime"),
+        "onnxslim": package_version("onnxslim"),
+        "tensorrt": package_version("tensorrt"),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "executable": sys.executable,
+    }
+
+
+@dataclass
+class Report:
+    """Everything a build decided and measured; serialised to ``report.json``."""
+
+    target: str
+    model: str = ""
+    status: str = "complete"  # "complete" | "split" (stopped before the engine, exit 3)
+    passes: list[PassRecord] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    selected: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    next_step: str | None = None
+    build: dict[str, Any] | None = None
+    environment: dict[str, Any] = field(default_factory=environment)
+    out_dir: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        """All variants passed their gates (a split build has not passed yet)."""
+        return self.status == "complete" and bool(self.variants) and all(v["passed"] for v in self.variants)
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "split":
+            return EXIT_ENVIRONMENT
+        return EXIT_OK if self.passed else EXIT_GATE_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "model": self.model,
+            "target": self.target,
+            "status": self.status,
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+            "environment": self.environment,
+            "passes": [record.to_dict() for record in self.passes],
+            "baseline": self.baseline,
+            "variants": self.variants,
+            "selected": self.selected,
+            "warnings": self.warnings,
+            "next_step": self.next_step,
+            "build": self.build,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
+
+    def write(self, path: Path) -> None:
+        write_bytes_atomic(path, (self.to_json() + "\n").encode())
+
+    def summary(self) -> str:
+        """A fixed-width table for the console."""
+        lines = [f"optpipe build: {self.model}  target={self.target}"]
+        if self.baseline:
+            lines.append(
+                f"  torch eager: p50 {self.baseline['p50_ms']:.3f} ms at batch {self.baseline['batch']}, "
+                f"{self.baseline['threads']} threads"
+            )
+        header = f"  {'variant':<8} {'parity':<7} {'worst cosine':>12} {'max abs':>10} {'top-1':>7} "
+        header += f"{'p50 ms':>9} {'speedup':>8}  artifact"
+        lines.append(header)
+        for variant in self.variants:
+            outputs = variant.get("parity", {}).get("outputs", {})
+            cosine = min((o["cosine"] for o in outputs.values()), default=float("nan"))
+            max_abs = max((o["max_abs"] for o in outputs.values()), default=float("nan"))
+            top1s = [o["top1_agreement"] for o in outputs.values() if o.get("top1_agreement") is not None]
+            top1 = f"{min(top1s):.3f}" if top1s else "-"
+            latency = variant.get("latency") or {}
+            p50 = f"{latency['p50_ms']:.3f}" if latency else "-"
+            speedup = variant.get("speedup_vs_torch")
+            speedup_text = f"{speedup:.2f}x" if speedup else "-"
+            verdict = "pass" if variant["passed"] else "FAIL"
+            if variant.get("status") == "pending":
+                verdict = "pending"
+            lines.append(
+                f"  {variant['precision']:<8} {verdict:<7} {cosine:>12.6f} {max_abs:>10.3g} {top1:>7} "
+                f"{p50:>9} {speedup_text:>8}  {variant.get('artifact') or '-'}"
+            )
+            for failure in variant.get("failures", []):
+                lines.append(f"      ! {failure}")
+        if self.selected:
+            lines.append(f"  selected: {self.selected['precision']} ({self.selected['reason']})")
+        for warning in self.warnings:
+            lines.append(f"  warning: {warning}")
+        if self.status == "split":
+            lines.append(f"  not finished here: {self.next_step}")
+        else:
+            lines.append(f"  result: {'PASSED' if self.passed else 'FAILED'} (exit {self.exit_code})")
+        return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""Measure the engine's latency against PyTorch eager, in the same run.
+
+Both runtimes get the same inputs, thread count and batch; calls are
+interleaved in shuffled blocks (see :mod:`optpipe.timing`), and the speedup is
+the ratio of medians. Numbers from separate runs on a noisy machine would not
+be comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.errors import UserInputError
+from optpipe.golden import resize_batch
+from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.runtime import TorchRunner
+from optpipe.timing import interleaved_latency, summarize
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Options of the benchmark pass."""
+
+    batch: int | None = None  # None = the example's batch size
+    warmup: int = 10
+    rounds: int = 10
+    iters_per_round: int = 20
+    compare_torch: bool = True
+
+
+class BenchmarkPass(Pass):
+    """engine -> engine: latency statistics and speedup over PyTorch eager."""
+
+    name = "benchmark"
+    description = "time the engine and PyTorch eager side by side (interleaved, medians) and report the speedup"
+    input_kind = ArtifactKind.ENGINE
+    output_kind = ArtifactKind.ENGINE
+    Config = BenchmarkConfig
+
+    def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
+        if ctx.golden is None:
+            raise UserInputError("benchmarking needs golden inputs")
+        if self.config.batch is not None and self.config.batch < 1:
+            raise UserInputError(f"benchmark batch must be >= 1, got {self.config.batch}")
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        import torch
+
+        assert ctx.golden is not None
+        example = ctx.golden.case("example")
+        batch = self.config.batch or example.batch
+        feed = resize_batch(example.inputs, batch) if batch != example.batch else example.inputs
+        engine = ctx.target.runner(artifact, ctx.threads)
+        calls: dict[str, Any] = {"engine": lambda: engine.infer(feed)}
+        use_torch = self.config.compare_torch and ctx.model is not None
+        previous_threads = torch.get_num_threads()
+        if ctx.threads:
+            torch.set_num_threads(ctx.threads)
+        try:
+            if use_torch:
+                reference = TorchRunner(ctx.model, tuple(s.name for s in ctx.input_specs), ctx.output_names)
+                calls["torch"] = lambda: reference.infer(feed)
+            times = interleaved_latency(
+                calls,
+                warmup=self.config.warmup,
+                rounds=self.config.rounds,
+                iters_per_round=self.config.iters_per_round,
+            )
+        finally:
+            torch.set_num_threads(previous_threads)
+        threads = ctx.threads or previous_threads
+        metrics: dict[str, Any] = {"latency": summarize(times["engine"], batch, threads)}
+        if use_torch:
+            metrics["torch_latency"] = summarize(times["torch"], batch, threads)
+            metrics["speedup_vs_torch"] = metrics["torch_latency"]["p50_ms"] / metrics["latency"]["p50_ms"]
+        return PassResult(artifact, modified=False, metrics=metrics)

@@ -1,0 +1,64 @@
+"""The ``cpu`` target's engine: an ONNX Runtime-optimized model file.
+
+ONNX Runtime applies its graph optimisations and saves the result. That file
+contains ``com.microsoft`` fused ops (Gelu, FusedConv, QLinear* kernels...):
+it is specific to ONNX Runtime's CPU provider and is therefore named
+``model.ort-cpu.onnx``; the portable ONNX stays next to it. The EXTENDED level
+is saved (layout-specific ALL-level rewrites are re-applied when the session
+loads, so the file does not depend on this CPU's instruction set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.onnx_utils import load_onnx, non_standard_ops, onnx_files
+from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.report import package_version
+from optpipe.runtime import ort_session_options
+
+ENGINE_SUFFIX = ".ort-cpu.onnx"
+
+
+@dataclass(frozen=True)
+class OrtEngineConfig:
+    """Options of the ONNX Runtime engine pass."""
+
+    level: str = "extended"  # offline optimisation level saved in the file: basic | extended
+
+
+class OrtEnginePass(Pass):
+    """ONNX -> ONNX Runtime-optimized model (kind ``engine``)."""
+
+    name = "engine-ort"
+    description = "optimize for ONNX Runtime CPU and save the runtime-specific model (model.ort-cpu.onnx)"
+    input_kind = ArtifactKind.ONNX
+    output_kind = ArtifactKind.ENGINE
+    Config = OrtEngineConfig
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        import onnxruntime as ort
+
+        assert artifact.path is not None
+        path = ctx.path(artifact.precision, "model" + ENGINE_SUFFIX)
+        options = ort_session_options(ctx.threads, self.config.level)
+        options.optimized_model_filepath = str(path)
+        ort.InferenceSession(str(artifact.path), sess_options=options, providers=["CPUExecutionProvider"])
+        optimized = load_onnx(path, load_external_data=False)
+        metrics: dict[str, Any] = {
+            "runtime": "onnxruntime",
+            "onnxruntime": package_version("onnxruntime"),
+            "level": self.config.level,
+            "nodes": len(optimized.graph.node),
+            "runtime_specific_ops": dict(non_standard_ops(optimized)),
+        }
+        engine = artifact.derive(
+            kind=ArtifactKind.ENGINE,
+            path=path,
+            sha256=sha256_files(onnx_files(path)),
+            producer="engine-ort",
+            extra={"source_onnx": str(artifact.path)},
+        )
+        return PassResult(engine, modified=True, metrics=metrics)

@@ -1,0 +1,192 @@
+"""Export a PyTorch module to ONNX.
+
+The dynamo exporter (torch.export based) runs first; when it fails, or when
+its graph gives wrong results at a batch size other than the example's
+(torch 2.13 can silently freeze a dynamic batch inside a Reshape), the
+TorchScript exporter is tried. The report records which exporter produced the
+model and why a fallback happened. Both failing is a user error (exit 2) that
+carries both messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.errors import UserInputError
+from optpipe.onnx_utils import onnx_files
+from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.tensor_spec import TensorSpec
+
+EXPORTERS = ("dynamo", "torchscript")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of the export pass."""
+
+    exporter: str = "auto"  # "auto" = dynamo, then TorchScript on failure; or "dynamo" / "torchscript"
+    opset: int | None = None  # None = the exporter's default (20 for dynamo in torch 2.13)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Any:
+    """The exporters print progress and deprecation noise; keep the console for optpipe."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _dynamic_shapes(specs: tuple[TensorSpec, ...], ctx: BuildContext) -> dict[str, dict[int, Any]] | None:
+    import torch
+
+    bounds = {d.axis_name: d for d in ctx.dynamic}
+    dims: dict[str, Any] = {}
+    shapes: dict[str, dict[int, Any]] = {}
+    for spec in specs:
+        axes = {}
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str):
+                if dim not in dims:
+                    bound = bounds.get(dim)
+                    dims[dim] = (
+                        torch.export.Dim(dim, min=bound.min, max=bound.max) if bound else torch.export.Dim(dim)
+                    )
+                axes[axis] = dims[dim]
+        shapes[spec.name] = axes
+    return shapes if dims else None
+
+
+def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> None:
+    import torch
+
+    names = [spec.name for spec in ctx.input_specs]
+    with _quiet_exporter():
+        if exporter == "dynamo":
+            shapes = _dynamic_shapes(ctx.input_specs, ctx)
+            # dynamic_shapes is keyed by forward()'s parameter names; give it positionally.
+            positional = tuple(shapes[name] for name in names) if shapes else None
+            program = torch.onnx.export(
+                ctx.model,
+                tuple(ctx.example_inputs),
+                dynamo=True,
+                input_names=names,
+                output_names=list(ctx.output_names),
+                dynamic_shapes=positional,
+                opset_version=opset,
+            )
+            assert program is not None
+            program.save(str(path))  # one file for small models, external data above 2 GB
+        else:
+            dynamic_axes = {
+                spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)}
+                for spec in ctx.input_specs
+            }
+            torch.onnx.export(
+                ctx.model,
+                tuple(ctx.example_inputs),
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=list(ctx.output_names),
+                dynamic_axes={k: v for k, v in dynamic_axes.items() if v} or None,
+                opset_version=opset or 17,
+            )
+
+
+def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol: float = 1e-2) -> None:
+    """Run the ONNX file on every golden case; raise when a case fails or differs.
+
+    This is a coarse check for broken graphs (a frozen batch, wrong outputs),
+    not the parity gate: the validate pass applies the real tolerances.
+    """
+    from optpipe.runtime import OrtRunner
+
+    if ctx.golden is None:
+        return
+    runner = OrtRunner(path, threads=ctx.threads, level="basic")
+    for case in ctx.golden.cases:
+        try:
+            results = runner.infer(case.inputs)
+        except Exception as error:
+            raise RuntimeError(f"the ONNX model fails at batch {case.batch} ({case.name}): {_first_line(error)}")
+        for name, reference in case.outputs.items():
+            got = results[name]
+            if got.shape != reference.shape:
+                raise RuntimeError(
+                    f"output '{name}' has shape {tuple(got.shape)} at batch {case.batch}, PyTorch gives "
+                    f"{tuple(reference.shape)} (the exporter froze a dynamic dimension)"
+                )
+            if not np.allclose(got, reference, atol=atol, rtol=rtol, equal_nan=False):
+                worst = float(np.max(np.abs(got.astype(np.float64) - reference)))
+                raise RuntimeError(
+                    f"output '{name}' differs from PyTorch at batch {case.batch} (max abs error {worst:.3g})"
+                )
+
+
+class ExportOnnx(Pass):
+    """torch nn.Module -> ONNX (dynamo exporter, TorchScript fallback)."""
+
+    name = "export"
+    description = "export the PyTorch module to ONNX (dynamo exporter, TorchScript fallback), checked at other batch sizes"
+    input_kind = ArtifactKind.TORCH
+    output_kind = ArtifactKind.ONNX
+    Config = ExportConfig
+
+    def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
+        if ctx.model is None:
+            raise UserInputError("the export pass needs a PyTorch model in the build context")
+        if self.config.exporter not in ("auto", *EXPORTERS):
+            raise UserInputError(f"unknown exporter '{self.config.exporter}'; use auto, dynamo or torchscript")
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        order = EXPORTERS if self.config.exporter == "auto" else (self.config.exporter,)
+        path = ctx.path("model.export.onnx")
+        failures: list[str] = []
+        for exporter in order:
+            for stale in path.parent.glob(path.name + "*"):
+                stale.unlink()
+            try:
+                _export(exporter, path, ctx, self.config.opset)
+                check_against_golden(path, ctx)
+            except Exception as error:
+                failures.append(f"{exporter}: {_first_line(error)}")
+                continue
+            files = onnx_files(path)
+            metrics: dict[str, Any] = {
+                "exporter": exporter,
+                "fallback_reason": "; ".join(failures) or None,
+                "bytes": sum(f.stat().st_size for f in files),
+                "external_data": len(files) > 1,
+                "checked_batches": [case.batch for case in ctx.golden.cases] if ctx.golden else [],
+            }
+            warnings_ = [f"dynamo exporter failed, used TorchScript: {failures[0]}"] if failures else []
+            result = artifact.derive(
+                kind=ArtifactKind.ONNX,
+                path=path,
+                sha256=sha256_files(files),
+                producer=f"export/{exporter}",
+            )
+            return PassResult(result, modified=True, metrics=metrics, warnings=warnings_)
+        raise UserInputError("no exporter could export the model: " + " | ".join(failures))

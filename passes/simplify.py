@@ -1,0 +1,77 @@
+"""Simplify the ONNX graph with onnxslim, and prove nothing changed.
+
+onnxslim folds constants and fuses patterns. Its output is accepted only if it
+is still portable ONNX (standard op domains, so TensorRT and other runtimes
+can load it) and computes the same values as its input on the golden inputs;
+otherwise the pass keeps its input and says why (``modified`` is False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.onnx_utils import load_onnx, non_standard_ops, onnx_files
+from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.runtime import OrtRunner
+
+
+@dataclass(frozen=True)
+class SimplifyConfig:
+    """Options of the simplify pass."""
+
+    atol: float = 1e-4  # element-wise equivalence tolerance between input and simplified model
+    rtol: float = 1e-3
+
+
+class SimplifyOnnx(Pass):
+    """ONNX -> ONNX with onnxslim; falls back to the input when the result is not equivalent."""
+
+    name = "simplify"
+    description = "simplify the graph with onnxslim, checked for equivalence and portable op domains"
+    input_kind = ArtifactKind.ONNX
+    output_kind = ArtifactKind.ONNX
+    Config = SimplifyConfig
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        import onnx
+        import onnxslim
+
+        assert artifact.path is not None
+        original = load_onnx(artifact.path)
+        before = len(original.graph.node)
+        slimmed = onnxslim.slim(original)
+        path = ctx.path("model.onnx")
+        onnx.save(slimmed, str(path), save_as_external_data=slimmed.ByteSize() > 2**31 - 1)
+        metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
+        problem = self._problem(artifact, path, ctx)
+        if problem is not None:
+            path.unlink()
+            metrics["kept_input_because"] = problem
+            return PassResult(artifact, modified=False, metrics=metrics, warnings=[f"simplify skipped: {problem}"])
+        files = onnx_files(path)
+        result = artifact.derive(path=path, sha256=sha256_files(files), producer="simplify/onnxslim")
+        return PassResult(result, modified=metrics["nodes_before"] != metrics["nodes_after"], metrics=metrics)
+
+    def _problem(self, artifact: Artifact, path: Any, ctx: BuildContext) -> str | None:
+        """Why the simplified model must not be used, or None when it is fine."""
+        foreign = non_standard_ops(load_onnx(path, load_external_data=False))
+        if foreign:
+            return f"result uses non-standard ops {dict(foreign)}"
+        if ctx.golden is None:
+            return None
+        assert artifact.path is not None
+        before = OrtRunner(artifact.path, threads=ctx.threads, level="basic")
+        after = OrtRunner(path, threads=ctx.threads, level="basic")
+        for case in ctx.golden.cases:
+            expected = before.infer(case.inputs)
+            got = after.infer(case.inputs)
+            for name, value in expected.items():
+                if got[name].shape != value.shape or not np.allclose(
+                    got[name], value, atol=self.config.atol, rtol=self.config.rtol
+                ):
+                    return f"output '{name}' changed at batch {case.batch}"
+        return None
