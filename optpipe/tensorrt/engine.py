@@ -20,11 +20,15 @@ import ctypes
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+
+import numpy as np
 
 from optpipe.errors import EnvironmentUnavailable, MissingDependency, UserInputError
 from optpipe.tensor_spec import TensorSpec
@@ -352,3 +356,102 @@ def load_engine(plan_path: str | Path) -> LoadedEngine:
             f"TensorRT could not deserialize {plan_path}: {exc}; rebuild the engine"
         ) from exc
     return LoadedEngine(engine=engine, metadata=metadata, plan_path=plan_path, warnings=warnings)
+
+
+class TrtEngineRunner:
+    """Runs one engine through ``polygraphy.backend.trt.TrtRunner``; outputs, timing, GPU memory.
+
+    Why a wrapper: the pipeline needs outputs to compare with ONNX Runtime, latency
+    measured after the GPU finished (``TrtRunner.infer`` synchronises its CUDA stream
+    before returning), and the GPU memory the engine takes. Matches optpipe's
+    ``Runner`` protocol (``output_names``, ``infer``); the context is created on first
+    use, or explicitly with ``with TrtEngineRunner(plan) as r:``; ``close()`` frees it.
+    ``source`` is a plan path (checked with :func:`load_engine`) or a :class:`LoadedEngine`.
+    """
+
+    def __init__(self, source: str | Path | LoadedEngine) -> None:
+        self.loaded = source if isinstance(source, LoadedEngine) else load_engine(source)
+        self._runner: Any = None
+        self.memory: dict[str, int] = {}
+        trt = _import_tensorrt()
+        engine = self.loaded.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_names: tuple[str, ...] = tuple(
+            n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        )
+        self.output_names: tuple[str, ...] = tuple(
+            n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        )
+
+    def __enter__(self) -> TrtEngineRunner:
+        self.activate()
+        return self
+
+    def activate(self) -> None:
+        """Create the execution context (done on first use when not used as a context manager)."""
+        if self._runner is not None:
+            return
+        from polygraphy.backend.trt import TrtRunner
+
+        free_before, total = gpu_memory_info()
+        self._runner = TrtRunner(self.loaded.engine)
+        self._runner.activate()
+        free_after, _ = gpu_memory_info()
+        engine = self.loaded.engine
+        # device_memory_size_v2 exists from TensorRT 10.1; device_memory_size before that.
+        size = getattr(engine, "device_memory_size_v2", None)
+        if size is None:
+            size = getattr(engine, "device_memory_size", 0) or 0
+        self.memory = {
+            "engine_device_memory_bytes": int(size),
+            "context_activation_delta_bytes": int(free_before - free_after),
+            "gpu_total_bytes": int(total),
+            "gpu_free_bytes": int(free_after),
+        }
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the execution context and its GPU buffers."""
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+
+    def _active(self) -> Any:
+        self.activate()
+        return self._runner
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; returns copies (Polygraphy reuses its output buffers between calls)."""
+        runner = self._active()
+        expected = set(runner.get_input_metadata().keys())
+        if set(feed) != expected:
+            raise UserInputError(f"engine inputs are {sorted(expected)}, got {sorted(feed)}")
+        outputs = runner.infer(feed_dict=feed)
+        return {name: np.array(value, copy=True) for name, value in outputs.items()}
+
+    def time_inference(self, feed: dict[str, np.ndarray], warmup: int = 10, iters: int = 100) -> list[float]:
+        """Latency of ``iters`` runs in milliseconds, after ``warmup`` untimed runs.
+
+        Each run includes the host-to-device copy of the inputs and ends with the
+        stream synchronisation inside ``TrtRunner.infer``; outputs stay on the GPU
+        (``copy_outputs_to_host=False``) so the device-to-host copy is not timed.
+        """
+        if warmup < 0 or iters < 1:
+            raise UserInputError(f"need warmup >= 0 and iters >= 1, got {warmup} and {iters}")
+        runner = self._active()
+        self.infer(feed)  # validates the feed once
+        for _ in range(warmup):
+            runner.infer(feed_dict=feed, check_inputs=False, copy_outputs_to_host=False)
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            runner.infer(feed_dict=feed, check_inputs=False, copy_outputs_to_host=False)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return times
