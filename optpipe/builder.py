@@ -21,7 +21,8 @@ import numpy as np
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
 from optpipe.errors import EnvironmentUnavailable, UserInputError
-from optpipe.golden import GoldenData, batch_dim_of, make_golden
+from optpipe.golden import GoldenData, make_golden
+from optpipe.input_parsing import DynamicArg, resolve_input_specs
 from optpipe.pass_base import BuildContext, Pass
 from optpipe.pipeline import Instrument, PassRecord, Pipeline
 from optpipe.report import Report
@@ -35,26 +36,6 @@ def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     return value.detach().cpu().numpy()
-
-
-def _spec_from_examples(
-    names: Sequence[str], examples: Sequence[np.ndarray], dynamic: Sequence[DynamicDim]
-) -> tuple[TensorSpec, ...]:
-    """Input specs with axis 0 named ``batch`` when a dynamic batch was declared."""
-    batch = batch_dim_of(dynamic)
-    specs = []
-    for name, value in zip(names, examples, strict=True):
-        shape: list[int | str] = list(value.shape)
-        if batch is not None:
-            if not shape:
-                raise UserInputError(f"input '{name}' is a scalar and cannot have a dynamic batch")
-            if not batch.min <= shape[0] <= batch.max:
-                raise UserInputError(
-                    f"input '{name}' has batch {shape[0]}, outside the dynamic range {batch.min}..{batch.max}"
-                )
-            shape[0] = "batch"
-        specs.append(TensorSpec(name, tuple(shape), str(value.dtype)))
-    return tuple(specs)
 
 
 class ProgressInstrument:
@@ -120,8 +101,7 @@ def build(
     precisions: Sequence[str] = ("fp32",),
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
-    dynamic: Sequence[DynamicDim] = (),
-    input_specs: Sequence[TensorSpec] | None = None,
+    dynamic: Sequence[DynamicDim | DynamicArg] = (),
     overwrite: bool = False,
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
     threads: int | None = None,
@@ -137,9 +117,9 @@ def build(
     """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
 
     ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict
-    name -> tensor. ``dynamic`` declares dynamic dimensions (``DynamicDim("batch",
-    1, 8, 32)`` makes axis 0 of every input dynamic); pass ``input_specs`` to
-    name other dynamic axes. Raises :class:`~optpipe.errors.OptpipeError` for
+    name -> tensor. ``dynamic`` declares dynamic dimensions: ``DynamicDim("batch",
+    1, 8, 32)`` makes axis 0 of every input dynamic; a
+    :class:`~optpipe.input_parsing.DynamicArg` names other axes. Raises :class:`~optpipe.errors.OptpipeError` for
     user and environment errors; a failed parity gate is *not* an exception but
     ``report.passed is False`` (``report.exit_code == 1``).
     """
@@ -159,7 +139,10 @@ def build(
     names = list(input_names) if input_names else [f"input_{i}" for i in range(len(examples))]
     if len(names) != len(examples):
         raise UserInputError(f"{len(names)} input names for {len(examples)} example inputs")
-    specs = tuple(input_specs) if input_specs else _spec_from_examples(names, examples, dynamic)
+    dynamic_args = [d if isinstance(d, DynamicArg) else DynamicArg(d) for d in dynamic]
+    specs = resolve_input_specs(names, [(e.shape, str(e.dtype)) for e in examples], dynamic_args)
+    dims = tuple(arg.dim for arg in dynamic_args)
+    batch_dim = next((a.dim for a in dynamic_args if a.dim.axis_name == "batch" and a.axes is None), None)
     check_out_dir(out, overwrite)
     engine_available = True
     next_step: str | None = None
@@ -191,14 +174,14 @@ def build(
     staging = make_staging(out)
     report = Report(target=target_obj.name, model=model_name or type(model).__name__)
     try:
-        golden = make_golden(reference, example_feed, batch_dim_of(dynamic), dict(heldout_inputs or {}) or None)
+        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
         golden.save(staging / "golden")
         ctx = BuildContext(
             work_dir=staging,
             target=target_obj,
             input_specs=specs,
             output_names=outputs,
-            dynamic=tuple(dynamic),
+            dynamic=dims,
             model=model,
             example_inputs=tuple(torch.from_numpy(np.ascontiguousarray(e)) for e in examples),
             golden=golden,
@@ -222,7 +205,7 @@ def build(
         if not engine_available:
             report.status = "split"
             report.next_step = next_step
-        report.build = _build_record(specs, outputs, dynamic, precisions, options, onnx_artifact, staging)
+        report.build = _build_record(specs, outputs, dims, precisions, options, onnx_artifact, staging)
         report.write(staging / "report.json")
         publish(staging, out)
     except BaseException:

@@ -13,7 +13,6 @@ top-1 agreement meaningful.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +112,3 @@ def make_golden(
             feeds.append(("heldout", {k: np.ascontiguousarray(v[:rows]) for k, v in heldout.items()}))
     cases = [GoldenCase(name, feed, reference.infer(feed)) for name, feed in feeds]
     return GoldenData(cases)
-
-
-def batch_dim_of(dynamic: Sequence[DynamicDim]) -> DynamicDim | None:
-    """The dynamic dimension named ``batch``, if any."""
-    return next((d for d in dynamic if d.axis_name == "batch"), None)

@@ -1,0 +1,159 @@
+"""The ``optpipe`` command line: a thin click layer over the library.
+
+Each command parses its options, calls the library, prints the result, and
+exits with the code the library decided. Errors a user can cause arrive as
+:class:`~optpipe.errors.OptpipeError` and are printed as one line (no
+traceback) with their exit code. torch is never imported at module level, so
+``optpipe --help`` works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = f"""
+\b
+Exit codes:
+  {EXIT_OK}  build finished and every gate passed
+  {EXIT_GATE_FAILED}  a parity/accuracy gate failed (artifacts kept, report.json says which)
+  {EXIT_USAGE}  usage or input error (bad model spec, shapes, weights, files)
+  {EXIT_ENVIRONMENT}  environment error (the target needs hardware or a package that is missing)
+"""
+
+
+def reports_errors(func: F) -> F:
+    """Turn OptpipeError into one line on stderr and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OptpipeError as error:
+            click.echo(f"optpipe: error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("optpipe: interrupted; nothing was written to the output directory", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
+
+
+@click.group(help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
+             + EXIT_CODES_HELP)
+@click.version_option(package_name="optpipe")
+def main() -> None:
+    """Entry point of the ``optpipe`` command."""
+
+
+def _parse_tolerance(text: str) -> tuple[str, str, float]:
+    """``OUTPUT:FIELD=VALUE`` (OUTPUT may be ``*``)."""
+    try:
+        output, rest = text.split(":", 1)
+        field, value = rest.split("=", 1)
+        return output, field, float(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"'{text}': expected OUTPUT:FIELD=VALUE, e.g. logits:min_cosine=0.995 or '*:atol=1e-3'"
+        ) from None
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("model")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--weights", type=click.Path(path_type=Path), help="State dict: .pt/.pth (weights only) or .safetensors.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE[:LOW..HIGH]]",
+              help="Example input, e.g. x:2x3x224x224 or ids:2x128:int64:0..1000. Repeat per input, in "
+              "forward() order. Default: example_inputs() in the model's file.")
+@click.option("--dynamic", "dynamics", multiple=True, metavar="NAME=MIN:OPT:MAX[@INPUT.AXIS,...]",
+              help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic.")
+@click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
+@click.option("--precision", "precision", default="fp32", show_default=True,
+              help="Comma-separated precisions to build: fp32, fp16, int8.")
+@click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="OUTPUT:FIELD=VALUE",
+              help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output).")
+@click.option("--threads", type=int, help="Threads for ONNX Runtime and PyTorch (default: all cores).")
+@click.option("--batch", "benchmark_batch", type=int, help="Batch size to benchmark at (default: the example's).")
+@click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
+@click.option("--exporter", default="auto", show_default=True, type=click.Choice(["auto", "dynamo", "torchscript"]))
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
+@click.option("--no-strict-weights", is_flag=True, help="Allow missing/unexpected keys in --weights.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a fully pickled model (.pt/.pth). Unpickling runs code from the file: only for files you trust.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary.")
+@reports_errors
+def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
+          target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
+          threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
+          overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool) -> None:
+    """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program)."""
+    from optpipe.model_session import prepare_model
+
+    parsed_tolerances: dict[str, dict[str, float]] = {}
+    for text in tolerances:
+        output, field, value = _parse_tolerance(text)
+        parsed_tolerances.setdefault(output, {})[field] = value
+    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
+                             output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
+    from optpipe.builder import build as run_build
+
+    report = run_build(
+        prepared.module,
+        prepared.example_inputs,
+        out_dir=out_dir,
+        target=target,
+        precisions=[p.strip() for p in precision.split(",") if p.strip()],
+        input_names=prepared.input_names,
+        output_names=prepared.output_names,
+        dynamic=prepared.dynamic,
+        overwrite=overwrite,
+        tolerances=parsed_tolerances,
+        threads=threads,
+        benchmark=not no_benchmark,
+        benchmark_batch=benchmark_batch,
+        heldout_inputs=prepared.heldout_inputs,
+        exporter=exporter,
+        model_name=model,
+        log=log,
+    )
+    click.echo(report.to_json() if as_json else report.summary())
+    if not as_json:
+        click.echo(f"report: {out_dir / 'report.json'}")
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@reports_errors
+def inspect(onnx_file: Path, as_json: bool) -> None:
+    """Show an ONNX file's inputs, outputs, opsets, op histogram, domains and size."""
+    import json
+
+    from optpipe.onnx_inspect import format_inspection, inspect_onnx
+
+    info = inspect_onnx(onnx_file)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+
+
+@main.command(name="passes")
+def list_passes() -> None:
+    """List the passes a build can run, one line each."""
+    from optpipe.registry import PASSES
+
+    width = max(len(name) for name in PASSES)
+    for name, (module, cls) in PASSES.items():
+        pass_cls = getattr(__import__(f"optpipe.passes.{module}", fromlist=[cls]), cls)
+        kinds = f"{pass_cls.input_kind.value}->{pass_cls.output_kind.value}"
+        click.echo(f"{name:<{width}}  {kinds:<14}  {pass_cls.description}")

@@ -1,0 +1,94 @@
+"""From command-line strings to everything ``build()`` needs about the model.
+
+Loads the model (and weights), decides the example inputs (``--input`` or the
+model file's ``example_inputs()``), checks them with one forward pass, parses
+``--dynamic``, and picks up the model file's optional ``OUTPUT_NAMES`` and
+``eval_data()`` (held-out inputs that make the parity check meaningful). All
+failures are :class:`~optpipe.errors.UserInputError` with one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from optpipe.errors import UserInputError
+from optpipe.input_parsing import DynamicArg, make_inputs, parse_dynamic, parse_input
+from optpipe.model_loading import check_inputs_against_model, find_example_inputs, load_model
+
+
+@dataclass
+class PreparedModel:
+    """A loaded model with its inputs, ready for :func:`optpipe.builder.build`."""
+
+    module: Any
+    example_inputs: tuple[Any, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...] | None
+    dynamic: list[DynamicArg] = field(default_factory=list)
+    heldout_inputs: dict[str, np.ndarray] | None = None
+    source_module: ModuleType | None = None
+
+
+def _heldout(source: ModuleType | None, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """Inputs of the model file's ``eval_data()`` when their names match the model's inputs."""
+    eval_data = getattr(source, "eval_data", None)
+    if not callable(eval_data):
+        return None
+    try:
+        inputs, _labels = eval_data()
+    except Exception as error:
+        raise UserInputError(f"calling eval_data() in the model file failed: {type(error).__name__}: {error}") from None
+    if not isinstance(inputs, dict) or set(inputs) != set(names):
+        return None
+    return {name: np.asarray(inputs[name]) for name in names}
+
+
+def prepare_model(
+    spec: str,
+    *,
+    weights: Path | None = None,
+    inputs: Sequence[str] = (),
+    dynamics: Sequence[str] = (),
+    output_names: str | None = None,
+    strict: bool = True,
+    trust_pickle: bool = False,
+) -> PreparedModel:
+    """Load and check everything about the model before any build work starts."""
+    import torch
+
+    dynamic = [parse_dynamic(text) for text in dynamics]
+    input_args = [parse_input(text) for text in inputs]
+    loaded = load_model(spec, weights=weights, strict=strict, trust_pickle=trust_pickle)
+    if input_args:
+        tensors: tuple[Any, ...] = tuple(torch.from_numpy(a) for a in make_inputs(input_args))
+        names = tuple(arg.name for arg in input_args)
+    else:
+        found = find_example_inputs(loaded)
+        if found is None:
+            raise UserInputError(
+                f"no example inputs for {spec}: pass --input NAME:SHAPE[:DTYPE] for each forward() "
+                "argument, or define example_inputs() in the model's file"
+            )
+        tensors, names = found.tensors, found.names
+    check_inputs_against_model(loaded.module, tensors, names)
+    source = loaded.source_module
+    outputs: tuple[str, ...] | None = None
+    if output_names:
+        outputs = tuple(n.strip() for n in output_names.split(",") if n.strip())
+    elif source is not None and getattr(source, "OUTPUT_NAMES", None):
+        outputs = tuple(str(n) for n in source.OUTPUT_NAMES)
+    return PreparedModel(
+        module=loaded.module,
+        example_inputs=tuple(tensors),
+        input_names=tuple(names),
+        output_names=outputs,
+        dynamic=dynamic,
+        heldout_inputs=_heldout(source, names),
+        source_module=source,
+    )

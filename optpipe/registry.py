@@ -1,0 +1,15 @@
+"""Every pass optpipe knows, by name: module in ``optpipe.passes`` and class.
+
+Kept as data so ``optpipe passes`` and config files can name passes without
+importing the heavy modules that implement them.
+"""
+
+from __future__ import annotations
+
+PASSES: dict[str, tuple[str, str]] = {
+    "export": ("export_onnx", "ExportOnnx"),
+    "simplify": ("simplify", "SimplifyOnnx"),
+    "engine-ort": ("engine_ort", "OrtEnginePass"),
+    "validate": ("validate", "ValidatePass"),
+    "benchmark": ("benchmark", "BenchmarkPass"),
+}
