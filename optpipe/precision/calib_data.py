@@ -20,7 +20,7 @@ Accepted sources (``load_samples``):
   ``0001__attention_mask.npy`` are the two inputs of sample group ``0001``;
   ``input_ids.npy`` alone holds all samples of ``input_ids``. A model with a
   single input accepts any ``.npy`` name. Each group is read with the ``.npz``
-  rule.
+  rule, and an array one rank short of the model's is one unbatched sample.
 * ``"FILE.py:NAME"`` - ``NAME`` in that Python file is an iterable, or a
   callable taking no arguments that returns one, yielding samples.
 * any Python iterable of samples, or a mapping ``{input name: array}`` (read
@@ -260,7 +260,7 @@ def _from_npy_group(groups: dict[str, list[Path]], specs: list[TensorSpec]) -> I
             if name in arrays:
                 raise UserInputError(f"calibration files give input '{name}' twice in group '{key}'")
             arrays[name] = _read_npy(file)
-        label = f"files '{key}__*.npy'" if key else "files '<input>.npy'"
+        label = f"files '{key}*.npy'" if key else "files '<input>.npy'"
         yield from _split_arrays(arrays, specs, label)
 
 
@@ -319,6 +319,8 @@ def _split_arrays(arrays: dict[str, Any], specs: list[TensorSpec], origin: str) 
                     f"static batch {step}"
                 )
             parts = [arr[i : i + step] for i in range(0, arr.shape[0], step)]
+        elif arr.ndim == rank - 1 and rank > 0:
+            parts = [arr[np.newaxis]]  # one unbatched item
         else:
             raise UserInputError(
                 f"{origin}: input '{spec.name}' has shape {tuple(arr.shape)}; expected {_fmt(spec.shape)} "

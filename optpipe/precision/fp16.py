@@ -136,6 +136,7 @@ def convert_fp16(
         op_block_list=sorted(blocked_ops),
         node_block_list=sorted(kept),
     )
+    _remove_fp16_round_trips(converted)
     _graph.save_atomic(converted, dst)
 
     if calib_samples:
@@ -148,6 +149,51 @@ def convert_fp16(
         overflow=overflow,
         warnings=warnings,
     )
+
+
+def _remove_fp16_round_trips(model: onnx.ModelProto) -> int:
+    """Drop ``Cast(to fp16) -> Cast(to fp32)`` pairs between FP32 nodes; return how many.
+
+    ONNX Runtime's converter casts every blocked node's output to FP16 and
+    back for the next blocked node, so a value kept in FP32 *because* it
+    overflows FP16 would still pass through FP16 and become Inf. Rewiring the
+    FP32 consumers to the original FP32 tensor removes that round trip.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    graph_outputs = {o.name for o in graph.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    rename: dict[str, str] = {}
+    dropped: set[int] = set()
+    for node in graph.node:
+        if cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or cast_to(first) != onnx.TensorProto.FLOAT16:
+            continue
+        source = first.input[0]
+        if node.output[0] in graph_outputs:
+            node.input[0] = source  # keep the output name; a float->float Cast is an identity
+            continue
+        rename[node.output[0]] = source
+        dropped.add(id(node))
+    if not rename:
+        return 0
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    kept_nodes = [n for n in graph.node if id(n) not in dropped]
+    used = {i for n in kept_nodes for i in n.input} | graph_outputs
+    kept_nodes = [n for n in kept_nodes if not (cast_to(n) is not None and all(o not in used for o in n.output))]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    return len(rename)
 
 
 def _check_outputs_finite(model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]]) -> list[str]:

@@ -1,0 +1,332 @@
+"""Accuracy guard: find the nodes that break a low-precision model and keep them in FP32.
+
+Naive static INT8 is often useless on real models (cosine 0.37 on a real
+sentence-transformer), usually because of a handful of nodes (attention-mask
+Adds, Softmax inputs, outlier channels). A global accuracy number says *that*
+the model broke; this module says *where*, by running the FP32 and the
+low-precision model side by side with every intermediate tensor exposed.
+
+Tensor matching: FP16 conversion keeps tensor names. ONNX Runtime's QDQ
+quantizer keeps the name ``T`` of a float tensor and inserts
+``T -> QuantizeLinear -> DequantizeLinear -> consumers``; consumers see the
+DequantizeLinear output, so that is what ``T`` is compared with. When the
+quantizer folds a node away (ORT's CPU style removes a Relu after a Conv and
+lets the Conv write the Relu's output name), the folded node's own output no
+longer exists; it is merged into the first node whose output does, and
+reported in that node's ``nodes`` so that keeping one keeps both.
+
+Ranking: a node's *contribution* is the relative error of its output minus the
+largest relative error among its inputs - the error it adds, not the error it
+inherits - so the first broken node ranks above everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from optpipe.errors import UserInputError
+from optpipe.precision import _graph
+from optpipe.precision.fp16 import convert_fp16
+from optpipe.precision.int8 import quantize_int8
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Error of one node's output in the low-precision model against FP32.
+
+    ``nodes`` is this node plus any nodes folded into it (see module docs);
+    ``module_path`` is the PyTorch module (e.g. ``encoder.layer.0.attn``)
+    when the exporter recorded it, else ``""``.
+    """
+
+    node: str
+    op_type: str
+    module_path: str
+    rel_error: float
+    cosine: float
+    contribution: float
+    tensor: str
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """Outcome of ``guarded_quantize``.
+
+    ``passed`` is the gate's last verdict; ``path`` holds the last model built
+    (also when the gate never passed, so the caller can report on it).
+    ``table`` is the per-layer analysis of the *first* build, the one that
+    explains why nodes were kept; ``history`` lists (kept nodes, gate verdict)
+    for every build.
+    """
+
+    path: Path | None
+    passed: bool
+    kept_nodes: list[str]
+    iterations: int
+    table: list[LayerError]
+    history: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)
+    limit: int = 0
+    status: str = "ok"
+
+
+class _Stats:
+    __slots__ = ("count", "diff2", "dot", "low2", "nonfinite", "ref2")
+
+    def __init__(self) -> None:
+        self.diff2 = self.ref2 = self.low2 = self.dot = 0.0
+        self.nonfinite = False
+        self.count = 0
+
+    def add(self, ref: np.ndarray, low: np.ndarray) -> None:
+        self.count += 1
+        a = ref.astype(np.float64).ravel()
+        b = low.astype(np.float64).ravel()
+        if a.shape != b.shape:
+            self.nonfinite = True
+            return
+        if not np.isfinite(b).all():
+            self.nonfinite = True
+            return
+        self.diff2 += float(np.dot(a - b, a - b))
+        self.ref2 += float(np.dot(a, a))
+        self.low2 += float(np.dot(b, b))
+        self.dot += float(np.dot(a, b))
+
+    def rel(self) -> float:
+        if self.nonfinite:
+            return math.inf
+        return math.sqrt(self.diff2) / max(math.sqrt(self.ref2), 1e-12)
+
+    def cosine(self) -> float:
+        if self.nonfinite:
+            return 0.0
+        if self.ref2 == 0.0 and self.low2 == 0.0:
+            return 1.0
+        return self.dot / max(math.sqrt(self.ref2 * self.low2), 1e-30)
+
+
+def tensor_map(fp32: onnx.ModelProto, lowp: onnx.ModelProto) -> dict[str, str]:
+    """FP32 tensor name -> the low-precision tensor holding the same value as its consumers see it."""
+    low_names = {i.name for i in lowp.graph.input} | {o for n in lowp.graph.node for o in n.output}
+    dq_of_q: dict[str, str] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in lowp.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in lowp.graph.node:
+        if node.op_type == "QuantizeLinear":
+            for user in consumers.get(node.output[0], []):
+                if user.op_type == "DequantizeLinear":
+                    dq_of_q.setdefault(node.input[0], user.output[0])
+                    break
+    mapping: dict[str, str] = {}
+    for node in fp32.graph.node:
+        for out in node.output:
+            if out in dq_of_q:
+                mapping[out] = dq_of_q[out]
+            elif out in low_names:
+                mapping[out] = out
+    return mapping
+
+
+def per_layer_errors(
+    fp32_path: Path,
+    lowp_path: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    max_samples: int = 16,
+) -> list[LayerError]:
+    """Per-node relative error and cosine of ``lowp_path`` against ``fp32_path``, worst contribution first.
+
+    Both models run with optimisation off, so Q/DQ is evaluated as float
+    emulation; a CPU integer kernel can differ slightly (e.g. u8s8 saturation),
+    which the caller's gate on the real model catches.
+    """
+    if not samples:
+        raise UserInputError("per-layer error analysis needs at least one sample")
+    fp32 = _graph.load_model(Path(fp32_path))
+    lowp = _graph.load_model(Path(lowp_path))
+    mapping = tensor_map(fp32, lowp)
+    fp_types = _graph.float_tensor_types(fp32)
+    mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in _graph.FLOAT_TYPES}
+    used = list(samples)[:max_samples]
+
+    stats = {name: _Stats() for name in mapping}
+    low_names = list(dict.fromkeys(mapping.values()))
+    fp_iter = _graph.run_exposed(fp32, list(mapping), used)
+    low_iter = _graph.run_exposed(lowp, low_names, used)
+    for ref_values, low_values in zip(fp_iter, low_iter, strict=True):
+        for name, low_name in mapping.items():
+            if name in ref_values and low_name in low_values:
+                stats[name].add(ref_values[name], low_values[low_name])
+    available = {name for name, s in stats.items() if s.count}
+    return _rank(fp32, stats, available)
+
+
+def _rank(fp32: onnx.ModelProto, stats: Mapping[str, _Stats], available: set[str]) -> list[LayerError]:
+    producer = {out: node for node in fp32.graph.node for out in node.output}
+    memo: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+    def inherited(tensor: str) -> tuple[float, tuple[str, ...]]:
+        """Error arriving through ``tensor`` and the folded nodes crossed to find it."""
+        if tensor in memo:
+            return memo[tensor]
+        memo[tensor] = (0.0, ())  # breaks cycles; graphs are DAGs but be safe
+        if tensor in available:
+            result: tuple[float, tuple[str, ...]] = (stats[tensor].rel(), ())
+        elif tensor in producer:
+            node = producer[tensor]
+            err, folded = 0.0, [node.name]
+            for inp in node.input:
+                if inp:
+                    e, f = inherited(inp)
+                    err = max(err, e)
+                    folded.extend(f)
+            result = (err, tuple(dict.fromkeys(folded)))
+        else:
+            result = (0.0, ())  # graph input or initializer: exact in both models
+        memo[tensor] = result
+        return result
+
+    nodes_by_name = {node.name: node for node in fp32.graph.node}
+    table: list[LayerError] = []
+    for node in fp32.graph.node:
+        outs = [o for o in node.output if o in available]
+        if not outs or node.op_type == "Constant":
+            continue
+        worst = max(outs, key=lambda o: stats[o].rel())
+        in_err, folded = 0.0, [node.name]
+        for inp in node.input:
+            if inp:
+                e, f = inherited(inp)
+                in_err = max(in_err, e)
+                folded.extend(f)
+        rel = stats[worst].rel()
+        contribution = rel - in_err if not (math.isinf(rel) and math.isinf(in_err)) else 0.0
+        table.append(
+            LayerError(
+                node=node.name,
+                op_type=node.op_type,
+                module_path=_module_path(nodes_by_name, (node.name, *folded)),
+                rel_error=rel,
+                cosine=stats[worst].cosine(),
+                contribution=contribution,
+                tensor=worst,
+                nodes=tuple(dict.fromkeys(folded)),
+            )
+        )
+    table.sort(key=lambda le: le.contribution, reverse=True)
+    return table
+
+
+def _module_path(nodes: Mapping[str, onnx.NodeProto], names: Sequence[str]) -> str:
+    """Module path of the first node in ``names`` that has one (folded Relus have none, their Conv does)."""
+    for name in names:
+        if name in nodes:
+            path = _graph.module_path(nodes[name])
+            if path:
+                return path
+    return ""
+
+
+def guarded_quantize(
+    src: Path,
+    dst: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    gate: Callable[[Path], bool],
+    *,
+    precision: Literal["int8", "fp16"] = "int8",
+    int8_options: Mapping[str, object] | None = None,
+    fp16_options: Mapping[str, object] | None = None,
+    max_keep_fraction: float = 0.1,
+    max_keep: int | None = None,
+    localize_samples: int = 8,
+) -> GuardResult:
+    """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
+
+    ``gate(path) -> bool`` is the caller's accuracy check on the built model
+    (e.g. output cosine >= 0.99 on held-out data). Each failed build is
+    analysed with :func:`per_layer_errors` and the top-ranked node not yet
+    kept (with its folded nodes) is kept in FP32 - INT8 ``exclude_nodes`` or
+    FP16 ``node_block_list`` - and the model rebuilt. When the top-ranked node
+    is already kept, the error must enter through its inputs (ORT's CPU style
+    quantizes producers' outputs too), so their producers are kept next.
+    Stops when the gate passes or ``max_keep`` nodes are kept (default
+    ``ceil(max_keep_fraction * quantizable nodes)``, at least 1). INT8 ranges
+    are calibrated once and reused by every rebuild.
+    """
+    src, dst = Path(src), Path(dst)
+    fp32 = _graph.load_model(src)
+    opts: dict[str, object] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
+    user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))  # type: ignore[call-overload]
+    kept: list[str] = []
+    ranges: object = opts.pop("ranges", None)
+
+    def build() -> tuple[Path | None, int]:
+        nonlocal ranges
+        if precision == "int8":
+            result = quantize_int8(src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts)  # type: ignore[arg-type]
+            ranges = result.ranges or ranges
+            return result.path, result.quantizable_count
+        fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)  # type: ignore[arg-type]
+        return fp16.path, fp16.total_nodes
+
+    path, quantizable = build()
+    if path is None:
+        return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable")
+    limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
+    producer = {out: node.name for node in fp32.graph.node for out in node.output}
+    constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
+    history: list[tuple[tuple[str, ...], bool]] = []
+    first_table: list[LayerError] = []
+    iterations = 0
+    while True:
+        iterations += 1
+        passed = bool(gate(path))
+        history.append((tuple(kept), passed))
+        if passed or len(kept) >= limit:
+            break
+        table = per_layer_errors(src, path, samples, max_samples=localize_samples)
+        if not first_table:
+            first_table = table
+        chosen = _next_nodes(table, set(kept) | set(user_kept), producer, constant, fp32)
+        if not chosen:
+            break
+        kept.extend(chosen[: max(1, limit - len(kept))])
+        new_path, _ = build()
+        if new_path is None:  # everything quantizable is now kept: the FP32 model is the answer
+            return GuardResult(None, False, kept, iterations, first_table, history, limit, "nothing_quantizable")
+        path = new_path
+    return GuardResult(path, passed, kept, iterations, first_table, history, limit)
+
+
+def _next_nodes(
+    table: Sequence[LayerError],
+    kept: set[str],
+    producer: Mapping[str, str],
+    constant: set[str],
+    fp32: onnx.ModelProto,
+) -> list[str]:
+    nodes = {node.name: node for node in fp32.graph.node}
+    for entry in table:
+        if entry.contribution <= 0:
+            break
+        new = [n for n in entry.nodes if n not in kept and n not in constant]
+        if new:
+            return new
+        upstream = [
+            producer[i]
+            for i in nodes[entry.node].input
+            if i in producer and producer[i] not in kept and producer[i] not in constant
+        ]
+        if upstream:
+            return list(dict.fromkeys(upstream))
+    return []
