@@ -234,9 +234,20 @@ def parse_dynamic(text: str) -> DynamicArg:
     return DynamicArg(dim=DynamicDim(name, low, opt, high), axes=axes)
 
 
+def _dtype_name(dtype: object) -> str:
+    """numpy-style dtype name for a str, numpy dtype or ``torch.dtype`` (``torch.int64`` -> ``int64``)."""
+    text = str(dtype).removeprefix("torch.")
+    for candidate in (text, dtype):
+        try:
+            return str(np.dtype(candidate))  # type: ignore[call-overload]  # any dtype-like object
+        except TypeError:
+            continue
+    return text  # e.g. bfloat16, which numpy lacks: keep torch's name
+
+
 def resolve_input_specs(
     input_names: Sequence[str],
-    example_shapes_dtypes: Sequence[tuple[Sequence[int], str]],
+    example_shapes_dtypes: Sequence[tuple[Sequence[int], object]],
     dynamic_args: Sequence[DynamicArg],
 ) -> tuple[TensorSpec, ...]:
     """Combine example shapes with ``--dynamic`` declarations into input :class:`TensorSpec`.
@@ -246,7 +257,7 @@ def resolve_input_specs(
     error lists the valid ones), no axis is claimed twice, ``batch`` without
     explicit axes only meets inputs of rank >= 1, and each example size lies in
     MIN..MAX - otherwise the exported graph would be traced at a size the engine
-    profile cannot run.
+    profile cannot run. Dtypes may be given as strings, numpy or torch dtypes.
     """
     if len(input_names) != len(example_shapes_dtypes):
         raise UserInputError(
@@ -309,7 +320,7 @@ def resolve_input_specs(
             shape[axis] = dim.axis_name
 
     return tuple(
-        TensorSpec(name=name, shape=tuple(shapes[name]), dtype=str(np.dtype(dtype)))
+        TensorSpec(name=name, shape=tuple(shapes[name]), dtype=_dtype_name(dtype))
         for name, (_, dtype) in zip(input_names, example_shapes_dtypes, strict=True)
     )
 

@@ -87,12 +87,17 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _listing(items: Sequence[str]) -> str:
-    """Comma-join at most a few items, saying how many were left out."""
-    shown = ", ".join(items[:_MAX_LISTED])
-    if len(items) > _MAX_LISTED:
-        shown += f" (+{len(items) - _MAX_LISTED} more)"
+def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    """Comma-join at most ``limit`` items, saying how many were left out."""
+    shown = ", ".join(items[:limit])
+    if len(items) > limit:
+        shown += f" (+{len(items) - limit} more)"
     return shown
+
+
+def _a(noun: str) -> str:
+    """``a`` or ``an`` before a type name, so messages read naturally ("an int")."""
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
 
 
 def _sha256(path: Path) -> str:
@@ -185,7 +190,7 @@ def _available(module: ModuleType) -> str:
     names = _candidates(module)
     if not names:
         return "it defines no nn.Module classes or functions"
-    return f"available: {_listing(names)}"
+    return f"available: {_listing(names, limit=10)}"
 
 
 def _required_params(func: Any) -> list[str] | None:
@@ -243,7 +248,7 @@ def _instantiate(obj: Any, name: str, origin: str) -> torch.nn.Module:
             )
         return result
     raise UserInputError(
-        f"'{name}' in {origin} is a {type(obj).__name__}, not an nn.Module class, a function "
+        f"'{name}' in {origin} is {_a(type(obj).__name__)}, not an nn.Module class, a function "
         f"returning one, or an nn.Module instance"
     )
 
@@ -293,7 +298,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
     ):
         raise UserInputError(
-            f"{path} holds a {type(data).__name__} that is not a state dict (names -> tensors); "
+            f"{path} holds {_a(type(data).__name__)} that is not a state dict (names -> tensors); "
             f"save it with torch.save(model.state_dict(), '{path.name}')"
         )
     return dict(data)
@@ -394,7 +399,7 @@ def _load_pickled(path: Path, trust_pickle: bool) -> torch.nn.Module:
             f"importable (run from its directory), or pass file.py:NAME with --weights instead"
         ) from exc
     if not isinstance(model, torch.nn.Module):
-        raise UserInputError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
+        raise UserInputError(f"{path} holds {_a(type(model).__name__)}, not a torch.nn.Module")
     return model
 
 
@@ -517,13 +522,13 @@ def _to_tensor_tuple(value: Any, where: str) -> tuple[tuple[Any, ...], tuple[str
         items = tuple(value.values())
     else:
         raise UserInputError(
-            f"{where} returned a {type(value).__name__}; return a tensor, a tuple/list of tensors "
+            f"{where} returned {_a(type(value).__name__)}; return a tensor, a tuple/list of tensors "
             f"in forward() order, or a dict name -> tensor"
         )
     for index, item in enumerate(items):
         if not isinstance(item, torch.Tensor):
             label = f"'{names[index]}'" if names else f"item {index}"
-            raise UserInputError(f"{where}: {label} is a {type(item).__name__}, not a torch.Tensor")
+            raise UserInputError(f"{where}: {label} is {_a(type(item).__name__)}, not a torch.Tensor")
     return items, names
 
 
@@ -611,8 +616,9 @@ def check_inputs_against_model(
             else f"{len(required)} to {len(positional)}"
         )
         raise UserInputError(
-            f"the model's forward() takes {expected} inputs ({', '.join(positional)}) but {count} "
-            f"were given; pass one --input per forward() parameter, in order"
+            f"the model's forward() takes {expected} input{'' if expected == '1' else 's'} "
+            f"({', '.join(positional)}) but {count} were given; "
+            f"pass one --input per forward() parameter, in order"
         )
     try:
         with torch.no_grad():

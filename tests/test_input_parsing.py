@@ -115,8 +115,8 @@ def test_resolve_marks_batch_and_named_axes() -> None:
 
 
 def test_resolve_without_dynamic_keeps_static_shapes_and_normalises_dtype() -> None:
-    specs = resolve_input_specs(["x"], [((1, 3), np.float32)], [])  # type: ignore[list-item]  # dtype object
-    assert specs == (TensorSpec("x", (1, 3), "float32"),)
+    specs = resolve_input_specs(["x", "ids"], [((1, 3), np.float32), ((1, 2), "torch.int64")], [])
+    assert specs == (TensorSpec("x", (1, 3), "float32"), TensorSpec("ids", (1, 2), "int64"))
 
 
 def test_resolve_scalar_input_allowed_with_explicit_axes() -> None:

@@ -66,7 +66,7 @@ def test_load_from_dotted_module_path() -> None:
     [
         (f"{TINY}:Missing", r"has no 'Missing'; available: TinyNet, NeedsArgs, BrokenInit, make_model"),
         (f"{TINY}:NotAModule", r"'NotAModule' .* is a class but not a torch.nn.Module subclass"),
-        (f"{TINY}:NUMBER", r"'NUMBER' .* is a int, not an nn.Module class"),
+        (f"{TINY}:NUMBER", r"'NUMBER' .* is an int, not an nn.Module class"),
         (f"{TINY}:NeedsArgs", r"NeedsArgs\(\) needs constructor arguments \(hidden\).*def make_model"),
         (f"{TINY}:factory_with_args", r"factory_with_args\(\) needs arguments \(width\)"),
         (f"{TINY}:returns_int", r"returns_int\(\) .* returned int, not a torch.nn.Module"),
@@ -239,7 +239,7 @@ def test_no_example_inputs_gives_none() -> None:
             {"input_ids": torch.zeros(1, 2), "labels": torch.zeros(1)},
             r"keys labels are not forward\(\) parameters",
         ),
-        ((torch.zeros(1, 2), 3), r"item 1 is a int, not a torch.Tensor"),
+        ((torch.zeros(1, 2), 3), r"item 1 is an int, not a torch.Tensor"),
         ("text", r"returned a str; return a tensor, a tuple/list"),
     ],
 )
