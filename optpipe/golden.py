@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from optpipe.artifact import atomic_path
+from optpipe.errors import UserInputError
 from optpipe.runtime import Runner
 from optpipe.tensor_spec import DynamicDim
 
@@ -110,5 +111,16 @@ def make_golden(
             rows = min(rows, batch_dim.max)
         if batch_dim is not None or rows == example_batch:
             feeds.append(("heldout", {k: np.ascontiguousarray(v[:rows]) for k, v in heldout.items()}))
-    cases = [GoldenCase(name, feed, reference.infer(feed)) for name, feed in feeds]
+    cases = []
+    for name, feed in feeds:
+        try:
+            outputs = reference.infer(feed)
+        except Exception as error:
+            batch = next(iter(feed.values())).shape[0]
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise UserInputError(
+                f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {type(error).__name__}: "
+                f"{first}; check --input/--dynamic against what the model accepts"
+            ) from None
+        cases.append(GoldenCase(name, feed, outputs))
     return GoldenData(cases)

@@ -23,7 +23,7 @@ class Runner(Protocol):
         ...
 
 
-def ort_session_options(threads: int | None, level: str = "all") -> Any:
+def ort_session_options(threads: int | None, level: str = "all", log_level: int = 3) -> Any:
     """Session options tuned for latency on a CPU.
 
     Sequential execution and a fixed intra-op pool: on small machines the
@@ -42,18 +42,20 @@ def ort_session_options(threads: int | None, level: str = "all") -> Any:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: warnings go to the report, not the terminal
+    options.log_severity_level = log_level  # 3 = errors only: warnings go to the report, not the terminal
     return options
 
 
 class OrtRunner:
     """ONNX Runtime on the CPU execution provider."""
 
-    def __init__(self, path: Path, threads: int | None = None, level: str = "all") -> None:
+    def __init__(self, path: Path, threads: int | None = None, level: str = "all", log_level: int = 3) -> None:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(
-            str(path), sess_options=ort_session_options(threads, level), providers=["CPUExecutionProvider"]
+            str(path),
+            sess_options=ort_session_options(threads, level, log_level),
+            providers=["CPUExecutionProvider"],
         )
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,20 +38,30 @@ class ExportConfig:
     opset: int | None = None  # None = the exporter's default (20 for dynamo in torch 2.13)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    """``Type: first line`` of the root cause (torch wraps the useful message in generic ones)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = _ANSI.sub("", str(error)).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Any:
     """The exporters print progress and deprecation noise; keep the console for optpipe."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [logging.getLogger(name) for name in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -125,7 +136,7 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
 
     if ctx.golden is None:
         return
-    runner = OrtRunner(path, threads=ctx.threads, level="basic")
+    runner = OrtRunner(path, threads=ctx.threads, level="basic", log_level=4)
     for case in ctx.golden.cases:
         try:
             results = runner.infer(case.inputs)
