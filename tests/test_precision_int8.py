@@ -80,7 +80,9 @@ def test_cpu_style_close_to_fp32(cnn: Path, tmp_path: Path) -> None:
     assert _cosine(cnn, result.path, _samples(8, seed=1)) > 0.99
     model = onnx.load(str(result.path))
     q_types = {
-        i.data_type for i in model.graph.initializer if i.name.endswith("zero_point") and not i.name.startswith("w")
+        i.data_type
+        for i in model.graph.initializer
+        if i.name.endswith("zero_point") and not i.name.startswith("w")
     }
     assert TensorProto.UINT8 in q_types  # U8S8: uint8 activations
     assert not any(n.domain == "com.microsoft" for n in model.graph.node)
@@ -108,7 +110,9 @@ def test_tensorrt_style_follows_rules(cnn: Path, tmp_path: Path) -> None:
             assert users and all(u.op_type in COMPUTE_OPS for u in users), node.name
             # no int32 bias DequantizeLinear
             if node.input[0] in inits:
-                assert inits[node.input[0]].dtype == np.int8, f"{node.name} dequantizes {inits[node.input[0]].dtype}"
+                assert inits[node.input[0]].dtype == np.int8, (
+                    f"{node.name} dequantizes {inits[node.input[0]].dtype}"
+                )
     for node in model.graph.node:
         if node.op_type in COMPUTE_OPS:
             weight_dq = producers[node.input[1]]
@@ -197,7 +201,10 @@ def test_explicit_ranges_skip_calibration(cnn: Path, tmp_path: Path) -> None:
 
 def test_nothing_quantizable(tmp_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Sigmoid", ["r"], ["y"], name="sig")],
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("Sigmoid", ["r"], ["y"], name="sig"),
+        ],
         "plain",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],

@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -20,6 +21,9 @@ from onnx import TensorProto, helper
 
 from optpipe.errors import UserInputError
 from optpipe.tensor_spec import TensorSpec
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -107,7 +111,7 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str], types: Mapping[st
     return exposed
 
 
-def session(model: onnx.ModelProto, *, optimize: bool = False):  # type: ignore[no-untyped-def]
+def session(model: onnx.ModelProto, *, optimize: bool = False) -> ort.InferenceSession:
     """An ONNX Runtime CPU session on an in-memory model.
 
     Optimisation is off by default: these sessions inspect tensors, and graph

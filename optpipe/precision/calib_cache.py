@@ -81,7 +81,9 @@ def load_ranges(path: Path) -> tuple[CacheKey, Ranges]:
     except (OSError, ValueError) as exc:
         raise UserInputError(f"calibration cache '{path}' is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserInputError(f"calibration cache '{path}' is not an optpipe cache (format must be '{FORMAT}')")
+        raise UserInputError(
+            f"calibration cache '{path}' is not an optpipe cache (format must be '{FORMAT}')"
+        )
     raw_key, raw_ranges = payload.get("key"), payload.get("ranges")
     if not isinstance(raw_key, dict) or not isinstance(raw_ranges, dict):
         raise UserInputError(f"calibration cache '{path}' lacks its 'key' or 'ranges' object")

@@ -192,9 +192,7 @@ def _from_path_or_callable(source: str | Path, specs: list[TensorSpec]) -> tuple
         return _split_arrays(_read_npz(path), specs, str(path)), str(path)
     if path.suffix == ".npy":
         return _from_npy_group({"": [path]}, specs), str(path)
-    raise UserInputError(
-        f"calibration data '{path}' is not an .npz file, a directory or 'FILE.py:NAME'"
-    )
+    raise UserInputError(f"calibration data '{path}' is not an .npz file, a directory or 'FILE.py:NAME'")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -396,7 +394,8 @@ def _validate_array(arr: np.ndarray, spec: TensorSpec, index: int) -> np.ndarray
     for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
         if isinstance(want, int) and want >= 0 and got != want:
             raise UserInputError(
-                f"{where}: shape {tuple(arr.shape)} differs from the model's {_fmt(spec.shape)} at axis {axis}"
+                f"{where}: shape {tuple(arr.shape)} differs from the model's "
+                f"{_fmt(spec.shape)} at axis {axis}"
             )
     if arr.size == 0:
         raise UserInputError(f"{where}: the array is empty (shape {tuple(arr.shape)})")

@@ -190,7 +190,9 @@ def _remove_fp16_round_trips(model: onnx.ModelProto) -> int:
                 node.input[i] = rename[name]
     kept_nodes = [n for n in graph.node if id(n) not in dropped]
     used = {i for n in kept_nodes for i in n.input} | graph_outputs
-    kept_nodes = [n for n in kept_nodes if not (cast_to(n) is not None and all(o not in used for o in n.output))]
+    kept_nodes = [
+        n for n in kept_nodes if not (cast_to(n) is not None and all(o not in used for o in n.output))
+    ]
     del graph.node[:]
     graph.node.extend(kept_nodes)
     return len(rename)

@@ -34,7 +34,14 @@ import onnx
 
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.precision import _graph
-from optpipe.precision.calib_cache import CacheKey, CalibCache, Ranges, load_ranges, save_ranges, validate_ranges
+from optpipe.precision.calib_cache import (
+    CacheKey,
+    CalibCache,
+    Ranges,
+    load_ranges,
+    save_ranges,
+    validate_ranges,
+)
 from optpipe.precision.calib_data import check_sample_count, data_fingerprint
 
 Style = Literal["cpu", "tensorrt"]
@@ -152,12 +159,23 @@ def quantize_int8(
         quantized_model = onnx.load(str(out_path))
         quantized = _quantized_nodes(quantized_model)
         if not quantized:
-            return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded, final_ranges,
-                              [*warnings, "the quantizer quantized no node (no ranges for their inputs?)"],
-                              cache_hit)  # fmt: skip
+            warnings.append("the quantizer quantized no node (no ranges for their inputs?)")
+            return Int8Result(
+                "nothing_quantizable",
+                None,
+                style,
+                method,
+                [],
+                quantizable,
+                excluded,
+                final_ranges,
+                warnings,
+                cache_hit,
+            )
         _graph.save_atomic(quantized_model, dst)
-    return Int8Result("quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings,
-                      cache_hit)  # fmt: skip
+    return Int8Result(
+        "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit
+    )
 
 
 def compute_ranges(
@@ -298,7 +316,9 @@ def _resolve_ranges(
                 f"calibration cache '{cache_file}' was made for a different {', '.join(differs)} "
                 "and there are no samples to recalibrate with"
             )
-        warnings.append(f"calibration cache '{cache_file}' is stale ({', '.join(differs)} differ); recalibrated")
+        warnings.append(
+            f"calibration cache '{cache_file}' is stale ({', '.join(differs)} differ); recalibrated"
+        )
     store = CalibCache(cache_dir) if cache_dir is not None else None
     if store is not None and samples:
         hit = store.lookup(key)
@@ -309,7 +329,8 @@ def _resolve_ranges(
     warning = check_sample_count(len(samples), key.method)
     if warning:
         warnings.append(warning)
-    computed = compute_ranges(pre_path, samples, key.method, op_types=op_types, percentile=percentile)  # type: ignore[arg-type]
+    method: Method = key.method  # type: ignore[assignment]  # the key was built from a validated Method
+    computed = compute_ranges(pre_path, samples, method, op_types=op_types, percentile=percentile)
     if store is not None:
         store.store(key, computed)
     if cache_file is not None:
@@ -353,35 +374,31 @@ def _run_quantizer(
     save_tensors_data(tensors, cache_path)
 
     if style == "tensorrt":
-        options: dict[str, object] = {
-            "activation_type": QuantType.QInt8,
-            "weight_type": QuantType.QInt8,
-            "op_types_to_quantize": list(COMPUTE_OPS),
-            "extra_options": {
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                "OpTypesToExcludeOutputQuantization": list(COMPUTE_OPS),
-                "QuantizeBias": False,
-                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-            },
+        activation_type, op_types = QuantType.QInt8, list(COMPUTE_OPS)
+        extra: dict[str, object] = {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "OpTypesToExcludeOutputQuantization": list(COMPUTE_OPS),
+            "QuantizeBias": False,
+            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
         }
+        reduce_range = False  # TensorRT uses full 8-bit weights
     else:
-        options = {
-            "activation_type": QuantType.QUInt8,
-            "weight_type": QuantType.QInt8,
-            "reduce_range": reduce_range,
-            "extra_options": {"WeightSymmetric": True},
-        }
+        activation_type, op_types, extra = QuantType.QUInt8, None, {"WeightSymmetric": True}
     quantize_static(
         str(pre_path),
         str(out_path),
         calibration_data_reader=None,
         quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types,
         per_channel=True,
+        reduce_range=reduce_range,
+        activation_type=activation_type,
+        weight_type=QuantType.QInt8,
         nodes_to_exclude=list(excluded),
         calibrate_method=enum,
+        extra_options=extra,
         calibration_cache_path=str(cache_path),
-        **options,  # type: ignore[arg-type]
     )
 
 

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -265,18 +265,21 @@ def guarded_quantize(
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
-    opts: dict[str, object] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
-    user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))  # type: ignore[call-overload]
+    # Any: the options are forwarded as keyword arguments to quantize_int8 / convert_fp16, which check them.
+    opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
+    user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
     kept: list[str] = []
-    ranges: object = opts.pop("ranges", None)
+    ranges: Any = opts.pop("ranges", None)
 
     def build() -> tuple[Path | None, int]:
         nonlocal ranges
         if precision == "int8":
-            result = quantize_int8(src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts)  # type: ignore[arg-type]
+            result = quantize_int8(
+                src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts
+            )
             ranges = result.ranges or ranges
             return result.path, result.quantizable_count
-        fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)  # type: ignore[arg-type]
+        fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)
         return fp16.path, fp16.total_nodes
 
     path, quantizable = build()
@@ -303,7 +306,9 @@ def guarded_quantize(
         kept.extend(chosen[: max(1, limit - len(kept))])
         new_path, _ = build()
         if new_path is None:  # everything quantizable is now kept: the FP32 model is the answer
-            return GuardResult(None, False, kept, iterations, first_table, history, limit, "nothing_quantizable")
+            return GuardResult(
+                None, False, kept, iterations, first_table, history, limit, "nothing_quantizable"
+            )
         path = new_path
     return GuardResult(path, passed, kept, iterations, first_table, history, limit)
 
