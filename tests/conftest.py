@@ -1,0 +1,70 @@
+"""Shared fixtures: paths of the sample models and toy models, and a loader for them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+TOY_MODELS = Path(__file__).resolve().parent / "fixtures" / "models" / "toy_models.py"
+
+
+def load_file_module(path: Path) -> ModuleType:
+    """Import a Python file by path (tests use the same models the CLI loads by path)."""
+    spec = importlib.util.spec_from_file_location(f"_test_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def toy() -> ModuleType:
+    return load_file_module(TOY_MODELS)
+
+
+def build_context(
+    tmp_path: Path,
+    model: object,
+    examples: dict[str, object],
+    output_names: tuple[str, ...],
+    batch: object | None = None,
+) -> object:
+    """A BuildContext with golden data, as ``build()`` makes it, for testing single passes."""
+    import numpy as np
+    import torch
+
+    from optpipe.golden import make_golden
+    from optpipe.input_parsing import DynamicArg, resolve_input_specs
+    from optpipe.pass_base import BuildContext
+    from optpipe.runtime import TorchRunner
+    from optpipe.target import get_target
+
+    arrays = {k: np.asarray(v) for k, v in examples.items()}
+    dynamic = [DynamicArg(batch)] if batch is not None else []  # type: ignore[arg-type]
+    specs = resolve_input_specs(list(arrays), [(a.shape, str(a.dtype)) for a in arrays.values()], dynamic)
+    reference = TorchRunner(model, tuple(arrays), output_names)
+    golden = make_golden(reference, arrays, batch)  # type: ignore[arg-type]
+    return BuildContext(
+        work_dir=tmp_path,
+        target=get_target("cpu"),
+        input_specs=specs,
+        output_names=output_names,
+        dynamic=tuple(d.dim for d in dynamic),
+        model=model,
+        example_inputs=tuple(torch.from_numpy(a) for a in arrays.values()),
+        golden=golden,
+        threads=1,
+        log=lambda message: None,
+    )
+
+
+def torch_artifact(ctx: object) -> object:
+    """The source artifact a build starts from."""
+    from optpipe.artifact import Artifact, ArtifactKind
+
+    return Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs, ())  # type: ignore[attr-defined]

@@ -1,0 +1,53 @@
+"""Output directories are staged and swapped in whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optpipe.build_dir import STAGING_PREFIX, check_out_dir, discard, make_staging, publish
+from optpipe.errors import UserInputError
+
+
+def test_existing_directory_needs_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    check_out_dir(out, overwrite=False)  # empty is fine
+    (out / "report.json").write_text("{}")
+    with pytest.raises(UserInputError, match="already exists; pass --overwrite"):
+        check_out_dir(out, overwrite=False)
+    check_out_dir(out, overwrite=True)
+
+
+def test_a_file_is_not_an_output_directory(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(UserInputError, match="is not a directory"):
+        check_out_dir(target, overwrite=True)
+
+
+def test_unwritable_location_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    with pytest.raises(UserInputError, match="cannot write the output directory"):
+        make_staging(blocker / "out")
+
+
+def test_publish_replaces_old_contents_entirely(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old-artifact.onnx").write_text("old")
+    staging = make_staging(out)
+    assert staging.name.startswith(STAGING_PREFIX)
+    (staging / "new-artifact.onnx").write_text("new")
+    publish(staging, out)
+    assert sorted(p.name for p in out.iterdir()) == ["new-artifact.onnx"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old copy left behind
+
+
+def test_discard_removes_staging(tmp_path: Path) -> None:
+    staging = make_staging(tmp_path / "out")
+    (staging / "half.onnx").write_text("partial")
+    discard(staging)
+    assert list(tmp_path.iterdir()) == []
