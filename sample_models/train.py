@@ -181,8 +181,8 @@ def train_wine(mod: ModuleType) -> dict[str, float]:
         {
             **te,
             "labels": y_te,
-            "alcohol_mean": np.float32(mean[mod.TARGET_FEATURE]),
-            "alcohol_std": np.float32(std[mod.TARGET_FEATURE]),
+            "alcohol_mean": np.array(mean[mod.TARGET_FEATURE], dtype=np.float32),
+            "alcohol_std": np.array(std[mod.TARGET_FEATURE], dtype=np.float32),
         },
     )
 
@@ -234,8 +234,9 @@ def main() -> int:
     ):
         start = time.perf_counter()
         metrics[mod.NAME] = train(mod)
-        metrics[mod.NAME]["train_seconds"] = round(time.perf_counter() - start, 1)
-        print(f"{mod.NAME}: {json.dumps(metrics[mod.NAME])}", flush=True)
+        # Time is printed, not saved, so that a rerun leaves metrics.json unchanged.
+        seconds = time.perf_counter() - start
+        print(f"{mod.NAME} ({seconds:.0f} s): {json.dumps(metrics[mod.NAME])}", flush=True)
     METRICS_PATH.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return 0
 
