@@ -81,6 +81,11 @@ class Pass(ABC):
     input_kind: ClassVar[ArtifactKind]
     output_kind: ClassVar[ArtifactKind]
     Config: ClassVar[type] = NoConfig
+    # Distributions whose versions change this pass's output (part of the cache key).
+    uses: ClassVar[tuple[str, ...]] = ()
+    # True for deterministic passes whose only effect is files in the staging dir plus the
+    # returned result: optpipe.cache.PassCache may then skip them. Passes that measure stay False.
+    cacheable: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -90,6 +95,10 @@ class Pass(ABC):
     def config_dict(self) -> dict[str, Any]:
         """The config as plain data, for reports and cache keys."""
         return dataclasses.asdict(self.config)
+
+    def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
+        """Facts besides input, config and ``uses`` versions that change the output (e.g. a GPU name)."""
+        return {}
 
     def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
         """Pre-condition hook; raise to refuse the input."""

@@ -37,6 +37,8 @@ class OrtEnginePass(Pass):
     input_kind = ArtifactKind.ONNX
     output_kind = ArtifactKind.ENGINE
     Config = OrtEngineConfig
+    uses = ("onnx", "onnxruntime")
+    cacheable = True
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         import onnxruntime as ort

@@ -164,6 +164,8 @@ class ExportOnnx(Pass):
     input_kind = ArtifactKind.TORCH
     output_kind = ArtifactKind.ONNX
     Config = ExportConfig
+    uses = ("torch", "onnx", "onnxscript", "onnxruntime")
+    cacheable = True
 
     def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
         if ctx.model is None:

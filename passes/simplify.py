@@ -35,6 +35,8 @@ class SimplifyOnnx(Pass):
     input_kind = ArtifactKind.ONNX
     output_kind = ArtifactKind.ONNX
     Config = SimplifyConfig
+    uses = ("onnx", "onnxslim", "onnxruntime")
+    cacheable = True
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         import onnx

@@ -1,0 +1,573 @@
+"""A content-addressed cache of pass outputs, shared by builds on one machine.
+
+Why: in CI most rebuilds change nothing upstream of the precision passes, yet
+export alone takes seconds to minutes. A pass whose output is a pure function
+of its input artifact, its config, the package versions it uses and a few
+build facts can be skipped by copying the files it made last time.
+
+How it plugs in: :class:`PassCache` is a pipeline *instrument*
+(:class:`optpipe.pipeline.Instrument`). ``before_pass`` computes the key and,
+on a hit, copies the recorded files into the build's staging directory at the
+same relative paths, re-checks their sha256 and returns the recorded
+:class:`~optpipe.pass_base.PassResult` (the pipeline records the pass as
+``cached``). On a miss the pass runs, and ``after_pass`` stores every file the
+pass created or changed in the staging directory (a directory snapshot taken
+before the pass tells which), plus a JSON record.
+
+Only passes that declare ``cacheable = True`` are cached: validate and
+benchmark measure, so they always run.
+
+Layout under the cache directory (``$OPTPIPE_CACHE_DIR`` or
+``~/.cache/optpipe``)::
+
+    v1/entries/ab/abcdef.../record.json   # written last, inside the temp dir
+    v1/entries/ab/abcdef.../files/<relative path in the build dir>
+    v1/locks/abcdef....lock              # fcntl.flock, one per key, never deleted
+    v1/tmp/<key>-<pid>-<random>/          # an entry being written
+
+Safety: an entry is assembled in ``tmp/`` and renamed into ``entries/`` in
+one ``rename``, so a killed build never leaves a complete-looking entry; a
+per-key ``flock`` is held from the miss until the entry is stored, so two
+concurrent builds of the same model compute each pass once and the second one
+reuses it; a hit whose files do not match their recorded sha256 is discarded
+with a warning and rebuilt. Any ``OSError`` on the cache directory (read-only,
+full, not a directory) turns the cache off for the rest of the build with a
+warning: the cache may make a build faster, never make it fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import inspect
+import json
+import os
+import platform
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.report import package_version
+from optpipe.tensor_spec import TensorSpec
+
+CACHE_FORMAT = 1
+ENV_VAR = "OPTPIPE_CACHE_DIR"
+# Build options that never change what a cacheable pass writes (they only affect gates and timing).
+NON_OUTPUT_OPTIONS = frozenset({"tolerances", "benchmark", "benchmark_batch"})
+STALE_TMP_SECONDS = 3600.0
+_PATH_MARK = "__optpipe_relpath__"
+
+
+def default_cache_dir() -> Path:
+    """``$OPTPIPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/optpipe``, else ``~/.cache/optpipe``."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "optpipe"
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _hash_array(digest: Any, value: np.ndarray) -> None:
+    array = np.ascontiguousarray(value)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+
+
+def golden_fingerprint(ctx: BuildContext) -> str | None:
+    """Hash of the golden arrays (not the .npz bytes: zip entries carry timestamps)."""
+    if ctx.golden is None:
+        return None
+    digest = hashlib.sha256()
+    for case in ctx.golden.cases:
+        digest.update(case.name.encode())
+        for group in (case.inputs, case.outputs):
+            for name in sorted(group):
+                digest.update(name.encode())
+                _hash_array(digest, group[name])
+    return digest.hexdigest()
+
+
+def _source_digest(cls: type) -> str:
+    try:
+        source = inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        source = None
+    if source and os.path.isfile(source):
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def model_fingerprint(model: Any) -> str:
+    """Hash of a torch module: every parameter and buffer, plus the source of its classes.
+
+    The torch artifact that export reads has no file and no sha256; this
+    stands in for it. Source files matter because ``forward()`` is code.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    classes = {
+        f"{c.__module__}.{c.__qualname__}": c
+        for c in (type(module) for module in model.modules())
+        if not c.__module__.startswith("torch.")  # torch's own layers are covered by its version
+    }
+    for name in sorted(classes):
+        digest.update(name.encode())
+        digest.update(_source_digest(classes[name]).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}{value.dtype}{tuple(value.shape)}".encode())
+        if value.numel():
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able stand-in for a build option value; files and arrays by content."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    if isinstance(value, np.ndarray):
+        digest = hashlib.sha256()
+        _hash_array(digest, value)
+        return {"array": digest.hexdigest()}
+    if isinstance(value, Path) or (isinstance(value, str) and len(value) < 4096 and os.path.isfile(value)):
+        path = Path(value)
+        if path.is_file():
+            return {"file": str(value), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return _plain(dataclasses.asdict(value))
+    return repr(value)
+
+
+class _Keyer:
+    """Computes cache keys; remembers the expensive per-build fingerprints."""
+
+    def __init__(self) -> None:
+        self._model: tuple[int, str] | None = None
+        self._golden: tuple[int, str | None] | None = None
+
+    def facts(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> dict[str, Any]:
+        if artifact.kind is ArtifactKind.TORCH:
+            if self._model is None or self._model[0] != id(ctx.model):
+                self._model = (id(ctx.model), model_fingerprint(ctx.model) if ctx.model is not None else "")
+            source = {"model": self._model[1]}
+        else:
+            source = {"sha256": artifact.sha256}
+        if self._golden is None or self._golden[0] != id(ctx.golden):
+            self._golden = (id(ctx.golden), golden_fingerprint(ctx))
+        return {
+            "format": CACHE_FORMAT,
+            "pass": pass_.name,
+            "pass_code": _source_digest(type(pass_)),
+            "config": _plain(pass_.config_dict()),
+            "versions": {dist: package_version(dist) for dist in ("optpipe", *getattr(pass_, "uses", ()))},
+            "input": source,
+            "input_kind": artifact.kind.value,
+            "precision": artifact.precision,
+            "target": ctx.target.name,
+            "input_specs": [spec.to_dict() for spec in ctx.input_specs],
+            "output_names": list(ctx.output_names),
+            "dynamic": [dim.to_dict() for dim in ctx.dynamic],
+            "golden": self._golden[1],
+            "options": _plain({k: v for k, v in ctx.options.items() if k not in NON_OUTPUT_OPTIONS}),
+            "machine": platform.machine(),
+            "pass_facts": _plain(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
+        }
+
+    def key(self, facts: Mapping[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Relative path -> (size, mtime_ns, inode) of every file under ``root``."""
+    files: dict[str, tuple[int, int, int]] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for filename in filenames:
+            path = Path(dirpath, filename)
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            files[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return files
+
+
+def copy_hashing(source: Path, destination: Path, chunk: int = 1 << 20) -> str:
+    """Copy a file and return the sha256 of the bytes written (one read of the source)."""
+    digest = hashlib.sha256()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as src, open(destination, "wb") as dst:
+        while block := src.read(chunk):
+            digest.update(block)
+            dst.write(block)
+    return digest.hexdigest()
+
+
+def _encode_extra(value: Any, root: Path) -> Any:
+    """Artifact ``extra`` values; absolute paths into the staging dir become relative markers."""
+    if isinstance(value, dict):
+        return {k: _encode_extra(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode_extra(v, root) for v in value]
+    if isinstance(value, str | Path):
+        path = Path(value)
+        if path.is_absolute() and path.is_relative_to(root):
+            return {_PATH_MARK: path.relative_to(root).as_posix()}
+        return str(value)
+    return value
+
+
+def _decode_extra(value: Any, root: Path) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_PATH_MARK}:
+            return str(root / value[_PATH_MARK])
+        return {k: _decode_extra(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_extra(v, root) for v in value]
+    return value
+
+
+def _artifact_to_record(artifact: Artifact, root: Path) -> dict[str, Any] | None:
+    path: str | None = None
+    if artifact.path is not None:
+        if not artifact.path.is_relative_to(root):
+            return None  # outside the build: nothing we could copy back
+        path = artifact.path.relative_to(root).as_posix()
+    return {
+        "kind": artifact.kind.value,
+        "path": path,
+        "sha256": artifact.sha256,
+        "inputs": [s.to_dict() for s in artifact.inputs],
+        "outputs": [s.to_dict() for s in artifact.outputs],
+        "precision": artifact.precision,
+        "producer": artifact.producer,
+        "extra": _encode_extra(dict(artifact.extra), root),
+    }
+
+
+def _artifact_from_record(data: Mapping[str, Any], root: Path) -> Artifact:
+    return Artifact(
+        kind=ArtifactKind(data["kind"]),
+        path=root / data["path"] if data["path"] is not None else None,
+        sha256=data["sha256"],
+        inputs=tuple(TensorSpec.from_dict(s) for s in data["inputs"]),
+        outputs=tuple(TensorSpec.from_dict(s) for s in data["outputs"]),
+        precision=data["precision"],
+        producer=data["producer"],
+        extra=_decode_extra(data["extra"], root),
+    )
+
+
+class CorruptEntry(Exception):
+    """A cache entry whose files or record do not match (caught inside this module)."""
+
+
+# --------------------------------------------------------------------------- the instrument
+
+
+@dataclass
+class _Pending:
+    key: str
+    before: dict[str, tuple[int, int, int]]
+    lock_fd: int | None
+
+
+class PassCache:
+    """Pipeline instrument that skips cacheable passes whose output is already cached.
+
+    ``log`` receives one line per hit, store and problem. Warnings (a corrupted
+    entry, a cache that cannot be written) are also added to the next pass
+    result, so they reach ``report.json``.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        lock_timeout: float = 3600.0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.root = Path(directory).expanduser() if directory is not None else default_cache_dir()
+        self.base = self.root / f"v{CACHE_FORMAT}"
+        self.lock_timeout = lock_timeout
+        self.log = log
+        self.enabled = True
+        self.hits = 0
+        self.stores = 0
+        self._keyer = _Keyer()
+        self._pending: _Pending | None = None
+        self._warnings: list[str] = []
+        self._prepared = False
+
+    # -- Instrument protocol ------------------------------------------------------------------------------
+
+    def before_pass(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> PassResult | None:
+        """Return the cached result of ``pass_`` on ``artifact``, or None (and keep its key locked)."""
+        self._release()  # a previous pass that raised never reached after_pass
+        if not self.enabled or not getattr(pass_, "cacheable", False):
+            return None
+        if not self._prepare(ctx):
+            return None
+        try:
+            key = self._keyer.key(self._keyer.facts(pass_, artifact, ctx))
+        except Exception as error:  # a fingerprint we cannot compute: build without the cache
+            self._warn(ctx, f"cache disabled for pass '{pass_.name}': cannot compute its key ({error})")
+            return None
+        try:
+            lock_fd = self._lock(key, pass_.name, ctx)
+        except OSError as error:
+            self._disable(ctx, error)
+            return None
+        if lock_fd is None:
+            return None
+        try:
+            result = self._load(key, pass_, ctx)
+        except OSError as error:
+            self._unlock(lock_fd)
+            self._disable(ctx, error)
+            return None
+        if result is not None:
+            self._unlock(lock_fd)
+            self.hits += 1
+            self._say(ctx, f"     {pass_.name}: reused from cache ({key[:12]})")
+            result.warnings.extend(self._take_warnings())
+            return result
+        self._pending = _Pending(key, snapshot(ctx.work_dir), lock_fd)
+        return None
+
+    def after_pass(self, pass_: Pass, artifact: Artifact, result: PassResult, ctx: BuildContext) -> None:
+        """Store the files ``pass_`` just made, then release the key's lock."""
+        pending, self._pending = self._pending, None
+        try:
+            if pending is not None and self.enabled:
+                try:
+                    self._store(pending, pass_, result, ctx)
+                except OSError as error:
+                    self._disable(ctx, error)
+        finally:
+            if pending is not None:
+                self._unlock(pending.lock_fd)
+        result.warnings.extend(self._take_warnings())
+
+    def close(self) -> None:
+        """Release a lock still held after a failed pass."""
+        self._release()
+
+    def __enter__(self) -> PassCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._release()
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _say(self, ctx: BuildContext, message: str) -> None:
+        (self.log or ctx.log)(message)
+
+    def _warn(self, ctx: BuildContext, message: str) -> None:
+        self._say(ctx, f"     warning: {message}")
+        self._warnings.append(message)
+
+    def _take_warnings(self) -> list[str]:
+        taken, self._warnings = self._warnings, []
+        return taken
+
+    def _disable(self, ctx: BuildContext, error: OSError) -> None:
+        self.enabled = False
+        reason = error.strerror or str(error)
+        if error.errno == errno.ENOSPC:
+            reason = "no space left on the device"
+        self._warn(ctx, f"cache directory {self.root} cannot be used ({reason}); building without the cache")
+
+    def _prepare(self, ctx: BuildContext) -> bool:
+        if self._prepared:
+            return True
+        try:
+            for sub in ("entries", "locks", "tmp"):
+                (self.base / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.base / "tmp" / f".probe-{os.getpid()}-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            self._disable(ctx, error)
+            return False
+        self._prepared = True
+        self._clean_stale_tmp()
+        return True
+
+    def _clean_stale_tmp(self) -> None:
+        """Remove entries-in-progress left by killed builds (old enough that no build still writes them)."""
+        now = time.time()
+        with contextlib.suppress(OSError):
+            for child in (self.base / "tmp").iterdir():
+                with contextlib.suppress(OSError):
+                    if now - child.stat().st_mtime > STALE_TMP_SECONDS:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def _entry(self, key: str) -> Path:
+        return self.base / "entries" / key[:2] / key
+
+    def _lock(self, key: str, name: str, ctx: BuildContext) -> int | None:
+        """Take the key's exclusive lock; None (no cache for this pass) after ``lock_timeout``."""
+        fd = os.open(self.base / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + self.lock_timeout
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    self._warn(ctx, f"cache lock for '{name}' still held after {self.lock_timeout:.0f}s; "
+                                    "running the pass without the cache")
+                    return None
+                if not said:
+                    self._say(ctx, f"     {name}: another build is computing this pass; waiting for it")
+                    said = True
+                time.sleep(0.05)
+
+    @staticmethod
+    def _unlock(fd: int | None) -> None:
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def _release(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._unlock(pending.lock_fd)
+
+    def _discard(self, entry: Path) -> None:
+        """Move a bad entry out of ``entries/`` in one rename, then delete it."""
+        trash = self.base / "tmp" / f"discard-{entry.name}-{os.getpid()}-{secrets.token_hex(4)}"
+        with contextlib.suppress(OSError):
+            os.replace(entry, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _load(self, key: str, pass_: Pass, ctx: BuildContext) -> PassResult | None:
+        entry = self._entry(key)
+        record_path = entry / "record.json"
+        if not record_path.is_file():
+            return None
+        written: list[Path] = []
+        try:
+            try:
+                record = json.loads(record_path.read_text(encoding="utf-8"))
+                if record.get("format") != CACHE_FORMAT or record.get("key") != key:
+                    raise CorruptEntry("record does not match its key")
+                for item in record["files"]:
+                    source = entry / "files" / item["path"]
+                    if not source.is_file():
+                        raise CorruptEntry(f"{item['path']} is missing")
+                    destination = ctx.work_dir / item["path"]
+                    written.append(destination)
+                    if copy_hashing(source, destination) != item["sha256"]:
+                        raise CorruptEntry(f"{item['path']} does not match its recorded sha256")
+                artifact = _artifact_from_record(record["artifact"], ctx.work_dir)
+                if artifact.path is not None and not artifact.path.exists():
+                    raise CorruptEntry(f"its artifact {record['artifact']['path']} is not in the build")
+            except (ValueError, KeyError, TypeError) as error:  # unreadable JSON or wrong shape
+                raise CorruptEntry(f"unreadable record ({type(error).__name__}: {error})") from None
+        except CorruptEntry as problem:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            self._discard(entry)
+            self._warn(ctx, f"cache entry {key[:12]} for pass '{pass_.name}' was corrupted ({problem}); "
+                            "discarded it and rebuilt")
+            return None
+        for relative in record.get("deleted", []):
+            with contextlib.suppress(FileNotFoundError):
+                (ctx.work_dir / relative).unlink()
+        result = record["result"]
+        return PassResult(artifact, modified=bool(result["modified"]), metrics=result["metrics"],
+                          warnings=list(result["warnings"]))
+
+    def _store(self, pending: _Pending, pass_: Pass, result: PassResult, ctx: BuildContext) -> None:
+        root = ctx.work_dir
+        artifact = _artifact_to_record(result.artifact, root)
+        if artifact is None:
+            return
+        try:
+            result_json = json.loads(json.dumps(
+                {"modified": result.modified, "metrics": result.metrics, "warnings": list(result.warnings)}
+            ))
+        except (TypeError, ValueError):
+            self._say(ctx, f"     {pass_.name}: metrics are not JSON; not cached")
+            return
+        after = snapshot(root)
+        changed = sorted(rel for rel, stat in after.items() if pending.before.get(rel) != stat)
+        deleted = sorted(rel for rel in pending.before if rel not in after)
+        entry = self._entry(pending.key)
+        if (entry / "record.json").is_file():
+            return  # stored by a build that did not wait for our lock (lock timeout)
+        tmp = self.base / "tmp" / f"{pending.key}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir(parents=True)
+            files = []
+            for relative in changed:
+                digest = copy_hashing(root / relative, tmp / "files" / relative)
+                files.append({"path": relative, "sha256": digest, "size": (root / relative).stat().st_size})
+            record = {
+                "format": CACHE_FORMAT,
+                "key": pending.key,
+                "pass": pass_.name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": files,
+                "deleted": deleted,
+                "artifact": artifact,
+                "result": result_json,
+            }
+            (tmp / "record.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, entry)
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                return  # a complete entry is already there
+            self.stores += 1
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def iter_entries(directory: str | Path | None = None) -> Iterator[Path]:
+    """Every complete entry directory of a cache (for tests and housekeeping)."""
+    root = Path(directory) if directory is not None else default_cache_dir()
+    base = root / f"v{CACHE_FORMAT}" / "entries"
+    if base.is_dir():
+        for record in sorted(base.glob("*/*/record.json")):
+            yield record.parent
