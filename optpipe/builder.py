@@ -81,7 +81,7 @@ def variant_passes(precision: str, target: Target, options: Mapping[str, Any], e
         passes.append(lowering)
     passes.extend(target.pre_engine_passes())
     if engine:
-        passes.append(target.engine_pass())
+        passes.append(target.engine_pass(options))
         passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
         if options.get("benchmark", True):
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))
@@ -150,7 +150,7 @@ def build(
         target_obj.check_available()
     except EnvironmentUnavailable as error:
         engine_available = False
-        next_step = f"{error}. Copy {out} to a machine with it and run: optpipe engine {out}"
+        next_step = str(error)  # the reason; the full instruction is made once the options are known
 
     model.eval()
     reference = TorchRunner(model, tuple(names), tuple(output_names or ()))
@@ -170,6 +170,10 @@ def build(
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=exporter)), SimplifyOnnx()], variant="shared")
     variants = {p: Pipeline(variant_passes(p, target_obj, options, engine_available), variant=p) for p in precisions}
+    if not engine_available:
+        from optpipe.finish import split_next_step  # also checks the TensorRT options now, not on the GPU box
+
+        next_step = split_next_step(out, str(next_step), options)
 
     staging = make_staging(out)
     report = Report(target=target_obj.name, model=model_name or type(model).__name__)
@@ -236,6 +240,7 @@ def _variant_record(
         "latency": bench.get("latency"),
         "torch_latency": bench.get("torch_latency"),
         "speedup_vs_torch": bench.get("speedup_vs_torch"),
+        "gpu_memory": bench.get("gpu_memory"),
         "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark")},
     }
     return variant
@@ -259,6 +264,7 @@ def _build_record(
         "tolerances": options.get("tolerances") or {},
         "onnx": _relative(onnx_artifact.path, root),
         "golden": "golden",
+        "trt": dict(options.get("trt") or {}),  # TensorRT build options, reused by `optpipe engine`
     }
 
 

@@ -67,6 +67,56 @@ def _parse_tolerance(text: str) -> tuple[str, str, float]:
         ) from None
 
 
+HARDWARE_COMPAT_LEVELS = ("ampere_plus", "same_compute_capability")
+
+
+def trt_build_options(func: F) -> F:
+    """Add the TensorRT engine options and pass them on as one ``trt_options`` dict.
+
+    Shared by ``optpipe build`` and ``optpipe engine`` so both spell them the
+    same; keys are :class:`optpipe.passes.engine_trt.TrtEngineConfig` fields,
+    and options left out are ``None`` (the default, or the value recorded by
+    the split build).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, timing_cache: Path | None, opt_level: int | None, workspace: int | None,
+                hardware_compat: str | None, version_compatible: bool, **kwargs: Any) -> Any:
+        kwargs["trt_options"] = {
+            key: value
+            for key, value in {
+                "timing_cache": str(timing_cache) if timing_cache else None,
+                "builder_optimization_level": opt_level,
+                "workspace_bytes": workspace * (1 << 20) if workspace else None,
+                "hardware_compatibility": hardware_compat,
+                "version_compatible": version_compatible or None,
+            }.items()
+            if value is not None
+        }
+        return func(*args, **kwargs)
+
+    options = [
+        click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                     help="[tensorrt] TensorRT timing cache: reused when written by the same TensorRT "
+                     "version on the same GPU architecture (else set aside), updated after the build."),
+        click.option("--opt-level", type=click.IntRange(0, 5), metavar="N",
+                     help="[tensorrt] Builder optimization level 0-5 (default 3; higher builds slower, may "
+                     "run faster)."),
+        click.option("--workspace", type=click.IntRange(min=1), metavar="MB",
+                     help="[tensorrt] Cap on the builder's workspace memory, in MiB (default: TensorRT's)."),
+        click.option("--hardware-compat", type=click.Choice(HARDWARE_COMPAT_LEVELS), is_flag=False,
+                     flag_value="ampere_plus", default=None,
+                     help="[tensorrt] Build an engine that runs on other GPU architectures: ampere_plus (the "
+                     "value when none is given; compute capability >= 8.0) or same_compute_capability."),
+        click.option("--version-compatible", is_flag=True, default=None,
+                     help="[tensorrt] Build an engine that later TensorRT releases of the same major version "
+                     "can run."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
+
+
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("model")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
@@ -91,12 +141,17 @@ def _parse_tolerance(text: str) -> tuple[str, str, float]:
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a fully pickled model (.pt/.pth). Unpickling runs code from the file: only for files you trust.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary.")
+@trt_build_options
 @reports_errors
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
           target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
           threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
-          overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool) -> None:
+          overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
+          trt_options: dict[str, Any]) -> None:
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program)."""
+    if trt_options and target != "tensorrt":
+        raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
+                               "--target tensorrt")
     from optpipe.model_session import prepare_model
 
     parsed_tolerances: dict[str, dict[str, float]] = {}
@@ -126,6 +181,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         exporter=exporter,
         model_name=model,
         log=log,
+        trt=trt_options,
     )
     click.echo(report.to_json() if as_json else report.summary())
     if not as_json:
@@ -157,3 +213,75 @@ def list_passes() -> None:
         pass_cls = getattr(__import__(f"optpipe.passes.{module}", fromlist=[cls]), cls)
         kinds = f"{pass_cls.input_kind.value}->{pass_cls.output_kind.value}"
         click.echo(f"{name:<{width}}  {kinds:<14}  {pass_cls.description}")
+
+
+@main.command(name="engine", epilog=EXIT_CODES_HELP)
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
+              help="Batch size to benchmark at (default: the example's).")
+@click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
+@click.option("--rebuild", is_flag=True,
+              help="Also rebuild engines that were already built (e.g. for another GPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary.")
+@trt_build_options
+@reports_errors
+def engine(build_dir: Path, benchmark_batch: int | None, no_benchmark: bool, rebuild: bool, as_json: bool,
+           trt_options: dict[str, Any]) -> None:
+    """Finish a split TensorRT build: build, validate and time the engines in BUILD_DIR.
+
+    Run on a machine with TensorRT and an NVIDIA GPU (pip install 'optpipe[tensorrt]'), on the
+    directory 'optpipe build --target tensorrt' wrote elsewhere. The [tensorrt] options default to the
+    ones given to 'optpipe build'. report.json is rewritten with status "complete".
+    """
+    from optpipe.finish import finish_build
+
+    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    report = finish_build(build_dir, trt_options=trt_options, benchmark=not no_benchmark,
+                          benchmark_batch=benchmark_batch, rebuild=rebuild, log=log)
+    click.echo(report.to_json() if as_json else report.summary())
+    if not as_json:
+        click.echo(f"report: {build_dir / 'report.json'}")
+    sys.exit(report.exit_code)
+
+
+LINT_EXIT_HELP = f"""
+\b
+Exit codes:
+  {EXIT_OK}  no errors (warnings may be printed)
+  {EXIT_GATE_FAILED}  errors: TensorRT is expected to reject the model
+  {EXIT_USAGE}  the file is missing or not readable ONNX, or a bad option
+"""
+
+
+@main.command(name="lint", epilog=LINT_EXIT_HELP)
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("--target", default="tensorrt", show_default=True, type=click.Choice(["tensorrt"]),
+              help="Runtime whose ONNX support to check against.")
+@click.option("--dynamic", "dynamics", multiple=True, metavar="NAME=MIN:OPT:MAX",
+              help="Optimization profile of a dynamic axis, by its ONNX name (batch=1:8:32 also covers an "
+              "unnamed axis 0). Without one, every dynamic axis is reported.")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@reports_errors
+def lint(onnx_file: Path, target: str, dynamics: tuple[str, ...], as_json: bool) -> None:
+    """Check ONNX_FILE against TensorRT's documented ONNX support, without TensorRT or a GPU.
+
+    Prints each problem with its node, what is wrong and how to fix it.
+    """
+    import json
+
+    from optpipe.input_parsing import parse_dynamic
+    from optpipe.tensorrt.lint import has_errors, lint_model
+
+    profiles = [parse_dynamic(text).dim for text in dynamics]
+    problems = lint_model(onnx_file, profiles=profiles)
+    problems.sort(key=lambda p: p.severity != "error")
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in problems], indent=2))
+    else:
+        for problem in problems:
+            click.echo(f"{problem.severity}: {problem.code} at {problem.node or '(model)'}")
+            click.echo(f"    {problem.message}")
+            click.echo(f"    fix: {problem.fix}")
+        errors = sum(p.severity == "error" for p in problems)
+        click.echo(f"{onnx_file}: {errors} error(s), {len(problems) - errors} warning(s) for {target}")
+    sys.exit(EXIT_GATE_FAILED if has_errors(problems) else EXIT_OK)

@@ -10,6 +10,8 @@ PASSES: dict[str, tuple[str, str]] = {
     "export": ("export_onnx", "ExportOnnx"),
     "simplify": ("simplify", "SimplifyOnnx"),
     "engine-ort": ("engine_ort", "OrtEnginePass"),
+    "trt-lint": ("trt_lint", "TrtLintPass"),
+    "engine-trt": ("engine_trt", "TrtEnginePass"),
     "validate": ("validate", "ValidatePass"),
     "benchmark": ("benchmark", "BenchmarkPass"),
 }

@@ -124,7 +124,7 @@ class Report:
         header += f"{'p50 ms':>9} {'speedup':>8}  artifact"
         lines.append(header)
         for variant in self.variants:
-            outputs = variant.get("parity", {}).get("outputs", {})
+            outputs = (variant.get("parity") or {}).get("outputs", {})  # None until the engine is validated
             cosine = min((o["cosine"] for o in outputs.values()), default=float("nan"))
             max_abs = max((o["max_abs"] for o in outputs.values()), default=float("nan"))
             top1s = [o["top1_agreement"] for o in outputs.values() if o.get("top1_agreement") is not None]

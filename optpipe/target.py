@@ -10,7 +10,8 @@ build stops after every CPU stage (a split build, exit 3).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from optpipe.errors import UserInputError
 
@@ -28,8 +29,12 @@ class Target(ABC):
     qdq_style: str  # "cpu" (ONNX Runtime fast QDQ) | "tensorrt" (symmetric int8, per-channel)
 
     @abstractmethod
-    def engine_pass(self) -> Pass:
-        """The pass that turns a portable ONNX artifact into this target's engine."""
+    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
+        """The pass that turns a portable ONNX artifact into this target's engine.
+
+        ``options`` are the build's options (``BuildContext.options``), so engine
+        settings such as ``options["trt"]`` end up in the pass's frozen config.
+        """
 
     @abstractmethod
     def runner(self, artifact: Artifact, threads: int | None) -> Runner:
@@ -48,7 +53,7 @@ class CpuTarget(Target):
     description = "ONNX Runtime, CPU execution provider (always available)"
     qdq_style = "cpu"
 
-    def engine_pass(self) -> Pass:
+    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
         from optpipe.passes.engine_ort import OrtEnginePass
 
         return OrtEnginePass()
@@ -65,10 +70,16 @@ class TensorRTTarget(Target):
     description = "TensorRT on an NVIDIA GPU (strongly typed engine built with Polygraphy)"
     qdq_style = "tensorrt"
 
-    def engine_pass(self) -> Pass:
+    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
         from optpipe.passes.engine_trt import TrtEnginePass
 
-        return TrtEnginePass()
+        return TrtEnginePass.from_options(options or {})
+
+    def pre_engine_passes(self) -> list[Pass]:
+        """The static TensorRT lint: runs on the CPU, so a split build stops here on a bad model."""
+        from optpipe.passes.trt_lint import TrtLintPass
+
+        return [TrtLintPass()]
 
     def runner(self, artifact: Artifact, threads: int | None) -> Runner:
         from optpipe.tensorrt.engine import TrtEngineRunner

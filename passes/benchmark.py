@@ -4,6 +4,12 @@ Both runtimes get the same inputs, thread count and batch; calls are
 interleaved in shuffled blocks (see :mod:`optpipe.timing`), and the speedup is
 the ratio of medians. Numbers from separate runs on a noisy machine would not
 be comparable.
+
+A GPU runner that offers ``time_inference`` (TensorRT's ``TrtEngineRunner``)
+times itself instead: wall-clock around an asynchronous GPU launch would
+measure the launch, not the work, so its timer synchronises the CUDA stream.
+PyTorch eager (on the CPU) is then timed on its own, and the runner's GPU
+memory use (``runner.memory``) is added to the report.
 """
 
 from __future__ import annotations
@@ -53,8 +59,10 @@ class BenchmarkPass(Pass):
         batch = self.config.batch or example.batch
         feed = resize_batch(example.inputs, batch) if batch != example.batch else example.inputs
         engine = ctx.target.runner(artifact, ctx.threads)
-        calls: dict[str, Any] = {"engine": lambda: engine.infer(feed)}
+        self_timed = callable(getattr(engine, "time_inference", None))
+        calls: dict[str, Any] = {} if self_timed else {"engine": lambda: engine.infer(feed)}
         use_torch = self.config.compare_torch and ctx.model is not None
+        memory: dict[str, Any] = {}
         previous_threads = torch.get_num_threads()
         if ctx.threads:
             torch.set_num_threads(ctx.threads)
@@ -67,11 +75,22 @@ class BenchmarkPass(Pass):
                 warmup=self.config.warmup,
                 rounds=self.config.rounds,
                 iters_per_round=self.config.iters_per_round,
-            )
+            ) if calls else {}
+            if self_timed:
+                times["engine"] = engine.time_inference(
+                    feed, warmup=self.config.warmup, iters=self.config.rounds * self.config.iters_per_round
+                )
         finally:
             torch.set_num_threads(previous_threads)
+            if self_timed:
+                memory = dict(getattr(engine, "memory", None) or {})
+                if callable(getattr(engine, "close", None)):
+                    engine.close()  # free the GPU context now, not whenever the garbage collector runs
         threads = ctx.threads or previous_threads
         metrics: dict[str, Any] = {"latency": summarize(times["engine"], batch, threads)}
+        metrics["timer"] = "runner (CUDA-synchronised)" if self_timed else "interleaved wall clock"
+        if memory:
+            metrics["gpu_memory"] = memory
         if use_torch:
             metrics["torch_latency"] = summarize(times["torch"], batch, threads)
             metrics["speedup_vs_torch"] = metrics["torch_latency"]["p50_ms"] / metrics["latency"]["p50_ms"]
