@@ -71,6 +71,8 @@ class OutputParity:
     passed: bool = True
     failures: tuple[str, ...] = ()
     tolerance: dict[str, float | None] | None = None
+    # |error| histogram over every element (log10 bins), for the HTML report.
+    error_histogram: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -94,6 +96,35 @@ def _per_sample_cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
 def is_classifier_like(shape: Sequence[int]) -> bool:
     """Logits-shaped: ``[N, C]`` with at least two classes."""
     return len(shape) == 2 and shape[1] >= 2
+
+
+def error_histogram(errors: np.ndarray, max_bins: int = 24) -> dict[str, Any]:
+    """A small histogram of absolute errors with log10-spaced bins.
+
+    Errors span many decades (1e-9 for FP32 to 1e-1 for INT8), so linear bins
+    would put everything in one bar. Exact zeros and non-finite values, which a
+    log axis cannot place, are counted separately.
+    """
+    values = np.asarray(errors, dtype=np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    positive = finite[finite > 0]
+    edges: list[float] = []
+    counts: list[int] = []
+    if positive.size:
+        low = int(np.floor(np.log10(positive.min())))
+        high = max(int(np.ceil(np.log10(positive.max()))), low + 1)
+        bins = min(max_bins, 4 * (high - low))
+        edge_array = 10.0 ** np.linspace(low, high, bins + 1)
+        counts = [int(c) for c in np.histogram(positive, bins=edge_array)[0]]
+        edges = [float(f"{e:.4g}") for e in edge_array]
+    return {
+        "scale": "log10",
+        "edges": edges,
+        "counts": counts,
+        "zeros": int(finite.size - positive.size),
+        "nonfinite": int(values.size - finite.size),
+        "total": int(values.size),
+    }
 
 
 def compare_output(
@@ -128,6 +159,7 @@ def compare_output(
     rel_all = np.concatenate(rel_errors) if rel_errors else np.zeros(1)
     cos_all = np.concatenate(cosines) if cosines else np.ones(1)
     top1 = float(np.mean(np.concatenate(agreements))) if agreements else None
+    histogram = error_histogram(abs_all)
     parity = OutputParity(
         max_abs=float(abs_all.max()) if abs_all.size else 0.0,
         max_rel=float(rel_all.max()) if rel_all.size else 0.0,
@@ -137,6 +169,7 @@ def compare_output(
         top1_agreement=top1,
         samples=total,
         tolerance=asdict(tolerance),
+        error_histogram=histogram,
     )
     failures = []
     if not elementwise_ok:
