@@ -27,7 +27,14 @@ def interleaved_latency(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Per-call latencies in milliseconds for each named call."""
+    """Per-call latencies in milliseconds for each named call.
+
+    Without ``progress``, a bar is drawn on stderr when it is a terminal.
+    """
+    if progress is None:
+        from optpipe.progress import Progress
+
+        progress = Progress("benchmark", rounds).update
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -63,4 +70,18 @@ def summarize(times_ms: list[float], batch: int, threads: int | None) -> dict[st
         "mean_ms": float(values.mean()),
         "std_ms": float(values.std()),
         "throughput": batch / (p50 / 1e3) if p50 > 0 else None,
+        "samples_ms": downsample(times_ms),
     }
+
+
+def downsample(times_ms: list[float], keep: int = 200) -> list[float]:
+    """At most ``keep`` per-call times, evenly spaced in call order, to 4 significant digits.
+
+    Kept in the report so the HTML page can draw the distribution (a median
+    hides bimodal timings and thread-pool stalls); evenly spaced picks keep
+    both the shape of the distribution and any drift over the run.
+    """
+    values = np.asarray(times_ms, dtype=np.float64)
+    if values.size > keep:
+        values = values[np.linspace(0, values.size - 1, keep).round().astype(int)]
+    return [float(f"{v:.4g}") for v in values]
