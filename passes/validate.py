@@ -37,7 +37,11 @@ def validate_outputs(
     references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     failures: list[str] = []
-    for case in ctx.golden.cases:
+    from optpipe.progress import Progress
+
+    progress = Progress("validate", len(ctx.golden.cases))
+    for index, case in enumerate(ctx.golden.cases):
+        progress.update(index)
         try:
             got = runner.infer(case.inputs)
         except Exception as error:
@@ -53,6 +57,7 @@ def validate_outputs(
                 continue
             references[name].append(case.outputs[name])
             results[name].append(got[name])
+    progress.close()
     outputs = {}
     for name in ctx.output_names:
         if not references[name]:
