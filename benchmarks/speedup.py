@@ -87,7 +87,8 @@ def main() -> None:
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"threads": args.threads, "environment": environment(), "results": rows}
-    args.out.write_text(json.dumps(payload, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)) + "\n")
+    text = json.dumps(payload, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v))
+    args.out.write_text(text + "\n")
     print(f"wrote {args.out}")
 
 

@@ -100,14 +100,14 @@ class Pass(ABC):
         """Facts besides input, config and ``uses`` versions that change the output (e.g. a GPU name)."""
         return {}
 
-    def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
+    def requires(self, artifact: Artifact, ctx: BuildContext) -> None:  # noqa: B027  (optional hook: no-op)
         """Pre-condition hook; raise to refuse the input."""
 
     @abstractmethod
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         """Do the work and return the new artifact."""
 
-    def ensures(self, result: PassResult, ctx: BuildContext) -> None:
+    def ensures(self, result: PassResult, ctx: BuildContext) -> None:  # noqa: B027  (optional hook: no-op)
         """Post-condition hook; raise to reject the output."""
 
     def __call__(self, artifact: Artifact, ctx: BuildContext) -> PassResult:

@@ -8,6 +8,7 @@ not after a ten-minute export. Timing, progress and caching are instruments
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ class Pipeline:
     def __init__(self, passes: Sequence[Pass], variant: str = "") -> None:
         if not passes:
             raise ValueError("a pipeline needs at least one pass")
-        for before, after in zip(passes, passes[1:], strict=False):
+        for before, after in itertools.pairwise(passes):
             if before.output_kind is not after.input_kind:
                 raise TypeError(
                     f"pass '{before.name}' makes a {before.output_kind.value} artifact but "

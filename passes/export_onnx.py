@@ -52,7 +52,8 @@ def _first_line(error: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet_exporter() -> Any:
     """The exporters print progress and deprecation noise; keep the console for optpipe."""
-    loggers = [logging.getLogger(name) for name in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")]
+    names = ("torch", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -141,7 +142,9 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
         try:
             results = runner.infer(case.inputs)
         except Exception as error:
-            raise RuntimeError(f"the ONNX model fails at batch {case.batch} ({case.name}): {_first_line(error)}")
+            raise RuntimeError(
+                f"the ONNX model fails at batch {case.batch} ({case.name}): {_first_line(error)}"
+            ) from error
         for name, reference in case.outputs.items():
             got = results[name]
             if got.shape != reference.shape:
@@ -160,7 +163,7 @@ class ExportOnnx(Pass):
     """torch nn.Module -> ONNX (dynamo exporter, TorchScript fallback)."""
 
     name = "export"
-    description = "export the PyTorch module to ONNX (dynamo exporter, TorchScript fallback), checked at other batch sizes"
+    description = "export to ONNX (dynamo exporter, TorchScript fallback), checked at other batch sizes"
     input_kind = ArtifactKind.TORCH
     output_kind = ArtifactKind.ONNX
     Config = ExportConfig

@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import pytest
 from conftest import build_context, torch_artifact
-
-from optpipe.artifact import ArtifactKind
-from optpipe.errors import PassError
-from optpipe.golden import GoldenCase
 from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
 from optpipe.passes.engine_ort import OrtEnginePass
 from optpipe.passes.export_onnx import ExportOnnx
 from optpipe.passes.simplify import SimplifyOnnx
 from optpipe.passes.validate import ValidateConfig, ValidatePass
+
+from optpipe.artifact import ArtifactKind
+from optpipe.errors import PassError
+from optpipe.golden import GoldenCase
 from optpipe.tensor_spec import DynamicDim
 
 
