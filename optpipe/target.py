@@ -85,7 +85,7 @@ class TensorRTTarget(Target):
         from optpipe.tensorrt.engine import TrtEngineRunner
 
         assert artifact.path is not None
-        return TrtEngineRunner(artifact.path)  # type: ignore[return-value]  # structural match checked in tests
+        return TrtEngineRunner(artifact.path)  # a Runner structurally (output_names, infer)
 
     def check_available(self) -> None:
         from optpipe.tensorrt.engine import check_trt_available

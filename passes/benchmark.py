@@ -58,7 +58,7 @@ class BenchmarkPass(Pass):
         example = ctx.golden.case("example")
         batch = self.config.batch or example.batch
         feed = resize_batch(example.inputs, batch) if batch != example.batch else example.inputs
-        engine = ctx.target.runner(artifact, ctx.threads)
+        engine: Any = ctx.target.runner(artifact, ctx.threads)  # Any: GPU runners add time_inference/close
         self_timed = callable(getattr(engine, "time_inference", None))
         calls: dict[str, Any] = {} if self_timed else {"engine": lambda: engine.infer(feed)}
         use_torch = self.config.compare_torch and ctx.model is not None
