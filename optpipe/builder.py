@@ -211,6 +211,9 @@ def build(
             report.next_step = next_step
         report.build = _build_record(specs, outputs, dims, precisions, options, onnx_artifact, staging)
         report.write(staging / "report.json")
+        from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
+
+        finish_build_dir(staging, report, ctx, [prefix, *variants.values()])
         publish(staging, out)
     except BaseException:
         discard(staging)
