@@ -244,5 +244,8 @@ def finish_build(
     report.status = "complete"
     report.next_step = None
     report.write(split.directory / REPORT_NAME)
+    from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing the new plans
+
+    finish_build_dir(split.directory, report, ctx, list(pipelines.values()))
     report.out_dir = split.directory
     return report
