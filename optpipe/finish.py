@@ -240,7 +240,8 @@ def finish_build(
         index = next(i for i, v in enumerate(report.variants) if v.get("precision") == precision)
         report.variants[index] = record
         new_warnings.extend(w for r in records for w in r.warnings)
-    report.warnings.extend(new_warnings)
+    # The lint runs again here; its warnings were already reported by the CPU stage.
+    report.warnings.extend(w for w in dict.fromkeys(new_warnings) if w not in report.warnings)
     report.status = "complete"
     report.next_step = None
     report.write(split.directory / REPORT_NAME)
