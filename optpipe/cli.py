@@ -118,8 +118,9 @@ def trt_build_options(func: F) -> F:
 
 
 @main.command(epilog=EXIT_CODES_HELP)
-@click.argument("model")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.argument("model", required=False)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Output directory (required unless a config file sets out).")
 @click.option("--weights", type=click.Path(path_type=Path), help="State dict: .pt/.pth (weights only) or .safetensors.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE[:LOW..HIGH]]",
               help="Example input, e.g. x:2x3x224x224 or ids:2x128:int64:0..1000. Repeat per input, in "
@@ -141,14 +142,31 @@ def trt_build_options(func: F) -> F:
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a fully pickled model (.pt/.pth). Unpickling runs code from the file: only for files you trust.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary.")
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Build the [[model]] entries of a TOML file (options as keys; flags given here override "
+              "the file). MODEL then selects one entry by name or spec.")
+@click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write JUnit XML: one test case per parity gate (per variant and output).")
 @trt_build_options
 @reports_errors
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
           target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
           threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
           overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
+          config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
           trt_options: dict[str, Any]) -> None:
-    """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program)."""
+    """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
+    if config_file is not None:
+        from optpipe.config_file import run_build_file
+
+        sys.exit(run_build_file(click.get_current_context(), config_file, model))
+    if model is None:
+        raise click.UsageError("Missing argument 'MODEL' (or give a config file with -c FILE).")
+    if out_dir is None:
+        raise click.UsageError("Missing option '--out'.")
     if trt_options and target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
@@ -162,6 +180,9 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
                              output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
     from optpipe.builder import build as run_build
+    from optpipe.cache import PassCache
+
+    instruments = [] if no_cache else [PassCache(cache_dir, log=log)]
 
     report = run_build(
         prepared.module,
@@ -181,12 +202,34 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         exporter=exporter,
         model_name=model,
         log=log,
+        instruments=instruments,
         trt=trt_options,
     )
     click.echo(report.to_json() if as_json else report.summary())
     if not as_json:
-        click.echo(f"report: {out_dir / 'report.json'}")
+        click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
+    if junit is not None:
+        from optpipe.junit import report_suite, write_junit
+
+        write_junit(junit, [report_suite(report.to_dict())])
     sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--no-parity", is_flag=True, help="Only re-hash the files; do not rerun the engines.")
+@click.option("--threads", type=int, help="Threads for ONNX Runtime.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def verify(build_dir: Path, no_parity: bool, threads: int | None, as_json: bool) -> None:
+    """Check BUILD_DIR against its manifest.json and rerun its parity gates (exit 0 ok, 1 failed, 2 not a build)."""
+    import json
+
+    from optpipe.verify import verify_build
+
+    result = verify_build(build_dir, parity=not no_parity, threads=threads)
+    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.summary())
+    sys.exit(result.exit_code)
 
 
 @main.command()

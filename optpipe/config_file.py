@@ -1,0 +1,355 @@
+"""``optpipe build -c optpipe.toml``: builds described in a file, for CI.
+
+Why a file: a CI job builds several models, each with its own inputs,
+dynamic ranges, precisions and tolerances; a file in the repository is
+reviewed and versioned, a long command line in a YAML job is not.
+
+Schema: top-level keys are defaults for every model; each ``[[model]]`` table
+is one build (one output directory, its ``out``). The keys are the
+``optpipe build`` options, spelled as on the command line without the leading
+dashes and with ``_`` for ``-`` (``dynamic``, ``output_names``, ``no_benchmark``,
+``opt_level``, ``calib_data``...). The field list is *derived from the click
+command*, so every flag, including ones added later, can be written in the
+file with the same meaning and the same checks. A few friendlier spellings
+are accepted: ``spec`` (the MODEL argument), ``inputs``, ``precisions`` (a
+list), ``tolerances`` (a table ``{output = {field = value}}``),
+``benchmark = false`` and ``strict_weights = false``. Command-level keys
+(``cache``, ``cache_dir``, ``junit``) are allowed at the top level only.
+
+Precedence: an option given on the command line > the model's table > the
+top-level defaults > the option's default. Relative paths are relative to
+the file's directory, so a build does not depend on where CI runs it from.
+
+Every error names the file, the field and what was expected, and is found
+before any build starts (exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, UserInputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+# Friendly spelling -> (click parameter name, negate the boolean).
+ALIASES: dict[str, tuple[str, bool]] = {
+    "spec": ("model", False),
+    "inputs": ("inputs", False),
+    "input": ("inputs", False),
+    "dynamic": ("dynamics", False),
+    "precisions": ("precision", False),
+    "tolerances": ("tolerances", False),
+    "tolerance": ("tolerances", False),
+    "out": ("out_dir", False),
+    "batch": ("benchmark_batch", False),
+    "benchmark": ("no_benchmark", True),
+    "strict_weights": ("no_strict_weights", True),
+    "cache": ("no_cache", True),
+    "json": ("as_json", False),
+}
+# Options of the whole command, not of one model.
+COMMAND_LEVEL = frozenset({"no_cache", "cache_dir", "junit", "as_json"})
+# Never read from a file.
+NOT_IN_FILE = frozenset({"config_file"})
+# Worst-first order of exit codes when several models are built.
+SEVERITY = (EXIT_USAGE, EXIT_GATE_FAILED, EXIT_ENVIRONMENT, EXIT_OK)
+
+
+class ConfigError(UserInputError):
+    """A config file problem; the message names the file and the field (exit 2)."""
+
+
+def worst_exit_code(codes: Sequence[int]) -> int:
+    """The exit code of several builds: usage error > gate failed > split build > ok."""
+    if not codes:
+        return EXIT_OK
+    rank = {code: index for index, code in enumerate(SEVERITY)}
+    return min(codes, key=lambda code: rank.get(code, -1))
+
+
+@dataclass
+class ModelBuild:
+    """One ``[[model]]`` entry resolved to the build command's parameters."""
+
+    name: str
+    params: dict[str, Any]
+    where: str
+
+
+@dataclass
+class BuildFile:
+    """A parsed config file: the models and the command-level settings."""
+
+    path: Path
+    models: list[ModelBuild]
+    command: dict[str, Any] = field(default_factory=dict)
+
+
+def _params(command: click.Command) -> dict[str, click.Parameter]:
+    return {p.name: p for p in command.params if p.name and p.name not in NOT_IN_FILE}
+
+
+def _spelling(param: click.Parameter) -> str:
+    """How a parameter is written in the file: its long flag without dashes."""
+    if isinstance(param, click.Argument):
+        return "spec"
+    longs = [o for o in param.opts if o.startswith("--")]
+    return (longs[0][2:] if longs else param.name or "").replace("-", "_")
+
+
+def known_fields(command: click.Command) -> list[str]:
+    """Every key a model table accepts (for error messages and docs)."""
+    names = {_spelling(p) for p in _params(command).values()}
+    names.update(alias for alias, (target, _neg) in ALIASES.items() if target in _params(command))
+    return sorted(names - {"config"})
+
+
+def _resolve_key(key: str, params: Mapping[str, click.Parameter]) -> tuple[str, bool] | None:
+    if key in ALIASES and ALIASES[key][0] in params:
+        return ALIASES[key]
+    for name, param in params.items():
+        if _spelling(param) == key:
+            return name, False
+    return None
+
+
+def _relative_path(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def _resolve_spec(value: str, base: Path) -> str:
+    """A MODEL spec: a file path part (``file.py:Name``, ``.pt2``) is made relative to the config file."""
+    head, sep, tail = value.rpartition(":")
+    if sep and head.endswith(".py"):
+        return _relative_path(head, base) + ":" + tail
+    if value.endswith((".pt2", ".pt", ".pth")):
+        return _relative_path(value, base)
+    return value
+
+
+def _convert(key: str, value: Any, param: click.Parameter, negate: bool, base: Path, where: str,
+             ctx: click.Context) -> Any:
+    """Check and convert one file value to what the click parameter would have produced."""
+    from optpipe.builder import PRECISIONS
+    from optpipe.parity import Tolerance
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
+
+    if param.name == "precision":
+        items = value if isinstance(value, list) else [value] if isinstance(value, str) else None
+        if items is None or not all(isinstance(i, str) for i in items):
+            raise fail("a list of precisions such as [\"fp32\", \"int8\"]")
+        names = [p.strip() for item in items for p in item.split(",") if p.strip()]
+        allowed = (*PRECISIONS, "auto")
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise ConfigError(f"{where}.{key}: unknown precision {', '.join(map(repr, unknown)) or '(none)'}; "
+                              f"expected one of {', '.join(allowed)}")
+        return ",".join(names)
+    if param.name == "tolerances":
+        if not isinstance(value, dict):
+            raise fail("a table {output = {atol = ..., min_cosine = ...}}")
+        known = {f for f in Tolerance.__dataclass_fields__}
+        texts = []
+        for output, fields in value.items():
+            if not isinstance(fields, dict):
+                raise ConfigError(f"{where}.{key}.{output}: expected a table of tolerance fields, got {fields!r}")
+            for name, number in fields.items():
+                if name not in known:
+                    raise ConfigError(f"{where}.{key}.{output}: unknown tolerance field '{name}'; expected one "
+                                      f"of {', '.join(sorted(known))}")
+                if isinstance(number, bool) or not isinstance(number, int | float):
+                    raise ConfigError(f"{where}.{key}.{output}.{name}: expected a number, got {number!r}")
+                texts.append(f"{output}:{name}={float(number)!r}")
+        return tuple(texts)
+    if param.name == "output_names" and isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise fail("a list of output names")
+        return ",".join(value)
+    if isinstance(param, click.Option) and param.is_flag:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return (not value) if negate else value
+    if param.multiple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise fail("a list of strings")
+        return tuple(items)
+    if isinstance(value, dict | list) or isinstance(value, bool):
+        raise fail(f"a single {param.type.name} value")
+    if isinstance(param.type, click.types.IntParamType | click.types.FloatParamType) and isinstance(value, str):
+        raise fail(f"a {param.type.name} (not a string)")
+    if isinstance(param.type, click.Path):
+        if not isinstance(value, str):
+            raise fail("a path (a string)")
+        value = _relative_path(value, base)
+    elif param.name == "model":
+        if not isinstance(value, str):
+            raise fail("a model spec such as 'models/net.py:Net'")
+        return _resolve_spec(value, base)
+    elif param.name == "calib_data" and isinstance(value, str):
+        value = _resolve_spec(value, base) if ".py:" in value else (
+            _relative_path(value, base) if (base / value).exists() else value)
+    if isinstance(param.type, click.types.StringParamType) and not isinstance(value, str):
+        raise fail("a string")
+    if isinstance(param.type, click.types.FloatParamType | click.types.FloatRange) and isinstance(value, int):
+        value = float(value)
+    try:
+        converted = param.type.convert(value, param, ctx)
+    except click.BadParameter as error:
+        choices = getattr(param.type, "choices", None)
+        expected = f"one of {', '.join(map(str, choices))}" if choices else f"{param.type.name} ({error.message})"
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}") from None
+    return converted
+
+
+def _table(data: Mapping[str, Any], params: Mapping[str, click.Parameter], base: Path, where: str,
+           ctx: click.Context, command: click.Command, top: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        resolved = _resolve_key(key, params)
+        if resolved is None:
+            raise ConfigError(f"{where}: unknown key '{key}'; expected one of {', '.join(known_fields(command))}")
+        name, negate = resolved
+        if name in COMMAND_LEVEL and not top:
+            raise ConfigError(f"{where}.{key}: only allowed at the top level of the file (it applies to the "
+                              "whole command)")
+        if name == "model" and top:
+            raise ConfigError(f"{where}.{key}: a model spec belongs in a [[model]] table")
+        out[name] = _convert(key, value, params[name], negate, base, where, ctx)
+    return out
+
+
+def _default_name(spec: str) -> str:
+    return spec.rpartition(":")[2] or Path(spec).stem
+
+
+def load_build_file(path: str | Path, command: click.Command, ctx: click.Context) -> BuildFile:
+    """Parse and check a config file against ``command``'s parameters. Raises :class:`ConfigError`."""
+    file = Path(path)
+    label = str(file)
+    try:
+        with open(file, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: no such config file") from None
+    except OSError as error:
+        raise ConfigError(f"{label}: cannot read it ({error.strerror or error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{label}: not valid TOML ({error})") from None
+    base = file.resolve().parent
+    params = _params(command)
+    models_data = data.pop("model", None)
+    if models_data is None:
+        raise ConfigError(f"{label}: no [[model]] table; add one per model to build")
+    if not isinstance(models_data, list) or not all(isinstance(m, dict) for m in models_data):
+        raise ConfigError(f"{label}: 'model' must be an array of tables ([[model]]), got {type(models_data).__name__}")
+    name_param = "name"
+    top = _table(data, params, base, f"{label}: top level", ctx, command, top=True)
+    command_settings = {k: top.pop(k) for k in list(top) if k in COMMAND_LEVEL}
+    models: list[ModelBuild] = []
+    seen_out: dict[str, str] = {}
+    for index, raw in enumerate(models_data):
+        raw = dict(raw)
+        name = raw.pop(name_param, None)
+        where = f"{label}: model[{index}]" + (f" ({name})" if name else "")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{where}.name: expected a string, got {name!r}")
+        values = {**top, **_table(raw, params, base, where, ctx, command, top=False)}
+        if not values.get("model"):
+            raise ConfigError(f"{where}: missing 'spec' (the model, e.g. 'models/net.py:Net')")
+        name = name or _default_name(values["model"])
+        where = f"{label}: model[{index}] ({name})"
+        out = values.get("out_dir")
+        if out is not None:
+            if str(out) in seen_out:
+                raise ConfigError(f"{where}.out: {out} is also the output of {seen_out[str(out)]}; "
+                                  "each model needs its own directory")
+            seen_out[str(out)] = name
+        models.append(ModelBuild(name, values, where))
+    return BuildFile(file, models, command_settings)
+
+
+def _cli_overrides(ctx: click.Context) -> dict[str, Any]:
+    """Parameters the user typed on the command line (they win over the file)."""
+    return {
+        name: value
+        for name, value in ctx.params.items()
+        if name not in NOT_IN_FILE and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+
+
+def run_build_file(ctx: click.Context, config_path: Path, select: str | None) -> int:
+    """Build every (selected) model of a config file; return the worst exit code.
+
+    Each model is built by invoking the ``build`` command itself with that
+    model's parameters, so a file build and a command-line build cannot drift
+    apart. One JUnit file (``junit``) collects every model's gates.
+    """
+    command = ctx.command
+    build_file = load_build_file(config_path, command, ctx)
+    overrides = _cli_overrides(ctx)
+    models = build_file.models
+    if select:
+        models = [m for m in models if select in (m.name, m.params.get("model"))
+                  or _resolve_spec(select, Path.cwd()) == m.params.get("model")]
+        if not models:
+            names = ", ".join(m.name for m in build_file.models)
+            raise ConfigError(f"{config_path}: no model named '{select}'; the file has: {names}")
+    if "out_dir" in overrides and len(models) > 1:
+        raise ConfigError(f"--out names one directory but {config_path} builds {len(models)} models; "
+                          "set 'out' per model (or select one model by name)")
+    defaults = {name: param.get_default(ctx) for name, param in _params(command).items()}
+    command_settings = {**build_file.command, **{k: v for k, v in overrides.items() if k in COMMAND_LEVEL}}
+    junit_path = command_settings.pop("junit", None)
+    resolved: list[tuple[ModelBuild, dict[str, Any]]] = []
+    for model in models:
+        params = {**defaults, **model.params, **overrides, **command_settings, "config_file": None, "junit": None}
+        for name, param in _params(command).items():
+            if param.multiple and params.get(name) is None:
+                params[name] = ()
+        if not params.get("out_dir"):
+            raise ConfigError(f"{model.where}: missing 'out' (the build directory of this model)")
+        resolved.append((model, params))
+    codes: list[int] = []
+    suites = []
+    from optpipe.junit import error_suite, report_suite
+
+    for model, params in resolved:
+        if len(resolved) > 1:
+            click.echo(f"== {model.name} -> {params['out_dir']}", err=bool(params.get("as_json")))
+        try:
+            ctx.invoke(command.callback, **params)  # type: ignore[arg-type]  # the callback is set
+            code = EXIT_OK
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+        codes.append(code)
+        if junit_path:
+            report_path = Path(params["out_dir"]) / "report.json"
+            if code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT) and report_path.is_file():
+                import json
+
+                suites.append(report_suite(json.loads(report_path.read_text(encoding="utf-8")), model.name))
+            else:
+                suites.append(error_suite(model.name, f"build failed with exit code {code} (see the log)"))
+    if junit_path:
+        from optpipe.junit import write_junit
+
+        write_junit(Path(junit_path), suites)
+    if len(codes) > 1:
+        summary = ", ".join(f"{m.name}: exit {c}" for (m, _p), c in zip(resolved, codes, strict=True))
+        click.echo(f"optpipe: {len(codes)} models built ({summary})", err=True)
+    return worst_exit_code(codes)

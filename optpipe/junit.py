@@ -1,0 +1,101 @@
+"""JUnit XML for CI systems: one test case per gate.
+
+CI servers (GitLab, Jenkins, GitHub test reporters) understand JUnit XML and
+show each failed test with its message, so a parity failure appears as
+"fp16 / logits: cosine 0.991 < 0.999" in the merge request rather than as a
+non-zero exit code to dig out of a log. One test case per variant per output
+(``parity[<output>]``), plus one per variant for failures that belong to no
+single output (an engine that cannot run a case); a variant whose engine was
+not built here (a split build) is a skipped case. A build that failed with an
+error before any variant finished is one failing ``build`` case.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from optpipe.artifact import write_bytes_atomic
+
+
+def _case(suite: ET.Element, classname: str, name: str, seconds: float = 0.0) -> ET.Element:
+    return ET.SubElement(suite, "testcase", classname=classname, name=name, time=f"{seconds:.3f}")
+
+
+def _fail(case: ET.Element, messages: Sequence[str], kind: str = "parity") -> None:
+    failure = ET.SubElement(case, "failure", message="; ".join(messages)[:1000], type=kind)
+    failure.text = "\n".join(messages)
+
+
+def report_suite(report: Mapping[str, Any], name: str | None = None) -> ET.Element:
+    """A ``<testsuite>`` for one build report dict."""
+    model = name or str(report.get("model") or "model")
+    suite = ET.Element("testsuite", name=f"optpipe: {model}")
+    validate_seconds = {
+        p.get("variant"): float(p.get("seconds") or 0)
+        for p in report.get("passes") or []
+        if p.get("name") == "validate"
+    }
+    for variant in report.get("variants") or []:
+        precision = variant["precision"]
+        classname = f"optpipe.{model}.{precision}"
+        parity = variant.get("parity") or {}
+        outputs = parity.get("outputs") or {}
+        seconds = validate_seconds.get(precision, 0.0) / max(1, len(outputs))
+        if variant.get("status") == "pending" or not parity:
+            case = _case(suite, classname, "parity")
+            reason = report.get("next_step") or "no engine was built, so parity was not checked"
+            ET.SubElement(case, "skipped", message=str(reason)[:1000])
+            continue
+        for output, record in outputs.items():
+            case = _case(suite, classname, f"parity[{output}]", seconds)
+            if not record.get("passed", False):
+                _fail(case, [f"{precision} / {output}: {f}" for f in record.get("failures") or ["failed"]])
+            ET.SubElement(case, "system-out").text = (
+                f"max_abs={record.get('max_abs')} mean_abs={record.get('mean_abs')} cosine={record.get('cosine')} "
+                f"top1={record.get('top1_agreement')} tolerance={record.get('tolerance')}"
+            )
+        per_output = {f"output '{o}': " for o in outputs}
+        other = [f for f in parity.get("failures") or [] if not any(f.startswith(p) for p in per_output)]
+        if other or not outputs:
+            case = _case(suite, classname, "inference")
+            if other or not parity.get("passed", False):
+                _fail(case, [f"{precision}: {f}" for f in other] or [f"{precision}: no output was compared"],
+                      kind="inference")
+    _count(suite)
+    return suite
+
+
+def error_suite(model: str, message: str) -> ET.Element:
+    """A suite with one failing ``build`` case, for builds that ended in an error."""
+    suite = ET.Element("testsuite", name=f"optpipe: {model}")
+    case = _case(suite, f"optpipe.{model}", "build")
+    _fail(case, [message], kind="error")
+    _count(suite)
+    return suite
+
+
+def _count(suite: ET.Element) -> None:
+    cases = suite.findall("testcase")
+    suite.set("tests", str(len(cases)))
+    suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
+    suite.set("errors", "0")
+    suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
+    suite.set("time", f"{sum(float(c.get('time') or 0) for c in cases):.3f}")
+
+
+def junit_xml(suites: Sequence[ET.Element]) -> bytes:
+    """The document: ``<testsuites>`` with totals."""
+    root = ET.Element("testsuites", name="optpipe")
+    for key in ("tests", "failures", "errors", "skipped"):
+        root.set(key, str(sum(int(s.get(key) or 0) for s in suites)))
+    root.extend(suites)
+    ET.indent(root)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+def write_junit(path: Path, suites: Sequence[ET.Element]) -> None:
+    """Write the JUnit file atomically (a CI step reading it never sees half a file)."""
+    write_bytes_atomic(Path(path), junit_xml(suites))
