@@ -188,7 +188,7 @@ def _convert(key: str, value: Any, param: click.Parameter, negate: bool, base: P
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise fail("a list of strings")
         return tuple(items)
-    if isinstance(value, dict | list) or isinstance(value, bool):
+    if isinstance(value, dict | list | bool):
         raise fail(f"a single {param.type.name} value")
     if isinstance(param.type, click.types.IntParamType | click.types.FloatParamType) and isinstance(value, str):
         raise fail(f"a {param.type.name} (not a string)")
