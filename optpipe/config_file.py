@@ -312,7 +312,8 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
     if "out_dir" in overrides and len(models) > 1:
         raise ConfigError(f"--out names one directory but {config_path} builds {len(models)} models; "
                           "set 'out' per model (or select one model by name)")
-    defaults = {name: param.get_default(ctx) for name, param in _params(command).items()}
+    # ctx.params holds this invocation's values with click's defaults applied (and converted).
+    defaults = {name: value for name, value in ctx.params.items() if name not in NOT_IN_FILE}
     command_settings = {**build_file.command, **{k: v for k, v in overrides.items() if k in COMMAND_LEVEL}}
     junit_path = command_settings.pop("junit", None)
     resolved: list[tuple[ModelBuild, dict[str, Any]]] = []
