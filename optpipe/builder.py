@@ -11,6 +11,7 @@ the report says how to finish (a split build, exit 3).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
-from optpipe.errors import EnvironmentUnavailable, UserInputError
+from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
 from optpipe.golden import GoldenData, make_golden
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
 from optpipe.pass_base import BuildContext, Pass
@@ -129,6 +130,11 @@ def build(
 
     out = Path(out_dir)
     target_obj = get_target(target)
+    auto = list(precisions) == ["auto"]  # build the target's candidates, keep the fastest that passes
+    if auto:
+        from optpipe.precision.accuracy import auto_precisions
+
+        precisions = auto_precisions(target_obj.name)
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise UserInputError(f"unknown precision(s) {unknown}; choose from {', '.join(PRECISIONS)}")
@@ -152,7 +158,8 @@ def build(
         engine_available = False
         next_step = str(error)  # the reason; the full instruction is made once the options are known
 
-    model.eval()
+    with contextlib.suppress(NotImplementedError):  # a .pt2 program's module() refuses eval(); it is already
+        model.eval()
     reference = TorchRunner(model, tuple(names), tuple(output_names or ()))
     example_feed = dict(zip(names, examples, strict=True))
     from optpipe.runtime import flatten_outputs
@@ -166,7 +173,10 @@ def build(
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
     reference.output_names = outputs
     options = dict(precision_options, tolerances=tolerances or {}, benchmark=benchmark,
-                   benchmark_batch=benchmark_batch)
+                   benchmark_batch=benchmark_batch, out_dir=str(out))  # out_dir: int8 reuses its ranges
+    if options.get("max_accuracy_drop") is not None and options.get("eval_data") is None:
+        raise UserInputError("--max-accuracy-drop needs labelled eval data: --eval-data FILE.npz or eval_data() "
+                             "in the model file")
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=exporter)), SimplifyOnnx()], variant="shared")
     variants = {p: Pipeline(variant_passes(p, target_obj, options, engine_available), variant=p) for p in precisions}
@@ -197,11 +207,32 @@ def build(
         source = Artifact(ArtifactKind.TORCH, None, "", specs, tuple(TensorSpec(n, (), "") for n in outputs))
         log(f"optpipe: building {report.model} for target '{target_obj.name}' ({', '.join(precisions)})")
         onnx_artifact = prefix.run(source, ctx, report.passes, all_instruments)
+        from optpipe.precision import VariantSkipped
+        from optpipe.precision.accuracy import AccuracyCheck, check_eval_set, select_variant, skipped_variant
+
+        accuracy = None
+        if options.get("eval_data") is not None and engine_available:
+            eval_set = check_eval_set(*options["eval_data"], names, "eval_data")
+            accuracy = AccuracyCheck(eval_set, reference, {k: v.shape for k, v in golden.cases[0].outputs.items()},
+                                     outputs, specs, dims, options.get("max_accuracy_drop"))
+            report.accuracy = accuracy.record()
         for precision, pipeline in variants.items():
             log(f"[{precision}]")
             start = len(report.passes)
-            final = pipeline.run(onnx_artifact.derive(precision=precision), ctx, report.passes, all_instruments)
-            report.variants.append(_variant_record(precision, final, report.passes[start:], staging, engine_available))
+            try:
+                final = pipeline.run(onnx_artifact.derive(precision=precision), ctx, report.passes, all_instruments)
+            except PassError as error:  # a precision pass with nothing to lower skips its variant
+                if not isinstance(error.cause, VariantSkipped):
+                    raise
+                report.variants.append(skipped_variant(precision, error.cause, report.passes[start:]))
+                continue
+            record = _variant_record(precision, final, report.passes[start:], staging, engine_available)
+            if accuracy is not None:
+                accuracy.apply(record, target_obj.runner(final, threads))
+            record["required"] = not auto  # auto: a rejected candidate does not fail the build
+            report.variants.append(record)
+        if engine_available:
+            report.selected = select_variant(report.variants, auto)
         report.baseline = next(
             (v["torch_latency"] for v in report.variants if v.get("torch_latency")), None
         )

@@ -117,6 +117,61 @@ def trt_build_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+def precision_build_options(func: F) -> F:
+    """Add the calibration, accuracy-guard and eval options, passed on as one ``precision_opts`` dict."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, calib_data: str | None, synthetic_calib: bool, calib_method: str,
+                calib_cache: Path | None, eval_data: Path | None, max_accuracy_drop: float | None,
+                guard_max_keep: float | None, no_guard: bool, **kwargs: Any) -> Any:
+        kwargs["precision_opts"] = {
+            "calib_data": calib_data, "synthetic_calib": synthetic_calib, "calib_method": calib_method,
+            "calib_cache": str(calib_cache) if calib_cache else None, "eval_data": eval_data,
+            "max_accuracy_drop": max_accuracy_drop, "guard_max_keep": guard_max_keep, "no_guard": no_guard,
+        }  # fmt: skip
+        return func(*args, **kwargs)
+
+    options = [
+        click.option("--calib-data", metavar="SOURCE",
+                     help="[int8] Calibration inputs: FILE.npz (input-name keys), a directory of .npy/.npz, or "
+                     "FILE.py:NAME. Default: calibration_data() in the model file."),
+        click.option("--synthetic-calib", is_flag=True,
+                     help="[int8] Calibrate on random inputs when there is no data (flagged in the report)."),
+        click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+                     show_default=True, help="[int8] How activation ranges are computed."),
+        click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                     help="[int8] Calibration cache (JSON ranges keyed by model and data hashes): reused when "
+                     "the key matches, rewritten otherwise."),
+        click.option("--eval-data", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.npz",
+                     help="Labelled eval data (input-name keys + 'labels') for task accuracy per variant. "
+                     "Default: eval_data() in the model file."),
+        click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
+                     help="Fail a variant whose accuracy is more than POINTS below FP32 PyTorch's."),
+        click.option("--guard-max-keep", type=click.FloatRange(0, 1), metavar="FRACTION",
+                     help="[fp16/int8] Most nodes the accuracy guard may keep in FP32, as a fraction of the "
+                     "quantizable nodes (default 0.1)."),
+        click.option("--no-guard", is_flag=True,
+                     help="[fp16/int8] Do not keep failing nodes in FP32; just report the gate."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
+
+
+def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
+    """build() options from the precision flags, with the model file's data as defaults."""
+    from optpipe.precision.accuracy import load_eval_npz
+
+    kwargs = {k: v for k, v in opts.items() if v not in (None, False) and k != "eval_data"}
+    if not opts.get("calib_data") and prepared.calibration:
+        kwargs["calib_data"] = prepared.calibration
+    if opts.get("eval_data") is not None:
+        kwargs["eval_data"] = load_eval_npz(opts["eval_data"], prepared.input_names)
+    elif prepared.eval_set is not None:
+        kwargs["eval_data"] = prepared.eval_set
+    return kwargs
+
+
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("model", required=False)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
@@ -129,7 +184,8 @@ def trt_build_options(func: F) -> F:
               help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic.")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
 @click.option("--precision", "precision", default="fp32", show_default=True,
-              help="Comma-separated precisions to build: fp32, fp16, int8.")
+              help="Comma-separated precisions to build: fp32, fp16, int8; or 'auto': build the target's "
+              "candidates and select the fastest that passes its gates.")
 @click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="OUTPUT:FIELD=VALUE",
               help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output).")
@@ -151,13 +207,14 @@ def trt_build_options(func: F) -> F:
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
 @trt_build_options
+@precision_build_options
 @reports_errors
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
           target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
           threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
           overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
           config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
-          trt_options: dict[str, Any]) -> None:
+          trt_options: dict[str, Any], precision_opts: dict[str, Any]) -> None:
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
         from optpipe.config_file import run_build_file
@@ -204,6 +261,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         log=log,
         instruments=instruments,
         trt=trt_options,
+        **_precision_kwargs(precision_opts, prepared),
     )
     click.echo(report.to_json() if as_json else report.summary())
     if not as_json:

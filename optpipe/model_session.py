@@ -33,6 +33,10 @@ class PreparedModel:
     dynamic: list[DynamicArg] = field(default_factory=list)
     heldout_inputs: dict[str, np.ndarray] | None = None
     source_module: ModuleType | None = None
+    # Default INT8 calibration data: "FILE.py:calibration_data" when the model file defines it.
+    calibration: str | None = None
+    # Labelled eval data (inputs by name, labels) from the model file's eval_data(), for accuracy.
+    eval_set: tuple[dict[str, np.ndarray], np.ndarray] | None = None
 
 
 def _heldout(source: ModuleType | None, names: Sequence[str]) -> dict[str, np.ndarray] | None:
@@ -47,6 +51,28 @@ def _heldout(source: ModuleType | None, names: Sequence[str]) -> dict[str, np.nd
     if not isinstance(inputs, dict) or set(inputs) != set(names):
         return None
     return {name: np.asarray(inputs[name]) for name in names}
+
+
+def _calibration(source: ModuleType | None) -> str | None:
+    """``FILE.py:calibration_data`` when the model file defines it (loaded lazily, only for INT8)."""
+    file = getattr(source, "__file__", None)
+    if file and callable(getattr(source, "calibration_data", None)):
+        return f"{file}:calibration_data"
+    return None
+
+
+def _eval_set(source: ModuleType | None, names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """Inputs and labels of the model file's ``eval_data()`` when they fit the model's inputs."""
+    eval_data = getattr(source, "eval_data", None)
+    if not callable(eval_data):
+        return None
+    try:
+        inputs, labels = eval_data()
+    except Exception:  # _heldout already reported a failing eval_data() as a user error
+        return None
+    if not isinstance(inputs, dict) or set(inputs) != set(names) or labels is None:
+        return None
+    return {name: np.asarray(inputs[name]) for name in names}, np.asarray(labels)
 
 
 def prepare_model(
@@ -91,4 +117,6 @@ def prepare_model(
         dynamic=dynamic,
         heldout_inputs=_heldout(source, names),
         source_module=source,
+        calibration=_calibration(source),
+        eval_set=_eval_set(source, names),
     )

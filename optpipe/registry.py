@@ -9,6 +9,8 @@ from __future__ import annotations
 PASSES: dict[str, tuple[str, str]] = {
     "export": ("export_onnx", "ExportOnnx"),
     "simplify": ("simplify", "SimplifyOnnx"),
+    "fp16": ("fp16", "Fp16Pass"),
+    "int8": ("int8_calibrate", "Int8Pass"),
     "engine-ort": ("engine_ort", "OrtEnginePass"),
     "trt-lint": ("trt_lint", "TrtLintPass"),
     "engine-trt": ("engine_trt", "TrtEnginePass"),

@@ -71,6 +71,7 @@ class Report:
     variants: list[dict[str, Any]] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     selected: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None  # FP32 PyTorch accuracy on the labelled eval data
     warnings: list[str] = field(default_factory=list)
     next_step: str | None = None
     build: dict[str, Any] | None = None
@@ -79,8 +80,18 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """All variants passed their gates (a split build has not passed yet)."""
-        return self.status == "complete" and bool(self.variants) and all(v["passed"] for v in self.variants)
+        """Every required variant passed and at least one passed (a split build has not passed yet).
+
+        A skipped variant (nothing to lower) is not a failure, and neither is a
+        rejected candidate of ``--precision auto`` (``required`` False).
+        """
+        return (
+            self.status == "complete"
+            and any(v["passed"] for v in self.variants)
+            and all(
+                v["passed"] or v.get("status") == "skipped" or not v.get("required", True) for v in self.variants
+            )
+        )
 
     @property
     def exit_code(self) -> int:
@@ -101,6 +112,7 @@ class Report:
             "baseline": self.baseline,
             "variants": self.variants,
             "selected": self.selected,
+            "accuracy": self.accuracy,
             "warnings": self.warnings,
             "next_step": self.next_step,
             "build": self.build,
@@ -120,6 +132,11 @@ class Report:
                 f"  torch eager: p50 {self.baseline['p50_ms']:.3f} ms at batch {self.baseline['batch']}, "
                 f"{self.baseline['threads']} threads"
             )
+        reference = (self.accuracy or {}).get("torch_fp32")
+        if reference:
+            lines.append(
+                f"  torch fp32 accuracy: {reference['accuracy']:.2f}% on {reference['samples']} labelled samples"
+            )
         header = f"  {'variant':<8} {'parity':<7} {'worst cosine':>12} {'max abs':>10} {'top-1':>7} "
         header += f"{'p50 ms':>9} {'speedup':>8}  artifact"
         lines.append(header)
@@ -134,16 +151,28 @@ class Report:
             speedup = variant.get("speedup_vs_torch")
             speedup_text = f"{speedup:.2f}x" if speedup else "-"
             verdict = "pass" if variant["passed"] else "FAIL"
-            if variant.get("status") == "pending":
-                verdict = "pending"
+            if variant.get("status") in ("pending", "skipped"):
+                verdict = variant["status"]
+            elif not variant["passed"] and not variant.get("required", True):
+                verdict = "reject"  # a candidate of --precision auto that failed a gate
             lines.append(
                 f"  {variant['precision']:<8} {verdict:<7} {cosine:>12.6f} {max_abs:>10.3g} {top1:>7} "
                 f"{p50:>9} {speedup_text:>8}  {variant.get('artifact') or '-'}"
             )
+            accuracy = variant.get("accuracy")
+            if accuracy:
+                lines.append(
+                    f"      accuracy {accuracy['accuracy']:.2f}% (drop {accuracy['drop_points']:+.2f} points "
+                    "vs torch fp32)"
+                )
+            if variant.get("status") == "skipped":
+                lines.append(f"      - {variant.get('reason')}")
             for failure in variant.get("failures", []):
                 lines.append(f"      ! {failure}")
         if self.selected:
             lines.append(f"  selected: {self.selected['precision']} ({self.selected['reason']})")
+            for precision, why in (self.selected.get("rejected") or {}).items():
+                lines.append(f"    not {precision}: {why}")
         for warning in self.warnings:
             lines.append(f"  warning: {warning}")
         if self.status == "split":

@@ -103,7 +103,9 @@ def test_guard_noop_when_gate_passes(outlier_model: Path, tmp_path: Path) -> Non
 def test_guard_gives_up_at_limit(outlier_model: Path, tmp_path: Path) -> None:
     calib = _data(outlier_model, 0)
     result = guarded_quantize(outlier_model, tmp_path / "g.onnx", calib, lambda path: False, max_keep=1)
-    assert not result.passed and len(result.kept_nodes) == 1 and result.limit == 1
+    # One pick at the limit: a node plus any node ORT folds into it (a Relu into its Conv) counts once.
+    assert not result.passed and result.limit == 1 and result.iterations == 2
+    assert 1 <= len(result.kept_nodes) <= 2
     assert result.path is not None and result.path.exists()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -155,10 +156,22 @@ def module_path(node: onnx.NodeProto) -> str:
         except (ValueError, SyntaxError):
             parts = None
         if isinstance(parts, list) and parts:
-            return ".".join(str(p) for p in parts[1:-1] if p)
+            return _join_scopes([str(p) for p in parts[1:-1] if p])
     namespace = props.get("namespace", "")
     if namespace:
         # ": __main__.Net/conv2: torch.nn.modules.conv.Conv2d/conv2d_1: aten.conv2d.default"
         names = [seg.split(":")[0] for seg in namespace.split("/")[1:-1]]
-        return ".".join(n for n in names if n)
+        return _join_scopes([n for n in names if n])
     return ""
+
+
+def _join_scopes(scopes: list[str]) -> str:
+    """Module path from scope names, which torch >= 2.9 records cumulatively.
+
+    Newer exporters write ``['features', 'features.0', 'features.0.1']``
+    (each scope the full path), older ones ``['encoder', 'layer', '0']``;
+    joining the cumulative form would give ``features.features.0.features.0.1``.
+    """
+    if len(scopes) > 1 and all(b.startswith(a + ".") for a, b in itertools.pairwise(scopes)):
+        return scopes[-1]
+    return ".".join(scopes)

@@ -75,6 +75,9 @@ class GuardResult:
     history: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)
     limit: int = 0
     status: str = "ok"
+    # The Int8Result / Fp16Result of every build, in order: results[0] says whether the ranges came
+    # from a cache and what the quantizer warned; results[-1] describes the model at ``path``.
+    results: list[Any] = field(default_factory=list)
 
 
 class _Stats:
@@ -270,6 +273,7 @@ def guarded_quantize(
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
     kept: list[str] = []
     ranges: Any = opts.pop("ranges", None)
+    results: list[Any] = []
 
     def build() -> tuple[Path | None, int]:
         nonlocal ranges
@@ -277,14 +281,16 @@ def guarded_quantize(
             result = quantize_int8(
                 src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts
             )
+            results.append(result)
             ranges = result.ranges or ranges
             return result.path, result.quantizable_count
         fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)
+        results.append(fp16)
         return fp16.path, fp16.total_nodes
 
     path, quantizable = build()
     if path is None:
-        return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable")
+        return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)
     limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
     producer = {out: node.name for node in fp32.graph.node for out in node.output}
     constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
@@ -303,14 +309,16 @@ def guarded_quantize(
         chosen = _next_nodes(table, set(kept) | set(user_kept), producer, constant, fp32)
         if not chosen:
             break
-        kept.extend(chosen[: max(1, limit - len(kept))])
+        # A node and the nodes folded into it are kept together: keeping a Relu without the Conv that
+        # ORT fused it into changes nothing, so the group may overshoot the limit by its folded nodes.
+        kept.extend(chosen)
         new_path, _ = build()
         if new_path is None:  # everything quantizable is now kept: the FP32 model is the answer
             return GuardResult(
-                None, False, kept, iterations, first_table, history, limit, "nothing_quantizable"
+                None, False, kept, iterations, first_table, history, limit, "nothing_quantizable", results
             )
         path = new_path
-    return GuardResult(path, passed, kept, iterations, first_table, history, limit)
+    return GuardResult(path, passed, kept, iterations, first_table, history, limit, results=results)
 
 
 def _next_nodes(

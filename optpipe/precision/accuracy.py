@@ -1,0 +1,262 @@
+"""Task accuracy of each variant on labelled held-out data, its gate, and the variant selection.
+
+Parity (cosine, top-1 agreement with PyTorch) says whether a variant computes
+the same function; accuracy on labelled data says what that costs the user in
+the metric they care about. Accuracy is the argmax of the first classifier-like
+output (``[N, C]``, ``C >= 2``) against the labels, computed by running the
+variant's engine on the eval inputs in batches the engine accepts (the largest
+allowed by the dynamic batch range, or the static batch with the last chunk
+padded). The FP32 PyTorch model is scored the same way once per build, and
+each variant's *drop* in points is gated by ``--max-accuracy-drop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optpipe.errors import UserInputError
+from optpipe.parity import is_classifier_like
+
+EvalSet = tuple[dict[str, np.ndarray], np.ndarray]
+
+#: Largest batch used for accuracy runs when the batch axis is dynamic (bounded by its max).
+EVAL_BATCH = 64
+
+
+def load_eval_npz(path: str | Path, input_names: Sequence[str]) -> EvalSet:
+    """``--eval-data FILE.npz``: one array per input name (first axis = samples) plus ``labels``."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserInputError(f"eval data '{file}' does not exist")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot read eval data '{file}': {exc}") from exc
+    return check_eval_set(arrays, arrays.pop("labels", None), input_names, str(file))
+
+
+def check_eval_set(
+    inputs: Mapping[str, Any], labels: Any, input_names: Sequence[str], origin: str
+) -> EvalSet:
+    """Validate names, row counts and finiteness; one UserInputError line per defect."""
+    if labels is None:
+        raise UserInputError(f"eval data {origin} has no 'labels' array")
+    missing = sorted(set(input_names) - set(inputs))
+    extra = sorted(set(inputs) - set(input_names))
+    if missing or extra:
+        raise UserInputError(
+            f"eval data {origin}: inputs {sorted(inputs)} do not match the model's {list(input_names)}"
+        )
+    label_array = np.asarray(labels).reshape(-1)
+    arrays = {name: np.ascontiguousarray(np.asarray(inputs[name])) for name in input_names}
+    for name, arr in arrays.items():
+        if arr.ndim == 0 or arr.shape[0] != label_array.shape[0]:
+            raise UserInputError(
+                f"eval data {origin}: input '{name}' has {arr.shape[0] if arr.ndim else 0} rows but there are "
+                f"{label_array.shape[0]} labels"
+            )
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise UserInputError(f"eval data {origin}: input '{name}' contains NaN or Inf")
+    if label_array.size == 0:
+        raise UserInputError(f"eval data {origin} is empty")
+    return arrays, label_array.astype(np.int64)
+
+
+def classifier_output(output_names: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> str | None:
+    """The first output shaped like class scores, or None (accuracy then does not apply)."""
+    return next((name for name in output_names if is_classifier_like(tuple(shapes.get(name, ())))), None)
+
+
+def _batches(rows: int, batch: int, static: bool) -> list[tuple[int, int]]:
+    spans = [(start, min(start + batch, rows)) for start in range(0, rows, batch)]
+    return spans if spans else [(0, 0)]
+
+
+def score(
+    infer: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    eval_set: EvalSet,
+    output: str,
+    batch: int,
+    static: bool,
+) -> dict[str, Any]:
+    """Accuracy (%) of ``infer`` on ``eval_set``, reading class scores from ``output``."""
+    inputs, labels = eval_set
+    rows = labels.shape[0]
+    predictions = []
+    for start, stop in _batches(rows, batch, static):
+        feed = {name: arr[start:stop] for name, arr in inputs.items()}
+        pad = batch - (stop - start) if static else 0
+        if pad:  # a static-batch engine takes exactly `batch` rows: repeat rows, drop their results
+            index = np.arange(batch) % (stop - start)
+            feed = {name: np.ascontiguousarray(arr[start:stop][index]) for name, arr in inputs.items()}
+        scores = np.asarray(infer(feed)[output])
+        predictions.append(np.argmax(scores.reshape(scores.shape[0], -1), axis=1)[: stop - start])
+    predicted = np.concatenate(predictions)
+    correct = int((predicted == labels).sum())
+    return {"accuracy": 100.0 * correct / rows, "correct": correct, "samples": rows, "output": output,
+            "batch": batch}  # fmt: skip
+
+
+def eval_batch(input_specs: Sequence[Any], dynamic: Sequence[Any]) -> tuple[int, bool]:
+    """Batch size for accuracy runs and whether it is static (then every call needs exactly it)."""
+    batch_dim = next((d for d in dynamic if d.axis_name == "batch"), None)
+    if batch_dim is not None:
+        return max(batch_dim.min, min(EVAL_BATCH, batch_dim.max)), False
+    first = input_specs[0].shape[0] if input_specs and input_specs[0].shape else 1
+    return (first if isinstance(first, int) else 1), True
+
+
+def variant_accuracy(
+    runner: Any,
+    eval_set: EvalSet,
+    output: str,
+    batch: int,
+    static: bool,
+    reference: Mapping[str, Any],
+    max_drop: float | None,
+) -> tuple[dict[str, Any], str | None]:
+    """The variant's accuracy record (with its drop vs PyTorch FP32) and a gate failure line or None."""
+    record = score(runner.infer, eval_set, output, batch, static)
+    record["reference_accuracy"] = reference["accuracy"]
+    record["drop_points"] = reference["accuracy"] - record["accuracy"]
+    record["max_drop_points"] = max_drop
+    failure = None
+    if max_drop is not None and record["drop_points"] > max_drop:
+        failure = (
+            f"accuracy {record['accuracy']:.2f}% is {record['drop_points']:.2f} points below FP32 PyTorch's "
+            f"{reference['accuracy']:.2f}% (allowed: --max-accuracy-drop {max_drop:g})"
+        )
+    record["passed"] = failure is None
+    return record, failure
+
+
+def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[str, Any] | None:
+    """The fastest variant that passed every gate, with the reason and why each other one lost.
+
+    Latency is the p50 each variant's benchmark measured against PyTorch in
+    its own interleaved run. Without latencies (``--no-benchmark``, a split
+    build) the lowest passing precision wins, since that is the one the user
+    asked for when they asked for several.
+    """
+    passing = [v for v in variants if v.get("passed")]
+    rejected: dict[str, str] = {}
+    for variant in variants:
+        if variant.get("passed"):
+            continue
+        if variant.get("status") == "skipped":
+            rejected[variant["precision"]] = variant.get("reason") or "skipped"
+        elif variant.get("status") == "pending":
+            rejected[variant["precision"]] = "not validated yet (engine pending on another machine)"
+        else:
+            rejected[variant["precision"]] = "; ".join(variant.get("failures") or ["failed its gates"])
+    if not passing:
+        return {"precision": None, "artifact": None, "reason": "no variant passed its gates", "rejected": rejected,
+                "mode": "auto" if auto else "explicit"}  # fmt: skip
+    timed = [v for v in passing if (v.get("latency") or {}).get("p50_ms")]
+    if timed:
+        best = min(timed, key=lambda v: v["latency"]["p50_ms"])
+        others = sorted((v for v in timed if v is not best), key=lambda v: v["latency"]["p50_ms"])
+        p50 = best["latency"]["p50_ms"]
+        if others:
+            versus = ", ".join(f"{v['precision']} {v['latency']['p50_ms']:.3f} ms" for v in others)
+            reason = f"fastest passing: {best['precision']} p50 {p50:.3f} ms vs {versus}"
+        else:
+            reason = f"only {best['precision']} passed (p50 {p50:.3f} ms)"
+        for v in others:
+            rejected[v["precision"]] = f"slower: p50 {v['latency']['p50_ms']:.3f} ms vs {p50:.3f} ms"
+    else:
+        order = {"int8": 0, "fp16": 1, "fp32": 2}
+        best = min(passing, key=lambda v: order.get(v["precision"], 3))
+        reason = (
+            f"only {best['precision']} passed" if len(passing) == 1
+            else f"lowest passing precision ({best['precision']}); no latency was measured"
+        )  # fmt: skip
+        for v in passing:
+            if v is not best:
+                rejected[v["precision"]] = "passed, but a lower precision also passed (no latency measured)"
+    return {
+        "precision": best["precision"],
+        "artifact": best.get("artifact") or best.get("onnx"),
+        "reason": reason,
+        "rejected": rejected,
+        "mode": "auto" if auto else "explicit",
+    }
+
+
+def auto_precisions(target: str) -> tuple[str, ...]:
+    """Candidates of ``--precision auto``: FP16 only where it can be faster (not on CPU, where ORT adds Casts)."""
+    return ("fp32", "int8") if target == "cpu" else ("fp32", "fp16", "int8")
+
+
+class AccuracyCheck:
+    """Scores the PyTorch reference once, then each variant's engine, and applies the drop gate."""
+
+    def __init__(
+        self,
+        eval_set: EvalSet,
+        reference: Any,
+        output_shapes: Mapping[str, Sequence[int]],
+        output_names: Sequence[str],
+        input_specs: Sequence[Any],
+        dynamic: Sequence[Any],
+        max_drop: float | None,
+    ) -> None:
+        self.eval_set = eval_set
+        self.max_drop = max_drop
+        self.output = classifier_output(output_names, output_shapes)
+        self.batch, self.static = eval_batch(input_specs, dynamic)
+        self.reference: dict[str, Any] | None = None
+        if self.output is not None:
+            self.reference = score(reference.infer, eval_set, self.output, self.batch, self.static)
+        elif max_drop is not None:
+            raise UserInputError(
+                "--max-accuracy-drop needs a classifier-like output ([N, C] scores); the model's outputs "
+                f"{list(output_names)} have none"
+            )
+
+    def record(self) -> dict[str, Any]:
+        """The report's ``accuracy`` record: the FP32 PyTorch accuracy every drop is measured against."""
+        if self.reference is None:
+            return {"status": "not applicable: no classifier-like output"}
+        return {"torch_fp32": self.reference, "max_drop_points": self.max_drop}
+
+    def apply(self, variant: dict[str, Any], runner: Any) -> None:
+        """Add ``variant['accuracy']``; a drop beyond the limit fails the variant with one line."""
+        if self.output is None or self.reference is None:
+            variant["accuracy"] = None
+            return
+        record, failure = variant_accuracy(
+            runner, self.eval_set, self.output, self.batch, self.static, self.reference, self.max_drop
+        )
+        variant["accuracy"] = record
+        if failure:
+            variant["failures"] = [*variant.get("failures", []), failure]
+            variant["passed"] = False
+
+
+def skipped_variant(precision: str, error: Any, records: list[Any]) -> dict[str, Any]:
+    """The report entry of a variant whose precision pass found nothing to lower (see VariantSkipped)."""
+    if records:
+        records[-1].status = "skipped"
+        records[-1].metrics = dict(error.metrics)
+        records[-1].error = None
+        records[-1].warnings = [error.reason]
+    return {
+        "precision": precision,
+        "status": "skipped",
+        "reason": error.reason,
+        "artifact": None,
+        "onnx": None,
+        "passed": False,
+        "failures": [],
+        "parity": None,
+        "latency": None,
+        "torch_latency": None,
+        "speedup_vs_torch": None,
+        "passes": {r.name: r.metrics for r in records},
+    }

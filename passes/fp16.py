@@ -1,0 +1,155 @@
+"""FP16 conversion of the ONNX graph, behind the accuracy guard.
+
+TensorRT 10+ is strongly typed, so FP16 is decided in the ONNX graph; the same
+file runs on ONNX Runtime's CPU provider, which is where it is checked (CPU
+FP16 checks accuracy, not speed: on AVX2 ORT inserts Casts). Nodes that would
+overflow FP16 (|x| > 65504, observed on calibration and golden inputs) stay in
+FP32 with the reason recorded; if the converted model still fails the gate,
+:func:`~optpipe.precision.localize.guarded_quantize` keeps the worst nodes in
+FP32 as well, up to a limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.errors import UserInputError
+from optpipe.pass_base import BuildContext, Pass, PassResult
+
+#: Calibration samples read for the FP16 overflow check (it exposes every tensor, so it is costly).
+MAX_RANGE_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Fp16Config:
+    """Options of the FP16 pass (``optpipe build --precision fp16``)."""
+
+    # Keep graph inputs/outputs FP32, so callers feed and read the same data as the FP32 model.
+    keep_io_types: bool = True
+    # ONNX node names to keep in FP32 from the start.
+    node_block_list: tuple[str, ...] = ()
+    # Calibration data (same forms as --calib-data) scanned for FP16 overflow besides the golden
+    # inputs; "<in-memory>" = options["calib_data"]; None = golden inputs only.
+    calib_data: str | None = None
+    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
+    guard: bool = True
+    # Most nodes the guard may keep, as a fraction of all nodes (at least 1).
+    max_keep_fraction: float = 0.1
+    # Samples the per-layer error analysis runs on.
+    localize_samples: int = 8
+
+
+class Fp16Pass(Pass):
+    """ONNX -> FP16 ONNX (``fp16/model.onnx``) with overflow-prone nodes kept in FP32."""
+
+    name = "fp16"
+    description = "convert to FP16, keeping overflowing nodes (and any that fail the accuracy gate) in FP32"
+    input_kind = ArtifactKind.ONNX
+    output_kind = ArtifactKind.ONNX
+    Config = Fp16Config
+    uses = ("onnx", "onnxruntime")
+    cacheable = False  # it measures accuracy and may read samples that live outside its config
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Fp16Pass:
+        """The pass for ``build(**options)``."""
+        data = options.get("calib_data")
+        calib = None if data is None else (str(data) if isinstance(data, (str, Path)) else "<in-memory>")
+        fraction = float(options.get("guard_max_keep", 0.1))
+        if not 0.0 <= fraction <= 1.0:
+            raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
+        return cls(
+            Fp16Config(
+                node_block_list=tuple(options.get("fp16_block") or ()),
+                calib_data=calib,
+                guard=not options.get("no_guard", False),
+                max_keep_fraction=fraction,
+            )
+        )
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        from optpipe.precision import VariantSkipped
+        from optpipe.precision.gate import (
+            export_module_paths,
+            gate_runtime_note,
+            guard_record,
+            kept_rows,
+            layer_rows,
+            make_gate,
+        )
+        from optpipe.precision.localize import guarded_quantize, per_layer_errors
+
+        assert artifact.path is not None
+        config = self.config
+        src = Path(artifact.path)
+        dst = ctx.path("fp16", "model.onnx")
+        samples = self._samples(ctx)
+        gate, gate_log = make_gate(ctx, "fp16", dict(ctx.options.get("tolerances") or {}), "all")
+        fp16_options: dict[str, object] = {
+            "keep_io_types": config.keep_io_types,
+            "node_block_list": list(config.node_block_list),
+        }
+        result = guarded_quantize(
+            src,
+            dst,
+            samples,
+            gate,
+            precision="fp16",
+            fp16_options=fp16_options,
+            max_keep_fraction=config.max_keep_fraction,
+            max_keep=None if config.guard else 0,
+            localize_samples=config.localize_samples,
+        )
+        last = result.results[-1] if result.results else None
+        if result.path is None or last is None:
+            raise VariantSkipped("fp16 skipped: no node could be converted", {"status": "nothing_convertible"})
+        guard_kept = set(result.kept_nodes)
+        kept_fp32 = {
+            node: ("accuracy guard: largest error contribution" if node in guard_kept else reason)
+            for node, reason in last.kept_fp32.items()
+        }
+        table = result.table or per_layer_errors(src, result.path, samples, max_samples=config.localize_samples)
+        modules = export_module_paths(ctx.work_dir)
+        kept = kept_rows(src, result.kept_nodes, table, modules)
+        warnings = list(last.warnings)
+        if result.kept_nodes:
+            names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
+            warnings.append(f"fp16: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
+        if not result.passed:
+            warnings.append(
+                f"fp16: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
+                f"(limit {result.limit})"
+            )
+        metrics: dict[str, Any] = {
+            "status": "converted" if result.passed else "gate_failed",
+            "gate_runtime": gate_runtime_note("cpu"),
+            "converted_nodes": last.converted_nodes,
+            "total_nodes": last.total_nodes,
+            "kept_fp32": kept_fp32,
+            "overflow_tensors": {name: float(peak) for name, peak in last.overflow.items()},
+            "range_samples": len(samples),
+            "guard": guard_record(result, gate_log, kept, config.guard),
+            "kept_nodes": kept,
+            "iterations": result.iterations,
+            "layer_errors": layer_rows(table, modules),
+        }
+        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision="fp16", producer="fp16")
+        return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
+
+    def _samples(self, ctx: BuildContext) -> list[dict[str, np.ndarray]]:
+        """Golden inputs (always there) plus up to MAX_RANGE_SAMPLES calibration samples."""
+        from optpipe.precision.calib_data import load_samples
+
+        samples = [dict(case.inputs) for case in (ctx.golden.cases if ctx.golden else [])]
+        if self.config.calib_data is not None:
+            data = ctx.options.get("calib_data") if self.config.calib_data == "<in-memory>" else self.config.calib_data
+            samples.extend(load_samples(data, ctx.input_specs, max_samples=MAX_RANGE_SAMPLES))
+        if not samples:
+            raise UserInputError("fp16 conversion needs golden or calibration inputs to check ranges on")
+        return samples

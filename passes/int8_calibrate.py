@@ -1,0 +1,261 @@
+"""INT8 post-training quantization into explicit Q/DQ ONNX, behind an accuracy guard.
+
+TensorRT 10+ is strongly typed and ONNX Runtime runs Q/DQ graphs natively, so
+INT8 is decided here, in the ONNX graph, on the CPU. The Q/DQ *style* follows
+the target (``Target.qdq_style``): ``cpu`` is ONNX Runtime's fast U8S8 form,
+``tensorrt`` is symmetric int8 Q/DQ on the inputs of Conv/Gemm/MatMul only
+(see :mod:`optpipe.precision.int8`).
+
+Naive static INT8 is often useless on real models, so the candidate is
+checked by the accuracy gate (the validate pass's tolerances, on the golden
+data) and, when it fails, :func:`~optpipe.precision.localize.guarded_quantize`
+keeps the worst nodes in FP32 and rebuilds, up to a limit. The report shows
+the per-layer error table, the kept nodes with their PyTorch module paths and
+every iteration. Calibration data is required: without it the build is
+refused unless the user opts in to synthetic data, which the report flags.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.errors import UserInputError
+from optpipe.pass_base import BuildContext, Pass, PassResult
+
+METHODS = ("minmax", "entropy", "percentile")
+STYLES = ("cpu", "tensorrt")
+CACHE_NAME = "calibration.json"  # the ranges, in the build directory's int8/ folder
+IN_MEMORY = "<in-memory>"
+SYNTHETIC_WARNING = (
+    "INT8 WAS CALIBRATED ON SYNTHETIC RANDOM DATA (--synthetic-calib): the ranges describe noise, not "
+    "your inputs; its accuracy on real data is unknown. Pass --calib-data with real inputs."
+)
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """Options of the INT8 pass (``optpipe build --precision int8``)."""
+
+    # Q/DQ style: "cpu" (ONNX Runtime U8S8, output quantization) or "tensorrt" (symmetric
+    # int8 on the inputs of Conv/Gemm/MatMul). build() takes it from the target.
+    style: str = "cpu"
+    # Calibration method: minmax, entropy (2048-bin KL search) or percentile (99.999% of |x|).
+    method: str = "minmax"
+    # Calibration data: .npz, a directory of .npy/.npz, or FILE.py:NAME; "<in-memory>" means
+    # build options carry the samples themselves (options["calib_data"]). None: no data.
+    calib_data: str | None = None
+    # Calibrate on random inputs when there is no data (the report flags it loudly).
+    synthetic: bool = False
+    synthetic_count: int = 32
+    # At most this many samples are read (calibration cost grows linearly with them).
+    max_samples: int = 512
+    # A user calibration cache (JSON): reused when its model/data/method key matches, else rewritten.
+    cache_file: str | None = None
+    percentile: float = 99.999
+    # 7-bit weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> True).
+    reduce_range: bool | None = None
+    # ONNX node names to keep in FP32 from the start.
+    exclude_nodes: tuple[str, ...] = ()
+    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
+    guard: bool = True
+    # Most nodes the guard may keep, as a fraction of the quantizable nodes (at least 1).
+    max_keep_fraction: float = 0.1
+    # Samples the per-layer error analysis runs on.
+    localize_samples: int = 8
+
+
+class Int8Pass(Pass):
+    """ONNX -> INT8 Q/DQ ONNX (``int8/model.onnx``), calibrated and accuracy-guarded."""
+
+    name = "int8"
+    description = "calibrate and quantize to INT8 Q/DQ (target's style); keep nodes in FP32 if the gate fails"
+    input_kind = ArtifactKind.ONNX
+    output_kind = ArtifactKind.ONNX
+    Config = Int8Config
+    uses = ("onnx", "onnxruntime")
+    cacheable = False  # its samples may live outside the config, and it measures accuracy
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], target: Any) -> Int8Pass:
+        """The pass for ``build(**options)``: checks the options now, before any export runs."""
+        method = str(options.get("calib_method") or "minmax")
+        if method not in METHODS:
+            raise UserInputError(f"unknown calibration method '{method}'; use one of {', '.join(METHODS)}")
+        style = str(getattr(target, "qdq_style", "cpu"))
+        if style not in STYLES:
+            raise UserInputError(f"target '{getattr(target, 'name', target)}' has unknown Q/DQ style '{style}'")
+        data = options.get("calib_data")
+        synthetic = bool(options.get("synthetic_calib"))
+        if data is None and not synthetic:
+            raise UserInputError(
+                "INT8 needs calibration data: pass --calib-data FILE.npz (input-name keys), a directory "
+                "of .npy/.npz files or FILE.py:NAME, define calibration_data() in the model file, or "
+                "--synthetic-calib to calibrate on random inputs (not recommended)"
+            )
+        calib_data = None if data is None else (str(data) if isinstance(data, (str, Path)) else IN_MEMORY)
+        if calib_data and calib_data != IN_MEMORY and ".py:" not in calib_data and not Path(calib_data).exists():
+            raise UserInputError(f"calibration data '{calib_data}' does not exist")
+        fraction = float(options.get("guard_max_keep", 0.1))
+        if not 0.0 <= fraction <= 1.0:
+            raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
+        cache = options.get("calib_cache")
+        config = Int8Config(
+            style=style,
+            method=method,
+            calib_data=calib_data,
+            synthetic=synthetic and data is None,
+            cache_file=str(cache) if cache else None,
+            guard=not options.get("no_guard", False),
+            max_keep_fraction=fraction,
+            exclude_nodes=tuple(options.get("int8_exclude") or ()),
+        )
+        return cls(config)
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        from optpipe.precision import VariantSkipped
+        from optpipe.precision.gate import (
+            export_module_paths,
+            gate_runtime_note,
+            guard_record,
+            kept_rows,
+            layer_rows,
+            make_gate,
+        )
+        from optpipe.precision.localize import guarded_quantize, per_layer_errors
+
+        assert artifact.path is not None
+        config = self.config
+        src = Path(artifact.path)
+        dst = ctx.path("int8", "model.onnx")
+        samples, source = self._samples(ctx)
+        warnings: list[str] = []
+        if config.synthetic:
+            warnings.append(SYNTHETIC_WARNING)
+        cache_path = self._cache_path(ctx)
+
+        tolerances = dict(ctx.options.get("tolerances") or {})
+        level = "none" if config.style == "tensorrt" else "all"
+        gate, gate_log = make_gate(ctx, "int8", tolerances, level)
+        int8_options: dict[str, object] = {
+            "style": config.style,
+            "method": config.method,
+            "cache_file": cache_path,
+            "percentile": config.percentile,
+            "reduce_range": config.reduce_range,
+            "exclude_nodes": list(config.exclude_nodes),
+        }
+        result = guarded_quantize(
+            src,
+            dst,
+            samples,
+            gate,
+            precision="int8",
+            int8_options=int8_options,
+            max_keep_fraction=config.max_keep_fraction,
+            max_keep=None if config.guard else 0,
+            localize_samples=config.localize_samples,
+        )
+        first = result.results[0] if result.results else None
+        last = result.results[-1] if result.results else None
+        if first is not None:
+            warnings.extend(first.warnings)
+        calibration = {
+            "samples": len(samples),
+            "source": source,
+            "synthetic": config.synthetic,
+            "method": config.method,
+            "cache_file": str(cache_path.relative_to(ctx.work_dir)),
+            "cache_hit": bool(first.cache_hit) if first is not None else False,
+        }
+        metrics: dict[str, Any] = {
+            "style": config.style,
+            "method": config.method,
+            "gate_runtime": gate_runtime_note(config.style),
+            "calibration": calibration,
+            "synthetic_calibration": config.synthetic,
+        }
+        if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int8
+            why = (last.warnings[-1] if last is not None and last.warnings else "nothing to quantize")
+            metrics.update(
+                status="nothing_quantizable",
+                quantizable=last.quantizable_count if last is not None else 0,
+                quantized=0,
+                kept_nodes=result.kept_nodes,
+            )
+            raise VariantSkipped(f"int8 skipped: {why}; the fp32 variant is the artifact to use", metrics)
+
+        table = result.table or per_layer_errors(src, result.path, samples, max_samples=config.localize_samples)
+        modules = export_module_paths(ctx.work_dir)
+        kept = kept_rows(src, result.kept_nodes, table, modules)
+        metrics.update(
+            status="quantized" if result.passed else "gate_failed",
+            quantized=last.quantized_count if last is not None else 0,
+            quantizable=last.quantizable_count if last is not None else 0,
+            guard=guard_record(result, gate_log, kept, config.guard),
+            kept_nodes=kept,
+            iterations=result.iterations,
+            layer_errors=layer_rows(table, modules),
+        )
+        if result.kept_nodes:
+            names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
+            warnings.append(f"int8: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
+        if not result.passed:
+            warnings.append(
+                f"int8: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
+                f"(limit {result.limit}); raise the limit with --guard-max-keep or use fp16/fp32"
+            )
+        out = artifact.derive(
+            path=dst,
+            sha256=sha256_files([dst]),
+            precision="int8",
+            producer=f"int8/{config.style}/{config.method}",
+        )
+        return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
+
+    def _samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
+        """Calibration samples and a description of where they came from."""
+        from optpipe.precision.calib_data import load_samples, synthetic_samples
+
+        config = self.config
+        if config.calib_data is not None:
+            data = ctx.options.get("calib_data") if config.calib_data == IN_MEMORY else config.calib_data
+            return load_samples(data, ctx.input_specs, max_samples=config.max_samples), str(config.calib_data)
+        dims = {d.axis_name: d.opt for d in ctx.dynamic}
+        samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)
+        return samples, f"synthetic ({config.synthetic_count} random samples)"
+
+    def _cache_path(self, ctx: BuildContext) -> Path:
+        """Where the ranges are stored: the build's ``int8/calibration.json``, seeded from a cache.
+
+        A user ``--calib-cache`` file is copied in first; otherwise the
+        previous build in the same output directory (``ctx.options['out_dir']``)
+        is, so a rebuild with ``--overwrite`` reuses its ranges when the
+        model and data hashes still match (the key is checked, never assumed).
+        """
+        path = ctx.path("int8", CACHE_NAME)
+        seeds = []
+        if self.config.cache_file:
+            seeds.append(Path(self.config.cache_file))
+        if ctx.options.get("out_dir"):
+            seeds.append(Path(str(ctx.options["out_dir"])) / "int8" / CACHE_NAME)
+        for seed in seeds:
+            if seed.is_file():
+                shutil.copyfile(seed, path)
+                break
+        return path
+
+    def ensures(self, result: PassResult, ctx: BuildContext) -> None:
+        """Copy the ranges back to a user ``--calib-cache`` file so the next build can reuse them."""
+        if self.config.cache_file:
+            built = ctx.path("int8", CACHE_NAME)
+            if built.is_file():
+                target = Path(self.config.cache_file)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(built, target)
