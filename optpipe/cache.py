@@ -15,7 +15,15 @@ pass created or changed in the staging directory (a directory snapshot taken
 before the pass tells which), plus a JSON record.
 
 Only passes that declare ``cacheable = True`` are cached: validate and
-benchmark measure, so they always run.
+benchmark measure, so they always run. The key covers the input artifact's
+sha256 (for the torch module: its parameters, buffers and class sources), the
+pass name, code and ``config_dict()``, the versions of the distributions in
+``Pass.uses``, the target, input specs, dynamic dims, output names, golden
+data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
+deliberately *not* in the key: passes receive their options through their
+``Config`` (``from_options``), and a file named by a config field is keyed by
+its content. Putting every option in every key would make, say, a TensorRT
+timing cache that changes after each build invalidate the export.
 
 Layout under the cache directory (``$OPTPIPE_CACHE_DIR`` or
 ``~/.cache/optpipe``)::
@@ -62,8 +70,6 @@ from optpipe.tensor_spec import TensorSpec
 
 CACHE_FORMAT = 1
 ENV_VAR = "OPTPIPE_CACHE_DIR"
-# Build options that never change what a cacheable pass writes (they only affect gates and timing).
-NON_OUTPUT_OPTIONS = frozenset({"tolerances", "benchmark", "benchmark_batch"})
 STALE_TMP_SECONDS = 3600.0
 _PATH_MARK = "__optpipe_relpath__"
 
@@ -190,7 +196,6 @@ class _Keyer:
             "output_names": list(ctx.output_names),
             "dynamic": [dim.to_dict() for dim in ctx.dynamic],
             "golden": self._golden[1],
-            "options": _plain({k: v for k, v in ctx.options.items() if k not in NON_OUTPUT_OPTIONS}),
             "machine": platform.machine(),
             "pass_facts": _plain(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
         }
@@ -533,6 +538,8 @@ class PassCache:
         entry = self._entry(pending.key)
         if (entry / "record.json").is_file():
             return  # stored by a build that did not wait for our lock (lock timeout)
+        if entry.exists():
+            self._discard(entry)  # a directory without its record is not an entry (made by hand or a bug)
         tmp = self.base / "tmp" / f"{pending.key}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             tmp.mkdir(parents=True)
