@@ -1,0 +1,179 @@
+"""PassCache: warm rebuilds, invalidation, corruption, unusable cache dirs, killed and concurrent builds."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optpipe.cache import PassCache, iter_entries
+from optpipe.errors import PassError
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "sample_models/digits_cnn.py:DigitsCNN"
+WEIGHTS = ROOT / "sample_models/weights/digits_cnn.safetensors"
+CACHEABLE = {"export", "simplify", "engine-ort"}
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    from optpipe.model_session import prepare_model
+
+    return prepare_model(str(ROOT / SPEC), weights=WEIGHTS, dynamics=["batch=1:8:64"])
+
+
+def build(digits: Any, out: Path, cache: PassCache | None) -> Any:
+    from optpipe.builder import build as run_build
+
+    return run_build(
+        digits.module, digits.example_inputs, out_dir=out, overwrite=True, input_names=digits.input_names,
+        output_names=digits.output_names, dynamic=digits.dynamic, benchmark=False, exporter="torchscript",
+        instruments=[cache] if cache else [], log=lambda message: None,
+    )
+
+
+def statuses(report: Any) -> dict[str, str]:
+    return {record.name: record.status for record in report.passes}
+
+
+def test_warm_rebuild_reuses_every_cacheable_pass(digits: Any, tmp_path: Path) -> None:
+    cold = build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    assert set(statuses(cold).values()) == {"ok"}
+    assert len(list(iter_entries(tmp_path / "cache"))) == len(CACHEABLE)
+    warm = build(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
+    assert statuses(warm) == {"export": "cached", "simplify": "cached", "engine-ort": "cached", "validate": "ok"}
+    assert warm.passed
+    for name in ("model.export.onnx", "model.onnx", "fp32/model.ort-cpu.onnx"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # Artifact paths point into the new build, not the one that filled the cache.
+    assert warm.variants[0]["onnx"] == "model.onnx"
+    from optpipe.verify import verify_build
+
+    assert verify_build(tmp_path / "b").passed
+
+
+def test_config_change_reruns_only_downstream(digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from optpipe.passes.engine_ort import OrtEngineConfig, OrtEnginePass
+
+    from optpipe.target import CpuTarget
+
+    build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    monkeypatch.setattr(CpuTarget, "engine_pass", lambda self, *a, **k: OrtEnginePass(OrtEngineConfig(level="basic")))
+    changed = build(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
+    assert statuses(changed) == {"export": "cached", "simplify": "cached", "engine-ort": "ok", "validate": "ok"}
+
+
+def _entry_with(cache_dir: Path, name: str) -> Path:
+    return next(e for e in iter_entries(cache_dir) if (e / "files" / name).is_file())
+
+
+def test_corrupted_entry_is_detected_discarded_and_rebuilt(digits: Any, tmp_path: Path) -> None:
+    build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    stored = _entry_with(tmp_path / "cache", "model.onnx") / "files" / "model.onnx"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    report = build(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
+    assert statuses(report)["simplify"] == "ok"
+    assert statuses(report)["export"] == "cached"
+    assert any("corrupted" in w and "model.onnx" in w for w in report.warnings)
+    assert report.passed
+    # The entry was rebuilt with good bytes, so the next build reuses it silently.
+    again = build(digits, tmp_path / "c", PassCache(tmp_path / "cache"))
+    assert statuses(again)["simplify"] == "cached" and not again.warnings
+
+
+def test_unusable_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    report = build(digits, tmp_path / "a", PassCache(blocker / "cache"))
+    assert report.passed
+    assert set(statuses(report).values()) == {"ok"}
+    assert any("cannot be used" in w and "without the cache" in w for w in report.warnings)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only directory")
+def test_read_only_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "ro"
+    cache_dir.mkdir()
+    cache_dir.chmod(0o500)
+    try:
+        report = build(digits, tmp_path / "a", PassCache(cache_dir))
+    finally:
+        cache_dir.chmod(0o700)
+    assert report.passed and any("without the cache" in w for w in report.warnings)
+
+
+def test_full_cache_dir_warns_and_builds(digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import optpipe.cache
+
+    def full(*args: object, **kwargs: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(optpipe.cache, "copy_hashing", full)
+    report = build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    assert report.passed
+    assert any("no space left" in w for w in report.warnings)
+    assert list(iter_entries(tmp_path / "cache")) == []
+    assert list((tmp_path / "cache" / "v1" / "tmp").iterdir()) == []
+
+
+def test_killed_build_leaves_only_complete_entries(
+    digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optpipe.passes.simplify import SimplifyOnnx
+
+    cache_dir = tmp_path / "cache"
+    stale = cache_dir / "v1" / "tmp" / "deadbeef-123-abcd"
+    (stale / "files").mkdir(parents=True)
+    (stale / "files" / "model.onnx").write_bytes(b"half a model")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+
+    def killed(self: Any, artifact: Any, ctx: Any) -> Any:
+        (ctx.work_dir / "model.onnx").write_bytes(b"partial output")
+        raise KeyboardInterrupt  # what a Ctrl-C or a CI timeout looks like inside a pass
+
+    monkeypatch.setattr(SimplifyOnnx, "run", killed)
+    cache = PassCache(cache_dir)
+    with pytest.raises((KeyboardInterrupt, PassError)):
+        build(digits, tmp_path / "a", cache)
+    cache.close()
+    entries = list(iter_entries(cache_dir))
+    assert [json.loads((e / "record.json").read_text())["pass"] for e in entries] == ["export"]
+    for directory in (cache_dir / "v1" / "entries").glob("*/*"):
+        assert (directory / "record.json").is_file()
+    assert not stale.exists()  # the stale half-written entry of a killed build was cleaned up
+    monkeypatch.undo()
+    report = build(digits, tmp_path / "b", PassCache(cache_dir))
+    assert statuses(report)["export"] == "cached" and statuses(report)["simplify"] == "ok"
+    assert report.passed
+
+
+def test_two_concurrent_builds_share_one_cache(tmp_path: Path) -> None:
+    env = dict(os.environ, OPTPIPE_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    command = [str(Path(sys.executable).parent / "optpipe"), "build", SPEC, "--weights", str(WEIGHTS),
+               "--dynamic", "batch=1:8:64", "--exporter", "torchscript", "--no-benchmark", "--threads", "1",
+               "--json"]
+    procs = [
+        subprocess.Popen([*command, "--out", str(tmp_path / f"out{i}")], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (_stdout, stderr) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, stderr[-2000:]
+    reports = [json.loads(stdout) for stdout, _ in results]
+    entries = list(iter_entries(tmp_path / "cache"))
+    assert sorted(json.loads((e / "record.json").read_text())["pass"] for e in entries) == sorted(CACHEABLE)
+    for report in reports:
+        assert report["passed"]
+    files = [(tmp_path / f"out{i}" / "fp32/model.ort-cpu.onnx").read_bytes() for i in range(2)]
+    assert files[0] == files[1]
