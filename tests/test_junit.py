@@ -1,0 +1,42 @@
+"""JUnit XML: one test case per gate, failures carry the gate's message."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from optpipe.junit import error_suite, report_suite, write_junit
+from tests.test_html_report import sample_report
+
+
+def test_one_case_per_variant_and_output(tmp_path: Path) -> None:
+    report = sample_report()
+    report["variants"].append({"precision": "fp16", "status": "pending", "passed": False, "failures": []})
+    report["next_step"] = "copy the directory to a GPU machine"
+    path = tmp_path / "junit.xml"
+    write_junit(path, [report_suite(report, "digits")])
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites" and root.get("tests") == "3" and root.get("failures") == "1"
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+    assert set(cases) == {("optpipe.digits.fp32", "parity[logits]"), ("optpipe.digits.int8", "parity[logits]"),
+                          ("optpipe.digits.fp16", "parity")}
+    failure = cases[("optpipe.digits.int8", "parity[logits]")].find("failure")
+    assert failure is not None and "int8 / logits: cosine 0.9 < 0.999" in failure.get("message", "")
+    assert cases[("optpipe.digits.fp32", "parity[logits]")].find("failure") is None
+    skipped = cases[("optpipe.digits.fp16", "parity")].find("skipped")
+    assert skipped is not None and "GPU" in skipped.get("message", "")
+
+
+def test_failures_outside_an_output_get_their_own_case() -> None:
+    report = sample_report()
+    variant = report["variants"][0]
+    variant["parity"]["failures"].append("inference failed on case 'batch1' (batch 1): bad shape")
+    variant["parity"]["passed"] = False
+    suite = report_suite(report)
+    inference = [c for c in suite.iter("testcase") if c.get("name") == "inference"]
+    assert len(inference) == 1 and "bad shape" in inference[0].find("failure").get("message", "")  # type: ignore[union-attr]
+
+
+def test_error_suite() -> None:
+    suite = error_suite("wine", "build failed with exit code 2")
+    assert suite.get("failures") == "1" and suite.find("testcase/failure") is not None
