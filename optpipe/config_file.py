@@ -288,7 +288,8 @@ def _cli_overrides(ctx: click.Context) -> dict[str, Any]:
     return {
         name: value
         for name, value in ctx.params.items()
-        if name not in NOT_IN_FILE and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        if name not in NOT_IN_FILE and name != "model"  # MODEL selects an entry, it does not replace specs
+        and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
     }
 
 
