@@ -44,7 +44,7 @@ th{background:#f6f8fa;font-weight:600} td.num,th.num{text-align:right;font-varia
 .card{border:1px solid #eaeef2;border-radius:6px;padding:8px 10px}
 .card h3{font-size:13px;margin:0 0 4px}
 svg text{font-family:inherit}
-ul.warn li{color:#9a6700} ul.fail li{color:#cf222e}
+ul.warn li{color:#9a6700} ul.failures li{color:#cf222e}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f8fa;padding:1px 4px;border-radius:4px}
 .barcell{background:#eaeef2;border-radius:3px;height:8px;min-width:80px}
 .barcell div{background:#d9822b;height:8px;border-radius:3px}
@@ -351,7 +351,7 @@ def _summary_table(report: Mapping[str, Any]) -> str:
         failures = variant.get("failures") or []
         if failures:
             items = "".join(f"<li>{_e(f)}</li>" for f in failures)
-            rows.append(f'<tr><td></td><td colspan="7"><ul class="fail">{items}</ul></td></tr>')
+            rows.append(f'<tr><td></td><td colspan="7"><ul class="failures">{items}</ul></td></tr>')
     return f"<table>{head}{''.join(rows)}</table>"
 
 
