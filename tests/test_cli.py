@@ -215,3 +215,12 @@ def test_help_does_not_import_torch() -> None:
         "assert 'Exit codes' in r.output; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_torch_export_program_builds(tmp_path: Path, toy: object) -> None:
+    program = torch.export.export(toy.TinyNet().eval(), toy.example_inputs())  # type: ignore[attr-defined]
+    torch.export.save(program, str(tmp_path / "tiny.pt2"))
+    code, output = run("build", str(tmp_path / "tiny.pt2"), "--out", str(tmp_path / "out"), "--no-benchmark")
+    assert code == 0, output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["variants"][0]["passed"]
