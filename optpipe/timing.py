@@ -1,10 +1,11 @@
 """Latency measurement that survives a noisy 2-core machine.
 
 Runtimes are measured side by side in one run, interleaved in blocks: each
-round visits the runtimes in a shuffled order, makes a few untimed calls (the
-other runtime's thread pool needs time to wind down, DESIGN.md measured 2-4x
-slower first calls), then times a block of calls. Statistics are medians and
-percentiles over all timed calls; speedups are ratios of medians.
+round visits the runtimes in a shuffled order, makes untimed calls while the
+other runtime's thread pool winds down (measured here: after a switch,
+PyTorch's first 6-9 calls run about 2x slower, hence 10 untimed calls), then
+times a block of calls. Statistics are medians and percentiles over all timed
+calls; speedups are ratios of medians.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def interleaved_latency(
     warmup: int = 10,
     rounds: int = 10,
     iters_per_round: int = 20,
-    settle: int = 3,
+    settle: int = 10,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
