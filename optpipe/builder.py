@@ -162,9 +162,9 @@ def build(
         model.eval()
     reference = TorchRunner(model, tuple(names), tuple(output_names or ()))
     example_feed = dict(zip(names, examples, strict=True))
-    from optpipe.runtime import flatten_outputs
-
     import torch
+
+    from optpipe.runtime import flatten_outputs
 
     with torch.inference_mode():
         first = flatten_outputs(model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in examples)))
@@ -212,7 +212,8 @@ def build(
 
         accuracy = None
         if options.get("eval_data") is not None and engine_available:
-            eval_set = check_eval_set(*options["eval_data"], names, "eval_data")
+            eval_inputs, eval_labels = options["eval_data"]
+            eval_set = check_eval_set(eval_inputs, eval_labels, names, "eval_data")
             accuracy = AccuracyCheck(eval_set, reference, {k: v.shape for k, v in golden.cases[0].outputs.items()},
                                      outputs, specs, dims, options.get("max_accuracy_drop"))
             report.accuracy = accuracy.record()

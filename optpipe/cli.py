@@ -196,7 +196,8 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
 @click.option("--no-strict-weights", is_flag=True, help="Allow missing/unexpected keys in --weights.")
 @click.option("--trust-pickle", is_flag=True,
-              help="Allow a fully pickled model (.pt/.pth). Unpickling runs code from the file: only for files you trust.")
+              help="Allow a fully pickled model (.pt/.pth). Unpickling runs code from the file: "
+              "only for files you trust.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary.")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Build the [[model]] entries of a TOML file (options as keys; flags given here override "

@@ -212,8 +212,11 @@ def latency_chart(rows: Sequence[tuple[str, str, Mapping[str, Any]]]) -> str:
 
 def speedup_chart(variants: Sequence[Mapping[str, Any]]) -> str:
     """Horizontal bars of speedup over PyTorch eager (ratio of medians), with the 1x line."""
-    rows = [(v["precision"], v.get("speedup_vs_torch"), i) for i, v in enumerate(variants)]
-    rows = [r for r in rows if r[1]]
+    rows: list[tuple[str, float, int]] = [
+        (str(v["precision"]), float(v["speedup_vs_torch"]), i)
+        for i, v in enumerate(variants)
+        if v.get("speedup_vs_torch")
+    ]
     if not rows:
         return '<p class="muted">No speedup measured (no benchmark, or no PyTorch comparison).</p>'
     width, left, right, row_h = 1080, 150, 120, 34

@@ -40,7 +40,7 @@ class Target(ABC):
     def runner(self, artifact: Artifact, threads: int | None) -> Runner:
         """A runner for an engine artifact of this target."""
 
-    def check_available(self) -> None:
+    def check_available(self) -> None:  # noqa: B027  (optional hook: available unless overridden)
         """Raise EnvironmentUnavailable when this machine cannot build/run engines."""
 
     def pre_engine_passes(self) -> list[Pass]:

@@ -149,6 +149,8 @@ class Fp16Pass(Pass):
         samples = [dict(case.inputs) for case in (ctx.golden.cases if ctx.golden else [])]
         if self.config.calib_data is not None:
             data = ctx.options.get("calib_data") if self.config.calib_data == "<in-memory>" else self.config.calib_data
+            if data is None:
+                raise UserInputError("in-memory calibration data was announced but not passed to build()")
             samples.extend(load_samples(data, ctx.input_specs, max_samples=MAX_RANGE_SAMPLES))
         if not samples:
             raise UserInputError("fp16 conversion needs golden or calibration inputs to check ranges on")

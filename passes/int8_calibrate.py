@@ -226,6 +226,8 @@ class Int8Pass(Pass):
         config = self.config
         if config.calib_data is not None:
             data = ctx.options.get("calib_data") if config.calib_data == IN_MEMORY else config.calib_data
+            if data is None:
+                raise UserInputError("in-memory calibration data was announced but not passed to build()")
             return load_samples(data, ctx.input_specs, max_samples=config.max_samples), str(config.calib_data)
         dims = {d.axis_name: d.opt for d in ctx.dynamic}
         samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)
