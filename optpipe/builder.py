@@ -30,7 +30,7 @@ from optpipe.report import Report
 from optpipe.target import Target, get_target
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -68,6 +68,10 @@ def precision_pass(precision: str, target: Target, options: Mapping[str, Any]) -
         from optpipe.passes.int8_calibrate import Int8Pass
 
         return Int8Pass.from_options(options, target)
+    if precision == "int8-dynamic":
+        from optpipe.passes.int8_dynamic import Int8DynamicPass
+
+        return Int8DynamicPass.from_options(options, target)
     raise UserInputError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
 
 

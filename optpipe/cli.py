@@ -184,7 +184,8 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
               help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic.")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
 @click.option("--precision", "precision", default="fp32", show_default=True,
-              help="Comma-separated precisions to build: fp32, fp16, int8; or 'auto': build the target's "
+              help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
+              "data); or 'auto': build the target's "
               "candidates and select the fastest that passes its gates.")
 @click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="OUTPUT:FIELD=VALUE",

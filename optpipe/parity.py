@@ -42,6 +42,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
     "fp16": Tolerance(min_cosine=0.999, min_top1=0.99),
     "int8": Tolerance(min_cosine=0.99, min_top1=0.99),
+    "int8-dynamic": Tolerance(min_cosine=0.99, min_top1=0.99),
 }
 
 

@@ -181,7 +181,7 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
         for v in others:
             rejected[v["precision"]] = f"slower: {describe(v)} vs {describe(best)}"
     else:
-        order = {"int8": 0, "fp16": 1, "fp32": 2}
+        order = {"int8": 0, "int8-dynamic": 0, "fp16": 1, "fp32": 2}
         best = min(passing, key=lambda v: order.get(v["precision"], 3))
         reason = (
             f"only {best['precision']} passed" if len(passing) == 1
@@ -201,7 +201,7 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
 
 def auto_precisions(target: str) -> tuple[str, ...]:
     """Candidates of ``--precision auto``: FP16 only where it can be faster (not on CPU, where ORT adds Casts)."""
-    return ("fp32", "int8") if target == "cpu" else ("fp32", "fp16", "int8")
+    return ("fp32", "int8", "int8-dynamic") if target == "cpu" else ("fp32", "fp16", "int8")
 
 
 class AccuracyCheck:

@@ -252,6 +252,7 @@ def guarded_quantize(
     max_keep_fraction: float = 0.1,
     max_keep: int | None = None,
     localize_samples: int = 8,
+    quantize: Callable[[list[str]], Any] | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -265,6 +266,11 @@ def guarded_quantize(
     Stops when the gate passes or ``max_keep`` nodes are kept (default
     ``ceil(max_keep_fraction * quantizable nodes)``, at least 1). INT8 ranges
     are calibrated once and reused by every rebuild.
+
+    ``quantize(keep) -> result`` replaces the built-in INT8/FP16 builders
+    (e.g. dynamic INT8): it gets the node names to keep in FP32 (the user's
+    ``exclude_nodes`` from ``int8_options`` first) and returns an object with
+    ``path`` (None when nothing is left to lower) and ``quantizable_count``.
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
@@ -277,6 +283,10 @@ def guarded_quantize(
 
     def build() -> tuple[Path | None, int]:
         nonlocal ranges
+        if quantize is not None:
+            custom = quantize([*user_kept, *kept])
+            results.append(custom)
+            return custom.path, custom.quantizable_count
         if precision == "int8":
             result = quantize_int8(
                 src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts

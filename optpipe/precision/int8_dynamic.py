@@ -1,0 +1,108 @@
+"""Dynamic INT8 quantization for the CPU target (ONNX Runtime ``quantize_dynamic``).
+
+Weights are quantized offline (int8, per-channel, symmetric); activations are
+quantized at run time per tensor by ``DynamicQuantizeLinear`` from their actual
+range, so there is no calibration data and no range that can be wrong for
+inputs the calibration set did not cover. That is why it keeps transformers
+accurate where static INT8 breaks them (outlier activations, attention-mask
+Adds). The graph uses ONNX Runtime's integer ops (``DynamicQuantizeLinear`` ->
+``MatMulInteger`` -> ``Cast`` -> ``Mul``), which ORT's CPU provider fuses into
+``DynamicQuantizeMatMul``; TensorRT cannot run them (it needs explicit Q/DQ),
+so this is a ``cpu`` target precision only.
+
+Only MatMul nodes with a constant weight are quantized (``MatMulConstBOnly``):
+activation x activation MatMuls (attention scores) stay FP32. ORT's quantizer
+rewrites every Gemm into MatMul (+ Add) first, naming the MatMul
+``<gemm>_MatMul``, so Linear layers exported as Gemm are quantized too.
+Conv is not: ORT's ``ConvInteger`` CPU kernel is usually slower than FP32 Conv.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from optpipe.precision import _graph
+from optpipe.precision.int8 import Int8Result, _map_exclusions, _pre_process, cpu_needs_reduce_range
+
+#: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it).
+OP_TYPES: tuple[str, ...] = ("MatMul", "Attention")
+#: Integer ops the quantizer writes for a quantized node.
+INTEGER_OPS: tuple[str, ...] = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention")
+#: The ``method`` recorded in results: there are no calibrated ranges.
+METHOD = "dynamic"
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes ``quantize_dynamic`` would quantize: MatMul/Gemm with a constant weight, and Attention."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Attention" or (n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2 and n.input[1] in consts)
+    ]
+
+
+def quantize_int8_dynamic(
+    src: Path,
+    dst: Path,
+    *,
+    exclude_nodes: Sequence[str] = (),
+    reduce_range: bool | None = None,
+) -> Int8Result:
+    """Quantize ``src`` dynamically to ``dst``; ``exclude_nodes`` (names in ``src``) stay FP32.
+
+    ``reduce_range`` (7-bit weights): ``None`` picks it from this CPU, as the
+    static path does (x86 without VNNI saturates U8S8 products). Returns an
+    :class:`~optpipe.precision.int8.Int8Result` with ``method="dynamic"`` and
+    no ranges; ``status="nothing_quantizable"`` (nothing written) when no
+    MatMul/Gemm with a constant weight is left to quantize.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    source = _graph.load_model(src)
+    warnings: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="optpipe-int8dyn-") as tmp_text:
+        tmp = Path(tmp_text)
+        pre_path = tmp / "pre.onnx"
+        warnings.extend(_pre_process(src, pre_path))
+        pre = onnx.load(str(pre_path))
+        excluded = _map_exclusions(source, pre, exclude_nodes, src)
+        quantizable = quantizable_nodes(pre)
+        remaining = [n for n in quantizable if n not in set(excluded)]
+        if not remaining:
+            why = (
+                f"all {len(quantizable)} quantizable nodes are excluded"
+                if quantizable
+                else "the model has no MatMul/Gemm with a constant weight"
+            )
+            return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {},
+                              [*warnings, f"nothing to quantize: {why}"])  # fmt: skip
+        if reduce_range is None:
+            reduce_range = cpu_needs_reduce_range()
+        gemms = {n.name for n in pre.graph.node if n.op_type == "Gemm"}
+        # ORT renames a Gemm to "<name>_MatMul" when it rewrites it, before nodes_to_exclude applies.
+        ort_excluded = [*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)]
+        out_path = tmp / "quantized.onnx"
+        quantize_dynamic(
+            pre_path,
+            out_path,
+            op_types_to_quantize=list(OP_TYPES),
+            per_channel=True,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=ort_excluded,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        quantized_model = onnx.load(str(out_path))
+        quantized = [n.name for n in quantized_model.graph.node if n.op_type in INTEGER_OPS]
+        if not quantized:
+            warnings.append("the dynamic quantizer quantized no node")
+            return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)
+        _graph.save_atomic(quantized_model, dst)
+    return Int8Result("quantized", dst, "cpu", METHOD, quantized, quantizable, excluded, {}, warnings)

@@ -1,0 +1,141 @@
+"""Dynamic INT8 for the ``cpu`` target (``--precision int8-dynamic``), behind the INT8 accuracy guard.
+
+ONNX Runtime's ``quantize_dynamic`` (see :mod:`optpipe.precision.int8_dynamic`):
+int8 per-channel weights, activations quantized at run time, no calibration
+data. It goes through the same accuracy gate (the ``int8-dynamic`` tolerances,
+the same as ``int8``'s, on the golden data) and the same guard
+(:func:`~optpipe.precision.localize.guarded_quantize`): when the gate fails the
+worst nodes stay FP32 and the model is rebuilt, up to ``--guard-max-keep``.
+TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.errors import UserInputError
+from optpipe.pass_base import BuildContext, Pass, PassResult
+
+PRECISION = "int8-dynamic"
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig:
+    """Options of the dynamic INT8 pass (``optpipe build --precision int8-dynamic``)."""
+
+    # 7-bit weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> True).
+    reduce_range: bool | None = None
+    # ONNX node names to keep in FP32 from the start.
+    exclude_nodes: tuple[str, ...] = ()
+    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
+    guard: bool = True
+    # Most nodes the guard may keep, as a fraction of the quantizable nodes (at least 1).
+    max_keep_fraction: float = 0.1
+    # Golden cases the per-layer error analysis runs on.
+    localize_samples: int = 8
+
+
+class Int8DynamicPass(Pass):
+    """ONNX -> dynamically quantized INT8 ONNX (``int8-dynamic/model.onnx``), accuracy-guarded."""
+
+    name = PRECISION
+    description = "dynamic INT8 (ORT quantize_dynamic, no calibration); keep nodes in FP32 if the gate fails"
+    input_kind = ArtifactKind.ONNX
+    output_kind = ArtifactKind.ONNX
+    Config = Int8DynamicConfig
+    uses = ("onnx", "onnxruntime")
+    cacheable = False  # it measures accuracy on the golden data
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], target: Any) -> Int8DynamicPass:
+        """The pass for ``build(**options)``: refuses the tensorrt target now, before any export runs."""
+        if str(getattr(target, "qdq_style", "cpu")) != "cpu":
+            raise UserInputError(
+                f"--precision int8-dynamic is for the cpu target only: target "
+                f"'{getattr(target, 'name', target)}' needs explicit Q/DQ INT8 (TensorRT cannot run ONNX "
+                "Runtime's DynamicQuantizeLinear/MatMulInteger ops); use --precision int8 with --calib-data"
+            )
+        fraction = float(options.get("guard_max_keep", 0.1))
+        if not 0.0 <= fraction <= 1.0:
+            raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
+        return cls(
+            Int8DynamicConfig(
+                guard=not options.get("no_guard", False),
+                max_keep_fraction=fraction,
+                exclude_nodes=tuple(options.get("int8_exclude") or ()),
+            )
+        )
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        from pathlib import Path
+
+        from optpipe.precision import VariantSkipped
+        from optpipe.precision.gate import (
+            export_module_paths,
+            gate_runtime_note,
+            guard_record,
+            kept_rows,
+            layer_rows,
+            make_gate,
+        )
+        from optpipe.precision.int8_dynamic import quantize_int8_dynamic
+        from optpipe.precision.localize import guarded_quantize, per_layer_errors
+
+        assert artifact.path is not None
+        config = self.config
+        src = Path(artifact.path)
+        dst = ctx.path(PRECISION, "model.onnx")
+        # The per-layer analysis needs inputs only: the golden cases (no calibration data here).
+        samples = [dict(case.inputs) for case in ctx.golden.cases] if ctx.golden is not None else []
+        gate, gate_log = make_gate(ctx, PRECISION, dict(ctx.options.get("tolerances") or {}), "all")
+
+        def quantize(keep: list[str]) -> Any:
+            return quantize_int8_dynamic(src, dst, exclude_nodes=keep, reduce_range=config.reduce_range)
+
+        result = guarded_quantize(
+            src,
+            dst,
+            samples,
+            gate,
+            int8_options={"exclude_nodes": list(config.exclude_nodes)},
+            max_keep_fraction=config.max_keep_fraction,
+            max_keep=None if config.guard and samples else 0,
+            localize_samples=config.localize_samples,
+            quantize=quantize,
+        )
+        first = result.results[0] if result.results else None
+        last = result.results[-1] if result.results else None
+        warnings: list[str] = list(first.warnings) if first is not None else []
+        metrics: dict[str, Any] = {"style": "cpu", "method": "dynamic", "gate_runtime": gate_runtime_note("cpu")}
+        if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int8-dynamic
+            why = last.warnings[-1] if last is not None and last.warnings else "nothing to quantize"
+            metrics.update(status="nothing_quantizable", quantizable=last.quantizable_count if last else 0,
+                           quantized=0, kept_nodes=result.kept_nodes)  # fmt: skip
+            raise VariantSkipped(f"{PRECISION} skipped: {why}; the fp32 variant is the artifact to use", metrics)
+
+        table = result.table or (per_layer_errors(src, result.path, samples, max_samples=config.localize_samples)
+                                 if samples else [])  # fmt: skip
+        modules = export_module_paths(ctx.work_dir)
+        kept = kept_rows(src, result.kept_nodes, table, modules)
+        metrics.update(
+            status="quantized" if result.passed else "gate_failed",
+            quantized=last.quantized_count if last is not None else 0,
+            quantizable=last.quantizable_count if last is not None else 0,
+            guard=guard_record(result, gate_log, kept, config.guard),
+            kept_nodes=kept,
+            iterations=result.iterations,
+            layer_errors=layer_rows(table, modules),
+        )
+        if result.kept_nodes:
+            names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
+            warnings.append(f"{PRECISION}: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
+        if not result.passed:
+            warnings.append(
+                f"{PRECISION}: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
+                f"(limit {result.limit}); raise the limit with --guard-max-keep or use fp32"
+            )
+        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision=PRECISION, producer="int8/dynamic")
+        return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
