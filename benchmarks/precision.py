@@ -40,8 +40,9 @@ def _module(name: str) -> Any:
     return module
 
 
-def bench_model(name: str, batch: int, rounds: int, work: Path) -> dict[str, Any]:
-    """Build fp32/fp16/int8 for one sample model and time them interleaved at ``batch``."""
+def bench_model(name: str, batch: int, rounds: int, work: Path,
+                precisions: tuple[str, ...] = ("fp32", "fp16", "int8")) -> dict[str, Any]:
+    """Build ``precisions`` (fp32 first) for one sample model and time them interleaved at ``batch``."""
     from optpipe.builder import build
     from optpipe.golden import resize_batch
     from optpipe.model_session import prepare_model
@@ -53,7 +54,7 @@ def bench_model(name: str, batch: int, rounds: int, work: Path) -> dict[str, Any
                              dynamics=[f"batch=1:{batch}:{max(batch, 64)}"])  # fmt: skip
     out = work / name
     report = build(
-        prepared.module, prepared.example_inputs, out_dir=out, precisions=("fp32", "fp16", "int8"),
+        prepared.module, prepared.example_inputs, out_dir=out, precisions=precisions,
         input_names=prepared.input_names, output_names=prepared.output_names, dynamic=prepared.dynamic,
         overwrite=True, benchmark=False, heldout_inputs=prepared.heldout_inputs, model_name=name,
         log=lambda _m: None, calib_data=prepared.calibration, eval_data=prepared.eval_set,
@@ -70,6 +71,8 @@ def bench_model(name: str, batch: int, rounds: int, work: Path) -> dict[str, Any
         calls[variant["precision"]] = (lambda r=runner: r.infer(feed))
         variants[variant["precision"]] = {
             "passed": variant["passed"],
+            "worst_cosine": min((o["cosine_min"] for o in (variant.get("parity") or {}).get("outputs", {}).values()),
+                                default=None),
             "accuracy": (variant.get("accuracy") or {}).get("accuracy"),
             "drop_points": (variant.get("accuracy") or {}).get("drop_points"),
             "kept_nodes": [k["node"] for k in (variant["passes"].get(variant["precision"]) or {})
@@ -98,6 +101,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated; fp32 must be one")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision.json")
     args = parser.parse_args()
     from optpipe.report import environment
@@ -105,7 +109,8 @@ def main() -> None:
     results: dict[str, Any] = {"environment": environment(), "models": {}}
     with tempfile.TemporaryDirectory(prefix="optpipe-bench-") as tmp:
         for name in [m for m in args.models.split(",") if m]:
-            result = bench_model(name, args.batch, args.rounds, Path(tmp))
+            precisions = tuple(p for p in args.precisions.split(",") if p)
+            result = bench_model(name, args.batch, args.rounds, Path(tmp), precisions)
             results["models"][name] = result
             torch_p50 = result["torch_latency"]["p50_ms"]
             print(f"{name} (batch {result['batch']}): torch eager p50 {torch_p50:.3f} ms, "
@@ -113,9 +118,10 @@ def main() -> None:
             for precision, record in result["variants"].items():
                 acc = record["accuracy"]
                 acc_text = f"{acc:.2f}% (drop {record['drop_points']:+.2f})" if acc is not None else "-"
-                print(f"  {precision:<5} p50 {record['latency']['p50_ms']:8.3f} ms  "
+                print(f"  {precision:<12} p50 {record['latency']['p50_ms']:8.3f} ms  "
                       f"{record['vs_fp32_engine']:5.2f}x vs fp32 engine  {record['vs_torch']:5.2f}x vs torch  "
-                      f"gate {'pass' if record['passed'] else 'FAIL'}  accuracy {acc_text}  "
+                      f"gate {'pass' if record['passed'] else 'FAIL'} (cosine_min {record['worst_cosine']:.4f})  "
+                      f"accuracy {acc_text}  "
                       f"kept {record['kept_nodes']}")  # fmt: skip
             sys.stdout.flush()
     args.out.parent.mkdir(parents=True, exist_ok=True)
