@@ -94,5 +94,10 @@ class ValidatePass(Pass):
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         runner = ctx.target.runner(artifact, ctx.threads)
-        parity = validate_outputs(runner, ctx, artifact.precision, self.config.tolerances)
+        try:
+            parity = validate_outputs(runner, ctx, artifact.precision, self.config.tolerances)
+        finally:
+            close = getattr(runner, "close", None)
+            if callable(close):
+                close()  # a GPU runner (TensorRT) frees its context and engine now
         return PassResult(artifact, modified=False, metrics={"parity": parity})

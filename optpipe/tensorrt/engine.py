@@ -188,6 +188,79 @@ class EngineMetadata:
         }
 
 
+# The keyword arguments optpipe passes to Polygraphy, built in one place each, so the real calls
+# and tests/test_trt_api_contract.py (which checks every key against Polygraphy's signatures,
+# without TensorRT) cannot drift apart. Every key is always present; None means "Polygraphy's
+# default" for all of them (checked against polygraphy/backend/trt/{loader,config,profile,runner}.py).
+
+
+def profile_add_kwargs(low: Sequence[int], opt: Sequence[int], high: Sequence[int]) -> dict[str, Any]:
+    """Keyword arguments of ``Profile.add(name, ...)`` for one input's min/opt/max shapes."""
+    return {"min": tuple(low), "opt": tuple(opt), "max": tuple(high)}
+
+
+def network_kwargs(parser_flags: list[Any] | None) -> dict[str, Any]:
+    """Keyword arguments of ``NetworkFromOnnxPath(path, ...)``: always strongly typed.
+
+    TensorRT 10 needs ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (Polygraphy sets it for
+    ``strongly_typed=True``); TensorRT 11 is always strongly typed and ignores the flag.
+    """
+    return {"flags": parser_flags, "strongly_typed": True}
+
+
+def config_kwargs(
+    *,
+    profiles: list[Any],
+    builder_optimization_level: int,
+    memory_pool_limits: dict[Any, int] | None,
+    load_timing_cache: str | None,
+    hardware_compatibility_level: Any,
+    version_compatible: bool,
+) -> dict[str, Any]:
+    """Keyword arguments of ``CreateConfig(...)``.
+
+    No precision arguments (``fp16``, ``int8``, ``calibrator``...): TensorRT 11 removed those
+    builder flags and the INT8 calibrator; precision comes from the strongly typed ONNX.
+    """
+    return {
+        "profiles": profiles,
+        "builder_optimization_level": builder_optimization_level,
+        "memory_pool_limits": memory_pool_limits,
+        "load_timing_cache": load_timing_cache,
+        "hardware_compatibility_level": hardware_compatibility_level,
+        "version_compatible": True if version_compatible else None,
+    }
+
+
+def engine_bytes_kwargs(config: Any, timing_cache: Path | None) -> dict[str, Any]:
+    """Keyword arguments of ``EngineBytesFromNetwork(network, ...)``."""
+    return {"config": config, "save_timing_cache": str(timing_cache) if timing_cache else None}
+
+
+# ``TrtRunner.infer`` keyword arguments for timed runs: BaseRunner.infer takes ``check_inputs`` and
+# forwards the rest to TrtRunner.infer_impl (``copy_outputs_to_host``).
+TIMED_INFER_KWARGS: dict[str, Any] = {"check_inputs": False, "copy_outputs_to_host": False}
+
+# TensorRT names optpipe uses directly (not through Polygraphy), as dotted paths from the
+# ``tensorrt`` module or from an ``ICudaEngine`` ("engine."). tests/test_trt_api_contract.py
+# resolves each one against the installed TensorRT (gpu-marked: TensorRT is needed for that).
+TRT_NAMES_USED: tuple[str, ...] = (
+    "OnnxParserFlag.NATIVE_INSTANCENORM",
+    "MemoryPoolType.WORKSPACE",
+    "HardwareCompatibilityLevel.AMPERE_PLUS",
+    "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY",
+    "TensorIOMode.INPUT",
+    "TensorIOMode.OUTPUT",
+    "engine.num_io_tensors",
+    "engine.get_tensor_name",
+    "engine.get_tensor_mode",
+)
+# Read with a fallback (see TrtEngineRunner.activate): TensorRT 10.1+ has the first, TensorRT 11
+# removed the second (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/
+# tensorrt-10x-to-11x-python-api-reference.html).
+DEVICE_MEMORY_ATTRS: tuple[str, ...] = ("device_memory_size_v2", "device_memory_size")
+
+
 def _hardware_level(trt: Any, level: str | None) -> Any:
     if level is None or level.lower() == "none":
         return None
@@ -250,24 +323,24 @@ def build_engine(
     load_cache, warnings = _prepare_timing_cache(timing_cache, machine)
 
     profile = Profile()
-    for name, (low, opt, high) in shapes.items():
-        profile.add(name, min=low, opt=opt, max=high)
+    for name, triple in shapes.items():
+        profile.add(name, **profile_add_kwargs(*triple))
     parser_flags = None
     if hw_level is not None or version_compatible:
         # Polygraphy's CreateConfig asks for this: the InstanceNorm plugin is not portable.
         parser_flags = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
-    network = NetworkFromOnnxPath(str(onnx_path), flags=parser_flags, strongly_typed=True)
+    network = NetworkFromOnnxPath(str(onnx_path), **network_kwargs(parser_flags))
     config = CreateConfig(
-        profiles=[profile],
-        builder_optimization_level=builder_optimization_level,
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)} if workspace_bytes else None,
-        load_timing_cache=load_cache,
-        hardware_compatibility_level=hw_level,
-        version_compatible=version_compatible or None,
+        **config_kwargs(
+            profiles=[profile],
+            builder_optimization_level=builder_optimization_level,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)} if workspace_bytes else None,
+            load_timing_cache=load_cache,
+            hardware_compatibility_level=hw_level,
+            version_compatible=version_compatible,
+        )
     )
-    build = EngineBytesFromNetwork(
-        network, config=config, save_timing_cache=str(timing_cache) if timing_cache else None
-    )
+    build = EngineBytesFromNetwork(network, **engine_bytes_kwargs(config, timing_cache))
     try:
         serialized = build()
     except PolygraphyException as exc:
@@ -370,8 +443,12 @@ class TrtEngineRunner:
     """
 
     def __init__(self, source: str | Path | LoadedEngine) -> None:
+        # An engine this runner deserialized itself is released by close(); a LoadedEngine
+        # passed in belongs to the caller.
+        self._owns_engine = not isinstance(source, LoadedEngine)
         self.loaded = source if isinstance(source, LoadedEngine) else load_engine(source)
         self._runner: Any = None
+        self._closed = False
         self.memory: dict[str, int] = {}
         trt = _import_tensorrt()
         engine = self.loaded.engine
@@ -391,6 +468,8 @@ class TrtEngineRunner:
         """Create the execution context (done on first use when not used as a context manager)."""
         if self._runner is not None:
             return
+        if self._closed:
+            raise RuntimeError(f"the TensorRT runner for {self.loaded.plan_path} was closed; create a new one")
         from polygraphy.backend.trt import TrtRunner
 
         free_before, total = gpu_memory_info()
@@ -398,10 +477,10 @@ class TrtEngineRunner:
         self._runner.activate()
         free_after, _ = gpu_memory_info()
         engine = self.loaded.engine
-        # device_memory_size_v2 exists from TensorRT 10.1; device_memory_size before that.
-        size = getattr(engine, "device_memory_size_v2", None)
-        if size is None:
-            size = getattr(engine, "device_memory_size", 0) or 0
+        # device_memory_size_v2 exists from TensorRT 10.1; device_memory_size before that (removed in 11).
+        size = next(
+            (v for v in (getattr(engine, a, None) for a in DEVICE_MEMORY_ATTRS) if v is not None), 0
+        )
         self.memory = {
             "engine_device_memory_bytes": int(size),
             "context_activation_delta_bytes": int(free_before - free_after),
@@ -418,10 +497,17 @@ class TrtEngineRunner:
         self.close()
 
     def close(self) -> None:
-        """Free the execution context and its GPU buffers."""
+        """Free the execution context and its GPU buffers, and the engine when this runner loaded it.
+
+        Idempotent. Without it the context (activation memory) and the engine's weights stay on
+        the GPU until the garbage collector happens to drop the runner.
+        """
         if self._runner is not None:
-            self._runner.deactivate()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            runner.deactivate()
+        if self._owns_engine and not self._closed:
+            self.loaded.engine = None  # the last reference: TensorRT frees the engine's GPU memory
+        self._closed = True
 
     def _active(self) -> Any:
         self.activate()
@@ -448,10 +534,10 @@ class TrtEngineRunner:
         runner = self._active()
         self.infer(feed)  # validates the feed once
         for _ in range(warmup):
-            runner.infer(feed_dict=feed, check_inputs=False, copy_outputs_to_host=False)
+            runner.infer(feed_dict=feed, **TIMED_INFER_KWARGS)
         times = []
         for _ in range(iters):
             start = time.perf_counter()
-            runner.infer(feed_dict=feed, check_inputs=False, copy_outputs_to_host=False)
+            runner.infer(feed_dict=feed, **TIMED_INFER_KWARGS)
             times.append((time.perf_counter() - start) * 1000.0)
         return times
