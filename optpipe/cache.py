@@ -56,7 +56,7 @@ import platform
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,49 @@ def _plain(value: Any) -> Any:
 
         return _plain(dataclasses.asdict(value))
     return repr(value)
+
+
+def module_digests(*modules: str) -> dict[str, str]:
+    """sha256 of the source of each named module: code a pass calls besides its own file.
+
+    ``pass_code`` covers only the pass class's file; a precision pass's output
+    is decided mostly by helpers (quantizer, guard, gate), keyed here instead.
+    """
+    import importlib
+
+    digests: dict[str, str] = {}
+    for name in modules:
+        module = importlib.import_module(name)
+        source = getattr(module, "__file__", None)
+        digests[name] = (hashlib.sha256(Path(source).read_bytes()).hexdigest()
+                         if source and os.path.isfile(source) else name)
+    return digests
+
+
+def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray]], source: str) -> dict[str, Any]:
+    """What a guarded precision pass (fp16, int8) reads outside its config.
+
+    The samples it calibrates / checks ranges on (by content, whatever their
+    source: a file, a directory, ``FILE.py:NAME``, in-memory or synthetic),
+    the tolerances its accuracy gate applies (the golden data is in every
+    key already), the target's Q/DQ style and the code of the helpers that
+    decide the output. ``threads`` is left out on purpose: it changes ORT's
+    float reductions only in the last bits.
+    """
+    from optpipe.precision.calib_data import data_fingerprint
+
+    return {
+        "samples": data_fingerprint(samples),
+        "sample_count": len(samples),
+        "sample_source": source,
+        "tolerances": _plain(dict(ctx.options.get("tolerances") or {})),
+        "qdq_style": getattr(ctx.target, "qdq_style", None),
+        "code": module_digests(
+            "optpipe.precision.int8", "optpipe.precision.fp16", "optpipe.precision.localize",
+            "optpipe.precision.gate", "optpipe.precision.calib_cache", "optpipe.precision.calib_data",
+            "optpipe.precision._graph", "optpipe.passes.validate", "optpipe.parity",
+        ),
+    }
 
 
 class _Keyer:
@@ -357,6 +400,12 @@ class PassCache:
             return None
         if result is not None:
             self._unlock(lock_fd)
+            try:  # post-conditions hold for a replayed result too (int8 copies its ranges to --calib-cache)
+                pass_.ensures(result, ctx)
+            except Exception as error:
+                self._warn(ctx, f"cached result of pass '{pass_.name}' failed its post-condition ({error}); "
+                                "running the pass")
+                return None
             self.hits += 1
             self._say(ctx, f"     {pass_.name}: reused from cache ({key[:12]})")
             result.warnings.extend(self._take_warnings())

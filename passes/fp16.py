@@ -54,7 +54,9 @@ class Fp16Pass(Pass):
     output_kind = ArtifactKind.ONNX
     Config = Fp16Config
     uses = ("onnx", "onnxruntime")
-    cacheable = False  # it measures accuracy and may read samples that live outside its config
+    # Deterministic given its input, config and cache_facts() (the samples by content, the gate's
+    # tolerances, the helper code), so a rebuild that changes none of them reuses it.
+    cacheable = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Fp16Pass:
@@ -142,8 +144,26 @@ class Fp16Pass(Pass):
         out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision="fp16", producer="fp16")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
 
+    def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
+        """The samples (by content), tolerances and helper code the output depends on (optpipe.cache)."""
+        from optpipe.cache import precision_facts
+
+        source = "golden" if self.config.calib_data is None else f"golden+{self.config.calib_data}"
+        return precision_facts(ctx, self._samples(ctx), source)
+
     def _samples(self, ctx: BuildContext) -> list[dict[str, np.ndarray]]:
-        """Golden inputs (always there) plus up to MAX_RANGE_SAMPLES calibration samples."""
+        """Golden inputs (always there) plus up to MAX_RANGE_SAMPLES calibration samples.
+
+        Loaded once per build (cache_facts and run share them: in-memory data may be a one-shot iterator).
+        """
+        loaded = getattr(self, "_loaded", None)
+        if loaded is not None and loaded[0] is ctx:
+            return list(loaded[1])
+        samples = self._load_samples(ctx)
+        self._loaded = (ctx, samples)
+        return list(samples)
+
+    def _load_samples(self, ctx: BuildContext) -> list[dict[str, np.ndarray]]:
         from optpipe.precision.calib_data import load_samples
 
         samples = [dict(case.inputs) for case in (ctx.golden.cases if ctx.golden else [])]

@@ -80,7 +80,9 @@ class Int8Pass(Pass):
     output_kind = ArtifactKind.ONNX
     Config = Int8Config
     uses = ("onnx", "onnxruntime")
-    cacheable = False  # its samples may live outside the config, and it measures accuracy
+    # Deterministic given its input, config and cache_facts() (the samples by content, the gate's
+    # tolerances, the Q/DQ style, this CPU's reduce_range decision, the helper code).
+    cacheable = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], target: Any) -> Int8Pass:
@@ -219,8 +221,31 @@ class Int8Pass(Pass):
         )
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
 
+    def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
+        """What the output depends on outside the config (optpipe.cache); the seeded ranges are not:
+        a calibration cache is reused only when its model/data/method key matches, so it changes no output."""
+        from optpipe.cache import precision_facts
+        from optpipe.precision.int8 import cpu_needs_reduce_range
+
+        samples, source = self._samples(ctx)
+        facts = precision_facts(ctx, samples, source)
+        reduce_range = self.config.reduce_range
+        if reduce_range is None:
+            reduce_range = self.config.style == "cpu" and cpu_needs_reduce_range()
+        facts["reduce_range"] = reduce_range
+        facts["synthetic"] = {"seed": 0, "count": self.config.synthetic_count} if self.config.synthetic else None
+        return facts
+
     def _samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
-        """Calibration samples and a description of where they came from."""
+        """Calibration samples and where they came from; loaded once per build (an iterator reads once)."""
+        loaded = getattr(self, "_loaded", None)
+        if loaded is not None and loaded[0] is ctx:
+            return list(loaded[1]), loaded[2]
+        samples, source = self._load_samples(ctx)
+        self._loaded = (ctx, samples, source)
+        return list(samples), source
+
+    def _load_samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
         from optpipe.precision.calib_data import load_samples, synthetic_samples
 
         config = self.config
