@@ -46,7 +46,7 @@ def accepted_keywords(func: Callable[..., Any], cls: type | None = None) -> set[
         assert cls is not None and func.__name__ == "__init__", f"{func.__qualname__} takes **kwargs"
         parents = [c for c in cls.__mro__[1:] if "__init__" in vars(c) and c is not object]
         assert parents, f"{cls.__name__}.__init__ forwards **kwargs to no parent"
-        names |= accepted_keywords(parents[0].__init__, parents[0])
+        names |= accepted_keywords(vars(parents[0])["__init__"], parents[0])
     return names - {"self"}
 
 
