@@ -8,11 +8,16 @@ Two checks, both needing only the directory (no PyTorch model):
 2. Parity: every built ``cpu``-target variant engine is run with ONNX Runtime
    on the saved golden inputs and compared with the saved PyTorch outputs
    using the same gate as the build (precision defaults plus the build's
-   recorded tolerance overrides). Engines of other targets (TensorRT) need
-   their hardware and are listed as skipped.
+   recorded tolerance overrides). TensorRT engines are run with TensorRT
+   (``TrtEngineRunner``) when TensorRT and an NVIDIA GPU are usable here;
+   otherwise, and for a split build's pending variants, their parity is
+   *not verified* here and the result says so.
 
 Exit codes: 0 all good, 1 something failed (the reasons are listed), 2 the
-directory is not an optpipe build directory.
+directory is not an optpipe build directory, 3 nothing failed but the parity
+of some TensorRT variant could not be checked on this machine (files were
+re-hashed only; run verify on the GPU machine). ``--no-parity`` asks for the
+hash check alone and exits 0 when the files are intact.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import sha256_file
-from optpipe.errors import EXIT_GATE_FAILED, EXIT_OK, UserInputError
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EnvironmentUnavailable, UserInputError
 from optpipe.manifest import MANIFEST, build_files
 
 
@@ -34,16 +39,21 @@ class VerifyResult:
     directory: Path
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Parity checks that could not run here (TensorRT engines without TensorRT + GPU, pending variants).
+    unverified: list[str] = field(default_factory=list)
     checked_files: int = 0
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        """Nothing failed and nothing was left unchecked (a hash-only result is not a pass)."""
+        return not self.failures and not self.unverified
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.passed else EXIT_GATE_FAILED
+        if self.failures:
+            return EXIT_GATE_FAILED
+        return EXIT_ENVIRONMENT if self.unverified else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +63,7 @@ class VerifyResult:
             "checked_files": self.checked_files,
             "failures": self.failures,
             "notes": self.notes,
+            "unverified": self.unverified,
             "variants": self.variants,
         }
 
@@ -62,8 +73,10 @@ class VerifyResult:
         for precision, record in self.variants.items():
             lines.append(f"  {precision:<8} parity {record['status']}")
         lines.extend(f"  note: {note}" for note in self.notes)
+        lines.extend(f"  NOT VERIFIED: {item}" for item in self.unverified)
         lines.extend(f"  FAIL: {failure}" for failure in self.failures)
-        lines.append(f"  result: {'OK' if self.passed else 'FAILED'} (exit {self.exit_code})")
+        verdict = "FAILED" if self.failures else "FILES OK, PARITY NOT VERIFIED HERE" if self.unverified else "OK"
+        lines.append(f"  result: {verdict} (exit {self.exit_code})")
         return "\n".join(lines)
 
 
@@ -125,12 +138,17 @@ def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, 
         threads=threads,
     )
     tolerances = build.get("tolerances") or {}
+    target = report.get("target")
+    if target not in ("cpu", "tensorrt"):
+        for variant in report.get("variants") or []:
+            result.variants[variant["precision"]] = {"status": f"not verified ({target} engines need their runtime)"}
+            result.unverified.append(f"{variant['precision']}: parity not rerun; {target} engines need their runtime")
+        return
+    if target == "tensorrt":
+        check_trt_parity(directory, report, result, ctx, tolerances)
+        return
     for variant in report.get("variants") or []:
         precision = variant["precision"]
-        if report.get("target") != "cpu":
-            result.variants[precision] = {"status": f"skipped ({report.get('target')} engines need their runtime)"}
-            result.notes.append(f"{precision}: parity not rerun; {report.get('target')} engines need their runtime")
-            continue
         if variant.get("status") != "built" or not variant.get("artifact"):
             result.variants[precision] = {"status": "skipped (no engine was built)"}
             continue
@@ -143,6 +161,61 @@ def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, 
             result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first[:300]}")
             result.variants[precision] = {"status": "error"}
             continue
+        result.variants[precision] = {"status": "pass" if parity["passed"] else "FAIL", "parity": parity}
+        result.failures.extend(f"{precision}: parity: {failure}" for failure in parity["failures"])
+
+
+def check_trt_parity(
+    directory: Path, report: dict[str, Any], result: VerifyResult, ctx: Any, tolerances: dict[str, Any]
+) -> None:
+    """Rerun the parity gate of every built TensorRT variant with TensorRT, when this machine can.
+
+    Without TensorRT and a GPU (or on a GPU the engine was not built for) nothing is
+    run: each variant is listed as not verified, with what it needs, and the exit code
+    is 3. A plan that fails its integrity check or cannot run is a failure (exit 1).
+    """
+    from optpipe.passes.validate import validate_outputs
+    from optpipe.tensorrt.engine import TrtEngineRunner, check_trt_available
+
+    missing: str | None = None
+    variants = report.get("variants") or []
+    if any(v.get("status") == "built" and v.get("artifact") for v in variants):
+        try:
+            check_trt_available()
+        except EnvironmentUnavailable as error:
+            missing = str(error)
+    for variant in variants:
+        precision = variant["precision"]
+        if variant.get("status") != "built" or not variant.get("artifact"):
+            result.variants[precision] = {"status": "not verified (no engine yet: split build)"}
+            result.unverified.append(
+                f"{precision}: no TensorRT engine was built yet; run 'optpipe engine {directory}' on a machine "
+                "with TensorRT and an NVIDIA GPU, then verify there"
+            )
+            continue
+        if missing is not None:
+            result.variants[precision] = {"status": "not verified (needs TensorRT + GPU)"}
+            result.unverified.append(
+                f"{precision}: parity of TensorRT engines needs TensorRT and an NVIDIA GPU; only the files were "
+                f"checked here ({missing})"
+            )
+            continue
+        runner = None
+        try:
+            runner = TrtEngineRunner(directory / variant["artifact"])
+            parity = validate_outputs(runner, ctx, precision, tolerances)
+        except EnvironmentUnavailable as error:  # e.g. another GPU architecture or TensorRT version
+            result.variants[precision] = {"status": "not verified (this machine cannot run the engine)"}
+            result.unverified.append(f"{precision}: {error}")
+            continue
+        except Exception as error:  # a corrupt plan is a verification failure, not a crash
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first[:300]}")
+            result.variants[precision] = {"status": "error"}
+            continue
+        finally:
+            if runner is not None:
+                runner.close()
         result.variants[precision] = {"status": "pass" if parity["passed"] else "FAIL", "parity": parity}
         result.failures.extend(f"{precision}: parity: {failure}" for failure in parity["failures"])
 

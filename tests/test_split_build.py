@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from optpipe.cli import main
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
 from optpipe.finish import read_split_build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def test_split_directory_is_complete_and_resumable(split_dir: tuple[Path, Result
     assert report["exit_code"] == EXIT_ENVIRONMENT and report["passed"] is False
     assert f"optpipe engine {out}" in report["next_step"]
     assert [p["name"] for p in report["passes"]] == ["export", "simplify", "trt-lint"]
-    assert all(p["status"] == "ok" for p in report["passes"])
+    assert all(p["status"] in ("ok", "cached") for p in report["passes"])  # cached: an earlier identical run
     (variant,) = report["variants"]
     assert variant["status"] == "pending" and variant["artifact"] is None and variant["parity"] is None
     assert (out / variant["onnx"]).is_file()
@@ -133,6 +134,60 @@ def test_engine_refuses_a_directory_with_missing_golden_data(
     result = run("engine", str(copy))
     assert result.exit_code == EXIT_USAGE
     assert "golden" in result.output
+
+
+def test_verify_on_a_split_build_says_parity_needs_the_gpu_machine(split_dir: tuple[Path, Result]) -> None:
+    out, _ = split_dir
+    assert (out / "manifest.json").is_file()
+    result = run("verify", str(out))
+    # Files intact, but no TensorRT variant was checked: exit 3, never a plain "OK".
+    assert result.exit_code == EXIT_ENVIRONMENT, result.output
+    assert "NOT VERIFIED" in result.output and f"optpipe engine {out}" in result.output
+    assert "PARITY NOT VERIFIED HERE" in result.output and "result: OK" not in result.output
+    as_json = json.loads(run("verify", str(out), "--json").output)
+    assert as_json["passed"] is False and as_json["failures"] == [] and as_json["unverified"]
+    assert as_json["variants"]["fp32"]["status"].startswith("not verified")
+    hashes_only = run("verify", str(out), "--no-parity")  # asked for the hash check alone
+    assert hashes_only.exit_code == EXIT_OK, hashes_only.output
+
+
+def test_verify_on_a_split_build_still_fails_on_a_changed_file(
+    split_dir: tuple[Path, Result], tmp_path: Path
+) -> None:
+    out, _ = split_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    result = run("verify", str(copy))
+    assert result.exit_code == EXIT_GATE_FAILED, result.output  # a failure outranks "not verified"
+    assert "changed file: model.onnx" in result.output
+
+
+def test_finished_report_keeps_cpu_stage_records_and_manifest_lists_every_file(
+    split_dir: tuple[Path, Result], tmp_path: Path
+) -> None:
+    """The tail of ``finish_build`` (report re-read, report.html, manifest) on the real split directory.
+
+    The engine passes in between need TensorRT (see the gpu test below); this checks what
+    finish keeps from the CPU stage: pass records, and every file in the manifest.
+    """
+    from optpipe.finish import report_from_dict
+    from optpipe.manifest import build_files, finish_build_dir, load_manifest
+
+    out, _ = split_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    data = json.loads((copy / "report.json").read_text())
+    report = report_from_dict(data)
+    assert [p.name for p in report.passes] == [p["name"] for p in data["passes"]] == ["export", "simplify", "trt-lint"]
+    assert report.to_dict()["passes"] == data["passes"]
+    report.write(copy / "report.json")
+    finish_build_dir(copy, report)
+    listed = {entry["path"] for entry in load_manifest(copy)["files"]}
+    on_disk = {f.relative_to(copy).as_posix() for f in build_files(copy)}
+    assert listed == on_disk
+    assert {"model.onnx", "report.json", "report.html", "golden/example.npz"} <= listed
 
 
 @needs_no_trt
@@ -185,6 +240,12 @@ def test_one_machine_tensorrt_build_validates_and_times(trt_gpu: None, tmp_path:
     assert variant["latency"]["p50_ms"] > 0 and variant["gpu_memory"]["gpu_total_bytes"] > 0
     assert variant["passes"]["engine-trt"]["build_options"]["strongly_typed"] is True
     assert (tmp_path / "timing.cache").is_file()
+    import torch
+
+    # PyTorch's baseline runs where the engine runs when this torch can (else it is labelled "cpu").
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert variant["torch_latency"]["device"].startswith(expected)
+    assert run("verify", str(out)).exit_code == EXIT_OK
 
 
 @pytest.mark.gpu
@@ -208,5 +269,14 @@ def test_split_directory_finished_by_optpipe_engine(trt_gpu: None, tmp_path: Pat
     (variant,) = report["variants"]
     assert variant["status"] == "built" and variant["passed"] is True
     assert (out / variant["artifact"]).is_file()
+    assert report["passes"][0]["name"] == "export"  # the CPU stage's records are kept
+    from optpipe.manifest import build_files, load_manifest
+
+    listed = {entry["path"] for entry in load_manifest(out)["files"]}
+    assert listed == {f.relative_to(out).as_posix() for f in build_files(out)}
+    assert {"model.onnx", "golden/example.npz", variant["artifact"]} <= listed
+    verified = run("verify", str(out))  # TensorRT parity rerun with TensorRT, here on the GPU
+    assert verified.exit_code == EXIT_OK, verified.output
+    assert "parity pass" in verified.output
     again = run("engine", str(out))
     assert again.exit_code == EXIT_USAGE and "--rebuild" in again.output
