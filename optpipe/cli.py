@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
+from optpipe.junit import junit_on_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -211,12 +212,14 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @trt_build_options
 @precision_build_options
 @reports_errors
+@junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
           target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
           threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
           overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
           config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
-          trt_options: dict[str, Any], precision_opts: dict[str, Any]) -> None:
+          trt_options: dict[str, Any], precision_opts: dict[str, Any],
+          pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
         from optpipe.config_file import run_build_file
@@ -263,6 +266,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         log=log,
         instruments=instruments,
         trt=trt_options,
+        pass_options=pass_options,
         **_precision_kwargs(precision_opts, prepared),
     )
     click.echo(report.to_json() if as_json else report.summary())
@@ -333,6 +337,9 @@ def list_passes() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary.")
 @trt_build_options
 @reports_errors
+# No --no-cache/--cache-dir here, unlike `optpipe build`: the engine-trt pass is not cacheable (a
+# TensorRT engine depends on the GPU, the driver and timing measurements, and is not reproducible
+# byte for byte), and validate/benchmark measure, so a cache would have nothing to reuse.
 def engine(build_dir: Path, benchmark_batch: int | None, no_benchmark: bool, rebuild: bool, as_json: bool,
            trt_options: dict[str, Any]) -> None:
     """Finish a split TensorRT build: build, validate and time the engines in BUILD_DIR.
