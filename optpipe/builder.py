@@ -117,6 +117,7 @@ def build(
     model_name: str = "",
     log: Callable[[str], None] = print,
     instruments: Sequence[Instrument] = (),
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     **precision_options: Any,
 ) -> Report:
     """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
@@ -124,14 +125,26 @@ def build(
     ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict
     name -> tensor. ``dynamic`` declares dynamic dimensions: ``DynamicDim("batch",
     1, 8, 32)`` makes axis 0 of every input dynamic; a
-    :class:`~optpipe.input_parsing.DynamicArg` names other axes. Raises :class:`~optpipe.errors.OptpipeError` for
+    :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``pass_options`` maps a pass name
+    (``optpipe passes``) to fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``; they win over
+    the values set by the other arguments (see :mod:`optpipe.pass_options`).
+    Raises :class:`~optpipe.errors.OptpipeError` for
     user and environment errors; a failed parity gate is *not* an exception but
     ``report.passed is False`` (``report.exit_code == 1``).
     """
+    from optpipe.pass_options import apply_pass_options, check_pass_options
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
     from optpipe.passes.simplify import SimplifyOnnx
     from optpipe.runtime import TorchRunner
 
+    per_pass = check_pass_options(pass_options)  # before anything runs: a typo fails now
+    if "tolerances" in per_pass.get("validate", {}):  # the precision gates apply the same tolerances
+        given = dict(tolerances or {})
+        for name, fields in per_pass["validate"]["tolerances"].items():
+            given[name] = {**given.get(name, {}), **fields}
+        tolerances = given
+    if per_pass.get("engine-trt"):  # recorded in report.json, so `optpipe engine` uses them too
+        precision_options["trt"] = {**(precision_options.get("trt") or {}), **per_pass["engine-trt"]}
     out = Path(out_dir)
     target_obj = get_target(target)
     auto = list(precisions) == ["auto"]  # build the target's candidates, keep the fastest that passes
@@ -184,6 +197,8 @@ def build(
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=exporter)), SimplifyOnnx()], variant="shared")
     variants = {p: Pipeline(variant_passes(p, target_obj, options, engine_available), variant=p) for p in precisions}
+    for pipeline in (prefix, *variants.values()):
+        apply_pass_options(pipeline.passes, per_pass)
     if not engine_available:
         from optpipe.finish import split_next_step  # also checks the TensorRT options now, not on the GPU box
 

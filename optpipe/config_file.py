@@ -16,9 +16,22 @@ list), ``tolerances`` (a table ``{output = {field = value}}``),
 ``benchmark = false`` and ``strict_weights = false``. Command-level keys
 (``cache``, ``cache_dir``, ``junit``) are allowed at the top level only.
 
+Per-pass options: a ``[model.passes.<pass>]`` table (after its ``[[model]]``)
+sets fields of that pass's ``Config`` (``optpipe passes`` lists the passes;
+e.g. ``[model.passes.simplify] atol = 1e-3``), and a top-level
+``[passes.<pass>]`` table sets them for every model. They are checked like
+the flags (unknown pass, unknown field, wrong type: the error names the field
+path) and reach ``build(pass_options=...)``.
+
 Precedence: an option given on the command line > the model's table > the
-top-level defaults > the option's default. Relative paths are relative to
-the file's directory, so a build does not depend on where CI runs it from.
+top-level defaults > the option's default. A flag and the pass field it sets
+(``calib_method`` and ``passes.int8.method``, ``exporter`` and
+``passes.export.exporter``...; :data:`optpipe.pass_options.FLAG_FIELDS`) are
+one option for this rule: a flag on the command line beats both spellings in
+the file, a model's ``calib_method`` beats a top-level ``[passes.int8]
+method``, and setting both spellings in the same table is an error. Relative
+paths are relative to the file's directory, so a build does not depend on
+where CI runs it from.
 
 Every error names the file, the field and what was expected, and is found
 before any build starts (exit 2).
@@ -85,6 +98,8 @@ class ModelBuild:
     name: str
     params: dict[str, Any]
     where: str
+    # Per-pass options (file precedence already applied; command-line flags are applied at build time).
+    pass_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -222,7 +237,8 @@ def _table(data: Mapping[str, Any], params: Mapping[str, click.Parameter], base:
     for key, value in data.items():
         resolved = _resolve_key(key, params)
         if resolved is None:
-            raise ConfigError(f"{where}: unknown key '{key}'; expected one of {', '.join(known_fields(command))}")
+            expected = ", ".join(sorted([*known_fields(command), "passes"]))
+            raise ConfigError(f"{where}: unknown key '{key}'; expected one of {expected}")
         name, negate = resolved
         if name in COMMAND_LEVEL and not top:
             raise ConfigError(f"{where}.{key}: only allowed at the top level of the file (it applies to the "
@@ -231,6 +247,57 @@ def _table(data: Mapping[str, Any], params: Mapping[str, click.Parameter], base:
             raise ConfigError(f"{where}.{key}: a model spec belongs in a [[model]] table")
         out[name] = _convert(key, value, params[name], negate, base, where, ctx)
     return out
+
+
+# (pass, field) whose value is a path: relative to the config file, like the flags' paths.
+PASS_PATH_FIELDS = frozenset({("int8", "calib_data"), ("fp16", "calib_data"), ("int8", "cache_file"),
+                              ("engine-trt", "timing_cache")})
+
+
+def _pass_tables(value: Any, where: str, base: Path, flags: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A ``passes`` table, checked against each pass's Config; ``flags`` are the table's other keys."""
+    from optpipe.pass_options import FLAG_FIELDS, check_pass_options
+
+    where = f"{where}.passes"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of pass tables ([passes.<pass>] with fields of that "
+                          f"pass), got {value!r}")
+    try:
+        checked = check_pass_options(value, where)
+    except ConfigError:
+        raise
+    except UserInputError as error:
+        raise ConfigError(str(error)) from None
+    for name, fields in checked.items():
+        for key in fields:
+            if (name, key) in PASS_PATH_FIELDS and isinstance(fields[key], str):
+                text = fields[key]
+                if ".py:" in text:
+                    fields[key] = _resolve_spec(text, base)
+                elif key != "calib_data" or (base / text).exists():  # calib_data may be "<in-memory>"
+                    fields[key] = _relative_path(text, base)
+            for flag in flags:
+                if (name, key) in FLAG_FIELDS.get(flag, ()):
+                    raise ConfigError(f"{where}.{name}.{key}: also set by '{flag}' in the same table; keep one")
+    return checked
+
+
+def _without_flags(pass_options: Mapping[str, Mapping[str, Any]], flags: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``pass_options`` minus the fields that the given flags set (a more specific source set them)."""
+    from optpipe.pass_options import FLAG_FIELDS
+
+    covered = {pair for flag in flags for pair in FLAG_FIELDS.get(flag, ())}
+    return {name: {k: v for k, v in fields.items() if (name, k) not in covered}
+            for name, fields in pass_options.items()}
+
+
+def merge_pass_options(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Later layers win, field by field."""
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for name, fields in layer.items():
+            merged.setdefault(name, {}).update(fields)
+    return {name: fields for name, fields in merged.items() if fields}
 
 
 def _default_name(spec: str) -> str:
@@ -258,7 +325,10 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
     if not isinstance(models_data, list) or not all(isinstance(m, dict) for m in models_data):
         raise ConfigError(f"{label}: 'model' must be an array of tables ([[model]]), got {type(models_data).__name__}")
     name_param = "name"
+    top_passes_raw = data.pop("passes", None)
     top = _table(data, params, base, f"{label}: top level", ctx, command, top=True)
+    top_passes = ({} if top_passes_raw is None
+                  else _pass_tables(top_passes_raw, f"{label}: top level", base, top))
     command_settings = {k: top.pop(k) for k in list(top) if k in COMMAND_LEVEL}
     models: list[ModelBuild] = []
     seen_out: dict[str, str] = {}
@@ -268,7 +338,11 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
         where = f"{label}: model[{index}]" + (f" ({name})" if name else "")
         if name is not None and not isinstance(name, str):
             raise ConfigError(f"{where}.name: expected a string, got {name!r}")
-        values = {**top, **_table(raw, params, base, where, ctx, command, top=False)}
+        passes_raw = raw.pop("passes", None)
+        own = _table(raw, params, base, where, ctx, command, top=False)
+        values = {**top, **own}
+        model_passes = {} if passes_raw is None else _pass_tables(passes_raw, where, base, own)
+        pass_options = merge_pass_options(_without_flags(top_passes, list(own)), model_passes)
         if not values.get("model"):
             raise ConfigError(f"{where}: missing 'spec' (the model, e.g. 'models/net.py:Net')")
         name = name or _default_name(values["model"])
@@ -279,7 +353,7 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
                 raise ConfigError(f"{where}.out: {out} is also the output of {seen_out[str(out)]}; "
                                   "each model needs its own directory")
             seen_out[str(out)] = name
-        models.append(ModelBuild(name, values, where))
+        models.append(ModelBuild(name, values, where, pass_options))
     return BuildFile(file, models, command_settings)
 
 
@@ -325,14 +399,16 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
                 params[name] = ()
         if not params.get("out_dir"):
             raise ConfigError(f"{model.where}: missing 'out' (the build directory of this model)")
+        params["pass_options"] = _without_flags(model.pass_options, list(overrides)) or None
         resolved.append((model, params))
     codes: list[int] = []
     suites = []
-    from optpipe.junit import error_suite, report_suite
+    from optpipe.junit import ERROR_META_KEY, error_suite, report_suite
 
     for model, params in resolved:
         if len(resolved) > 1:
             click.echo(f"== {model.name} -> {params['out_dir']}", err=bool(params.get("as_json")))
+        ctx.meta.pop(ERROR_META_KEY, None)
         try:
             ctx.invoke(command.callback, **params)  # type: ignore[arg-type]  # the callback is set
             code = EXIT_OK
@@ -346,7 +422,8 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
 
                 suites.append(report_suite(json.loads(report_path.read_text(encoding="utf-8")), model.name))
             else:
-                suites.append(error_suite(model.name, f"build failed with exit code {code} (see the log)"))
+                message = ctx.meta.get(ERROR_META_KEY) or f"build failed with exit code {code} (see the log)"
+                suites.append(error_suite(model.name, message))
     if junit_path:
         from optpipe.junit import write_junit
 

@@ -7,13 +7,15 @@ non-zero exit code to dig out of a log. One test case per variant per output
 (``parity[<output>]``), plus one per variant for failures that belong to no
 single output (an engine that cannot run a case); a variant whose engine was
 not built here (a split build) is a skipped case. A build that failed with an
-error before any variant finished is one failing ``build`` case.
+error before any variant finished (exit 2 or 3) is one ``build`` case with an
+``<error>`` carrying the one-line message, so the CI page says why.
 """
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +70,53 @@ def report_suite(report: Mapping[str, Any], name: str | None = None) -> ET.Eleme
     return suite
 
 
-def error_suite(model: str, message: str) -> ET.Element:
-    """A suite with one failing ``build`` case, for builds that ended in an error."""
+def error_suite(model: str, message: str, kind: str = "error") -> ET.Element:
+    """A suite with one erroring ``build`` case, for builds that ended in an error (``kind``: its type)."""
     suite = ET.Element("testsuite", name=f"optpipe: {model}")
     case = _case(suite, f"optpipe.{model}", "build")
-    _fail(case, [message], kind="error")
+    error = ET.SubElement(case, "error", message=message[:1000], type=kind)
+    error.text = message
     _count(suite)
     return suite
+
+
+#: Where :func:`junit_on_error` leaves the message of a build's error for ``optpipe build -c``.
+ERROR_META_KEY = "optpipe.build_error"
+
+
+def junit_on_error(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator of the ``build`` command: an OptpipeError (exit 2/3) still writes ``--junit FILE``.
+
+    The message is also left in the click context's ``meta`` so a config-file
+    build (which writes one JUnit file for all its models) can report it.
+    """
+    from optpipe.errors import OptpipeError
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OptpipeError as error:
+            import click
+
+            message = f"exit {error.exit_code}: {type(error).__name__}: {error}"
+            context = click.get_current_context(silent=True)
+            if context is not None:
+                context.meta[ERROR_META_KEY] = message
+            junit = kwargs.get("junit")
+            if junit and not kwargs.get("config_file"):
+                model = str(kwargs.get("model") or "model")
+                write_junit(Path(junit), [error_suite(model, message, kind=type(error).__name__)])
+            raise
+
+    return wrapper
 
 
 def _count(suite: ET.Element) -> None:
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))
     suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
-    suite.set("errors", "0")
+    suite.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
     suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
     suite.set("time", f"{sum(float(c.get('time') or 0) for c in cases):.3f}")
 

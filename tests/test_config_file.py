@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -133,3 +134,131 @@ def test_worst_exit_code() -> None:
 def test_model_is_required_without_a_config_file() -> None:
     result = CliRunner().invoke(main, ["build", "--out", "x"])
     assert result.exit_code == 2 and "Missing argument 'MODEL'" in result.output
+
+
+PASSES_FILE = f"""
+exporter = "torchscript"
+
+[passes.simplify]
+atol = 1e-3
+
+[passes.int8]
+method = "entropy"
+exclude_nodes = ["conv1"]
+
+[[model]]
+name = "digits"
+spec = "{ROOT}/sample_models/digits_cnn.py:DigitsCNN"
+out = "out/digits"
+calib_method = "percentile"
+
+[model.passes.engine-ort]
+level = "basic"
+
+[[model]]
+name = "wine"
+spec = "{ROOT}/sample_models/two_heads.py:TwoHeadNet"
+out = "out/wine"
+
+[model.passes.benchmark]
+rounds = 3
+"""
+
+
+def parse_models(path: Path) -> list[object]:
+    ctx = click.Context(build_command)
+    return list(load_build_file(path, build_command, ctx).models)
+
+
+def test_pass_tables_merge_with_model_flags_winning_over_top_level_tables(tmp_path: Path) -> None:
+    digits, wine = parse_models(write(tmp_path, PASSES_FILE))
+    # digits' own calib_method beats the top-level [passes.int8] method; the other int8 field stays.
+    assert digits.pass_options == {"simplify": {"atol": 1e-3}, "int8": {"exclude_nodes": ("conv1",)},  # type: ignore[attr-defined]
+                                   "engine-ort": {"level": "basic"}}
+    assert wine.pass_options == {"simplify": {"atol": 1e-3}, "int8": {"method": "entropy",  # type: ignore[attr-defined]
+                                 "exclude_nodes": ("conv1",)}, "benchmark": {"rounds": 3}}
+
+
+@pytest.mark.parametrize(
+    ("change", "replacement", "expected"),
+    [
+        ("[model.passes.engine-ort]", "[model.passes.simplfy]",
+         "model[0] (digits).passes.simplfy: unknown pass; passes are: export, simplify,"),
+        ("level = \"basic\"", "levl = \"basic\"",
+         "model[0] (digits).passes.engine-ort.levl: unknown option of pass 'engine-ort'; its options are: level"),
+        ("atol = 1e-3", "atol = \"tight\"", "top level.passes.simplify.atol: expected float, got 'tight'"),
+        ("rounds = 3", "rounds = 2.5", "model[1] (wine).passes.benchmark.rounds: expected int"),
+        ("method = \"entropy\"", "method = \"kl\"", "top level.passes.int8.method: expected one of minmax, entropy"),
+        ("[model.passes.benchmark]\nrounds = 3", "passes = 3", "model[1] (wine).passes: expected a table"),
+        ("exporter = \"torchscript\"", "exporter = \"torchscript\"\n[passes.export]\nexporter = \"dynamo\"",
+         "top level.passes.export.exporter: also set by 'exporter' in the same table"),
+    ],
+)
+def test_malformed_pass_tables_name_the_field_path(tmp_path: Path, change: str, replacement: str,
+                                                   expected: str) -> None:
+    config = write(tmp_path, PASSES_FILE.replace(change, replacement, 1))
+    result = CliRunner().invoke(main, ["build", "-c", str(config), "--no-cache"])
+    assert result.exit_code == 2, result.output
+    assert f"optpipe.toml: {expected}" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_pass_tables_reach_the_build_and_command_line_flags_win(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import optpipe.builder
+
+    seen: list[dict[str, object]] = []
+    real = optpipe.builder.build
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(dict(kwargs.get("pass_options") or {}))  # type: ignore[call-overload]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(optpipe.builder, "build", spy)
+    text = PASSES_FILE.replace('calib_method = "percentile"\n', "no_benchmark = true\n").replace(
+        "[model.passes.engine-ort]", "[model.passes.export]\nopset = 17\n[model.passes.engine-ort]")
+    config = write(tmp_path, text)
+    result = CliRunner().invoke(main, ["build", "-c", str(config), "digits", "--no-cache", "--exporter", "auto"])
+    assert result.exit_code == 0, result.output
+    # --exporter on the command line beats the file's [passes.*] tables as well as its exporter key.
+    assert seen == [{"simplify": {"atol": 1e-3}, "int8": {"method": "entropy", "exclude_nodes": ("conv1",)},
+                     "export": {"opset": 17}, "engine-ort": {"level": "basic"}}]
+    report = json.loads((tmp_path / "out" / "digits" / "report.json").read_text())
+    assert report["passed"]
+
+
+def test_build_applies_and_checks_pass_options(tmp_path: Path) -> None:
+    from optpipe.builder import build
+    from optpipe.errors import UserInputError
+    from optpipe.model_session import prepare_model
+
+    digits = prepare_model(f"{ROOT}/sample_models/digits_cnn.py:DigitsCNN",
+                           weights=ROOT / "sample_models/weights/digits_cnn.safetensors")
+    configs: dict[str, object] = {}
+
+    class Spy:
+        def before_pass(self, pass_: object, artifact: object, ctx: object) -> None:
+            configs[pass_.name] = pass_.config  # type: ignore[attr-defined]
+
+        def after_pass(self, *args: object) -> None:
+            pass
+
+    def run(pass_options: dict[str, dict[str, object]], out: str) -> object:
+        return build(digits.module, digits.example_inputs, out_dir=tmp_path / out, input_names=digits.input_names,
+                     output_names=digits.output_names, benchmark=False, exporter="torchscript",
+                     log=lambda message: None, instruments=[Spy()], pass_options=pass_options)
+
+    report = run({"simplify": {"atol": 1}, "engine-ort": {"level": "basic"}, "int8": {"method": "entropy"},
+                  "validate": {"tolerances": {"logits": {"min_cosine": 0.99}}}}, "a")
+    assert configs["simplify"].atol == 1.0 and configs["engine-ort"].level == "basic"  # type: ignore[attr-defined]
+    assert configs["validate"].tolerances["logits"] == {"min_cosine": 0.99}  # type: ignore[attr-defined]
+    assert report.build["tolerances"] == {"logits": {"min_cosine": 0.99}}  # type: ignore[attr-defined]
+    for bad, message in [
+        ({"simplfy": {}}, "pass_options.simplfy: unknown pass; passes are: export, simplify"),
+        ({"simplify": {"atl": 1.0}}, "pass_options.simplify.atl: unknown option of pass 'simplify'; its options "
+                                     "are: atol (float), rtol (float)"),
+        ({"benchmark": {"batch": "8"}}, "pass_options.benchmark.batch: expected int | None, got '8'"),
+    ]:
+        with pytest.raises(UserInputError, match=re.escape(message)):
+            run(bad, "b")
+        assert not (tmp_path / "b").exists()
