@@ -177,3 +177,76 @@ def test_two_concurrent_builds_share_one_cache(tmp_path: Path) -> None:
         assert report["passed"]
     files = [(tmp_path / f"out{i}" / "fp32/model.ort-cpu.onnx").read_bytes() for i in range(2)]
     assert files[0] == files[1]
+
+
+def build_precision(digits: Any, out: Path, cache: PassCache, **options: Any) -> Any:
+    from optpipe.builder import build as run_build
+
+    options.setdefault("calib_data", digits.calibration)
+    return run_build(
+        digits.module, digits.example_inputs, out_dir=out, overwrite=True, input_names=digits.input_names,
+        output_names=digits.output_names, dynamic=digits.dynamic, benchmark=False, exporter="torchscript",
+        precisions=options.pop("precisions", ("int8", "fp16")), instruments=[cache], log=lambda message: None,
+        **options,
+    )
+
+
+def records(report: Any) -> dict[tuple[str, str], Any]:
+    return {(record.name, record.variant): record for record in report.passes}
+
+
+def test_precision_passes_are_cached_and_replay_metrics_and_files(digits: Any, tmp_path: Path) -> None:
+    cold = build_precision(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    assert {r.status for r in cold.passes} == {"ok"}
+    warm = build_precision(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
+    assert statuses(warm)["int8"] == "cached" and statuses(warm)["fp16"] == "cached"
+    assert all(r.status == "cached" for r in warm.passes if r.name != "validate")
+    before, after = records(cold), records(warm)
+    for key in (("int8", "int8"), ("fp16", "fp16")):
+        assert after[key].metrics == before[key].metrics  # layer_errors, kept nodes, calibration info
+        assert after[key].warnings == before[key].warnings
+    assert after[("int8", "int8")].metrics["calibration"]["samples"] > 0
+    assert warm.warnings == cold.warnings and warm.passed == cold.passed
+    for name in ("int8/model.onnx", "int8/calibration.json", "fp16/model.onnx"):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+    from optpipe.verify import verify_build
+
+    assert verify_build(tmp_path / "b", parity=False).passed
+
+
+def test_precision_pass_keys_cover_data_tolerances_and_method(digits: Any, tmp_path: Path) -> None:
+    from optpipe.precision.calib_data import load_samples
+
+    from optpipe.tensor_spec import TensorSpec
+
+    specs = [TensorSpec(name, tuple(t.shape), str(t.numpy().dtype))
+             for name, t in zip(digits.input_names, digits.example_inputs, strict=True)]
+    samples = load_samples(digits.calibration, specs)
+    cache = tmp_path / "cache"
+    build_precision(digits, tmp_path / "a", PassCache(cache), precisions=("int8",), calib_data=samples)
+    # The same samples in memory (a one-shot iterator this time) hit; fewer samples miss.
+    same = build_precision(digits, tmp_path / "b", PassCache(cache), precisions=("int8",), calib_data=iter(samples))
+    assert statuses(same)["int8"] == "cached"
+    fewer = build_precision(digits, tmp_path / "c", PassCache(cache), precisions=("int8",), calib_data=samples[:50])
+    assert statuses(fewer) == {"export": "cached", "simplify": "cached", "int8": "ok", "engine-ort": "ok",
+                               "validate": "ok"}
+    assert records(fewer)[("int8", "int8")].metrics["calibration"]["samples"] == 50
+    looser = build_precision(digits, tmp_path / "d", PassCache(cache), precisions=("int8",), calib_data=samples,
+                             tolerances={"logits": {"min_cosine": 0.9}})
+    assert statuses(looser)["int8"] == "ok" and statuses(looser)["simplify"] == "cached"
+    method = build_precision(digits, tmp_path / "e", PassCache(cache), precisions=("int8",), calib_data=samples,
+                             calib_method="percentile")
+    assert statuses(method) == {"export": "cached", "simplify": "cached", "int8": "ok", "engine-ort": "ok",
+                                "validate": "ok"}
+
+
+def test_int8_calib_cache_file_is_written_on_a_cache_hit(digits: Any, tmp_path: Path) -> None:
+    user_cache = tmp_path / "ranges.json"
+    build_precision(digits, tmp_path / "a", PassCache(tmp_path / "cache"), precisions=("int8",),
+                    calib_cache=str(user_cache))
+    written = user_cache.read_bytes()
+    user_cache.unlink()
+    warm = build_precision(digits, tmp_path / "b", PassCache(tmp_path / "cache"), precisions=("int8",),
+                           calib_cache=str(user_cache))
+    assert statuses(warm)["int8"] == "cached"
+    assert user_cache.read_bytes() == written  # the pass's ensures() ran on the replayed result

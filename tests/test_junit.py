@@ -39,4 +39,59 @@ def test_failures_outside_an_output_get_their_own_case() -> None:
 
 def test_error_suite() -> None:
     suite = error_suite("wine", "build failed with exit code 2")
-    assert suite.get("failures") == "1" and suite.find("testcase/failure") is not None
+    assert suite.get("errors") == "1" and suite.get("failures") == "0"
+    error = suite.find("testcase/error")
+    assert error is not None and error.get("message") == "build failed with exit code 2"
+
+
+def test_single_model_build_error_still_writes_junit(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from optpipe.cli import main
+
+    junit = tmp_path / "junit.xml"
+    result = CliRunner().invoke(main, ["build", str(tmp_path / "missing.py") + ":Net", "--out", str(tmp_path / "o"),
+                                       "--no-cache", "--junit", str(junit)])
+    assert result.exit_code == 2, result.output
+    root = ET.parse(junit).getroot()
+    assert root.get("tests") == "1" and root.get("errors") == "1"
+    case = root.find("testsuite/testcase")
+    assert case is not None and case.get("name") == "build"
+    error = case.find("error")
+    assert error is not None and error.get("type") == "UserInputError"
+    message = error.get("message", "")
+    assert message.startswith("exit 2: UserInputError: ") and "missing.py" in message
+    assert message.split(": ", 2)[2] in result.output  # the same one line the log shows
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_file_junit_carries_each_models_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from optpipe.cli import main
+
+    root_dir = Path(__file__).resolve().parents[1]
+    config = tmp_path / "optpipe.toml"
+    config.write_text(f"""
+benchmark = false
+exporter = "torchscript"
+
+[[model]]
+name = "good"
+spec = "{root_dir}/sample_models/digits_cnn.py:DigitsCNN"
+weights = "{root_dir}/sample_models/weights/digits_cnn.safetensors"
+out = "out/good"
+
+[[model]]
+name = "broken"
+spec = "nowhere.py:Net"
+out = "out/broken"
+""")
+    junit = tmp_path / "junit.xml"
+    result = CliRunner().invoke(main, ["build", "-c", str(config), "--no-cache", "--junit", str(junit)])
+    assert result.exit_code == 2, result.output
+    root = ET.parse(junit).getroot()
+    assert root.get("errors") == "1" and root.get("failures") == "0"
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    error = suites["optpipe: broken"].find("testcase/error")
+    assert error is not None and "nowhere.py" in error.get("message", "")
