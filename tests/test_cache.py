@@ -216,7 +216,6 @@ def test_precision_passes_are_cached_and_replay_metrics_and_files(digits: Any, t
 
 def test_precision_pass_keys_cover_data_tolerances_and_method(digits: Any, tmp_path: Path) -> None:
     from optpipe.precision.calib_data import load_samples
-
     from optpipe.tensor_spec import TensorSpec
 
     specs = [TensorSpec(name, tuple(t.shape), str(t.numpy().dtype))
