@@ -196,7 +196,17 @@ def build(
                              "in the model file")
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=exporter)), SimplifyOnnx()], variant="shared")
-    variants = {p: Pipeline(variant_passes(p, target_obj, options, engine_available), variant=p) for p in precisions}
+    variants: dict[str, Pipeline] = {}
+    unavailable: dict[str, str] = {}  # auto candidates this build cannot make (e.g. int8 without calibration data)
+    for precision in precisions:
+        try:
+            variants[precision] = Pipeline(
+                variant_passes(precision, target_obj, options, engine_available), variant=precision
+            )
+        except UserInputError as error:
+            if not auto:  # an explicitly requested precision that cannot be built is the user's error
+                raise
+            unavailable[precision] = f"not a candidate here: {error}"
     for pipeline in (prefix, *variants.values()):
         apply_pass_options(pipeline.passes, per_pass)
     if not engine_available:
@@ -251,6 +261,8 @@ def build(
                 accuracy.apply(record, target_obj.runner(final, threads))
             record["required"] = not auto  # auto: a rejected candidate does not fail the build
             report.variants.append(record)
+        for precision, reason in unavailable.items():
+            report.variants.append(skipped_variant(precision, VariantSkipped(reason), []))
         if engine_available:
             report.selected = select_variant(report.variants, auto)
         report.baseline = next(

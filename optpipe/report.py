@@ -137,13 +137,13 @@ class Report:
             lines.append(
                 f"  torch fp32 accuracy: {reference['accuracy']:.2f}% on {reference['samples']} labelled samples"
             )
-        header = f"  {'variant':<8} {'parity':<7} {'worst cosine':>12} {'max abs':>10} {'top-1':>7} "
+        header = f"  {'variant':<12} {'parity':<7} {'worst cosine':>12} {'max abs':>10} {'top-1':>7} "
         header += f"{'p50 ms':>9} {'speedup':>8}  artifact"
         lines.append(header)
         for variant in self.variants:
             outputs = (variant.get("parity") or {}).get("outputs", {})  # None until the engine is validated
-            cosine = min((o["cosine"] for o in outputs.values()), default=float("nan"))
-            max_abs = max((o["max_abs"] for o in outputs.values()), default=float("nan"))
+            cosine = f"{min(o['cosine'] for o in outputs.values()):.6f}" if outputs else "-"
+            max_abs = f"{max(o['max_abs'] for o in outputs.values()):.3g}" if outputs else "-"
             top1s = [o["top1_agreement"] for o in outputs.values() if o.get("top1_agreement") is not None]
             top1 = f"{min(top1s):.3f}" if top1s else "-"
             latency = variant.get("latency") or {}
@@ -156,7 +156,7 @@ class Report:
             elif not variant["passed"] and not variant.get("required", True):
                 verdict = "reject"  # a candidate of --precision auto that failed a gate
             lines.append(
-                f"  {variant['precision']:<8} {verdict:<7} {cosine:>12.6f} {max_abs:>10.3g} {top1:>7} "
+                f"  {variant['precision']:<12} {verdict:<7} {cosine:>12} {max_abs:>10} {top1:>7} "
                 f"{p50:>9} {speedup_text:>8}  {variant.get('artifact') or '-'}"
             )
             accuracy = variant.get("accuracy")

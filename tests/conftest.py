@@ -68,3 +68,11 @@ def torch_artifact(ctx: object) -> object:
     from optpipe.artifact import Artifact, ArtifactKind
 
     return Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs, ())  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_pass_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Builds in tests use a cache of their own: a user's ~/.cache/optpipe must not turn passes into hits."""
+    import os
+
+    os.environ["OPTPIPE_CACHE_DIR"] = str(tmp_path_factory.mktemp("optpipe-cache"))
