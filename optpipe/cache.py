@@ -204,7 +204,8 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
         "code": module_digests(
             "optpipe.precision.int8", "optpipe.precision.fp16", "optpipe.precision.localize",
             "optpipe.precision.gate", "optpipe.precision.calib_cache", "optpipe.precision.calib_data",
-            "optpipe.precision._graph", "optpipe.passes.validate", "optpipe.parity",
+            "optpipe.precision._graph", "optpipe.precision.pass_support", "optpipe.passes.validate",
+            "optpipe.parity",
         ),
     }
 

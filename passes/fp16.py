@@ -21,6 +21,7 @@ import numpy as np
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.precision import pass_support
 
 #: Calibration samples read for the FP16 overflow check (it exposes every tensor, so it is costly).
 MAX_RANGE_SAMPLES = 32
@@ -61,52 +62,29 @@ class Fp16Pass(Pass):
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Fp16Pass:
         """The pass for ``build(**options)``."""
-        data = options.get("calib_data")
-        calib = None if data is None else (str(data) if isinstance(data, (str, Path)) else "<in-memory>")
-        fraction = float(options.get("guard_max_keep", 0.1))
-        if not 0.0 <= fraction <= 1.0:
-            raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
         return cls(
             Fp16Config(
                 node_block_list=tuple(options.get("fp16_block") or ()),
-                calib_data=calib,
-                guard=not options.get("no_guard", False),
-                max_keep_fraction=fraction,
+                calib_data=pass_support.calib_source(options.get("calib_data")),
+                **pass_support.guard_options(options),
             )
         )
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.precision import VariantSkipped
-        from optpipe.precision.gate import (
-            export_module_paths,
-            gate_runtime_note,
-            guard_record,
-            kept_rows,
-            layer_rows,
-            make_gate,
-        )
-        from optpipe.precision.localize import guarded_quantize, per_layer_errors
+        from optpipe.precision.gate import gate_runtime_note
 
         assert artifact.path is not None
         config = self.config
         src = Path(artifact.path)
         dst = ctx.path("fp16", "model.onnx")
-        samples = self._samples(ctx)
-        gate, gate_log = make_gate(ctx, "fp16", dict(ctx.options.get("tolerances") or {}), "all")
+        samples, _ = self._samples(ctx)
         fp16_options: dict[str, object] = {
             "keep_io_types": config.keep_io_types,
             "node_block_list": list(config.node_block_list),
         }
-        result = guarded_quantize(
-            src,
-            dst,
-            samples,
-            gate,
-            precision="fp16",
-            fp16_options=fp16_options,
-            max_keep_fraction=config.max_keep_fraction,
-            max_keep=None if config.guard else 0,
-            localize_samples=config.localize_samples,
+        result, gate_log = pass_support.run_guard(
+            ctx, src, dst, samples, config, gate_name="fp16", level="all", precision="fp16", fp16_options=fp16_options
         )
         last = result.results[-1] if result.results else None
         if result.path is None or last is None:
@@ -116,18 +94,10 @@ class Fp16Pass(Pass):
             node: ("accuracy guard: largest error contribution" if node in guard_kept else reason)
             for node, reason in last.kept_fp32.items()
         }
-        table = result.table or per_layer_errors(src, result.path, samples, max_samples=config.localize_samples)
-        modules = export_module_paths(ctx.work_dir)
-        kept = kept_rows(src, result.kept_nodes, table, modules)
-        warnings = list(last.warnings)
-        if result.kept_nodes:
-            names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
-            warnings.append(f"fp16: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
-        if not result.passed:
-            warnings.append(
-                f"fp16: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
-                f"(limit {result.limit})"
-            )
+        guard_metrics, guard_warnings = pass_support.guard_report(
+            ctx, src, result, gate_log, samples, config, precision="fp16"
+        )
+        warnings = [*last.warnings, *guard_warnings]
         metrics: dict[str, Any] = {
             "status": "converted" if result.passed else "gate_failed",
             "gate_runtime": gate_runtime_note("cpu"),
@@ -136,10 +106,7 @@ class Fp16Pass(Pass):
             "kept_fp32": kept_fp32,
             "overflow_tensors": {name: float(peak) for name, peak in last.overflow.items()},
             "range_samples": len(samples),
-            "guard": guard_record(result, gate_log, kept, config.guard),
-            "kept_nodes": kept,
-            "iterations": result.iterations,
-            "layer_errors": layer_rows(table, modules),
+            **guard_metrics,
         }
         out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision="fp16", producer="fp16")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
@@ -148,30 +115,24 @@ class Fp16Pass(Pass):
         """The samples (by content), tolerances and helper code the output depends on (optpipe.cache)."""
         from optpipe.cache import precision_facts
 
-        source = "golden" if self.config.calib_data is None else f"golden+{self.config.calib_data}"
-        return precision_facts(ctx, self._samples(ctx), source)
+        return precision_facts(ctx, *self._samples(ctx))
 
-    def _samples(self, ctx: BuildContext) -> list[dict[str, np.ndarray]]:
-        """Golden inputs (always there) plus up to MAX_RANGE_SAMPLES calibration samples.
+    def _samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
+        """Golden inputs (always there) plus up to MAX_RANGE_SAMPLES calibration samples, and their source.
 
         Loaded once per build (cache_facts and run share them: in-memory data may be a one-shot iterator).
         """
-        loaded = getattr(self, "_loaded", None)
-        if loaded is not None and loaded[0] is ctx:
-            return list(loaded[1])
-        samples = self._load_samples(ctx)
-        self._loaded = (ctx, samples)
-        return list(samples)
+        return pass_support.samples_once(self, ctx, self._load_samples)
 
-    def _load_samples(self, ctx: BuildContext) -> list[dict[str, np.ndarray]]:
+    def _load_samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
         from optpipe.precision.calib_data import load_samples
 
-        samples = [dict(case.inputs) for case in (ctx.golden.cases if ctx.golden else [])]
+        samples = pass_support.golden_inputs(ctx)
+        source = "golden"
         if self.config.calib_data is not None:
-            data = ctx.options.get("calib_data") if self.config.calib_data == "<in-memory>" else self.config.calib_data
-            if data is None:
-                raise UserInputError("in-memory calibration data was announced but not passed to build()")
+            data = pass_support.calib_data(ctx, self.config.calib_data)
             samples.extend(load_samples(data, ctx.input_specs, max_samples=MAX_RANGE_SAMPLES))
+            source = f"golden+{self.config.calib_data}"
         if not samples:
             raise UserInputError("fp16 conversion needs golden or calibration inputs to check ranges on")
-        return samples
+        return samples, source

@@ -28,11 +28,12 @@ import numpy as np
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.precision import pass_support
+from optpipe.precision.pass_support import IN_MEMORY
 
 METHODS = ("minmax", "entropy", "percentile")
 STYLES = ("cpu", "tensorrt")
 CACHE_NAME = "calibration.json"  # the ranges, in the build directory's int8/ folder
-IN_MEMORY = "<in-memory>"
 SYNTHETIC_WARNING = (
     "INT8 WAS CALIBRATED ON SYNTHETIC RANDOM DATA (--synthetic-calib): the ranges describe noise, not "
     "your inputs; its accuracy on real data is unknown. Pass --calib-data with real inputs."
@@ -101,12 +102,10 @@ class Int8Pass(Pass):
                 "of .npy/.npz files or FILE.py:NAME, define calibration_data() in the model file, or "
                 "--synthetic-calib to calibrate on random inputs (not recommended)"
             )
-        calib_data = None if data is None else (str(data) if isinstance(data, (str, Path)) else IN_MEMORY)
+        calib_data = pass_support.calib_source(data)
         if calib_data and calib_data != IN_MEMORY and ".py:" not in calib_data and not Path(calib_data).exists():
             raise UserInputError(f"calibration data '{calib_data}' does not exist")
-        fraction = float(options.get("guard_max_keep", 0.1))
-        if not 0.0 <= fraction <= 1.0:
-            raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
+        guard = pass_support.guard_options(options)
         cache = options.get("calib_cache")
         config = Int8Config(
             style=style,
@@ -114,23 +113,13 @@ class Int8Pass(Pass):
             calib_data=calib_data,
             synthetic=synthetic and data is None,
             cache_file=str(cache) if cache else None,
-            guard=not options.get("no_guard", False),
-            max_keep_fraction=fraction,
             exclude_nodes=tuple(options.get("int8_exclude") or ()),
+            **guard,
         )
         return cls(config)
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
-        from optpipe.precision import VariantSkipped
-        from optpipe.precision.gate import (
-            export_module_paths,
-            gate_runtime_note,
-            guard_record,
-            kept_rows,
-            layer_rows,
-            make_gate,
-        )
-        from optpipe.precision.localize import guarded_quantize, per_layer_errors
+        from optpipe.precision.gate import gate_runtime_note
 
         assert artifact.path is not None
         config = self.config
@@ -142,9 +131,6 @@ class Int8Pass(Pass):
             warnings.append(SYNTHETIC_WARNING)
         cache_path = self._cache_path(ctx)
 
-        tolerances = dict(ctx.options.get("tolerances") or {})
-        level = "none" if config.style == "tensorrt" else "all"
-        gate, gate_log = make_gate(ctx, "int8", tolerances, level)
         int8_options: dict[str, object] = {
             "style": config.style,
             "method": config.method,
@@ -153,19 +139,11 @@ class Int8Pass(Pass):
             "reduce_range": config.reduce_range,
             "exclude_nodes": list(config.exclude_nodes),
         }
-        result = guarded_quantize(
-            src,
-            dst,
-            samples,
-            gate,
-            precision="int8",
-            int8_options=int8_options,
-            max_keep_fraction=config.max_keep_fraction,
-            max_keep=None if config.guard else 0,
-            localize_samples=config.localize_samples,
+        level = "none" if config.style == "tensorrt" else "all"
+        result, gate_log = pass_support.run_guard(
+            ctx, src, dst, samples, config, gate_name="int8", level=level, precision="int8", int8_options=int8_options
         )
         first = result.results[0] if result.results else None
-        last = result.results[-1] if result.results else None
         if first is not None:
             warnings.extend(first.warnings)
         calibration = {
@@ -184,35 +162,15 @@ class Int8Pass(Pass):
             "synthetic_calibration": config.synthetic,
         }
         if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int8
-            why = (last.warnings[-1] if last is not None and last.warnings else "nothing to quantize")
-            metrics.update(
-                status="nothing_quantizable",
-                quantizable=last.quantizable_count if last is not None else 0,
-                quantized=0,
-                kept_nodes=result.kept_nodes,
-            )
-            raise VariantSkipped(f"int8 skipped: {why}; the fp32 variant is the artifact to use", metrics)
+            pass_support.skip_nothing_quantizable("int8", result, metrics)
 
-        table = result.table or per_layer_errors(src, result.path, samples, max_samples=config.localize_samples)
-        modules = export_module_paths(ctx.work_dir)
-        kept = kept_rows(src, result.kept_nodes, table, modules)
-        metrics.update(
-            status="quantized" if result.passed else "gate_failed",
-            quantized=last.quantized_count if last is not None else 0,
-            quantizable=last.quantizable_count if last is not None else 0,
-            guard=guard_record(result, gate_log, kept, config.guard),
-            kept_nodes=kept,
-            iterations=result.iterations,
-            layer_errors=layer_rows(table, modules),
+        advice = "; raise the limit with --guard-max-keep or use fp16/fp32"
+        guard_metrics, guard_warnings = pass_support.guard_report(
+            ctx, src, result, gate_log, samples, config, precision="int8", advice=advice
         )
-        if result.kept_nodes:
-            names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
-            warnings.append(f"int8: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
-        if not result.passed:
-            warnings.append(
-                f"int8: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
-                f"(limit {result.limit}); raise the limit with --guard-max-keep or use fp16/fp32"
-            )
+        status = "quantized" if result.passed else "gate_failed"
+        metrics.update(status=status, **pass_support.quantized_counts(result), **guard_metrics)
+        warnings.extend(guard_warnings)
         out = artifact.derive(
             path=dst,
             sha256=sha256_files([dst]),
@@ -238,21 +196,14 @@ class Int8Pass(Pass):
 
     def _samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
         """Calibration samples and where they came from; loaded once per build (an iterator reads once)."""
-        loaded = getattr(self, "_loaded", None)
-        if loaded is not None and loaded[0] is ctx:
-            return list(loaded[1]), loaded[2]
-        samples, source = self._load_samples(ctx)
-        self._loaded = (ctx, samples, source)
-        return list(samples), source
+        return pass_support.samples_once(self, ctx, self._load_samples)
 
     def _load_samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
         from optpipe.precision.calib_data import load_samples, synthetic_samples
 
         config = self.config
         if config.calib_data is not None:
-            data = ctx.options.get("calib_data") if config.calib_data == IN_MEMORY else config.calib_data
-            if data is None:
-                raise UserInputError("in-memory calibration data was announced but not passed to build()")
+            data = pass_support.calib_data(ctx, config.calib_data)
             return load_samples(data, ctx.input_specs, max_samples=config.max_samples), str(config.calib_data)
         dims = {d.axis_name: d.opt for d in ctx.dynamic}
         samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)

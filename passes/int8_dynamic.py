@@ -18,6 +18,7 @@ from typing import Any
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.precision import pass_support
 
 PRECISION = "int8-dynamic"
 
@@ -58,84 +59,53 @@ class Int8DynamicPass(Pass):
                 f"'{getattr(target, 'name', target)}' needs explicit Q/DQ INT8 (TensorRT cannot run ONNX "
                 "Runtime's DynamicQuantizeLinear/MatMulInteger ops); use --precision int8 with --calib-data"
             )
-        fraction = float(options.get("guard_max_keep", 0.1))
-        if not 0.0 <= fraction <= 1.0:
-            raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
         return cls(
             Int8DynamicConfig(
-                guard=not options.get("no_guard", False),
-                max_keep_fraction=fraction,
                 exclude_nodes=tuple(options.get("int8_exclude") or ()),
+                **pass_support.guard_options(options),
             )
         )
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from pathlib import Path
 
-        from optpipe.precision import VariantSkipped
-        from optpipe.precision.gate import (
-            export_module_paths,
-            gate_runtime_note,
-            guard_record,
-            kept_rows,
-            layer_rows,
-            make_gate,
-        )
+        from optpipe.precision.gate import gate_runtime_note
         from optpipe.precision.int8_dynamic import quantize_int8_dynamic
-        from optpipe.precision.localize import guarded_quantize, per_layer_errors
 
         assert artifact.path is not None
         config = self.config
         src = Path(artifact.path)
         dst = ctx.path(PRECISION, "model.onnx")
         # The per-layer analysis needs inputs only: the golden cases (no calibration data here).
-        samples = [dict(case.inputs) for case in ctx.golden.cases] if ctx.golden is not None else []
-        gate, gate_log = make_gate(ctx, PRECISION, dict(ctx.options.get("tolerances") or {}), "all")
+        samples = pass_support.golden_inputs(ctx)
 
         def quantize(keep: list[str]) -> Any:
             return quantize_int8_dynamic(src, dst, exclude_nodes=keep, reduce_range=config.reduce_range)
 
-        result = guarded_quantize(
+        result, gate_log = pass_support.run_guard(
+            ctx,
             src,
             dst,
             samples,
-            gate,
+            config,
+            gate_name=PRECISION,
+            level="all",
+            guard=config.guard and bool(samples),
             int8_options={"exclude_nodes": list(config.exclude_nodes)},
-            max_keep_fraction=config.max_keep_fraction,
-            max_keep=None if config.guard and samples else 0,
-            localize_samples=config.localize_samples,
             quantize=quantize,
         )
         first = result.results[0] if result.results else None
-        last = result.results[-1] if result.results else None
         warnings: list[str] = list(first.warnings) if first is not None else []
         metrics: dict[str, Any] = {"style": "cpu", "method": "dynamic", "gate_runtime": gate_runtime_note("cpu")}
         if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int8-dynamic
-            why = last.warnings[-1] if last is not None and last.warnings else "nothing to quantize"
-            metrics.update(status="nothing_quantizable", quantizable=last.quantizable_count if last else 0,
-                           quantized=0, kept_nodes=result.kept_nodes)  # fmt: skip
-            raise VariantSkipped(f"{PRECISION} skipped: {why}; the fp32 variant is the artifact to use", metrics)
+            pass_support.skip_nothing_quantizable(PRECISION, result, metrics)
 
-        table = result.table or (per_layer_errors(src, result.path, samples, max_samples=config.localize_samples)
-                                 if samples else [])  # fmt: skip
-        modules = export_module_paths(ctx.work_dir)
-        kept = kept_rows(src, result.kept_nodes, table, modules)
-        metrics.update(
-            status="quantized" if result.passed else "gate_failed",
-            quantized=last.quantized_count if last is not None else 0,
-            quantizable=last.quantizable_count if last is not None else 0,
-            guard=guard_record(result, gate_log, kept, config.guard),
-            kept_nodes=kept,
-            iterations=result.iterations,
-            layer_errors=layer_rows(table, modules),
+        advice = "; raise the limit with --guard-max-keep or use fp32"
+        guard_metrics, guard_warnings = pass_support.guard_report(
+            ctx, src, result, gate_log, samples, config, precision=PRECISION, advice=advice
         )
-        if result.kept_nodes:
-            names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
-            warnings.append(f"{PRECISION}: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
-        if not result.passed:
-            warnings.append(
-                f"{PRECISION}: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
-                f"(limit {result.limit}); raise the limit with --guard-max-keep or use fp32"
-            )
+        status = "quantized" if result.passed else "gate_failed"
+        metrics.update(status=status, **pass_support.quantized_counts(result), **guard_metrics)
+        warnings.extend(guard_warnings)
         out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision=PRECISION, producer="int8/dynamic")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)

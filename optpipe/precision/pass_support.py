@@ -1,0 +1,190 @@
+"""What the guarded precision passes (``fp16``, ``int8``, ``int8-dynamic``) share.
+
+Option parsing (the guard flags, where calibration data comes from), sample
+loading once per build, running :func:`~optpipe.precision.localize.guarded_quantize`
+behind the accuracy gate and the guard's part of the report. Each pass keeps
+what is its own: its Config (the documented options), its builder options, its
+status names and its metrics. Heavy modules (onnx, onnxruntime) are imported
+inside the functions, so option checking before a build stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+from optpipe.errors import UserInputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from optpipe.pass_base import BuildContext
+    from optpipe.precision.localize import GuardResult
+
+#: ``calib_data`` in a Config when the build options carry the samples themselves (``options["calib_data"]``).
+IN_MEMORY = "<in-memory>"
+
+Samples = list[dict[str, "np.ndarray"]]
+
+
+class GuardedConfig(Protocol):
+    """The guard fields every precision pass's Config has."""
+
+    @property
+    def guard(self) -> bool: ...
+
+    @property
+    def max_keep_fraction(self) -> float: ...
+
+    @property
+    def localize_samples(self) -> int: ...
+
+
+def guard_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``guard`` and ``max_keep_fraction`` for a Config, from ``build(**options)``.
+
+    The flags are ``--no-guard`` and ``--guard-max-keep`` (a fraction in [0, 1]).
+    """
+    fraction = float(options.get("guard_max_keep", 0.1))
+    if not 0.0 <= fraction <= 1.0:
+        raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
+    return {"guard": not options.get("no_guard", False), "max_keep_fraction": fraction}
+
+
+def calib_source(data: Any) -> str | None:
+    """The Config's ``calib_data`` for build option ``calib_data``: None, the path as text, or IN_MEMORY."""
+    return None if data is None else (str(data) if isinstance(data, (str, Path)) else IN_MEMORY)
+
+
+def calib_data(ctx: BuildContext, source: str) -> Any:
+    """What :func:`~optpipe.precision.calib_data.load_samples` reads for a Config's ``calib_data``."""
+    data = ctx.options.get("calib_data") if source == IN_MEMORY else source
+    if data is None:
+        raise UserInputError("in-memory calibration data was announced but not passed to build()")
+    return data
+
+
+def golden_inputs(ctx: BuildContext) -> Samples:
+    """The inputs of the build's golden cases (none without golden data)."""
+    return [dict(case.inputs) for case in ctx.golden.cases] if ctx.golden is not None else []
+
+
+def samples_once(
+    owner: Any, ctx: BuildContext, load: Callable[[BuildContext], tuple[Samples, str]]
+) -> tuple[Samples, str]:
+    """``load(ctx)`` (samples and where they came from), called once per build and remembered on ``owner``.
+
+    cache_facts and run share them: in-memory data may be a one-shot iterator.
+    """
+    loaded = getattr(owner, "_loaded", None)
+    if loaded is not None and loaded[0] is ctx:
+        return list(loaded[1]), loaded[2]
+    samples, source = load(ctx)
+    owner._loaded = (ctx, samples, source)
+    return list(samples), source
+
+
+def run_guard(
+    ctx: BuildContext,
+    src: Path,
+    dst: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    config: GuardedConfig,
+    *,
+    gate_name: str,
+    level: str,
+    guard: bool | None = None,
+    **builder: Any,
+) -> tuple[GuardResult, list[dict[str, Any]]]:
+    """Build the low-precision model with ``guarded_quantize`` behind the accuracy gate ``gate_name``.
+
+    ``level`` is the graph optimisation the gate runs the candidate with;
+    ``guard`` (default ``config.guard``) lets the guard keep nodes at all;
+    ``builder`` goes to ``guarded_quantize`` (precision, its options, quantize).
+    Returns the guard's result and the gate's parity records.
+    """
+    from optpipe.precision.gate import make_gate
+    from optpipe.precision.localize import guarded_quantize
+
+    gate, gate_log = make_gate(ctx, gate_name, dict(ctx.options.get("tolerances") or {}), level)
+    result = guarded_quantize(
+        src,
+        dst,
+        samples,
+        gate,
+        max_keep_fraction=config.max_keep_fraction,
+        max_keep=None if (config.guard if guard is None else guard) else 0,
+        localize_samples=config.localize_samples,
+        **builder,
+    )
+    return result, gate_log
+
+
+def guard_report(
+    ctx: BuildContext,
+    src: Path,
+    result: GuardResult,
+    gate_log: Sequence[Mapping[str, Any]],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    config: GuardedConfig,
+    *,
+    precision: str,
+    advice: str = "",
+) -> tuple[dict[str, Any], list[str]]:
+    """The guard's report: metrics ``guard``, ``kept_nodes``, ``iterations``, ``layer_errors``, and warnings.
+
+    The per-layer table is the guard's first one, or computed on the final
+    model (when the gate passed at once; none without samples). The warnings
+    name the nodes kept in FP32 and, when the gate still fails, the limit,
+    followed by ``advice``.
+    """
+    from optpipe.precision.gate import export_module_paths, guard_record, kept_rows, layer_rows
+    from optpipe.precision.localize import per_layer_errors
+
+    assert result.path is not None
+    table = result.table or (
+        per_layer_errors(src, result.path, samples, max_samples=config.localize_samples) if samples else []
+    )
+    modules = export_module_paths(ctx.work_dir)
+    kept = kept_rows(src, result.kept_nodes, table, modules)
+    metrics = {
+        "guard": guard_record(result, gate_log, kept, config.guard),
+        "kept_nodes": kept,
+        "iterations": result.iterations,
+        "layer_errors": layer_rows(table, modules),
+    }
+    warnings: list[str] = []
+    if result.kept_nodes:
+        names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
+        warnings.append(f"{precision}: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
+    if not result.passed:
+        warnings.append(
+            f"{precision}: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
+            f"(limit {result.limit}){advice}"
+        )
+    return metrics, warnings
+
+
+def quantized_counts(result: GuardResult) -> dict[str, int]:
+    """``quantized`` and ``quantizable`` node counts of the last INT8 build."""
+    last = result.results[-1] if result.results else None
+    return {
+        "quantized": last.quantized_count if last is not None else 0,
+        "quantizable": last.quantizable_count if last is not None else 0,
+    }
+
+
+def skip_nothing_quantizable(precision: str, result: GuardResult, metrics: dict[str, Any]) -> NoReturn:
+    """Raise VariantSkipped for an INT8 build that found nothing to quantize (never ship FP32 labelled INT8)."""
+    from optpipe.precision import VariantSkipped
+
+    last = result.results[-1] if result.results else None
+    why = last.warnings[-1] if last is not None and last.warnings else "nothing to quantize"
+    metrics.update(
+        status="nothing_quantizable",
+        quantizable=last.quantizable_count if last is not None else 0,
+        quantized=0,
+        kept_nodes=result.kept_nodes,
+    )
+    raise VariantSkipped(f"{precision} skipped: {why}; the fp32 variant is the artifact to use", metrics)
