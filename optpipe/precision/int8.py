@@ -120,26 +120,15 @@ def quantize_int8(
     if method not in ("minmax", "entropy", "percentile"):
         raise UserInputError(f"unknown calibration method '{method}'; use minmax, entropy or percentile")
     src, dst = Path(src), Path(dst)
-    source = _graph.load_model(src)
-    warnings: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text:
         tmp = Path(tmp_text)
-        pre_path = tmp / "pre.onnx"
-        warnings.extend(_pre_process(src, pre_path))
-        pre = onnx.load(str(pre_path))
-
-        excluded = _map_exclusions(source, pre, exclude_nodes, src)
+        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes)
         quantizable = [n.name for n in pre.graph.node if n.op_type in COMPUTE_OPS]
-        remaining = [n for n in quantizable if n not in set(excluded)]
-        if not remaining:
-            why = (
-                f"all {len(quantizable)} quantizable nodes are excluded"
-                if quantizable
-                else f"the model has no {'/'.join(COMPUTE_OPS)} node"
-            )
-            return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded, {},
-                              [*warnings, f"nothing to quantize: {why}"])  # fmt: skip
+        nothing = _nothing_left(style, method, quantizable, excluded, warnings,
+                                f"the model has no {'/'.join(COMPUTE_OPS)} node")  # fmt: skip
+        if nothing is not None:
+            return nothing
 
         op_types = list(COMPUTE_OPS) if style == "tensorrt" else None
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
@@ -244,6 +233,34 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         item = next(self._iter, None)
         return dict(item) if item is not None else None
+
+
+def _prepare(
+    src: Path, tmp: Path, exclude_nodes: Sequence[str]
+) -> tuple[Path, onnx.ModelProto, list[str], list[str]]:
+    """Pre-process ``src`` into ``tmp/pre.onnx``, the quantizers' input, and map ``exclude_nodes`` onto it.
+
+    Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
+    """
+    source = _graph.load_model(src)
+    pre_path = tmp / "pre.onnx"
+    warnings = _pre_process(src, pre_path)
+    pre = onnx.load(str(pre_path))
+    return pre_path, pre, _map_exclusions(source, pre, exclude_nodes, src), warnings
+
+
+def _nothing_left(
+    style: str, method: str, quantizable: list[str], excluded: list[str], warnings: list[str], none_found: str
+) -> Int8Result | None:
+    """The ``nothing_quantizable`` result when every quantizable node is excluded or there is none, else None.
+
+    ``none_found`` says why there is none (which ops the quantizer looks for).
+    """
+    if any(n not in set(excluded) for n in quantizable):
+        return None
+    why = f"all {len(quantizable)} quantizable nodes are excluded" if quantizable else none_found
+    return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded, {},
+                      [*warnings, f"nothing to quantize: {why}"])  # fmt: skip
 
 
 def _pre_process(src: Path, dst: Path) -> list[str]:

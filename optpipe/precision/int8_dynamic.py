@@ -26,7 +26,7 @@ from pathlib import Path
 import onnx
 
 from optpipe.precision import _graph
-from optpipe.precision.int8 import Int8Result, _map_exclusions, _pre_process, cpu_needs_reduce_range
+from optpipe.precision.int8 import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
 
 #: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it).
 OP_TYPES: tuple[str, ...] = ("MatMul", "Attention")
@@ -65,24 +65,14 @@ def quantize_int8_dynamic(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
-    source = _graph.load_model(src)
-    warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="optpipe-int8dyn-") as tmp_text:
         tmp = Path(tmp_text)
-        pre_path = tmp / "pre.onnx"
-        warnings.extend(_pre_process(src, pre_path))
-        pre = onnx.load(str(pre_path))
-        excluded = _map_exclusions(source, pre, exclude_nodes, src)
+        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes)
         quantizable = quantizable_nodes(pre)
-        remaining = [n for n in quantizable if n not in set(excluded)]
-        if not remaining:
-            why = (
-                f"all {len(quantizable)} quantizable nodes are excluded"
-                if quantizable
-                else "the model has no MatMul/Gemm with a constant weight"
-            )
-            return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {},
-                              [*warnings, f"nothing to quantize: {why}"])  # fmt: skip
+        nothing = _nothing_left("cpu", METHOD, quantizable, excluded, warnings,
+                                "the model has no MatMul/Gemm with a constant weight")  # fmt: skip
+        if nothing is not None:
+            return nothing
         if reduce_range is None:
             reduce_range = cpu_needs_reduce_range()
         gemms = {n.name for n in pre.graph.node if n.op_type == "Gemm"}
