@@ -186,18 +186,21 @@ def _rank(fp32: onnx.ModelProto, stats: Mapping[str, _Stats], available: set[str
         if tensor in available:
             result: tuple[float, tuple[str, ...]] = (stats[tensor].rel(), ())
         elif tensor in producer:
-            node = producer[tensor]
-            err, folded = 0.0, [node.name]
-            for inp in node.input:
-                if inp:
-                    e, f = inherited(inp)
-                    err = max(err, e)
-                    folded.extend(f)
-            result = (err, tuple(dict.fromkeys(folded)))
+            result = arriving(producer[tensor])
         else:
             result = (0.0, ())  # graph input or initializer: exact in both models
         memo[tensor] = result
         return result
+
+    def arriving(node: onnx.NodeProto) -> tuple[float, tuple[str, ...]]:
+        """Largest error arriving through ``node``'s inputs, and ``node`` with the folded nodes crossed."""
+        err, folded = 0.0, [node.name]
+        for inp in node.input:
+            if inp:
+                e, f = inherited(inp)
+                err = max(err, e)
+                folded.extend(f)
+        return err, tuple(dict.fromkeys(folded))
 
     nodes_by_name = {node.name: node for node in fp32.graph.node}
     table: list[LayerError] = []
@@ -206,12 +209,7 @@ def _rank(fp32: onnx.ModelProto, stats: Mapping[str, _Stats], available: set[str
         if not outs or node.op_type == "Constant":
             continue
         worst = max(outs, key=lambda o: stats[o].rel())
-        in_err, folded = 0.0, [node.name]
-        for inp in node.input:
-            if inp:
-                e, f = inherited(inp)
-                in_err = max(in_err, e)
-                folded.extend(f)
+        in_err, folded = arriving(node)
         rel = stats[worst].rel()
         contribution = rel - in_err if not (math.isinf(rel) and math.isinf(in_err)) else 0.0
         table.append(
