@@ -82,10 +82,19 @@ class OutputParity:
 
 
 def _per_sample_cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Cosine of each sample's output vector with the reference's.
+
+    An output with one value per sample (a regression head, ``[N]`` or
+    ``[N, 1]``) has no direction per sample: its "cosine" would only be the
+    sign agreement (+1/-1), which flips for values near zero however small the
+    error. Such outputs are compared as one vector over the batch instead.
+    """
     if ref.ndim == 0:
         ref, got = ref.reshape(1, 1), got.reshape(1, 1)
     a = ref.reshape(ref.shape[0], -1).astype(np.float64)
     b = got.reshape(got.shape[0], -1).astype(np.float64)
+    if a.shape[1] == 1:
+        a, b = a.reshape(1, -1), b.reshape(1, -1)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     dots = np.sum(a * b, axis=1)
     both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)

@@ -78,3 +78,14 @@ def test_classifier_like_shapes() -> None:
     assert is_classifier_like((8, 10))
     assert not is_classifier_like((8, 1))
     assert not is_classifier_like((8, 3, 4))
+
+
+def test_one_value_per_sample_is_compared_over_the_batch() -> None:
+    ref = np.array([[0.5], [-0.001], [1.2], [-0.8]])
+    got = np.array([[0.51], [0.002], [1.19], [-0.79]])  # tiny errors, one sign flip near zero
+    parity = compare_output([ref], [got], tolerance_for("int8", "regression"))
+    assert parity.cosine > 0.999  # per-sample "cosine" would be (1 - 1 + 1 + 1) / 4 = 0.5
+    assert parity.passed
+    wrong = compare_output([ref], [-ref], tolerance_for("int8", "regression"))
+    assert wrong.cosine == pytest.approx(-1.0)
+    assert not wrong.passed
