@@ -111,6 +111,24 @@ def test_read_only_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> No
     assert report.passed and any("without the cache" in w for w in report.warnings)
 
 
+def test_read_only_filesystem_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> None:
+    """As root a chmod does not stop writes; a read-only mount does (root only, where mount works)."""
+    mount_point = tmp_path / "ro-mount"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)], capture_output=True
+    ).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root and mount permission)")
+    try:
+        report = build(digits, tmp_path / "a", PassCache(mount_point / "cache"))
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+    assert report.passed
+    assert set(statuses(report).values()) == {"ok"}
+    assert any("without the cache" in w for w in report.warnings)
+
+
 def test_full_cache_dir_warns_and_builds(digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import optpipe.cache
 
