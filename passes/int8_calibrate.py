@@ -66,7 +66,8 @@ class Int8Config:
     exclude_nodes: tuple[str, ...] = ()
     # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
     guard: bool = True
-    # Most nodes the guard may keep, as a fraction of the quantizable nodes (at least 1).
+    # Most nodes the guard may keep, as a fraction of the nodes the style quantizes (at least 1):
+    # Conv/ConvTranspose/Gemm/MatMul for TensorRT; also Add, Mul, Softmax... for ORT's CPU style.
     max_keep_fraction: float = 0.1
     # Samples the per-layer error analysis runs on.
     localize_samples: int = 8

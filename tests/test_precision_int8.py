@@ -228,3 +228,12 @@ def test_exclusions_and_bad_arguments(cnn: Path, tmp_path: Path) -> None:
         quantize_int8(cnn, tmp_path / "q.onnx", samples, style="gpu")  # type: ignore[arg-type]
     with pytest.raises(UserInputError, match="needs samples"):
         quantize_int8(cnn, tmp_path / "q.onnx", None)
+
+
+def test_guard_base_counts_the_ops_each_style_quantizes(cnn: Path, tmp_path: Path) -> None:
+    """The guard's limit is a share of what the style quantizes: ORT's CPU style also does Relu/GAP/Flatten."""
+    cpu = quantize_int8(cnn, tmp_path / "cpu.onnx", _samples(16), style="cpu")
+    trt = quantize_int8(cnn, tmp_path / "trt.onnx", _samples(16), style="tensorrt")
+    assert trt.guard_base == trt.quantizable_count == 4  # conv1, conv2, fc, head
+    assert cpu.quantizable_count == 4
+    assert cpu.guard_base == 8  # + relu1, relu2, gap, flatten

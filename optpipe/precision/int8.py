@@ -76,6 +76,9 @@ class Int8Result:
     ranges: Ranges
     warnings: list[str] = field(default_factory=list)
     cache_hit: bool = False
+    # Nodes of the op types this style quantizes (ORT's CPU style also quantizes Add, Softmax,
+    # Mul...): the base of the accuracy guard's "at most N% of quantizable nodes" limit.
+    guard_base: int = 0
 
     @property
     def quantized_count(self) -> int:
@@ -162,9 +165,24 @@ def quantize_int8(
                 cache_hit,
             )
         _graph.save_atomic(quantized_model, dst)
+    quantized_types = style_op_types(style)
     return Int8Result(
-        "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit
-    )
+        "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
+        guard_base=sum(1 for n in pre.graph.node if n.op_type in quantized_types),
+    )  # fmt: skip
+
+
+def style_op_types(style: str) -> frozenset[str]:
+    """Op types a style quantizes: TensorRT's only its compute ops; ORT's CPU style every op it has a kernel for.
+
+    For the CPU style ``op_types_to_quantize`` is left unset, and ONNX Runtime
+    then quantizes the union of its QLinear and QDQ operator registries.
+    """
+    if style == "tensorrt":
+        return frozenset(COMPUTE_OPS)
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
 
 
 def compute_ranges(

@@ -291,7 +291,7 @@ def guarded_quantize(
             )
             results.append(result)
             ranges = result.ranges or ranges
-            return result.path, result.quantizable_count
+            return result.path, result.guard_base or result.quantizable_count
         fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)
         results.append(fp16)
         return fp16.path, fp16.total_nodes
