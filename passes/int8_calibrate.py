@@ -130,7 +130,7 @@ class Int8Pass(Pass):
         warnings: list[str] = []
         if config.synthetic:
             warnings.append(SYNTHETIC_WARNING)
-        cache_path = self._cache_path(ctx)
+        cache_path, seed = self._cache_path(ctx)
 
         int8_options: dict[str, object] = {
             "style": config.style,
@@ -146,7 +146,8 @@ class Int8Pass(Pass):
         )
         first = result.results[0] if result.results else None
         if first is not None:
-            warnings.extend(first.warnings)
+            # The quantizer names the staging copy of the cache; say where the ranges came from instead.
+            warnings.extend(w.replace(str(cache_path), str(seed or cache_path)) for w in first.warnings)
         calibration = {
             "samples": len(samples),
             "source": source,
@@ -210,8 +211,8 @@ class Int8Pass(Pass):
         samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)
         return samples, f"synthetic ({config.synthetic_count} random samples)"
 
-    def _cache_path(self, ctx: BuildContext) -> Path:
-        """Where the ranges are stored: the build's ``int8/calibration.json``, seeded from a cache.
+    def _cache_path(self, ctx: BuildContext) -> tuple[Path, Path | None]:
+        """Where the ranges are stored (the build's ``int8/calibration.json``) and the file it was seeded from.
 
         A user ``--calib-cache`` file is copied in first; otherwise the
         previous build in the same output directory (``ctx.options['out_dir']``)
@@ -227,8 +228,8 @@ class Int8Pass(Pass):
         for seed in seeds:
             if seed.is_file():
                 shutil.copyfile(seed, path)
-                break
-        return path
+                return path, seed
+        return path, None
 
     def ensures(self, result: PassResult, ctx: BuildContext) -> None:
         """Copy the ranges back to a user ``--calib-cache`` file so the next build can reuse them."""
