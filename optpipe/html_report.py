@@ -326,8 +326,10 @@ def find_layer_errors(report: Mapping[str, Any], variant: Mapping[str, Any]) -> 
 
 
 def _verdict(variant: Mapping[str, Any]) -> str:
-    if variant.get("status") == "pending":
-        return '<span class="badge pending">pending</span>'
+    if variant.get("status") in ("pending", "skipped"):
+        return f'<span class="badge pending">{_e(variant["status"])}</span>'
+    if not variant.get("passed") and not variant.get("required", True):
+        return '<span class="badge pending">rejected</span>'  # a failed candidate of --precision auto
     return '<span class="badge pass">pass</span>' if variant.get("passed") else '<span class="badge fail">FAIL</span>'
 
 
@@ -351,11 +353,20 @@ def _summary_table(report: Mapping[str, Any]) -> str:
             f"<td class=num>{f'{speedup:.2f}×' if speedup else '–'}</td>"
             f"<td><code>{_e(variant.get('artifact') or variant.get('onnx') or '–')}</code></td></tr>"
         )
-        failures = variant.get("failures") or []
+        failures = list(variant.get("failures") or [])
+        if variant.get("status") == "skipped" and variant.get("reason"):
+            failures.append(str(variant["reason"]))
         if failures:
             items = "".join(f"<li>{_e(f)}</li>" for f in failures)
             rows.append(f'<tr><td></td><td colspan="7"><ul class="failures">{items}</ul></td></tr>')
-    return f"<table>{head}{''.join(rows)}</table>"
+    selected = report.get("selected") or {}
+    chosen = ""
+    if selected.get("precision"):
+        chosen = (f"<p><b>Selected: {_e(selected['precision'])}</b> "
+                  f"(<code>{_e(selected.get('artifact') or '')}</code>): {_e(selected.get('reason') or '')}</p>")
+    elif selected:
+        chosen = f"<p><b>No variant selected:</b> {_e(selected.get('reason') or '')}</p>"
+    return f"<table>{head}{''.join(rows)}</table>{chosen}"
 
 
 def _latency_section(report: Mapping[str, Any]) -> str:

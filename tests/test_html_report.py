@@ -102,3 +102,16 @@ def test_error_histogram_uses_log_bins_and_counts_zeros() -> None:
     assert histogram["zeros"] == 2 and histogram["nonfinite"] == 1 and histogram["total"] == 6
     assert sum(histogram["counts"]) == 3
     assert histogram["edges"][0] <= 1e-7 and histogram["edges"][-1] >= 1e-3
+
+
+def test_selection_skipped_and_rejected_variants_are_shown() -> None:
+    report = sample_report()
+    report["variants"].append(
+        {"precision": "int8-dynamic", "status": "skipped", "reason": "nothing to quantize", "passed": False}
+    )
+    report["variants"].append({"precision": "fp16", "passed": False, "required": False, "failures": ["cosine low"]})
+    report["selected"] = {"precision": "int8", "artifact": "int8/model.ort-cpu.onnx", "reason": "fastest passing"}
+    page = render_html(report)
+    assert "Selected: int8" in page and "fastest passing" in page
+    assert ">skipped<" in page and "nothing to quantize" in page
+    assert ">rejected<" in page and "cosine low" in page
