@@ -191,8 +191,10 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="OUTPUT:FIELD=VALUE",
               help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output).")
-@click.option("--threads", type=int, help="Threads for ONNX Runtime and PyTorch (default: all cores).")
-@click.option("--batch", "benchmark_batch", type=int, help="Batch size to benchmark at (default: the example's).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for ONNX Runtime and PyTorch (default: all cores).")
+@click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
+              help="Batch size to benchmark at (default: the example's).")
 @click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
 @click.option("--exporter", default="auto", show_default=True, type=click.Choice(["auto", "dynamo", "torchscript"]))
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
@@ -282,7 +284,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
 @main.command()
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--no-parity", is_flag=True, help="Only re-hash the files; do not rerun the engines.")
-@click.option("--threads", type=int, help="Threads for ONNX Runtime.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for ONNX Runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
 def verify(build_dir: Path, no_parity: bool, threads: int | None, as_json: bool) -> None:

@@ -224,3 +224,11 @@ def test_torch_export_program_builds(tmp_path: Path, toy: object) -> None:
     assert code == 0, output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["variants"][0]["passed"]
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--batch"])
+def test_non_positive_threads_or_batch_are_refused_before_any_work(tmp_path: Path, flag: str) -> None:
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(tmp_path / "o"), flag, "0")
+    assert code == 2
+    assert "0 is not in the range x>=1" in output
+    assert not (tmp_path / "o").exists()
