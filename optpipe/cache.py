@@ -293,7 +293,7 @@ def _encode_extra(value: Any, root: Path) -> Any:
 def _decode_extra(value: Any, root: Path) -> Any:
     if isinstance(value, dict):
         if set(value) == {_PATH_MARK}:
-            return str(root / value[_PATH_MARK])
+            return str(_inside(root, value[_PATH_MARK], "artifact extra", allow_root=True))
         return {k: _decode_extra(v, root) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode_extra(v, root) for v in value]
@@ -333,6 +333,26 @@ def _artifact_from_record(data: Mapping[str, Any], root: Path) -> Artifact:
 
 class CorruptEntry(Exception):
     """A cache entry whose files or record do not match (caught inside this module)."""
+
+
+def _inside(root: Path, relative: object, what: str, *, allow_root: bool = False) -> Path:
+    """``root / relative`` for a record's relative path; CorruptEntry unless it stays inside ``root``.
+
+    A record is data read from a shared directory: a path in it must never name a file outside
+    the build (absolute, ``..``, or through a symlink), or a crafted entry could overwrite or
+    delete anything the build's user can.
+    """
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise CorruptEntry(f"a {what} path is not a non-empty string ({relative!r})")
+    pure = Path(relative)
+    if pure.is_absolute() or ".." in pure.parts or (not pure.parts and not allow_root):
+        raise CorruptEntry(f"{what} path {relative!r} leaves the build directory")
+    path = root / pure
+    base = root.resolve()
+    resolved = path.resolve()
+    if (resolved == base and not allow_root) or not resolved.is_relative_to(base):
+        raise CorruptEntry(f"{what} path {relative!r} leaves the build directory")
+    return path
 
 
 # --------------------------------------------------------------------------- the instrument
@@ -376,6 +396,23 @@ class PassCache:
 
     def before_pass(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> PassResult | None:
         """Return the cached result of ``pass_`` on ``artifact``, or None (and keep its key locked)."""
+        try:
+            return self._before_pass(pass_, artifact, ctx)
+        except Exception as error:  # the cache may make a build faster, never make it fail
+            self._release()
+            self._disable(ctx, error)
+            return None
+
+    def after_pass(self, pass_: Pass, artifact: Artifact, result: PassResult, ctx: BuildContext) -> None:
+        """Store the files ``pass_`` just made, then release the key's lock."""
+        try:
+            self._after_pass(pass_, artifact, result, ctx)
+        except Exception as error:  # never fail a pass that ran because its result could not be cached
+            self._release()
+            self._disable(ctx, error)
+            result.warnings.extend(self._take_warnings())
+
+    def _before_pass(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> PassResult | None:
         self._release()  # a previous pass that raised never reached after_pass
         if not self.enabled or not getattr(pass_, "cacheable", False):
             return None
@@ -395,7 +432,7 @@ class PassCache:
             return None
         try:
             result = self._load(key, pass_, ctx)
-        except OSError as error:
+        except Exception as error:  # OSError on the cache dir, or anything unexpected: no cache
             self._unlock(lock_fd)
             self._disable(ctx, error)
             return None
@@ -414,8 +451,7 @@ class PassCache:
         self._pending = _Pending(key, snapshot(ctx.work_dir), lock_fd)
         return None
 
-    def after_pass(self, pass_: Pass, artifact: Artifact, result: PassResult, ctx: BuildContext) -> None:
-        """Store the files ``pass_`` just made, then release the key's lock."""
+    def _after_pass(self, pass_: Pass, artifact: Artifact, result: PassResult, ctx: BuildContext) -> None:
         pending, self._pending = self._pending, None
         try:
             if pending is not None and self.enabled:
@@ -455,12 +491,16 @@ class PassCache:
         taken, self._warnings = self._warnings, []
         return taken
 
-    def _disable(self, ctx: BuildContext, error: OSError) -> None:
+    def _disable(self, ctx: BuildContext, error: Exception) -> None:
         self.enabled = False
-        reason = error.strerror or str(error)
-        if error.errno == errno.ENOSPC:
-            reason = "no space left on the device"
-        self._warn(ctx, f"cache directory {self.root} cannot be used ({reason}); building without the cache")
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            if error.errno == errno.ENOSPC:
+                reason = "no space left on the device"
+            self._warn(ctx, f"cache directory {self.root} cannot be used ({reason}); building without the cache")
+        else:
+            self._warn(ctx, f"cache failed unexpectedly ({type(error).__name__}: {error}); "
+                            "building without the cache")
 
     def _prepare(self, ctx: BuildContext) -> bool:
         if self._prepared:
@@ -540,20 +580,43 @@ class PassCache:
         try:
             try:
                 record = json.loads(record_path.read_text(encoding="utf-8"))
+                if not isinstance(record, dict):
+                    raise CorruptEntry(f"record is a JSON {type(record).__name__}, not an object")
                 if record.get("format") != CACHE_FORMAT or record.get("key") != key:
                     raise CorruptEntry("record does not match its key")
-                for item in record["files"]:
-                    source = entry / "files" / item["path"]
+                files = record.get("files")
+                deleted_raw = record.get("deleted", [])
+                result = record.get("result")
+                if not isinstance(files, list) or not all(isinstance(item, dict) for item in files):
+                    raise CorruptEntry("its 'files' is not a list of objects")
+                if not isinstance(deleted_raw, list):
+                    raise CorruptEntry("its 'deleted' is not a list")
+                if not isinstance(result, dict):
+                    raise CorruptEntry("its 'result' is missing or not an object")
+                modified, metrics, warnings = result.get("modified"), result.get("metrics"), result.get("warnings")
+                if not isinstance(modified, bool) or not isinstance(metrics, dict) or not isinstance(warnings, list):
+                    raise CorruptEntry("its 'result' lacks modified/metrics/warnings")
+                if not isinstance(record.get("artifact"), dict):
+                    raise CorruptEntry("its 'artifact' is missing or not an object")
+                # Every path is checked before anything is copied or deleted.
+                checked = [(_inside(entry / "files", item.get("path"), "file"),
+                            _inside(ctx.work_dir, item.get("path"), "file"), item) for item in files]
+                deleted = [_inside(ctx.work_dir, relative, "deleted file") for relative in deleted_raw]
+                artifact_path = record["artifact"].get("path")
+                if artifact_path is not None:
+                    _inside(ctx.work_dir, artifact_path, "artifact")
+                for source, destination, item in checked:
                     if not source.is_file():
                         raise CorruptEntry(f"{item['path']} is missing")
-                    destination = ctx.work_dir / item["path"]
                     written.append(destination)
-                    if copy_hashing(source, destination) != item["sha256"]:
+                    if copy_hashing(source, destination) != item.get("sha256"):
                         raise CorruptEntry(f"{item['path']} does not match its recorded sha256")
                 artifact = _artifact_from_record(record["artifact"], ctx.work_dir)
                 if artifact.path is not None and not artifact.path.exists():
-                    raise CorruptEntry(f"its artifact {record['artifact']['path']} is not in the build")
-            except (ValueError, KeyError, TypeError) as error:  # unreadable JSON or wrong shape
+                    raise CorruptEntry(f"its artifact {artifact_path} is not in the build")
+                loaded = PassResult(artifact, modified=modified, metrics=metrics,
+                                    warnings=[str(w) for w in warnings])
+            except (ValueError, KeyError, TypeError, AttributeError) as error:  # unreadable JSON or wrong shape
                 raise CorruptEntry(f"unreadable record ({type(error).__name__}: {error})") from None
         except CorruptEntry as problem:
             for path in written:
@@ -563,12 +626,10 @@ class PassCache:
             self._warn(ctx, f"cache entry {key[:12]} for pass '{pass_.name}' was corrupted ({problem}); "
                             "discarded it and rebuilt")
             return None
-        for relative in record.get("deleted", []):
-            with contextlib.suppress(FileNotFoundError):
-                (ctx.work_dir / relative).unlink()
-        result = record["result"]
-        return PassResult(artifact, modified=bool(result["modified"]), metrics=result["metrics"],
-                          warnings=list(result["warnings"]))
+        for path in deleted:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                path.unlink()
+        return loaded
 
     def _store(self, pending: _Pending, pass_: Pass, result: PassResult, ctx: BuildContext) -> None:
         root = ctx.work_dir

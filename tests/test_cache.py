@@ -267,3 +267,74 @@ def test_int8_calib_cache_file_is_written_on_a_cache_hit(digits: Any, tmp_path: 
                            calib_cache=str(user_cache))
     assert statuses(warm)["int8"] == "cached"
     assert user_cache.read_bytes() == written  # the pass's ensures() ran on the replayed result
+
+
+def _rewrite_record(entry: Path, change: Any) -> None:
+    record_path = entry / "record.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(change(record)))
+
+
+@pytest.mark.parametrize("change", [
+    lambda record: [1, 2],
+    lambda record: {k: v for k, v in record.items() if k != "result"},
+    lambda record: {**record, "result": "ok"},
+    lambda record: {**record, "files": [1]},
+    lambda record: {**record, "deleted": "model.onnx"},
+], ids=["list", "no-result", "result-str", "files-ints", "deleted-str"])
+def test_malformed_record_is_a_corrupt_entry(digits: Any, tmp_path: Path, change: Any) -> None:
+    build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    entry = _entry_with(tmp_path / "cache", "model.onnx")
+    _rewrite_record(entry, change)
+    report = build(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
+    assert report.passed
+    assert statuses(report)["simplify"] == "ok"
+    assert any("corrupted" in w for w in report.warnings)
+    again = build(digits, tmp_path / "c", PassCache(tmp_path / "cache"))
+    assert statuses(again)["simplify"] == "cached" and not again.warnings
+
+
+@pytest.mark.parametrize("field", ["deleted-abs", "deleted-dotdot", "file-abs", "file-dotdot", "artifact-abs"])
+def test_record_paths_outside_the_build_are_refused(digits: Any, tmp_path: Path, field: str) -> None:
+    build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    entry = _entry_with(tmp_path / "cache", "model.onnx")
+    stored = entry / "files" / "model.onnx"
+
+    def change(record: dict[str, Any]) -> dict[str, Any]:
+        if field == "deleted-abs":
+            record["deleted"] = [str(victim)]
+        elif field == "deleted-dotdot":
+            record["deleted"] = ["../victim.txt"]
+        elif field.startswith("file-"):
+            name = str(victim) if field == "file-abs" else "../victim.txt"
+            target = entry / "files" / name.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(stored.read_bytes())
+            record["files"] = [{**record["files"][0], "path": name}]
+        else:
+            record["artifact"]["path"] = str(victim)
+        return record
+
+    _rewrite_record(entry, change)
+    report = build(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
+    assert victim.read_text() == "keep me"
+    assert report.passed
+    assert statuses(report)["simplify"] == "ok"
+    assert any("corrupted" in w and "leaves the build directory" in w for w in report.warnings)
+
+
+def test_unexpected_cache_failure_disables_the_cache(
+    digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optpipe.cache
+
+    def broken(*args: object, **kwargs: object) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(optpipe.cache, "snapshot", broken)
+    report = build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
+    assert report.passed
+    assert set(statuses(report).values()) == {"ok"}
+    assert any("cache failed unexpectedly" in w and "boom" in w for w in report.warnings)
