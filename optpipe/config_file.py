@@ -82,6 +82,9 @@ SEVERITY = (EXIT_USAGE, EXIT_GATE_FAILED, EXIT_ENVIRONMENT, EXIT_OK)
 class ConfigError(UserInputError):
     """A config file problem; the message names the file and the field (exit 2)."""
 
+    #: The file's top-level ``junit`` when it was read before the error (so the error can still be reported).
+    junit: Any = None
+
 
 def worst_exit_code(codes: Sequence[int]) -> int:
     """The exit code of several builds: usage error > gate failed > split build > ok."""
@@ -324,14 +327,26 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
         raise ConfigError(f"{label}: no [[model]] table; add one per model to build")
     if not isinstance(models_data, list) or not all(isinstance(m, dict) for m in models_data):
         raise ConfigError(f"{label}: 'model' must be an array of tables ([[model]]), got {type(models_data).__name__}")
-    name_param = "name"
     top_passes_raw = data.pop("passes", None)
     top = _table(data, params, base, f"{label}: top level", ctx, command, top=True)
     top_passes = ({} if top_passes_raw is None
                   else _pass_tables(top_passes_raw, f"{label}: top level", base, top))
     command_settings = {k: top.pop(k) for k in list(top) if k in COMMAND_LEVEL}
+    try:
+        models = _load_models(models_data, params, base, label, ctx, command, top, top_passes)
+    except ConfigError as error:
+        error.junit = command_settings.get("junit")
+        raise
+    return BuildFile(file, models, command_settings)
+
+
+def _load_models(models_data: Sequence[Mapping[str, Any]], params: Mapping[str, click.Parameter], base: Path,
+                 label: str, ctx: click.Context, command: click.Command, top: Mapping[str, Any],
+                 top_passes: Mapping[str, Mapping[str, Any]]) -> list[ModelBuild]:
+    name_param = "name"
     models: list[ModelBuild] = []
     seen_out: dict[str, str] = {}
+    cli = _cli_overrides(ctx)
     for index, raw in enumerate(models_data):
         raw = dict(raw)
         name = raw.pop(name_param, None)
@@ -347,6 +362,7 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
             raise ConfigError(f"{where}: missing 'spec' (the model, e.g. 'models/net.py:Net')")
         name = name or _default_name(values["model"])
         where = f"{label}: model[{index}] ({name})"
+        _check_target_options(values, params, where, cli.get("target") or values.get("target"))
         out = values.get("out_dir")
         if out is not None:
             if str(out) in seen_out:
@@ -354,7 +370,33 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
                                   "each model needs its own directory")
             seen_out[str(out)] = name
         models.append(ModelBuild(name, values, where, pass_options))
-    return BuildFile(file, models, command_settings)
+    return models
+
+
+def _target_only(params: Mapping[str, click.Parameter]) -> list[str]:
+    """The parameters that only apply to ``--target tensorrt`` (their help starts with ``[tensorrt]``)."""
+    return [name for name, param in params.items()
+            if isinstance(param, click.Option) and (param.help or "").startswith("[tensorrt]")]
+
+
+def _check_target_options(values: Mapping[str, Any], params: Mapping[str, click.Parameter], where: str,
+                          target: str | None, cli: Mapping[str, Any] | None = None) -> None:
+    """The build command's rule "the [tensorrt] options need --target tensorrt", per model, before any build.
+
+    ``values`` are the model's values from the file; ``cli`` (for a model about to be built) the options
+    typed on the command line, which win over the file.
+    """
+    target = target or "cpu"
+    if target == "tensorrt":
+        return
+    for name in _target_only(params):
+        if cli is not None:
+            if cli.get(name) not in (None, False):
+                raise ConfigError(f"{where}: --{_spelling(params[name]).replace('_', '-')} (command line) is a "
+                                  f"[tensorrt] option, but this model's target is {target}")
+        elif values.get(name) not in (None, False):
+            raise ConfigError(f"{where}.{_spelling(params[name])}: a [tensorrt] option, but this model's target "
+                              f"is {target}; set target = \"tensorrt\" or remove it")
 
 
 def _cli_overrides(ctx: click.Context) -> dict[str, Any]:
@@ -374,8 +416,31 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
     model's parameters, so a file build and a command-line build cannot drift
     apart. One JUnit file (``junit``) collects every model's gates.
     """
+    try:
+        return _run_build_file(ctx, config_path, select)
+    except ConfigError as error:
+        # A stale JUnit file from an earlier passing run must not stay behind: CI would report it.
+        junit = ctx.params.get("junit") or error.junit
+        if junit:
+            from optpipe.junit import error_suite, write_junit
+
+            message = f"exit {error.exit_code}: ConfigError: {error}"
+            write_junit(Path(junit), [error_suite(Path(config_path).name, message, kind="ConfigError")])
+        raise
+
+
+def _run_build_file(ctx: click.Context, config_path: Path, select: str | None) -> int:
     command = ctx.command
     build_file = load_build_file(config_path, command, ctx)
+    try:
+        return _build_models(ctx, config_path, select, build_file)
+    except ConfigError as error:
+        error.junit = error.junit or build_file.command.get("junit")
+        raise
+
+
+def _build_models(ctx: click.Context, config_path: Path, select: str | None, build_file: BuildFile) -> int:
+    command = ctx.command
     overrides = _cli_overrides(ctx)
     models = build_file.models
     if select:
@@ -400,6 +465,7 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
         if not params.get("out_dir"):
             raise ConfigError(f"{model.where}: missing 'out' (the build directory of this model)")
         params["pass_options"] = _without_flags(model.pass_options, list(overrides)) or None
+        _check_target_options(params, _params(command), model.where, params.get("target"), overrides)
         resolved.append((model, params))
     codes: list[int] = []
     suites = []
@@ -409,15 +475,21 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
         if len(resolved) > 1:
             click.echo(f"== {model.name} -> {params['out_dir']}", err=bool(params.get("as_json")))
         ctx.meta.pop(ERROR_META_KEY, None)
+        usage_error = False
         try:
             ctx.invoke(command.callback, **params)  # type: ignore[arg-type]  # the callback is set
             code = EXIT_OK
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+        except click.ClickException as error:  # one model's usage error: report it and build the others
+            usage_error = True
+            code = EXIT_USAGE
+            click.echo(f"optpipe: error: {model.where}: {error.format_message()}", err=True)
+            ctx.meta[ERROR_META_KEY] = f"exit {code}: {type(error).__name__}: {model.where}: {error.format_message()}"
         codes.append(code)
         if junit_path:
             report_path = Path(params["out_dir"]) / "report.json"
-            if code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT) and report_path.is_file():
+            if not usage_error and code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT) and report_path.is_file():
                 import json
 
                 suites.append(report_suite(json.loads(report_path.read_text(encoding="utf-8")), model.name))

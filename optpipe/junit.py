@@ -85,21 +85,24 @@ ERROR_META_KEY = "optpipe.build_error"
 
 
 def junit_on_error(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator of the ``build`` command: an OptpipeError (exit 2/3) still writes ``--junit FILE``.
+    """Decorator of the ``build`` command: an OptpipeError (exit 2/3) or a usage error raised by the
+    command (``click.UsageError``, exit 2) still writes ``--junit FILE``, so a stale passing file never
+    stays behind.
 
     The message is also left in the click context's ``meta`` so a config-file
     build (which writes one JUnit file for all its models) can report it.
     """
+    import click
+
     from optpipe.errors import OptpipeError
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except OptpipeError as error:
-            import click
-
-            message = f"exit {error.exit_code}: {type(error).__name__}: {error}"
+        except (OptpipeError, click.UsageError) as error:
+            text = error.format_message() if isinstance(error, click.UsageError) else str(error)
+            message = f"exit {error.exit_code}: {type(error).__name__}: {text}"
             context = click.get_current_context(silent=True)
             if context is not None:
                 context.meta[ERROR_META_KEY] = message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -262,3 +263,73 @@ def test_build_applies_and_checks_pass_options(tmp_path: Path) -> None:
         with pytest.raises(UserInputError, match=re.escape(message)):
             run(bad, "b")
         assert not (tmp_path / "b").exists()
+
+
+STALE_JUNIT = '<?xml version="1.0"?><testsuites tests="1" failures="0" errors="0"/>'
+
+
+@pytest.mark.parametrize("where", ["model", "top"])
+def test_tensorrt_option_on_a_cpu_model_is_a_config_error_before_any_build(tmp_path: Path, where: str) -> None:
+    if where == "model":
+        text = TWO_MODELS.replace('out = "out/wine"', 'out = "out/wine"\nopt_level = 2')
+        field = "model[1] (wine).opt_level"
+    else:
+        text = 'junit = "junit.xml"\nopt_level = 2\n' + TWO_MODELS
+        field = "model[0] (digits).opt_level"
+    config = write(tmp_path, text)
+    junit = tmp_path / "junit.xml"
+    junit.write_text(STALE_JUNIT)
+    args = ["build", "-c", str(config), "--no-cache"] + (["--junit", str(junit)] if where == "model" else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "optpipe.toml" in result.output and field in result.output
+    assert "target" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # found before the first model was built
+    xml = junit.read_text()
+    assert 'errors="1"' in xml and "ConfigError" in xml and "opt_level" in xml
+
+
+def test_tensorrt_option_is_allowed_with_a_tensorrt_target(tmp_path: Path) -> None:
+    config = write(tmp_path, TWO_MODELS.replace('out = "out/wine"', 'out = "out/wine"\nopt_level = 2\n'
+                                                'target = "tensorrt"'))
+    models = parse(config)
+    assert models[1]["opt_level"] == 2 and models[1]["target"] == "tensorrt"
+
+
+def test_tensorrt_flag_on_the_command_line_for_a_cpu_model_fails_before_any_build(tmp_path: Path) -> None:
+    config = write(tmp_path, TWO_MODELS)
+    result = CliRunner().invoke(main, ["build", "-c", str(config), "--no-cache", "--opt-level", "2"])
+    assert result.exit_code == 2, result.output
+    assert "model[0] (digits)" in result.output and "--opt-level" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_error_of_one_model_is_reported_and_the_others_are_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optpipe.model_session
+
+    real = optpipe.model_session.prepare_model
+
+    def prepare(spec: str, **kwargs: Any) -> Any:
+        if "two_heads" in spec:
+            raise click.UsageError("something about wine is wrong")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(optpipe.model_session, "prepare_model", prepare)
+    config = write(tmp_path, TWO_MODELS + f"""
+[[model]]
+name = "digits2"
+spec = "{ROOT}/sample_models/digits_cnn.py:DigitsCNN"
+weights = "{ROOT}/sample_models/weights/digits_cnn.safetensors"
+out = "out/digits2"
+""")
+    junit = tmp_path / "junit.xml"
+    result = CliRunner().invoke(main, ["build", "-c", str(config), "--no-cache", "--junit", str(junit)])
+    assert result.exit_code == 2, result.output
+    assert "model[1] (wine)" in result.output and "something about wine is wrong" in result.output
+    assert (tmp_path / "out" / "digits" / "report.json").is_file()
+    assert (tmp_path / "out" / "digits2" / "report.json").is_file()  # built after the failing model
+    xml = junit.read_text()
+    assert 'errors="1"' in xml and "UsageError" in xml and "something about wine" in xml
+    assert "optpipe: digits2" in xml

@@ -95,3 +95,50 @@ out = "out/broken"
     suites = {s.get("name"): s for s in root.findall("testsuite")}
     error = suites["optpipe: broken"].find("testcase/error")
     assert error is not None and "nowhere.py" in error.get("message", "")
+
+
+STALE = '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="optpipe" tests="1" failures="0" errors="0" />\n'
+
+
+def test_usage_error_of_the_build_command_writes_junit(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from optpipe.cli import main
+
+    root_dir = Path(__file__).resolve().parents[1]
+    junit = tmp_path / "junit.xml"
+    junit.write_text(STALE)  # a passing file from an earlier run must not stay behind
+    result = CliRunner().invoke(main, ["build", f"{root_dir}/sample_models/digits_cnn.py:DigitsCNN", "--out",
+                                       str(tmp_path / "o"), "--opt-level", "2", "--junit", str(junit)])
+    assert result.exit_code == 2, result.output
+    root = ET.parse(junit).getroot()
+    assert root.get("errors") == "1"
+    error = root.find("testsuite/testcase/error")
+    assert error is not None and error.get("type") == "UsageError"
+    assert "need --target tensorrt" in error.get("message", "")
+
+
+def test_config_file_error_writes_junit(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from optpipe.cli import main
+
+    config = tmp_path / "optpipe.toml"
+    config.write_text('junit = "from-file.xml"\n[[model]]\nspec = "a.py:A"\nout = "o"\ncolour = "blue"\n')
+    cli_junit = tmp_path / "cli.xml"
+    for args, junit in (([], tmp_path / "from-file.xml"), (["--junit", str(cli_junit)], cli_junit)):
+        junit.write_text(STALE)
+        result = CliRunner().invoke(main, ["build", "-c", str(config), "--no-cache", *args])
+        assert result.exit_code == 2, result.output
+        root = ET.parse(junit).getroot()
+        assert root.get("errors") == "1" and root.get("tests") == "1"
+        error = root.find("testsuite/testcase/error")
+        assert error is not None and error.get("type") == "ConfigError"
+        assert "unknown key 'colour'" in error.get("message", "")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("model = [[[")
+    junit = tmp_path / "cli.xml"
+    junit.write_text(STALE)
+    result = CliRunner().invoke(main, ["build", "-c", str(bad_toml), "--junit", str(junit)])
+    assert result.exit_code == 2 and "not valid TOML" in (ET.parse(junit).getroot().find("testsuite/testcase/error")
+                                                          .get("message", ""))  # type: ignore[union-attr]
