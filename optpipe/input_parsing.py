@@ -50,6 +50,9 @@ BATCH = "batch"
 _INPUT_USAGE = "expected NAME:SHAPE[:DTYPE[:LOW..HIGH]], e.g. x:2x3x224x224 or ids:2x128:int64:0..1000"
 _DYNAMIC_USAGE = "expected NAME=MIN:OPT:MAX[@INPUT.AXIS,...], e.g. batch=1:8:32 or seq=1:32:128@input_ids.1"
 _DIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# str.isdigit() accepts digits such as '²' that int() rejects; shapes take ASCII digits only.
+_ASCII_INT = re.compile(r"[0-9]+")
+MAX_DIM = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def parse_input(text: str) -> InputArg:
     shape: list[int] = []
     for dim in re.split(r"[xX]", shape_text):
         dim = dim.strip()
-        if not dim.isdigit() or int(dim) < 1:
+        if not _ASCII_INT.fullmatch(dim) or int(dim) < 1:
             raise UserInputError(
                 f"--input '{text}': dimension '{dim}' is not a positive integer ({_INPUT_USAGE})"
             )
@@ -198,9 +201,14 @@ def parse_dynamic(text: str) -> DynamicArg:
     bounds: list[int] = []
     for label, part in zip(("MIN", "OPT", "MAX"), bounds_parts, strict=True):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
+        if not _ASCII_INT.fullmatch(part) or int(part) < 1:
             raise UserInputError(
                 f"--dynamic '{text}': {label} '{part}' is not a positive integer ({_DYNAMIC_USAGE})"
+            )
+        if int(part) > MAX_DIM:
+            raise UserInputError(
+                f"--dynamic '{text}': {label} {part} is above {MAX_DIM} (TensorRT profiles and ONNX Runtime "
+                "shapes are 32-bit)"
             )
         bounds.append(int(part))
     low, opt, high = bounds
@@ -215,7 +223,7 @@ def parse_dynamic(text: str) -> DynamicArg:
         for item in axes_text.split(","):
             item = item.strip()
             input_name, dot, axis_text = item.rpartition(".")
-            if not dot or not input_name or not axis_text.isdigit():
+            if not dot or not input_name or not _ASCII_INT.fullmatch(axis_text):
                 raise UserInputError(
                     f"--dynamic '{text}': axis '{item}' must be INPUT.AXIS with a non-negative "
                     f"integer AXIS, e.g. input_ids.1"

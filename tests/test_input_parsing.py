@@ -192,3 +192,16 @@ def test_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported at module import time'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("text", ["x:2x²", "x:2x٣"])
+def test_non_ascii_digits_are_refused_in_one_line(text: str) -> None:
+    with pytest.raises(UserInputError, match="is not a positive integer"):
+        parse_input(text)
+
+
+def test_dynamic_bounds_must_fit_32_bits() -> None:
+    with pytest.raises(UserInputError, match="above 2147483647"):
+        parse_dynamic("batch=1:2:99999999999999999999999")
+    with pytest.raises(UserInputError, match="is not a positive integer"):
+        parse_dynamic("batch=1:²:4")
