@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from optpipe.artifact import atomic_path
-from optpipe.errors import UserInputError
+from optpipe.errors import OptpipeError, UserInputError
 from optpipe.runtime import Runner
 from optpipe.tensor_spec import DynamicDim
 
@@ -113,14 +113,24 @@ def make_golden(
             feeds.append(("heldout", {k: np.ascontiguousarray(v[:rows]) for k, v in heldout.items()}))
     cases = []
     for name, feed in feeds:
+        batch = next(iter(feed.values())).shape[0]
         try:
             outputs = reference.infer(feed)
+        except OptpipeError:
+            raise
         except Exception as error:
-            batch = next(iter(feed.values())).shape[0]
             first = (str(error).strip().splitlines() or [""])[0]
             raise UserInputError(
                 f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {type(error).__name__}: "
                 f"{first}; check --input/--dynamic against what the model accepts"
             ) from None
+        for output, value in outputs.items():
+            # A reference with NaN/Inf cannot judge anything; without this check every exporter
+            # would be blamed for "differing from PyTorch".
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                raise UserInputError(
+                    f"the PyTorch model itself produces NaN/Inf in output '{output}' on the '{name}' inputs "
+                    f"(batch {batch}); fix the model or its inputs (--input LOW..HIGH ranges, weights)"
+                )
         cases.append(GoldenCase(name, feed, outputs))
     return GoldenData(cases)

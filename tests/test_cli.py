@@ -232,3 +232,10 @@ def test_non_positive_threads_or_batch_are_refused_before_any_work(tmp_path: Pat
     assert code == 2
     assert "0 is not in the range x>=1" in output
     assert not (tmp_path / "o").exists()
+
+
+def test_nan_in_the_pytorch_reference_is_named_as_such(tmp_path: Path) -> None:
+    code, output = run("build", f"{TOY_MODELS}:NanOut", "--input", "x:2x4", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert_one_line_error(output, "the PyTorch model itself produces NaN/Inf in output 'logits'")
+    assert not (tmp_path / "o").exists()
