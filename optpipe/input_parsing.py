@@ -174,13 +174,15 @@ def parse_input(text: str) -> InputArg:
     return InputArg(name=name, shape=tuple(shape), dtype=dtype, low=low, high=high)
 
 
-def parse_dynamic(text: str) -> DynamicArg:
+def parse_dynamic(text: str, *, bare_names: bool = False) -> DynamicArg:
     """Parse one ``--dynamic NAME=MIN:OPT:MAX[@INPUT.AXIS,...]`` value.
 
     ``batch`` without ``@`` means axis 0 of every input; any other name must list
     its axes, because guessing which axis is "sequence" would silently build the
     wrong engine profile. Input names may contain dots (``input.1``): the axis is
-    the part after the last dot.
+    the part after the last dot. ``bare_names`` allows any name without ``@``
+    (``axes`` None): for an existing ONNX file, where it means the axes the model
+    itself names so (the caller checks that some axis is).
     """
     raw = text.strip()
     name, sep, rest = raw.partition("=")
@@ -233,7 +235,7 @@ def parse_dynamic(text: str) -> DynamicArg:
                 raise UserInputError(f"--dynamic '{text}': axis '{item}' is listed twice")
             pairs.append(pair)
         axes = tuple(pairs)
-    elif name != BATCH:
+    elif name != BATCH and not bare_names:
         raise UserInputError(
             f"--dynamic '{text}': say which axes '{name}' applies to, e.g. "
             f"{name}={low}:{opt}:{high}@input_ids.1,attention_mask.1 "

@@ -55,6 +55,39 @@ def test_lint_dynamic_axis_needs_a_profile(tmp_path: Path) -> None:
     assert given.exit_code == EXIT_OK, given.output
 
 
+@pytest.mark.parametrize(("shape", "dynamics"), [
+    ([2, None], ["seq=1:8:32@x.1"]),  # an unnamed non-zero axis, covered by INPUT.AXIS
+    ([2, "seq"], ["seq=1:8:32"]),  # a bare name the model uses
+    (["batch", "sequence"], ["batch=1:2:4", "seq=1:8:32@x.1"]),  # the exporter named the axis differently
+    ([None, None], ["batch=1:2:4", "seq=1:8:32@x.1"]),
+])
+def test_lint_dynamic_axes_are_covered_by_their_input_axis(
+    tmp_path: Path, shape: list[object], dynamics: list[str]
+) -> None:
+    path = str(save(tmp_path / "m.onnx", "Relu", shape))
+    assert run("lint", path).exit_code == EXIT_GATE_FAILED
+    result = run("lint", path, *[arg for text in dynamics for arg in ("--dynamic", text)])
+    assert result.exit_code == EXIT_OK, result.output
+
+
+def test_lint_one_uncovered_axis_is_still_reported(tmp_path: Path) -> None:
+    result = run("lint", str(save(tmp_path / "m.onnx", "Relu", [None, None])), "--dynamic", "seq=1:8:32@x.1")
+    assert result.exit_code == EXIT_GATE_FAILED
+    assert "input 'x' axis 0 is dynamic" in result.output
+
+
+@pytest.mark.parametrize(("dynamic", "message"), [
+    ("seq=1:8:32@y.1", "the model has no input 'y'; its inputs are: x"),
+    ("seq=1:8:32@x.5", "input 'x' has rank 2; its dynamic axes are: 1"),
+    ("seq=1:8:32@x.0", "axis 0 of input 'x' is static (2); its dynamic axes are: 1"),
+    ("length=1:8:32", "the model has no axis named 'length' (its named dynamic axes: seq)"),
+])
+def test_lint_dynamic_names_are_checked_against_the_model(tmp_path: Path, dynamic: str, message: str) -> None:
+    result = run("lint", str(save(tmp_path / "m.onnx", "Relu", [2, "seq"])), "--dynamic", dynamic)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
 def test_lint_json_lists_problems(tmp_path: Path) -> None:
     result = run("lint", str(save(tmp_path / "m.onnx", "Det", [2, 3, 3])), "--json")
     assert result.exit_code == EXIT_GATE_FAILED
