@@ -1,8 +1,10 @@
 """The output directory of a build: staged, then swapped in whole.
 
 A build writes into a hidden staging directory next to ``--out`` and renames
-it into place only when it finishes. So an interrupted build (Ctrl-C, a crash,
-a killed CI job) never leaves a directory that looks complete, and with
+it into place only when it finishes (into an existing empty ``--out``, its
+entries are moved in, ``report.json`` and ``manifest.json`` last). So an
+interrupted build (Ctrl-C, a crash, a killed CI job) never leaves a directory
+that looks complete, and with
 ``--overwrite`` the old and new artifacts are never mixed: the old directory
 is moved aside, the new one renamed in, and only then the old one deleted.
 """
@@ -42,6 +44,10 @@ def make_staging(out_dir: Path) -> Path:
 
 def publish(staging: Path, out_dir: Path) -> None:
     """Swap the finished staging directory in as ``out_dir``."""
+    out_dir = out_dir.resolve()  # `--out .` has no name to derive the old copy's name from
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        _move_into_empty(staging, out_dir)
+        return
     old: Path | None = None
     if out_dir.exists():
         old = out_dir.with_name(f"{STAGING_PREFIX}{out_dir.name}-old-{os.getpid()}")
@@ -49,6 +55,22 @@ def publish(staging: Path, out_dir: Path) -> None:
     os.replace(staging, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Written last when moving into an existing directory: until they are there, it does not look complete.
+_LAST = ("report.json", "manifest.json")
+
+
+def _move_into_empty(staging: Path, out_dir: Path) -> None:
+    """Move the build into an existing empty directory, keeping that directory itself.
+
+    Renaming over it would break a mount point (a CI volume), a directory that
+    is someone's working directory, or one whose ownership was set up front.
+    """
+    entries = sorted(staging.iterdir(), key=lambda p: p.name in _LAST)
+    for entry in entries:
+        os.replace(entry, out_dir / entry.name)
+    staging.rmdir()
 
 
 def discard(staging: Path) -> None:

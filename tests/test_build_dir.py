@@ -51,3 +51,17 @@ def test_discard_removes_staging(tmp_path: Path) -> None:
     (staging / "half.onnx").write_text("partial")
     discard(staging)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_into_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "here"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    check_out_dir(Path("."), overwrite=False)  # empty: allowed
+    staging = make_staging(Path("."))
+    (staging / "report.json").write_text("{}")
+    inode = out.stat().st_ino
+    publish(staging, Path("."))
+    assert (out / "report.json").is_file()
+    assert out.stat().st_ino == inode  # the directory itself is kept (a mount point, someone's cwd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
