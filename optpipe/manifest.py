@@ -42,6 +42,10 @@ REPRODUCIBILITY: tuple[tuple[str, bool, str], ...] = (
     ("*.plan", False, "TensorRT picks kernels by timing them on the GPU; engines differ between builds"),
     ("*.engine", False, "TensorRT picks kernels by timing them on the GPU; engines differ between builds"),
     ("*.timing.cache", False, "TensorRT timing cache: measured on the GPU"),
+    # Before the *.json catch-all: these sidecars record values that change with every build.
+    ("*.plan.json", False, "TensorRT plan sidecar: records the build time and the plan's sha256, which "
+                           "differs between builds"),
+    ("*.timing.cache.json", False, "timing-cache sidecar: records when and on which GPU the cache was written"),
     ("*.ort-cpu.onnx", True, "ONNX Runtime offline optimisation: byte-identical in repeated builds "
                              "(measured)"),
     ("model.export.onnx", True, "torch.onnx export (dynamo and TorchScript): byte-identical in repeated "

@@ -92,10 +92,34 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def _check_manifest(manifest: dict[str, Any], path: Path) -> list[dict[str, str]]:
+    """The manifest's ``files`` entries, each checked to be ``{"path": relative path, "sha256": hex}``.
+
+    A malformed manifest (edited by hand, truncated, from another tool) is a UserInputError naming
+    the first bad entry, not a traceback.
+    """
+    files = manifest.get("files", [])
+    if not isinstance(files, list):
+        raise UserInputError(f"{path}: 'files' must be a list, got {type(files).__name__}")
+    for index, entry in enumerate(files):
+        where = f"{path}: files[{index}]"
+        if not isinstance(entry, dict):
+            raise UserInputError(f"{where} must be an object with 'path' and 'sha256', got {entry!r:.60}")
+        relative, digest = entry.get("path"), entry.get("sha256")
+        if not isinstance(relative, str) or not relative:
+            raise UserInputError(f"{where}.path must be a non-empty string, got {relative!r:.60}")
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise UserInputError(f"{where}.path {relative!r:.60} is not a path inside the build directory")
+        if (not isinstance(digest, str) or len(digest) != 64
+                or any(c not in "0123456789abcdef" for c in digest.lower())):
+            raise UserInputError(f"{where}.sha256 must be 64 hex digits, got {digest!r:.60}")
+    return files
+
+
 def check_files(directory: Path, manifest: dict[str, Any], result: VerifyResult) -> None:
     """Re-hash every manifest file; name each missing or changed one."""
     listed = set()
-    for entry in manifest.get("files", []):
+    for entry in _check_manifest(manifest, directory / MANIFEST):
         relative = entry["path"]
         listed.add(relative)
         path = directory / relative

@@ -63,6 +63,11 @@ def test_reproducibility_table() -> None:
     assert reproducibility("fp16/model.plan")[0] is False
     assert reproducibility("golden/example.npz")[0] is True
     assert reproducibility("notes.txt") == (None, "not measured")
+    # Sidecars with a build time and the plan's sha256 are not caught by the *.json rule.
+    assert reproducibility("fp16/model.plan.json")[0] is False
+    assert reproducibility("fp32/model.plan.json")[0] is False
+    assert reproducibility("trt.timing.cache.json")[0] is False
+    assert reproducibility("fp16/metadata.json")[0] is True
 
 
 def test_verify_passes_on_a_fresh_build(build_dir: Path) -> None:
@@ -104,3 +109,22 @@ def test_verify_reruns_parity_with_the_saved_tolerances(build_dir: Path) -> None
 def test_verify_a_directory_that_is_not_a_build(tmp_path: Path) -> None:
     assert verify(tmp_path).exit_code == 2
     assert verify(tmp_path / "missing").exit_code == 2
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ("model.onnx", "'files' must be a list, got str"),
+    ([1, 2], "files[0] must be an object"),
+    ([{"sha256": "0" * 64}], "files[0].path must be a non-empty string"),
+    ([{"path": 3, "sha256": "0" * 64}], "files[0].path must be a non-empty string"),
+    ([{"path": "model.onnx"}], "files[0].sha256 must be 64 hex digits"),
+    ([{"path": "model.onnx", "sha256": 5}], "files[0].sha256 must be 64 hex digits"),
+    ([{"path": "../../etc/passwd", "sha256": "0" * 64}], "is not a path inside the build directory"),
+])
+def test_verify_a_malformed_manifest_exits_2_with_one_line(build_dir: Path, files: Any, message: str) -> None:
+    manifest = json.loads((build_dir / MANIFEST).read_text())
+    manifest["files"] = files
+    (build_dir / MANIFEST).write_text(json.dumps(manifest))
+    result = verify(build_dir)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # a one-line error, not a traceback
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
