@@ -98,6 +98,26 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def unwritable_reason(path: Path) -> str | None:
+    """Why the file ``path`` could not be written (atomically, as :func:`atomic_path` does), or None.
+
+    Checked before long work so that a bad destination fails in a second, not
+    after the build: ``path`` must not be a directory, its nearest existing
+    ancestor must be a directory (missing ones are created) that this process can write.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"'{path}' is a directory"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"'{ancestor}' is a file, not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"directory '{ancestor}' is not writable"
+    return None
+
+
 def umask_value() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -166,6 +166,8 @@ def build(
     specs = resolve_input_specs(names, [(e.shape, str(e.dtype)) for e in examples], dynamic_args)
     dims = tuple(arg.dim for arg in dynamic_args)
     batch_dim = next((a.dim for a in dynamic_args if a.dim.axis_name == "batch" and a.axes is None), None)
+    if benchmark and benchmark_batch is not None:
+        _check_benchmark_batch(benchmark_batch, specs, dims)
     check_out_dir(out, overwrite)
     engine_available = True
     next_step: str | None = None
@@ -189,11 +191,22 @@ def build(
     if len(outputs) != len(first):
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
     reference.output_names = outputs
+    _check_tolerances(tolerances or {}, outputs)
     options = dict(precision_options, tolerances=tolerances or {}, benchmark=benchmark,
                    benchmark_batch=benchmark_batch, out_dir=str(out))  # out_dir: int8 reuses its ranges
     if options.get("max_accuracy_drop") is not None and options.get("eval_data") is None:
         raise UserInputError("--max-accuracy-drop needs labelled eval data: --eval-data FILE.npz or eval_data() "
                              "in the model file")
+    if options.get("eval_data") is not None:  # names, labels, dtypes and shapes vs the input specs, before any work
+        from optpipe.precision.accuracy import check_eval_set
+
+        eval_inputs, eval_labels = options["eval_data"]
+        options["eval_data"] = check_eval_set(eval_inputs, eval_labels, names,
+                                              str(options.get("eval_origin") or "eval_data"), specs)
+    if options.get("calib_cache") and "int8" in precisions:  # corrupt or unwritable: fail before any work
+        from optpipe.precision.calib_cache import check_cache_file
+
+        check_cache_file(Path(str(options["calib_cache"])))
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=exporter)), SimplifyOnnx()], variant="shared")
     variants: dict[str, Pipeline] = {}
@@ -207,7 +220,11 @@ def build(
             if not auto:  # an explicitly requested precision that cannot be built is the user's error
                 raise
             unavailable[precision] = f"not a candidate here: {error}"
-    for pipeline in (prefix, *variants.values()):
+    # When every requested precision is skipped (nothing to lower), fp32 is built and validated instead.
+    fallback = None
+    if not auto and "fp32" not in variants:
+        fallback = Pipeline(variant_passes("fp32", target_obj, options, engine_available), variant="fp32")
+    for pipeline in (prefix, *variants.values(), *([fallback] if fallback else [])):
         apply_pass_options(pipeline.passes, per_pass)
     if not engine_available:
         from optpipe.finish import split_next_step  # also checks the TensorRT options now, not on the GPU box
@@ -216,6 +233,8 @@ def build(
 
     staging = make_staging(out)
     report = Report(target=target_obj.name, model=model_name or type(model).__name__)
+    if not benchmark and benchmark_batch is not None:
+        report.warnings.append(f"--batch {benchmark_batch} is ignored: --no-benchmark skips the benchmark")
     try:
         golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
         golden.save(staging / "golden")
@@ -237,13 +256,12 @@ def build(
         log(f"optpipe: building {report.model} for target '{target_obj.name}' ({', '.join(precisions)})")
         onnx_artifact = prefix.run(source, ctx, report.passes, all_instruments)
         from optpipe.precision import VariantSkipped
-        from optpipe.precision.accuracy import AccuracyCheck, check_eval_set, select_variant, skipped_variant
+        from optpipe.precision.accuracy import AccuracyCheck, select_variant, skipped_variant
 
         accuracy = None
         if options.get("eval_data") is not None and engine_available:
-            eval_inputs, eval_labels = options["eval_data"]
-            eval_set = check_eval_set(eval_inputs, eval_labels, names, "eval_data")
-            accuracy = AccuracyCheck(eval_set, reference, {k: v.shape for k, v in golden.cases[0].outputs.items()},
+            accuracy = AccuracyCheck(options["eval_data"], reference,
+                                     {k: v.shape for k, v in golden.cases[0].outputs.items()},
                                      outputs, specs, dims, options.get("max_accuracy_drop"))
             report.accuracy = accuracy.record()
         for precision, pipeline in variants.items():
@@ -254,6 +272,8 @@ def build(
             except PassError as error:  # a precision pass with nothing to lower skips its variant
                 if not isinstance(error.cause, VariantSkipped):
                     raise
+                if "fp32" in variants:
+                    error.cause.reason += "; the fp32 variant is the artifact to use"
                 report.variants.append(skipped_variant(precision, error.cause, report.passes[start:]))
                 continue
             record = _variant_record(precision, final, report.passes[start:], staging, engine_available)
@@ -261,6 +281,20 @@ def build(
                 accuracy.apply(record, target_obj.runner(final, threads))
             record["required"] = not auto  # auto: a rejected candidate does not fail the build
             report.variants.append(record)
+        if fallback is not None and report.variants and all(v["status"] == "skipped" for v in report.variants):
+            skipped = ", ".join(v["precision"] for v in report.variants)
+            report.warnings.append(f"every requested variant was skipped ({skipped}): fp32 was built and "
+                                   "validated as the fallback")  # fmt: skip
+            log(f"[fp32] (fallback: {skipped} skipped)")
+            start = len(report.passes)
+            final = fallback.run(onnx_artifact.derive(precision="fp32"), ctx, report.passes, all_instruments)
+            record = _variant_record("fp32", final, report.passes[start:], staging, engine_available)
+            if accuracy is not None:
+                accuracy.apply(record, target_obj.runner(final, threads))
+            record["required"] = True
+            record["fallback"] = True
+            report.variants.append(record)
+            variants["fp32"] = fallback  # listed with the build's pipelines in manifest.json
         for precision, reason in unavailable.items():
             report.variants.append(skipped_variant(precision, VariantSkipped(reason), []))
         if engine_available:
@@ -282,7 +316,71 @@ def build(
         discard(staging)
         raise
     report.out_dir = out
+    _write_back_calib_cache(options, out, log)
     return report
+
+
+def _write_back_calib_cache(options: Mapping[str, Any], out: Path, log: Callable[[str], None]) -> None:
+    """Update ``--calib-cache FILE`` with the published build's ranges (only after a build that finished)."""
+    from optpipe.passes.int8_calibrate import CACHE_NAME
+    from optpipe.precision.calib_cache import write_back
+
+    target, built = options.get("calib_cache"), out / "int8" / CACHE_NAME
+    if not target or not built.is_file():
+        return
+    try:
+        write_back(built, Path(str(target)))
+    except OSError as error:  # the build is published; the cache is a convenience
+        log(f"optpipe: warning: could not update --calib-cache {target}: {error}")
+
+
+def _check_tolerances(tolerances: Mapping[str, Mapping[str, float]], outputs: Sequence[str]) -> None:
+    """Tolerance overrides name real outputs (or ``*``) and Tolerance fields, with finite values: before export."""
+    import dataclasses
+    import math
+
+    from optpipe.parity import Tolerance
+
+    unknown = sorted(set(tolerances) - set(outputs) - {"*"})
+    if unknown:
+        raise UserInputError(
+            f"tolerance given for unknown output(s) {', '.join(unknown)}; the outputs are {', '.join(outputs)}"
+        )
+    known = {f.name for f in dataclasses.fields(Tolerance)}
+    for output, values in tolerances.items():
+        for field, value in values.items():
+            if field not in known:
+                raise UserInputError(f"unknown tolerance field '{field}' for output '{output}'; expected one of "
+                                     f"{', '.join(sorted(known))}")
+            try:
+                finite = not isinstance(value, bool) and math.isfinite(float(value))
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
+                raise UserInputError(f"tolerance {output}:{field}={value} must be a finite number")
+
+
+def _check_benchmark_batch(batch: int, specs: Sequence[TensorSpec], dims: Sequence[DynamicDim]) -> None:
+    """``--batch`` must be a batch the artifact accepts: within the dynamic range, or the static example batch."""
+    if batch < 1:
+        raise UserInputError(f"--batch must be >= 1, got {batch}")
+    by_name = {d.axis_name: d for d in dims}
+    for spec in specs:
+        if not spec.shape:
+            continue
+        first = spec.shape[0]
+        if isinstance(first, str) and first in by_name:
+            dim = by_name[first]
+            if not dim.min <= batch <= dim.max:
+                raise UserInputError(
+                    f"--batch {batch} is outside the dynamic range {dim.min}..{dim.max} of axis 0 of input "
+                    f"'{spec.name}' (--dynamic {dim.axis_name}={dim.min}:{dim.opt}:{dim.max})"
+                )
+        elif isinstance(first, int) and first != batch:
+            raise UserInputError(
+                f"--batch {batch}: input '{spec.name}' has a static batch of {first} (the example's); "
+                "declare --dynamic batch=MIN:OPT:MAX to benchmark other batch sizes"
+            )
 
 
 def _variant_record(

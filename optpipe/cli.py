@@ -58,14 +58,35 @@ def main() -> None:
 
 def _parse_tolerance(text: str) -> tuple[str, str, float]:
     """``OUTPUT:FIELD=VALUE`` (OUTPUT may be ``*``)."""
+    import dataclasses
+    import math
+
+    from optpipe.parity import Tolerance
+
     try:
         output, rest = text.split(":", 1)
         field, value = rest.split("=", 1)
-        return output, field, float(value)
+        number = float(value)
     except ValueError:
         raise click.BadParameter(
             f"'{text}': expected OUTPUT:FIELD=VALUE, e.g. logits:min_cosine=0.995 or '*:atol=1e-3'"
         ) from None
+    known = sorted(f.name for f in dataclasses.fields(Tolerance))
+    if field.strip() not in known:
+        raise click.BadParameter(f"'{text}': unknown field '{field}'; expected one of {', '.join(known)}")
+    if not math.isfinite(number):
+        raise click.BadParameter(f"'{text}': the value must be a finite number, got {value.strip()}")
+    return output.strip(), field.strip(), number
+
+
+def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Refuse a file option that could not be written, before any work (e.g. ``--junit`` under a file)."""
+    from optpipe.artifact import unwritable_reason
+
+    reason = unwritable_reason(value) if value is not None else None
+    if reason:
+        raise click.BadParameter(f"cannot write '{value}': {reason}", ctx=ctx, param=param)
+    return value
 
 
 HARDWARE_COMPAT_LEVELS = ("ampere_plus", "same_compute_capability")
@@ -168,8 +189,10 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
         kwargs["calib_data"] = prepared.calibration
     if opts.get("eval_data") is not None:
         kwargs["eval_data"] = load_eval_npz(opts["eval_data"], prepared.input_names)
+        kwargs["eval_origin"] = str(opts["eval_data"])
     elif prepared.eval_set is not None:
         kwargs["eval_data"] = prepared.eval_set
+        kwargs["eval_origin"] = "from eval_data() in the model file"
     return kwargs
 
 
@@ -194,7 +217,9 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for ONNX Runtime and PyTorch (default: all cores).")
 @click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
-              help="Batch size to benchmark at (default: the example's).")
+              help="Batch size to benchmark at (default: the example's). Must be within the dynamic batch "
+              "range, or equal the example's batch when the batch is static; ignored with a warning under "
+              "--no-benchmark.")
 @click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
 @click.option("--exporter", default="auto", show_default=True, type=click.Choice(["auto", "dynamo", "torchscript"]))
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
@@ -209,7 +234,7 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
 @trt_build_options
 @precision_build_options
@@ -277,7 +302,11 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if junit is not None:
         from optpipe.junit import report_suite, write_junit
 
-        write_junit(junit, [report_suite(report.to_dict())])
+        try:
+            write_junit(junit, [report_suite(report.to_dict())])
+        except OSError as error:  # printed, not raised: junit_on_error would try the same write again
+            click.echo(f"optpipe: error: cannot write --junit {junit}: {error.strerror or error}", err=True)
+            sys.exit(EXIT_USAGE)
     sys.exit(report.exit_code)
 
 

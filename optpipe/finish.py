@@ -164,7 +164,7 @@ def finish_build(
     directory, EnvironmentUnavailable (exit 3) without TensorRT or a GPU. A
     failed parity gate is not an exception: ``report.exit_code`` is 1.
     """
-    from optpipe.builder import ProgressInstrument, _variant_record
+    from optpipe.builder import ProgressInstrument, _check_benchmark_batch, _variant_record
     from optpipe.pass_base import BuildContext
     from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
     from optpipe.passes.validate import ValidateConfig, ValidatePass
@@ -173,6 +173,8 @@ def finish_build(
     from optpipe.target import TensorRTTarget
 
     split = read_split_build(directory)
+    if benchmark and benchmark_batch is not None:  # a batch the engines' profiles accept, before any build
+        _check_benchmark_batch(benchmark_batch, split.input_specs, split.dynamic)
     merged = dict(split.trt_options)
     merged.update({k: v for k, v in (trt_options or {}).items() if v is not None and v is not False})
     options: dict[str, Any] = {"trt": merged, "tolerances": split.tolerances}

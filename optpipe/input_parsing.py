@@ -24,6 +24,7 @@ This module imports only numpy, never torch, so ``optpipe --help`` stays fast.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ _DIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # str.isdigit() accepts digits such as '²' that int() rejects; shapes take ASCII digits only.
 _ASCII_INT = re.compile(r"[0-9]+")
 MAX_DIM = 2**31 - 1
+# Largest --input example (elements): generated in memory, fed to PyTorch and every engine.
+MAX_INPUT_ELEMENTS = 2**31
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,12 @@ def parse_input(text: str) -> InputArg:
                 f"--input '{text}': dimension '{dim}' is not a positive integer ({_INPUT_USAGE})"
             )
         shape.append(int(dim))
+    elements = math.prod(shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise UserInputError(
+            f"--input '{text}': {elements:,} elements is more than the {MAX_INPUT_ELEMENTS:,} an example input "
+            "may have; an example only needs a small batch (e.g. 2x...)"
+        )
 
     dtype = DEFAULT_DTYPE
     if len(parts) >= 3:
@@ -350,15 +359,30 @@ def make_inputs(args: Sequence[InputArg], seed: int = 0) -> tuple[np.ndarray, ..
                 f"input '{arg.name}': unsupported dtype '{arg.dtype}'; "
                 f"use one of: {', '.join(SUPPORTED_DTYPES)}"
             )
-        dtype = np.dtype(arg.dtype)
-        if arg.dtype == "bool":
-            array = rng.integers(0, 2, size=arg.shape).astype(np.bool_)
-        elif _is_integer_dtype(arg.dtype):
-            low, high = DEFAULT_INT_RANGE if arg.low is None or arg.high is None else (arg.low, arg.high)
-            array = rng.integers(int(low), int(high), size=arg.shape, dtype=np.int64).astype(dtype)
-        elif arg.low is None or arg.high is None:
-            array = rng.standard_normal(size=arg.shape).astype(dtype)
-        else:
-            array = rng.uniform(arg.low, arg.high, size=arg.shape).astype(dtype)
-        arrays.append(array)
+        try:
+            arrays.append(_random_array(rng, arg))
+        except MemoryError:
+            raise UserInputError(
+                f"input '{arg.name}': not enough memory for an example of shape "
+                f"{'x'.join(str(d) for d in arg.shape)} ({arg.dtype}); use a smaller --input shape"
+            ) from None
     return tuple(arrays)
+
+
+def _random_array(rng: np.random.Generator, arg: InputArg) -> np.ndarray:
+    """One array, generated in its own dtype where numpy can (no float64/int64 copy of a large input)."""
+    dtype = np.dtype(arg.dtype)
+    if arg.dtype == "bool":
+        return rng.integers(0, 2, size=arg.shape, dtype=np.bool_)
+    if _is_integer_dtype(arg.dtype):
+        low, high = DEFAULT_INT_RANGE if arg.low is None or arg.high is None else (arg.low, arg.high)
+        return rng.integers(int(low), int(high), size=arg.shape, dtype=dtype)
+    native = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)  # float16: via float32
+    if arg.low is None or arg.high is None:
+        return rng.standard_normal(size=arg.shape, dtype=native).astype(dtype, copy=False)
+    weight = rng.random(size=arg.shape, dtype=native)
+    array = weight * native.type(arg.high)  # LOW*(1-w) + HIGH*w: no overflow of HIGH-LOW near the dtype's max
+    np.subtract(1, weight, out=weight)
+    weight *= native.type(arg.low)
+    array += weight
+    return array.astype(dtype, copy=False)

@@ -20,6 +20,7 @@ import numpy as np
 from optpipe.errors import UserInputError
 from optpipe.input_parsing import DynamicArg, make_inputs, parse_dynamic, parse_input
 from optpipe.model_loading import check_inputs_against_model, find_example_inputs, load_model
+from optpipe.runtime import check_outputs_are_tensors
 
 
 @dataclass
@@ -102,7 +103,7 @@ def prepare_model(
                 "argument, or define example_inputs() in the model's file"
             )
         tensors, names = found.tensors, found.names
-    check_inputs_against_model(loaded.module, tensors, names)
+    check_outputs_are_tensors(check_inputs_against_model(loaded.module, tensors, names))
     source = loaded.source_module
     outputs: tuple[str, ...] | None = None
     if output_names:

@@ -83,17 +83,42 @@ class TorchRunner:
 
 
 def flatten_outputs(result: Any) -> list[np.ndarray]:
-    """Model outputs (a tensor, tuple/list or dict of tensors) as numpy arrays in order."""
-    if isinstance(result, dict):
-        items = list(result.values())
-    elif isinstance(result, list | tuple):
-        items = list(result)
-    else:
-        items = [result]
-    flat: list[np.ndarray] = []
-    for item in items:
-        if isinstance(item, dict | list | tuple):
-            flat.extend(flatten_outputs(item))
+    """Model outputs (a tensor, tuple/list or dict of tensors) as numpy arrays in order.
+
+    Raises :class:`~optpipe.errors.UserInputError` when an output is not a tensor
+    (an int, None, a string...): it cannot be exported to ONNX or compared.
+    """
+    return [item.detach().cpu().numpy() for item in _flat_tensors(result)]
+
+
+def check_outputs_are_tensors(result: Any) -> None:
+    """Raise a one-line UserInputError when any output of the model is not a tensor."""
+    _flat_tensors(result)
+
+
+def _flat_tensors(result: Any) -> list[Any]:
+    import torch
+
+    flat: list[Any] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+        elif isinstance(value, torch.Tensor):
+            flat.append(value)
         else:
-            flat.append(item.detach().cpu().numpy())
+            from optpipe.errors import UserInputError
+
+            name = type(value).__name__
+            kind = "None" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+            raise UserInputError(
+                f"output #{len(flat)} of the model is {kind}, not a tensor: forward() must return a tensor, "
+                "or a tuple/list/dict of tensors (return only the tensors you want compiled)"
+            )
+
+    visit(result)
     return flat

@@ -130,7 +130,7 @@ class Int8Pass(Pass):
         warnings: list[str] = []
         if config.synthetic:
             warnings.append(SYNTHETIC_WARNING)
-        cache_path, seed = self._cache_path(ctx)
+        cache_path, seed = self._cache_path(ctx, warnings)
 
         int8_options: dict[str, object] = {
             "style": config.style,
@@ -211,14 +211,19 @@ class Int8Pass(Pass):
         samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)
         return samples, f"synthetic ({config.synthetic_count} random samples)"
 
-    def _cache_path(self, ctx: BuildContext) -> tuple[Path, Path | None]:
+    def _cache_path(self, ctx: BuildContext, warnings: list[str]) -> tuple[Path, Path | None]:
         """Where the ranges are stored (the build's ``int8/calibration.json``) and the file it was seeded from.
 
-        A user ``--calib-cache`` file is copied in first; otherwise the
-        previous build in the same output directory (``ctx.options['out_dir']``)
-        is, so a rebuild with ``--overwrite`` reuses its ranges when the
-        model and data hashes still match (the key is checked, never assumed).
+        A user ``--calib-cache`` file is copied in first (``build()`` already
+        refused a corrupt one, naming it); otherwise the previous build in the
+        same output directory (``ctx.options['out_dir']``) is, so a rebuild with
+        ``--overwrite`` reuses its ranges when the model and data hashes still
+        match (the key is checked, never assumed). A corrupt previous-build file
+        is only a warning: it is recalibrated. The ranges are written back to
+        ``--calib-cache`` by ``build()`` once the build directory is published.
         """
+        from optpipe.precision.calib_cache import load_ranges
+
         path = ctx.path("int8", CACHE_NAME)
         seeds = []
         if self.config.cache_file:
@@ -227,15 +232,13 @@ class Int8Pass(Pass):
             seeds.append(Path(str(ctx.options["out_dir"])) / "int8" / CACHE_NAME)
         for seed in seeds:
             if seed.is_file():
+                try:
+                    load_ranges(seed)
+                except UserInputError as error:
+                    if self.config.cache_file and seed == Path(self.config.cache_file):
+                        raise
+                    warnings.append(f"{error}; ignored it and recalibrated")
+                    continue
                 shutil.copyfile(seed, path)
                 return path, seed
         return path, None
-
-    def ensures(self, result: PassResult, ctx: BuildContext) -> None:
-        """Copy the ranges back to a user ``--calib-cache`` file so the next build can reuse them."""
-        if self.config.cache_file:
-            built = ctx.path("int8", CACHE_NAME)
-            if built.is_file():
-                target = Path(self.config.cache_file)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(built, target)

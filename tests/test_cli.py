@@ -239,3 +239,74 @@ def test_nan_in_the_pytorch_reference_is_named_as_such(tmp_path: Path) -> None:
     assert code == 2
     assert_one_line_error(output, "the PyTorch model itself produces NaN/Inf in output 'logits'")
     assert not (tmp_path / "o").exists()
+
+
+def test_junit_path_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(tmp_path / "o"), "--junit",
+                       str(blocker / "junit.xml"))  # fmt: skip
+    assert code == 2, output
+    assert "is a file, not a directory" in output and "Traceback" not in output
+    assert not (tmp_path / "o").exists()
+
+
+def test_junit_write_failing_after_the_build_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import optpipe.junit
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(optpipe.junit, "write_junit", fail)
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(tmp_path / "o"), "--no-benchmark",
+                       "--no-cache", "--junit", str(tmp_path / "junit.xml"))  # fmt: skip
+    assert code == 2, output
+    assert_one_line_error(output, "cannot write --junit")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch", "8"], "--batch 8: input 'x' has a static batch of 2"),
+        (["--batch", "100", "--dynamic", "batch=1:4:8"], "--batch 100 is outside the dynamic range 1..8"),
+    ],
+)
+def test_benchmark_batch_the_artifact_cannot_take_is_refused_before_any_work(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(tmp_path / "o"), *extra)
+    assert code == 2, output
+    assert_one_line_error(output, message)
+    assert not (tmp_path / "o").exists() and "export" not in output
+
+
+def test_batch_with_no_benchmark_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--batch", "8", "--no-benchmark",
+                       "--no-cache")  # fmt: skip
+    assert code == 0, output
+    warning = "--batch 8 is ignored: --no-benchmark skips the benchmark"
+    assert warning in output and warning in json.loads((out / "report.json").read_text())["warnings"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("*:bogus=1", "unknown field 'bogus'; expected one of atol, min_cosine, min_top1, rtol"),
+        ("*:atol=nan", "must be a finite number"),
+        ("logits:min_cosine=inf", "must be a finite number"),
+    ],
+)
+def test_tolerance_field_and_value_are_checked_when_parsed(tmp_path: Path, flag: str, message: str) -> None:
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(tmp_path / "o"), "--tolerance", flag)
+    assert code == 2, output
+    assert message in output and "Traceback" not in output
+    assert not (tmp_path / "o").exists()
+
+
+def test_tolerance_for_an_unknown_output_is_refused_before_export(tmp_path: Path) -> None:
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(tmp_path / "o"), "--tolerance",
+                       "logitz:atol=1")  # fmt: skip
+    assert code == 2, output
+    assert_one_line_error(output, "tolerance given for unknown output(s) logitz; the outputs are logits")
+    assert "export" not in output and not (tmp_path / "o").exists()

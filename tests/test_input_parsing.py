@@ -177,6 +177,35 @@ def test_make_inputs_is_deterministic_and_respects_dtypes_and_ranges() -> None:
     assert not np.array_equal(x, make_inputs(args, seed=8)[0])
 
 
+def test_huge_input_is_refused_at_parse_time() -> None:
+    with pytest.raises(UserInputError, match=r"10,000,000,000,000 elements is more than the 2,147,483,648"):
+        parse_input("x:100000x100000x1000")
+
+
+def test_make_inputs_out_of_memory_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optpipe.input_parsing as input_parsing
+
+    def no_memory(*args: object, **kwargs: object) -> np.ndarray:
+        raise MemoryError
+
+    monkeypatch.setattr(input_parsing, "_random_array", no_memory, raising=False)
+    with pytest.raises(UserInputError, match=r"input 'x': not enough memory for an example of shape 2x3"):
+        make_inputs([parse_input("x:2x3")])
+
+
+@pytest.mark.parametrize("flag", ["x:1000x1000", "x:1000x1000:float32:0..1", "ids:1000x1000:int8:0..100"])
+def test_make_inputs_generates_in_the_target_dtype(flag: str) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        (x,) = make_inputs([parse_input(flag)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * x.nbytes, (flag, peak, x.nbytes)  # no float64/int64 intermediate of the whole input
+
+
 def test_make_inputs_edge_empty() -> None:
     assert make_inputs([]) == ()
 

@@ -207,3 +207,73 @@ def test_tensorrt_qdq_rules(tmp_path: Path, models: Path) -> None:
         assert inits.get(node.input[0], np.zeros(1, np.int8)).dtype != np.int32  # no int32 bias DQ
     metrics = report(out)["variants"][0]["passes"]["int8"]
     assert metrics["style"] == "tensorrt" and "optimisation disabled" in metrics["gate_runtime"]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"x": np.zeros((4, 64), np.float32), "labels": np.zeros(4, np.int64)}, "expected [N, 1, 8, 8]"),
+        ({"x": np.zeros((4, 1, 8, 9), np.float32), "labels": np.zeros(4, np.int64)}, "at axis 3"),
+        ({"x": np.zeros((4, 1, 8, 8), np.int64), "labels": np.zeros(4, np.int64)}, "dtype int64"),
+        ({"x": np.zeros((4, 1, 8, 8), np.float32), "labels": np.array([0.0, 1.5, 2.0, 3.0])}, "found 1.5"),
+        ({"x": np.zeros((4, 1, 8, 8), np.float32), "labels": np.array(list("abcd"))}, "integer class indices"),
+        ({"x": np.zeros((4, 1, 8, 8), np.float32), "labels": np.eye(4)}, "one-hot"),
+    ],
+)
+def test_bad_eval_data_is_one_line_before_any_work(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -> None:
+    data = tmp_path / "eval.npz"
+    np.savez(data, **arrays)
+    result = cli("build", DIGITS, "--weights", DIGITS_WEIGHTS, "--out", str(tmp_path / "o"), "--no-benchmark",
+                 "--eval-data", str(data))  # fmt: skip
+    _one_line_error(result, match)
+    assert str(data) in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and "export" not in result.output
+
+
+def test_eval_data_of_the_same_kind_is_cast_and_integer_float_labels_accepted(tmp_path: Path) -> None:
+    from optpipe.precision.accuracy import check_eval_set
+    from optpipe.tensor_spec import TensorSpec
+
+    spec = TensorSpec("x", ("batch", 1, 8, 8), "float32")
+    inputs, labels = check_eval_set({"x": np.zeros((3, 1, 8, 8), np.float64)}, np.array([0.0, 2.0, 9.0]), ["x"],
+                                    "t", [spec])  # fmt: skip
+    assert inputs["x"].dtype == np.float32 and labels.tolist() == [0, 2, 9]
+
+
+def test_a_failing_eval_run_is_a_user_error() -> None:
+    from optpipe.errors import UserInputError
+    from optpipe.precision.accuracy import score
+
+    def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise IndexError("index 12 is out of bounds for dimension 0 with size 10")
+
+    with pytest.raises(UserInputError, match="running the model on the eval data failed: IndexError: index 12"):
+        score(infer, ({"x": np.zeros((2, 4), np.float32)}, np.zeros(2, np.int64)), "y", 2, False)
+
+
+def test_every_requested_variant_skipped_builds_fp32_as_the_fallback(tmp_path: Path, models: Path) -> None:
+    out, calib = tmp_path / "o", tmp_path / "calib.npz"
+    np.savez(calib, x=np.ones((8, 4), np.float32))
+    result = cli("build", f"{models}:Elementwise", "--out", str(out), "--precision", "int8", "--no-benchmark",
+                 "--input", "x:2x4", "--calib-data", str(calib), "--no-cache")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = report(out)
+    by_precision = {v["precision"]: v for v in data["variants"]}
+    assert by_precision["int8"]["status"] == "skipped"
+    assert "fp32" not in by_precision["int8"]["reason"]  # fp32 was not requested: the pass does not promise it
+    fallback = by_precision["fp32"]
+    assert fallback["fallback"] is True and fallback["passed"] and (out / fallback["artifact"]).is_file()
+    assert data["selected"]["precision"] == "fp32"
+    assert any("fp32 was built and validated as the fallback" in w for w in data["warnings"]), data["warnings"]
+    assert "FAILED" not in result.output
+
+
+def test_skip_reason_points_at_fp32_only_when_it_is_built(tmp_path: Path, models: Path) -> None:
+    out, calib = tmp_path / "o", tmp_path / "calib.npz"
+    np.savez(calib, x=np.ones((8, 4), np.float32))
+    result = cli("build", f"{models}:Elementwise", "--out", str(out), "--precision", "fp32,int8", "--no-benchmark",
+                 "--input", "x:2x4", "--calib-data", str(calib), "--no-cache")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    int8 = next(v for v in report(out)["variants"] if v["precision"] == "int8")
+    assert int8["reason"].endswith("; the fp32 variant is the artifact to use")
+    assert not any(v.get("fallback") for v in report(out)["variants"])

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.errors import UserInputError
+from optpipe.errors import OptpipeError, UserInputError
 from optpipe.parity import is_classifier_like
+from optpipe.precision.calib_data import _cast
+from optpipe.tensor_spec import TensorSpec
 
 EvalSet = tuple[dict[str, np.ndarray], np.ndarray]
 
@@ -41,9 +43,19 @@ def load_eval_npz(path: str | Path, input_names: Sequence[str]) -> EvalSet:
 
 
 def check_eval_set(
-    inputs: Mapping[str, Any], labels: Any, input_names: Sequence[str], origin: str
+    inputs: Mapping[str, Any],
+    labels: Any,
+    input_names: Sequence[str],
+    origin: str,
+    input_specs: Sequence[TensorSpec] | None = None,
 ) -> EvalSet:
-    """Validate names, row counts and finiteness; one UserInputError line per defect."""
+    """Validate names, labels, row counts and finiteness; one UserInputError line per defect.
+
+    With ``input_specs`` (known once the build has resolved them) each input's
+    trailing shape must match the model's (dynamic dimensions take any size) and
+    its dtype must be of the same kind, cast like calibration data (float64 ->
+    float32); float data for an integer input, or the reverse, is refused.
+    """
     if labels is None:
         raise UserInputError(f"eval data {origin} has no 'labels' array")
     missing = sorted(set(input_names) - set(inputs))
@@ -52,8 +64,11 @@ def check_eval_set(
         raise UserInputError(
             f"eval data {origin}: inputs {sorted(inputs)} do not match the model's {list(input_names)}"
         )
-    label_array = np.asarray(labels).reshape(-1)
+    label_array = _check_labels(labels, origin)
     arrays = {name: np.ascontiguousarray(np.asarray(inputs[name])) for name in input_names}
+    for spec in input_specs or ():
+        if spec.name in arrays:
+            arrays[spec.name] = _check_input(arrays[spec.name], spec, origin)
     for name, arr in arrays.items():
         if arr.ndim == 0 or arr.shape[0] != label_array.shape[0]:
             raise UserInputError(
@@ -65,6 +80,46 @@ def check_eval_set(
     if label_array.size == 0:
         raise UserInputError(f"eval data {origin} is empty")
     return arrays, label_array.astype(np.int64)
+
+
+def _check_labels(labels: Any, origin: str) -> np.ndarray:
+    """Labels as one integer class index per sample: shape [N] (or [N, 1]), integer-valued."""
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise UserInputError(
+            f"eval data {origin}: 'labels' has shape {tuple(array.shape)}; expected one class index per sample "
+            "(shape [N]); for one-hot labels save labels.argmax(axis=1)"
+        )
+    if array.dtype.kind not in "iuf":
+        raise UserInputError(
+            f"eval data {origin}: 'labels' has dtype {array.dtype}; expected integer class indices"
+        )
+    whole = np.isfinite(array) & (array == np.round(array)) if array.dtype.kind == "f" else None
+    if whole is not None and not whole.all():
+        bad = array[~whole][0]
+        raise UserInputError(
+            f"eval data {origin}: 'labels' must be integer class indices, found {float(bad):g} "
+            f"(dtype {array.dtype})"
+        )
+    return array
+
+
+def _check_input(arr: np.ndarray, spec: TensorSpec, origin: str) -> np.ndarray:
+    """One eval input against the model's spec: rank, static trailing dims, dtype kind (same-kind cast)."""
+    where = f"eval data {origin}, input '{spec.name}'"
+    expected = "[N" + "".join(f", {d}" for d in spec.shape[1:]) + "]"
+    if arr.ndim != len(spec.shape) or arr.ndim == 0:
+        raise UserInputError(
+            f"{where}: shape {tuple(arr.shape)} (rank {arr.ndim}), expected {expected} (first axis = samples)"
+        )
+    for axis, (got, want) in enumerate(zip(arr.shape[1:], spec.shape[1:], strict=True), start=1):
+        if isinstance(want, int) and want >= 0 and got != want:
+            raise UserInputError(
+                f"{where}: shape {tuple(arr.shape)} differs from the model's {expected} at axis {axis}"
+            )
+    return np.ascontiguousarray(_cast(arr, np.dtype(spec.dtype), where))
 
 
 def classifier_output(output_names: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> str | None:
@@ -84,7 +139,29 @@ def score(
     batch: int,
     static: bool,
 ) -> dict[str, Any]:
-    """Accuracy (%) of ``infer`` on ``eval_set``, reading class scores from ``output``."""
+    """Accuracy (%) of ``infer`` on ``eval_set``, reading class scores from ``output``.
+
+    A run that fails on the eval data (values the model rejects, e.g. token ids out
+    of range) is a one-line :class:`UserInputError`, not a traceback.
+    """
+    try:
+        return _score(infer, eval_set, output, batch, static)
+    except OptpipeError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserInputError(
+            f"running the model on the eval data failed: {type(exc).__name__}: {first}"
+        ) from exc
+
+
+def _score(
+    infer: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    eval_set: EvalSet,
+    output: str,
+    batch: int,
+    static: bool,
+) -> dict[str, Any]:
     inputs, labels = eval_set
     rows = labels.shape[0]
     predictions = []

@@ -115,6 +115,34 @@ def validate_ranges(raw: Any, origin: str) -> Ranges:
     return ranges
 
 
+def check_cache_file(path: Path) -> None:
+    """``--calib-cache FILE`` before any work: a corrupt file is an error naming it, and it must be writable.
+
+    A corrupt file is refused rather than silently recalibrated over: the user
+    named it, so it may hold ranges they mean to reuse (or point at the wrong file).
+    """
+    from optpipe.artifact import unwritable_reason
+
+    path = Path(path)
+    reason = unwritable_reason(path)
+    if reason is None and path.exists() and not os.access(path, os.W_OK):
+        reason = "the file is not writable"
+    if reason:
+        raise UserInputError(f"--calib-cache '{path}' cannot be written: {reason}")
+    if path.is_file():
+        try:
+            load_ranges(path)
+        except UserInputError as error:
+            raise UserInputError(f"--calib-cache: {error}; delete or fix the file to recalibrate") from None
+
+
+def write_back(built: Path, target: Path) -> None:
+    """Copy the build's ranges to the user's ``--calib-cache`` file atomically (temp file + rename, same dir)."""
+    from optpipe.artifact import write_bytes_atomic
+
+    write_bytes_atomic(Path(target), Path(built).read_bytes())
+
+
 class CalibCache:
     """A folder of cache files, one per key (``<digest>.json``)."""
 

@@ -187,4 +187,4 @@ def skip_nothing_quantizable(precision: str, result: GuardResult, metrics: dict[
         quantized=0,
         kept_nodes=result.kept_nodes,
     )
-    raise VariantSkipped(f"{precision} skipped: {why}; the fp32 variant is the artifact to use", metrics)
+    raise VariantSkipped(f"{precision} skipped: {why}", metrics)  # the builder says what to use instead
