@@ -152,6 +152,7 @@ def build(
         from optpipe.precision.accuracy import auto_precisions
 
         precisions = auto_precisions(target_obj.name)
+    precisions = list(dict.fromkeys(precisions))  # "fp32,fp32" builds one fp32 variant and records one
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise UserInputError(f"unknown precision(s) {unknown}; choose from {', '.join(PRECISIONS)}")

@@ -310,3 +310,14 @@ def test_tolerance_for_an_unknown_output_is_refused_before_export(tmp_path: Path
     assert code == 2, output
     assert_one_line_error(output, "tolerance given for unknown output(s) logitz; the outputs are logits")
     assert "export" not in output and not (tmp_path / "o").exists()
+
+
+def test_duplicate_precisions_build_and_record_one_variant(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code, output = run(
+        "build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--precision", "fp32, fp32"
+    )
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    assert [v["precision"] for v in report["variants"]] == ["fp32"]
+    assert report["build"]["precisions"] == ["fp32"]
