@@ -60,8 +60,8 @@ class Artifact:
         }
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hash a file in chunks (ONNX files with external data can be large)."""
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hash a file in chunks (ONNX files with external data and TensorRT plans can be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -124,7 +124,9 @@ def umask_value() -> int:
     return current
 
 
-def write_bytes_atomic(final: Path, data: bytes) -> None:
-    """Write ``data`` to ``final`` through a temporary file and a rename."""
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
+def write_bytes_atomic(final: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``final`` through a temporary file and a rename (flushed to disk first)."""
+    with atomic_path(Path(final)) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -26,7 +26,6 @@ that importing this module (and ``optpipe --help``) does not need it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -38,6 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from optpipe.artifact import sha256_file
 from optpipe.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -98,14 +98,6 @@ def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
 def _a(noun: str) -> str:
     """``a`` or ``an`` before a type name, so messages read naturally ("an int")."""
     return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -443,11 +435,11 @@ def load_model(
     if path.suffix in EXPORTED_SUFFIXES:
         _require_file(path, "exported program")
         module, program_examples, program_names = _load_exported(path)
-        sha = _sha256(path)
+        sha = sha256_file(path)
     elif path.suffix in PICKLE_SUFFIXES:
         _require_file(path, "model file")
         module = _load_pickled(path, trust_pickle)
-        sha = _sha256(path)
+        sha = sha256_file(path)
     elif path.suffix in {".safetensors", ".onnx", ".engine", ".plan"}:
         raise UserInputError(
             f"model spec '{spec}' is a {path.suffix} file, but optpipe needs the PyTorch model "
@@ -470,7 +462,7 @@ def load_model(
 
     if weights is not None:
         _apply_weights(module, weights, strict)
-        sha = _sha256(weights)
+        sha = sha256_file(weights)
 
     if path.suffix not in EXPORTED_SUFFIXES:
         # Exported programs refuse .eval(); they keep the mode they were exported in.

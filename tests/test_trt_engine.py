@@ -17,15 +17,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from optpipe.artifact import sha256_file, write_bytes_atomic
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, EnvironmentUnavailable, UserInputError
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 from optpipe.tensorrt import engine as trt_engine
 from optpipe.tensorrt.metadata import (
-    atomic_write_bytes,
     check_compatibility,
     compatibility_warnings,
     read_sidecar,
-    sha256_file,
     sidecar_path,
     timing_cache_problem,
     timing_cache_sidecar,
@@ -114,7 +113,7 @@ def test_unknown_compute_capability_is_refused() -> None:
 
 def write_plan(tmp_path: Path, data: bytes = b"PLAN" * 64) -> Path:
     plan = tmp_path / "model.plan"
-    atomic_write_bytes(plan, data)
+    write_bytes_atomic(plan, data)
     write_json(
         sidecar_path(plan),
         {**meta(), "plan_sha256": sha256_file(plan), "plan_size": len(data)},
@@ -341,7 +340,7 @@ def test_load_engine_refuses_engine_from_other_tensorrt(trt_gpu: None, tmp_path:
 @pytest.mark.gpu
 def test_garbage_plan_with_matching_sidecar_fails_deserialization(trt_gpu: None, tmp_path: Path) -> None:
     plan = tmp_path / "garbage.plan"
-    atomic_write_bytes(plan, b"\x00" * 4096)
+    write_bytes_atomic(plan, b"\x00" * 4096)
     machine = trt_engine.collect_device_info()
     write_json(sidecar_path(plan), {**machine, "plan_sha256": sha256_file(plan), "plan_size": 4096})
     with pytest.raises(UserInputError, match="could not deserialize"):

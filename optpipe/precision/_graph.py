@@ -8,7 +8,6 @@ outputs, and atomic writes so a crash never leaves a valid-looking artifact.
 from __future__ import annotations
 
 import ast
-import hashlib
 import itertools
 import os
 import tempfile
@@ -57,15 +56,6 @@ def input_specs(model: onnx.ModelProto | Path) -> list[TensorSpec]:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
         specs.append(TensorSpec(value.name, tuple(shape), dtype))
     return specs
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (streamed: models can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_atomic(model: onnx.ModelProto, dst: Path) -> None:

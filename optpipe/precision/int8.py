@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from optpipe.artifact import sha256_file
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.precision import _graph
 from optpipe.precision.calib_cache import (
@@ -135,7 +136,7 @@ def quantize_int8(
 
         op_types = list(COMPUTE_OPS) if style == "tensorrt" else None
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
-        key = CacheKey(_graph.file_sha256(src), data_fingerprint(samples) if samples else "", method, params)
+        key = CacheKey(sha256_file(src), data_fingerprint(samples) if samples else "", method, params)
         final_ranges, cache_hit = _resolve_ranges(
             pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings
         )

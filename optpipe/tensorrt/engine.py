@@ -30,16 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from optpipe.artifact import sha256_file, write_bytes_atomic
 from optpipe.errors import EnvironmentUnavailable, MissingDependency, UserInputError
 from optpipe.tensor_spec import TensorSpec
 from optpipe.tensorrt.metadata import (
     HARDWARE_LEVELS,
     SIDECAR_SCHEMA,
-    atomic_write_bytes,
     check_compatibility,
     compatibility_warnings,
     read_sidecar,
-    sha256_file,
     sidecar_path,
     timing_cache_problem,
     timing_cache_sidecar,
@@ -348,7 +347,7 @@ def build_engine(
     data = bytes(serialized)
 
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(plan_path, data)
+    write_bytes_atomic(plan_path, data)
     if timing_cache is not None and timing_cache.exists():
         write_json(
             timing_cache_sidecar(timing_cache),

@@ -12,13 +12,12 @@ cache): a cache from another TensorRT version or GPU is set aside and rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from optpipe.artifact import sha256_file, write_bytes_atomic
 from optpipe.errors import UserInputError
 
 SIDECAR_SCHEMA = 1
@@ -31,33 +30,9 @@ def sidecar_path(plan_path: str | Path) -> Path:
     return plan_path.with_name(plan_path.name + ".json")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed (plans can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
     """Atomically write pretty JSON."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_sidecar(plan_path: str | Path) -> dict[str, Any]:
