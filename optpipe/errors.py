@@ -14,6 +14,8 @@ Exit codes (documented in ``optpipe --help`` and the README):
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
@@ -58,3 +60,21 @@ class PassError(OptpipeError):
         self.pass_name = pass_name
         self.cause = cause
         self.exit_code = getattr(cause, "exit_code", EXIT_USAGE)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(error: BaseException, *, with_type: bool = True, root_cause: bool = False, limit: int = 300) -> str:
+    """One line describing ``error``, for messages that must stay on one line.
+
+    ``root_cause`` follows ``__cause__`` to the innermost error (torch wraps
+    the useful message in generic ones); terminal colour codes are removed.
+    """
+    while root_cause and error.__cause__ is not None:
+        error = error.__cause__
+    lines = _ANSI.sub("", str(error)).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if with_type:
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return (text or type(error).__name__)[:limit]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from optpipe.artifact import atomic_path
-from optpipe.errors import OptpipeError, UserInputError
+from optpipe.errors import OptpipeError, UserInputError, first_line
 from optpipe.runtime import Runner
 from optpipe.tensor_spec import DynamicDim
 
@@ -119,10 +119,9 @@ def make_golden(
         except OptpipeError:
             raise
         except Exception as error:
-            first = (str(error).strip().splitlines() or [""])[0]
             raise UserInputError(
-                f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {type(error).__name__}: "
-                f"{first}; check --input/--dynamic against what the model accepts"
+                f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {first_line(error)}; "
+                "check --input/--dynamic against what the model accepts"
             ) from None
         for output, value in outputs.items():
             # A reference with NaN/Inf cannot judge anything; without this check every exporter

@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from optpipe.artifact import sha256_file
-from optpipe.errors import UserInputError
+from optpipe.errors import UserInputError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -78,13 +78,6 @@ class ExampleInputs(NamedTuple):
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    """``ExcType: first line of message`` - keeps user-facing errors on one line."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
@@ -138,7 +131,7 @@ def _import_file(path: Path) -> ModuleType:
             spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
-        raise UserInputError(f"importing {path} failed: {_first_line(exc)}") from exc
+        raise UserInputError(f"importing {path} failed: {first_line(exc)}") from exc
     return module
 
 
@@ -153,9 +146,9 @@ def _import_dotted(module_name: str) -> ModuleType:
                 f"cannot import module '{module_name}' (no module named '{missing}'); "
                 f"give a file path like path/to/model.py:NAME, or install/add the package to PYTHONPATH"
             ) from exc
-        raise UserInputError(f"importing {module_name} failed: {_first_line(exc)}") from exc
+        raise UserInputError(f"importing {module_name} failed: {first_line(exc)}") from exc
     except (Exception, SystemExit) as exc:
-        raise UserInputError(f"importing {module_name} failed: {_first_line(exc)}") from exc
+        raise UserInputError(f"importing {module_name} failed: {first_line(exc)}") from exc
 
 
 def _candidates(module: ModuleType) -> list[str]:
@@ -221,7 +214,7 @@ def _instantiate(obj: Any, name: str, origin: str) -> torch.nn.Module:
         try:
             return obj()
         except Exception as exc:
-            raise UserInputError(f"constructing {name}() from {origin} failed: {_first_line(exc)}") from exc
+            raise UserInputError(f"constructing {name}() from {origin} failed: {first_line(exc)}") from exc
     if callable(obj):
         required = _required_params(obj)
         if required:
@@ -232,7 +225,7 @@ def _instantiate(obj: Any, name: str, origin: str) -> torch.nn.Module:
         try:
             result = obj()
         except Exception as exc:
-            raise UserInputError(f"calling {name}() from {origin} failed: {_first_line(exc)}") from exc
+            raise UserInputError(f"calling {name}() from {origin} failed: {first_line(exc)}") from exc
         if not isinstance(result, torch.nn.Module):
             raise UserInputError(
                 f"{name}() in {origin} returned {type(result).__name__}, not a torch.nn.Module; "
@@ -271,7 +264,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return dict(load_file(str(path), device="cpu"))
         except Exception as exc:
-            raise UserInputError(f"{path} is not a valid safetensors file: {_first_line(exc)}") from exc
+            raise UserInputError(f"{path} is not a valid safetensors file: {first_line(exc)}") from exc
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
@@ -280,7 +273,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"save the weights with torch.save(model.state_dict(), '{path.name}') or as .safetensors"
         ) from exc
     except Exception as exc:
-        raise UserInputError(f"{path} could not be read as PyTorch weights: {_first_line(exc)}") from exc
+        raise UserInputError(f"{path} could not be read as PyTorch weights: {first_line(exc)}") from exc
     if isinstance(data, Mapping):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(data.get(key), Mapping):
@@ -333,7 +326,7 @@ def _apply_weights(module: torch.nn.Module, path: Path, strict: bool) -> None:
     try:
         module.load_state_dict(state, strict=strict)
     except Exception as exc:
-        raise UserInputError(f"loading weights from {path} failed: {_first_line(exc)}") from exc
+        raise UserInputError(f"loading weights from {path} failed: {first_line(exc)}") from exc
 
 
 # --- loaders for each spec form ----------------------------------------------------------------
@@ -346,7 +339,7 @@ def _load_exported(path: Path) -> tuple[torch.nn.Module, tuple[Any, ...] | None,
         program = torch.export.load(path)
     except Exception as exc:
         raise UserInputError(
-            f"{path} is not a valid torch.export program (.pt2): {_first_line(exc)}; "
+            f"{path} is not a valid torch.export program (.pt2): {first_line(exc)}; "
             f"save one with torch.export.save(torch.export.export(model, args), '{path.name}')"
         ) from exc
     examples: tuple[Any, ...] | None = None
@@ -371,7 +364,7 @@ def _load_pickled(path: Path, trust_pickle: bool) -> torch.nn.Module:
     except pickle.UnpicklingError:
         safe = None
     except Exception as exc:
-        raise UserInputError(f"{path} could not be read as a PyTorch file: {_first_line(exc)}") from exc
+        raise UserInputError(f"{path} could not be read as a PyTorch file: {first_line(exc)}") from exc
     if isinstance(safe, Mapping):
         raise UserInputError(
             f"{path} holds weights (a state dict), not a model; pass the model code as "
@@ -387,7 +380,7 @@ def _load_pickled(path: Path, trust_pickle: bool) -> torch.nn.Module:
         model = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as exc:
         raise UserInputError(
-            f"unpickling {path} failed: {_first_line(exc)}; the code defining the model's classes must be "
+            f"unpickling {path} failed: {first_line(exc)}; the code defining the model's classes must be "
             f"importable (run from its directory), or pass file.py:NAME with --weights instead"
         ) from exc
     if not isinstance(model, torch.nn.Module):
@@ -542,7 +535,7 @@ def find_example_inputs(loaded: LoadedModel) -> ExampleInputs | None:
         try:
             value = examples_fn()
         except Exception as exc:
-            raise UserInputError(f"calling {where} failed: {_first_line(exc)}") from exc
+            raise UserInputError(f"calling {where} failed: {first_line(exc)}") from exc
         tensors, dict_names = _to_tensor_tuple(value, where)
     elif loaded.program_example_inputs is not None:
         where = f"the example inputs stored in {loaded.spec}"
@@ -624,5 +617,5 @@ def check_inputs_against_model(
             for label, t in zip(labels, inputs, strict=True)
         )
         raise UserInputError(
-            f"the model rejected the inputs: {_first_line(exc)} (inputs: {described})"
+            f"the model rejected the inputs: {first_line(exc)} (inputs: {described})"
         ) from exc

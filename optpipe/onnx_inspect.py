@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from optpipe.errors import UserInputError
+from optpipe.errors import UserInputError, first_line
 
 DEFAULT_DOMAIN = "ai.onnx"
 
@@ -121,7 +121,7 @@ def inspect_onnx(path: str | Path) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf and onnx raise many types for bad bytes
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, with_type=False)
         raise UserInputError(f"{path} is not a valid ONNX model: {detail}") from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         # Protobuf parses many arbitrary byte strings as an empty message.

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import sha256_file
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EnvironmentUnavailable, UserInputError
+from optpipe.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    EnvironmentUnavailable,
+    UserInputError,
+    first_line,
+)
 from optpipe.manifest import MANIFEST, build_files
 
 
@@ -181,8 +188,8 @@ def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, 
             runner = OrtRunner(engine, threads=threads)
             parity = validate_outputs(runner, ctx, precision, tolerances)
         except Exception as error:  # a corrupt engine is a verification failure, not a crash
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first[:300]}")
+            first = first_line(error, with_type=False)
+            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
         result.variants[precision] = {"status": "pass" if parity["passed"] else "FAIL", "parity": parity}
@@ -233,8 +240,8 @@ def check_trt_parity(
             result.unverified.append(f"{precision}: {error}")
             continue
         except Exception as error:  # a corrupt plan is a verification failure, not a crash
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first[:300]}")
+            first = first_line(error, with_type=False)
+            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
         finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.errors import UserInputError
+from optpipe.errors import UserInputError, first_line
 from optpipe.onnx_utils import onnx_files
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.tensor_spec import TensorSpec
@@ -36,17 +35,6 @@ class ExportConfig:
 
     exporter: str = "auto"  # "auto" = dynamo, then TorchScript on failure; or "dynamo" / "torchscript"
     opset: int | None = None  # None = the exporter's default (20 for dynamo in torch 2.13)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(error: BaseException) -> str:
-    """``Type: first line`` of the root cause (torch wraps the useful message in generic ones)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    text = _ANSI.sub("", str(error)).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 @contextlib.contextmanager
@@ -143,7 +131,7 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
             results = runner.infer(case.inputs)
         except Exception as error:
             raise RuntimeError(
-                f"the ONNX model fails at batch {case.batch} ({case.name}): {_first_line(error)}"
+                f"the ONNX model fails at batch {case.batch} ({case.name}): {first_line(error, root_cause=True)}"
             ) from None  # the message already carries the cause; _first_line must not skip past it
         for name, reference in case.outputs.items():
             got = results[name]
@@ -187,7 +175,7 @@ class ExportOnnx(Pass):
                 _export(exporter, path, ctx, self.config.opset)
                 check_against_golden(path, ctx)
             except Exception as error:
-                failures.append(f"{exporter}: {_first_line(error)}")
+                failures.append(f"{exporter}: {first_line(error, root_cause=True)}")
                 continue
             files = onnx_files(path)
             metrics: dict[str, Any] = {

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.errors import UserInputError
+from optpipe.errors import UserInputError, first_line
 from optpipe.parity import compare_output, tolerance_for
 from optpipe.pass_base import BuildContext, Pass, PassResult
 
@@ -45,8 +45,8 @@ def validate_outputs(
         try:
             got = runner.infer(case.inputs)
         except Exception as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            failures.append(f"inference failed on case '{case.name}' (batch {case.batch}): {first[:300]}")
+            first = first_line(error, with_type=False)
+            failures.append(f"inference failed on case '{case.name}' (batch {case.batch}): {first}")
             continue
         for name in ctx.output_names:
             if got[name].shape != case.outputs[name].shape:

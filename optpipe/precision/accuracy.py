@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.errors import OptpipeError, UserInputError
+from optpipe.errors import OptpipeError, UserInputError, first_line
 from optpipe.parity import is_classifier_like
 from optpipe.precision.calib_data import _cast
 from optpipe.tensor_spec import TensorSpec
@@ -149,10 +149,7 @@ def score(
     except OptpipeError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise UserInputError(
-            f"running the model on the eval data failed: {type(exc).__name__}: {first}"
-        ) from exc
+        raise UserInputError(f"running the model on the eval data failed: {first_line(exc)}") from exc
 
 
 def _score(
