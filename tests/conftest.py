@@ -76,3 +76,15 @@ def _isolated_pass_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ["OPTPIPE_CACHE_DIR"] = str(tmp_path_factory.mktemp("optpipe-cache"))
+
+
+def trt_usable() -> bool:
+    """TensorRT importable and a CUDA GPU present (what the gpu-marked tests need)."""
+    from optpipe.errors import EnvironmentUnavailable
+    from optpipe.tensorrt.engine import check_trt_available
+
+    try:
+        check_trt_available()
+    except EnvironmentUnavailable:
+        return False
+    return True

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import trt_usable
 
 from optpipe.cli import main
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
@@ -46,16 +47,6 @@ class DetNet(nn.Module):
 def example_inputs():
     return (torch.randn(2, 3, 3),)
 '''
-
-
-def trt_usable() -> bool:
-    from optpipe.tensorrt.engine import check_trt_available
-
-    try:
-        check_trt_available()
-    except EnvironmentUnavailable:
-        return False
-    return True
 
 
 HAS_TRT_GPU = trt_usable()

@@ -13,27 +13,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import trt_usable
 from onnx import TensorProto, helper, numpy_helper
 from optpipe.passes.engine_trt import TrtEngineConfig, TrtEnginePass
 from optpipe.passes.trt_lint import TrtLintConfig, TrtLintPass, lint_profiles
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.builder import variant_passes
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, EnvironmentUnavailable, PassError, UserInputError
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, PassError, UserInputError
 from optpipe.finish import split_next_step
 from optpipe.pass_base import BuildContext
 from optpipe.target import CpuTarget, TensorRTTarget
 from optpipe.tensor_spec import DynamicDim, TensorSpec
-
-
-def trt_usable() -> bool:
-    from optpipe.tensorrt.engine import check_trt_available
-
-    try:
-        check_trt_available()
-    except EnvironmentUnavailable:
-        return False
-    return True
 
 
 def save(tmp_path: Path, nodes: list[onnx.NodeProto], x_shape: list[object], inits: tuple = ()) -> Path:
