@@ -22,7 +22,7 @@ import numpy as np
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
 from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
-from optpipe.golden import GoldenData, make_golden
+from optpipe.golden import make_golden
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
 from optpipe.pass_base import BuildContext, Pass
 from optpipe.pipeline import Instrument, PassRecord, Pipeline
@@ -431,8 +431,3 @@ def _build_record(
         "golden": "golden",
         "trt": dict(options.get("trt") or {}),  # TensorRT build options, reused by `optpipe engine`
     }
-
-
-def load_golden(directory: Path) -> GoldenData:
-    """Golden data of a finished build directory."""
-    return GoldenData.load(directory / "golden")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -539,8 +539,3 @@ def _check_dynamic_inputs(graph: onnx.GraphProto, profiles: ProfilesArg) -> list
                 )
             )
     return problems
-
-
-def lint_codes(problems: Sequence[LintProblem]) -> list[str]:
-    """The codes of the problems, in order (handy in tests and reports)."""
-    return [p.code for p in problems]
