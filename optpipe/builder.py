@@ -22,7 +22,7 @@ import numpy as np
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
 from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
-from optpipe.golden import make_golden
+from optpipe.golden import make_golden, output_kinds_of
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
 from optpipe.pass_base import BuildContext, Pass
 from optpipe.pipeline import Instrument, PassRecord, Pipeline
@@ -239,6 +239,7 @@ def build(
     try:
         golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
         golden.save(staging / "golden")
+        options["output_kinds"] = output_kinds_of(golden, options.get("output_kinds"))
         ctx = BuildContext(
             work_dir=staging,
             target=target_obj,
@@ -427,6 +428,7 @@ def _build_record(
         "dynamic": [d.to_dict() for d in dynamic],
         "precisions": list(precisions),
         "tolerances": options.get("tolerances") or {},
+        "output_kinds": dict(options.get("output_kinds") or {}),
         "onnx": _relative(onnx_artifact.path, root),
         "golden": "golden",
         "trt": dict(options.get("trt") or {}),  # TensorRT build options, reused by `optpipe engine`

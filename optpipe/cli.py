@@ -180,11 +180,49 @@ def precision_build_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+def measure_options(func: F) -> F:
+    """Add output kinds, the guard's time budget and the benchmark's budget, merged into ``precision_opts``.
+
+    Apply below :func:`precision_build_options` (which creates ``precision_opts``).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, output_kinds: tuple[str, ...], guard_seconds: float | None,
+                bench_seconds: float | None, warmup: int | None, iterations: int | None, **kwargs: Any) -> Any:
+        kwargs["precision_opts"] = {  # output kinds are parsed in _precision_kwargs, where errors are reported
+            **kwargs.get("precision_opts", {}), "output_kinds": output_kinds, "guard_seconds": guard_seconds,
+            "bench_seconds": bench_seconds, "bench_warmup": warmup, "bench_min_calls": iterations,
+        }  # fmt: skip
+        return func(*args, **kwargs)
+
+    options = [
+        click.option("--output-kind", "output_kinds", multiple=True, metavar="NAME=KIND",
+                     help="What an output means: logits, embedding, regression or generic ('*' = every "
+                     "output). Picks its gates (top-1 only for logits). Default: inferred, else generic."),
+        click.option("--guard-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
+                     help="[int8] Time budget of the accuracy guard; when spent, the best variant so far is "
+                     "reported with why it stopped."),
+        click.option("--bench-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
+                     help="Timed seconds per runtime in the benchmark (default 2)."),
+        click.option("--warmup", type=click.IntRange(min=0), metavar="N",
+                     help="Untimed calls per runtime before timing (default 5)."),
+        click.option("--iterations", type=click.IntRange(min=1), metavar="N",
+                     help="Fewest timed calls per runtime, even past --bench-seconds (default 10)."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
+
+
 def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
     """build() options from the precision flags, with the model file's data as defaults."""
     from optpipe.precision.accuracy import load_eval_npz
 
-    kwargs = {k: v for k, v in opts.items() if v not in (None, False) and k != "eval_data"}
+    from optpipe.output_kinds import parse_output_kind
+
+    kwargs = {k: v for k, v in opts.items() if v not in (None, False, ()) and k != "eval_data"}
+    if opts.get("output_kinds"):
+        kwargs["output_kinds"] = dict(parse_output_kind(text) for text in opts["output_kinds"])
     if not opts.get("calib_data") and prepared.calibration:
         kwargs["calib_data"] = prepared.calibration
     if opts.get("eval_data") is not None:
@@ -238,6 +276,7 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
 @trt_build_options
 @precision_build_options
+@measure_options
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],

@@ -64,6 +64,7 @@ ALIASES: dict[str, tuple[str, bool]] = {
     "precisions": ("precision", False),
     "tolerances": ("tolerances", False),
     "tolerance": ("tolerances", False),
+    "output_kind": ("output_kinds", False),
     "out": ("out_dir", False),
     "batch": ("benchmark_batch", False),
     "benchmark": ("no_benchmark", True),
@@ -193,6 +194,10 @@ def _convert(key: str, value: Any, param: click.Parameter, negate: bool, base: P
                     raise ConfigError(f"{where}.{key}.{output}.{name}: expected a number, got {number!r}")
                 texts.append(f"{output}:{name}={float(number)!r}")
         return tuple(texts)
+    if param.name == "output_kinds":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise fail('a table {output = "logits" | "embedding" | "regression" | "generic"}')
+        return tuple(f"{output}={kind}" for output, kind in value.items())
     if param.name == "output_names" and isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
             raise fail("a list of output names")

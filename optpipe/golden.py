@@ -13,6 +13,7 @@ top-1 agreement meaningful.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +134,11 @@ def make_golden(
                 )
         cases.append(GoldenCase(name, feed, outputs))
     return GoldenData(cases)
+
+
+def output_kinds_of(golden: GoldenData, given: Mapping[str, str] | None) -> dict[str, str]:
+    """Each output's kind (optpipe.output_kinds): the user's, else inferred from the largest golden case."""
+    from optpipe.output_kinds import resolve_kinds
+
+    largest = max(golden.cases, key=lambda case: case.batch)
+    return resolve_kinds(largest.outputs, given)

@@ -16,7 +16,8 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.errors import UserInputError, first_line
-from optpipe.parity import compare_output, tolerance_for
+from optpipe.output_kinds import row_keys
+from optpipe.parity import judge_output, tolerance_for
 from optpipe.pass_base import BuildContext, Pass, PassResult
 
 
@@ -37,6 +38,8 @@ def validate_outputs(
     references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     failures: list[str] = []
+    warnings: list[str] = []
+    keys: dict[str, list[list[bytes]]] = {name: [] for name in ctx.output_names}
     from optpipe.progress import Progress
 
     progress = Progress("validate", len(ctx.golden.cases))
@@ -57,19 +60,23 @@ def validate_outputs(
                 continue
             references[name].append(case.outputs[name])
             results[name].append(got[name])
+            keys[name].append(row_keys(case.inputs))
     progress.close()
     outputs = {}
     for name in ctx.output_names:
         if not references[name]:
             continue
-        parity = compare_output(references[name], results[name], tolerance_for(precision, name, tolerances))
-        outputs[name] = parity.to_dict()
-        failures.extend(f"output '{name}': {failure}" for failure in parity.failures)
+        record = judge_output(name, references[name], results[name], tolerance_for(precision, name, tolerances),
+                              ctx.options.get("output_kinds") or {}, keys[name])
+        outputs[name] = record
+        failures.extend(f"output '{name}': {failure}" for failure in record["failures"])
+        warnings.extend(f"output '{name}': {warning}" for warning in record["warnings"])
     return {
         "cases": [{"name": c.name, "batch": c.batch} for c in ctx.golden.cases],
         "outputs": outputs,
         "passed": not failures,
         "failures": failures,
+        "warnings": warnings,
     }
 
 
@@ -100,4 +107,4 @@ class ValidatePass(Pass):
             close = getattr(runner, "close", None)
             if callable(close):
                 close()  # a GPU runner (TensorRT) frees its context and engine now
-        return PassResult(artifact, modified=False, metrics={"parity": parity})
+        return PassResult(artifact, modified=False, metrics={"parity": parity}, warnings=list(parity["warnings"]))

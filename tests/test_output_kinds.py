@@ -1,0 +1,151 @@
+"""Output kinds: inference, gates that fit each kind, and the CLI/config plumbing."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from optpipe.cli import main
+from optpipe.errors import UserInputError
+from optpipe.output_kinds import MIN_TOP1_ROWS, infer_kind, parse_output_kind, resolve_kinds, row_keys
+from optpipe.parity import judge_output, tolerance_for
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _near_tie_embeddings(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit rows whose two largest coordinates nearly tie, and a copy 1e-3 off that flips every argmax."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(rows, 16)) * 0.1
+    ref[:, 0], ref[:, 1] = 1.0, 0.999
+    got = ref.copy()
+    got[:, 1] += 0.002
+    return _unit(ref).astype(np.float32), _unit(got).astype(np.float32)
+
+
+def test_kinds_are_inferred_conservatively() -> None:
+    rng = np.random.default_rng(0)
+    assert infer_kind("out", _unit(rng.normal(size=(4, 32)))) == "embedding"
+    assert infer_kind("sentence_embedding", rng.normal(size=(4, 32))) == "embedding"
+    assert infer_kind("out", rng.normal(size=(4, 1))) == "regression"
+    assert infer_kind("logits", rng.normal(size=(4, 10))) == "logits"
+    probabilities = np.exp(rng.normal(size=(4, 5)))
+    assert infer_kind("out", probabilities / probabilities.sum(axis=1, keepdims=True)) == "logits"
+    assert infer_kind("out", rng.normal(size=(4, 10))) == "generic"  # no evidence: no top-1 gate
+    assert infer_kind("out", rng.normal(size=(4, 3, 8))) == "generic"
+
+
+def test_user_kinds_win_and_unknown_ones_are_user_errors() -> None:
+    refs = {"a": np.ones((2, 4)), "b": np.ones((2, 1))}
+    assert resolve_kinds(refs, {"*": "generic"}) == {"a": "generic", "b": "generic"}
+    assert resolve_kinds(refs, {"a": "logits"})["a"] == "logits"
+    with pytest.raises(UserInputError, match="unknown output"):
+        resolve_kinds(refs, {"c": "logits"})
+    with pytest.raises(UserInputError, match="unknown output kind 'class'"):
+        parse_output_kind("a=class")
+    with pytest.raises(UserInputError, match="expected NAME=KIND"):
+        parse_output_kind("logits")
+
+
+def test_embedding_is_not_rejected_by_top1_over_two_rows() -> None:
+    """Issue 9's wrong verdict: an embedding with cosine ~1 was failed for 'top-1 agreement 0.5 < 0.99'."""
+    ref, got = _near_tie_embeddings(2)
+    record = judge_output("embedding", [ref], [got], tolerance_for("int8-dynamic", "embedding"), {})
+    assert record["kind"] == "embedding"
+    assert record["passed"], record["failures"]
+    assert record["row_cosine_min"] > 0.999
+    assert not record["top1_gated"]
+
+
+def test_logits_top1_is_reported_not_gated_under_twenty_rows() -> None:
+    ref, got = _near_tie_embeddings(2)
+    record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
+    assert record["passed"]
+    assert record["top1_agreement"] == 0.0
+    assert not record["top1_gated"]
+    assert any("not gated" in w for w in record["warnings"])
+
+
+def test_logits_top1_is_gated_over_enough_distinct_rows() -> None:
+    ref, got = _near_tie_embeddings(MIN_TOP1_ROWS)
+    record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
+    assert record["top1_gated"] and not record["passed"]
+    assert any(f"over {MIN_TOP1_ROWS} rows" in f for f in record["failures"])
+
+
+def test_repeated_golden_rows_count_once() -> None:
+    """The example rows resized to batch 16 are 2 rows, not 16: no top-1 gate on them."""
+    ref, got = _near_tie_embeddings(2)
+    inputs = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    big = {"x": np.concatenate([inputs["x"]] * 8)}
+    keys = [row_keys(inputs), row_keys(big)]
+    record = judge_output(
+        "logits", [ref, np.concatenate([ref] * 8)], [got, np.concatenate([got] * 8)],
+        tolerance_for("int8", "logits"), {}, keys,
+    )
+    assert record["rows"] == 2 and not record["top1_gated"]
+
+
+def test_embedding_gate_fails_on_a_bad_row_and_reports_neighbours() -> None:
+    rng = np.random.default_rng(1)
+    ref = _unit(rng.normal(size=(30, 16)))
+    got = ref.copy()
+    got[3] = _unit(rng.normal(size=(1, 16)))[0]  # one row ruined: mean stays high, min does not
+    record = judge_output("e", [ref], [got], tolerance_for("int8", "e"), {"e": "embedding"})
+    assert not record["passed"]
+    assert any("per-row cosine min" in f for f in record["failures"])
+    assert record["neighbour_agreement"] < 1.0
+
+
+MODEL = textwrap.dedent(
+    '''
+    import numpy as np
+    import torch
+    from torch import nn
+
+    OUTPUT_NAMES = ("vec",)
+
+    class Embedder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.proj = nn.Linear(32, 64)
+            self.out = nn.Linear(64, 24)
+
+        def forward(self, x):
+            return nn.functional.normalize(self.out(torch.relu(self.proj(x))), dim=1)
+
+    def example_inputs():
+        return (torch.from_numpy(np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)),)
+    '''
+)
+
+
+def test_build_infers_embedding_and_records_the_kind(tmp_path: Path) -> None:
+    (tmp_path / "emb.py").write_text(MODEL)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["build", f"{tmp_path / 'emb.py'}:Embedder", "--out", str(out), "--precision", "int8-dynamic",
+               "--no-benchmark", "--no-cache"],
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["build"]["output_kinds"] == {"vec": "embedding"}
+    record = report["variants"][0]["parity"]["outputs"]["vec"]
+    assert record["kind"] == "embedding" and record["rows"] == 2 and not record["top1_gated"]
+    assert result.exit_code == 0, result.output
+
+
+def test_cli_rejects_an_unknown_kind_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "emb.py").write_text(MODEL)
+    result = CliRunner().invoke(
+        main, ["build", f"{tmp_path / 'emb.py'}:Embedder", "--out", str(tmp_path / "o"), "--output-kind", "vec=bag"],
+    )
+    assert result.exit_code == 2
+    assert "unknown output kind 'bag'" in result.output
