@@ -216,9 +216,8 @@ def measure_options(func: F) -> F:
 
 def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
     """build() options from the precision flags, with the model file's data as defaults."""
-    from optpipe.precision.accuracy import load_eval_npz
-
     from optpipe.output_kinds import parse_output_kind
+    from optpipe.precision.accuracy import load_eval_npz
 
     kwargs = {k: v for k, v in opts.items() if v not in (None, False, ()) and k != "eval_data"}
     if opts.get("output_kinds"):

@@ -26,7 +26,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sentences  # noqa: E402  (the benchmark folder is not a package on optpipe's path)
+import sentences
 
 NAME = "minilm"
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask")

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (one sentence pair per line reads better than wrapped strings)
 """Real English sentences for the sentence-embedding benchmark (written for it, no download).
 
 ``EVAL_PAIRS``: 20 pairs; the two sentences of a pair say nearly the same thing,
