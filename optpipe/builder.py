@@ -89,7 +89,9 @@ def variant_passes(precision: str, target: Target, options: Mapping[str, Any], e
         passes.append(target.engine_pass(options))
         passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
         if options.get("benchmark", True):
-            passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))
+            budget = {field: options[key] for key, field in (("bench_seconds", "seconds"), ("bench_warmup", "warmup"),
+                      ("bench_min_calls", "min_calls")) if options.get(key) is not None}
+            passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"), **budget)))
     return passes
 
 

@@ -6,10 +6,17 @@ other runtime's thread pool winds down (measured here: after a switch,
 PyTorch's first 6-9 calls run about 2x slower, hence 10 untimed calls), then
 times a block of calls. Statistics are medians and percentiles over all timed
 calls; speedups are ratios of medians.
+
+How long to measure is a time budget, not a count (as trtexec's
+``--duration``): a fixed 620 calls cost minutes on a 100 ms model and are
+needlessly few on a 0.1 ms one. :func:`budgeted_latency` sizes each block from
+the warm-up's per-call time and stops once every runtime has ``seconds`` of
+timed calls and at least ``min_calls`` of them.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -55,6 +62,77 @@ def interleaved_latency(
         if progress is not None:
             progress(round_index + 1, rounds)
     return times
+
+
+#: p90/p50 above this marks a measurement as unstable (a loaded machine, a bimodal runtime).
+UNSTABLE_SPREAD = 1.5
+
+
+def budgeted_latency(
+    calls: Mapping[str, Callable[[], object]],
+    *,
+    seconds: float = 2.0,
+    warmup: int = 5,
+    min_calls: int = 10,
+    blocks: int = 5,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Per-call latencies (ms) of each call, about ``seconds`` of timed calls each, interleaved in blocks.
+
+    Each runtime's block holds about ``seconds / blocks`` of calls (from its
+    warm-up time per call), preceded by a few untimed settle calls (the other
+    runtime's thread pool winding down). Rounds go on, shuffled, until every
+    runtime has both ``seconds`` of timed calls and ``min_calls`` calls.
+    """
+    if progress is None:
+        from optpipe.progress import Progress
+
+        progress = Progress("benchmark", blocks).update
+    per_call: dict[str, float] = {}
+    for name, call in calls.items():
+        start = time.perf_counter()
+        for _ in range(max(warmup, 1)):
+            call()
+        per_call[name] = (time.perf_counter() - start) / max(warmup, 1)
+    block = {n: max(1, math.ceil(seconds / blocks / max(c, 1e-6))) for n, c in per_call.items()}
+    settle = {n: min(3, max(1, size // 4)) for n, size in block.items()}
+    order = list(calls)
+    rng = random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+
+    def done(name: str) -> bool:
+        return len(times[name]) >= min_calls and sum(times[name]) >= seconds * 1e3
+
+    rounds = 0
+    while not all(done(name) for name in calls):
+        rng.shuffle(order)
+        for name in order:
+            call = calls[name]
+            for _ in range(settle[name]):
+                call()
+            for _ in range(block[name]):
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1e3)
+        rounds += 1
+        if progress is not None:
+            progress(min(rounds, blocks), blocks)
+    return times
+
+
+def stability_warning(name: str, times_ms: list[float]) -> str | None:
+    """A warning when ``name``'s p90/p50 exceeds :data:`UNSTABLE_SPREAD` (its median is then shaky)."""
+    values = np.asarray(times_ms, dtype=np.float64)
+    if values.size < 2:
+        return None
+    p50, p90 = float(np.percentile(values, 50)), float(np.percentile(values, 90))
+    if p50 > 0 and p90 / p50 > UNSTABLE_SPREAD:
+        return (
+            f"unstable timing for {name}: p90/p50 = {p90 / p50:.2f} (> {UNSTABLE_SPREAD}); the machine may be "
+            "loaded, treat its speedup with care or re-run with a longer --bench-seconds"
+        )
+    return None
 
 
 def summarize(times_ms: list[float], batch: int, threads: int | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from optpipe.errors import UserInputError
 from optpipe.golden import resize_batch
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.runtime import TorchRunner
-from optpipe.timing import interleaved_latency, summarize
+from optpipe.timing import budgeted_latency, interleaved_latency, stability_warning, summarize
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,12 @@ class BenchmarkConfig:
     """Options of the benchmark pass."""
 
     batch: int | None = None  # None = the example's batch size
-    warmup: int = 10
-    rounds: int = 10
-    iters_per_round: int = 20
+    warmup: int = 5  # untimed calls per runtime first
+    seconds: float = 2.0  # timed seconds per runtime (a budget, as trtexec's --duration)
+    min_calls: int = 10  # fewest timed calls per runtime, even past the budget
+    # A fixed count instead of the budget (both set): rounds x iters_per_round timed calls per runtime.
+    rounds: int | None = None
+    iters_per_round: int | None = None
     compare_torch: bool = True
 
 
@@ -119,16 +122,9 @@ class BenchmarkPass(Pass):
             elif use_torch:
                 reference = TorchRunner(ctx.model, tuple(s.name for s in ctx.input_specs), ctx.output_names)
                 calls["torch"] = lambda: reference.infer(feed)
-            times = interleaved_latency(
-                calls,
-                warmup=self.config.warmup,
-                rounds=self.config.rounds,
-                iters_per_round=self.config.iters_per_round,
-            ) if calls else {}
+            times = self._measure(calls) if calls else {}
             if self_timed:
-                times["engine"] = engine.time_inference(
-                    feed, warmup=self.config.warmup, iters=self.config.rounds * self.config.iters_per_round
-                )
+                times["engine"] = engine.time_inference(feed, warmup=self.config.warmup, iters=self._gpu_calls())
         finally:
             torch.set_num_threads(previous_threads)
             if restore_model is not None:
@@ -151,4 +147,20 @@ class BenchmarkPass(Pass):
                     "the GPU engine with CPU eager"
                 )
             metrics["speedup_vs_torch"] = metrics["torch_latency"]["p50_ms"] / metrics["latency"]["p50_ms"]
-        return PassResult(artifact, modified=False, metrics=metrics)
+        unstable = [w for w in (stability_warning(n, t) for n, t in sorted(times.items())) if w]
+        return PassResult(artifact, modified=False, metrics=metrics, warnings=unstable)
+
+    def _measure(self, calls: dict[str, Any]) -> dict[str, list[float]]:
+        """A fixed count when rounds and iters_per_round are both set, else the time budget."""
+        config = self.config
+        if config.rounds is not None and config.iters_per_round is not None:
+            return interleaved_latency(
+                calls, warmup=config.warmup, rounds=config.rounds, iters_per_round=config.iters_per_round
+            )
+        return budgeted_latency(calls, seconds=config.seconds, warmup=config.warmup, min_calls=config.min_calls)
+
+    def _gpu_calls(self) -> int:
+        """Timed calls of a self-timed (GPU) runner: the fixed count, else min_calls and at least 200."""
+        if self.config.rounds is not None and self.config.iters_per_round is not None:
+            return self.config.rounds * self.config.iters_per_round
+        return max(self.config.min_calls, 200)
