@@ -238,6 +238,9 @@ def build(
     report = Report(target=target_obj.name, model=model_name or type(model).__name__)
     if not benchmark and benchmark_batch is not None:
         report.warnings.append(f"--batch {benchmark_batch} is ignored: --no-benchmark skips the benchmark")
+    from optpipe.build_log import LogCapture
+
+    capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
     try:
         golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
         golden.save(staging / "golden")
@@ -314,9 +317,11 @@ def build(
         report.write(staging / "report.json")
         from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 
+        capture.stop()  # build.log is complete before the manifest hashes it
         finish_build_dir(staging, report, ctx, [prefix, *variants.values()])
         publish(staging, out)
     except BaseException:
+        capture.stop()
         discard(staging)
         raise
     report.out_dir = out

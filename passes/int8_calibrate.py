@@ -64,6 +64,9 @@ class Int8Config:
     reduce_range: bool | None = None
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
+    # cpu style: keep the attention-mask Add and the Softmax it feeds in FP32 from the start
+    # (optpipe.precision.fragile); the tensorrt style never quantizes them anyway.
+    exclude_fragile: bool = True
     # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
     guard: bool = True
     # Most nodes the guard may keep, as a fraction of the nodes the style quantizes (at least 1):
@@ -119,6 +122,15 @@ class Int8Pass(Pass):
         )
         return cls(config)
 
+    def _fragile(self, src: Path) -> list[str]:
+        """Known-fragile nodes to keep in FP32 from the start (cpu style only), not already excluded."""
+        if self.config.style != "cpu" or not self.config.exclude_fragile:
+            return []
+        from optpipe.precision import _graph
+        from optpipe.precision.fragile import mask_softmax_nodes
+
+        return [n for n in mask_softmax_nodes(_graph.load_model(src)) if n not in self.config.exclude_nodes]
+
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.precision.gate import gate_runtime_note
 
@@ -131,6 +143,7 @@ class Int8Pass(Pass):
         if config.synthetic:
             warnings.append(SYNTHETIC_WARNING)
         cache_path, seed = self._cache_path(ctx, warnings)
+        fragile = self._fragile(src)
 
         int8_options: dict[str, object] = {
             "style": config.style,
@@ -138,7 +151,7 @@ class Int8Pass(Pass):
             "cache_file": cache_path,
             "percentile": config.percentile,
             "reduce_range": config.reduce_range,
-            "exclude_nodes": list(config.exclude_nodes),
+            "exclude_nodes": [*config.exclude_nodes, *fragile],
         }
         level = "none" if config.style == "tensorrt" else "all"
         result, gate_log = pass_support.run_guard(
@@ -162,6 +175,7 @@ class Int8Pass(Pass):
             "gate_runtime": gate_runtime_note(config.style),
             "calibration": calibration,
             "synthetic_calibration": config.synthetic,
+            "fragile_excluded": fragile,
         }
         if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int8
             pass_support.skip_nothing_quantizable("int8", result, metrics)

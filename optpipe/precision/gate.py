@@ -131,6 +131,7 @@ def guard_record(
         "passed": result.passed,
         "iterations": result.iterations,
         "limit": result.limit,
+        "stopped": result.stopped,
         "kept_nodes": kept,
         "history": history,
     }

@@ -23,6 +23,7 @@ inherits - so the first broken node ranks above everything downstream of it.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class GuardResult:
     # The Int8Result / Fp16Result of every build, in order: results[0] says whether the ranges came
     # from a cache and what the quantizer warned; results[-1] describes the model at ``path``.
     results: list[Any] = field(default_factory=list)
+    stopped: str = ""  # why the search ended: gate passed, keep limit, time budget, nothing left
 
 
 class _Stats:
@@ -251,14 +253,18 @@ def guarded_quantize(
     max_keep: int | None = None,
     localize_samples: int = 8,
     quantize: Callable[[list[str]], Any] | None = None,
+    seconds: float | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
     ``gate(path) -> bool`` is the caller's accuracy check on the built model
     (e.g. output cosine >= 0.99 on held-out data). Each failed build is
-    analysed with :func:`per_layer_errors` and the top-ranked node not yet
-    kept (with its folded nodes) is kept in FP32 - INT8 ``exclude_nodes`` or
-    FP16 ``node_block_list`` - and the model rebuilt. When the top-ranked node
+    analysed with :func:`per_layer_errors` and the next top-ranked nodes not
+    yet kept (each with its folded nodes; 1, 2, 4... groups in successive
+    rounds, the last step bisected once the gate passes, see :class:`_Search`)
+    are kept in FP32 - INT8 ``exclude_nodes`` or FP16 ``node_block_list`` - and
+    the model rebuilt. ``seconds`` bounds the search: when spent, the last model
+    built is returned with ``stopped`` saying so. When the top-ranked node
     is already kept, the error must enter through its inputs (ORT's CPU style
     quantizes producers' outputs too), so their producers are kept next.
     Stops when the gate passes or ``max_keep`` nodes are kept (default
@@ -275,11 +281,11 @@ def guarded_quantize(
     # Any: the options are forwarded as keyword arguments to quantize_int8 / convert_fp16, which check them.
     opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
-    kept: list[str] = []
     ranges: Any = opts.pop("ranges", None)
     results: list[Any] = []
 
-    def build() -> tuple[Path | None, int]:
+    def build(kept: Sequence[str] = ()) -> tuple[Path | None, int]:
+        """Build with ``kept`` (and the user's exclusions) left in FP32; ranges are computed once."""
         nonlocal ranges
         if quantize is not None:
             custom = quantize([*user_kept, *kept])
@@ -300,33 +306,108 @@ def guarded_quantize(
     if path is None:
         return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)
     limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
-    producer = {out: node.name for node in fp32.graph.node for out in node.output}
-    constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
-    history: list[tuple[tuple[str, ...], bool]] = []
-    first_table: list[LayerError] = []
-    iterations = 0
-    while True:
-        iterations += 1
-        passed = bool(gate(path))
-        history.append((tuple(kept), passed))
-        if passed or len(kept) >= limit:
-            break
-        table = per_layer_errors(src, path, samples, max_samples=localize_samples)
-        if not first_table:
-            first_table = table
-        chosen = _next_nodes(table, set(kept) | set(user_kept), producer, constant, fp32)
-        if not chosen:
-            break
-        # A node and the nodes folded into it are kept together: keeping a Relu without the Conv that
-        # ORT fused it into changes nothing, so the group may overshoot the limit by its folded nodes.
-        kept.extend(chosen)
-        new_path, _ = build()
-        if new_path is None:  # everything quantizable is now kept: the FP32 model is the answer
-            return GuardResult(
-                None, False, kept, iterations, first_table, history, limit, "nothing_quantizable", results
-            )
-        path = new_path
-    return GuardResult(path, passed, kept, iterations, first_table, history, limit, results=results)
+    search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
+                     None if seconds is None else time.monotonic() + seconds)
+    path = search.run(path)
+    if path is None:  # everything quantizable is now kept: the FP32 model is the answer
+        return GuardResult(None, False, search.kept, search.iterations, search.first_table, search.history, limit,
+                           "nothing_quantizable", results, search.stopped)  # fmt: skip
+    return GuardResult(path, search.passed, search.kept, search.iterations, search.first_table, search.history,
+                       limit, results=results, stopped=search.stopped)  # fmt: skip
+
+
+class _Search:
+    """The guard's search over the ranked nodes: growing steps, then bisection of the last step.
+
+    Each failing round keeps twice as many ranked node groups as the round
+    before (1, 2, 4, ...), re-ranked on the model just built; once the gate
+    passes after a step of several groups, the step is bisected for the
+    shortest prefix that still passes. Rounds grow with log(nodes), not nodes.
+    """
+
+    def __init__(self, src: Path, samples: Sequence[Mapping[str, np.ndarray]], gate: Callable[[Path], bool],
+                 build: Callable[[Sequence[str]], tuple[Path | None, int]], fp32: onnx.ModelProto, user_kept: list[str],
+                 limit: int, localize_samples: int, deadline: float | None) -> None:  # fmt: skip
+        self.src, self.samples, self.gate, self.build, self.fp32 = src, samples, gate, build, fp32
+        self.user_kept, self.limit, self.localize_samples, self.deadline = user_kept, limit, localize_samples, deadline
+        self.kept: list[str] = []
+        self.history: list[tuple[tuple[str, ...], bool]] = []
+        self.first_table: list[LayerError] = []
+        self.iterations = 0
+        self.passed = False
+        self.stopped = ""
+        self.producer = {out: node.name for node in fp32.graph.node for out in node.output}
+        self.constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
+
+    def _judge(self, path: Path) -> bool:
+        self.iterations += 1
+        passed = bool(self.gate(path))
+        self.history.append((tuple(self.kept), passed))
+        return passed
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def run(self, path: Path) -> Path | None:
+        """Search from the first build at ``path``; the path of the last model built (None: nothing left)."""
+        step, last_groups = 1, []
+        while True:
+            if self._judge(path):
+                self.passed, self.stopped = True, "gate passed"
+                break
+            if len(self.kept) >= self.limit:
+                self.stopped = f"keep limit reached ({self.limit} nodes)"
+                return path
+            if self._out_of_time():
+                self.stopped = "time budget (--guard-seconds) spent; the last model built is reported"
+                return path
+            table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
+            self.first_table = self.first_table or table
+            groups = self._next_groups(table, step)
+            if not groups:
+                self.stopped = "no ranked node left to keep"
+                return path
+            self.kept.extend(node for group in groups for node in group)
+            new_path, _ = self.build(self.kept)
+            if new_path is None:
+                return None
+            path, step, last_groups = new_path, step * 2, groups
+        return self._bisect(path, last_groups) if self.iterations > 1 and len(last_groups) > 1 else path
+
+    def _next_groups(self, table: Sequence[LayerError], step: int) -> list[list[str]]:
+        """Up to ``step`` next node groups from the ranking, within the keep limit."""
+        groups: list[list[str]] = []
+        taken = set(self.kept) | set(self.user_kept)
+        added = 0
+        # A group (a node and the nodes folded into it) is kept whole, so the limit may be overshot by one group.
+        while len(groups) < step and len(self.kept) + added < self.limit:
+            chosen = _next_nodes(table, taken, self.producer, self.constant, self.fp32)
+            if not chosen:
+                break
+            groups.append(chosen)
+            taken.update(chosen)
+            added += len(chosen)
+        return groups
+
+    def _bisect(self, path: Path, groups: list[list[str]]) -> Path | None:
+        """The shortest prefix of the last step's ``groups`` that passes (all of them pass, none failed)."""
+        base = self.kept[: len(self.kept) - sum(len(g) for g in groups)]
+        low, high = 0, len(groups)
+        built = high
+        while high - low > 1 and not self._out_of_time():
+            mid = (low + high) // 2
+            self.kept = base + [n for g in groups[:mid] for n in g]
+            probe, _ = self.build(self.kept)
+            built = mid
+            if probe is not None and self._judge(probe):
+                high = mid
+            else:
+                low = mid
+        self.kept = base + [n for g in groups[:high] for n in g]
+        if built != high:  # the last probe failed: rebuild the passing prefix
+            path_again, _ = self.build(self.kept)
+            return path_again
+        return path
 
 
 def _next_nodes(

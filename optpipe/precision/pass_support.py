@@ -116,6 +116,7 @@ def run_guard(
         max_keep_fraction=config.max_keep_fraction,
         max_keep=None if (config.guard if guard is None else guard) else 0,
         localize_samples=config.localize_samples,
+        seconds=ctx.options.get("guard_seconds"),
         **builder,
     )
     return result, gate_log
