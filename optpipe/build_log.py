@@ -27,7 +27,7 @@ class LogCapture:
         self._captured_warnings = False
 
     def start(self) -> LogCapture:
-        handler = logging.FileHandler(self.path, encoding="utf-8", delay=True)
+        handler = logging.FileHandler(self.path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._handler = handler
         for name in ("", *THIRD_PARTY, "py.warnings"):

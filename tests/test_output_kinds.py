@@ -137,6 +137,7 @@ def test_build_infers_embedding_and_records_the_kind(tmp_path: Path) -> None:
     )
     report = json.loads((out / "report.json").read_text())
     assert report["build"]["output_kinds"] == {"vec": "embedding"}
+    assert (out / "build.log").is_file()  # third-party log lines land there, not on the console
     record = report["variants"][0]["parity"]["outputs"]["vec"]
     assert record["kind"] == "embedding" and record["rows"] == 2 and not record["top1_gated"]
     assert result.exit_code == 0, result.output
