@@ -167,6 +167,7 @@ def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, 
         output_names=tuple(build.get("outputs") or []),
         golden=golden,
         threads=threads,
+        options={"output_kinds": dict(build.get("output_kinds") or {})},  # the kinds the build judged by
     )
     tolerances = build.get("tolerances") or {}
     target = report.get("target")
