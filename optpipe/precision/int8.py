@@ -221,8 +221,16 @@ def compute_ranges(
             extra_options=extra,
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            calibrator.collect_data(_Reader(samples))
-            data = calibrator.compute_data()
+            if method == "minmax":
+                # 8 samples at a time: MinMax merges each chunk's ranges and drops its activations, instead of
+                # holding every sample's activations at once (80 images x a CNN's activations is gigabytes).
+                # (ORT's own max_intermediate_outputs drops the chunks without merging them in 1.32.)
+                for start in range(0, len(samples), 8):
+                    calibrator.collect_data(_Reader(list(samples)[start : start + 8]))
+                data = calibrator.calibrate_tensors_range
+            else:
+                calibrator.collect_data(_Reader(samples))
+                data = calibrator.compute_data()
     out: Ranges = {}
     for name, tensor_data in data.items():
         lo, hi = tensor_data.range_value
