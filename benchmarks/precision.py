@@ -45,7 +45,7 @@ def bench_model(name: str, batch: int, rounds: int, work: Path,
     """Build ``precisions`` (fp32 first) for one sample model and time them interleaved at ``batch``."""
     from optpipe.builder import build
     from optpipe.golden import resize_batch
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
     from optpipe.runtime import OrtRunner, TorchRunner
     from optpipe.timing import interleaved_latency, summarize
 

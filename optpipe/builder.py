@@ -65,7 +65,7 @@ def precision_pass(precision: str, target: Target, options: Mapping[str, Any]) -
 
         return Fp16Pass.from_options(options)
     if precision == "int8":
-        from optpipe.passes.int8_calibrate import Int8Pass
+        from optpipe.passes.int8 import Int8Pass
 
         return Int8Pass.from_options(options, target)
     if precision == "int8-dynamic":
@@ -323,7 +323,7 @@ def build(
 
 def _write_back_calib_cache(options: Mapping[str, Any], out: Path, log: Callable[[str], None]) -> None:
     """Update ``--calib-cache FILE`` with the published build's ranges (only after a build that finished)."""
-    from optpipe.passes.int8_calibrate import CACHE_NAME
+    from optpipe.passes.int8 import CACHE_NAME
     from optpipe.precision.calib_cache import write_back
 
     target, built = options.get("calib_cache"), out / "int8" / CACHE_NAME

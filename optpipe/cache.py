@@ -202,7 +202,7 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
         "tolerances": _plain(dict(ctx.options.get("tolerances") or {})),
         "qdq_style": getattr(ctx.target, "qdq_style", None),
         "code": module_digests(
-            "optpipe.precision.int8", "optpipe.precision.fp16", "optpipe.precision.localize",
+            "optpipe.precision.static_quantize", "optpipe.precision.fp16_convert", "optpipe.precision.localize",
             "optpipe.precision.gate", "optpipe.precision.calib_cache", "optpipe.precision.calib_data",
             "optpipe.precision._graph", "optpipe.precision.pass_support", "optpipe.passes.validate",
             "optpipe.parity",

@@ -10,7 +10,7 @@ PASSES: dict[str, tuple[str, str]] = {
     "export": ("export_onnx", "ExportOnnx"),
     "simplify": ("simplify", "SimplifyOnnx"),
     "fp16": ("fp16", "Fp16Pass"),
-    "int8": ("int8_calibrate", "Int8Pass"),
+    "int8": ("int8", "Int8Pass"),
     "int8-dynamic": ("int8_dynamic", "Int8DynamicPass"),
     "engine-ort": ("engine_ort", "OrtEnginePass"),
     "trt-lint": ("trt_lint", "TrtLintPass"),

@@ -24,7 +24,7 @@ CACHEABLE = {"export", "simplify", "engine-ort"}
 
 @pytest.fixture(scope="module")
 def digits() -> Any:
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
 
     return prepare_model(str(ROOT / SPEC), weights=WEIGHTS, dynamics=["batch=1:8:64"])
 

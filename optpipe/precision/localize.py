@@ -33,8 +33,8 @@ import onnx
 
 from optpipe.errors import UserInputError
 from optpipe.precision import _graph
-from optpipe.precision.fp16 import convert_fp16
-from optpipe.precision.int8 import quantize_int8
+from optpipe.precision.fp16_convert import convert_fp16
+from optpipe.precision.static_quantize import quantize_int8
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ TensorRT 10+ is strongly typed and ONNX Runtime runs Q/DQ graphs natively, so
 INT8 is decided here, in the ONNX graph, on the CPU. The Q/DQ *style* follows
 the target (``Target.qdq_style``): ``cpu`` is ONNX Runtime's fast U8S8 form,
 ``tensorrt`` is symmetric int8 Q/DQ on the inputs of Conv/Gemm/MatMul only
-(see :mod:`optpipe.precision.int8`).
+(see :mod:`optpipe.precision.static_quantize`).
 
 Naive static INT8 is often useless on real models, so the candidate is
 checked by the accuracy gate (the validate pass's tolerances, on the golden
@@ -185,7 +185,7 @@ class Int8Pass(Pass):
         """What the output depends on outside the config (optpipe.cache); the seeded ranges are not:
         a calibration cache is reused only when its model/data/method key matches, so it changes no output."""
         from optpipe.cache import precision_facts
-        from optpipe.precision.int8 import cpu_needs_reduce_range
+        from optpipe.precision.static_quantize import cpu_needs_reduce_range
 
         samples, source = self._samples(ctx)
         facts = precision_facts(ctx, samples, source)
