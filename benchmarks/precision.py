@@ -14,7 +14,6 @@ Run: ``python benchmarks/precision.py [--batch 32] [--rounds 10] [--models digit
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -29,15 +28,6 @@ MODELS = {
     "text_encoder": "TinyTextEncoder",
     "two_heads": "TwoHeadNet",
 }
-
-
-def _module(name: str) -> Any:
-    path = ROOT / "sample_models" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def bench_model(name: str, batch: int, rounds: int, work: Path,

@@ -385,8 +385,6 @@ class PassCache:
         self.lock_timeout = lock_timeout
         self.log = log
         self.enabled = True
-        self.hits = 0
-        self.stores = 0
         self._keyer = _Keyer()
         self._pending: _Pending | None = None
         self._warnings: list[str] = []
@@ -444,7 +442,6 @@ class PassCache:
                 self._warn(ctx, f"cached result of pass '{pass_.name}' failed its post-condition ({error}); "
                                 "running the pass")
                 return None
-            self.hits += 1
             self._say(ctx, f"     {pass_.name}: reused from cache ({key[:12]})")
             result.warnings.extend(self._take_warnings())
             return result
@@ -676,7 +673,6 @@ class PassCache:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 return  # a complete entry is already there
-            self.stores += 1
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
