@@ -79,14 +79,15 @@ def variant_passes(precision: str, target: Target, options: Mapping[str, Any], e
     """Precision pass (if any), then engine, validate and benchmark when the engine can be built."""
     from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
     from optpipe.passes.validate import ValidateConfig, ValidatePass
+    from optpipe.registry import engine_pass, pre_engine_passes
 
     passes: list[Pass] = []
     lowering = precision_pass(precision, target, options)
     if lowering is not None:
         passes.append(lowering)
-    passes.extend(target.pre_engine_passes())
+    passes.extend(pre_engine_passes(target))
     if engine:
-        passes.append(target.engine_pass(options))
+        passes.append(engine_pass(target, options))
         passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
         if options.get("benchmark", True):
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))

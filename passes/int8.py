@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -181,14 +182,18 @@ class Int8Pass(Pass):
         )
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
 
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """The quantizer, guard and gate helpers that decide the output (part of the cache key)."""
+        return pass_support.guard_code_modules()
+
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
         """What the output depends on outside the config (optpipe.cache); the seeded ranges are not:
         a calibration cache is reused only when its model/data/method key matches, so it changes no output."""
-        from optpipe.cache import precision_facts
         from optpipe.precision.static_quantize import cpu_needs_reduce_range
 
         samples, source = self._samples(ctx)
-        facts = precision_facts(ctx, samples, source)
+        facts = pass_support.precision_facts(ctx, samples, source)
         reduce_range = self.config.reduce_range
         if reduce_range is None:
             reduce_range = self.config.style == "cpu" and cpu_needs_reduce_range()

@@ -60,12 +60,16 @@ def test_warm_rebuild_reuses_every_cacheable_pass(digits: Any, tmp_path: Path) -
 
 
 def test_config_change_reruns_only_downstream(digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from optpipe.passes.engine_ort import OrtEngineConfig, OrtEnginePass
+    import optpipe.passes.engine_ort as engine_ort
 
-    from optpipe.target import CpuTarget
+    class BasicLevelEngine(engine_ort.OrtEnginePass):
+        """The registered engine-ort pass with a different config (level basic instead of the default)."""
+
+        def __init__(self, config: Any = None) -> None:
+            super().__init__(engine_ort.OrtEngineConfig(level="basic"))
 
     build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
-    monkeypatch.setattr(CpuTarget, "engine_pass", lambda self, *a, **k: OrtEnginePass(OrtEngineConfig(level="basic")))
+    monkeypatch.setattr(engine_ort, "OrtEnginePass", BasicLevelEngine)  # what registry key "engine-ort" resolves to
     changed = build(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
     assert statuses(changed) == {"export": "cached", "simplify": "cached", "engine-ort": "ok", "validate": "ok"}
 
