@@ -342,3 +342,25 @@ def test_unexpected_cache_failure_disables_the_cache(
     assert report.passed
     assert set(statuses(report).values()) == {"ok"}
     assert any("cache failed unexpectedly" in w and "boom" in w for w in report.warnings)
+
+
+def test_a_pass_names_the_helper_code_in_its_key(tmp_path: Path) -> None:
+    """The cache keys the helpers a pass declares (Pass.code_modules), by their file's content."""
+    from conftest import load_file_module
+    from optpipe.passes.export_onnx import ExportOnnx
+    from optpipe.passes.fp16 import Fp16Pass
+    from optpipe.passes.int8 import Int8Pass
+
+    from optpipe.cache import module_digests
+
+    helpers = {"optpipe.precision.fp16_convert", "optpipe.precision.static_quantize", "optpipe.precision.localize",
+               "optpipe.precision.gate", "optpipe.parity"}
+    for pass_ in (Fp16Pass, Int8Pass):
+        assert helpers <= set(module_digests(pass_.code_modules()))
+    assert ExportOnnx.code_modules() == ()
+    helper = tmp_path / "helper_for_key.py"
+    helper.write_text("SCALE = 1\n", encoding="utf-8")
+    module = load_file_module(helper)
+    before = module_digests([module])
+    helper.write_text("SCALE = 2\n", encoding="utf-8")
+    assert module_digests([module]) != before
