@@ -17,9 +17,10 @@ before the pass tells which), plus a JSON record.
 Only passes that declare ``cacheable = True`` are cached: validate and
 benchmark measure, so they always run. The key covers the input artifact's
 sha256 (for the torch module: its parameters, buffers and class sources), the
-pass name, code (its file and ``Pass.code_modules()``) and ``config_dict()``, the versions of the distributions in
-``Pass.uses``, the target, input specs, dynamic dims, output names, golden
-data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
+pass name, code (its file and the helper modules it names in
+``Pass.code_modules()``) and ``config_dict()``, the versions of the
+distributions in ``Pass.uses``, the target, input specs, dynamic dims, output
+names, golden data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
 deliberately *not* in the key: passes receive their options through their
 ``Config`` (``from_options``), and a file named by a config field is keyed by
 its content. Putting every option in every key would make, say, a TensorRT
