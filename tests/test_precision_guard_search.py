@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optpipe.build_log import LogCapture
-from optpipe.precision import int8 as int8_module
+from optpipe.precision import static_quantize as int8_module
 from optpipe.precision.fragile import mask_softmax_nodes
 from optpipe.precision.localize import guarded_quantize
 

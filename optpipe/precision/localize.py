@@ -34,8 +34,8 @@ import onnx
 
 from optpipe.errors import UserInputError
 from optpipe.precision import _graph
-from optpipe.precision.fp16 import convert_fp16
-from optpipe.precision.int8 import quantize_int8
+from optpipe.precision.fp16_convert import convert_fp16
+from optpipe.precision.static_quantize import quantize_int8
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,42 @@ def _module_path(nodes: Mapping[str, onnx.NodeProto], names: Sequence[str]) -> s
     return ""
 
 
+def _lowering(
+    src: Path,
+    dst: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    precision: str,
+    opts: dict[str, Any],
+    quantize: Callable[[list[str]], Any] | None,
+    user_kept: list[str],
+    results: list[Any],
+) -> Callable[[Sequence[str]], tuple[Path | None, int]]:
+    """The guard's build step: lower ``src`` to ``dst`` with ``user_kept`` and ``kept`` (chosen by the guard) in FP32.
+
+    Returns ``build(kept=()) -> (path or None, nodes the guard's limit counts)``; each
+    result is appended to ``results``. INT8 ranges are calibrated by the first
+    build and reused by every rebuild.
+    """
+    ranges: Any = opts.pop("ranges", None)
+
+    def build(kept: Sequence[str] = ()) -> tuple[Path | None, int]:
+        nonlocal ranges
+        if quantize is not None:
+            custom = quantize([*user_kept, *kept])
+            results.append(custom)
+            return custom.path, custom.quantizable_count
+        if precision == "int8":
+            result = quantize_int8(src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts)
+            results.append(result)
+            ranges = result.ranges or ranges
+            return result.path, result.guard_base or result.quantizable_count
+        fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)
+        results.append(fp16)
+        return fp16.path, fp16.total_nodes
+
+    return build
+
+
 def guarded_quantize(
     src: Path,
     dst: Path,
@@ -281,28 +317,9 @@ def guarded_quantize(
     # Any: the options are forwarded as keyword arguments to quantize_int8 / convert_fp16, which check them.
     opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
-    ranges: Any = opts.pop("ranges", None)
     results: list[Any] = []
-
-    def build(kept: Sequence[str] = ()) -> tuple[Path | None, int]:
-        """Build with ``kept`` (and the user's exclusions) left in FP32; ranges are computed once."""
-        nonlocal ranges
-        if quantize is not None:
-            custom = quantize([*user_kept, *kept])
-            results.append(custom)
-            return custom.path, custom.quantizable_count
-        if precision == "int8":
-            result = quantize_int8(
-                src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts
-            )
-            results.append(result)
-            ranges = result.ranges or ranges
-            return result.path, result.guard_base or result.quantizable_count
-        fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)
-        results.append(fp16)
-        return fp16.path, fp16.total_nodes
-
-    path, quantizable = build()
+    build = _lowering(src, dst, samples, precision, opts, quantize, [*user_kept], results)
+    path, quantizable = build(())
     if path is None:
         return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)
     limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
