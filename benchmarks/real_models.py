@@ -175,12 +175,15 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="optpipe-real-"))
     work.mkdir(parents=True, exist_ok=True)
     extra = ["--threads", "1", *args.build_args]
-    results = [bench_model(name, work, extra, args.seconds) for name in args.models.split(",")]
-    payload = {"host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                        "python": platform.python_version()},
-               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}  # fmt: skip
+    results: list[dict[str, Any]] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    for name in args.models.split(","):  # written after each model, so a long run keeps what it measured
+        results.append(bench_model(name, work, extra, args.seconds))
+        payload = {"host": {"machine": platform.machine(), "processor": platform.processor(),
+                            "cpus": os.cpu_count(), "python": platform.python_version()},
+                   "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_flags": extra,
+                   "results": results}  # fmt: skip
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(table(results))
     print(f"\nwritten: {args.out} (build directories and logs: {work})")
 
