@@ -155,7 +155,8 @@ def table(results: list[dict[str, Any]]) -> str:
             text = (f"top-1 {acc['top1_agreement']:.3f} ({acc['rows']} photos)" if "top1_agreement" in acc else
                     f"cos min {acc['cosine_min']:.4f} mean {acc['cosine_mean']:.4f}, pairs "
                     f"{acc['paraphrase_retrieval']:.2f} ({acc['rows']} sentences)" if acc else "-")  # fmt: skip
-            gate = "selected" if precision == sel else ("pass" if v.get("passed") else v.get("status") or "reject")
+            gate = "selected" if precision == sel else "pass" if v.get("passed") else (
+                "skipped" if v.get("status") == "skipped" else "rejected")
             b1 = f"{v['batch1']['speedup']}x" if "batch1" in v else "-"
             b8 = f"{v['batch8']['speedup']}x" if "batch8" in v else "-"
             lines.append(f"| {res['model']} | {precision} | {gate} | {text} | {b1} | {b8} | "
