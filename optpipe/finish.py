@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from optpipe import __version__
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import GoldenData
@@ -33,7 +34,13 @@ from optpipe.report import SCHEMA, Report
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
 REPORT_NAME = "report.json"
-INSTALL_HINT = "pip install 'optpipe[tensorrt]'"
+# No package index hosts optpipe: the GPU machine installs it from a wheel built from this
+# checkout, or straight from the repository, with the [tensorrt] extra.
+INSTALL_HINT = (
+    f"pip wheel --no-deps -w dist <optpipe checkout> here, then on the GPU machine "
+    f"pip install 'optpipe-{__version__}-py3-none-any.whl[tensorrt]' "
+    "(or pip install 'optpipe[tensorrt] @ git+<optpipe repository URL>')"
+)
 
 
 def split_next_step(out_dir: str | Path, reason: str, options: Mapping[str, Any]) -> str:
