@@ -236,6 +236,10 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
+@click.option("--mlflow", "mlflow_uri", is_flag=False, flag_value="", default=None, metavar="[TRACKING_URI]",
+              help="Log the build to an MLflow run (parameters, metrics per variant, report files, the selected "
+              "artifact): at TRACKING_URI, or MLflow's default ($MLFLOW_TRACKING_URI) when none is given. Nested "
+              "in an active run. Needs pip install 'optpipe[mlflow]'.")
 @trt_build_options
 @precision_build_options
 @reports_errors
@@ -245,7 +249,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
           overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
           config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
-          trt_options: dict[str, Any], precision_opts: dict[str, Any],
+          trt_options: dict[str, Any], precision_opts: dict[str, Any], mlflow_uri: str | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
@@ -259,6 +263,10 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if trt_options and target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
+    if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
+        from optpipe.mlflow_tracking import import_mlflow
+
+        import_mlflow()
     from optpipe.model_session import prepare_model
 
     parsed_tolerances: dict[str, dict[str, float]] = {}
@@ -299,6 +307,11 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     click.echo(report.to_json() if as_json else report.summary())
     if not as_json:
         click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
+    if mlflow_uri is not None:
+        from optpipe.mlflow_tracking import MlflowTarget, log_report
+
+        run_id = log_report(report.to_dict(), out_dir, MlflowTarget(tracking_uri=mlflow_uri or None))
+        log(f"mlflow: logged run {run_id}")
     if junit is not None:
         from optpipe.junit import report_suite, write_junit
 

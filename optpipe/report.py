@@ -124,6 +124,12 @@ class Report:
     def write(self, path: Path) -> None:
         write_bytes_atomic(path, (self.to_json() + "\n").encode())
 
+    def metrics(self) -> dict[str, float]:
+        """A flat ``{"fp32.p50_ms": ..., "int8.cosine_min.logits": ...}`` view (see :mod:`optpipe.report_metrics`)."""
+        from optpipe.report_metrics import flat_metrics
+
+        return flat_metrics(self.to_dict(), self.out_dir)
+
     def summary(self) -> str:
         """A fixed-width table for the console."""
         lines = [f"optpipe build: {self.model}  target={self.target}"]
