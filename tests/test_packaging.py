@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
-import tomllib
+import sys
 from pathlib import Path
 
 import optpipe
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
