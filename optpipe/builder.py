@@ -90,6 +90,10 @@ def variant_passes(precision: str, target: Target, options: Mapping[str, Any], e
         passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
         if options.get("benchmark", True):
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))
+        if options.get("profile"):  # after the benchmark: the profiler's overhead must not be timed
+            from optpipe.passes.profile import ProfilePass
+
+            passes.append(ProfilePass())
     return passes
 
 
@@ -406,7 +410,9 @@ def _variant_record(
         "torch_latency": bench.get("torch_latency"),
         "speedup_vs_torch": bench.get("speedup_vs_torch"),
         "gpu_memory": bench.get("gpu_memory"),
-        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark")},
+        "memory": bench.get("memory"),
+        "profile": metrics.get("profile", {}).get("profile"),
+        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark", "profile")},
     }
     return variant
 

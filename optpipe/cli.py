@@ -236,6 +236,9 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
+@click.option("--profile", is_flag=True, default=None,
+              help="Also profile each engine per op type and node on the golden inputs (ONNX Runtime's profiler; "
+              "TensorRT's per-layer profiler on a GPU machine): in report.json, the console and report.html.")
 @click.option("--mlflow", "mlflow_uri", is_flag=False, flag_value="", default=None, metavar="[TRACKING_URI]",
               help="Log the build to an MLflow run (parameters, metrics per variant, report files, the selected "
               "artifact): at TRACKING_URI, or MLflow's default ($MLFLOW_TRACKING_URI) when none is given. Nested "
@@ -250,6 +253,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
           config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
           trt_options: dict[str, Any], precision_opts: dict[str, Any], mlflow_uri: str | None = None,
+          profile: bool | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
@@ -302,10 +306,12 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         instruments=instruments,
         trt=trt_options,
         pass_options=pass_options,
+        profile=bool(profile),
         **_precision_kwargs(precision_opts, prepared),
     )
     click.echo(report.to_json() if as_json else report.summary())
     if not as_json:
+        _echo_profiles(report.variants)
         click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
     if mlflow_uri is not None:
         from optpipe.mlflow_tracking import MlflowTarget, log_report
@@ -321,6 +327,44 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
             click.echo(f"optpipe: error: cannot write --junit {junit}: {error.strerror or error}", err=True)
             sys.exit(EXIT_USAGE)
     sys.exit(report.exit_code)
+
+
+def _echo_profiles(variants: list[dict[str, Any]]) -> None:
+    """The per-op profile of each variant that has one (``--profile``)."""
+    from optpipe.op_profile import OpProfile
+
+    for variant in variants:
+        if variant.get("profile"):
+            click.echo(f"  {variant['precision']}:")
+            click.echo(OpProfile.from_dict(variant["profile"]).format())
+
+
+@main.command(name="profile")
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--variant", "precision", metavar="PRECISION",
+              help="Variant to profile (default: the selected one, else the first built).")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Profiled runs over the golden inputs (after one warm-up run).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for ONNX Runtime.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@reports_errors
+def profile_command(build_dir: Path, precision: str | None, runs: int, threads: int | None, as_json: bool) -> None:
+    """Where BUILD_DIR's engine spends its time: per op type and the slowest nodes, with PyTorch module paths.
+
+    Runs the variant's artifact with ONNX Runtime's profiler (TensorRT's per-layer profiler for a
+    TensorRT build, on a GPU machine) on the build's golden inputs. The directory is not modified.
+    Exit 0, or 2 for a directory that is not a build or a variant it lacks.
+    """
+    import json
+
+    from optpipe.profile_build import profile_build_dir
+
+    result = profile_build_dir(build_dir, precision, runs=runs, threads=threads)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"{build_dir}: {result.precision} ({result.artifact})")
+        click.echo(result.profile.format())
 
 
 @main.command()
