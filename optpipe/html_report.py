@@ -48,6 +48,11 @@ ul.warn li{color:#9a6700} ul.failures li{color:#cf222e}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f8fa;padding:1px 4px;border-radius:4px}
 .barcell{background:#eaeef2;border-radius:3px;height:8px;min-width:80px}
 .barcell div{background:#d9822b;height:8px;border-radius:3px}
+.diverge{display:flex;min-width:160px;height:8px} .diverge>div{flex:1;display:flex;background:#eaeef2}
+.diverge>.neg{justify-content:flex-end;border-right:1px solid #59636e} .diverge .bar{height:8px}
+.diverge>.neg .bar{background:#2f6fde} .diverge>.pos .bar{background:#d9822b}
+.unstable{border:2px solid #9a6700;background:#fff8c5;border-radius:8px;padding:10px 16px;margin:16px 0}
+.unstable ul{margin:4px 0 0}
 """
 
 
@@ -422,16 +427,26 @@ def _layer_section(report: Mapping[str, Any]) -> str:
             f"<tr><td><code>{_e(r.get('node', ''))}</code></td><td>{_e(r.get('op_type', ''))}</td>"
             f"<td>{_e(r.get('module') or '')}</td><td class=num>{_fmt(r.get('rel_error'), 3)}</td>"
             f"<td class=num>{_fmt(r.get('cosine'), 6)}</td><td class=num>{_fmt(r.get('contribution'), 3)}</td>"
-            f"<td><div class=barcell><div style='width:{100 * abs(r.get('contribution') or 0) / peak:.0f}%'>"
-            "</div></div></td></tr>"
+            f"<td>{_diverging_bar(r.get('contribution') or 0, peak)}</td></tr>"
             for r in layers
         )
-        blocks.append(f"<h3>{_e(variant['precision'])}</h3><table><tr><th>node</th><th>op</th><th>module</th>"
+        blocks.append(f"<h3>{_e(variant['precision'])}</h3><p class='muted small'>Bars: contribution to the "
+                      "output error; left of the line (blue) = negative, the node reduced the error.</p>"
+                      "<table><tr><th>node</th><th>op</th><th>module</th>"
                       "<th class=num>rel. error</th><th class=num>cosine</th><th class=num>contribution</th>"
                       f"<th></th></tr>{rows}</table>")
     if not blocks:
         return ""
     return "<section id=layers><h2>Per-layer error</h2>" + "".join(blocks) + "</section>"
+
+
+def _diverging_bar(value: float, peak: float) -> str:
+    """A bar from a centre line: right for a positive contribution, left (another colour) for a negative one."""
+    width = f"{100 * abs(value) / peak:.0f}%"
+    neg = f"<div class=bar style='width:{width}'></div>" if value < 0 else ""
+    pos = f"<div class=bar style='width:{width}'></div>" if value > 0 else ""
+    sign = "negative" if value < 0 else "positive"
+    return f"<div class=diverge title='{sign} {value:.3g}'><div class=neg>{neg}</div><div class=pos>{pos}</div></div>"
 
 
 def _warnings_section(report: Mapping[str, Any]) -> str:
@@ -456,8 +471,10 @@ def _environment_section(report: Mapping[str, Any]) -> str:
     return f"<section id=environment><h2>Build and environment</h2><table>{body}</table></section>"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """The whole page for one report dict."""
+def render_html(report: Mapping[str, Any], out_dir: Path | None = None) -> str:
+    """The whole page for one report dict (``out_dir``: the build directory, to measure artifact sizes)."""
+    from optpipe.html_sections import facts_table, profile_section, stability_banner
+
     status = report.get("status")
     if status == "split":
         badge = '<span class="badge pending">SPLIT: finish on the target machine</span>'
@@ -479,12 +496,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>optpipe report: {_e(report.get('model'))}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{_e(report.get('model'))} {badge}</h1><div class=muted>{subtitle}</div>",
-        f"<section id=summary><h2>Variants</h2>{_summary_table(report)}</section>",
+        stability_banner(report),
+        f"<section id=summary><h2>Variants</h2>{_summary_table(report)}{facts_table(report, out_dir)}</section>",
         f"<section id=speedup><h2>Speedup over PyTorch eager</h2>{speedup_chart(report.get('variants') or [])}"
         "</section>",
         _latency_section(report),
         _errors_section(report),
         _layer_section(report),
+        profile_section(report),
         f"<section id=timeline><h2>Pass timeline</h2><p class='muted small'>{_e(timeline_note)}; hatched = "
         f"reused from the cache.</p>{timeline_chart(passes)}</section>",
         _warnings_section(report),
@@ -496,4 +515,4 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 def write_html_report(path: Path, report: Mapping[str, Any]) -> None:
     """Write ``report.html`` atomically."""
-    write_bytes_atomic(path, render_html(report).encode("utf-8"))
+    write_bytes_atomic(path, render_html(report, path.parent).encode("utf-8"))
