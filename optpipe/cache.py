@@ -437,6 +437,9 @@ class PassCache:
             self._disable(ctx, error)
             return None
         if result is not None:
+            from optpipe.cache_admin import mark_used
+
+            mark_used(self._entry(key))  # least-recently-used eviction (optpipe.cache_admin)
             self._unlock(lock_fd)
             try:  # post-conditions hold for a replayed result too (int8 copies its ranges to --calib-cache)
                 pass_.ensures(result, ctx)
@@ -677,6 +680,9 @@ class PassCache:
                     raise
                 return  # a complete entry is already there
             self.stores += 1
+            from optpipe.cache_admin import enforce_cap
+
+            enforce_cap(self.root, self.log)  # under the size cap; this entry is still locked, so kept
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
