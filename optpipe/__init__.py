@@ -50,6 +50,11 @@ def build(model: Any, example_inputs: Any, *, mlflow: Any = None, **kwargs: Any)
 
         tracking = MlflowTarget.coerce(mlflow)
         import_mlflow()
+    if "provenance" not in kwargs:  # how this build was asked for, in report.json (optpipe.provenance)
+        from optpipe.provenance import ProvenanceInputs, api_invocation
+
+        shown = {k: v for k, v in kwargs.items() if k not in ("log", "instruments")}
+        kwargs["provenance"] = ProvenanceInputs(invocation=api_invocation(model, shown))
     report = _build(model, example_inputs, **kwargs)
     if tracking is not None and report.out_dir is not None:
         from optpipe.mlflow_tracking import log_report

@@ -139,8 +139,10 @@ def build(
     from optpipe.pass_options import apply_pass_options, check_pass_options
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
     from optpipe.passes.simplify import SimplifyOnnx
+    from optpipe.provenance import utc_now
     from optpipe.runtime import TorchRunner
 
+    started = utc_now()
     per_pass = check_pass_options(pass_options)  # before anything runs: a typo fails now
     if "tolerances" in per_pass.get("validate", {}):  # the precision gates apply the same tolerances
         given = dict(tolerances or {})
@@ -312,6 +314,9 @@ def build(
             report.status = "split"
             report.next_step = next_step
         report.build = _build_record(specs, outputs, dims, precisions, options, onnx_artifact, staging)
+        from optpipe.provenance import provenance_record
+
+        report.provenance = provenance_record(model, options.get("provenance"), started)
         report.write(staging / "report.json")
         from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 

@@ -307,6 +307,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         trt=trt_options,
         pass_options=pass_options,
         profile=bool(profile),
+        provenance=_provenance(model, weights, prepared),
         **_precision_kwargs(precision_opts, prepared),
     )
     click.echo(report.to_json() if as_json else report.summary())
@@ -381,6 +382,16 @@ def cache_prune_command(max_size: int | None, older_than: float | None, cache_di
     if max_size is None and older_than is None:
         max_size = default_max_size()
     click.echo(prune(cache_dir, max_size=max_size, older_than_days=older_than).summary())
+
+
+def _provenance(spec: str, weights: Path | None, prepared: Any) -> Any:
+    """The command line and the model's files, for report.json's provenance."""
+    from optpipe.provenance import ProvenanceInputs, cli_invocation
+
+    source = getattr(prepared.source_module, "__file__", None)
+    if source is None and spec.endswith(".pt2"):
+        source = spec  # a torch.export program: the file is the model
+    return ProvenanceInputs(cli_invocation(), str(weights) if weights else None, source)
 
 
 def _echo_profiles(variants: list[dict[str, Any]]) -> None:

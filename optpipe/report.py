@@ -75,6 +75,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     next_step: str | None = None
     build: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None  # files, call, times, versions (optpipe.provenance)
     environment: dict[str, Any] = field(default_factory=environment)
     out_dir: Path | None = None
 
@@ -116,6 +117,7 @@ class Report:
             "warnings": self.warnings,
             "next_step": self.next_step,
             "build": self.build,
+            "provenance": self.provenance,
         }
 
     def to_json(self) -> str:
