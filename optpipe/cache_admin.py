@@ -4,12 +4,11 @@
 ``optpipe cache prune`` removes entries unused for N days and/or the least
 recently used ones until the cache fits a size. Every build also keeps the
 cache under a cap (default 10 GB, ``OPTPIPE_CACHE_MAX_SIZE``; ``0`` or ``none``
-turns the cap off) after storing an entry.
+turns the cap off): ``optpipe build`` calls :func:`enforce_cap` when it finishes.
 
 "Last used" is the entry directory's modification time: :class:`~optpipe.cache.PassCache`
-sets it on every hit (:func:`mark_used`), and creating the entry sets it
-first. Access times are not used: most file systems mount with ``relatime``
-or ``noatime``.
+sets it on every hit, and creating the entry sets it first. Access times are
+not used: most file systems mount with ``relatime`` or ``noatime``.
 
 An entry is never removed while in use: a build holds the key's ``flock``
 (``locks/<key>.lock``) while it reads (a hit) or writes (a miss) that entry, so
@@ -140,12 +139,6 @@ def cache_info(directory: str | Path | None = None) -> CacheInfo:
     return CacheInfo(root, entries)
 
 
-def mark_used(entry: Path) -> None:
-    """Record a hit (the entry directory's mtime), for least-recently-used eviction."""
-    with contextlib.suppress(OSError):
-        os.utime(entry)
-
-
 def _remove_unless_locked(root: Path, entry: Entry) -> bool:
     """Remove ``entry`` if no build holds its key's lock; True when removed."""
     base = root / f"v{CACHE_FORMAT}"
@@ -212,7 +205,7 @@ def prune(directory: str | Path | None = None, *, max_size: int | None = None, o
 
 
 def enforce_cap(directory: Path, log: Callable[[str], None] | None = None) -> PruneResult | None:
-    """After a build stored an entry: evict least recently used entries over the cap (never a locked one)."""
+    """After a build: evict least recently used entries over the cap (never one a running build has locked)."""
     cap = default_max_size()
     if cap is None:
         return None

@@ -271,7 +271,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         from optpipe.mlflow_tracking import import_mlflow
 
         import_mlflow()
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
 
     parsed_tolerances: dict[str, dict[str, float]] = {}
     for text in tolerances:
@@ -310,6 +310,10 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         provenance=_provenance(model, weights, prepared),
         **_precision_kwargs(precision_opts, prepared),
     )
+    if not no_cache:
+        from optpipe.cache_admin import enforce_cap
+
+        enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
     click.echo(report.to_json() if as_json else report.summary())
     if not as_json:
         _echo_profiles(report.variants)

@@ -14,7 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from optpipe.html_report import Scale, _axis, _color, _e, _fmt, _svg
+from optpipe.html_svg import Scale
+from optpipe.html_svg import axis as _axis
+from optpipe.html_svg import color as _color
+from optpipe.html_svg import esc as _e
+from optpipe.html_svg import fmt as _fmt
+from optpipe.html_svg import svg as _svg
 from optpipe.report_metrics import artifact_size
 
 # p90 more than this much above p50 means a run whose median deserves caution

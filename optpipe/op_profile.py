@@ -6,7 +6,8 @@ the artifact on the build's golden inputs, drops the first (warm-up) run, and
 sums the events by op type and by node. Node names in the optimized artifact
 are those of the portable ONNX (ORT appends ``_token_N`` to nodes it re-lays
 out), so each node is traced back to its PyTorch module path the same way the
-per-layer error table does (:func:`optpipe.precision._graph.module_path`).
+per-layer error table does (:mod:`optpipe.precision.node_modules`, given by
+the caller: this module sits below the precision layer).
 
 The profile is a separate measurement from the benchmark: the profiler adds
 per-node overhead, so its totals are for "which op dominates", not latency.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,24 +88,6 @@ class OpProfile:
         return "\n".join(lines)
 
 
-def module_paths(models: Iterable[Path]) -> dict[str, str]:
-    """ONNX node name -> PyTorch module path, from the first model that records one for that node."""
-    from optpipe.onnx_utils import load_onnx
-    from optpipe.precision._graph import module_path
-
-    paths: dict[str, str] = {}
-    for path in models:
-        if not path.is_file():
-            continue
-        for node in load_onnx(path, load_external_data=False).graph.node:
-            found = module_path(node)
-            # ORT renames nodes it fuses after their output tensor (relu_2 -> relu_2_nchwc): key both
-            for key in (node.name, *node.output):
-                if found and key not in paths:
-                    paths[key] = found
-    return paths
-
-
 def _source_name(node: str) -> str:
     """The ONNX name behind an ORT kernel's node name (layout-transformed copies get suffixes)."""
     return _NCHWC.sub("", _TOKEN.sub("", node))
@@ -144,12 +127,12 @@ def summarize_profile(totals: Mapping[str, tuple[str, float]], runs: int, paths:
     return OpProfile(runtime, runs, sum(us for _op, us in totals.values()) / 1e3, tuple(op_types), top_nodes)
 
 
-def profile_onnx(artifact: Path, feeds: Sequence[Mapping[str, Any]], *, sources: Sequence[Path] = (),
+def profile_onnx(artifact: Path, feeds: Sequence[Mapping[str, Any]], *, paths: Mapping[str, str] | None = None,
                  runs: int = 20, threads: int | None = None, top: int = 15) -> OpProfile:
     """Profile ``artifact`` with ONNX Runtime's CPU provider over ``feeds`` (cycled for ``runs`` runs + 1 warm-up).
 
-    ``sources`` are ONNX files whose node metadata gives the PyTorch module
-    paths (the variant's portable ONNX and the shared simplified model).
+    ``paths`` maps ONNX node (and output) names to PyTorch module paths
+    (:func:`optpipe.precision.node_modules.node_module_paths` of the build's ONNX files).
     """
     import onnxruntime as ort
 
@@ -169,4 +152,4 @@ def profile_onnx(artifact: Path, feeds: Sequence[Mapping[str, Any]], *, sources:
         trace = Path(session.end_profiling())
         events = json.loads(trace.read_text(encoding="utf-8"))
     totals, counted = node_times(events)
-    return summarize_profile(totals, counted, module_paths([artifact, *sources]), "onnxruntime-cpu", top)
+    return summarize_profile(totals, counted, paths or {}, "onnxruntime-cpu", top)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.errors import EnvironmentUnavailable, UserInputError
-from optpipe.op_profile import OpProfile, module_paths, profile_onnx
+from optpipe.op_profile import OpProfile, profile_onnx
+from optpipe.precision.node_modules import node_module_paths
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,10 @@ def profile_variant(directory: Path, variant: dict[str, Any], target: str, runs:
         from optpipe.tensorrt.layer_profile import profile_engine
 
         with TrtEngineRunner(artifact) as runner:
-            profile = profile_engine(runner, feeds, module_paths(sources), runs=runs)
+            profile = profile_engine(runner, feeds, node_module_paths(sources), runs=runs)
     elif target == "cpu":
-        profile = profile_onnx(artifact, feeds, sources=sources, runs=runs, threads=threads)
+        paths = node_module_paths([artifact, *sources])
+        profile = profile_onnx(artifact, feeds, paths=paths, runs=runs, threads=threads)
     else:
         raise EnvironmentUnavailable(f"no profiler for target '{target}'")
     return VariantProfile(variant["precision"], variant["artifact"], profile)

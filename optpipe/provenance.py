@@ -119,7 +119,7 @@ def api_invocation(model: Any, kwargs: Mapping[str, Any]) -> str:
 
 def provenance_record(model: Any, inputs: ProvenanceInputs | None, started: str) -> dict[str, Any]:
     """The ``provenance`` of report.json / manifest.json (``finished`` is now)."""
-    from optpipe import __version__
+    from optpipe.report import package_version  # not optpipe.__version__: the package root imports the builder
 
     inputs = inputs or ProvenanceInputs()
     source = inputs.model_file or model_source_file(model)
@@ -130,7 +130,7 @@ def provenance_record(model: Any, inputs: ProvenanceInputs | None, started: str)
         "invocation": inputs.invocation or api_invocation(model, {}),
         "started_utc": started,
         "finished_utc": utc_now(),
-        "optpipe_version": __version__,
+        "optpipe_version": package_version("optpipe"),
         "weights": asdict(weights) if weights else None,
         "model_source": asdict(model_file) if model_file else None,
         "git": asdict(git) if git else None,

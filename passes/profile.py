@@ -13,8 +13,9 @@ from pathlib import Path
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.errors import UserInputError
-from optpipe.op_profile import module_paths, profile_onnx
+from optpipe.op_profile import profile_onnx
 from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.precision.node_modules import node_module_paths
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,12 @@ class ProfilePass(Pass):
 
             runner = ctx.target.runner(artifact, ctx.threads)
             try:
-                profile = profile_engine(runner, feeds, module_paths(sources), runs=self.config.runs,
+                profile = profile_engine(runner, feeds, node_module_paths(sources), runs=self.config.runs,
                                          top=self.config.top)
             finally:
                 getattr(runner, "close", lambda: None)()
         else:
-            profile = profile_onnx(artifact.path, feeds, sources=sources, runs=self.config.runs,
-                                   threads=ctx.threads, top=self.config.top)
+            paths = node_module_paths([artifact.path, *sources])
+            profile = profile_onnx(artifact.path, feeds, paths=paths, runs=self.config.runs, threads=ctx.threads,
+                                   top=self.config.top)
         return PassResult(artifact, modified=False, metrics={"profile": profile.to_dict()})

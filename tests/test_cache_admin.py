@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from optpipe.cache import PassCache, iter_entries
+from optpipe.cache import PassCache
 from optpipe.cache_admin import cache_info, format_size, parse_size, prune
 from optpipe.cli import main
 from optpipe.errors import UserInputError
@@ -101,11 +102,19 @@ def test_a_hit_marks_the_entry_used_and_pruned_entries_are_rebuilt(
     assert all(time.time() - e.last_used < 3600 for e in cache_info(cache).entries)  # hits refreshed
 
 
-def test_build_keeps_the_cache_under_the_cap(toy: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPTPIPE_CACHE_MAX_SIZE", "1B")
-    _build(toy, tmp_path / "out", tmp_path / "cache")
-    # each store evicts the older entries; the entry being stored is locked, so it stays
-    assert len(list(iter_entries(tmp_path / "cache"))) == 1
+def test_build_keeps_the_cache_under_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Path(__file__).parent / "fixtures" / "models" / "toy_models.py"
+    args = ["build", f"{model}:TinyNet", "--no-benchmark", "--cache-dir", str(tmp_path / "cache")]
+    monkeypatch.setenv("OPTPIPE_CACHE_MAX_SIZE", "none")
+    assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")]).exit_code == 0
+    stored = cache_info(tmp_path / "cache")
+    assert len(stored.entries) == 3
+    keep = max(e.size for e in stored.entries)
+    monkeypatch.setenv("OPTPIPE_CACHE_MAX_SIZE", str(keep))
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"cache over [\d.]+ k?B \(\$OPTPIPE_CACHE_MAX_SIZE\): removed \d+ entries", result.output)
+    assert cache_info(tmp_path / "cache").size <= keep
 
 
 def test_sizes_parse_and_bad_values_are_usage_errors(tmp_path: Path) -> None:
