@@ -21,6 +21,7 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
+from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
 from optpipe.golden import make_golden
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
@@ -120,7 +121,7 @@ def build(
     heldout_inputs: Mapping[str, np.ndarray] | None = None,
     exporter: str = "auto",
     model_name: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     **precision_options: Any,

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from optpipe import __version__
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
 from optpipe.junit import junit_on_error
 
@@ -49,11 +50,23 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+def _log_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """``--log-file``: refused before any work when it cannot be written."""
+    return _writable_file(ctx, param, value)
+
+
 @click.group(help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
-             + EXIT_CODES_HELP)
-@click.version_option(package_name="optpipe")
-def main() -> None:
+             + EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="optpipe")
+@click.option("-v", "--verbose", count=True, help="More messages (-v: debug).")
+@click.option("-q", "--quiet", count=True, help="Fewer messages (-q: warnings and results only, -qq: errors).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_log_file,
+              help="Also write every message, with timestamps, to FILE.")
+def main(verbose: int, quiet: int, log_file: Path | None) -> None:
     """Entry point of the ``optpipe`` command."""
+    from optpipe.console import configure_cli_logging
+
+    configure_cli_logging(verbose - quiet, log_file)
 
 
 def _parse_tolerance(text: str) -> tuple[str, str, float]:
@@ -267,6 +280,9 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if trt_options and target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
+    from optpipe.precheck import precheck_build
+
+    precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
     if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
         from optpipe.mlflow_tracking import import_mlflow
 
@@ -277,7 +293,9 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     for text in tolerances:
         output, field, value = _parse_tolerance(text)
         parsed_tolerances.setdefault(output, {})[field] = value
-    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    from optpipe.console import echo_result, info
+
+    log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
                              output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
     from optpipe.builder import build as run_build
@@ -314,7 +332,10 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         from optpipe.cache_admin import enforce_cap
 
         enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
-    click.echo(report.to_json() if as_json else report.summary())
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        echo_result(report.summary())
     if not as_json:
         _echo_profiles(report.variants)
         click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
@@ -454,7 +475,12 @@ def verify(build_dir: Path, no_parity: bool, threads: int | None, as_json: bool)
     from optpipe.verify import verify_build
 
     result = verify_build(build_dir, parity=not no_parity, threads=threads)
-    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.summary())
+    from optpipe.console import echo_result
+
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        echo_result(result.summary())
     sys.exit(result.exit_code)
 
 
@@ -505,12 +531,16 @@ def engine(build_dir: Path, benchmark_batch: int | None, no_benchmark: bool, reb
     directory 'optpipe build --target tensorrt' wrote elsewhere. The [tensorrt] options default to the
     ones given to 'optpipe build'. report.json is rewritten with status "complete".
     """
+    from optpipe.console import echo_result, info
     from optpipe.finish import finish_build
 
-    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     report = finish_build(build_dir, trt_options=trt_options, benchmark=not no_benchmark,
                           benchmark_batch=benchmark_batch, rebuild=rebuild, log=log)
-    click.echo(report.to_json() if as_json else report.summary())
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        echo_result(report.summary())
     if not as_json:
         click.echo(f"report: {build_dir / 'report.json'}")
     sys.exit(report.exit_code)

@@ -26,6 +26,7 @@ from typing import Any
 
 from optpipe import __version__
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import GoldenData
 from optpipe.onnx_utils import onnx_files
@@ -160,7 +161,7 @@ def finish_build(
     benchmark: bool = True,
     benchmark_batch: int | None = None,
     rebuild: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
 ) -> Report:
     """Build, validate and time the pending TensorRT engines of a split build; rewrite its report.
 
