@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from optpipe import __version__
+from optpipe.config_file import JSON_SINK
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
 from optpipe.junit import junit_on_error
 
@@ -249,6 +250,9 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
+@click.option("--opset", type=click.IntRange(min=7), metavar="N",
+              help="ONNX opset to export (default: the exporter's). report.json records the opset written; an "
+              "exporter that cannot convert to N keeps its own, and that is a warning.")
 @click.option("--profile", is_flag=True, default=None,
               help="Also profile each engine per op type and node on the golden inputs (ONNX Runtime's profiler; "
               "TensorRT's per-layer profiler on a GPU machine): in report.json, the console and report.html.")
@@ -266,7 +270,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
           config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
           trt_options: dict[str, Any], precision_opts: dict[str, Any], mlflow_uri: str | None = None,
-          profile: bool | None = None,
+          profile: bool | None = None, opset: int | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
@@ -302,6 +306,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     from optpipe.cache import PassCache
 
     instruments = [] if no_cache else [PassCache(cache_dir, log=log)]
+    if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
+        pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
 
     report = run_build(
         prepared.module,
@@ -332,7 +338,10 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         from optpipe.cache_admin import enforce_cap
 
         enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
-    if as_json:
+    sink = click.get_current_context().meta.get(JSON_SINK)
+    if as_json and sink is not None:  # -c FILE --json: one document for every model, printed by config_file
+        sink.append(report.to_dict())
+    elif as_json:
         click.echo(report.to_json())
     else:
         echo_result(report.summary())
@@ -499,10 +508,22 @@ def inspect(onnx_file: Path, as_json: bool) -> None:
 
 
 @main.command(name="passes")
-def list_passes() -> None:
-    """List the passes a build can run, one line each."""
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("-v", "--verbose", is_flag=True, help="Also list each pass's options (Config fields) with types "
+              "and defaults.")
+@reports_errors
+def list_passes(names: tuple[str, ...], verbose: bool) -> None:
+    """List the passes a build can run, one line each; with NAME or --verbose, their options.
+
+    The options go in a config file's [passes.NAME] table or build(pass_options={NAME: {...}}).
+    """
     from optpipe.registry import PASSES
 
+    if names or verbose:
+        from optpipe.pass_help import describe_pass
+
+        click.echo("\n\n".join(describe_pass(name) for name in (names or tuple(PASSES))))
+        return
     width = max(len(name) for name in PASSES)
     for name, (module, cls) in PASSES.items():
         pass_cls = getattr(__import__(f"optpipe.passes.{module}", fromlist=[cls]), cls)

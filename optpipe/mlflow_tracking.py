@@ -84,9 +84,12 @@ def run_params(report: Mapping[str, Any]) -> dict[str, str]:
         "target": report.get("target") or "",
         "precisions": ",".join(v.get("precision", "?") for v in report.get("variants") or []),
     }
-    for key in ("tolerances", "dynamic", "inputs", "outputs", "opset"):
+    for key in ("tolerances", "dynamic", "inputs", "outputs"):
         if build.get(key) not in (None, {}, []):
             params[key] = build[key]
+    export = next((p for p in report.get("passes") or [] if p.get("name") == "export"), None)
+    if export and (export.get("metrics") or {}).get("opset") is not None:
+        params["opset"] = export["metrics"]["opset"]
     environment = report.get("environment") or {}
     for key in VERSION_KEYS:
         if environment.get(key):

@@ -116,3 +116,59 @@ def test_errors_that_need_no_torch_come_before_torch_is_imported(tmp_path: Path,
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "2" and lines[-1] == "NO-TORCH", done.stdout
     assert message in done.stdout and "optpipe: error:" in done.stdout
+
+
+def test_passes_lists_each_pass_options_with_types_and_defaults() -> None:
+    result = CliRunner().invoke(main, ["passes", "export"])
+    assert result.exit_code == 0
+    assert "opset: int | None = None" in result.output and "exporter: str = 'auto'" in result.output
+    verbose = CliRunner().invoke(main, ["passes", "--verbose"]).output
+    assert "benchmark  engine->engine" in verbose and "warmup: int = 10" in verbose
+    assert "atol: float = 0.0001  # element-wise equivalence tolerance" in verbose  # the field's comment
+    unknown = CliRunner().invoke(main, ["passes", "nope"])
+    assert unknown.exit_code == 2 and "unknown pass 'nope'" in unknown.output
+
+
+# torch 2.13's dynamo exporter converts down to 17, but not to 12: it then keeps its own opset 18
+@pytest.mark.parametrize("exporter, written, warned", [("torchscript", 12, False), ("dynamo", 18, True)])
+def test_opset_is_recorded_and_a_changed_one_warns(tmp_path: Path, exporter: str, written: int,
+                                                   warned: bool) -> None:
+    import json
+
+    result = CliRunner().invoke(main, ["build", f"{TOY}:TinyNet", "--out", str(tmp_path / "o"), "--no-benchmark",
+                                       "--no-cache", "--opset", "12", "--exporter", exporter])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    export = next(p for p in report["passes"] if p["name"] == "export")
+    assert export["metrics"]["opset"] == written and export["metrics"]["requested_opset"] == 12
+    changed = [w for w in report["warnings"] if "opset 12 was requested" in w]
+    assert bool(changed) is warned
+    if warned:
+        assert "wrote opset 18" in changed[0] and "warning: opset 12 was requested" in result.output
+
+
+def test_config_file_json_prints_one_document(tmp_path: Path) -> None:
+    import json
+
+    config = tmp_path / "optpipe.toml"
+    config.write_text(f'''benchmark = false
+[[model]]
+name = "one"
+spec = "{TOY}:TinyNet"
+out = "{tmp_path / 'one'}"
+[[model]]
+name = "two"
+spec = "{TOY}:TinyNet"
+out = "{tmp_path / 'two'}"
+[[model]]
+name = "broken"
+spec = "{tmp_path / 'missing.py'}:Net"
+out = "{tmp_path / 'three'}"
+''')
+    result = CliRunner().invoke(main, ["build", "-c", str(config), "--json", "--no-cache"])
+    document = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert document["schema"] == "optpipe.build-file/1" and document["exit_code"] == result.exit_code == 2
+    assert [b["name"] for b in document["builds"]] == ["one", "two", "broken"]
+    assert [b["exit_code"] for b in document["builds"]] == [0, 0, 2]
+    assert document["builds"][0]["report"]["variants"][0]["passed"] is True
+    assert document["builds"][2]["report"] is None and "missing.py" in result.stderr
