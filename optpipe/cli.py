@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from optpipe import __version__
+from optpipe.cli_help import BuildCommand
 from optpipe.config_file import JSON_SINK
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
 from optpipe.junit import junit_on_error
@@ -210,7 +211,7 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
     return kwargs
 
 
-@main.command(epilog=EXIT_CODES_HELP)
+@main.command(cls=BuildCommand, epilog=EXIT_CODES_HELP)
 @click.argument("model", required=False)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Output directory (required unless a config file sets out).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,15 @@ out = "{tmp_path / 'three'}"
     assert [b["exit_code"] for b in document["builds"]] == [0, 0, 2]
     assert document["builds"][0]["report"]["variants"][0]["passed"] is True
     assert document["builds"][2]["report"] is None and "missing.py" in result.stderr
+
+
+def test_build_help_is_grouped_with_examples() -> None:
+    text = CliRunner().invoke(main, ["build", "-h"]).output
+    titles = ["Model and inputs:", "Precision and calibration:", "Gates:", "Benchmark and profile:",
+              "TensorRT (--target tensorrt):", "Output and CI:", "Examples:", "Exit codes:"]
+    positions = [text.index(t) for t in titles]
+    assert positions == sorted(positions)
+    options = text[: text.index("Examples:")]
+    for option in ("--weights", "--calib-data", "--tolerance", "--profile", "--opt-level", "--junit", "--mlflow"):
+        assert len(re.findall(rf"^  {option}\b", options, flags=re.M)) == 1, option  # listed once
+    assert "optpipe build -c optpipe.toml --json" in text
