@@ -298,7 +298,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     for text in tolerances:
         output, field, value = _parse_tolerance(text)
         parsed_tolerances.setdefault(output, {})[field] = value
-    from optpipe.console import echo_result, info
+    from optpipe.console import info
 
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
@@ -309,7 +309,6 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     instruments = [] if no_cache else [PassCache(cache_dir, log=log)]
     if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
         pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
-
     report = run_build(
         prepared.module,
         prepared.example_inputs,
@@ -339,6 +338,14 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         from optpipe.cache_admin import enforce_cap
 
         enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
+    _publish_result(report, out_dir, as_json, mlflow_uri, junit)
+    sys.exit(report.exit_code)
+
+
+def _publish_result(report: Any, out_dir: Path, as_json: bool, mlflow_uri: str | None, junit: Path | None) -> None:
+    """After a build: the summary or JSON on stdout, then the MLflow run and the JUnit file when asked for."""
+    from optpipe.console import echo_result, info
+
     sink = click.get_current_context().meta.get(JSON_SINK)
     if as_json and sink is not None:  # -c FILE --json: one document for every model, printed by config_file
         sink.append(report.to_dict())
@@ -346,14 +353,13 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         click.echo(report.to_json())
     else:
         echo_result(report.summary())
-    if not as_json:
         _echo_profiles(report.variants)
         click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
     if mlflow_uri is not None:
         from optpipe.mlflow_tracking import MlflowTarget, log_report
 
         run_id = log_report(report.to_dict(), out_dir, MlflowTarget(tracking_uri=mlflow_uri or None))
-        log(f"mlflow: logged run {run_id}")
+        info(f"mlflow: logged run {run_id}")
     if junit is not None:
         from optpipe.junit import report_suite, write_junit
 
@@ -362,7 +368,6 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         except OSError as error:  # printed, not raised: junit_on_error would try the same write again
             click.echo(f"optpipe: error: cannot write --junit {junit}: {error.strerror or error}", err=True)
             sys.exit(EXIT_USAGE)
-    sys.exit(report.exit_code)
 
 
 @main.group(name="cache")

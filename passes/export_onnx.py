@@ -24,6 +24,7 @@ from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import UserInputError, first_line
 from optpipe.onnx_utils import load_onnx, onnx_files
 from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.progress import Elapsed
 from optpipe.tensor_spec import TensorSpec
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -178,8 +179,9 @@ class ExportOnnx(Pass):
             for stale in path.parent.glob(path.name + "*"):
                 stale.unlink()
             try:
-                _export(exporter, path, ctx, self.config.opset)
-                check_against_golden(path, ctx)
+                with Elapsed(f"export ({exporter})"):  # the one long call with no count: a ticker on a terminal
+                    _export(exporter, path, ctx, self.config.opset)
+                    check_against_golden(path, ctx)
             except Exception as error:
                 failures.append(f"{exporter}: {first_line(error, root_cause=True)}")
                 continue

@@ -35,6 +35,7 @@ from optpipe.errors import UserInputError
 from optpipe.precision import _graph
 from optpipe.precision.fp16_convert import convert_fp16
 from optpipe.precision.static_quantize import quantize_int8
+from optpipe.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -324,8 +325,10 @@ def guarded_quantize(
     history: list[tuple[tuple[str, ...], bool]] = []
     first_table: list[LayerError] = []
     iterations = 0
+    progress = Progress(f"guard ({precision}): nodes kept in FP32", limit)  # on a terminal only
     while True:
         iterations += 1
+        progress.update(len(kept))
         passed = bool(gate(path))
         history.append((tuple(kept), passed))
         if passed or len(kept) >= limit:
@@ -341,10 +344,12 @@ def guarded_quantize(
         kept.extend(chosen)
         new_path, _ = build()
         if new_path is None:  # everything quantizable is now kept: the FP32 model is the answer
+            progress.close()
             return GuardResult(
                 None, False, kept, iterations, first_table, history, limit, "nothing_quantizable", results
             )
         path = new_path
+    progress.close()
     return GuardResult(path, passed, kept, iterations, first_table, history, limit, results=results)
 
 
