@@ -185,3 +185,12 @@ def test_build_help_is_grouped_with_examples() -> None:
     for option in ("--weights", "--calib-data", "--tolerance", "--profile", "--opt-level", "--junit", "--mlflow"):
         assert len(re.findall(rf"^  {option}\b", options, flags=re.M)) == 1, option  # listed once
     assert "optpipe build -c optpipe.toml --json" in text
+
+
+def test_shell_completion_as_documented() -> None:
+    import os
+
+    env = {**os.environ, "_OPTPIPE_COMPLETE": "bash_complete", "COMP_WORDS": "optpipe ca", "COMP_CWORD": "1"}
+    done = subprocess.run([sys.executable, "-c", "from optpipe.cli import main; main(prog_name='optpipe')"],
+                          env=env, capture_output=True, text=True, cwd=ROOT)
+    assert "plain,cache" in done.stdout.splitlines()
