@@ -34,7 +34,8 @@ def _matmul_inverse(path: Path) -> Path:
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10
     onnx.save(model, str(path))
     return path
