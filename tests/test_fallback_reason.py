@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_context, torch_artifact
 from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
 from torch import nn
 
 from optpipe.errors import full_message, summary_line
 from optpipe.tensor_spec import DynamicDim
-from tests.conftest import build_context, torch_artifact
 
 ORT_MESSAGE = (
     "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x for the following indices\n"
