@@ -78,22 +78,35 @@ def _dynamic_shapes(specs: tuple[TensorSpec, ...], ctx: BuildContext) -> dict[st
     return shapes if dims else None
 
 
+def _call_arguments(ctx: BuildContext) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
+    """Module, positional and keyword arguments to export with: inputs bound by name are exported as keywords."""
+    from optpipe.input_binding import KeywordInputs
+
+    if isinstance(ctx.model, KeywordInputs):
+        return ctx.model.module, (), ctx.model.keywords(ctx.example_inputs)
+    return ctx.model, tuple(ctx.example_inputs), None
+
+
 def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> None:
     import torch
 
     names = [spec.name for spec in ctx.input_specs]
+    model, args, kwargs = _call_arguments(ctx)
     with _quiet_exporter():
         if exporter == "dynamo":
             shapes = _dynamic_shapes(ctx.input_specs, ctx)
-            # dynamic_shapes is keyed by forward()'s parameter names; give it positionally.
-            positional = tuple(shapes[name] for name in names) if shapes else None
+            # dynamic_shapes is keyed by forward()'s parameter names: by name for keyword inputs, else positional.
+            dynamic: Any = None
+            if shapes:
+                dynamic = shapes if kwargs else tuple(shapes[name] for name in names)
             program = torch.onnx.export(
-                ctx.model,
-                tuple(ctx.example_inputs),
+                model,
+                args,
+                kwargs=kwargs,
                 dynamo=True,
                 input_names=names,
                 output_names=list(ctx.output_names),
-                dynamic_shapes=positional,
+                dynamic_shapes=dynamic,
                 opset_version=opset,
             )
             assert program is not None
@@ -104,9 +117,10 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
                 for spec in ctx.input_specs
             }
             torch.onnx.export(
-                ctx.model,
-                tuple(ctx.example_inputs),
+                model,
+                args,
                 str(path),
+                kwargs=kwargs,
                 dynamo=False,
                 input_names=names,
                 output_names=list(ctx.output_names),
