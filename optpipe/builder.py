@@ -240,7 +240,8 @@ def build(
     if not benchmark and benchmark_batch is not None:
         report.warnings.append(f"--batch {benchmark_batch} is ignored: --no-benchmark skips the benchmark")
     try:
-        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
+        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None,
+                             dynamic_axes=[(a.dim, a.axes) for a in dynamic_args if a.axes is not None])
         golden.save(staging / "golden")
         ctx = BuildContext(
             work_dir=staging,
