@@ -243,6 +243,7 @@ def build(
         golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None,
                              dynamic_axes=[(a.dim, a.axes) for a in dynamic_args if a.axes is not None])
         golden.save(staging / "golden")
+        _warn_meaningless_reference(golden.cases, report, log)
         ctx = BuildContext(
             work_dir=staging,
             target=target_obj,
@@ -337,6 +338,15 @@ def _write_back_calib_cache(options: Mapping[str, Any], out: Path, log: Callable
         write_back(built, Path(str(target)))
     except OSError as error:  # the build is published; the cache is a convenience
         log(f"optpipe: warning: could not update --calib-cache {target}: {error}")
+
+
+def _warn_meaningless_reference(cases: Sequence[Any], report: Report, log: Callable[[str], None]) -> None:
+    """Warn (console and report.json) when a reference output is zero, constant or ignores the input."""
+    from optpipe.reference_checks import reference_warnings
+
+    for warning in reference_warnings(cases):
+        log(f"optpipe: warning: {warning}")
+        report.warnings.append(warning)
 
 
 def _bind_by_name(model: Any, names: Sequence[str]) -> Any:
