@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from optpipe.cli import main
-from optpipe.precision.int8 import quantize_int8
+from optpipe.precision.static_quantize import quantize_int8
 from optpipe.scratch_dir import scratch_cwd
 
 TOY = Path(__file__).resolve().parent / "fixtures" / "models" / "toy_models.py"
