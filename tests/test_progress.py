@@ -38,11 +38,11 @@ def test_elapsed_is_silent_off_a_terminal_and_with_no_progress(monkeypatch: pyte
     assert terminal.getvalue() == ""
 
 
-def test_guard_style_progress_counts_kept_nodes() -> None:
+def test_counted_progress_bar_draws_and_erases() -> None:
     stream = Terminal()
-    progress = Progress("guard (int8): nodes kept in FP32", 4, stream=stream)
+    progress = Progress("validate", 4, stream=stream)
     progress.update(0)
     progress.update(2)
     progress.close()
     text = stream.getvalue()
-    assert "guard (int8): nodes kept in FP32 [......" in text and "2/4" in text and text.endswith("\r\x1b[K")
+    assert "validate [......" in text and "2/4" in text and text.endswith("\r\x1b[K")

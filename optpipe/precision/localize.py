@@ -35,7 +35,6 @@ from optpipe.errors import UserInputError
 from optpipe.precision import _graph
 from optpipe.precision.fp16_convert import convert_fp16
 from optpipe.precision.static_quantize import quantize_int8
-from optpipe.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -289,6 +288,7 @@ def guarded_quantize(
     max_keep: int | None = None,
     localize_samples: int = 8,
     quantize: Callable[[list[str]], Any] | None = None,
+    on_round: Callable[[int, int, bool], None] | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -307,6 +307,7 @@ def guarded_quantize(
     (e.g. dynamic INT8): it gets the node names to keep in FP32 (the user's
     ``exclude_nodes`` from ``int8_options`` first) and returns an object with
     ``path`` (None when nothing is left to lower) and ``quantizable_count``.
+    ``on_round(round, nodes_kept, passed)`` is called after each gate check, for progress lines.
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
@@ -325,12 +326,12 @@ def guarded_quantize(
     history: list[tuple[tuple[str, ...], bool]] = []
     first_table: list[LayerError] = []
     iterations = 0
-    progress = Progress(f"guard ({precision}): nodes kept in FP32", limit)  # on a terminal only
     while True:
         iterations += 1
-        progress.update(len(kept))
         passed = bool(gate(path))
         history.append((tuple(kept), passed))
+        if on_round is not None:
+            on_round(iterations, len(kept), passed)
         if passed or len(kept) >= limit:
             break
         table = per_layer_errors(src, path, samples, max_samples=localize_samples)
@@ -344,12 +345,10 @@ def guarded_quantize(
         kept.extend(chosen)
         new_path, _ = build()
         if new_path is None:  # everything quantizable is now kept: the FP32 model is the answer
-            progress.close()
             return GuardResult(
                 None, False, kept, iterations, first_table, history, limit, "nothing_quantizable", results
             )
         path = new_path
-    progress.close()
     return GuardResult(path, passed, kept, iterations, first_table, history, limit, results=results)
 
 
