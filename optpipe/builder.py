@@ -21,6 +21,7 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
+from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
 from optpipe.golden import make_golden, output_kinds_of
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
@@ -93,6 +94,10 @@ def variant_passes(precision: str, target: Target, options: Mapping[str, Any], e
             budget = {field: options[key] for key, field in (("bench_seconds", "seconds"), ("bench_warmup", "warmup"),
                       ("bench_min_calls", "min_calls")) if options.get(key) is not None}
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"), **budget)))
+        if options.get("profile"):  # after the benchmark: the profiler's overhead must not be timed
+            from optpipe.passes.profile import ProfilePass
+
+            passes.append(ProfilePass())
     return passes
 
 
@@ -118,7 +123,7 @@ def build(
     heldout_inputs: Mapping[str, np.ndarray] | None = None,
     exporter: str = "auto",
     model_name: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     **precision_options: Any,
@@ -138,8 +143,10 @@ def build(
     from optpipe.pass_options import apply_pass_options, check_pass_options
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
     from optpipe.passes.simplify import SimplifyOnnx
+    from optpipe.provenance import utc_now
     from optpipe.runtime import TorchRunner
 
+    started = utc_now()
     per_pass = check_pass_options(pass_options)  # before anything runs: a typo fails now
     if "tolerances" in per_pass.get("validate", {}):  # the precision gates apply the same tolerances
         given = dict(tolerances or {})
@@ -183,15 +190,18 @@ def build(
 
     with contextlib.suppress(NotImplementedError):  # a .pt2 program's module() refuses eval(); it is already
         model.eval()
+    model_type = type(model).__name__
+    model = _bind_by_name(model, names)
     reference = TorchRunner(model, tuple(names), tuple(output_names or ()))
     example_feed = dict(zip(names, examples, strict=True))
     import torch
 
-    from optpipe.runtime import flatten_outputs
+    from optpipe.runtime import default_output_names, flatten_outputs
 
     with torch.inference_mode():
-        first = flatten_outputs(model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in examples)))
-    outputs = tuple(output_names) if output_names else tuple(f"output_{i}" for i in range(len(first)))
+        raw = model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in examples))
+    first = flatten_outputs(raw)
+    outputs = tuple(output_names) if output_names else default_output_names(raw)  # dict keys, else output_<i>
     if len(outputs) != len(first):
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
     reference.output_names = outputs
@@ -236,15 +246,17 @@ def build(
         next_step = split_next_step(out, str(next_step), options)
 
     staging = make_staging(out)
-    report = Report(target=target_obj.name, model=model_name or type(model).__name__)
+    report = Report(target=target_obj.name, model=model_name or model_type)
     if not benchmark and benchmark_batch is not None:
         report.warnings.append(f"--batch {benchmark_batch} is ignored: --no-benchmark skips the benchmark")
     from optpipe.build_log import LogCapture
 
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
     try:
-        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
+        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None,
+                             dynamic_axes=[(a.dim, a.axes) for a in dynamic_args if a.axes is not None])
         golden.save(staging / "golden")
+        _warn_meaningless_reference(golden.cases, report, log)
         options["output_kinds"] = output_kinds_of(golden, options.get("output_kinds"))
         ctx = BuildContext(
             work_dir=staging,
@@ -315,6 +327,9 @@ def build(
             report.status = "split"
             report.next_step = next_step
         report.build = _build_record(specs, outputs, dims, precisions, options, onnx_artifact, staging)
+        from optpipe.provenance import provenance_record
+
+        report.provenance = provenance_record(model, options.get("provenance"), started)
         report.write(staging / "report.json")
         from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 
@@ -342,6 +357,24 @@ def _write_back_calib_cache(options: Mapping[str, Any], out: Path, log: Callable
         write_back(built, Path(str(target)))
     except OSError as error:  # the build is published; the cache is a convenience
         log(f"optpipe: warning: could not update --calib-cache {target}: {error}")
+
+
+def _warn_meaningless_reference(cases: Sequence[Any], report: Report, log: Callable[[str], None]) -> None:
+    """Warn (console and report.json) when a reference output is zero, constant or ignores the input."""
+    from optpipe.reference_checks import reference_warnings
+
+    for warning in reference_warnings(cases):
+        log(f"optpipe: warning: {warning}")
+        report.warnings.append(warning)
+
+
+def _bind_by_name(model: Any, names: Sequence[str]) -> Any:
+    """The model, wrapped to take its inputs as keyword arguments when they must bind by name (not position)."""
+    if not hasattr(model, "forward"):
+        return model
+    from optpipe.input_binding import bind_inputs
+
+    return bind_inputs(model, names)
 
 
 def _check_tolerances(tolerances: Mapping[str, Mapping[str, float]], outputs: Sequence[str]) -> None:
@@ -415,7 +448,9 @@ def _variant_record(
         "torch_latency": bench.get("torch_latency"),
         "speedup_vs_torch": bench.get("speedup_vs_torch"),
         "gpu_memory": bench.get("gpu_memory"),
-        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark")},
+        "memory": bench.get("memory"),
+        "profile": metrics.get("profile", {}).get("profile"),
+        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark", "profile")},
     }
     return variant
 

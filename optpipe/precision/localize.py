@@ -290,6 +290,7 @@ def guarded_quantize(
     localize_samples: int = 8,
     quantize: Callable[[list[str]], Any] | None = None,
     seconds: float | None = None,
+    on_round: Callable[[int, int, bool], None] | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -311,6 +312,7 @@ def guarded_quantize(
     (e.g. dynamic INT8): it gets the node names to keep in FP32 (the user's
     ``exclude_nodes`` from ``int8_options`` first) and returns an object with
     ``path`` (None when nothing is left to lower) and ``quantizable_count``.
+    ``on_round(round, nodes_kept, passed)`` is called after each gate check, for progress lines.
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
@@ -324,7 +326,7 @@ def guarded_quantize(
         return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)
     limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
-                     None if seconds is None else time.monotonic() + seconds)
+                     None if seconds is None else time.monotonic() + seconds, on_round)
     path = search.run(path)
     if path is None:  # everything quantizable is now kept: the FP32 model is the answer
         return GuardResult(None, False, search.kept, search.iterations, search.first_table, search.history, limit,
@@ -344,9 +346,11 @@ class _Search:
 
     def __init__(self, src: Path, samples: Sequence[Mapping[str, np.ndarray]], gate: Callable[[Path], bool],
                  build: Callable[[Sequence[str]], tuple[Path | None, int]], fp32: onnx.ModelProto, user_kept: list[str],
-                 limit: int, localize_samples: int, deadline: float | None) -> None:  # fmt: skip
+                 limit: int, localize_samples: int, deadline: float | None,
+                 on_round: Callable[[int, int, bool], None] | None = None) -> None:  # fmt: skip
         self.src, self.samples, self.gate, self.build, self.fp32 = src, samples, gate, build, fp32
         self.user_kept, self.limit, self.localize_samples, self.deadline = user_kept, limit, localize_samples, deadline
+        self.on_round = on_round  # one progress line per gate run (issue 13)
         self.kept: list[str] = []
         self.history: list[tuple[tuple[str, ...], bool]] = []
         self.first_table: list[LayerError] = []
@@ -360,6 +364,8 @@ class _Search:
         self.iterations += 1
         passed = bool(self.gate(path))
         self.history.append((tuple(self.kept), passed))
+        if self.on_round is not None:
+            self.on_round(self.iterations, len(self.kept), passed)
         return passed
 
     def _out_of_time(self) -> bool:
