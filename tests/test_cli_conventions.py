@@ -124,7 +124,7 @@ def test_passes_lists_each_pass_options_with_types_and_defaults() -> None:
     assert result.exit_code == 0
     assert "opset: int | None = None" in result.output and "exporter: str = 'auto'" in result.output
     verbose = CliRunner().invoke(main, ["passes", "--verbose"]).output
-    assert "benchmark  engine->engine" in verbose and "warmup: int = 10" in verbose
+    assert "benchmark  engine->engine" in verbose and "seconds: float = 2.0" in verbose
     assert "atol: float = 0.0001  # element-wise equivalence tolerance" in verbose  # the field's comment
     unknown = CliRunner().invoke(main, ["passes", "nope"])
     assert unknown.exit_code == 2 and "unknown pass 'nope'" in unknown.output
