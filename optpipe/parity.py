@@ -237,6 +237,10 @@ def judge_output(
     parity = compare_output(references, results, replace(tolerance, min_top1=None, min_row_cosine=None))
     verdict = judge(kind, references, results, min_top1=tolerance.min_top1,
                     min_row_cosine=tolerance.min_row_cosine, row_keys=keys)
+    if parity.top1_agreement is None and verdict.top1_agreement is not None:  # tied reference scores: no top-1
+        verdict = replace(verdict, top1_agreement=None, top1_gated=False,
+                          failures=tuple(f for f in verdict.failures if not f.startswith("top-1")),
+                          warnings=tuple(w for w in verdict.warnings if not w.startswith("top-1")))  # fmt: skip
     record = parity.to_dict()
     record.update(
         kind=kind, rows=verdict.rows, top1_gated=verdict.top1_gated, top1_agreement=verdict.top1_agreement,
