@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.build_dir import check_out_dir, discard, make_staging, publish
+from optpipe.build_dir import check_out_dir, discard, make_staging, pause_point, publish
 from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
 from optpipe.golden import make_golden
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
@@ -169,7 +169,7 @@ def build(
     batch_dim = next((a.dim for a in dynamic_args if a.dim.axis_name == "batch" and a.axes is None), None)
     if benchmark and benchmark_batch is not None:
         _check_benchmark_batch(benchmark_batch, specs, dims)
-    check_out_dir(out, overwrite)
+    out_seen = check_out_dir(out, overwrite)  # publish() refuses if another build changed it meanwhile
     engine_available = True
     next_step: str | None = None
     try:
@@ -239,6 +239,7 @@ def build(
     try:
         golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
         golden.save(staging / "golden")
+        pause_point("staged")
         ctx = BuildContext(
             work_dir=staging,
             target=target_obj,
@@ -312,7 +313,7 @@ def build(
         from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 
         finish_build_dir(staging, report, ctx, [prefix, *variants.values()])
-        publish(staging, out)
+        publish(staging, out, out_seen)
     except BaseException:
         discard(staging)
         raise
