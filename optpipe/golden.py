@@ -132,7 +132,7 @@ def make_golden(
             outputs = reference.infer(feed)
         except OptpipeError:
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # SystemExit: the model's code called sys.exit()
             raise UserInputError(
                 f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {first_line(error)}; "
                 "check --input/--dynamic against what the model accepts"

@@ -214,7 +214,7 @@ def _instantiate(obj: Any, name: str, origin: str) -> torch.nn.Module:
             )
         try:
             return obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a model may call sys.exit()
             raise UserInputError(f"constructing {name}() from {origin} failed: {first_line(exc)}") from exc
     if callable(obj):
         required = _required_params(obj)
@@ -225,7 +225,7 @@ def _instantiate(obj: Any, name: str, origin: str) -> torch.nn.Module:
             )
         try:
             result = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserInputError(f"calling {name}() from {origin} failed: {first_line(exc)}") from exc
         if not isinstance(result, torch.nn.Module):
             raise UserInputError(
@@ -609,7 +609,7 @@ def find_example_inputs(loaded: LoadedModel) -> ExampleInputs | None:
             raise UserInputError(f"{where.replace('()', '')} must be a function returning the inputs")
         try:
             value = examples_fn()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserInputError(f"calling {where} failed: {first_line(exc)}") from exc
         tensors, dict_names = _to_tensor_tuple(value, where)
     elif loaded.program_example_inputs is not None:
@@ -683,7 +683,7 @@ def check_inputs_against_model(
     try:
         with torch.no_grad():
             return module(*inputs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         labels = names if names is not None and len(names) == count else [f"#{i}" for i in range(count)]
         described = ", ".join(
             f"{label}: {str(t.dtype).replace('torch.', '')}{list(t.shape)}"

@@ -47,7 +47,7 @@ def _heldout(source: ModuleType | None, names: Sequence[str]) -> dict[str, np.nd
         return None
     try:
         inputs, _labels = eval_data()
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise UserInputError(f"calling eval_data() in the model file failed: {type(error).__name__}: {error}") from None
     if not isinstance(inputs, dict) or set(inputs) != set(names):
         return None

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,59 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
                 )
 
 
+@contextlib.contextmanager
+def _interrupts_noticed() -> Iterator[list[bool]]:
+    """Record a Ctrl-C (SIGINT) during the export, even if the exporter swallows the KeyboardInterrupt.
+
+    A failed dynamo export falls back to TorchScript; an interrupt turned into an ordinary exception
+    by code between the signal and us must stop the build instead of triggering that fallback.
+    """
+    noticed = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield noticed
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if previous == signal.SIG_IGN:
+            return
+        noticed[0] = True
+        if callable(previous):
+            previous(signum, frame)  # Python's default handler raises KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield noticed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _model_exited(error: SystemExit) -> UserInputError:
+    return UserInputError(f"the model's code called sys.exit({error.code!r}) during the ONNX export; "
+                          "a model must not exit the process")
+
+
+def _reraise_interrupt(error: Exception, interrupted: list[bool]) -> None:
+    """Re-raise an interrupt or exit hidden in ``error`` (its cause chain) or noticed by the signal handler."""
+    for link in _chain(error):
+        if isinstance(link, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if isinstance(link, SystemExit):
+            raise _model_exited(link) from None
+    if interrupted[0]:
+        raise KeyboardInterrupt from None
+
+
 class ExportOnnx(Pass):
     """torch nn.Module -> ONNX (dynamo exporter, TorchScript fallback)."""
 
@@ -172,9 +228,13 @@ class ExportOnnx(Pass):
             for stale in path.parent.glob(path.name + "*"):
                 stale.unlink()
             try:
-                _export(exporter, path, ctx, self.config.opset)
-                check_against_golden(path, ctx)
-            except Exception as error:
+                with _interrupts_noticed() as interrupted:
+                    _export(exporter, path, ctx, self.config.opset)
+                    check_against_golden(path, ctx)
+            except SystemExit as error:
+                raise _model_exited(error) from None
+            except Exception as error:  # never KeyboardInterrupt: Ctrl-C stops the build, not one exporter
+                _reraise_interrupt(error, interrupted)
                 failures.append(f"{exporter}: {first_line(error, root_cause=True)}")
                 continue
             files = onnx_files(path)
