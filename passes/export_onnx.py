@@ -150,6 +150,73 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
                 )
 
 
+def _declared_axes(ctx: BuildContext) -> dict[str, list[tuple[str, int]]]:
+    """Non-batch dynamic axis names -> the (input, axis) pairs declared with them.
+
+    The batch axis is already checked at other sizes by the golden cases.
+    """
+    axes: dict[str, list[tuple[str, int]]] = {}
+    for spec in ctx.input_specs:
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and not (axis == 0 and dim == "batch"):
+                axes.setdefault(dim, []).append((spec.name, axis))
+    return axes
+
+
+def _second_size(name: str, example: int, ctx: BuildContext) -> int | None:
+    """A size other than the example's inside the declared bounds (the smallest such), or None."""
+    bound = next((d for d in ctx.dynamic if d.axis_name == name), None)
+    low, high = (bound.min, bound.max) if bound else (1, max(2, example * 2))
+    for candidate in (low, example + 1, example - 1, high):
+        if candidate != example and low <= candidate <= high and candidate >= 1:
+            return candidate
+    return None
+
+
+def check_dynamic_axes(path: Path, ctx: BuildContext) -> None:
+    """Every declared non-batch dynamic axis must be symbolic in the ONNX file and work at a second size.
+
+    An exporter can silently freeze an axis (a Reshape to the example's size); a report that
+    calls such an axis dynamic would be wrong. A failure here makes the exporter count as failed
+    (so the other one is tried); a model that itself cannot run at the second size is the user's
+    error.
+    """
+    import onnx
+
+    from optpipe.runtime import OrtRunner, TorchRunner
+
+    declared = _declared_axes(ctx)
+    if not declared or ctx.golden is None or not ctx.golden.cases:
+        return
+    graph_inputs = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.input}
+    example = ctx.golden.cases[0].inputs
+    for name, places in declared.items():
+        for input_name, axis in places:
+            dims = graph_inputs[input_name].type.tensor_type.shape.dim if input_name in graph_inputs else []
+            if axis >= len(dims) or dims[axis].HasField("dim_value"):
+                raise RuntimeError(f"dynamic axis '{name}' ({input_name}.{axis}) is static in the exported model")
+        size = _second_size(name, int(example[places[0][0]].shape[places[0][1]]), ctx)
+        if size is None:
+            continue
+        feed = dict(example)
+        for input_name, axis in places:
+            value = feed[input_name]
+            feed[input_name] = np.ascontiguousarray(np.take(value, np.arange(size) % value.shape[axis], axis=axis))
+        names = tuple(s.name for s in ctx.input_specs)
+        try:
+            reference = TorchRunner(ctx.model, names, tuple(ctx.output_names)).infer(feed)
+        except Exception as error:
+            raise UserInputError(
+                f"--dynamic axis '{name}' ({', '.join(f'{i}.{a}' for i, a in places)}) cannot vary: the PyTorch "
+                f"model fails when it is {size}: {first_line(error)}; declare it static or fix the model"
+            ) from None
+        got = OrtRunner(path, threads=ctx.threads, level="basic", log_level=4).infer(feed)
+        for output, want in reference.items():
+            if got[output].shape != want.shape or not np.allclose(got[output], want, atol=1e-3, rtol=1e-2):
+                raise RuntimeError(f"dynamic axis '{name}' does not work at size {size}: output '{output}' "
+                                   "differs from PyTorch (the exporter froze it)")
+
+
 @contextlib.contextmanager
 def _interrupts_noticed() -> Iterator[list[bool]]:
     """Record a Ctrl-C (SIGINT) during the export, even if the exporter swallows the KeyboardInterrupt.
@@ -231,8 +298,11 @@ class ExportOnnx(Pass):
                 with _interrupts_noticed() as interrupted:
                     _export(exporter, path, ctx, self.config.opset)
                     check_against_golden(path, ctx)
+                    check_dynamic_axes(path, ctx)
             except SystemExit as error:
                 raise _model_exited(error) from None
+            except UserInputError:  # the model itself cannot do what was declared: no exporter can help
+                raise
             except Exception as error:  # never KeyboardInterrupt: Ctrl-C stops the build, not one exporter
                 _reraise_interrupt(error, interrupted)
                 failures.append(f"{exporter}: {first_line(error, root_cause=True)}")
