@@ -23,7 +23,7 @@ from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, pause_point, publish
 from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
 from optpipe.golden import make_golden
-from optpipe.input_parsing import DynamicArg, resolve_input_specs
+from optpipe.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
 from optpipe.pass_base import BuildContext, Pass
 from optpipe.pipeline import Instrument, PassRecord, Pipeline
 from optpipe.report import Report
@@ -191,6 +191,7 @@ def build(
     outputs = tuple(output_names) if output_names else tuple(f"output_{i}" for i in range(len(first)))
     if len(outputs) != len(first):
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
+    check_unique_names("output names", outputs)
     reference.output_names = outputs
     _check_tolerances(tolerances or {}, outputs)
     options = dict(precision_options, tolerances=tolerances or {}, benchmark=benchmark,
@@ -341,7 +342,7 @@ def _check_tolerances(tolerances: Mapping[str, Mapping[str, float]], outputs: Se
     import dataclasses
     import math
 
-    from optpipe.parity import Tolerance
+    from optpipe.parity import Tolerance, tolerance_range_error
 
     unknown = sorted(set(tolerances) - set(outputs) - {"*"})
     if unknown:
@@ -360,6 +361,9 @@ def _check_tolerances(tolerances: Mapping[str, Mapping[str, float]], outputs: Se
                 finite = False
             if not finite:
                 raise UserInputError(f"tolerance {output}:{field}={value} must be a finite number")
+            problem = tolerance_range_error(field, float(value))
+            if problem:
+                raise UserInputError(f"tolerance {output}:{field}={value}: {problem}")
 
 
 def _check_benchmark_batch(batch: int, specs: Sequence[TensorSpec], dims: Sequence[DynamicDim]) -> None:

@@ -49,7 +49,25 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
-@click.group(help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
+class OneLineErrors(click.Group):
+    """click's usage errors (four lines: usage, hint, blank, error) as the one ``optpipe: error:`` line, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as error:
+            where = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
+            message = " ".join(error.format_message().split())
+            click.echo(f"optpipe: error: {message}{where}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("optpipe: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=OneLineErrors,
+             help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
              + EXIT_CODES_HELP)
 @click.version_option(package_name="optpipe")
 def main() -> None:
@@ -61,7 +79,7 @@ def _parse_tolerance(text: str) -> tuple[str, str, float]:
     import dataclasses
     import math
 
-    from optpipe.parity import Tolerance
+    from optpipe.parity import Tolerance, tolerance_range_error
 
     try:
         output, rest = text.split(":", 1)
@@ -76,6 +94,9 @@ def _parse_tolerance(text: str) -> tuple[str, str, float]:
         raise click.BadParameter(f"'{text}': unknown field '{field}'; expected one of {', '.join(known)}")
     if not math.isfinite(number):
         raise click.BadParameter(f"'{text}': the value must be a finite number, got {value.strip()}")
+    problem = tolerance_range_error(field.strip(), number)
+    if problem:
+        raise click.BadParameter(f"'{text}': {problem}")
     return output.strip(), field.strip(), number
 
 
