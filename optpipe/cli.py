@@ -56,6 +56,9 @@ class OneLineErrors(click.Group):
         kwargs.pop("standalone_mode", None)
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # plain `optpipe`: the help, not an error
+            click.echo(error.ctx.get_help())
+            sys.exit(EXIT_OK)
         except click.ClickException as error:
             where = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
             message = " ".join(error.format_message().split())

@@ -153,6 +153,15 @@ def test_existing_output_directory_needs_overwrite_and_is_replaced_whole(tmp_pat
     assert code == 2
     assert_one_line_error(output, "--overwrite")
     assert (out / "stale.onnx").exists()
+    # --overwrite replaces only what optpipe built (issue 10): a directory of other files is refused, kept.
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--overwrite")
+    assert code == 2
+    assert_one_line_error(output, "not an optpipe build directory")
+    assert (out / "stale.onnx").read_text() == "from an old build"
+    (out / "stale.onnx").unlink()
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark")
+    assert code == 0, output
+    (out / "stale.onnx").write_text("added next to a build")
     code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--overwrite")
     assert code == 0, output
     assert not (out / "stale.onnx").exists()
@@ -179,8 +188,9 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, to
 def test_gate_failure_exits_1_and_keeps_artifacts(tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, output = run(
-        "build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--tolerance", "*:atol=0",
-        "--tolerance", "*:rtol=0", "--tolerance", "logits:min_cosine=1.1",
+        # fp16 without the guard cannot reach cosine 1 (a threshold above 1 is refused up front since issue 10).
+        "build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--precision", "fp16", "--no-guard",
+        "--tolerance", "*:atol=0", "--tolerance", "*:rtol=0", "--tolerance", "logits:min_cosine=1",
     )
     assert code == 1, output
     report = json.loads((out / "report.json").read_text())
