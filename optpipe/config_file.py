@@ -320,6 +320,8 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
         raise ConfigError(f"{label}: cannot read it ({error.strerror or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{label}: not valid TOML ({error})") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; tomllib raises this, not TOMLDecodeError
+        raise ConfigError(f"{label}: not UTF-8 text (byte {error.start}); TOML files must be UTF-8") from None
     base = file.resolve().parent
     params = _params(command)
     models_data = data.pop("model", None)
