@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError, one_line
 from optpipe.junit import junit_on_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,7 +40,7 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OptpipeError as error:
-            click.echo(f"optpipe: error: {error}", err=True)
+            click.echo(f"optpipe: error: {one_line(str(error))}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("optpipe: interrupted; nothing was written to the output directory", err=True)
@@ -61,7 +61,7 @@ class OneLineErrors(click.Group):
             sys.exit(EXIT_OK)
         except click.ClickException as error:
             where = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
-            message = " ".join(error.format_message().split())
+            message = one_line(" ".join(error.format_message().split(" ")))
             click.echo(f"optpipe: error: {message}{where}", err=True)
             sys.exit(EXIT_USAGE)
         except click.Abort:

@@ -48,7 +48,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, UserInputError
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, UserInputError, one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -486,7 +486,7 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
         except click.ClickException as error:  # one model's usage error: report it and build the others
             usage_error = True
             code = EXIT_USAGE
-            click.echo(f"optpipe: error: {model.where}: {error.format_message()}", err=True)
+            click.echo(f"optpipe: error: {one_line(model.where + ': ' + error.format_message())}", err=True)
             ctx.meta[ERROR_META_KEY] = f"exit {code}: {type(error).__name__}: {model.where}: {error.format_message()}"
         codes.append(code)
         if junit_path:
