@@ -52,16 +52,17 @@ def reports_errors(func: F) -> F:
 class OneLineErrors(click.Group):
     """click's usage errors (four lines: usage, hint, blank, error) as the one ``optpipe: error:`` line, exit 2."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.pop("standalone_mode", None)
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # always non-standalone: errors are ours to print
+        kwargs["standalone_mode"] = False
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as error:  # plain `optpipe`: the help, not an error
             click.echo(error.ctx.get_help())
             sys.exit(EXIT_OK)
         except click.ClickException as error:
-            where = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
-            message = one_line(" ".join(error.format_message().split(" ")))
+            context = getattr(error, "ctx", None)  # usage errors know their command
+            where = f" (see '{context.command_path} --help')" if context is not None else ""
+            message = one_line(error.format_message())
             click.echo(f"optpipe: error: {message}{where}", err=True)
             sys.exit(EXIT_USAGE)
         except click.Abort:
