@@ -136,3 +136,17 @@ def test_only_exact_usage_lines_for_help(tmp_path: Path) -> None:
     for args in (["--help"], [], ["build", "--help"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0 and "Usage:" in result.output and "optpipe: error" not in result.output
+
+
+@pytest.mark.parametrize("name", ["garbage_model_json.pt2"])  # one process: torch takes seconds to import
+def test_torch_logs_no_traceback_for_a_bad_pt2(tmp_path: Path, corpus: dict[str, Path], name: str) -> None:
+    """In a real process torch's logger would print its own traceback before our line (case 8)."""
+    import subprocess
+    import sys
+
+    optpipe = Path(sys.executable).parent / "optpipe"
+    run = subprocess.run([str(optpipe), "build", str(corpus[name]), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("optpipe: error:"), run.stderr
