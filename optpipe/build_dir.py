@@ -92,9 +92,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> OutState:
     An existing non-empty directory needs ``--overwrite`` *and* must be an earlier optpipe
     build: ``--out . --overwrite`` in a project must not delete the project.
     """
-    resolved = out_dir.resolve()
-    if out_dir.is_symlink():
-        raise UserInputError(f"output path {out_dir} is a symbolic link; give the directory it points to")
+    resolved = out_dir.resolve()  # a symlinked --out (a CI volume) is judged, and published, as its target
     if out_dir.exists() and not out_dir.is_dir():
         raise UserInputError(f"output path {out_dir} exists and is not a directory")
     if resolved.parent == resolved:

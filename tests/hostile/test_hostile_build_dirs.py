@@ -142,11 +142,20 @@ def test_overwrite_replaces_an_earlier_build(build_copy: Path) -> None:
     assert _cli("verify", str(build_copy))[0] == 0
 
 
-def test_a_symlink_as_out_is_refused(build_copy: Path, tmp_path: Path) -> None:
+def test_a_symlinked_out_is_judged_and_replaced_as_its_target(build_copy: Path, tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(build_copy)
-    with pytest.raises(UserInputError, match="symbolic link"):
-        check_out_dir(link, overwrite=True)
+    code, output = _cli("build", M, "--input", "x:2x4", "--out", str(link), "--overwrite", "--no-benchmark")
+    assert code == 0, output
+    assert link.is_symlink() and link.resolve() == build_copy.resolve()
+    assert _cli("verify", str(link))[0] == 0
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "keep.txt").write_text("mine")
+    link2 = tmp_path / "link2"
+    link2.symlink_to(project)
+    with pytest.raises(UserInputError, match="not an optpipe build directory"):
+        check_out_dir(link2, overwrite=True)
 
 
 # --- case 4: two publishers, exactly one wins ---------------------------------------------------
