@@ -99,8 +99,8 @@ def _pinned_reduce_range(monkeypatch: pytest.MonkeyPatch) -> None:
     Tests get the no-VNNI choice (7-bit weights, correct on every x86 CPU); a test that wants the other
     passes ``reduce_range`` explicitly.
     """
-    import optpipe.precision.int8 as int8
-    import optpipe.precision.int8_dynamic as int8_dynamic
+    import optpipe.precision.dynamic_quantize as int8_dynamic
+    import optpipe.precision.static_quantize as int8
 
     monkeypatch.setattr(int8, "cpu_needs_reduce_range", lambda: True)
     monkeypatch.setattr(int8_dynamic, "cpu_needs_reduce_range", lambda: True)
