@@ -21,6 +21,7 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, pause_point, publish
+from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
 from optpipe.golden import make_golden
 from optpipe.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
@@ -91,6 +92,10 @@ def variant_passes(precision: str, target: Target, options: Mapping[str, Any], e
         passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
         if options.get("benchmark", True):
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))
+        if options.get("profile"):  # after the benchmark: the profiler's overhead must not be timed
+            from optpipe.passes.profile import ProfilePass
+
+            passes.append(ProfilePass())
     return passes
 
 
@@ -116,7 +121,7 @@ def build(
     heldout_inputs: Mapping[str, np.ndarray] | None = None,
     exporter: str = "auto",
     model_name: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     **precision_options: Any,
@@ -136,8 +141,10 @@ def build(
     from optpipe.pass_options import apply_pass_options, check_pass_options
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
     from optpipe.passes.simplify import SimplifyOnnx
+    from optpipe.provenance import utc_now
     from optpipe.runtime import TorchRunner
 
+    started = utc_now()
     per_pass = check_pass_options(pass_options)  # before anything runs: a typo fails now
     if "tolerances" in per_pass.get("validate", {}):  # the precision gates apply the same tolerances
         given = dict(tolerances or {})
@@ -316,6 +323,9 @@ def build(
             report.status = "split"
             report.next_step = next_step
         report.build = _build_record(specs, outputs, dims, precisions, options, onnx_artifact, staging)
+        from optpipe.provenance import provenance_record
+
+        report.provenance = provenance_record(model, options.get("provenance"), started)
         report.write(staging / "report.json")
         from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 
@@ -435,7 +445,9 @@ def _variant_record(
         "torch_latency": bench.get("torch_latency"),
         "speedup_vs_torch": bench.get("speedup_vs_torch"),
         "gpu_memory": bench.get("gpu_memory"),
-        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark")},
+        "memory": bench.get("memory"),
+        "profile": metrics.get("profile", {}).get("profile"),
+        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark", "profile")},
     }
     return variant
 

@@ -24,7 +24,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from optpipe import __version__
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import GoldenData
 from optpipe.onnx_utils import onnx_files
@@ -33,7 +35,13 @@ from optpipe.report import SCHEMA, Report
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
 REPORT_NAME = "report.json"
-INSTALL_HINT = "pip install 'optpipe[tensorrt]'"
+# No package index hosts optpipe: the GPU machine installs it from a wheel built from this
+# checkout, or straight from the repository, with the [tensorrt] extra.
+INSTALL_HINT = (
+    f"pip wheel --no-deps -w dist <optpipe checkout> here, then on the GPU machine "
+    f"pip install 'optpipe-{__version__}-py3-none-any.whl[tensorrt]' "
+    "(or pip install 'optpipe[tensorrt] @ git+<optpipe repository URL>')"
+)
 
 
 def split_next_step(out_dir: str | Path, reason: str, options: Mapping[str, Any]) -> str:
@@ -153,7 +161,7 @@ def finish_build(
     benchmark: bool = True,
     benchmark_batch: int | None = None,
     rebuild: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
 ) -> Report:
     """Build, validate and time the pending TensorRT engines of a split build; rewrite its report.
 

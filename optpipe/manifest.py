@@ -177,6 +177,7 @@ def make_manifest(directory: Path, report_dict: Mapping[str, Any], ctx: Any = No
         "config": resolved_config(report_dict, ctx, pipelines),
         "packages": {name: package_version(name) for name in PACKAGES},
         "host": host(),
+        "provenance": report_dict.get("provenance"),
     }
     # A JSON round trip first, so the hash is of exactly what verify will read back.
     manifest = json.loads(json.dumps(manifest))

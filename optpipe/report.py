@@ -75,6 +75,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     next_step: str | None = None
     build: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None  # files, call, times, versions (optpipe.provenance)
     environment: dict[str, Any] = field(default_factory=environment)
     out_dir: Path | None = None
 
@@ -116,6 +117,7 @@ class Report:
             "warnings": self.warnings,
             "next_step": self.next_step,
             "build": self.build,
+            "provenance": self.provenance,
         }
 
     def to_json(self) -> str:
@@ -123,6 +125,12 @@ class Report:
 
     def write(self, path: Path) -> None:
         write_bytes_atomic(path, (self.to_json() + "\n").encode())
+
+    def metrics(self) -> dict[str, float]:
+        """A flat ``{"fp32.p50_ms": ..., "int8.cosine_min.logits": ...}`` view (see :mod:`optpipe.report_metrics`)."""
+        from optpipe.report_metrics import flat_metrics
+
+        return flat_metrics(self.to_dict(), self.out_dir)
 
     def summary(self) -> str:
         """A fixed-width table for the console."""

@@ -25,8 +25,9 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import UserInputError, full_message, summary_line
-from optpipe.onnx_utils import onnx_files
+from optpipe.onnx_utils import load_onnx, onnx_files
 from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.progress import Elapsed
 from optpipe.tensor_spec import TensorSpec
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -284,6 +285,12 @@ def _reraise_interrupt(error: Exception, interrupted: list[bool]) -> None:
         raise KeyboardInterrupt from None
 
 
+def exported_opset(path: Path) -> int | None:
+    """The default-domain opset of the exported file (what ``--opset`` asked for, or what the exporter chose)."""
+    model = load_onnx(path, load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 class ExportOnnx(Pass):
     """torch nn.Module -> ONNX (dynamo exporter, TorchScript fallback)."""
 
@@ -310,7 +317,7 @@ class ExportOnnx(Pass):
             for stale in path.parent.glob(path.name + "*"):
                 stale.unlink()
             try:
-                with _interrupts_noticed() as interrupted:
+                with Elapsed(f"export ({exporter})"), _interrupts_noticed() as interrupted:  # ticker on a terminal
                     _export(exporter, path, ctx, self.config.opset)
                     check_against_golden(path, ctx)
                     check_dynamic_axes(path, ctx)
@@ -332,6 +339,11 @@ class ExportOnnx(Pass):
                 "checked_batches": [case.batch for case in ctx.golden.cases] if ctx.golden else [],
             }
             warnings_ = [f"dynamo exporter failed, used TorchScript: {summaries[0]}"] if summaries else []
+            metrics["opset"] = exported_opset(path)
+            metrics["requested_opset"] = self.config.opset
+            if self.config.opset is not None and metrics["opset"] != self.config.opset:
+                warnings_.append(f"opset {self.config.opset} was requested, but the {exporter} exporter wrote "
+                                 f"opset {metrics['opset']} (it does not support the requested one)")
             result = artifact.derive(
                 kind=ArtifactKind.ONNX,
                 path=path,
