@@ -311,6 +311,10 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if trt_options and target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
+    parsed_tolerances: dict[str, dict[str, float]] = {}
+    for text in tolerances:
+        output, field, value = _parse_tolerance(text)
+        parsed_tolerances.setdefault(output, {})[field] = value
     from optpipe.precheck import precheck_build
 
     precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
@@ -318,13 +322,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         from optpipe.mlflow_tracking import import_mlflow
 
         import_mlflow()
-    from optpipe.prepared_model import prepare_model
-
-    parsed_tolerances: dict[str, dict[str, float]] = {}
-    for text in tolerances:
-        output, field, value = _parse_tolerance(text)
-        parsed_tolerances.setdefault(output, {})[field] = value
     from optpipe.console import info
+    from optpipe.prepared_model import prepare_model
 
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
