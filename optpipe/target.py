@@ -10,13 +10,13 @@ build stops after every CPU stage (a split build, exit 3).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from optpipe.errors import UserInputError
 
 if TYPE_CHECKING:
     from optpipe.artifact import Artifact
+    from optpipe.build_options import TensorRTOptions
     from optpipe.pass_base import Pass
     from optpipe.runtime import Runner
 
@@ -29,11 +29,10 @@ class Target(ABC):
     qdq_style: str  # "cpu" (ONNX Runtime fast QDQ) | "tensorrt" (symmetric int8, per-channel)
 
     @abstractmethod
-    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
+    def engine_pass(self, trt: TensorRTOptions | None = None) -> Pass:
         """The pass that turns a portable ONNX artifact into this target's engine.
 
-        ``options`` are the build's options (``BuildContext.options``), so engine
-        settings such as ``options["trt"]`` end up in the pass's frozen config.
+        ``trt`` are the build's TensorRT options, so they end up in the pass's frozen config.
         """
 
     @abstractmethod
@@ -53,7 +52,7 @@ class CpuTarget(Target):
     description = "ONNX Runtime, CPU execution provider (always available)"
     qdq_style = "cpu"
 
-    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
+    def engine_pass(self, trt: TensorRTOptions | None = None) -> Pass:
         from optpipe.passes.engine_ort import OrtEnginePass
 
         return OrtEnginePass()
@@ -70,10 +69,11 @@ class TensorRTTarget(Target):
     description = "TensorRT on an NVIDIA GPU (strongly typed engine built with Polygraphy)"
     qdq_style = "tensorrt"
 
-    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
+    def engine_pass(self, trt: TensorRTOptions | None = None) -> Pass:
+        from optpipe.build_options import TensorRTOptions
         from optpipe.passes.engine_trt import TrtEnginePass
 
-        return TrtEnginePass.from_options(options or {})
+        return TrtEnginePass.from_options(trt or TensorRTOptions())
 
     def pre_engine_passes(self) -> list[Pass]:
         """The static TensorRT lint: runs on the CPU, so a split build stops here on a bad model."""

@@ -11,7 +11,6 @@ FP32 as well, up to a limit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.build_options import BuildOptions
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
@@ -60,13 +60,13 @@ class Fp16Pass(Pass):
     cacheable = True
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> Fp16Pass:
-        """The pass for ``build(**options)``."""
+    def from_options(cls, options: BuildOptions) -> Fp16Pass:
+        """The pass for a build's options."""
         return cls(
             Fp16Config(
-                node_block_list=tuple(options.get("fp16_block") or ()),
-                calib_data=pass_support.calib_source(options.get("calib_data")),
-                **pass_support.guard_options(options),
+                node_block_list=options.guard.fp16_block,
+                calib_data=options.calibration.source,
+                **options.guard.config_fields(),
             )
         )
 

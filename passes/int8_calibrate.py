@@ -18,7 +18,6 @@ refused unless the user opts in to synthetic data, which the report flags.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.build_options import BuildOptions
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
@@ -87,35 +87,29 @@ class Int8Pass(Pass):
     cacheable = True
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], target: Any) -> Int8Pass:
-        """The pass for ``build(**options)``: checks the options now, before any export runs."""
-        method = str(options.get("calib_method") or "minmax")
-        if method not in METHODS:
-            raise UserInputError(f"unknown calibration method '{method}'; use one of {', '.join(METHODS)}")
+    def from_options(cls, options: BuildOptions, target: Any) -> Int8Pass:
+        """The pass for a build's options: refuses a build without calibration data now, before any export."""
         style = str(getattr(target, "qdq_style", "cpu"))
         if style not in STYLES:
             raise UserInputError(f"target '{getattr(target, 'name', target)}' has unknown Q/DQ style '{style}'")
-        data = options.get("calib_data")
-        synthetic = bool(options.get("synthetic_calib"))
-        if data is None and not synthetic:
+        calib = options.calibration
+        if calib.source is None and not calib.synthetic:
             raise UserInputError(
                 "INT8 needs calibration data: pass --calib-data FILE.npz (input-name keys), a directory "
                 "of .npy/.npz files or FILE.py:NAME, define calibration_data() in the model file, or "
                 "--synthetic-calib to calibrate on random inputs (not recommended)"
             )
-        calib_data = pass_support.calib_source(data)
-        if calib_data and calib_data != IN_MEMORY and ".py:" not in calib_data and not Path(calib_data).exists():
-            raise UserInputError(f"calibration data '{calib_data}' does not exist")
-        guard = pass_support.guard_options(options)
-        cache = options.get("calib_cache")
+        source = calib.source
+        if source and source != IN_MEMORY and ".py:" not in source and not Path(source).exists():
+            raise UserInputError(f"calibration data '{source}' does not exist")
         config = Int8Config(
             style=style,
-            method=method,
-            calib_data=calib_data,
-            synthetic=synthetic and data is None,
-            cache_file=str(cache) if cache else None,
-            exclude_nodes=tuple(options.get("int8_exclude") or ()),
-            **guard,
+            method=calib.method,
+            calib_data=source,
+            synthetic=calib.synthetic and source is None,
+            cache_file=calib.cache,
+            exclude_nodes=options.guard.int8_exclude,
+            **options.guard.config_fields(),
         )
         return cls(config)
 

@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     from optpipe.pass_base import BuildContext
     from optpipe.precision.localize import GuardResult
 
-#: ``calib_data`` in a Config when the build options carry the samples themselves (``options["calib_data"]``).
-IN_MEMORY = "<in-memory>"
+from optpipe.build_options import IN_MEMORY
 
 Samples = list[dict[str, "np.ndarray"]]
 
@@ -39,22 +38,6 @@ class GuardedConfig(Protocol):
 
     @property
     def localize_samples(self) -> int: ...
-
-
-def guard_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``guard`` and ``max_keep_fraction`` for a Config, from ``build(**options)``.
-
-    The flags are ``--no-guard`` and ``--guard-max-keep`` (a fraction in [0, 1]).
-    """
-    fraction = float(options.get("guard_max_keep", 0.1))
-    if not 0.0 <= fraction <= 1.0:
-        raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
-    return {"guard": not options.get("no_guard", False), "max_keep_fraction": fraction}
-
-
-def calib_source(data: Any) -> str | None:
-    """The Config's ``calib_data`` for build option ``calib_data``: None, the path as text, or IN_MEMORY."""
-    return None if data is None else (str(data) if isinstance(data, (str, Path)) else IN_MEMORY)
 
 
 def calib_data(ctx: BuildContext, source: str) -> Any:
