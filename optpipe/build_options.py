@@ -267,6 +267,9 @@ class BuildOptions:
     eval: EvalOptions = EvalOptions()
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
+    # previous build there. Not an option of the build's result, so not compared.
+    out_dir: str | None = field(default=None, compare=False)
 
     @property
     def auto(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,7 @@ def build_with_options(
     from optpipe.runtime import TorchRunner
 
     out = Path(out_dir)
+    options = replace(options, out_dir=str(out))  # int8 reuses the ranges of a previous build there
     target = get_target(options.target)
     if options.auto:  # build the target's candidates, keep the fastest that passes
         from optpipe.precision.accuracy import auto_precisions
@@ -233,7 +234,7 @@ def build_with_options(
     if not options.benchmark.enabled and options.benchmark.batch is not None:
         report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
     try:
-        ctx = _context(model, io, options, target, staging, out, log)
+        ctx = _context(model, io, options, target, staging, log)
         ctx.golden = make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
                                  dict(heldout_inputs or {}) or None)
         ctx.golden.save(staging / "golden")
@@ -258,7 +259,7 @@ def _unavailable_reason(target: Target) -> str | None:
     return None
 
 
-def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, staging: Path, out: Path,
+def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, staging: Path,
              log: Callable[[str], None]) -> BuildContext:
     import torch
 
@@ -272,9 +273,6 @@ def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, sta
         example_inputs=tuple(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples),
         threads=options.threads,
         log=log,
-        # The in-memory calibration samples, the gates' tolerances and where int8 may find earlier ranges.
-        options={"calib_data": options.calibration.samples, "tolerances": options.tolerances.as_dict(),
-                 "out_dir": str(out)},
     )
 
 

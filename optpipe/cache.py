@@ -19,11 +19,12 @@ benchmark measure, so they always run. The key covers the input artifact's
 sha256 (for the torch module: its parameters, buffers and class sources), the
 pass name, code and ``config_dict()``, the versions of the distributions in
 ``Pass.uses``, the target, input specs, dynamic dims, output names, golden
-data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
-deliberately *not* in the key: passes receive their options through their
-``Config`` (``from_options``), and a file named by a config field is keyed by
-its content. Putting every option in every key would make, say, a TensorRT
-timing cache that changes after each build invalidate the export.
+data and ``Pass.cache_facts(ctx)``. The build's other options are deliberately
+*not* in the key: a pass receives everything it reads through its ``Config``
+(``from_options``), so its config is its key, and a file named by a config
+field is keyed by its content. Putting every option in every key would make,
+say, a TensorRT timing cache that changes after each build invalidate the
+export.
 
 Layout under the cache directory (``$OPTPIPE_CACHE_DIR`` or
 ``~/.cache/optpipe``)::
@@ -187,11 +188,11 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
     """What a guarded precision pass (fp16, int8) reads outside its config.
 
     The samples it calibrates / checks ranges on (by content, whatever their
-    source: a file, a directory, ``FILE.py:NAME``, in-memory or synthetic),
-    the tolerances its accuracy gate applies (the golden data is in every
-    key already), the target's Q/DQ style and the code of the helpers that
-    decide the output. ``threads`` is left out on purpose: it changes ORT's
-    float reductions only in the last bits.
+    source: a file, a directory, ``FILE.py:NAME``, in-memory or synthetic; the
+    gate's tolerances are in its config, the golden data in every key), the
+    target's Q/DQ style and the code of the helpers that decide the output.
+    ``threads`` is left out on purpose: it changes ORT's float reductions only
+    in the last bits.
     """
     from optpipe.precision.calib_data import data_fingerprint
 
@@ -199,7 +200,6 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
         "samples": data_fingerprint(samples),
         "sample_count": len(samples),
         "sample_source": source,
-        "tolerances": _plain(dict(ctx.options.get("tolerances") or {})),
         "qdq_style": getattr(ctx.target, "qdq_style", None),
         "code": module_digests(
             "optpipe.precision.int8", "optpipe.precision.fp16", "optpipe.precision.localize",

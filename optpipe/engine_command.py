@@ -181,8 +181,7 @@ def finish_build(
     report.build = replace(split.build, trt=trt.set_values(), split_environment=report.environment)
     report.environment = environment()
     ctx = BuildContext(work_dir=split.directory, target=target, input_specs=split.build.inputs,
-                       output_names=split.build.outputs, dynamic=split.build.dynamic, golden=split.golden, log=log,
-                       options={"tolerances": tolerances.as_dict()})
+                       output_names=split.build.outputs, dynamic=split.build.dynamic, golden=split.golden, log=log)
     log(f"optpipe: finishing {report.model} with TensorRT in {split.directory}")
     _run_engines(split, plan, ctx, report)
     report.status = "complete"

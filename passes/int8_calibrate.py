@@ -18,7 +18,7 @@ refused unless the user opts in to synthetic data, which the report flags.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.build_options import BuildOptions
 from optpipe.errors import UserInputError
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 from optpipe.precision.pass_support import IN_MEMORY
 
@@ -71,6 +71,14 @@ class Int8Config:
     max_keep_fraction: float = 0.1
     # Samples the per-layer error analysis runs on.
     localize_samples: int = 8
+    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The calibration samples themselves when calib_data is "<in-memory>" (build(calib_data=...) or the
+    # model file's calibration_data()); keyed by content through cache_facts, so not in config_dict().
+    samples: Any = field(default=None, compare=False, repr=False, metadata=NOT_IN_KEY)
+    # The previous build's directory (the --out directory): its int8 ranges may seed this build when their
+    # model/data key still matches. Not in config_dict(): it only saves a recalibration.
+    previous_build: str | None = field(default=None, metadata=NOT_IN_KEY)
 
 
 class Int8Pass(Pass):
@@ -109,6 +117,9 @@ class Int8Pass(Pass):
             synthetic=calib.synthetic and source is None,
             cache_file=calib.cache,
             exclude_nodes=options.guard.int8_exclude,
+            samples=calib.samples,
+            tolerances=options.tolerances.as_dict(),
+            previous_build=options.out_dir,
             **options.guard.config_fields(),
         )
         return cls(config)
@@ -199,7 +210,7 @@ class Int8Pass(Pass):
 
         config = self.config
         if config.calib_data is not None:
-            data = pass_support.calib_data(ctx, config.calib_data)
+            data = pass_support.calib_data(config)
             return load_samples(data, ctx.input_specs, max_samples=config.max_samples), str(config.calib_data)
         dims = {d.axis_name: d.opt for d in ctx.dynamic}
         samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)
@@ -210,7 +221,7 @@ class Int8Pass(Pass):
 
         A user ``--calib-cache`` file is copied in first (``build()`` already
         refused a corrupt one, naming it); otherwise the previous build in the
-        same output directory (``ctx.options['out_dir']``) is, so a rebuild with
+        same output directory (``config.previous_build``) is, so a rebuild with
         ``--overwrite`` reuses its ranges when the model and data hashes still
         match (the key is checked, never assumed). A corrupt previous-build file
         is only a warning: it is recalibrated. The ranges are written back to
@@ -222,8 +233,8 @@ class Int8Pass(Pass):
         seeds = []
         if self.config.cache_file:
             seeds.append(Path(self.config.cache_file))
-        if ctx.options.get("out_dir"):
-            seeds.append(Path(str(ctx.options["out_dir"])) / "int8" / CACHE_NAME)
+        if self.config.previous_build:
+            seeds.append(Path(self.config.previous_build) / "int8" / CACHE_NAME)
         for seed in seeds:
             if seed.is_file():
                 try:

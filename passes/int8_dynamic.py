@@ -11,7 +11,7 @@ TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
@@ -37,6 +37,8 @@ class Int8DynamicConfig:
     max_keep_fraction: float = 0.1
     # Golden cases the per-layer error analysis runs on.
     localize_samples: int = 8
+    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Int8DynamicPass(Pass):
@@ -62,6 +64,7 @@ class Int8DynamicPass(Pass):
         return cls(
             Int8DynamicConfig(
                 exclude_nodes=options.guard.int8_exclude,
+                tolerances=options.tolerances.as_dict(),
                 **options.guard.config_fields(),
             )
         )

@@ -41,7 +41,7 @@ def test_misspelled_keyword_is_a_type_error_naming_the_closest_valid_one(toy: ob
 
 
 def test_keyword_far_from_any_option_lists_the_valid_ones(toy: object, tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="valid keywords: .*calib_data"):
+    with pytest.raises(TypeError, match=r"valid keywords: .*calib_data"):
         optpipe.build(toy.TinyNet(), toy.example_inputs(), out_dir=tmp_path / "o", zzzzzz=1)  # type: ignore[attr-defined]
 
 
@@ -185,7 +185,7 @@ def test_report_reader_refuses_what_is_not_a_report(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ReportUnreadable, match=message):
             read_report(path)
-    with pytest.raises(ReportUnreadable, match="no report.json"):
+    with pytest.raises(ReportUnreadable, match=r"no report\.json"):
         read_report(tmp_path / "missing" / "report.json")
 
 

@@ -296,7 +296,8 @@ def test_batch_with_no_benchmark_is_ignored_with_a_warning(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("*:bogus=1", "unknown tolerance field 'bogus' for output '*'; expected one of atol, min_cosine, min_top1, rtol"),
+        ("*:bogus=1",
+         "unknown tolerance field 'bogus' for output '*'; expected one of atol, min_cosine, min_top1, rtol"),
         ("*:atol=nan", "must be a finite number"),
         ("logits:min_cosine=inf", "must be a finite number"),
     ],

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from optpipe.passes.int8_calibrate import Int8Config, Int8Pass
 
+from optpipe.build_options import parse_build_options as opts
 from optpipe.errors import UserInputError
 from optpipe.target import get_target
-from optpipe.build_options import parse_build_options as opts
 
 
 def test_style_follows_target() -> None:

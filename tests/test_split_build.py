@@ -21,8 +21,8 @@ from click.testing import CliRunner, Result
 from conftest import trt_usable
 
 from optpipe.cli import main
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
 from optpipe.engine_command import read_split_build
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = [

@@ -21,8 +21,8 @@ from optpipe.passes.trt_lint import TrtLintConfig, TrtLintPass, lint_profiles
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_options import TensorRTOptions, parse_build_options
 from optpipe.builder import variant_passes
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, PassError, UserInputError
 from optpipe.engine_command import split_next_step
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, PassError, UserInputError
 from optpipe.pass_base import BuildContext
 from optpipe.target import CpuTarget, TensorRTTarget
 from optpipe.tensor_spec import DynamicDim, TensorSpec

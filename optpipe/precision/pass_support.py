@@ -39,10 +39,14 @@ class GuardedConfig(Protocol):
     @property
     def localize_samples(self) -> int: ...
 
+    @property
+    def tolerances(self) -> dict[str, dict[str, float]]: ...
 
-def calib_data(ctx: BuildContext, source: str) -> Any:
-    """What :func:`~optpipe.precision.calib_data.load_samples` reads for a Config's ``calib_data``."""
-    data = ctx.options.get("calib_data") if source == IN_MEMORY else source
+
+def calib_data(config: Any) -> Any:
+    """What :func:`~optpipe.precision.calib_data.load_samples` reads for a Config's ``calib_data`` (and ``samples``)."""
+    source = config.calib_data
+    data = config.samples if source == IN_MEMORY else source
     if data is None:
         raise UserInputError("in-memory calibration data was announced but not passed to build()")
     return data
@@ -90,7 +94,7 @@ def run_guard(
     from optpipe.precision.gate import make_gate
     from optpipe.precision.localize import guarded_quantize
 
-    gate, gate_log = make_gate(ctx, gate_name, dict(ctx.options.get("tolerances") or {}), level)
+    gate, gate_log = make_gate(ctx, gate_name, dict(config.tolerances), level)
     result = guarded_quantize(
         src,
         dst,
