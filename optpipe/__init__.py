@@ -17,8 +17,8 @@ from optpipe.errors import (
 )
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
-if TYPE_CHECKING:
-    from optpipe.report import Report
+if TYPE_CHECKING:  # the typed signature, for type checkers and IDEs; imported lazily at run time
+    from optpipe.builder import build
 
 __version__ = "0.1.0"
 
@@ -34,8 +34,13 @@ __all__ = [
 ]
 
 
-def build(model: Any, example_inputs: Any, **kwargs: Any) -> Report:
-    """Compile ``model``; see :func:`optpipe.builder.build` for the options."""
-    from optpipe.builder import build as _build
+def __getattr__(name: str) -> Any:
+    """``optpipe.build`` is :func:`optpipe.builder.build` (keyword-only, typed), imported on first use.
 
-    return _build(model, example_inputs, **kwargs)
+    So ``import optpipe`` stays cheap: numpy, ONNX and torch load only when a build starts.
+    """
+    if name == "build":
+        from optpipe.builder import build
+
+        return build
+    raise AttributeError(f"module 'optpipe' has no attribute '{name}'")

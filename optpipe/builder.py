@@ -158,7 +158,9 @@ def _model_outputs(model: Any, io: ModelIO, output_names: Sequence[str] | None) 
 
     from optpipe.runtime import flatten_outputs
 
-    with contextlib.suppress(NotImplementedError):  # a .pt2 program's module() refuses eval(); it is already
+    # A .pt2 program's module() refuses eval() (NotImplementedError); an exported program is already in
+    # inference form, so there is nothing to switch.
+    with contextlib.suppress(NotImplementedError):
         model.eval()
     with torch.inference_mode():
         first = flatten_outputs(model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples)))
