@@ -57,7 +57,7 @@ def precision_pass(precision: str, target: Target, options: BuildOptions) -> Pas
 
         return Fp16Pass.from_options(options)
     if precision == "int8":
-        from optpipe.passes.int8_calibrate import Int8Pass
+        from optpipe.passes.int8 import Int8Pass
 
         return Int8Pass.from_options(options, target)
     if precision == "int8-dynamic":
@@ -72,14 +72,15 @@ def variant_passes(precision: str, target: Target, options: BuildOptions, engine
     """Precision pass (if ``lower``), then engine, validate and benchmark when the engine can be built."""
     from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
     from optpipe.passes.validate import ValidateConfig, ValidatePass
+    from optpipe.registry import engine_pass, pre_engine_passes
 
     passes: list[Pass] = []
     lowering = precision_pass(precision, target, options) if lower else None
     if lowering is not None:
         passes.append(lowering)
-    passes.extend(target.pre_engine_passes())
+    passes.extend(pre_engine_passes(target))
     if engine:
-        passes.append(target.engine_pass(options.trt))
+        passes.append(engine_pass(target, options))
         passes.append(ValidatePass(ValidateConfig(tolerances=options.tolerances.as_dict())))
         if options.benchmark.enabled:
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.benchmark.batch)))

@@ -320,7 +320,7 @@ def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report
 
 def _write_back_calib_cache(options: BuildOptions, out: Path, log: Callable[[str], None]) -> None:
     """Update ``--calib-cache FILE`` with the published build's ranges (only after a build that finished)."""
-    from optpipe.passes.int8_calibrate import CACHE_NAME
+    from optpipe.passes.int8 import CACHE_NAME
     from optpipe.precision.calib_cache import write_back
 
     target, built = options.calibration.cache, out / "int8" / CACHE_NAME

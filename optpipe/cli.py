@@ -280,7 +280,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
     from optpipe.build_options import parse_build_options
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
 
     # Every option is checked here, before the model file is even loaded.
     options = parse_build_options(

@@ -180,12 +180,10 @@ def _file_items(param: click.Parameter, value: Any, fail: Callable[[str], Config
 
 def _click_convert(key: str, value: Any, param: click.Parameter, where: str, ctx: click.Context) -> Any:
     """``param.type.convert``: the command line's own conversion and checks, errors naming the file's field."""
-    from optpipe.cli import PrecisionsType, ToleranceType
-
     try:
         return param.type.convert(value, param, ctx)
     except click.BadParameter as error:
-        if isinstance(param.type, PrecisionsType | ToleranceType):  # their message says what was expected
+        if param.name in ("precision", "tolerances"):  # optpipe's own types: the message says what was expected
             raise ConfigError(f"{where}.{key}: {error.message}") from None
         choices = getattr(param.type, "choices", None)
         expected = f"one of {', '.join(map(str, choices))}" if choices else f"{param.type.name} ({error.message})"

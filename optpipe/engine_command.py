@@ -42,8 +42,8 @@ from optpipe.onnx_utils import onnx_files
 from optpipe.pass_base import BuildContext
 from optpipe.pipeline import Pipeline
 from optpipe.report import Report, ReportUnreadable, read_report
-from optpipe.target import TensorRTTarget
 from optpipe.tensor_spec import TensorSpec
+from optpipe.tensorrt.trt_target import TensorRTTarget
 
 REPORT_NAME = "report.json"
 INSTALL_HINT = "pip install 'optpipe[tensorrt]'"

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from optpipe.artifact import Artifact, ArtifactKind
@@ -104,6 +105,16 @@ class Pass(ABC):
             for f in dataclasses.fields(self.config)
             if f.metadata.get("cache_key", True)
         }
+
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """Modules besides the pass's own file whose code decides its output.
+
+        :class:`optpipe.cache.PassCache` hashes their source into the key, so
+        editing a helper a pass calls invalidates that pass's entries. Each pass
+        names its own helpers: the cache knows none of them.
+        """
+        return ()
 
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
         """Facts besides input, config and ``uses`` versions that change the output (e.g. a GPU name)."""

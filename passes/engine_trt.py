@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.build_options import TensorRTOptions
+from optpipe.build_options import BuildOptions, TensorRTOptions
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
 
@@ -85,9 +85,9 @@ class TrtEnginePass(Pass):
     Config = TrtEngineConfig
 
     @classmethod
-    def from_options(cls, trt: TensorRTOptions) -> TrtEnginePass:
+    def from_options(cls, options: BuildOptions) -> TrtEnginePass:
         """The pass configured from a build's TensorRT options (see :meth:`TrtEngineConfig.from_options`)."""
-        return cls(TrtEngineConfig.from_options(trt))
+        return cls(TrtEngineConfig.from_options(options.trt))
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.tensorrt.engine import build_engine

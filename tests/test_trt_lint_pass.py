@@ -24,8 +24,10 @@ from optpipe.builder import variant_passes
 from optpipe.engine_command import split_next_step
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, PassError, UserInputError
 from optpipe.pass_base import BuildContext
-from optpipe.target import CpuTarget, TensorRTTarget
+from optpipe.registry import pre_engine_passes
+from optpipe.target import CpuTarget
 from optpipe.tensor_spec import DynamicDim, TensorSpec
+from optpipe.tensorrt.trt_target import TensorRTTarget
 
 
 def save(tmp_path: Path, nodes: list[onnx.NodeProto], x_shape: list[object], inits: tuple = ()) -> Path:
@@ -145,7 +147,7 @@ def test_tensorrt_target_lints_before_its_engine() -> None:
     assert [p.name for p in full] == ["trt-lint", "engine-trt", "validate", "benchmark"]
     expected = TrtEngineConfig(builder_optimization_level=5, hardware_compatibility="ampere_plus")
     assert full[1].config == expected
-    assert CpuTarget().pre_engine_passes() == []
+    assert pre_engine_passes(CpuTarget()) == []
 
 
 @pytest.mark.parametrize(
@@ -168,7 +170,7 @@ def test_engine_config_from_options_keeps_defaults_for_missing_values() -> None:
     trt = TensorRTOptions.parse({"timing_cache": Path("c.bin"), "workspace_bytes": None})
     config = TrtEngineConfig.from_options(trt)
     assert config == TrtEngineConfig(timing_cache="c.bin")
-    assert TrtEnginePass.from_options(TensorRTOptions()).config == TrtEngineConfig()
+    assert TrtEnginePass.from_options(parse_build_options()).config == TrtEngineConfig()
 
 
 def test_split_next_step_says_how_to_finish() -> None:
