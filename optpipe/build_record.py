@@ -45,8 +45,35 @@ class PassStatus(StrEnum):
     SKIPPED = "skipped"  # a precision pass that found nothing to lower (its variant is skipped)
 
 
+class _JsonRecord:
+    """What the JSON records share: optional keys, keys kept as read, read access by JSON field name."""
+
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _finish(self, out: dict[str, Any], **optional: Any) -> dict[str, Any]:
+        """``out`` plus the ``optional`` keys that are set, over the keys kept from the file."""
+        out.update({key: value for key, value in optional.items() if value is not None})
+        return {**self.extra, **out}
+
+    @classmethod
+    def _unknown(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The keys of ``data`` this version does not know (kept, so a round trip loses nothing)."""
+        known = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]  # subclasses are dataclasses
+        return {key: value for key, value in data.items() if key not in known}
+
+    # Read access by JSON field name, for scripts written against the dict form (``variant["passed"]``).
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
 @dataclass(frozen=True)
-class VariantResult:
+class VariantResult(_JsonRecord):
     """One entry of ``report.variants``."""
 
     precision: str
@@ -91,18 +118,11 @@ class VariantResult:
             "passes": self.passes,
             "required": self.required,
         }
-        if self.fallback:
-            out["fallback"] = True
-        if self.reason is not None:
-            out["reason"] = self.reason
-        if self.accuracy is not None:
-            out["accuracy"] = self.accuracy
-        return {**self.extra, **out}
+        return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
         """Read one variant; raises KeyError/TypeError/ValueError on a malformed entry."""
-        known = {f.name for f in fields(cls)} - {"extra"}
         return cls(
             precision=str(data["precision"]),
             status=VariantStatus(str(data.get("status") or VariantStatus.BUILT)),
@@ -120,19 +140,12 @@ class VariantResult:
             fallback=bool(data.get("fallback", False)),
             reason=data.get("reason"),
             accuracy=data.get("accuracy"),
-            extra={k: v for k, v in data.items() if k not in known},
+            extra=cls._unknown(data),
         )
-
-    # Read access by JSON field name, for scripts written against the dict form (``variant["passed"]``).
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
 
 
 @dataclass(frozen=True)
-class BuildRecord:
+class BuildRecord(_JsonRecord):
     """``report.build``: what ``optpipe engine`` and ``optpipe verify`` need to resume from the directory alone."""
 
     inputs: tuple[TensorSpec, ...]
@@ -158,16 +171,11 @@ class BuildRecord:
             "golden": self.golden,
             "trt": self.trt,
         }
-        if self.options is not None:
-            out["options"] = self.options
-        if self.split_environment is not None:
-            out["split_environment"] = self.split_environment
-        return {**self.extra, **out}
+        return self._finish(out, options=self.options, split_environment=self.split_environment)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
         """Read the build record; raises KeyError/TypeError/ValueError/AssertionError when malformed."""
-        known = {f.name for f in fields(cls)} - {"extra"}
         return cls(
             inputs=tuple(TensorSpec.from_dict(item) for item in data["inputs"]),
             outputs=tuple(str(name) for name in data["outputs"]),
@@ -180,11 +188,5 @@ class BuildRecord:
             trt=dict(data.get("trt") or {}),
             options=data.get("options"),
             split_environment=data.get("split_environment"),
-            extra={k: v for k, v in data.items() if k not in known},
+            extra=cls._unknown(data),
         )
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
