@@ -487,9 +487,9 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
         if junit_path:
             report_path = Path(params["out_dir"]) / "report.json"
             if not usage_error and code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT) and report_path.is_file():
-                import json
+                from optpipe.report import read_report  # the one reader of report.json
 
-                suites.append(report_suite(json.loads(report_path.read_text(encoding="utf-8")), model.name))
+                suites.append(report_suite(read_report(report_path).to_dict(), model.name))
             else:
                 message = ctx.meta.get(ERROR_META_KEY) or f"build failed with exit code {code} (see the log)"
                 suites.append(error_suite(model.name, message))
