@@ -197,3 +197,28 @@ def test_variant_records_keep_fields_a_newer_writer_added() -> None:
     report = Report(target="cpu", status="complete", variants=[variant, VariantResult("fp32", VariantStatus.BUILT,
                                                                                        passed=True)])
     assert report.passed  # a skipped variant does not fail the build
+
+
+# --- a pass gets everything through its Config, so its config is its cache key ---------------------------------
+
+
+def test_precision_passes_carry_the_gate_tolerances_in_their_config_and_samples_outside_the_key() -> None:
+    import dataclasses
+
+    import numpy as np
+    from optpipe.passes.fp16 import Fp16Pass
+    from optpipe.passes.int8 import Int8Pass
+
+    from optpipe.pass_base import BuildContext
+    from optpipe.target import get_target
+
+    samples = [{"x": np.zeros((1, 1, 8, 8), np.float32)}]
+    options = parse_build_options(tolerances={"logits": {"min_cosine": 0.9}}, calib_data=samples)
+    for pass_ in (Int8Pass.from_options(options, get_target("cpu")), Fp16Pass.from_options(options)):
+        key = pass_.config_dict()
+        assert key["tolerances"] == {"logits": {"min_cosine": 0.9}} and key["calib_data"] == "<in-memory>"
+        assert "samples" not in key and pass_.config.samples is samples  # keyed by content in cache_facts
+    other = Int8Pass.from_options(parse_build_options(tolerances={"logits": {"min_cosine": 0.8}}, calib_data=samples),
+                                  get_target("cpu"))
+    assert other.config_dict() != Int8Pass.from_options(options, get_target("cpu")).config_dict()
+    assert "options" not in {f.name for f in dataclasses.fields(BuildContext)}  # nothing to read besides the Config
