@@ -154,6 +154,9 @@ class CalibrationSource:
     method: str = "minmax"
     cache: str | None = None  # --calib-cache FILE
     samples: Any = field(default=None, compare=False, repr=False)  # the in-memory samples, when IN_MEMORY
+    # Declared value ranges of integer inputs (--input NAME:SHAPE:DTYPE:LOW..HIGH): synthetic calibration
+    # draws integers there instead of from the example's range.
+    input_ranges: tuple[tuple[str, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in CALIB_METHODS:
@@ -161,10 +164,15 @@ class CalibrationSource:
 
     @classmethod
     def parse(cls, data: Any = None, synthetic: bool = False, method: str | None = None,
-              cache: str | Path | None = None) -> CalibrationSource:
+              cache: str | Path | None = None,
+              input_ranges: Mapping[str, tuple[float, float]] | None = None) -> CalibrationSource:
         source = calib_source(data)
+        ranges = tuple((str(name), float(low), float(high)) for name, (low, high) in (input_ranges or {}).items())
         return cls(source, bool(synthetic), str(method or "minmax"), str(cache) if cache else None,
-                   data if source == IN_MEMORY else None)
+                   data if source == IN_MEMORY else None, ranges)
+
+    def ranges_dict(self) -> dict[str, tuple[float, float]]:
+        return {name: (low, high) for name, low, high in self.input_ranges}
 
 
 @dataclass(frozen=True)
@@ -285,7 +293,8 @@ class BuildOptions:
             "threads": self.threads,
             "tolerances": self.tolerances.as_dict(),
             "calibration": {"source": self.calibration.source, "synthetic": self.calibration.synthetic,
-                            "method": self.calibration.method, "cache": self.calibration.cache},
+                            "method": self.calibration.method, "cache": self.calibration.cache,
+                            "input_ranges": {k: list(v) for k, v in self.calibration.ranges_dict().items()}},
             "guard": {"enabled": self.guard.enabled, "max_keep_fraction": self.guard.max_keep_fraction,
                       "int8_exclude": list(self.guard.int8_exclude), "fp16_block": list(self.guard.fp16_block)},
             "benchmark": {"enabled": self.benchmark.enabled, "batch": self.benchmark.batch},
@@ -316,6 +325,7 @@ def parse_build_options(
     synthetic_calib: bool = False,
     calib_method: str | None = "minmax",
     calib_cache: str | Path | None = None,
+    input_ranges: Mapping[str, tuple[float, float]] | None = None,
     eval_data: Any = None,
     eval_origin: str | None = None,
     max_accuracy_drop: float | None = None,
@@ -350,7 +360,7 @@ def parse_build_options(
         overwrite=bool(overwrite),
         model_name=model_name,
         tolerances=parsed_tolerances,
-        calibration=CalibrationSource.parse(calib_data, synthetic_calib, calib_method, calib_cache),
+        calibration=CalibrationSource.parse(calib_data, synthetic_calib, calib_method, calib_cache, input_ranges),
         guard=GuardOptions(not no_guard, 0.1 if guard_max_keep is None else guard_max_keep,
                            tuple(int8_exclude), tuple(fp16_block)),
         benchmark=BenchmarkOptions(bool(benchmark), benchmark_batch),

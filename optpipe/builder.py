@@ -85,6 +85,7 @@ def build(
     synthetic_calib: bool = False,
     calib_method: str = "minmax",
     calib_cache: str | Path | None = None,
+    input_ranges: Mapping[str, tuple[float, float]] | None = None,
     eval_data: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
     eval_origin: str | None = None,
     max_accuracy_drop: float | None = None,
@@ -101,7 +102,8 @@ def build(
     input dynamic; a :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``tolerances`` maps an
     output (or ``*``) to :class:`~optpipe.parity.Tolerance` fields. ``calib_data`` is a path
     (.npz, a directory, ``FILE.py:NAME``) or the samples themselves; ``eval_data`` is ``(inputs,
-    labels)``. ``int8_exclude`` / ``fp16_block`` name ONNX nodes kept in FP32 from the start;
+    labels)``; ``input_ranges`` maps an integer input to the ``(low, high)`` synthetic calibration
+    draws from. ``int8_exclude`` / ``fp16_block`` name ONNX nodes kept in FP32 from the start;
     ``trt`` holds TensorRT options (:data:`~optpipe.build_options.TRT_KEYS`). ``pass_options`` maps a
     pass name (``optpipe passes``) to fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``; they
     win over the values set by the other arguments (see :mod:`optpipe.pass_options`). Every option
@@ -115,7 +117,7 @@ def build(
         target=target, precisions=precisions, exporter=exporter, threads=threads, overwrite=overwrite,
         model_name=model_name, tolerances=tolerances, benchmark=benchmark, benchmark_batch=benchmark_batch,
         calib_data=calib_data, synthetic_calib=synthetic_calib, calib_method=calib_method, calib_cache=calib_cache,
-        eval_data=eval_data, eval_origin=eval_origin, max_accuracy_drop=max_accuracy_drop,
+        input_ranges=input_ranges, eval_data=eval_data, eval_origin=eval_origin, max_accuracy_drop=max_accuracy_drop,
         guard_max_keep=guard_max_keep, no_guard=no_guard, int8_exclude=int8_exclude, fp16_block=fp16_block,
         trt=trt, pass_options=pass_options,
     )  # fmt: skip
@@ -133,6 +135,7 @@ class ModelIO:
     specs: tuple[TensorSpec, ...]
     dims: tuple[DynamicDim, ...]
     batch_dim: DynamicDim | None
+    named_axes: tuple[tuple[DynamicDim, Any], ...] = ()  # dims declared on given axes (NAME=...@INPUT.AXIS)
     outputs: tuple[str, ...] = ()
 
 
@@ -149,22 +152,29 @@ def _model_inputs(example_inputs: Sequence[Any] | Mapping[str, Any], input_names
     dynamic_args = [d if isinstance(d, DynamicArg) else DynamicArg(d) for d in dynamic]
     specs = resolve_input_specs(list(names), [(e.shape, str(e.dtype)) for e in examples], dynamic_args)
     batch_dim = next((a.dim for a in dynamic_args if a.dim.axis_name == "batch" and a.axes is None), None)
-    return ModelIO(names, examples, tuple(specs), tuple(a.dim for a in dynamic_args), batch_dim)
+    named_axes = tuple((a.dim, a.axes) for a in dynamic_args if a.axes is not None)
+    return ModelIO(names, examples, tuple(specs), tuple(a.dim for a in dynamic_args), batch_dim, named_axes)
 
 
-def _model_outputs(model: Any, io: ModelIO, output_names: Sequence[str] | None) -> tuple[str, ...]:
-    """Run the model once on the examples; its output names (given or ``output_i``), checked against the count."""
-    import torch
-
-    from optpipe.runtime import flatten_outputs
-
+def _inference_module(model: Any, names: Sequence[str]) -> Any:
+    """The model in eval mode, wrapped to take its inputs as keyword arguments when they must bind by name."""
     # A .pt2 program's module() refuses eval() (NotImplementedError); an exported program is already in
     # inference form, so there is nothing to switch.
     with contextlib.suppress(NotImplementedError):
         model.eval()
+    return _bind_by_name(model, names)
+
+
+def _model_outputs(model: Any, io: ModelIO, output_names: Sequence[str] | None) -> tuple[str, ...]:
+    """Run the model once on the examples; its output names (given, dict keys or ``output_i``), checked."""
+    import torch
+
+    from optpipe.runtime import default_output_names, flatten_outputs
+
     with torch.inference_mode():
-        first = flatten_outputs(model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples)))
-    outputs = tuple(output_names) if output_names else tuple(f"output_{i}" for i in range(len(first)))
+        raw = model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples))
+    first = flatten_outputs(raw)
+    outputs = tuple(output_names) if output_names else default_output_names(raw)  # dict keys, else output_<i>
     if len(outputs) != len(first):
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
     return outputs
@@ -221,8 +231,10 @@ def build_with_options(
         check_benchmark_batch(options.benchmark.batch, io.specs, io.dims)
     check_out_dir(out, options.overwrite)
     reason = _unavailable_reason(target)
+    model_type = type(model).__name__
+    model = _inference_module(model, io.names)
     outputs = _model_outputs(model, io, output_names)
-    io = ModelIO(io.names, io.examples, io.specs, io.dims, io.batch_dim, outputs)
+    io = replace(io, outputs=outputs)
     options.tolerances.check_outputs(outputs)
     eval_set = _checked_eval_set(options, io, precisions)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
@@ -232,14 +244,15 @@ def build_with_options(
     next_step = None if reason is None else split_next_step(out, reason, options.trt)
     reference = TorchRunner(model, io.names, outputs)
     staging = make_staging(out)
-    report = Report(target=target.name, model=options.model_name or type(model).__name__)
+    report = Report(target=target.name, model=options.model_name or model_type)
     if not options.benchmark.enabled and options.benchmark.batch is not None:
         report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
     try:
         ctx = _context(model, io, options, target, staging, log)
         ctx.golden = make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
-                                 dict(heldout_inputs or {}) or None)
+                                 dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes))
         ctx.golden.save(staging / "golden")
+        _warn_meaningless_reference(ctx.golden.cases, report, log)
         log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
         _run_and_record(prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
                         (options, precisions, reference, eval_set, next_step))
@@ -331,3 +344,20 @@ def _write_back_calib_cache(options: BuildOptions, out: Path, log: Callable[[str
     except OSError as error:  # the build is published; the cache is a convenience
         log(f"optpipe: warning: could not update --calib-cache {target}: {error}")
 
+
+def _warn_meaningless_reference(cases: Sequence[Any], report: Report, log: Callable[[str], None]) -> None:
+    """Warn (console and report.json) when a reference output is zero, constant or ignores the input."""
+    from optpipe.reference_checks import reference_warnings
+
+    for warning in reference_warnings(cases):
+        log(f"optpipe: warning: {warning}")
+        report.warnings.append(warning)
+
+
+def _bind_by_name(model: Any, names: Sequence[str]) -> Any:
+    """The model, wrapped to take its inputs as keyword arguments when they must bind by name (not position)."""
+    if not hasattr(model, "forward"):
+        return model
+    from optpipe.input_binding import bind_inputs
+
+    return bind_inputs(model, names)

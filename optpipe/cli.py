@@ -207,6 +207,9 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
     if not opts.get("calib_data") and prepared.calibration:
         calibration = CalibrationSource.parse(prepared.calibration, calibration.synthetic, calibration.method,
                                               calibration.cache)
+    if getattr(prepared, "input_ranges", None):  # --input LOW..HIGH: synthetic calibration draws integers there
+        calibration = replace(calibration, input_ranges=CalibrationSource.parse(
+            input_ranges=prepared.input_ranges).input_ranges)
     if opts.get("eval_data") is not None:
         evaluation = EvalOptions(load_eval_npz(opts["eval_data"], prepared.input_names), str(opts["eval_data"]),
                                  evaluation.max_accuracy_drop)

@@ -80,6 +80,17 @@ class Int8Config:
     # The previous build's directory (the --out directory): its int8 ranges may seed this build when their
     # model/data key still matches. Not in config_dict(): it only saves a recalibration.
     previous_build: str | None = field(default=None, metadata=NOT_IN_KEY)
+    # Declared ranges of integer inputs ({name: (low, high)}, --input ...:LOW..HIGH) synthetic calibration
+    # draws from; inputs not named use the example's range.
+    input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _integer_ranges(ctx: BuildContext, config: Int8Config) -> dict[str, Any]:
+    """Integer input ranges for synthetic calibration: declared ``--input`` ranges, else the example's."""
+    from optpipe.precision.calib_data import integer_ranges
+
+    example = ctx.golden.cases[0].inputs if ctx.golden is not None and ctx.golden.cases else None
+    return integer_ranges(ctx.input_specs, example, config.input_ranges or None)
 
 
 class Int8Pass(Pass):
@@ -121,6 +132,7 @@ class Int8Pass(Pass):
             samples=calib.samples,
             tolerances=options.tolerances.as_dict(),
             previous_build=options.out_dir,
+            input_ranges=calib.ranges_dict(),
             **options.guard.config_fields(),
         )
         return cls(config)
@@ -162,6 +174,8 @@ class Int8Pass(Pass):
             "cache_file": str(cache_path.relative_to(ctx.work_dir)),
             "cache_hit": bool(first.cache_hit) if first is not None else False,
         }
+        if config.synthetic and config.calib_data is None:  # which value ranges the random integer inputs used
+            calibration["integer_ranges"] = {name: r.to_dict() for name, r in _integer_ranges(ctx, config).items()}
         metrics: dict[str, Any] = {
             "style": config.style,
             "method": config.method,
@@ -218,8 +232,11 @@ class Int8Pass(Pass):
             data = pass_support.calib_data(config)
             return load_samples(data, ctx.input_specs, max_samples=config.max_samples), str(config.calib_data)
         dims = {d.axis_name: d.opt for d in ctx.dynamic}
-        samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)
-        return samples, f"synthetic ({config.synthetic_count} random samples)"
+        ranges = _integer_ranges(ctx, config)
+        samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims,
+                                    int_ranges={name: (r.low, r.high) for name, r in ranges.items()})  # fmt: skip
+        drawn = "; ".join(f"{name} in {r.low}..{r.high} from the {r.origin}" for name, r in ranges.items())
+        return samples, f"synthetic ({config.synthetic_count} random samples{'; ' + drawn if drawn else ''})"
 
     def _cache_path(self, ctx: BuildContext, warnings: list[str]) -> tuple[Path, Path | None]:
         """Where the ranges are stored (the build's ``int8/calibration.json``) and the file it was seeded from.
