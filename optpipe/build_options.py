@@ -273,6 +273,7 @@ class BuildOptions:
     benchmark: BenchmarkOptions = BenchmarkOptions()
     trt: TensorRTOptions = TensorRTOptions()
     eval: EvalOptions = EvalOptions()
+    profile: bool = False  # --profile: also profile each engine per op type and node (after the benchmark)
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
@@ -300,6 +301,7 @@ class BuildOptions:
             "benchmark": {"enabled": self.benchmark.enabled, "batch": self.benchmark.batch},
             "trt": self.trt.set_values(),
             "eval": {"origin": self.eval.origin, "max_accuracy_drop": self.eval.max_accuracy_drop},
+            "profile": self.profile,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
         }
 
@@ -335,6 +337,7 @@ def parse_build_options(
     fp16_block: Sequence[str] = (),
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
+    profile: bool = False,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -367,6 +370,7 @@ def parse_build_options(
         trt=trt_options,
         eval=EvalOptions(eval_data, eval_origin, max_accuracy_drop),
         pass_options=per_pass,
+        profile=bool(profile),
     )
 
 

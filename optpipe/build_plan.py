@@ -84,6 +84,10 @@ def variant_passes(precision: str, target: Target, options: BuildOptions, engine
         passes.append(ValidatePass(ValidateConfig(tolerances=options.tolerances.as_dict())))
         if options.benchmark.enabled:
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.benchmark.batch)))
+        if options.profile:  # after the benchmark: the profiler's overhead must not be timed
+            from optpipe.passes.profile import ProfilePass
+
+            passes.append(ProfilePass())
     return passes
 
 
@@ -158,7 +162,9 @@ def variant_result(precision: str, final: Artifact, records: Sequence[PassRecord
         torch_latency=bench.get("torch_latency"),
         speedup_vs_torch=bench.get("speedup_vs_torch"),
         gpu_memory=bench.get("gpu_memory"),
-        passes={r.name: r.metrics for r in records if r.name not in ("validate", "benchmark")},
+        memory=bench.get("memory"),
+        profile=metrics.get("profile", {}).get("profile"),
+        passes={r.name: r.metrics for r in records if r.name not in ("validate", "benchmark", "profile")},
     )
 
 

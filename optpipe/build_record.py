@@ -87,6 +87,8 @@ class VariantResult(_JsonRecord):
     torch_latency: dict[str, Any] | None = None
     speedup_vs_torch: float | None = None
     gpu_memory: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None  # host RSS during the benchmark
+    profile: dict[str, Any] | None = None  # the per-op profile (--profile)
     passes: dict[str, Any] = field(default_factory=dict)  # pass name -> metrics (not validate/benchmark)
     required: bool = True  # False for a candidate of --precision auto: its failure does not fail the build
     fallback: bool = False  # fp32 built because every requested variant was skipped
@@ -115,6 +117,8 @@ class VariantResult(_JsonRecord):
             "torch_latency": self.torch_latency,
             "speedup_vs_torch": self.speedup_vs_torch,
             "gpu_memory": self.gpu_memory,
+            "memory": self.memory,
+            "profile": self.profile,
             "passes": self.passes,
             "required": self.required,
         }
@@ -135,6 +139,8 @@ class VariantResult(_JsonRecord):
             torch_latency=data.get("torch_latency"),
             speedup_vs_torch=data.get("speedup_vs_torch"),
             gpu_memory=data.get("gpu_memory"),
+            memory=data.get("memory"),
+            profile=data.get("profile"),
             passes=dict(data.get("passes") or {}),
             required=bool(data.get("required", True)),
             fallback=bool(data.get("fallback", False)),

@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from optpipe.build_plan import (
     variant_passes,
 )
 from optpipe.build_record import BuildRecord
+from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import make_golden
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
@@ -49,6 +50,9 @@ from optpipe.pipeline import Instrument, Pipeline
 from optpipe.report import Report
 from optpipe.target import Target, get_target
 from optpipe.tensor_spec import DynamicDim, TensorSpec
+
+if TYPE_CHECKING:
+    from optpipe.provenance import ProvenanceInputs
 
 __all__ = ["PRECISIONS", "ProgressInstrument", "build", "build_with_options", "variant_passes"]
 
@@ -78,7 +82,7 @@ def build(
     heldout_inputs: Mapping[str, np.ndarray] | None = None,
     exporter: str = "auto",
     model_name: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     calib_data: Any = None,
@@ -94,6 +98,9 @@ def build(
     int8_exclude: Sequence[str] = (),
     fp16_block: Sequence[str] = (),
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
+    profile: bool = False,
+    mlflow: Any = None,
+    provenance: ProvenanceInputs | None = None,
 ) -> Report:
     """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
 
@@ -108,7 +115,11 @@ def build(
     pass name (``optpipe passes``) to fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``; they
     win over the values set by the other arguments (see :mod:`optpipe.pass_options`). Every option
     is checked by :func:`~optpipe.build_options.parse_build_options` before anything runs; an unknown
-    keyword is a TypeError naming the closest valid one.
+    keyword is a TypeError naming the closest valid one. ``profile`` also profiles each engine per op.
+    ``mlflow``: True (MLflow's configured tracking URI), a tracking URI, or an
+    :class:`optpipe.mlflow_tracking.MlflowTarget`: the finished build is logged to an MLflow run (nested
+    when a run is already active); MLflow is checked before the build starts. ``provenance`` says how
+    the build was asked for (report.json's ``provenance``; default: this call).
 
     Raises :class:`~optpipe.errors.OptpipeError` for user and environment errors; a failed parity
     gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``).
@@ -119,11 +130,45 @@ def build(
         calib_data=calib_data, synthetic_calib=synthetic_calib, calib_method=calib_method, calib_cache=calib_cache,
         input_ranges=input_ranges, eval_data=eval_data, eval_origin=eval_origin, max_accuracy_drop=max_accuracy_drop,
         guard_max_keep=guard_max_keep, no_guard=no_guard, int8_exclude=int8_exclude, fp16_block=fp16_block,
-        trt=trt, pass_options=pass_options,
+        trt=trt, pass_options=pass_options, profile=profile,
     )  # fmt: skip
-    return build_with_options(model, example_inputs, options, out_dir=out_dir, input_names=input_names,
-                              output_names=output_names, dynamic=dynamic, heldout_inputs=heldout_inputs,
-                              log=log, instruments=instruments)
+    tracking = None
+    if mlflow is not None and mlflow is not False:  # a missing optpipe[mlflow] fails now, not after the build
+        from optpipe.mlflow_tracking import MlflowTarget, import_mlflow
+
+        tracking = MlflowTarget.coerce(mlflow)
+        import_mlflow()
+    if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
+        from optpipe.provenance import ProvenanceInputs, api_invocation
+
+        provenance = ProvenanceInputs(invocation=api_invocation(model, _given_arguments(locals())))
+    report = build_with_options(model, example_inputs, options, out_dir=out_dir, input_names=input_names,
+                                output_names=output_names, dynamic=dynamic, heldout_inputs=heldout_inputs,
+                                log=log, instruments=instruments, provenance=provenance)
+    if tracking is not None and report.out_dir is not None:
+        from optpipe.mlflow_tracking import log_report
+
+        log_report(report.to_dict(), report.out_dir, tracking)
+    return report
+
+
+def _given_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`build` that differ from their defaults, in signature order."""
+    import inspect
+
+    skip = {"model", "example_inputs", "log", "instruments", "mlflow", "provenance", "options", "tracking"}
+    given: dict[str, Any] = {}
+    for name, parameter in inspect.signature(build).parameters.items():
+        if name in skip or name not in values:
+            continue
+        value, default = values[name], parameter.default
+        try:
+            same = value is default or bool(type(value) is type(default) and value == default)
+        except (TypeError, ValueError):  # arrays compare element-wise
+            same = False
+        if not same:
+            given[name] = value
+    return given
 
 
 @dataclass(frozen=True)
@@ -208,15 +253,18 @@ def build_with_options(
     output_names: Sequence[str] | None = None,
     dynamic: Sequence[DynamicDim | DynamicArg] = (),
     heldout_inputs: Mapping[str, np.ndarray] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
+    provenance: ProvenanceInputs | None = None,
 ) -> Report:
     """:func:`build` with options already parsed (the CLI and config files come here)."""
     from optpipe.engine_command import split_next_step
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
     from optpipe.passes.simplify import SimplifyOnnx
+    from optpipe.provenance import utc_now
     from optpipe.runtime import TorchRunner
 
+    started = utc_now()
     out = Path(out_dir)
     options = replace(options, out_dir=str(out))  # int8 reuses the ranges of a previous build there
     target = get_target(options.target)
@@ -255,7 +303,7 @@ def build_with_options(
         _warn_meaningless_reference(ctx.golden.cases, report, log)
         log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
         _run_and_record(prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
-                        (options, precisions, reference, eval_set, next_step))
+                        (options, precisions, reference, eval_set, next_step, provenance, started))
         publish(staging, out)
     except BaseException:
         discard(staging)
@@ -296,7 +344,7 @@ def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report
     """Run the shared prefix and the plan, then record the report, report.html and manifest.json in staging."""
     from optpipe.precision.accuracy import AccuracyCheck, select_variant
 
-    options, precisions, reference, eval_set, next_step = extra
+    options, precisions, reference, eval_set, next_step, provenance, started = extra
     source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
                       tuple(TensorSpec(n, (), "") for n in ctx.output_names))
     onnx_artifact = prefix.run(source, ctx, report.passes, instruments)
@@ -322,6 +370,9 @@ def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report
         onnx=str(onnx_artifact.path.relative_to(ctx.work_dir)) if onnx_artifact.path else None,
         trt=options.trt.set_values(), options=options.to_dict(),
     )
+    from optpipe.provenance import provenance_record
+
+    report.provenance = provenance_record(ctx.model, provenance, started)
     report.write(ctx.work_dir / "report.json")
     from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 

@@ -410,6 +410,8 @@ class PassCache:
             self._disable(ctx, error)
             return None
         if result is not None:
+            with contextlib.suppress(OSError):  # "last used", for least-recently-used eviction (cache_admin)
+                os.utime(self._entry(key))
             self._unlock(lock_fd)
             try:  # post-conditions hold for a replayed result too (int8 copies its ranges to --calib-cache)
                 pass_.ensures(result, ctx)

@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from optpipe import __version__
+from optpipe.cli_help import BuildCommand
+from optpipe.config_file import JSON_SINK
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
 from optpipe.junit import junit_on_error
 
 if TYPE_CHECKING:
     from optpipe.build_options import BuildOptions, TensorRTOptions
+    from optpipe.build_record import VariantResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,11 +56,23 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+def _log_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """``--log-file``: refused before any work when it cannot be written."""
+    return _writable_file(ctx, param, value)
+
+
 @click.group(help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
-             + EXIT_CODES_HELP)
-@click.version_option(package_name="optpipe")
-def main() -> None:
+             + EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="optpipe")
+@click.option("-v", "--verbose", count=True, help="More messages (-v: debug).")
+@click.option("-q", "--quiet", count=True, help="Fewer messages (-q: warnings and results only, -qq: errors).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_log_file,
+              help="Also write every message, with timestamps, to FILE.")
+def main(verbose: int, quiet: int, log_file: Path | None) -> None:
     """Entry point of the ``optpipe`` command."""
+    from optpipe.console import configure_cli_logging
+
+    configure_cli_logging(verbose - quiet, log_file)
 
 
 class PrecisionsType(click.ParamType):
@@ -218,7 +234,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
     return replace(options, calibration=calibration, eval=evaluation)
 
 
-@main.command(epilog=EXIT_CODES_HELP)
+@main.command(cls=BuildCommand, epilog=EXIT_CODES_HELP)
 @click.argument("model", required=False)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Output directory (required unless a config file sets out).")
@@ -259,6 +275,16 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
+@click.option("--opset", type=click.IntRange(min=7), metavar="N",
+              help="ONNX opset to export (default: the exporter's). report.json records the opset written; an "
+              "exporter that cannot convert to N keeps its own, and that is a warning.")
+@click.option("--profile", is_flag=True, default=None,
+              help="Also profile each engine per op type and node on the golden inputs (ONNX Runtime's profiler; "
+              "TensorRT's per-layer profiler on a GPU machine): in report.json, the console and report.html.")
+@click.option("--mlflow", "mlflow_uri", is_flag=False, flag_value="", default=None, metavar="[TRACKING_URI]",
+              help="Log the build to an MLflow run (parameters, metrics per variant, report files, the selected "
+              "artifact): at TRACKING_URI, or MLflow's default ($MLFLOW_TRACKING_URI) when none is given. Nested "
+              "in an active run. Needs pip install 'optpipe[mlflow]'.")
 @trt_build_options
 @precision_build_options
 @reports_errors
@@ -268,7 +294,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
-          trt_options: TensorRTOptions, precision_opts: dict[str, Any],
+          trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
+          profile: bool | None = None, opset: int | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
@@ -282,17 +309,27 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if trt_options and target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
+    from optpipe.precheck import precheck_build
+
+    precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
+    if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
+        from optpipe.mlflow_tracking import import_mlflow
+
+        import_mlflow()
     from optpipe.build_options import parse_build_options
+    from optpipe.console import info
     from optpipe.prepared_model import prepare_model
 
+    if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
+        pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
     # Every option is checked here, before the model file is even loaded.
     options = parse_build_options(
         target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
-        trt=trt_options, pass_options=pass_options,
+        trt=trt_options, pass_options=pass_options, profile=bool(profile),
         **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
-    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
                              output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
     options = _with_model_file_data(options, precision_opts, prepared)
@@ -303,10 +340,33 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     report = build_with_options(prepared.module, prepared.example_inputs, options, out_dir=out_dir,
                                 input_names=prepared.input_names, output_names=prepared.output_names,
                                 dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
-                                instruments=instruments)
-    click.echo(report.to_json() if as_json else report.summary())
-    if not as_json:
+                                instruments=instruments, provenance=_provenance(model, weights, prepared))
+    if not no_cache:
+        from optpipe.cache_admin import enforce_cap
+
+        enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
+    _publish_result(report, out_dir, as_json, mlflow_uri, junit)
+    sys.exit(report.exit_code)
+
+
+def _publish_result(report: Any, out_dir: Path, as_json: bool, mlflow_uri: str | None, junit: Path | None) -> None:
+    """After a build: the summary or JSON on stdout, then the MLflow run and the JUnit file when asked for."""
+    from optpipe.console import echo_result, info
+
+    sink = click.get_current_context().meta.get(JSON_SINK)
+    if as_json and sink is not None:  # -c FILE --json: one document for every model, printed by config_file
+        sink.append(report.to_dict())
+    elif as_json:
+        click.echo(report.to_json())
+    else:
+        echo_result(report.summary())
+        _echo_profiles(report.variants)
         click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
+    if mlflow_uri is not None:
+        from optpipe.mlflow_tracking import MlflowTarget, log_report
+
+        run_id = log_report(report.to_dict(), out_dir, MlflowTarget(tracking_uri=mlflow_uri or None))
+        info(f"mlflow: logged run {run_id}")
     if junit is not None:
         from optpipe.junit import report_suite, write_junit
 
@@ -315,7 +375,108 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         except OSError as error:  # printed, not raised: junit_on_error would try the same write again
             click.echo(f"optpipe: error: cannot write --junit {junit}: {error.strerror or error}", err=True)
             sys.exit(EXIT_USAGE)
-    sys.exit(report.exit_code)
+
+
+@main.group(name="cache")
+def cache_group() -> None:
+    """Inspect and prune the pass-output cache ($OPTPIPE_CACHE_DIR or ~/.cache/optpipe)."""
+
+
+@cache_group.command(name="info")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@reports_errors
+def cache_info_command(cache_dir: Path | None, as_json: bool) -> None:
+    """Entries, total size, least and most recently used entry, per pass."""
+    import json
+
+    from optpipe.cache_admin import cache_info
+
+    info = cache_info(cache_dir)
+    if as_json:
+        click.echo(json.dumps({"directory": str(info.directory), "size": info.size, "entries": [
+            {"key": e.key, "pass": e.pass_name, "size": e.size, "created": e.created, "last_used": e.last_used}
+            for e in info.entries]}, indent=2))
+    else:
+        click.echo(info.summary())
+
+
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from optpipe.cache_admin import parse_size
+
+    try:
+        return parse_size(value) if value is not None else None
+    except OptpipeError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
+
+
+@cache_group.command(name="prune")
+@click.option("--max-size", metavar="SIZE", callback=_size_option,
+              help="Remove least recently used entries until the cache is at most SIZE (e.g. 5GB, 500MB).")
+@click.option("--older-than", type=click.FloatRange(min=0), metavar="DAYS",
+              help="Remove entries not used for DAYS days.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
+@reports_errors
+def cache_prune_command(max_size: int | None, older_than: float | None, cache_dir: Path | None) -> None:
+    """Remove cache entries; entries a running build is using are never removed.
+
+    Without options, applies the per-build cap ($OPTPIPE_CACHE_MAX_SIZE, default 10GB).
+    """
+    from optpipe.cache_admin import default_max_size, prune
+
+    if max_size is None and older_than is None:
+        max_size = default_max_size()
+    click.echo(prune(cache_dir, max_size=max_size, older_than_days=older_than).summary())
+
+
+def _provenance(spec: str, weights: Path | None, prepared: Any) -> Any:
+    """The command line and the model's files, for report.json's provenance."""
+    from optpipe.provenance import ProvenanceInputs, cli_invocation
+
+    source = getattr(prepared.source_module, "__file__", None)
+    if source is None and spec.endswith(".pt2"):
+        source = spec  # a torch.export program: the file is the model
+    return ProvenanceInputs(cli_invocation(), str(weights) if weights else None, source)
+
+
+def _echo_profiles(variants: list[VariantResult]) -> None:
+    """The per-op profile of each variant that has one (``--profile``)."""
+    from optpipe.op_profile import OpProfile
+
+    for variant in variants:
+        if variant.profile:
+            click.echo(f"  {variant.precision}:")
+            click.echo(OpProfile.from_dict(variant.profile).format())
+
+
+@main.command(name="profile")
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--variant", "precision", metavar="PRECISION",
+              help="Variant to profile (default: the selected one, else the first built).")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Profiled runs over the golden inputs (after one warm-up run).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for ONNX Runtime.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@reports_errors
+def profile_command(build_dir: Path, precision: str | None, runs: int, threads: int | None, as_json: bool) -> None:
+    """Where BUILD_DIR's engine spends its time: per op type and the slowest nodes, with PyTorch module paths.
+
+    Runs the variant's artifact with ONNX Runtime's profiler (TensorRT's per-layer profiler for a
+    TensorRT build, on a GPU machine) on the build's golden inputs. The directory is not modified.
+    Exit 0, or 2 for a directory that is not a build or a variant it lacks.
+    """
+    import json
+
+    from optpipe.profile_build import profile_build_dir
+
+    result = profile_build_dir(build_dir, precision, runs=runs, threads=threads)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"{build_dir}: {result.precision} ({result.artifact})")
+        click.echo(result.profile.format())
 
 
 @main.command()
@@ -336,7 +497,12 @@ def verify(build_dir: Path, no_parity: bool, threads: int | None, as_json: bool)
     from optpipe.verify import verify_build
 
     result = verify_build(build_dir, parity=not no_parity, threads=threads)
-    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.summary())
+    from optpipe.console import echo_result
+
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        echo_result(result.summary())
     sys.exit(result.exit_code)
 
 
@@ -355,10 +521,22 @@ def inspect(onnx_file: Path, as_json: bool) -> None:
 
 
 @main.command(name="passes")
-def list_passes() -> None:
-    """List the passes a build can run, one line each."""
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("-v", "--verbose", is_flag=True, help="Also list each pass's options (Config fields) with types "
+              "and defaults.")
+@reports_errors
+def list_passes(names: tuple[str, ...], verbose: bool) -> None:
+    """List the passes a build can run, one line each; with NAME or --verbose, their options.
+
+    The options go in a config file's [passes.NAME] table or build(pass_options={NAME: {...}}).
+    """
     from optpipe.registry import PASSES
 
+    if names or verbose:
+        from optpipe.pass_help import describe_pass
+
+        click.echo("\n\n".join(describe_pass(name) for name in (names or tuple(PASSES))))
+        return
     width = max(len(name) for name in PASSES)
     for name, (module, cls) in PASSES.items():
         pass_cls = getattr(__import__(f"optpipe.passes.{module}", fromlist=[cls]), cls)
@@ -387,12 +565,16 @@ def engine(build_dir: Path, benchmark_batch: int | None, no_benchmark: bool, reb
     directory 'optpipe build --target tensorrt' wrote elsewhere. The [tensorrt] options default to the
     ones given to 'optpipe build'. report.json is rewritten with status "complete".
     """
+    from optpipe.console import echo_result, info
     from optpipe.engine_command import finish_build
 
-    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     report = finish_build(build_dir, trt_options=trt_options, benchmark=not no_benchmark,
                           benchmark_batch=benchmark_batch, rebuild=rebuild, log=log)
-    click.echo(report.to_json() if as_json else report.summary())
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        echo_result(report.summary())
     if not as_json:
         click.echo(f"report: {build_dir / 'report.json'}")
     sys.exit(report.exit_code)

@@ -71,6 +71,9 @@ ALIASES: dict[str, tuple[str, bool]] = {
     "cache": ("no_cache", True),
     "json": ("as_json", False),
 }
+# -c FILE --json: the build command appends its report dict to ctx.meta[JSON_SINK] instead of printing it.
+JSON_SINK = "optpipe.json_reports"
+BUILD_FILE_SCHEMA = "optpipe.build-file/1"
 # Options of the whole command, not of one model.
 COMMAND_LEVEL = frozenset({"no_cache", "cache_dir", "junit", "as_json"})
 # Never read from a file.
@@ -468,6 +471,9 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
     suites = []
     from optpipe.junit import ERROR_META_KEY, error_suite, report_suite
 
+    reports: list[dict[str, Any] | None] = []
+    if command_settings.get("as_json"):
+        ctx.meta[JSON_SINK] = []  # the build command hands its report here instead of printing it
     for model, params in resolved:
         if len(resolved) > 1:
             click.echo(f"== {model.name} -> {params['out_dir']}", err=bool(params.get("as_json")))
@@ -484,6 +490,9 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
             click.echo(f"optpipe: error: {model.where}: {error.format_message()}", err=True)
             ctx.meta[ERROR_META_KEY] = f"exit {code}: {type(error).__name__}: {model.where}: {error.format_message()}"
         codes.append(code)
+        if JSON_SINK in ctx.meta:
+            sink = ctx.meta[JSON_SINK]
+            reports.append(sink.pop() if sink else None)
         if junit_path:
             report_path = Path(params["out_dir"]) / "report.json"
             if not usage_error and code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT) and report_path.is_file():
@@ -497,7 +506,21 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
         from optpipe.junit import write_junit
 
         write_junit(Path(junit_path), suites)
+    if ctx.meta.pop(JSON_SINK, None) is not None:
+        _echo_json_document(config_path, resolved, codes, reports)
     if len(codes) > 1:
         summary = ", ".join(f"{m.name}: exit {c}" for (m, _p), c in zip(resolved, codes, strict=True))
         click.echo(f"optpipe: {len(codes)} models built ({summary})", err=True)
     return worst_exit_code(codes)
+
+
+def _echo_json_document(config_path: Path, resolved: Sequence[tuple[ModelBuild, dict[str, Any]]],
+                        codes: Sequence[int], reports: Sequence[dict[str, Any] | None]) -> None:
+    """``-c FILE --json``: ONE JSON document for every model (a model that stopped early has ``report: null``)."""
+    import json
+
+    builds = [{"name": model.name, "out": str(params["out_dir"]), "exit_code": code, "report": report}
+              for (model, params), code, report in zip(resolved, codes, reports, strict=True)]
+    document = {"schema": BUILD_FILE_SCHEMA, "config": str(config_path), "exit_code": worst_exit_code(codes),
+                "builds": builds}
+    click.echo(json.dumps(document, indent=2, default=str))

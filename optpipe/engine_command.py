@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from optpipe import __version__
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.build_options import BenchmarkOptions, BuildOptions, TensorRTOptions, Tolerances
 from optpipe.build_plan import (
@@ -36,6 +37,7 @@ from optpipe.build_plan import (
     variant_passes,
 )
 from optpipe.build_record import BuildRecord, VariantStatus
+from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import GoldenData
 from optpipe.onnx_utils import onnx_files
@@ -46,7 +48,13 @@ from optpipe.tensor_spec import TensorSpec
 from optpipe.tensorrt.trt_target import TensorRTTarget
 
 REPORT_NAME = "report.json"
-INSTALL_HINT = "pip install 'optpipe[tensorrt]'"
+# No package index hosts optpipe: the GPU machine installs it from a wheel built from this
+# checkout, or straight from the repository, with the [tensorrt] extra.
+INSTALL_HINT = (
+    f"pip wheel --no-deps -w dist <optpipe checkout> here, then on the GPU machine "
+    f"pip install 'optpipe-{__version__}-py3-none-any.whl[tensorrt]' "
+    "(or pip install 'optpipe[tensorrt] @ git+<optpipe repository URL>')"
+)
 
 
 def split_next_step(out_dir: str | Path, reason: str, trt: TensorRTOptions) -> str:
@@ -146,7 +154,7 @@ def finish_build(
     benchmark: bool = True,
     benchmark_batch: int | None = None,
     rebuild: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
 ) -> Report:
     """Build, validate and time the pending TensorRT engines of a split build; rewrite its report.
 

@@ -154,6 +154,7 @@ def make_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: S
         "config": resolved_config(report, ctx, pipelines),
         "packages": {name: package_version(name) for name in PACKAGES},
         "host": host(),
+        "provenance": report.provenance,
     }
 
 

@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.console import info
 from optpipe.errors import OptpipeError, PassError
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
@@ -46,7 +47,7 @@ class BuildContext:
     example_inputs: tuple[Any, ...] = ()
     golden: GoldenData | None = None
     threads: int | None = None
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = info
 
     def path(self, *parts: str) -> Path:
         """A path inside the staging directory, with parent folders created."""

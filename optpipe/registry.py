@@ -27,6 +27,7 @@ PASSES: dict[str, tuple[str, str]] = {
     "engine-trt": ("engine_trt", "TrtEnginePass"),
     "validate": ("validate", "ValidatePass"),
     "benchmark": ("benchmark", "BenchmarkPass"),
+    "profile": ("profile", "ProfilePass"),
 }
 
 

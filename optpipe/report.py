@@ -77,6 +77,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     next_step: str | None = None
     build: BuildRecord | None = None
+    provenance: dict[str, Any] | None = None  # files, call, times, versions (optpipe.provenance)
     environment: dict[str, Any] = field(default_factory=environment)
     out_dir: Path | None = None
 
@@ -116,6 +117,7 @@ class Report:
             "warnings": self.warnings,
             "next_step": self.next_step,
             "build": self.build.to_dict() if self.build is not None else None,
+            "provenance": self.provenance,
         }
 
     def to_json(self) -> str:
@@ -145,8 +147,15 @@ class Report:
             warnings=[str(w) for w in data.get("warnings") or []],
             next_step=data.get("next_step"),
             build=BuildRecord.from_dict(build) if isinstance(build, Mapping) else None,
+            provenance=data.get("provenance"),
             environment=dict(data.get("environment") or {}),
         )
+
+    def metrics(self) -> dict[str, float]:
+        """A flat ``{"fp32.p50_ms": ..., "int8.cosine_min.logits": ...}`` view (see :mod:`optpipe.report_metrics`)."""
+        from optpipe.report_metrics import flat_metrics
+
+        return flat_metrics(self.to_dict(), self.out_dir)
 
     def summary(self) -> str:
         """A fixed-width table for the console."""

@@ -73,7 +73,7 @@ def test_split_build_exits_3_and_says_how_to_finish(split_dir: tuple[Path, Resul
     assert result.exit_code == EXIT_ENVIRONMENT, result.output
     assert "pending" in result.output and "not finished here" in result.output
     assert f"optpipe engine {out}" in result.output
-    assert "pip install 'optpipe[tensorrt]'" in result.output
+    assert "pip wheel --no-deps" in result.output and "optpipe[tensorrt] @ git+" in result.output
 
 
 def test_split_directory_is_complete_and_resumable(split_dir: tuple[Path, Result]) -> None:

@@ -176,7 +176,10 @@ def test_engine_config_from_options_keeps_defaults_for_missing_values() -> None:
 def test_split_next_step_says_how_to_finish() -> None:
     text = split_next_step("build/out", "TensorRT is not installed.", TensorRTOptions())
     assert "optpipe engine build/out" in text
-    assert "pip install 'optpipe[tensorrt]'" in text and "NVIDIA GPU" in text
+    assert "NVIDIA GPU" in text
+    # no index hosts optpipe: the hint builds a wheel here or installs from the repository
+    assert "pip wheel --no-deps" in text and "whl[tensorrt]'" in text
+    assert "pip install 'optpipe[tensorrt] @ git+" in text
 
 
 @pytest.mark.skipif(trt_usable(), reason="TensorRT and a GPU are usable here; this tests their absence")
