@@ -116,10 +116,8 @@ def build(
     win over the values set by the other arguments (see :mod:`optpipe.pass_options`). Every option
     is checked by :func:`~optpipe.build_options.parse_build_options` before anything runs; an unknown
     keyword is a TypeError naming the closest valid one. ``profile`` also profiles each engine per op.
-    ``mlflow``: True (MLflow's configured tracking URI), a tracking URI, or an
-    :class:`optpipe.mlflow_tracking.MlflowTarget`: the finished build is logged to an MLflow run (nested
-    when a run is already active); MLflow is checked before the build starts. ``provenance`` says how
-    the build was asked for (report.json's ``provenance``; default: this call).
+    ``mlflow`` (True, a tracking URI or an :class:`~optpipe.mlflow_tracking.MlflowTarget`) logs the
+    finished build to an MLflow run. ``provenance``: how the build was asked for (default: this call).
 
     Raises :class:`~optpipe.errors.OptpipeError` for user and environment errors; a failed parity
     gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``).
@@ -132,12 +130,7 @@ def build(
         guard_max_keep=guard_max_keep, no_guard=no_guard, int8_exclude=int8_exclude, fp16_block=fp16_block,
         trt=trt, pass_options=pass_options, profile=profile,
     )  # fmt: skip
-    tracking = None
-    if mlflow is not None and mlflow is not False:  # a missing optpipe[mlflow] fails now, not after the build
-        from optpipe.mlflow_tracking import MlflowTarget, import_mlflow
-
-        tracking = MlflowTarget.coerce(mlflow)
-        import_mlflow()
+    tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
     if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
         from optpipe.provenance import ProvenanceInputs, api_invocation
 
@@ -150,6 +143,16 @@ def build(
 
         log_report(report.to_dict(), report.out_dir, tracking)
     return report
+
+
+def _mlflow_target(mlflow: Any) -> Any:
+    """``build(mlflow=...)`` as an MlflowTarget (None when not asked for), with MLflow importable."""
+    if mlflow is None or mlflow is False:
+        return None
+    from optpipe.mlflow_tracking import MlflowTarget, import_mlflow
+
+    import_mlflow()
+    return MlflowTarget.coerce(mlflow)
 
 
 def _given_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
