@@ -20,11 +20,12 @@ sha256 (for the torch module: its parameters, buffers and class sources), the
 pass name, code (its file and the helper modules it names in
 ``Pass.code_modules()``) and ``config_dict()``, the versions of the
 distributions in ``Pass.uses``, the target, input specs, dynamic dims, output
-names, golden data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
-deliberately *not* in the key: passes receive their options through their
-``Config`` (``from_options``), and a file named by a config field is keyed by
-its content. Putting every option in every key would make, say, a TensorRT
-timing cache that changes after each build invalidate the export.
+names, golden data and ``Pass.cache_facts(ctx)``. The build's other options are
+deliberately *not* in the key: a pass receives everything it reads through its
+``Config`` (``from_options``), so its config is its key, and a file named by a
+config field is keyed by its content. Putting every option in every key would
+make, say, a TensorRT timing cache that changes after each build invalidate the
+export.
 
 Layout under the cache directory (``$OPTPIPE_CACHE_DIR`` or
 ``~/.cache/optpipe``)::

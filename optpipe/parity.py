@@ -41,24 +41,6 @@ class Tolerance:
         return replace(self, **overrides)
 
 
-#: Fields that are fractions (a cosine similarity, an agreement rate, a relative error): at most 1.
-FRACTION_FIELDS = ("rtol", "min_cosine", "min_top1")
-
-
-def tolerance_range_error(field: str, value: float) -> str | None:
-    """Why ``value`` cannot be the tolerance ``field`` (None when it can), checked before any build.
-
-    Every threshold is >= 0; cosine, top-1 agreement and rtol are also <= 1 (a larger value can
-    never be met or never fail, so it is a typo, e.g. 99 for 0.99). atol has no upper bound:
-    outputs can be in the thousands.
-    """
-    if value < 0:
-        return f"{field} must be >= 0, got {value:g}"
-    if field in FRACTION_FIELDS and value > 1:
-        return f"{field} must be between 0 and 1, got {value:g}"
-    return None
-
-
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
     "fp16": Tolerance(min_cosine=0.999, min_top1=0.99),
