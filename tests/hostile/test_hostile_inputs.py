@@ -49,9 +49,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     # command-line arguments (cases 6, 8, 10)
     ("out-is-root", ["build", M, *X, "--out", "/", "--overwrite"], 2, "filesystem root"),
     ("duplicate-output-names", ["build", M, *X, "--output-names", "a,a", "--out", "{out}"], 2, "more than once"),
-    ("tolerance-negative", ["build", M, *X, "--tolerance", "*:atol=-1", "--out", "{out}"], 2, "atol must be >= 0"),
+    ("tolerance-negative", ["build", M, *X, "--tolerance", "*:atol=-1", "--out", "{out}"], 2, "must be a number >= 0"),
     ("tolerance-above-1", ["build", M, *X, "--tolerance", "*:min_cosine=1.5", "--out", "{out}"], 2,
-     "between 0 and 1"),
+     "must be a fraction in [0, 1]"),
     ("tolerance-nan", ["build", M, *X, "--tolerance", "*:rtol=nan", "--out", "{out}"], 2, "finite"),
     ("absurd-input-size", ["build", M, "--input", "x:2147483648", "--out", "{out}"], 2, "an example only needs"),
     ("absurd-input-total", ["build", M, "--input", "x:65536x65536", "--out", "{out}"], 2, "an example only needs"),
