@@ -17,8 +17,8 @@ from optpipe.errors import (
 )
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
-if TYPE_CHECKING:
-    from optpipe.report import Report
+if TYPE_CHECKING:  # the typed signature, for type checkers and IDEs; imported lazily at run time
+    from optpipe.builder import build
 
 __version__ = "0.1.0"
 
@@ -34,30 +34,13 @@ __all__ = [
 ]
 
 
-def build(model: Any, example_inputs: Any, *, mlflow: Any = None, **kwargs: Any) -> Report:
-    """Compile ``model``; see :func:`optpipe.builder.build` for the options.
+def __getattr__(name: str) -> Any:
+    """``optpipe.build`` is :func:`optpipe.builder.build` (keyword-only, typed), imported on first use.
 
-    ``mlflow``: True (MLflow's configured tracking URI), a tracking URI, or an
-    :class:`optpipe.mlflow_tracking.MlflowTarget`: the finished build is logged
-    to an MLflow run (nested when a run is already active). MLflow is checked
-    before the build starts, so a missing ``optpipe[mlflow]`` fails fast.
+    So ``import optpipe`` stays cheap: numpy, ONNX and torch load only when a build starts.
     """
-    from optpipe.builder import build as _build
+    if name == "build":
+        from optpipe.builder import build
 
-    tracking = None
-    if mlflow is not None and mlflow is not False:
-        from optpipe.mlflow_tracking import MlflowTarget, import_mlflow
-
-        tracking = MlflowTarget.coerce(mlflow)
-        import_mlflow()
-    if "provenance" not in kwargs:  # how this build was asked for, in report.json (optpipe.provenance)
-        from optpipe.provenance import ProvenanceInputs, api_invocation
-
-        shown = {k: v for k, v in kwargs.items() if k not in ("log", "instruments")}
-        kwargs["provenance"] = ProvenanceInputs(invocation=api_invocation(model, shown))
-    report = _build(model, example_inputs, **kwargs)
-    if tracking is not None and report.out_dir is not None:
-        from optpipe.mlflow_tracking import log_report
-
-        log_report(report.to_dict(), report.out_dir, tracking)
-    return report
+        return build
+    raise AttributeError(f"module 'optpipe' has no attribute '{name}'")

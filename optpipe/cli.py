@@ -13,15 +13,19 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from optpipe import __version__
 from optpipe.cli_help import BuildCommand
 from optpipe.config_file import JSON_SINK
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError, one_line
 from optpipe.junit import junit_on_error
+
+if TYPE_CHECKING:
+    from optpipe.build_options import BuildOptions, TensorRTOptions
+    from optpipe.build_record import VariantResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +47,7 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OptpipeError as error:
-            click.echo(f"optpipe: error: {error}", err=True)
+            click.echo(f"optpipe: error: {one_line(str(error))}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("optpipe: interrupted; nothing was written to the output directory", err=True)
@@ -52,12 +56,33 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+class OneLineErrors(click.Group):
+    """click's usage errors (four lines: usage, hint, blank, error) as the one ``optpipe: error:`` line, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # always non-standalone: errors are ours to print
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # plain `optpipe`: the help, not an error
+            click.echo(error.ctx.get_help())
+            sys.exit(EXIT_OK)
+        except click.ClickException as error:
+            context = getattr(error, "ctx", None)  # usage errors know their command
+            where = f" (see '{context.command_path} --help')" if context is not None else ""
+            message = one_line(error.format_message())
+            click.echo(f"optpipe: error: {message}{where}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("optpipe: interrupted", err=True)
+            sys.exit(130)
+
+
 def _log_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """``--log-file``: refused before any work when it cannot be written."""
     return _writable_file(ctx, param, value)
 
 
-@click.group(help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
+@click.group(cls=OneLineErrors, help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
              + EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="optpipe")
 @click.option("-v", "--verbose", count=True, help="More messages (-v: debug).")
@@ -71,27 +96,58 @@ def main(verbose: int, quiet: int, log_file: Path | None) -> None:
     configure_cli_logging(verbose - quiet, log_file)
 
 
-def _parse_tolerance(text: str) -> tuple[str, str, float]:
-    """``OUTPUT:FIELD=VALUE`` (OUTPUT may be ``*``)."""
-    import dataclasses
-    import math
+class PrecisionsType(click.ParamType):
+    """``--precision fp32,int8`` (or a config file's list): :func:`optpipe.build_options.parse_precisions`."""
 
-    from optpipe.parity import Tolerance
+    name = "precisions"
 
-    try:
-        output, rest = text.split(":", 1)
-        field, value = rest.split("=", 1)
-        number = float(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"'{text}': expected OUTPUT:FIELD=VALUE, e.g. logits:min_cosine=0.995 or '*:atol=1e-3'"
-        ) from None
-    known = sorted(f.name for f in dataclasses.fields(Tolerance))
-    if field.strip() not in known:
-        raise click.BadParameter(f"'{text}': unknown field '{field}'; expected one of {', '.join(known)}")
-    if not math.isfinite(number):
-        raise click.BadParameter(f"'{text}': the value must be a finite number, got {value.strip()}")
-    return output.strip(), field.strip(), number
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        from optpipe.build_options import parse_precisions
+        from optpipe.errors import UserInputError
+
+        try:
+            return parse_precisions(value)
+        except UserInputError as error:
+            self.fail(str(error), param, ctx)
+
+
+class ToleranceType(click.ParamType):
+    """``--tolerance OUTPUT:FIELD=VALUE`` (or a config file's ``(output, field, value)``), checked by the one rule.
+
+    The rule is :func:`optpipe.build_options.check_tolerance`: a known field, a finite number >= 0,
+    a fraction <= 1 for the ``min_*`` fields.
+    """
+
+    name = "tolerance"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str, float]:
+        from optpipe.build_options import check_tolerance, parse_tolerance_text
+        from optpipe.errors import UserInputError
+
+        try:
+            if isinstance(value, str):
+                return parse_tolerance_text(value)
+            output, field, number = value
+            return str(output), str(field), check_tolerance(str(output), str(field), number)
+        except UserInputError as error:
+            self.fail(str(error), param, ctx)
+        except (TypeError, ValueError):
+            self.fail(f"expected OUTPUT:FIELD=VALUE, got {value!r}", param, ctx)
+
+
+class OutputKindType(click.ParamType):
+    """``--output-kind NAME=KIND`` (or a config file's ``(output, kind)``): :mod:`optpipe.output_kinds`'s rule."""
+
+    name = "output_kind"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
+        from optpipe.build_options import OutputKinds
+        from optpipe.errors import UserInputError
+
+        try:
+            return OutputKinds.parse([value]).items[0]
+        except UserInputError as error:
+            self.fail(str(error), param, ctx)
 
 
 def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -108,28 +164,25 @@ HARDWARE_COMPAT_LEVELS = ("ampere_plus", "same_compute_capability")
 
 
 def trt_build_options(func: F) -> F:
-    """Add the TensorRT engine options and pass them on as one ``trt_options`` dict.
+    """Add the TensorRT engine options and pass them on as one ``trt_options`` (a TensorRTOptions).
 
     Shared by ``optpipe build`` and ``optpipe engine`` so both spell them the
-    same; keys are :class:`optpipe.passes.engine_trt.TrtEngineConfig` fields,
-    and options left out are ``None`` (the default, or the value recorded by
+    same; options left out are ``None`` (the default, or the value recorded by
     the split build).
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, timing_cache: Path | None, opt_level: int | None, workspace: int | None,
                 hardware_compat: str | None, version_compatible: bool, **kwargs: Any) -> Any:
-        kwargs["trt_options"] = {
-            key: value
-            for key, value in {
-                "timing_cache": str(timing_cache) if timing_cache else None,
-                "builder_optimization_level": opt_level,
-                "workspace_bytes": workspace * (1 << 20) if workspace else None,
-                "hardware_compatibility": hardware_compat,
-                "version_compatible": version_compatible or None,
-            }.items()
-            if value is not None
-        }
+        from optpipe.build_options import TensorRTOptions
+
+        kwargs["trt_options"] = TensorRTOptions(
+            timing_cache=str(timing_cache) if timing_cache else None,
+            builder_optimization_level=opt_level,
+            workspace_bytes=workspace * (1 << 20) if workspace else None,
+            hardware_compatibility=hardware_compat,
+            version_compatible=version_compatible or None,
+        )
         return func(*args, **kwargs)
 
     options = [
@@ -163,7 +216,7 @@ def precision_build_options(func: F) -> F:
                 guard_max_keep: float | None, no_guard: bool, **kwargs: Any) -> Any:
         kwargs["precision_opts"] = {
             "calib_data": calib_data, "synthetic_calib": synthetic_calib, "calib_method": calib_method,
-            "calib_cache": str(calib_cache) if calib_cache else None, "eval_data": eval_data,
+            "calib_cache": calib_cache, "eval_data": eval_data,
             "max_accuracy_drop": max_accuracy_drop, "guard_max_keep": guard_max_keep, "no_guard": no_guard,
         }  # fmt: skip
         return func(*args, **kwargs)
@@ -198,20 +251,21 @@ def precision_build_options(func: F) -> F:
 def measure_options(func: F) -> F:
     """Add output kinds, the guard's time budget and the benchmark's budget, merged into ``precision_opts``.
 
-    Apply below :func:`precision_build_options` (which creates ``precision_opts``).
+    Apply below :func:`precision_build_options` (which creates ``precision_opts``); the keys are
+    :func:`~optpipe.build_options.parse_build_options` keywords.
     """
 
     @functools.wraps(func)
-    def wrapper(*args: Any, output_kinds: tuple[str, ...], guard_seconds: float | None,
+    def wrapper(*args: Any, output_kinds: tuple[tuple[str, str], ...], guard_seconds: float | None,
                 bench_seconds: float | None, warmup: int | None, iterations: int | None, **kwargs: Any) -> Any:
-        kwargs["precision_opts"] = {  # output kinds are parsed in _precision_kwargs, where errors are reported
+        kwargs["precision_opts"] = {
             **kwargs.get("precision_opts", {}), "output_kinds": output_kinds, "guard_seconds": guard_seconds,
-            "bench_seconds": bench_seconds, "bench_warmup": warmup, "bench_min_calls": iterations,
+            "bench_seconds": bench_seconds, "warmup": warmup, "iterations": iterations,
         }  # fmt: skip
         return func(*args, **kwargs)
 
     options = [
-        click.option("--output-kind", "output_kinds", multiple=True, metavar="NAME=KIND",
+        click.option("--output-kind", "output_kinds", type=OutputKindType(), multiple=True, metavar="NAME=KIND",
                      help="What an output means: logits, embedding, regression or generic ('*' = every "
                      "output). Picks its gates (top-1 only for logits). Default: inferred, else generic."),
         click.option("--guard-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
@@ -229,25 +283,26 @@ def measure_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
-def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
-    """build() options from the precision flags, with the model file's data as defaults."""
-    from optpipe.output_kinds import parse_output_kind
+def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared: Any) -> BuildOptions:
+    """The options with the model file's calibration and eval data where the flags gave none."""
+    from dataclasses import replace
+
+    from optpipe.build_options import CalibrationSource, EvalOptions
     from optpipe.precision.accuracy import load_eval_npz
 
-    kwargs = {k: v for k, v in opts.items() if v not in (None, False, ()) and k != "eval_data"}
-    if opts.get("output_kinds"):
-        kwargs["output_kinds"] = dict(parse_output_kind(text) for text in opts["output_kinds"])
+    calibration, evaluation = options.calibration, options.eval
     if not opts.get("calib_data") and prepared.calibration:
-        kwargs["calib_data"] = prepared.calibration
+        calibration = CalibrationSource.parse(prepared.calibration, calibration.synthetic, calibration.method,
+                                              calibration.cache)
     if getattr(prepared, "input_ranges", None):  # --input LOW..HIGH: synthetic calibration draws integers there
-        kwargs["input_ranges"] = prepared.input_ranges
+        calibration = replace(calibration, input_ranges=CalibrationSource.parse(
+            input_ranges=prepared.input_ranges).input_ranges)
     if opts.get("eval_data") is not None:
-        kwargs["eval_data"] = load_eval_npz(opts["eval_data"], prepared.input_names)
-        kwargs["eval_origin"] = str(opts["eval_data"])
+        evaluation = EvalOptions(load_eval_npz(opts["eval_data"], prepared.input_names), str(opts["eval_data"]),
+                                 evaluation.max_accuracy_drop)
     elif prepared.eval_set is not None:
-        kwargs["eval_data"] = prepared.eval_set
-        kwargs["eval_origin"] = "from eval_data() in the model file"
-    return kwargs
+        evaluation = EvalOptions(prepared.eval_set, "from eval_data() in the model file", evaluation.max_accuracy_drop)
+    return replace(options, calibration=calibration, eval=evaluation)
 
 
 @main.command(cls=BuildCommand, epilog=EXIT_CODES_HELP)
@@ -261,13 +316,14 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @click.option("--dynamic", "dynamics", multiple=True, metavar="NAME=MIN:OPT:MAX[@INPUT.AXIS,...]",
               help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic.")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
-@click.option("--precision", "precision", default="fp32", show_default=True,
+@click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
               "data); or 'auto': build the target's "
               "candidates and select the fastest that passes its gates.")
 @click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
-@click.option("--tolerance", "tolerances", multiple=True, metavar="OUTPUT:FIELD=VALUE",
-              help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output).")
+@click.option("--tolerance", "tolerances", type=ToleranceType(), multiple=True, metavar="OUTPUT:FIELD=VALUE",
+              help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output); atol/rtol >= 0, "
+              "min_cosine/min_top1 in [0, 1].")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for ONNX Runtime and PyTorch (default: all cores).")
 @click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
@@ -306,11 +362,11 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
-          threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
-          overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
-          config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
-          trt_options: dict[str, Any], precision_opts: dict[str, Any], mlflow_uri: str | None = None,
+          target: str, precision: tuple[str, ...], output_names: str | None,
+          tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
+          no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
+          as_json: bool, config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
+          trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
           profile: bool | None = None, opset: int | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
@@ -332,48 +388,31 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         from optpipe.mlflow_tracking import import_mlflow
 
         import_mlflow()
+    from optpipe.build_options import parse_build_options
+    from optpipe.console import info
     from optpipe.prepared_model import prepare_model
 
-    parsed_tolerances: dict[str, dict[str, float]] = {}
-    for text in tolerances:
-        output, field, value = _parse_tolerance(text)
-        parsed_tolerances.setdefault(output, {})[field] = value
-    from optpipe.console import info
-
+    if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
+        pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
+    # Every option is checked here, before the model file is even loaded.
+    options = parse_build_options(
+        target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
+        model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
+        trt=trt_options, pass_options=pass_options, profile=bool(profile),
+        **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+    )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
                              output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
-    from optpipe.builder import build as run_build
+    options = _with_model_file_data(options, precision_opts, prepared)
+    from optpipe.builder import build_with_options
     from optpipe.cache import PassCache
 
     instruments = [] if no_cache else [PassCache(cache_dir, log=log)]
-    if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
-        pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
-    report = run_build(
-        prepared.module,
-        prepared.example_inputs,
-        out_dir=out_dir,
-        target=target,
-        precisions=[p.strip() for p in precision.split(",") if p.strip()],
-        input_names=prepared.input_names,
-        output_names=prepared.output_names,
-        dynamic=prepared.dynamic,
-        overwrite=overwrite,
-        tolerances=parsed_tolerances,
-        threads=threads,
-        benchmark=not no_benchmark,
-        benchmark_batch=benchmark_batch,
-        heldout_inputs=prepared.heldout_inputs,
-        exporter=exporter,
-        model_name=model,
-        log=log,
-        instruments=instruments,
-        trt=trt_options,
-        pass_options=pass_options,
-        profile=bool(profile),
-        provenance=_provenance(model, weights, prepared),
-        **_precision_kwargs(precision_opts, prepared),
-    )
+    report = build_with_options(prepared.module, prepared.example_inputs, options, out_dir=out_dir,
+                                input_names=prepared.input_names, output_names=prepared.output_names,
+                                dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
+                                instruments=instruments, provenance=_provenance(model, weights, prepared))
     if not no_cache:
         from optpipe.cache_admin import enforce_cap
 
@@ -474,14 +513,14 @@ def _provenance(spec: str, weights: Path | None, prepared: Any) -> Any:
     return ProvenanceInputs(cli_invocation(), str(weights) if weights else None, source)
 
 
-def _echo_profiles(variants: list[dict[str, Any]]) -> None:
+def _echo_profiles(variants: list[VariantResult]) -> None:
     """The per-op profile of each variant that has one (``--profile``)."""
     from optpipe.op_profile import OpProfile
 
     for variant in variants:
-        if variant.get("profile"):
-            click.echo(f"  {variant['precision']}:")
-            click.echo(OpProfile.from_dict(variant["profile"]).format())
+        if variant.profile:
+            click.echo(f"  {variant.precision}:")
+            click.echo(OpProfile.from_dict(variant.profile).format())
 
 
 @main.command(name="profile")
@@ -591,7 +630,7 @@ def list_passes(names: tuple[str, ...], verbose: bool) -> None:
 # TensorRT engine depends on the GPU, the driver and timing measurements, and is not reproducible
 # byte for byte), and validate/benchmark measure, so a cache would have nothing to reuse.
 def engine(build_dir: Path, benchmark_batch: int | None, no_benchmark: bool, rebuild: bool, as_json: bool,
-           trt_options: dict[str, Any]) -> None:
+           trt_options: TensorRTOptions) -> None:
     """Finish a split TensorRT build: build, validate and time the engines in BUILD_DIR.
 
     Run on a machine with TensorRT and an NVIDIA GPU (pip install 'optpipe[tensorrt]'), on the
@@ -599,7 +638,7 @@ def engine(build_dir: Path, benchmark_batch: int | None, no_benchmark: bool, reb
     ones given to 'optpipe build'. report.json is rewritten with status "complete".
     """
     from optpipe.console import echo_result, info
-    from optpipe.finish import finish_build
+    from optpipe.engine_command import finish_build
 
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     report = finish_build(build_dir, trt_options=trt_options, benchmark=not no_benchmark,

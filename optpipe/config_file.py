@@ -40,7 +40,7 @@ before any build starts (exit 2).
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, UserInputError
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, UserInputError, one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -161,59 +161,63 @@ def _resolve_spec(value: str, base: Path) -> str:
     return value
 
 
+def _file_items(param: click.Parameter, value: Any, fail: Callable[[str], ConfigError]) -> list[Any]:
+    """A multiple option's TOML value as the items click would get, one per flag.
+
+    ``tolerances`` is a table ``{output = {field = value}}``: each entry becomes the
+    ``(output, field, value)`` that :class:`~optpipe.cli.ToleranceType` checks like a ``--tolerance``;
+    ``output_kinds`` a table ``{output = kind}``, each ``(output, kind)`` checked like an ``--output-kind``.
+    """
+    if param.name == "tolerances":
+        if not isinstance(value, dict):
+            raise fail("a table {output = {atol = ..., min_cosine = ...}}")
+        items: list[Any] = []
+        for output, fields in value.items():
+            if not isinstance(fields, dict):
+                raise fail(f"a table of tolerance fields for output '{output}'")
+            items.extend((output, name, number) for name, number in fields.items())
+        return items
+    if param.name == "output_kinds":  # a table {output = kind}: each entry checked like an --output-kind
+        if not isinstance(value, dict):
+            raise fail('a table {output = "logits" | "embedding" | "regression" | "generic"}')
+        return list(value.items())
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise fail("a list of strings")
+    return items
+
+
+def _click_convert(key: str, value: Any, param: click.Parameter, where: str, ctx: click.Context) -> Any:
+    """``param.type.convert``: the command line's own conversion and checks, errors naming the file's field."""
+    try:
+        return param.type.convert(value, param, ctx)
+    except click.BadParameter as error:
+        if param.name in ("precision", "tolerances", "output_kinds"):  # optpipe's own types: their message says it
+            raise ConfigError(f"{where}.{key}: {error.message}") from None
+        choices = getattr(param.type, "choices", None)
+        expected = f"one of {', '.join(map(str, choices))}" if choices else f"{param.type.name} ({error.message})"
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}") from None
+
+
 def _convert(key: str, value: Any, param: click.Parameter, negate: bool, base: Path, where: str,
              ctx: click.Context) -> Any:
-    """Check and convert one file value to what the click parameter would have produced."""
-    from optpipe.builder import PRECISIONS
-    from optpipe.parity import Tolerance
+    """Check and convert one file value with the click parameter's own type, as the command line would."""
 
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
 
-    if param.name == "precision":
-        items = value if isinstance(value, list) else [value] if isinstance(value, str) else None
-        if items is None or not all(isinstance(i, str) for i in items):
-            raise fail("a list of precisions such as [\"fp32\", \"int8\"]")
-        names = [p.strip() for item in items for p in item.split(",") if p.strip()]
-        allowed = (*PRECISIONS, "auto")
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names:
-            raise ConfigError(f"{where}.{key}: unknown precision {', '.join(map(repr, unknown)) or '(none)'}; "
-                              f"expected one of {', '.join(allowed)}")
-        return ",".join(names)
-    if param.name == "tolerances":
-        if not isinstance(value, dict):
-            raise fail("a table {output = {atol = ..., min_cosine = ...}}")
-        known = {f for f in Tolerance.__dataclass_fields__}
-        texts = []
-        for output, fields in value.items():
-            if not isinstance(fields, dict):
-                raise ConfigError(f"{where}.{key}.{output}: expected a table of tolerance fields, got {fields!r}")
-            for name, number in fields.items():
-                if name not in known:
-                    raise ConfigError(f"{where}.{key}.{output}: unknown tolerance field '{name}'; expected one "
-                                      f"of {', '.join(sorted(known))}")
-                if isinstance(number, bool) or not isinstance(number, int | float):
-                    raise ConfigError(f"{where}.{key}.{output}.{name}: expected a number, got {number!r}")
-                texts.append(f"{output}:{name}={float(number)!r}")
-        return tuple(texts)
-    if param.name == "output_kinds":
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise fail('a table {output = "logits" | "embedding" | "regression" | "generic"}')
-        return tuple(f"{output}={kind}" for output, kind in value.items())
     if param.name == "output_names" and isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
             raise fail("a list of output names")
-        return ",".join(value)
+        return ",".join(value)  # the flag's own form: comma-separated names
     if isinstance(param, click.Option) and param.is_flag:
         if not isinstance(value, bool):
             raise fail("true or false")
         return (not value) if negate else value
     if param.multiple:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise fail("a list of strings")
-        return tuple(items)
+        return tuple(_click_convert(key, item, param, where, ctx) for item in _file_items(param, value, fail))
+    if param.name == "precision":  # a list, or one comma-separated string as on the command line
+        return _click_convert(key, value, param, where, ctx)
     if isinstance(value, dict | list | bool):
         raise fail(f"a single {param.type.name} value")
     if isinstance(param.type, click.types.IntParamType | click.types.FloatParamType) and isinstance(value, str):
@@ -233,13 +237,7 @@ def _convert(key: str, value: Any, param: click.Parameter, negate: bool, base: P
         raise fail("a string")
     if isinstance(param.type, click.types.FloatParamType | click.types.FloatRange) and isinstance(value, int):
         value = float(value)
-    try:
-        converted = param.type.convert(value, param, ctx)
-    except click.BadParameter as error:
-        choices = getattr(param.type, "choices", None)
-        expected = f"one of {', '.join(map(str, choices))}" if choices else f"{param.type.name} ({error.message})"
-        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}") from None
-    return converted
+    return _click_convert(key, value, param, where, ctx)
 
 
 def _table(data: Mapping[str, Any], params: Mapping[str, click.Parameter], base: Path, where: str,
@@ -328,6 +326,8 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
         raise ConfigError(f"{label}: cannot read it ({error.strerror or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{label}: not valid TOML ({error})") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; tomllib raises this, not TOMLDecodeError
+        raise ConfigError(f"{label}: not UTF-8 text (byte {error.start}); TOML files must be UTF-8") from None
     base = file.resolve().parent
     params = _params(command)
     models_data = data.pop("model", None)
@@ -495,7 +495,7 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
         except click.ClickException as error:  # one model's usage error: report it and build the others
             usage_error = True
             code = EXIT_USAGE
-            click.echo(f"optpipe: error: {model.where}: {error.format_message()}", err=True)
+            click.echo(f"optpipe: error: {one_line(model.where + ': ' + error.format_message())}", err=True)
             ctx.meta[ERROR_META_KEY] = f"exit {code}: {type(error).__name__}: {model.where}: {error.format_message()}"
         codes.append(code)
         if JSON_SINK in ctx.meta:
@@ -504,9 +504,9 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
         if junit_path:
             report_path = Path(params["out_dir"]) / "report.json"
             if not usage_error and code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT) and report_path.is_file():
-                import json
+                from optpipe.report import read_report  # the one reader of report.json
 
-                suites.append(report_suite(json.loads(report_path.read_text(encoding="utf-8")), model.name))
+                suites.append(report_suite(read_report(report_path).to_dict(), model.name))
             else:
                 message = ctx.meta.get(ERROR_META_KEY) or f"build failed with exit code {code} (see the log)"
                 suites.append(error_suite(model.name, message))

@@ -18,6 +18,7 @@ they can be revised when a tool version behaves differently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import socket
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import sha256_file, write_bytes_atomic
-from optpipe.report import cpu_name, package_version
+from optpipe.report import Report, cpu_name, package_version
 
 MANIFEST = "manifest.json"
 SCHEMA = "optpipe.manifest/1"
@@ -68,9 +69,15 @@ def reproducibility(relative: str) -> tuple[bool | None, str]:
 
 
 def build_files(directory: Path) -> list[Path]:
-    """Every regular file of a build directory except the manifest, sorted by relative path."""
+    """Every regular file of a build directory except the manifest, sorted by relative path.
+
+    The staging marker is left out too: it is removed when the build is published.
+    """
+    from optpipe.build_dir import STAGING_MARKER
+
+    unlisted = {MANIFEST, STAGING_MARKER}
     files = [
-        p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST
+        p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() not in unlisted
     ]
     return sorted(files, key=lambda p: p.relative_to(directory).as_posix())
 
@@ -121,19 +128,19 @@ def host() -> dict[str, Any]:
     }
 
 
-def resolved_config(report_dict: Mapping[str, Any], ctx: Any, pipelines: Iterable[Any]) -> dict[str, Any]:
-    """Everything that decided the build: build record, threads, options and each pass's config."""
-    build = dict(report_dict.get("build") or {})
+def resolved_config(report: Report, ctx: Any, pipelines: Iterable[Any]) -> dict[str, Any]:
+    """Everything that decided the build: build record, threads, the parsed options and each pass's config."""
+    build = report.build.to_dict() if report.build is not None else {}
     return {
-        "model": report_dict.get("model"),
-        "target": report_dict.get("target"),
+        "model": report.model,
+        "target": report.target,
         "inputs": build.get("inputs"),
         "outputs": build.get("outputs"),
         "dynamic": build.get("dynamic"),
         "precisions": build.get("precisions"),
         "tolerances": build.get("tolerances"),
         "threads": getattr(ctx, "threads", None),
-        "options": _plain(dict(getattr(ctx, "options", {}) or {})),
+        "options": _plain(build.get("options") or {}),
         "pipelines": {
             pipeline.variant: [
                 {"pass": p.name, "class": f"{type(p).__module__}.{type(p).__qualname__}",
@@ -145,26 +152,41 @@ def resolved_config(report_dict: Mapping[str, Any], ctx: Any, pipelines: Iterabl
     }
 
 
-def make_manifest(directory: Path, report_dict: Mapping[str, Any], ctx: Any = None,
-                  pipelines: Sequence[Any] = ()) -> dict[str, Any]:
-    """The manifest of a finished build directory (not written)."""
-    return {
+SELF_HASH = "manifest_sha256"
+
+
+def canonical_sha256(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no whitespace), its own hash left out.
+
+    Stored in the manifest as ``manifest_sha256`` so ``optpipe verify`` catches any edit of the
+    manifest itself (a changed dtype, version or file hash), not only of the files it lists.
+    It protects against accidents and careless edits, not against someone who recomputes it.
+    """
+    body = {k: v for k, v in manifest.items() if k != SELF_HASH}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def make_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> dict[str, Any]:
+    """The manifest of a finished build directory (not written), ending with its own hash."""
+    manifest: dict[str, Any] = {
         "schema": SCHEMA,
-        "model": report_dict.get("model"),
+        "model": report.model,
         "files": file_entries(directory),
-        "config": resolved_config(report_dict, ctx, pipelines),
+        "config": resolved_config(report, ctx, pipelines),
         "packages": {name: package_version(name) for name in PACKAGES},
         "host": host(),
-        "provenance": report_dict.get("provenance"),
+        "provenance": report.provenance,
     }
+    # A JSON round trip first, so the hash is of exactly what verify will read back.
+    manifest = json.loads(json.dumps(manifest))
+    manifest[SELF_HASH] = canonical_sha256(manifest)
+    return manifest
 
 
-def write_manifest(
-    directory: Path, report: Any, ctx: Any = None, pipelines: Sequence[Any] = ()
-) -> dict[str, Any]:
+def write_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> dict[str, Any]:
     """Write ``directory/manifest.json`` (atomically) and return it. Call after every other file."""
-    data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    manifest = make_manifest(directory, data, ctx, pipelines)
+    manifest = make_manifest(directory, report, ctx, pipelines)
     write_bytes_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
@@ -174,7 +196,7 @@ def load_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
 
 
-def finish_build_dir(directory: Path, report: Any, ctx: Any = None, pipelines: Sequence[Any] = ()) -> None:
+def finish_build_dir(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> None:
     """Write ``report.html`` and then ``manifest.json`` (last, so it lists every other file)."""
     from optpipe.html_report import write_html_report
 

@@ -167,8 +167,10 @@ def log_build_dir(out_dir: str | Path, target: MlflowTarget | None = None) -> st
     """Log the build in ``out_dir`` (its ``report.json``) to MLflow; returns the run id."""
     directory = Path(out_dir)
     report_path = directory / "report.json"
+    from optpipe.report import ReportUnreadable, read_report  # the one reader of report.json
+
     try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        report = read_report(report_path).to_dict()
+    except ReportUnreadable as error:
         raise UserInputError(f"{report_path}: cannot read the build report: {error}") from None
     return log_report(report, directory, target or MlflowTarget())

@@ -253,19 +253,24 @@ def judge_output(
 
 
 def validate_outputs(
-    runner: Any, ctx: BuildContext, precision: str, tolerances: dict[str, dict[str, float]]
+    runner: Any, ctx: BuildContext, precision: str, tolerances: dict[str, dict[str, float]],
+    output_kinds: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Parity record of one engine: per-output statistics, verdict and failures.
 
     Shared by the validate pass, the precision passes' accuracy gate and
     ``optpipe verify``, so a candidate, a built engine and a re-check are judged
     by one rule. Lives here, not in the validate pass, so library code never
-    imports ``optpipe.passes``.
+    imports ``optpipe.passes``. ``output_kinds`` are the kinds the user set; the
+    others are inferred from the golden outputs (:func:`optpipe.golden.output_kinds_of`),
+    so every caller judges an output as the same kind.
     """
+    from optpipe.golden import output_kinds_of
     from optpipe.output_kinds import row_keys
     from optpipe.progress import Progress
 
     assert ctx.golden is not None
+    kinds = output_kinds_of(ctx.golden, output_kinds)
     references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     failures: list[str] = []
@@ -296,7 +301,7 @@ def validate_outputs(
         if not references[name]:
             continue
         record = judge_output(name, references[name], results[name], tolerance_for(precision, name, tolerances),
-                              ctx.options.get("output_kinds") or {}, keys[name])
+                              kinds, keys[name])
         outputs[name] = record
         failures.extend(f"output '{name}': {failure}" for failure in record["failures"])
         warnings.extend(f"output '{name}': {warning}" for warning in record["warnings"])

@@ -47,6 +47,8 @@ FLAG_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "warmup": (("benchmark", "warmup"),),
     "iterations": (("benchmark", "min_calls"),),
     "tolerances": (("validate", "tolerances"),),
+    "output_kinds": (("validate", "output_kinds"),),
+    "guard_seconds": (("int8", "guard_seconds"), ("fp16", "guard_seconds"), ("int8-dynamic", "guard_seconds")),
     "timing_cache": (("engine-trt", "timing_cache"),),
     "opt_level": (("engine-trt", "builder_optimization_level"),),
     "workspace": (("engine-trt", "workspace_bytes"),),
@@ -56,10 +58,14 @@ FLAG_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def config_fields(name: str) -> dict[str, Any]:
-    """Field name -> resolved type annotation of pass ``name``'s Config."""
+    """Field name -> resolved type annotation of pass ``name``'s Config.
+
+    Fields marked ``NOT_IN_KEY`` (in-memory samples, the previous build's directory) are set by the
+    build itself, not options a user sets, so they are left out.
+    """
     config = pass_class(name).Config
     hints = typing.get_type_hints(config)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config)}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config) if f.metadata.get("cache_key", True)}
 
 
 def type_text(hint: Any) -> str:

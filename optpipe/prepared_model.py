@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.errors import UserInputError
-from optpipe.input_parsing import DynamicArg, make_inputs, parse_dynamic, parse_input
+from optpipe.input_parsing import DynamicArg, check_unique_names, make_inputs, parse_dynamic, parse_input
 from optpipe.model_loading import check_inputs_against_model, find_example_inputs, load_model
 from optpipe.runtime import check_outputs_are_tensors
 
@@ -49,7 +49,7 @@ def _heldout(source: ModuleType | None, names: Sequence[str]) -> dict[str, np.nd
         return None
     try:
         inputs, _labels = eval_data()
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise UserInputError(f"calling eval_data() in the model file failed: {type(error).__name__}: {error}") from None
     if not isinstance(inputs, dict) or set(inputs) != set(names):
         return None
@@ -110,6 +110,7 @@ def prepare_model(
     outputs: tuple[str, ...] | None = None
     if output_names:
         outputs = tuple(n.strip() for n in output_names.split(",") if n.strip())
+        check_unique_names("--output-names", outputs)
     elif source is not None and getattr(source, "OUTPUT_NAMES", None):
         outputs = tuple(str(n) for n in source.OUTPUT_NAMES)
     return PreparedModel(

@@ -9,14 +9,15 @@ puts the profile in the report instead).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optpipe.build_record import VariantResult
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.op_profile import OpProfile, profile_onnx
 from optpipe.precision.node_modules import node_module_paths
+from optpipe.report import Report, ReportUnreadable, read_report
 
 
 @dataclass(frozen=True)
@@ -31,43 +32,45 @@ class VariantProfile:
         return {"precision": self.precision, "artifact": self.artifact, "profile": self.profile.to_dict()}
 
 
-def _read_report(directory: Path) -> dict[str, Any]:
+def _read_report(directory: Path) -> Report:
+    """``DIR/report.json`` through the one report reader; UserInputError (exit 2) when it is not one."""
     path = directory / "report.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"{directory} is not a build directory: cannot read {path.name}: {error}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
+        report = read_report(path)
+    except ReportUnreadable as error:
+        raise UserInputError(f"{directory} is not a build directory: {path.name}: {error}") from None
+    if not report.variants:
         raise UserInputError(f"{path} has no variants: not an optpipe report")
-    return data
+    return report
 
 
-def choose_variant(report: dict[str, Any], precision: str | None) -> dict[str, Any]:
+def choose_variant(report: Report, precision: str | None) -> VariantResult:
     """The named variant, else the selected one, else the first with a built artifact."""
-    built = [v for v in report["variants"] if v.get("artifact")]
+    built = [v for v in report.variants if v.artifact]
     if precision is None:
-        precision = (report.get("selected") or {}).get("precision")
+        precision = (report.selected or {}).get("precision")
     if precision is None and built:
         return built[0]
-    for variant in report["variants"]:
-        if variant.get("precision") == precision:
-            if not variant.get("artifact"):
+    for variant in report.variants:
+        if variant.precision == precision:
+            if not variant.artifact:
                 raise UserInputError(f"variant '{precision}' has no built artifact (status "
-                                     f"{variant.get('status')}): nothing to profile")
+                                     f"{variant.status}): nothing to profile")
             return variant
-    names = ", ".join(v.get("precision", "?") for v in built) or "none"
+    names = ", ".join(v.precision for v in built) or "none"
     raise UserInputError(f"no variant '{precision}' in this build; built variants: {names}")
 
 
-def profile_variant(directory: Path, variant: dict[str, Any], target: str, runs: int = 20,
+def profile_variant(directory: Path, variant: VariantResult, target: str, runs: int = 20,
                     threads: int | None = None) -> VariantProfile:
     """Profile one variant's artifact on the golden inputs (ONNX Runtime; TensorRT on a GPU machine)."""
     from optpipe.golden import GoldenData
 
     golden = GoldenData.load(directory / "golden")
     feeds = [case.inputs for case in golden.cases]
-    sources = [directory / p for p in (variant.get("onnx"), "model.onnx", "model.export.onnx") if p]
-    artifact = directory / variant["artifact"]
+    sources = [directory / p for p in (variant.onnx, "model.onnx", "model.export.onnx") if p]
+    assert variant.artifact is not None  # choose_variant returns built variants only
+    artifact = directory / variant.artifact
     if target == "tensorrt":
         from optpipe.tensorrt.engine import TrtEngineRunner
         from optpipe.tensorrt.layer_profile import profile_engine
@@ -79,7 +82,7 @@ def profile_variant(directory: Path, variant: dict[str, Any], target: str, runs:
         profile = profile_onnx(artifact, feeds, paths=paths, runs=runs, threads=threads)
     else:
         raise EnvironmentUnavailable(f"no profiler for target '{target}'")
-    return VariantProfile(variant["precision"], variant["artifact"], profile)
+    return VariantProfile(variant.precision, variant.artifact, profile)
 
 
 def profile_build_dir(directory: str | Path, precision: str | None = None, runs: int = 20,
@@ -87,4 +90,4 @@ def profile_build_dir(directory: str | Path, precision: str | None = None, runs:
     """``optpipe profile DIR [--variant P]``."""
     root = Path(directory)
     report = _read_report(root)
-    return profile_variant(root, choose_variant(report, precision), str(report.get("target")), runs, threads)
+    return profile_variant(root, choose_variant(report, precision), report.target, runs, threads)

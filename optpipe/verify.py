@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import sha256_file
+from optpipe.build_record import VariantStatus
 from optpipe.errors import (
     EXIT_ENVIRONMENT,
     EXIT_GATE_FAILED,
@@ -36,7 +37,8 @@ from optpipe.errors import (
     UserInputError,
     first_line,
 )
-from optpipe.manifest import MANIFEST, build_files
+from optpipe.manifest import MANIFEST, SELF_HASH, build_files, canonical_sha256
+from optpipe.report import Report, ReportUnreadable, read_report
 
 
 @dataclass
@@ -131,6 +133,10 @@ def check_files(directory: Path, manifest: dict[str, Any], result: VerifyResult)
         listed.add(relative)
         path = directory / relative
         result.checked_files += 1
+        link = _symlink_in(directory, relative)
+        if link is not None:
+            result.failures.append(f"{relative} is a symbolic link ({link}); a build directory holds its own files")
+            continue
         if not path.is_file():
             result.failures.append(f"missing file: {relative}")
             continue
@@ -145,52 +151,87 @@ def check_files(directory: Path, manifest: dict[str, Any], result: VerifyResult)
             result.notes.append(f"file not in the manifest: {relative}")
 
 
-def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, threads: int | None) -> None:
+def _symlink_in(directory: Path, relative: str) -> str | None:
+    """The first component of ``relative`` (inside ``directory``) that is a symlink, if any.
+
+    A symlink would let verify hash and run a copy outside the build (which may differ from what
+    is deployed, or be swapped later), so an artifact that is one fails verification.
+    """
+    path = directory
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            return path.relative_to(directory).as_posix()
+    return None
+
+
+def check_self_hash(manifest: dict[str, Any], result: VerifyResult) -> None:
+    """The manifest's own hash must match its content: catches an edited manifest.json."""
+    recorded = manifest.get(SELF_HASH)
+    if recorded is None:
+        result.failures.append(f"{MANIFEST} has no {SELF_HASH} (edited, or written by an older optpipe); "
+                               "its content cannot be trusted: rebuild")
+        return
+    try:
+        actual = canonical_sha256(manifest)
+    except ValueError as error:  # NaN/Infinity written into it by hand
+        result.failures.append(f"{MANIFEST} is not canonical JSON ({error}): it was edited")
+        return
+    if actual != recorded:
+        result.failures.append(
+            f"{MANIFEST} was edited: its content hashes to {actual[:12]}…, its {SELF_HASH} says {str(recorded)[:12]}…"
+        )
+
+
+def check_parity(directory: Path, report: Report, result: VerifyResult, threads: int | None) -> None:
     """Rerun the parity gate of every cpu-target variant on the saved golden data."""
     from optpipe.golden import GoldenData
     from optpipe.parity import validate_outputs
     from optpipe.pass_base import BuildContext
     from optpipe.runtime import OrtRunner
     from optpipe.target import get_target
-    from optpipe.tensor_spec import TensorSpec
 
-    build = report.get("build") or {}
-    golden_dir = directory / str(build.get("golden") or "golden")
+    build = report.build
+    golden_dir = directory / (build.golden if build is not None else "golden")
     if not golden_dir.is_dir():
         result.failures.append(f"golden data missing: {golden_dir.relative_to(directory)}")
         return
-    golden = GoldenData.load(golden_dir)
+    try:
+        golden = GoldenData.load(golden_dir)
+    except UserInputError as error:  # a corrupted or foreign npz: named, and the parity cannot be rerun
+        result.failures.append(f"golden data: {error}")
+        return
     ctx = BuildContext(
         work_dir=directory,
         target=get_target("cpu"),
-        input_specs=tuple(TensorSpec.from_dict(s) for s in build.get("inputs") or []),
-        output_names=tuple(build.get("outputs") or []),
+        input_specs=build.inputs if build is not None else (),
+        output_names=build.outputs if build is not None else (),
         golden=golden,
         threads=threads,
-        options={"output_kinds": dict(build.get("output_kinds") or {})},  # the kinds the build judged by
     )
-    tolerances = build.get("tolerances") or {}
-    target = report.get("target")
+    tolerances = build.tolerances if build is not None else {}
+    kinds = build.output_kinds if build is not None else {}  # the kinds the build judged by
+    target = report.target
     if target not in ("cpu", "tensorrt"):
-        for variant in report.get("variants") or []:
-            result.variants[variant["precision"]] = {"status": f"not verified ({target} engines need their runtime)"}
-            result.unverified.append(f"{variant['precision']}: parity not rerun; {target} engines need their runtime")
+        for variant in report.variants:
+            result.variants[variant.precision] = {"status": f"not verified ({target} engines need their runtime)"}
+            result.unverified.append(f"{variant.precision}: parity not rerun; {target} engines need their runtime")
         return
     if target == "tensorrt":
-        check_trt_parity(directory, report, result, ctx, tolerances)
+        check_trt_parity(directory, report, result, ctx, tolerances, kinds)
         return
-    for variant in report.get("variants") or []:
-        precision = variant["precision"]
-        if variant.get("status") != "built" or not variant.get("artifact"):
+    for variant in report.variants:
+        precision = variant.precision
+        if variant.status is not VariantStatus.BUILT or not variant.artifact:
             result.variants[precision] = {"status": "skipped (no engine was built)"}
             continue
-        engine = directory / variant["artifact"]
+        engine = directory / variant.artifact
         try:
             runner = OrtRunner(engine, threads=threads)
-            parity = validate_outputs(runner, ctx, precision, tolerances)
+            parity = validate_outputs(runner, ctx, precision, tolerances, kinds)
         except Exception as error:  # a corrupt engine is a verification failure, not a crash
             first = first_line(error, with_type=False)
-            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first}")
+            result.failures.append(f"{precision}: engine {variant.artifact} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
         result.variants[precision] = {"status": "pass" if parity["passed"] else "FAIL", "parity": parity}
@@ -198,7 +239,8 @@ def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, 
 
 
 def check_trt_parity(
-    directory: Path, report: dict[str, Any], result: VerifyResult, ctx: Any, tolerances: dict[str, Any]
+    directory: Path, report: Report, result: VerifyResult, ctx: Any, tolerances: dict[str, Any],
+    kinds: dict[str, str] | None = None,
 ) -> None:
     """Rerun the parity gate of every built TensorRT variant with TensorRT, when this machine can.
 
@@ -210,15 +252,15 @@ def check_trt_parity(
     from optpipe.tensorrt.engine import TrtEngineRunner, check_trt_available
 
     missing: str | None = None
-    variants = report.get("variants") or []
-    if any(v.get("status") == "built" and v.get("artifact") for v in variants):
+    variants = report.variants
+    if any(v.status is VariantStatus.BUILT and v.artifact for v in variants):
         try:
             check_trt_available()
         except EnvironmentUnavailable as error:
             missing = str(error)
     for variant in variants:
-        precision = variant["precision"]
-        if variant.get("status") != "built" or not variant.get("artifact"):
+        precision = variant.precision
+        if variant.status is not VariantStatus.BUILT or not variant.artifact:
             result.variants[precision] = {"status": "not verified (no engine yet: split build)"}
             result.unverified.append(
                 f"{precision}: no TensorRT engine was built yet; run 'optpipe engine {directory}' on a machine "
@@ -234,15 +276,15 @@ def check_trt_parity(
             continue
         runner = None
         try:
-            runner = TrtEngineRunner(directory / variant["artifact"])
-            parity = validate_outputs(runner, ctx, precision, tolerances)
+            runner = TrtEngineRunner(directory / variant.artifact)
+            parity = validate_outputs(runner, ctx, precision, tolerances, kinds)
         except EnvironmentUnavailable as error:  # e.g. another GPU architecture or TensorRT version
             result.variants[precision] = {"status": "not verified (this machine cannot run the engine)"}
             result.unverified.append(f"{precision}: {error}")
             continue
         except Exception as error:  # a corrupt plan is a verification failure, not a crash
             first = first_line(error, with_type=False)
-            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first}")
+            result.failures.append(f"{precision}: engine {variant.artifact} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
         finally:
@@ -262,11 +304,12 @@ def verify_build(directory: str | Path, *, parity: bool = True, threads: int | N
     manifest = _load_json(root / MANIFEST, MANIFEST)
     result = VerifyResult(root)
     check_files(root, manifest, result)
+    check_self_hash(manifest, result)
     if parity:
         try:
-            report = _load_json(root / "report.json", "report.json")
-        except UserInputError as error:
-            result.failures.append(str(error))
+            report = read_report(root / "report.json")
+        except ReportUnreadable as error:
+            result.failures.append(f"{root / 'report.json'}: {error}")
             return result
         check_parity(root, report, result, threads)
     return result

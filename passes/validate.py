@@ -24,6 +24,8 @@ class ValidateConfig:
     # Per-output overrides of the precision's default tolerance, e.g.
     # {"logits": {"min_cosine": 0.995}, "*": {"atol": 1e-3}}.
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
+    output_kinds: dict[str, str] = field(default_factory=dict)
 
 
 class ValidatePass(Pass):
@@ -48,7 +50,8 @@ class ValidatePass(Pass):
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         runner = ctx.target.runner(artifact, ctx.threads)
         try:
-            parity = validate_outputs(runner, ctx, artifact.precision, self.config.tolerances)
+            parity = validate_outputs(runner, ctx, artifact.precision, self.config.tolerances,
+                                      self.config.output_kinds)
         finally:
             close = getattr(runner, "close", None)
             if callable(close):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from optpipe.build_record import VariantResult
 from optpipe.report import Report
 from optpipe.report_metrics import flat_metrics
 from tests.test_html_report import sample_report
@@ -41,6 +42,7 @@ def test_size_is_measured_from_the_build_directory(tmp_path: Path) -> None:
 
 def test_report_metrics_method_uses_the_serialised_report(tmp_path: Path) -> None:
     data = sample_report()
-    report = Report(target="cpu", model="m", variants=data["variants"], baseline=data["baseline"], out_dir=tmp_path)
+    variants = [VariantResult.from_dict(v) for v in data["variants"]]  # Report holds typed variant records
+    report = Report(target="cpu", model="m", variants=variants, baseline=data["baseline"], out_dir=tmp_path)
     assert report.metrics() == flat_metrics(report.to_dict(), tmp_path)
     assert report.metrics()["int8.cosine_min.logits"] == 0.9999

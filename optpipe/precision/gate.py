@@ -38,7 +38,8 @@ def gate_runtime_note(style: str) -> str:
 
 
 def make_gate(
-    ctx: Any, precision: str, tolerances: Mapping[str, Mapping[str, float]], level: str
+    ctx: Any, precision: str, tolerances: Mapping[str, Mapping[str, float]], level: str,
+    output_kinds: Mapping[str, str] | None = None,
 ) -> tuple[Callable[[Path], bool], list[dict[str, Any]]]:
     """A ``gate(path) -> bool`` for guarded_quantize and the list its parity records go to."""
     from optpipe.parity import validate_outputs
@@ -48,7 +49,7 @@ def make_gate(
 
     def gate(path: Path) -> bool:
         runner = OrtRunner(path, threads=ctx.threads, level=level)
-        parity = validate_outputs(runner, ctx, precision, {k: dict(v) for k, v in tolerances.items()})
+        parity = validate_outputs(runner, ctx, precision, {k: dict(v) for k, v in tolerances.items()}, output_kinds)
         log.append(parity)
         return bool(parity["passed"])
 
