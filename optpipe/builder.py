@@ -111,36 +111,25 @@ def build(
     """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
 
     ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict name -> tensor.
-    ``dynamic`` declares dynamic dimensions: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every
-    input dynamic; a :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``tolerances`` maps an
-    output (or ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` maps an output (or ``*``)
-    to what it means (``logits``, ``embedding``, ``regression``, ``generic``: the gates that fit it; default
-    inferred). ``bench_seconds`` / ``warmup`` / ``iterations`` set the benchmark's time budget per runtime,
-    its untimed calls and its fewest timed calls; ``guard_seconds`` the guard's time budget.
-    ``calib_data`` is a path (.npz, a directory, ``FILE.py:NAME``) or the samples themselves;
-    ``eval_data`` is ``(inputs, labels)``; ``input_ranges`` maps an integer input to the ``(low, high)`` synthetic calibration
-    draws from. ``int8_exclude`` / ``fp16_block`` name ONNX nodes kept in FP32 from the start;
-    ``trt`` holds TensorRT options (:data:`~optpipe.build_options.TRT_KEYS`). ``pass_options`` maps a
-    pass name (``optpipe passes``) to fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``; they
-    win over the values set by the other arguments (see :mod:`optpipe.pass_options`). Every option
-    is checked by :func:`~optpipe.build_options.parse_build_options` before anything runs; an unknown
-    keyword is a TypeError naming the closest valid one. ``profile`` also profiles each engine per op.
-    ``mlflow`` (True, a tracking URI or an :class:`~optpipe.mlflow_tracking.MlflowTarget`) logs the
-    finished build to an MLflow run. ``provenance``: how the build was asked for (default: this call).
+    ``dynamic``: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every input dynamic; a
+    :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``tolerances`` maps an output (or
+    ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``,
+    ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
+    ``iterations``: the benchmark's time budget per runtime, untimed calls, fewest timed calls;
+    ``guard_seconds``: the guard's budget. ``calib_data``: a path (.npz, a directory, ``FILE.py:NAME``)
+    or the samples; ``eval_data``: ``(inputs, labels)``; ``input_ranges``: integer input -> ``(low, high)``
+    for synthetic calibration. ``int8_exclude`` / ``fp16_block``: ONNX nodes kept in FP32 from the start;
+    ``trt``: TensorRT options (:data:`~optpipe.build_options.TRT_KEYS`). ``pass_options``: pass name
+    (``optpipe passes``) -> fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``, over the values the
+    other arguments set. Every option is checked by :func:`~optpipe.build_options.parse_build_options`
+    before anything runs; an unknown keyword is a TypeError naming the closest valid one. ``profile``
+    also profiles each engine per op. ``mlflow`` (True, a tracking URI or an MlflowTarget) logs the
+    build to an MLflow run. ``provenance``: how the build was asked for (default: this call).
 
     Raises :class:`~optpipe.errors.OptpipeError` for user and environment errors; a failed parity
     gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``).
     """
-    options = parse_build_options(
-        target=target, precisions=precisions, exporter=exporter, threads=threads, overwrite=overwrite,
-        model_name=model_name, tolerances=tolerances, output_kinds=output_kinds, benchmark=benchmark,
-        benchmark_batch=benchmark_batch, bench_seconds=bench_seconds, warmup=warmup, iterations=iterations,
-        calib_data=calib_data, synthetic_calib=synthetic_calib, calib_method=calib_method, calib_cache=calib_cache,
-        input_ranges=input_ranges, eval_data=eval_data, eval_origin=eval_origin, max_accuracy_drop=max_accuracy_drop,
-        guard_max_keep=guard_max_keep, no_guard=no_guard, guard_seconds=guard_seconds,
-        int8_exclude=int8_exclude, fp16_block=fp16_block,
-        trt=trt, pass_options=pass_options, profile=profile,
-    )  # fmt: skip
+    options = parse_build_options(**_parser_arguments(locals()))  # every option checked, before any work
     tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
     if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
         from optpipe.provenance import ProvenanceInputs, api_invocation
@@ -154,6 +143,13 @@ def build(
 
         log_report(report.to_dict(), report.out_dir, tracking)
     return report
+
+
+def _parser_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`build` that :func:`~optpipe.build_options.parse_build_options` takes (same names)."""
+    import inspect
+
+    return {name: values[name] for name in inspect.signature(parse_build_options).parameters}
 
 
 def _mlflow_target(mlflow: Any) -> Any:

@@ -11,8 +11,10 @@ from conftest import TOY_MODELS, load_file_module
 
 import optpipe
 from optpipe.build_options import (
+    BenchmarkOptions,
     BuildOptions,
     GuardOptions,
+    OutputKinds,
     Tolerances,
     parse_build_options,
 )
@@ -166,6 +168,41 @@ def test_python_api_and_parser_agree_with_the_cli_spelling() -> None:
         parse_build_options(guard_max_keep=1.5)
     with pytest.raises(UserInputError, match="'auto' selects the precisions itself"):
         parse_build_options(precisions="auto,fp32")
+
+
+
+def test_every_parser_keyword_is_a_build_keyword() -> None:
+    import inspect
+
+    parser = set(inspect.signature(parse_build_options).parameters)
+    assert parser <= set(inspect.signature(optpipe.build).parameters)
+
+
+def test_output_kinds_and_budgets_are_typed_and_checked_once() -> None:
+    options = parse_build_options(output_kinds={"emb": "embedding"}, guard_seconds=30, bench_seconds=0.5, warmup=0,
+                                  iterations=3)
+    assert options.output_kinds == OutputKinds((("emb", "embedding"),))
+    assert options.output_kinds == parse_build_options(output_kinds=("emb=embedding",)).output_kinds
+    assert options.guard.seconds == 30 and options.guard.config_fields()["guard_seconds"] == 30.0
+    assert (options.benchmark.seconds, options.benchmark.warmup, options.benchmark.min_calls) == (0.5, 0, 3)
+    assert options.gate_fields() == {"tolerances": {}, "output_kinds": {"emb": "embedding"}}
+    assert parse_build_options().benchmark == BenchmarkOptions()  # flags left out keep the default budget
+    for bad, match in [({"output_kinds": {"emb": "vector"}}, "unknown output kind 'vector'"),
+                       ({"output_kinds": ["emb"]}, "expected NAME=KIND"),
+                       ({"bench_seconds": 0}, "--bench-seconds must be a number > 0"),
+                       ({"warmup": -1}, "--warmup must be an integer >= 0"),
+                       ({"iterations": 0}, "--iterations must be an integer >= 1"),
+                       ({"guard_seconds": float("nan")}, "--guard-seconds must be a number > 0")]:
+        with pytest.raises(UserInputError, match=match):
+            parse_build_options(**bad)
+
+
+def test_output_kind_for_an_unknown_output_is_refused_before_any_work(toy: object, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(UserInputError, match="output kind given for unknown output"):
+        optpipe.build(toy.TinyNet(), toy.example_inputs(), out_dir=out, output_kinds={"nope": "logits"},  # type: ignore[attr-defined]
+                      benchmark=False)
+    assert not out.exists()
 
 
 # --- typed records: one reader and one writer of report.json ---------------------------------------------------
