@@ -231,6 +231,10 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Build the [[model]] entries of a TOML file (options as keys; flags given here override "
               "the file). MODEL then selects one entry by name or spec.")
+@click.option("--executor", metavar="EXECUTOR",
+              help="Where -c FILE's models are built: in-process (default, one after the other), ray (a local "
+              "Ray started for the run), ray:auto or ray://HOST:PORT (an existing Ray cluster; needs "
+              "optpipe[ray]).")
 @click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
@@ -244,14 +248,16 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
           threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
           overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
-          config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
-          trt_options: dict[str, Any], precision_opts: dict[str, Any],
+          config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
+          junit: Path | None, trt_options: dict[str, Any], precision_opts: dict[str, Any],
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
         from optpipe.config_file import run_build_file
 
         sys.exit(run_build_file(click.get_current_context(), config_file, model))
+    if executor is not None:
+        raise click.UsageError("--executor builds the models of a config file: give -c FILE")
     if model is None:
         raise click.UsageError("Missing argument 'MODEL' (or give a config file with -c FILE).")
     if out_dir is None:
