@@ -18,6 +18,7 @@ from optpipe.errors import (
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
 if TYPE_CHECKING:
+    from optpipe.matrix import MatrixResult
     from optpipe.report import Report
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "TensorSpec",
     "UserInputError",
     "build",
+    "build_many",
 ]
 
 
@@ -39,3 +41,10 @@ def build(model: Any, example_inputs: Any, **kwargs: Any) -> Report:
     from optpipe.builder import build as _build
 
     return _build(model, example_inputs, **kwargs)
+
+
+def build_many(configs: Any, executor: Any = None, **kwargs: Any) -> MatrixResult:
+    """Build the models of config files with an executor; see :func:`optpipe.executors.build_many`."""
+    from optpipe.executors import build_many as _build_many
+
+    return _build_many(configs, executor, **kwargs)

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from optpipe.errors import EXIT_ENVIRONMENT, EnvironmentUnavailable, MissingDependency, first_line
+from optpipe.errors import EXIT_ENVIRONMENT, EnvironmentUnavailable, MissingDependency, UserInputError, first_line
 from optpipe.matrix import MatrixCounts, ModelResult, ModelTask, ProgressCallback, run_model
 
 #: The per-node custom resource a benchmarking build takes (start each node with ``--resources
@@ -107,11 +107,21 @@ def task_options(task: ModelTask, shape: ClusterShape, max_retries: int) -> dict
     return {**options, "num_cpus": min(threads, shape.max_cpus), "scheduling_strategy": "SPREAD"}
 
 
+def local_cpus() -> int:
+    """CPUs of the local Ray: ``$OPTPIPE_RAY_NUM_CPUS`` or every core."""
+    text = os.environ.get("OPTPIPE_RAY_NUM_CPUS")
+    if text is None:
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise UserInputError(f"OPTPIPE_RAY_NUM_CPUS={text!r}: expected a whole number of CPUs, 1 or more")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class RayExecutor:
     """Builds each model as a Ray task.
 
-    ``address``: ``None`` starts a local Ray for the run (``num_cpus``, default all cores, in a temporary
+    ``address``: ``None`` starts a local Ray for the run (``num_cpus``, default :func:`local_cpus`, in a temporary
     directory removed afterwards); ``"ray:auto"`` joins the cluster ``ray start`` made on this machine (or
     ``$RAY_ADDRESS``); ``"ray://HOST:PORT"`` connects through Ray Client. When the caller already called
     ``ray.init``, that connection is used and left open.
@@ -140,7 +150,7 @@ class RayExecutor:
         if self.address is None:
             temp = tempfile.mkdtemp(prefix="optpipe-ray-")
             try:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, resources={BENCH_RESOURCE: 1},
+                ray.init(num_cpus=self.num_cpus or local_cpus(), resources={BENCH_RESOURCE: 1},
                          include_dashboard=False, _temp_dir=temp, **quiet)
                 yield
             finally:

@@ -189,3 +189,17 @@ def test_benchmarked_build_records_the_node_it_was_measured_on(cluster: str, tmp
     assert variant.latency_ms is not None and variant.measured_on is not None
     assert variant.measured_on == result.node and result.node is not None
     assert result.node.node_id in node_ids
+
+
+def test_two_workers_share_one_cache_directory(cluster: str, tmp_path: Path) -> None:
+    """The same model twice on two 1-CPU nodes with one cache: each cacheable pass is computed once."""
+    spec, weights = SAMPLES["wine"]
+    model = (f'spec = "{ROOT}/sample_models/{spec}"\nweights = "{ROOT}/sample_models/weights/{weights}"\n')
+    config = tmp_path / "optpipe.toml"
+    config.write_text(f'exporter = "torchscript"\nbenchmark = false\nthreads = 1\ncache_dir = "cache"\n\n'
+                      f'[[model]]\nname = "a"\n{model}out = "out/a"\n\n[[model]]\nname = "b"\n{model}out = "out/b"\n')
+    matrix = build_many(config, RayExecutor(address=cluster))
+    assert matrix.exit_code == 0
+    statuses = [{p["name"]: p["status"] for p in r.report["passes"]} for r in matrix.results]  # type: ignore[index]
+    for name in ("export", "simplify"):
+        assert sorted(s[name] for s in statuses) == ["cached", "ok"]  # one computed it, the other reused it
