@@ -203,3 +203,35 @@ def test_two_workers_share_one_cache_directory(cluster: str, tmp_path: Path) -> 
     statuses = [{p["name"]: p["status"] for p in r.report["passes"]} for r in matrix.results]  # type: ignore[index]
     for name in ("export", "simplify"):
         assert sorted(s[name] for s in statuses) == ["cached", "ok"]  # one computed it, the other reused it
+
+
+def test_ctrl_c_cancels_the_outstanding_builds(cluster: str, tmp_path: Path) -> None:
+    """SIGINT to `optpipe build -c ... --executor ray:auto` mid-build: exit 130, worker killed, nothing published."""
+    import subprocess
+    import sys
+
+    (tmp_path / "killable.py").write_text(KILLABLE)
+    config = tmp_path / "optpipe.toml"
+    config.write_text('exporter = "torchscript"\nbenchmark = false\nthreads = 1\ncache = false\n\n'
+                      '[[model]]\nname = "tiny"\nspec = "killable.py:Tiny"\nout = "out/tiny"\n')
+    optpipe = str(Path(sys.executable).parent / "optpipe")
+    driver = subprocess.Popen([optpipe, "build", "-c", str(config), "--executor", "ray:auto"],
+                              env=dict(os.environ, RAY_ADDRESS=cluster), stderr=subprocess.PIPE, text=True)
+    pids = tmp_path / "pids.txt"
+    deadline = time.monotonic() + 120
+    while not pids.exists() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    worker_pid = int(pids.read_text().split()[0])
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "interrupted" in stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # ray.cancel(force=True) kills the worker that was building
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"worker {worker_pid} still runs after Ctrl-C")
+    assert not (tmp_path / "out" / "tiny").exists()
