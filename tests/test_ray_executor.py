@@ -46,15 +46,30 @@ precisions = ["fp32", "int8-dynamic"]
 """
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+CLIENT_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A head node and a second node (``ray start --address`` equivalent), each 1 CPU + optpipe_bench; its address."""
+    """A head node (with a Ray Client server on CLIENT_PORT) and a second node, each 1 CPU + optpipe_bench.
+
+    Yields the head's address. ``ray.cluster_utils.Cluster`` starts the same processes as ``ray start --head``
+    and ``ray start --address`` and stops only its own (``ray stop`` would stop every Ray on the machine).
+    """
     base = tempfile.mkdtemp(prefix="optpipe-ray-test-")
     saved = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = base  # the cluster's address file lives here, not in the shared /tmp/ray
     (Path(base) / "ray").mkdir()
     node = {"num_cpus": 1, "resources": {BENCH_RESOURCE: 1}, "temp_dir": f"{base}/ray", "include_dashboard": False}
-    ray_cluster = Cluster(initialize_head=True, head_node_args=node)
+    ray_cluster = Cluster(initialize_head=True, head_node_args={**node, "ray_client_server_port": CLIENT_PORT})
     try:
         ray_cluster.add_node(**node)
         ray_cluster.wait_for_nodes()
@@ -92,12 +107,12 @@ def test_three_samples_on_ray_match_in_process(cluster: str, tmp_path: Path) -> 
     broken = '\n[[model]]\nname = "broken"\nspec = "nowhere.py:Net"\nout = "ray/broken"\n'
     junit = tmp_path / "junit.xml"
     remote = runner.invoke(main, ["build", "-c", str(sample_config(tmp_path / "ray.toml", "ray", broken)),
-                                  "--no-cache", "--json", "--executor", "ray:auto", "--junit", str(junit)],
-                           env={"RAY_ADDRESS": cluster})
+                                  "--no-cache", "--json", "--executor", f"ray://127.0.0.1:{CLIENT_PORT}", "--junit",
+                                  str(junit)])
     assert remote.exit_code == 2, remote.output  # the broken model's usage error is the worst exit code
     local_doc = json.loads(local.stdout)
     remote_doc = json.loads(remote.stdout)  # ONE JSON document for the whole matrix
-    assert remote_doc["executor"] == "ray (ray:auto)" and remote_doc["exit_code"] == 2
+    assert remote_doc["executor"] == f"ray (ray://127.0.0.1:{CLIENT_PORT})" and remote_doc["exit_code"] == 2
     by_name = {m["name"]: m for m in remote_doc["models"]}
     assert by_name["broken"]["exit_code"] == 2 and "nowhere.py" in by_name["broken"]["error"]
     for model in local_doc["models"]:
@@ -235,3 +250,21 @@ def test_ctrl_c_cancels_the_outstanding_builds(cluster: str, tmp_path: Path) -> 
     else:
         pytest.fail(f"worker {worker_pid} still runs after Ctrl-C")
     assert not (tmp_path / "out" / "tiny").exists()
+
+
+def test_executor_ray_starts_a_local_ray_for_the_run_and_removes_it(tmp_path: Path) -> None:
+    """`--executor ray`: a local Ray with optpipe_bench, so a benchmarked build runs (holding both CPUs)."""
+    spec, weights = SAMPLES["wine"]
+    config = tmp_path / "optpipe.toml"
+    config.write_text(f'exporter = "torchscript"\ncache = false\n\n[[model]]\nname = "wine"\n'
+                      f'spec = "{ROOT}/sample_models/{spec}"\nweights = "{ROOT}/sample_models/weights/{weights}"\n'
+                      f'out = "out/wine"\n')
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("optpipe-ray-*"))
+    result = CliRunner().invoke(main, ["build", "-c", str(config), "--executor", "ray", "--json"],
+                                env={"OPTPIPE_RAY_NUM_CPUS": "2", "RAY_ADDRESS": None})
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(result.stdout)["models"]
+    assert model["variants"][0]["latency_ms"] is not None and model["variants"][0]["measured_on"]["node_id"]
+    assert set(temp.glob("optpipe-ray-*")) - before == set()  # the run's Ray directory is gone
+    assert not ray.is_initialized()
