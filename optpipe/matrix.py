@@ -234,6 +234,8 @@ def run_model(task: ModelTask, *, capture: bool = False) -> ModelResult:
     """
     import click
 
+    # The build command itself (as `optpipe build -c` has always done): one code path for a model's options,
+    # checks and messages. Once the build takes one typed options record, this calls the library instead.
     from optpipe.cli import build as build_command
     from optpipe.junit import ERROR_META_KEY
 
