@@ -14,7 +14,6 @@ Run: ``python benchmarks/precision.py [--batch 32] [--rounds 10] [--models digit
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -31,21 +30,12 @@ MODELS = {
 }
 
 
-def _module(name: str) -> Any:
-    path = ROOT / "sample_models" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def bench_model(name: str, batch: int, rounds: int, work: Path,
                 precisions: tuple[str, ...] = ("fp32", "fp16", "int8")) -> dict[str, Any]:
     """Build ``precisions`` (fp32 first) for one sample model and time them interleaved at ``batch``."""
     from optpipe.builder import build
     from optpipe.golden import resize_batch
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
     from optpipe.runtime import OrtRunner, TorchRunner
     from optpipe.timing import interleaved_latency, summarize
 

@@ -21,7 +21,7 @@ import numpy as np
 
 import optpipe
 from optpipe.golden import resize_batch
-from optpipe.model_session import prepare_model
+from optpipe.prepared_model import prepare_model
 from optpipe.report import environment
 from optpipe.runtime import OrtRunner, TorchRunner
 from optpipe.tensor_spec import DynamicDim

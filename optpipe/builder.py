@@ -65,7 +65,7 @@ def precision_pass(precision: str, target: Target, options: Mapping[str, Any]) -
 
         return Fp16Pass.from_options(options)
     if precision == "int8":
-        from optpipe.passes.int8_calibrate import Int8Pass
+        from optpipe.passes.int8 import Int8Pass
 
         return Int8Pass.from_options(options, target)
     if precision == "int8-dynamic":
@@ -79,14 +79,15 @@ def variant_passes(precision: str, target: Target, options: Mapping[str, Any], e
     """Precision pass (if any), then engine, validate and benchmark when the engine can be built."""
     from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
     from optpipe.passes.validate import ValidateConfig, ValidatePass
+    from optpipe.registry import engine_pass, pre_engine_passes
 
     passes: list[Pass] = []
     lowering = precision_pass(precision, target, options)
     if lowering is not None:
         passes.append(lowering)
-    passes.extend(target.pre_engine_passes())
+    passes.extend(pre_engine_passes(target))
     if engine:
-        passes.append(target.engine_pass(options))
+        passes.append(engine_pass(target, options))
         passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
         if options.get("benchmark", True):
             passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))
@@ -323,7 +324,7 @@ def build(
 
 def _write_back_calib_cache(options: Mapping[str, Any], out: Path, log: Callable[[str], None]) -> None:
     """Update ``--calib-cache FILE`` with the published build's ranges (only after a build that finished)."""
-    from optpipe.passes.int8_calibrate import CACHE_NAME
+    from optpipe.passes.int8 import CACHE_NAME
     from optpipe.precision.calib_cache import write_back
 
     target, built = options.get("calib_cache"), out / "int8" / CACHE_NAME

@@ -17,9 +17,10 @@ before the pass tells which), plus a JSON record.
 Only passes that declare ``cacheable = True`` are cached: validate and
 benchmark measure, so they always run. The key covers the input artifact's
 sha256 (for the torch module: its parameters, buffers and class sources), the
-pass name, code and ``config_dict()``, the versions of the distributions in
-``Pass.uses``, the target, input specs, dynamic dims, output names, golden
-data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
+pass name, code (its file and the helper modules it names in
+``Pass.code_modules()``) and ``config_dict()``, the versions of the
+distributions in ``Pass.uses``, the target, input specs, dynamic dims, output
+names, golden data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
 deliberately *not* in the key: passes receive their options through their
 ``Config`` (``from_options``), and a file named by a config field is keyed by
 its content. Putting every option in every key would make, say, a TensorRT
@@ -59,6 +60,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -141,12 +143,12 @@ def model_fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """JSON-able stand-in for a build option value; files and arrays by content."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+        return {str(k): plain_data(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
     if isinstance(value, list | tuple | set | frozenset):
-        items = [_plain(v) for v in value]
+        items = [plain_data(v) for v in value]
         return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
     if isinstance(value, np.ndarray):
         digest = hashlib.sha256()
@@ -162,52 +164,23 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         import dataclasses
 
-        return _plain(dataclasses.asdict(value))
+        return plain_data(dataclasses.asdict(value))
     return repr(value)
 
 
-def module_digests(*modules: str) -> dict[str, str]:
-    """sha256 of the source of each named module: code a pass calls besides its own file.
+def module_digests(modules: Sequence[ModuleType]) -> dict[str, str]:
+    """sha256 of the source of each module: code a pass calls besides its own file.
 
     ``pass_code`` covers only the pass class's file; a precision pass's output
-    is decided mostly by helpers (quantizer, guard, gate), keyed here instead.
+    is decided mostly by helpers (quantizer, guard, gate). The pass names them
+    (:meth:`~optpipe.pass_base.Pass.code_modules`), so this module knows no pass's helpers.
     """
-    import importlib
-
     digests: dict[str, str] = {}
-    for name in modules:
-        module = importlib.import_module(name)
+    for module in modules:
         source = getattr(module, "__file__", None)
-        digests[name] = (hashlib.sha256(Path(source).read_bytes()).hexdigest()
-                         if source and os.path.isfile(source) else name)
+        digests[module.__name__] = (hashlib.sha256(Path(source).read_bytes()).hexdigest()
+                                    if source and os.path.isfile(source) else module.__name__)
     return digests
-
-
-def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray]], source: str) -> dict[str, Any]:
-    """What a guarded precision pass (fp16, int8) reads outside its config.
-
-    The samples it calibrates / checks ranges on (by content, whatever their
-    source: a file, a directory, ``FILE.py:NAME``, in-memory or synthetic),
-    the tolerances its accuracy gate applies (the golden data is in every
-    key already), the target's Q/DQ style and the code of the helpers that
-    decide the output. ``threads`` is left out on purpose: it changes ORT's
-    float reductions only in the last bits.
-    """
-    from optpipe.precision.calib_data import data_fingerprint
-
-    return {
-        "samples": data_fingerprint(samples),
-        "sample_count": len(samples),
-        "sample_source": source,
-        "tolerances": _plain(dict(ctx.options.get("tolerances") or {})),
-        "qdq_style": getattr(ctx.target, "qdq_style", None),
-        "code": module_digests(
-            "optpipe.precision.int8", "optpipe.precision.fp16", "optpipe.precision.localize",
-            "optpipe.precision.gate", "optpipe.precision.calib_cache", "optpipe.precision.calib_data",
-            "optpipe.precision._graph", "optpipe.precision.pass_support", "optpipe.passes.validate",
-            "optpipe.parity",
-        ),
-    }
 
 
 class _Keyer:
@@ -230,7 +203,8 @@ class _Keyer:
             "format": CACHE_FORMAT,
             "pass": pass_.name,
             "pass_code": _source_digest(type(pass_)),
-            "config": _plain(pass_.config_dict()),
+            "code": module_digests(pass_.code_modules()),
+            "config": plain_data(pass_.config_dict()),
             "versions": {dist: package_version(dist) for dist in ("optpipe", *getattr(pass_, "uses", ()))},
             "input": source,
             "input_kind": artifact.kind.value,
@@ -241,7 +215,7 @@ class _Keyer:
             "dynamic": [dim.to_dict() for dim in ctx.dynamic],
             "golden": self._golden[1],
             "machine": platform.machine(),
-            "pass_facts": _plain(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
+            "pass_facts": plain_data(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
         }
 
     def key(self, facts: Mapping[str, Any]) -> str:
@@ -385,8 +359,6 @@ class PassCache:
         self.lock_timeout = lock_timeout
         self.log = log
         self.enabled = True
-        self.hits = 0
-        self.stores = 0
         self._keyer = _Keyer()
         self._pending: _Pending | None = None
         self._warnings: list[str] = []
@@ -444,7 +416,6 @@ class PassCache:
                 self._warn(ctx, f"cached result of pass '{pass_.name}' failed its post-condition ({error}); "
                                 "running the pass")
                 return None
-            self.hits += 1
             self._say(ctx, f"     {pass_.name}: reused from cache ({key[:12]})")
             result.warnings.extend(self._take_warnings())
             return result
@@ -676,7 +647,6 @@ class PassCache:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 return  # a complete entry is already there
-            self.stores += 1
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

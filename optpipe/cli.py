@@ -265,7 +265,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if trt_options and target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
 
     parsed_tolerances: dict[str, dict[str, float]] = {}
     for text in tolerances:

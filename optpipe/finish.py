@@ -169,8 +169,9 @@ def finish_build(
     from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
     from optpipe.passes.validate import ValidateConfig, ValidatePass
     from optpipe.pipeline import Pipeline
+    from optpipe.registry import engine_pass, pre_engine_passes
     from optpipe.report import environment
-    from optpipe.target import TensorRTTarget
+    from optpipe.tensorrt.trt_target import TensorRTTarget
 
     split = read_split_build(directory)
     if benchmark and benchmark_batch is not None:  # a batch the engines' profiles accept, before any build
@@ -189,8 +190,8 @@ def finish_build(
     pipelines = {}
     for variant in todo:
         passes = [
-            *target.pre_engine_passes(),
-            target.engine_pass(options),
+            *pre_engine_passes(target),
+            engine_pass(target, options),
             ValidatePass(ValidateConfig(tolerances=split.tolerances)),
         ]
         if benchmark:

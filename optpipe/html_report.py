@@ -24,7 +24,6 @@ from optpipe.artifact import write_bytes_atomic
 
 PALETTE = ("#2f6fde", "#d9822b", "#2a9d8f", "#9b5de5", "#e63946", "#6c757d")
 TORCH_COLOR = "#8d99ae"
-PASS_COLOR = "#1a7f37"
 FAIL_COLOR = "#cf222e"
 
 CSS = """

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from optpipe.errors import UserInputError
+from optpipe.errors import UserInputError, first_line
+
+if TYPE_CHECKING:
+    from optpipe.pass_base import BuildContext
 
 
 @dataclass(frozen=True)
@@ -191,3 +194,53 @@ def compare_output(
     parity.failures = tuple(failures)
     parity.passed = not failures
     return parity
+
+
+def validate_outputs(
+    runner: Any, ctx: BuildContext, precision: str, tolerances: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Parity record of one engine: per-output statistics, verdict and failures.
+
+    Shared by the validate pass, the precision passes' accuracy gate and
+    ``optpipe verify``, so a candidate, a built engine and a re-check are judged
+    by one rule. Lives here, not in the validate pass, so library code never
+    imports ``optpipe.passes``.
+    """
+    from optpipe.progress import Progress
+
+    assert ctx.golden is not None
+    references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
+    results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
+    failures: list[str] = []
+    progress = Progress("validate", len(ctx.golden.cases))
+    for index, case in enumerate(ctx.golden.cases):
+        progress.update(index)
+        try:
+            got = runner.infer(case.inputs)
+        except Exception as error:
+            first = first_line(error, with_type=False)
+            failures.append(f"inference failed on case '{case.name}' (batch {case.batch}): {first}")
+            continue
+        for name in ctx.output_names:
+            if got[name].shape != case.outputs[name].shape:
+                failures.append(
+                    f"output '{name}' shape {tuple(got[name].shape)} != reference "
+                    f"{tuple(case.outputs[name].shape)} on case '{case.name}'"
+                )
+                continue
+            references[name].append(case.outputs[name])
+            results[name].append(got[name])
+    progress.close()
+    outputs = {}
+    for name in ctx.output_names:
+        if not references[name]:
+            continue
+        parity = compare_output(references[name], results[name], tolerance_for(precision, name, tolerances))
+        outputs[name] = parity.to_dict()
+        failures.extend(f"output '{name}': {failure}" for failure in parity.failures)
+    return {
+        "cases": [{"name": c.name, "batch": c.batch} for c in ctx.golden.cases],
+        "outputs": outputs,
+        "passed": not failures,
+        "failures": failures,
+    }

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from optpipe.artifact import Artifact, ArtifactKind
@@ -95,6 +96,16 @@ class Pass(ABC):
     def config_dict(self) -> dict[str, Any]:
         """The config as plain data, for reports and cache keys."""
         return dataclasses.asdict(self.config)
+
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """Modules besides the pass's own file whose code decides its output.
+
+        :class:`optpipe.cache.PassCache` hashes their source into the key, so
+        editing a helper a pass calls invalidates that pass's entries. Each pass
+        names its own helpers: the cache knows none of them.
+        """
+        return ()
 
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
         """Facts besides input, config and ``uses`` versions that change the output (e.g. a GPU name)."""

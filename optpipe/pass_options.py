@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from optpipe.errors import UserInputError
+from optpipe.registry import PASSES, pass_class
 
 # (pass, field) -> allowed values, for string fields with a fixed set of choices.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -49,16 +50,6 @@ FLAG_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "hardware_compat": (("engine-trt", "hardware_compatibility"),),
     "version_compatible": (("engine-trt", "version_compatible"),),
 }
-
-
-def pass_class(name: str) -> Any:
-    """The pass class registered under ``name`` (imports its module)."""
-    import importlib
-
-    from optpipe.registry import PASSES
-
-    module, cls = PASSES[name]
-    return getattr(importlib.import_module(f"optpipe.passes.{module}"), cls)
 
 
 def config_fields(name: str) -> dict[str, Any]:
@@ -140,8 +131,6 @@ def check_pass_options(
 
     ``where`` prefixes every message (a config file passes ``"optpipe.toml: model[0].passes"``).
     """
-    from optpipe.registry import PASSES
-
     if not pass_options:
         return {}
     if not isinstance(pass_options, Mapping):

@@ -70,10 +70,6 @@ class Pipeline:
         self.passes = list(passes)
         self.variant = variant
 
-    @property
-    def input_kind(self) -> Any:
-        return self.passes[0].input_kind
-
     def run(
         self,
         artifact: Artifact,

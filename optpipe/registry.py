@@ -1,16 +1,27 @@
 """Every pass optpipe knows, by name: module in ``optpipe.passes`` and class.
 
-Kept as data so ``optpipe passes`` and config files can name passes without
-importing the heavy modules that implement them.
+Kept as data so ``optpipe passes``, config files and targets can name passes
+without importing the heavy modules that implement them, and so the library
+below the build layer never imports ``optpipe.passes``: a target names its
+engine pass by key (``Target.engine_pass_name``) and the build layer turns
+that key into a configured pass here.
 """
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optpipe.pass_base import Pass
+    from optpipe.target import Target
 
 PASSES: dict[str, tuple[str, str]] = {
     "export": ("export_onnx", "ExportOnnx"),
     "simplify": ("simplify", "SimplifyOnnx"),
     "fp16": ("fp16", "Fp16Pass"),
-    "int8": ("int8_calibrate", "Int8Pass"),
+    "int8": ("int8", "Int8Pass"),
     "int8-dynamic": ("int8_dynamic", "Int8DynamicPass"),
     "engine-ort": ("engine_ort", "OrtEnginePass"),
     "trt-lint": ("trt_lint", "TrtLintPass"),
@@ -18,3 +29,30 @@ PASSES: dict[str, tuple[str, str]] = {
     "validate": ("validate", "ValidatePass"),
     "benchmark": ("benchmark", "BenchmarkPass"),
 }
+
+
+def pass_class(name: str) -> type[Pass]:
+    """The pass class registered under ``name`` (imports its module)."""
+    module, cls = PASSES[name]
+    found: type[Pass] = getattr(importlib.import_module(f"optpipe.passes.{module}"), cls)
+    return found
+
+
+def engine_pass(target: Target, options: Mapping[str, Any] | None = None) -> Pass:
+    """The pass that turns a portable ONNX artifact into ``target``'s engine.
+
+    ``options`` are the build's options (``BuildContext.options``): a pass that
+    reads any (``from_options``, e.g. ``options["trt"]`` for TensorRT) gets them
+    into its frozen config; the others take their default config.
+    """
+    cls = pass_class(target.engine_pass_name)
+    from_options = getattr(cls, "from_options", None)
+    if from_options is not None:
+        configured: Pass = from_options(options or {})
+        return configured
+    return cls()
+
+
+def pre_engine_passes(target: Target) -> list[Pass]:
+    """``target``'s checks that run on the CPU before its engine build (e.g. the TensorRT lint)."""
+    return [pass_class(name)() for name in target.check_pass_names]

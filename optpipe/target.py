@@ -3,38 +3,39 @@
 A target decides the QDQ style of INT8 models, which pass builds its engine,
 how an engine is run for validation and timing, and whether this machine can
 do that at all. ``cpu`` (ONNX Runtime) is the embedded default and always
-available; ``tensorrt`` needs TensorRT and an NVIDIA GPU, and without them a
-build stops after every CPU stage (a split build, exit 3).
+available; ``tensorrt`` (:mod:`optpipe.tensorrt.trt_target`) needs TensorRT and
+an NVIDIA GPU, and without them a build stops after every CPU stage (a split
+build, exit 3).
+
+A target names its passes by registry key (:mod:`optpipe.registry`) instead of
+importing them, and the TensorRT target lives in the ``tensorrt`` package, so
+this core module imports neither ``optpipe.passes`` nor ``optpipe.tensorrt``.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 from optpipe.errors import UserInputError
 
 if TYPE_CHECKING:
     from optpipe.artifact import Artifact
-    from optpipe.pass_base import Pass
     from optpipe.runtime import Runner
 
 
 class Target(ABC):
     """A deployment runtime."""
 
-    name: str
-    description: str
-    qdq_style: str  # "cpu" (ONNX Runtime fast QDQ) | "tensorrt" (symmetric int8, per-channel)
-
-    @abstractmethod
-    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
-        """The pass that turns a portable ONNX artifact into this target's engine.
-
-        ``options`` are the build's options (``BuildContext.options``), so engine
-        settings such as ``options["trt"]`` end up in the pass's frozen config.
-        """
+    name: ClassVar[str]
+    description: ClassVar[str]
+    qdq_style: ClassVar[str]  # "cpu" (ONNX Runtime fast QDQ) | "tensorrt" (symmetric int8, per-channel)
+    #: Registry key of the pass that turns a portable ONNX artifact into this target's engine
+    #: (built by :func:`optpipe.registry.engine_pass` with the build's options).
+    engine_pass_name: ClassVar[str]
+    #: Registry keys of checks that run on the CPU before the engine build (e.g. the TensorRT lint).
+    check_pass_names: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def runner(self, artifact: Artifact, threads: int | None) -> Runner:
@@ -43,20 +44,12 @@ class Target(ABC):
     def check_available(self) -> None:  # noqa: B027  (optional hook: available unless overridden)
         """Raise EnvironmentUnavailable when this machine cannot build/run engines."""
 
-    def pre_engine_passes(self) -> list[Pass]:
-        """Checks that run on the CPU before the engine build (e.g. the TensorRT lint)."""
-        return []
-
 
 class CpuTarget(Target):
     name = "cpu"
     description = "ONNX Runtime, CPU execution provider (always available)"
     qdq_style = "cpu"
-
-    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
-        from optpipe.passes.engine_ort import OrtEnginePass
-
-        return OrtEnginePass()
+    engine_pass_name = "engine-ort"
 
     def runner(self, artifact: Artifact, threads: int | None) -> Runner:
         from optpipe.runtime import OrtRunner
@@ -65,40 +58,18 @@ class CpuTarget(Target):
         return OrtRunner(artifact.path, threads=threads)
 
 
-class TensorRTTarget(Target):
-    name = "tensorrt"
-    description = "TensorRT on an NVIDIA GPU (strongly typed engine built with Polygraphy)"
-    qdq_style = "tensorrt"
-
-    def engine_pass(self, options: Mapping[str, Any] | None = None) -> Pass:
-        from optpipe.passes.engine_trt import TrtEnginePass
-
-        return TrtEnginePass.from_options(options or {})
-
-    def pre_engine_passes(self) -> list[Pass]:
-        """The static TensorRT lint: runs on the CPU, so a split build stops here on a bad model."""
-        from optpipe.passes.trt_lint import TrtLintPass
-
-        return [TrtLintPass()]
-
-    def runner(self, artifact: Artifact, threads: int | None) -> Runner:
-        from optpipe.tensorrt.engine import TrtEngineRunner
-
-        assert artifact.path is not None
-        return TrtEngineRunner(artifact.path)  # a Runner structurally (output_names, infer)
-
-    def check_available(self) -> None:
-        from optpipe.tensorrt.engine import check_trt_available
-
-        check_trt_available()
-
-
-TARGETS: dict[str, type[Target]] = {"cpu": CpuTarget, "tensorrt": TensorRTTarget}
+#: Target name -> (module, class). Data, so choosing a target imports only that target's module.
+TARGETS: dict[str, tuple[str, str]] = {
+    "cpu": ("optpipe.target", "CpuTarget"),
+    "tensorrt": ("optpipe.tensorrt.trt_target", "TensorRTTarget"),
+}
 
 
 def get_target(name: str) -> Target:
     """Look a target up by name; unknown names list the known ones."""
     try:
-        return TARGETS[name]()
+        module, cls = TARGETS[name]
     except KeyError:
         raise UserInputError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)}") from None
+    target: Target = getattr(importlib.import_module(module), cls)()
+    return target

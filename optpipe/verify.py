@@ -148,8 +148,8 @@ def check_files(directory: Path, manifest: dict[str, Any], result: VerifyResult)
 def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, threads: int | None) -> None:
     """Rerun the parity gate of every cpu-target variant on the saved golden data."""
     from optpipe.golden import GoldenData
+    from optpipe.parity import validate_outputs
     from optpipe.pass_base import BuildContext
-    from optpipe.passes.validate import validate_outputs
     from optpipe.runtime import OrtRunner
     from optpipe.target import get_target
     from optpipe.tensor_spec import TensorSpec
@@ -205,7 +205,7 @@ def check_trt_parity(
     run: each variant is listed as not verified, with what it needs, and the exit code
     is 3. A plan that fails its integrity check or cannot run is a failure (exit 1).
     """
-    from optpipe.passes.validate import validate_outputs
+    from optpipe.parity import validate_outputs
     from optpipe.tensorrt.engine import TrtEngineRunner, check_trt_available
 
     missing: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -111,11 +112,14 @@ class Fp16Pass(Pass):
         out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision="fp16", producer="fp16")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
 
-    def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
-        """The samples (by content), tolerances and helper code the output depends on (optpipe.cache)."""
-        from optpipe.cache import precision_facts
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """The quantizer, guard and gate helpers that decide the output (part of the cache key)."""
+        return pass_support.guard_code_modules()
 
-        return precision_facts(ctx, *self._samples(ctx))
+    def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
+        """The samples (by content) and tolerances the output depends on (optpipe.cache)."""
+        return pass_support.precision_facts(ctx, *self._samples(ctx))
 
     def _samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:
         """Golden inputs (always there) plus up to MAX_RANGE_SAMPLES calibration samples, and their source.

@@ -1,6 +1,6 @@
 """Dynamic INT8 for the ``cpu`` target (``--precision int8-dynamic``), behind the INT8 accuracy guard.
 
-ONNX Runtime's ``quantize_dynamic`` (see :mod:`optpipe.precision.int8_dynamic`):
+ONNX Runtime's ``quantize_dynamic`` (see :mod:`optpipe.precision.dynamic_quantize`):
 int8 per-channel weights, activations quantized at run time, no calibration
 data. It goes through the same accuracy gate (the ``int8-dynamic`` tolerances,
 the same as ``int8``'s, on the golden data) and the same guard
@@ -69,8 +69,8 @@ class Int8DynamicPass(Pass):
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from pathlib import Path
 
+        from optpipe.precision.dynamic_quantize import quantize_int8_dynamic
         from optpipe.precision.gate import gate_runtime_note
-        from optpipe.precision.int8_dynamic import quantize_int8_dynamic
 
         assert artifact.path is not None
         config = self.config

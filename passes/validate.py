@@ -10,13 +10,10 @@ An engine that cannot even run a case fails the gate with that error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.errors import UserInputError, first_line
-from optpipe.parity import compare_output, tolerance_for
+from optpipe.errors import UserInputError
+from optpipe.parity import validate_outputs
 from optpipe.pass_base import BuildContext, Pass, PassResult
 
 
@@ -27,50 +24,6 @@ class ValidateConfig:
     # Per-output overrides of the precision's default tolerance, e.g.
     # {"logits": {"min_cosine": 0.995}, "*": {"atol": 1e-3}}.
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def validate_outputs(
-    runner: Any, ctx: BuildContext, precision: str, tolerances: dict[str, dict[str, float]]
-) -> dict[str, Any]:
-    """Parity record of one engine: per-output statistics, verdict and failures."""
-    assert ctx.golden is not None
-    references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
-    results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
-    failures: list[str] = []
-    from optpipe.progress import Progress
-
-    progress = Progress("validate", len(ctx.golden.cases))
-    for index, case in enumerate(ctx.golden.cases):
-        progress.update(index)
-        try:
-            got = runner.infer(case.inputs)
-        except Exception as error:
-            first = first_line(error, with_type=False)
-            failures.append(f"inference failed on case '{case.name}' (batch {case.batch}): {first}")
-            continue
-        for name in ctx.output_names:
-            if got[name].shape != case.outputs[name].shape:
-                failures.append(
-                    f"output '{name}' shape {tuple(got[name].shape)} != reference "
-                    f"{tuple(case.outputs[name].shape)} on case '{case.name}'"
-                )
-                continue
-            references[name].append(case.outputs[name])
-            results[name].append(got[name])
-    progress.close()
-    outputs = {}
-    for name in ctx.output_names:
-        if not references[name]:
-            continue
-        parity = compare_output(references[name], results[name], tolerance_for(precision, name, tolerances))
-        outputs[name] = parity.to_dict()
-        failures.extend(f"output '{name}': {failure}" for failure in parity.failures)
-    return {
-        "cases": [{"name": c.name, "batch": c.batch} for c in ctx.golden.cases],
-        "outputs": outputs,
-        "passed": not failures,
-        "failures": failures,
-    }
 
 
 class ValidatePass(Pass):

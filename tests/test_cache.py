@@ -24,7 +24,7 @@ CACHEABLE = {"export", "simplify", "engine-ort"}
 
 @pytest.fixture(scope="module")
 def digits() -> Any:
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
 
     return prepare_model(str(ROOT / SPEC), weights=WEIGHTS, dynamics=["batch=1:8:64"])
 
@@ -60,12 +60,16 @@ def test_warm_rebuild_reuses_every_cacheable_pass(digits: Any, tmp_path: Path) -
 
 
 def test_config_change_reruns_only_downstream(digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from optpipe.passes.engine_ort import OrtEngineConfig, OrtEnginePass
+    import optpipe.passes.engine_ort as engine_ort
 
-    from optpipe.target import CpuTarget
+    class BasicLevelEngine(engine_ort.OrtEnginePass):
+        """The registered engine-ort pass with a different config (level basic instead of the default)."""
+
+        def __init__(self, config: Any = None) -> None:
+            super().__init__(engine_ort.OrtEngineConfig(level="basic"))
 
     build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
-    monkeypatch.setattr(CpuTarget, "engine_pass", lambda self, *a, **k: OrtEnginePass(OrtEngineConfig(level="basic")))
+    monkeypatch.setattr(engine_ort, "OrtEnginePass", BasicLevelEngine)  # what registry key "engine-ort" resolves to
     changed = build(digits, tmp_path / "b", PassCache(tmp_path / "cache"))
     assert statuses(changed) == {"export": "cached", "simplify": "cached", "engine-ort": "ok", "validate": "ok"}
 
@@ -338,3 +342,25 @@ def test_unexpected_cache_failure_disables_the_cache(
     assert report.passed
     assert set(statuses(report).values()) == {"ok"}
     assert any("cache failed unexpectedly" in w and "boom" in w for w in report.warnings)
+
+
+def test_a_pass_names_the_helper_code_in_its_key(tmp_path: Path) -> None:
+    """The cache keys the helpers a pass declares (Pass.code_modules), by their file's content."""
+    from conftest import load_file_module
+    from optpipe.passes.export_onnx import ExportOnnx
+    from optpipe.passes.fp16 import Fp16Pass
+    from optpipe.passes.int8 import Int8Pass
+
+    from optpipe.cache import module_digests
+
+    helpers = {"optpipe.precision.fp16_convert", "optpipe.precision.static_quantize", "optpipe.precision.localize",
+               "optpipe.precision.gate", "optpipe.parity"}
+    for pass_ in (Fp16Pass, Int8Pass):
+        assert helpers <= set(module_digests(pass_.code_modules()))
+    assert ExportOnnx.code_modules() == ()
+    helper = tmp_path / "helper_for_key.py"
+    helper.write_text("SCALE = 1\n", encoding="utf-8")
+    module = load_file_module(helper)
+    before = module_digests([module])
+    helper.write_text("SCALE = 2\n", encoding="utf-8")
+    assert module_digests([module]) != before

@@ -231,7 +231,7 @@ def test_pass_tables_reach_the_build_and_command_line_flags_win(tmp_path: Path,
 def test_build_applies_and_checks_pass_options(tmp_path: Path) -> None:
     from optpipe.builder import build
     from optpipe.errors import UserInputError
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
 
     digits = prepare_model(f"{ROOT}/sample_models/digits_cnn.py:DigitsCNN",
                            weights=ROOT / "sample_models/weights/digits_cnn.safetensors")
@@ -307,16 +307,16 @@ def test_tensorrt_flag_on_the_command_line_for_a_cpu_model_fails_before_any_buil
 def test_usage_error_of_one_model_is_reported_and_the_others_are_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import optpipe.model_session
+    import optpipe.prepared_model
 
-    real = optpipe.model_session.prepare_model
+    real = optpipe.prepared_model.prepare_model
 
     def prepare(spec: str, **kwargs: Any) -> Any:
         if "two_heads" in spec:
             raise click.UsageError("something about wine is wrong")
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(optpipe.model_session, "prepare_model", prepare)
+    monkeypatch.setattr(optpipe.prepared_model, "prepare_model", prepare)
     config = write(tmp_path, TWO_MODELS + f"""
 [[model]]
 name = "digits2"

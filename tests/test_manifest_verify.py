@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from optpipe.builder import build
-    from optpipe.model_session import prepare_model
+    from optpipe.prepared_model import prepare_model
 
     prepared = prepare_model(str(ROOT / "sample_models/digits_cnn.py:DigitsCNN"),
                              weights=ROOT / "sample_models/weights/digits_cnn.safetensors",

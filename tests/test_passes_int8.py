@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from optpipe.passes.int8_calibrate import Int8Config, Int8Pass
+from optpipe.passes.int8 import Int8Config, Int8Pass
 
 from optpipe.errors import UserInputError
 from optpipe.target import get_target

@@ -17,7 +17,7 @@ from optpipe.builder import PRECISIONS, build
 from optpipe.errors import UserInputError
 from optpipe.parity import DEFAULT_TOLERANCES
 from optpipe.precision.accuracy import auto_precisions
-from optpipe.precision.int8_dynamic import quantize_int8_dynamic
+from optpipe.precision.dynamic_quantize import quantize_int8_dynamic
 from optpipe.registry import PASSES
 from optpipe.target import get_target
 

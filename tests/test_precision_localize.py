@@ -10,8 +10,8 @@ import pytest
 
 from optpipe.precision import _graph
 from optpipe.precision.calib_data import synthetic_samples
-from optpipe.precision.int8 import quantize_int8
 from optpipe.precision.localize import guarded_quantize, per_layer_errors
+from optpipe.precision.static_quantize import quantize_int8
 
 
 @pytest.fixture(scope="module")

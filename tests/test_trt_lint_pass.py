@@ -23,8 +23,10 @@ from optpipe.builder import variant_passes
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, PassError, UserInputError
 from optpipe.finish import split_next_step
 from optpipe.pass_base import BuildContext
-from optpipe.target import CpuTarget, TensorRTTarget
+from optpipe.registry import pre_engine_passes
+from optpipe.target import CpuTarget
 from optpipe.tensor_spec import DynamicDim, TensorSpec
+from optpipe.tensorrt.trt_target import TensorRTTarget
 
 
 def save(tmp_path: Path, nodes: list[onnx.NodeProto], x_shape: list[object], inits: tuple = ()) -> Path:
@@ -144,7 +146,7 @@ def test_tensorrt_target_lints_before_its_engine() -> None:
     assert [p.name for p in full] == ["trt-lint", "engine-trt", "validate", "benchmark"]
     expected = TrtEngineConfig(builder_optimization_level=5, hardware_compatibility="ampere_plus")
     assert full[1].config == expected
-    assert CpuTarget().pre_engine_passes() == []
+    assert pre_engine_passes(CpuTarget()) == []
 
 
 @pytest.mark.parametrize(

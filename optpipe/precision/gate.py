@@ -41,7 +41,7 @@ def make_gate(
     ctx: Any, precision: str, tolerances: Mapping[str, Mapping[str, float]], level: str
 ) -> tuple[Callable[[Path], bool], list[dict[str, Any]]]:
     """A ``gate(path) -> bool`` for guarded_quantize and the list its parity records go to."""
-    from optpipe.passes.validate import validate_outputs
+    from optpipe.parity import validate_outputs
     from optpipe.runtime import OrtRunner
 
     log: list[dict[str, Any]] = []

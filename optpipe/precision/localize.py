@@ -33,8 +33,8 @@ import onnx
 
 from optpipe.errors import UserInputError
 from optpipe.precision import _graph
-from optpipe.precision.fp16 import convert_fp16
-from optpipe.precision.int8 import quantize_int8
+from optpipe.precision.fp16_convert import convert_fp16
+from optpipe.precision.static_quantize import quantize_int8
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,43 @@ def _module_path(nodes: Mapping[str, onnx.NodeProto], names: Sequence[str]) -> s
     return ""
 
 
+def _lowering(
+    src: Path,
+    dst: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    precision: str,
+    opts: dict[str, Any],
+    quantize: Callable[[list[str]], Any] | None,
+    user_kept: list[str],
+    kept: list[str],
+    results: list[Any],
+) -> Callable[[], tuple[Path | None, int]]:
+    """The guard's build step: lower ``src`` to ``dst`` with ``user_kept`` and ``kept`` (grown by the guard) in FP32.
+
+    Returns ``build() -> (path or None, nodes the guard's limit counts)``; each
+    result is appended to ``results``. INT8 ranges are calibrated by the first
+    build and reused by every rebuild.
+    """
+    ranges: Any = opts.pop("ranges", None)
+
+    def build() -> tuple[Path | None, int]:
+        nonlocal ranges
+        if quantize is not None:
+            custom = quantize([*user_kept, *kept])
+            results.append(custom)
+            return custom.path, custom.quantizable_count
+        if precision == "int8":
+            result = quantize_int8(src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts)
+            results.append(result)
+            ranges = result.ranges or ranges
+            return result.path, result.guard_base or result.quantizable_count
+        fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)
+        results.append(fp16)
+        return fp16.path, fp16.total_nodes
+
+    return build
+
+
 def guarded_quantize(
     src: Path,
     dst: Path,
@@ -276,26 +313,8 @@ def guarded_quantize(
     opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
     kept: list[str] = []
-    ranges: Any = opts.pop("ranges", None)
     results: list[Any] = []
-
-    def build() -> tuple[Path | None, int]:
-        nonlocal ranges
-        if quantize is not None:
-            custom = quantize([*user_kept, *kept])
-            results.append(custom)
-            return custom.path, custom.quantizable_count
-        if precision == "int8":
-            result = quantize_int8(
-                src, dst, samples, exclude_nodes=[*user_kept, *kept], ranges=ranges, **opts
-            )
-            results.append(result)
-            ranges = result.ranges or ranges
-            return result.path, result.guard_base or result.quantizable_count
-        fp16 = convert_fp16(src, dst, node_block_list=[*user_kept, *kept], calib_samples=samples, **opts)
-        results.append(fp16)
-        return fp16.path, fp16.total_nodes
-
+    build = _lowering(src, dst, samples, precision, opts, quantize, [*user_kept], kept, results)
     path, quantizable = build()
     if path is None:
         return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)

@@ -10,8 +10,10 @@ inside the functions, so option checking before a build stays light.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from optpipe.errors import UserInputError
@@ -63,6 +65,37 @@ def calib_data(ctx: BuildContext, source: str) -> Any:
     if data is None:
         raise UserInputError("in-memory calibration data was announced but not passed to build()")
     return data
+
+
+def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray]], source: str) -> dict[str, Any]:
+    """What a guarded precision pass (fp16, int8) reads outside its config (its ``cache_facts``).
+
+    The samples it calibrates / checks ranges on (by content, whatever their
+    source: a file, a directory, ``FILE.py:NAME``, in-memory or synthetic),
+    the tolerances its accuracy gate applies (the golden data is in every
+    key already) and the target's Q/DQ style. The helpers' code is keyed
+    through :func:`guard_code_modules`. ``threads`` is left out on purpose: it
+    changes ORT's float reductions only in the last bits.
+    """
+    from optpipe.cache import plain_data
+    from optpipe.precision.calib_data import data_fingerprint
+
+    return {
+        "samples": data_fingerprint(samples),
+        "sample_count": len(samples),
+        "sample_source": source,
+        "tolerances": plain_data(dict(ctx.options.get("tolerances") or {})),
+        "qdq_style": getattr(ctx.target, "qdq_style", None),
+    }
+
+
+def guard_code_modules() -> tuple[ModuleType, ...]:
+    """The modules whose code decides a guarded precision pass's output (its ``code_modules``)."""
+    from optpipe import parity
+    from optpipe.precision import _graph, calib_cache, calib_data, fp16_convert, gate, localize, static_quantize
+
+    this = sys.modules[__name__]
+    return (static_quantize, fp16_convert, localize, gate, calib_cache, calib_data, _graph, this, parity)
 
 
 def golden_inputs(ctx: BuildContext) -> Samples:

@@ -90,6 +90,13 @@ class Int8Result:
         return len(self.quantizable_nodes)
 
 
+def _check_style_and_method(style: str, method: str) -> None:
+    if style not in ("cpu", "tensorrt"):
+        raise UserInputError(f"unknown INT8 style '{style}'; use 'cpu' or 'tensorrt'")
+    if method not in ("minmax", "entropy", "percentile"):
+        raise UserInputError(f"unknown calibration method '{method}'; use minmax, entropy or percentile")
+
+
 def quantize_int8(
     src: Path,
     dst: Path,
@@ -119,10 +126,7 @@ def quantize_int8(
     CNN fell to output cosine 0.96 with full-range weights and 0.9998 with
     reduced range (the same Q/DQ model emulated in float gave 0.9999).
     """
-    if style not in ("cpu", "tensorrt"):
-        raise UserInputError(f"unknown INT8 style '{style}'; use 'cpu' or 'tensorrt'")
-    if method not in ("minmax", "entropy", "percentile"):
-        raise UserInputError(f"unknown calibration method '{method}'; use minmax, entropy or percentile")
+    _check_style_and_method(style, method)
     src, dst = Path(src), Path(dst)
 
     with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text:
@@ -153,18 +157,8 @@ def quantize_int8(
         quantized = _quantized_nodes(quantized_model)
         if not quantized:
             warnings.append("the quantizer quantized no node (no ranges for their inputs?)")
-            return Int8Result(
-                "nothing_quantizable",
-                None,
-                style,
-                method,
-                [],
-                quantizable,
-                excluded,
-                final_ranges,
-                warnings,
-                cache_hit,
-            )
+            return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded,
+                              final_ranges, warnings, cache_hit)  # fmt: skip
         _graph.save_atomic(quantized_model, dst)
     quantized_types = style_op_types(style)
     return Int8Result(

@@ -1,4 +1,4 @@
-"""Tests for optpipe.precision.int8 and calib_cache: accuracy, TensorRT Q/DQ rules, ranges, cache."""
+"""Tests for optpipe.precision.static_quantize and calib_cache: accuracy, TensorRT Q/DQ rules, ranges, cache."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optpipe.errors import UserInputError
 from optpipe.precision.calib_cache import CacheKey, CalibCache, load_ranges, save_ranges
-from optpipe.precision.int8 import COMPUTE_OPS, quantize_int8
+from optpipe.precision.static_quantize import COMPUTE_OPS, quantize_int8
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

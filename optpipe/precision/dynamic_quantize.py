@@ -26,7 +26,7 @@ from pathlib import Path
 import onnx
 
 from optpipe.precision import _graph
-from optpipe.precision.int8 import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
+from optpipe.precision.static_quantize import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
 
 #: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it).
 OP_TYPES: tuple[str, ...] = ("MatMul", "Attention")
@@ -58,7 +58,7 @@ def quantize_int8_dynamic(
 
     ``reduce_range`` (7-bit weights): ``None`` picks it from this CPU, as the
     static path does (x86 without VNNI saturates U8S8 products). Returns an
-    :class:`~optpipe.precision.int8.Int8Result` with ``method="dynamic"`` and
+    :class:`~optpipe.precision.static_quantize.Int8Result` with ``method="dynamic"`` and
     no ranges; ``status="nothing_quantizable"`` (nothing written) when no
     MatMul/Gemm with a constant weight is left to quantize.
     """

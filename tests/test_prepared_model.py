@@ -10,7 +10,7 @@ from torch import nn
 
 from optpipe.builder import build
 from optpipe.errors import UserInputError
-from optpipe.model_session import prepare_model
+from optpipe.prepared_model import prepare_model
 
 MODELS = '''
 import torch

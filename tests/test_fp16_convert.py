@@ -1,4 +1,4 @@
-"""Tests for optpipe.precision.fp16: accuracy, automatic overflow blocking, failures."""
+"""Tests for optpipe.precision.fp16_convert: accuracy, automatic overflow blocking, failures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optpipe.errors import UserInputError
-from optpipe.precision.fp16 import convert_fp16
+from optpipe.precision.fp16_convert import convert_fp16
 
 
 def _mlp(path: Path, big_scale: float = 1.0) -> Path:

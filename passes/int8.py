@@ -4,7 +4,7 @@ TensorRT 10+ is strongly typed and ONNX Runtime runs Q/DQ graphs natively, so
 INT8 is decided here, in the ONNX graph, on the CPU. The Q/DQ *style* follows
 the target (``Target.qdq_style``): ``cpu`` is ONNX Runtime's fast U8S8 form,
 ``tensorrt`` is symmetric int8 Q/DQ on the inputs of Conv/Gemm/MatMul only
-(see :mod:`optpipe.precision.int8`).
+(see :mod:`optpipe.precision.static_quantize`).
 
 Naive static INT8 is often useless on real models, so the candidate is
 checked by the accuracy gate (the validate pass's tolerances, on the golden
@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -181,14 +182,18 @@ class Int8Pass(Pass):
         )
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
 
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """The quantizer, guard and gate helpers that decide the output (part of the cache key)."""
+        return pass_support.guard_code_modules()
+
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
         """What the output depends on outside the config (optpipe.cache); the seeded ranges are not:
         a calibration cache is reused only when its model/data/method key matches, so it changes no output."""
-        from optpipe.cache import precision_facts
-        from optpipe.precision.int8 import cpu_needs_reduce_range
+        from optpipe.precision.static_quantize import cpu_needs_reduce_range
 
         samples, source = self._samples(ctx)
-        facts = precision_facts(ctx, samples, source)
+        facts = pass_support.precision_facts(ctx, samples, source)
         reduce_range = self.config.reduce_range
         if reduce_range is None:
             reduce_range = self.config.style == "cpu" and cpu_needs_reduce_range()
