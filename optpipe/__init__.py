@@ -44,7 +44,7 @@ def build(model: Any, example_inputs: Any, **kwargs: Any) -> Report:
 
 
 def build_many(configs: Any, executor: Any = None, **kwargs: Any) -> MatrixResult:
-    """Build the models of config files with an executor; see :func:`optpipe.executors.build_many`."""
-    from optpipe.executors import build_many as _build_many
+    """Build the models of config files with an executor; see :func:`optpipe.cli.build_many`."""
+    from optpipe.cli import build_many as _build_many
 
     return _build_many(configs, executor, **kwargs)

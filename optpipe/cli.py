@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError, UserInputError
 from optpipe.junit import junit_on_error
+
+if TYPE_CHECKING:
+    from optpipe.executors import Executor
+    from optpipe.matrix import MatrixResult, ModelResult, ModelTask, ProgressCallback
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -255,7 +259,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if config_file is not None:
         from optpipe.config_file import run_build_file
 
-        sys.exit(run_build_file(click.get_current_context(), config_file, model))
+        sys.exit(run_build_file(click.get_current_context(), config_file, model, run_model))
     if executor is not None:
         raise click.UsageError("--executor builds the models of a config file: give -c FILE")
     if model is None:
@@ -314,6 +318,35 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
             click.echo(f"optpipe: error: cannot write --junit {junit}: {error.strerror or error}", err=True)
             sys.exit(EXIT_USAGE)
     sys.exit(report.exit_code)
+
+
+def run_model(task: ModelTask, *, capture: bool = False) -> ModelResult:
+    """Build one model of a matrix with this ``build`` command (the runner of every executor, Ray included)."""
+    from optpipe.matrix import invoke_model
+
+    return invoke_model(build, task, capture=capture)
+
+
+def build_many(configs: str | Path | Sequence[str | Path], executor: str | Executor | None = None, *,
+               select: str | None = None, progress: ProgressCallback | None = None) -> MatrixResult:
+    """Build every ``[[model]]`` of one or more config files (``optpipe build -c``) with ``executor``.
+
+    ``executor``: ``None``/``"in-process"``, ``"ray"``, ``"ray:auto"``, ``"ray://HOST:PORT"`` or an
+    executor object (e.g. ``RayExecutor(num_cpus=2)``). ``select`` keeps one model by name. A model whose
+    build fails is a result with its exit code, not an exception; a config error raises
+    :class:`~optpipe.config_file.ConfigError` before anything is built. ``MatrixResult.to_json()`` and
+    :func:`optpipe.matrix.write_matrix_junit` give the command line's ``--json`` and ``--junit`` outputs.
+    """
+    from optpipe.config_file import tasks_from_file
+    from optpipe.executors import get_executor, run_matrix
+
+    paths = [configs] if isinstance(configs, str | Path) else list(configs)
+    tasks: list[ModelTask] = []
+    for path in paths:
+        tasks.extend(tasks_from_file(Path(path), build, select))
+    if not tasks:
+        raise UserInputError("build_many: no config file given")
+    return run_matrix(tasks, get_executor(executor), run_model, progress)
 
 
 @main.command()

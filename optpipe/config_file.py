@@ -49,7 +49,7 @@ import click
 from click.core import ParameterSource
 
 from optpipe.errors import UserInputError
-from optpipe.matrix import SEVERITY, ModelTask, worst_exit_code
+from optpipe.matrix import SEVERITY, ModelRunner, ModelTask, worst_exit_code
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -401,7 +401,7 @@ def _cli_overrides(ctx: click.Context) -> dict[str, Any]:
     }
 
 
-def run_build_file(ctx: click.Context, config_path: Path, select: str | None) -> int:
+def run_build_file(ctx: click.Context, config_path: Path, select: str | None, runner: ModelRunner) -> int:
     """Build every (selected) model of a config file; return the worst exit code.
 
     Each model is built by invoking the ``build`` command itself with that
@@ -409,7 +409,7 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
     apart. One JUnit file (``junit``) collects every model's gates.
     """
     try:
-        return _run_build_file(ctx, config_path, select)
+        return _run_build_file(ctx, config_path, select, runner)
     except ConfigError as error:
         # A stale JUnit file from an earlier passing run must not stay behind: CI would report it.
         junit = ctx.params.get("junit") or error.junit
@@ -421,11 +421,11 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
         raise
 
 
-def _run_build_file(ctx: click.Context, config_path: Path, select: str | None) -> int:
+def _run_build_file(ctx: click.Context, config_path: Path, select: str | None, runner: ModelRunner) -> int:
     command = ctx.command
     build_file = load_build_file(config_path, command, ctx)
     try:
-        return _build_models(ctx, config_path, select, build_file)
+        return _build_models(ctx, config_path, select, build_file, runner)
     except ConfigError as error:
         error.junit = error.junit or build_file.command.get("junit")
         raise
@@ -466,16 +466,15 @@ def _resolve_tasks(ctx: click.Context, config_path: Path, select: str | None,
     return tasks, command_settings
 
 
-def tasks_from_file(config_path: Path, select: str | None = None) -> list[ModelTask]:
-    """The build tasks of a config file as ``optpipe build -c FILE [MODEL]`` would make them (Python API)."""
-    from optpipe.cli import build as build_command
-
-    ctx = build_command.make_context("build", ["-c", str(config_path)])
-    build_file = load_build_file(config_path, build_command, ctx)
+def tasks_from_file(config_path: Path, command: click.Command, select: str | None = None) -> list[ModelTask]:
+    """The build tasks of a config file as ``optpipe build -c FILE [MODEL]`` (``command``) would make them."""
+    ctx = command.make_context("build", ["-c", str(config_path)])
+    build_file = load_build_file(config_path, command, ctx)
     return _resolve_tasks(ctx, config_path, select, build_file)[0]
 
 
-def _build_models(ctx: click.Context, config_path: Path, select: str | None, build_file: BuildFile) -> int:
+def _build_models(ctx: click.Context, config_path: Path, select: str | None, build_file: BuildFile,
+                  runner: ModelRunner) -> int:
     from optpipe.executors import get_executor, run_matrix
     from optpipe.matrix import write_matrix_junit
 
@@ -487,7 +486,7 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
         click.echo(message, err=True)
 
     progress = (lambda counts: echo(counts.line())) if len(tasks) > 1 else None
-    matrix = run_matrix(tasks, executor, progress, echo)
+    matrix = run_matrix(tasks, executor, runner, progress, echo)
     if settings.get("junit"):
         write_matrix_junit(Path(settings["junit"]), matrix.results)
     if as_json:

@@ -2,7 +2,8 @@
 
 An executor takes the matrix's :class:`~optpipe.matrix.ModelTask` list and
 returns one :class:`~optpipe.matrix.ModelResult` per task, in order; every
-executor builds a model with the same :func:`~optpipe.matrix.run_model`. The
+executor builds a model with the same runner, :func:`optpipe.cli.run_model`
+(passed in: this layer sits below the command line). The
 default, :class:`InProcessExecutor`, is today's sequential loop of
 ``optpipe build -c``. ``--executor ray`` / ``ray:auto`` / ``ray://HOST:PORT``
 select :class:`optpipe.ray_executor.RayExecutor`, imported only then (Ray is
@@ -13,11 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from optpipe.errors import EXIT_OK, UserInputError
-from optpipe.matrix import MatrixCounts, MatrixResult, ModelResult, ModelTask, ProgressCallback, run_model
+from optpipe.matrix import MatrixCounts, MatrixResult, ModelResult, ModelRunner, ModelTask, ProgressCallback
 
 IN_PROCESS = "in-process"
 EXECUTOR_HELP = "in-process (default), ray (a local Ray started for the run), ray:auto or ray://HOST:PORT"
@@ -29,7 +29,7 @@ class Executor(Protocol):
     @property
     def name(self) -> str: ...
 
-    def run(self, tasks: Sequence[ModelTask], progress: ProgressCallback | None = None,
+    def run(self, tasks: Sequence[ModelTask], runner: ModelRunner, progress: ProgressCallback | None = None,
             echo: Callable[[str], None] | None = None) -> list[ModelResult]: ...
 
 
@@ -45,7 +45,7 @@ class InProcessExecutor:
 
     name = IN_PROCESS
 
-    def run(self, tasks: Sequence[ModelTask], progress: ProgressCallback | None = None,
+    def run(self, tasks: Sequence[ModelTask], runner: ModelRunner, progress: ProgressCallback | None = None,
             echo: Callable[[str], None] | None = None) -> list[ModelResult]:
         results: list[ModelResult] = []
         for index, task in enumerate(tasks):
@@ -53,7 +53,7 @@ class InProcessExecutor:
                 progress(counts(len(tasks), index + 1, results))
             if echo is not None and len(tasks) > 1:
                 echo(f"== {task.name} -> {task.out_dir}")
-            results.append(run_model(task))
+            results.append(runner(task))
         if progress is not None and tasks:
             progress(counts(len(tasks), len(tasks), results))
         return results
@@ -74,31 +74,9 @@ def get_executor(spec: str | Executor | None) -> Executor:
     raise UserInputError(f"--executor: unknown executor '{spec}'; expected {EXECUTOR_HELP}")
 
 
-def run_matrix(tasks: Sequence[ModelTask], executor: Executor, progress: ProgressCallback | None = None,
-               echo: Callable[[str], None] | None = None) -> MatrixResult:
-    """Build every task with ``executor`` and collect the matrix result."""
+def run_matrix(tasks: Sequence[ModelTask], executor: Executor, runner: ModelRunner,
+               progress: ProgressCallback | None = None, echo: Callable[[str], None] | None = None) -> MatrixResult:
+    """Build every task with ``executor`` (each by ``runner``) and collect the matrix result."""
     started = time.perf_counter()
-    results = executor.run(tasks, progress, echo)
+    results = executor.run(tasks, runner, progress, echo)
     return MatrixResult(tuple(results), executor.name, time.perf_counter() - started)
-
-
-def build_many(configs: str | Path | Sequence[str | Path], executor: str | Executor | None = None, *,
-               select: str | None = None, progress: ProgressCallback | None = None) -> MatrixResult:
-    """Build every ``[[model]]`` of one or more config files (``optpipe build -c``) with ``executor``.
-
-    ``executor``: ``None``/``"in-process"``, ``"ray"``, ``"ray:auto"``, ``"ray://HOST:PORT"`` or an
-    executor object (e.g. ``RayExecutor(num_cpus=2)``). ``select`` keeps one model by name. A model whose
-    build fails is a result with its exit code, not an exception; a config error raises
-    :class:`~optpipe.config_file.ConfigError` before anything is built. The JUnit file and ``--json``
-    output are the command line's business: see :meth:`MatrixResult.to_json` and
-    :func:`optpipe.matrix.write_matrix_junit`.
-    """
-    from optpipe.config_file import tasks_from_file
-
-    paths = [configs] if isinstance(configs, str | Path) else list(configs)
-    tasks: list[ModelTask] = []
-    for path in paths:
-        tasks.extend(tasks_from_file(Path(path), select))
-    if not tasks:
-        raise UserInputError("build_many: no config file given")
-    return run_matrix(tasks, get_executor(executor), progress)

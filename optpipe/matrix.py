@@ -4,12 +4,12 @@ Why a module of its own: ``optpipe build -c FILE`` builds several models, and
 where they are built (this process, one after the other; or a Ray cluster,
 see :mod:`optpipe.ray_executor`) must not change what a model's build does
 or how the whole matrix is reported. So a model build is one function,
-:func:`run_model`, that every executor calls with a picklable
+:func:`optpipe.cli.run_model` (over :func:`invoke_model`), that every executor calls with a picklable
 :class:`ModelTask` and that returns a typed :class:`ModelResult`; the
 summary (console table, one JSON document, one JUnit file, the worst exit
 code) is made from those records here, whichever executor ran them.
 
-:func:`run_model` runs the ``optpipe build`` command's own callback with the
+:func:`invoke_model` runs the ``optpipe build`` command's own callback with the
 model's resolved parameters, so a matrix build, a config-file build and a
 command-line build cannot drift apart.
 """
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -194,6 +194,12 @@ class MatrixCounts:
 ProgressCallback = Callable[[MatrixCounts], None]
 
 
+class ModelRunner(Protocol):
+    """Builds one model: :func:`optpipe.cli.run_model` (a module-level function, so Ray can ship it by name)."""
+
+    def __call__(self, task: ModelTask, *, capture: bool = False) -> ModelResult: ...
+
+
 def variant_outcomes(report: Mapping[str, Any], node: NodeInfo | None) -> tuple[VariantOutcome, ...]:
     """The matrix view of a report's variants; a benchmarked variant records the node it was timed on."""
     outcomes = []
@@ -223,22 +229,24 @@ def _captured(capture: bool, quiet_stdout: bool) -> Iterator[io.StringIO]:
         yield buffer
 
 
-def run_model(task: ModelTask, *, capture: bool = False) -> ModelResult:
-    """Build one model with the ``optpipe build`` command and return its result; never raises for a failed build.
+def invoke_model(command: Any, task: ModelTask, *, capture: bool = False) -> ModelResult:
+    """Build one model with the ``optpipe build`` command (``command``) and return its result.
 
-    A usage error, a gate failure or an environment error of this model is
-    its result (the other models still build). ``capture`` keeps the build's
-    output in the result instead of printing it (a cluster worker's output
-    would otherwise interleave with other models'). With ``--json`` the
-    model's own report JSON is not printed: the matrix prints one document.
+    Never raises for a failed build: a usage error, a gate failure or an
+    environment error of this model is its result (the other models still
+    build). ``capture`` keeps the build's output in the result instead of
+    printing it (a cluster worker's output would otherwise interleave with
+    other models'). With ``--json`` the model's own report JSON is not
+    printed: the matrix prints one document. The command is passed in (by
+    :func:`optpipe.cli.run_model`) because the library sits below the
+    command line; once the build takes one typed options record, this calls
+    the library instead.
     """
     import click
 
-    # The build command itself (as `optpipe build -c` has always done): one code path for a model's options,
-    # checks and messages. Once the build takes one typed options record, this calls the library instead.
-    from optpipe.cli import build as build_command
     from optpipe.junit import ERROR_META_KEY
 
+    build_command: click.Command = command
     params = dict(task.params)
     started = time.perf_counter()
     error: str | None = None

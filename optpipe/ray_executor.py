@@ -7,8 +7,8 @@ the optional extra ``optpipe[ray]``.
 
 Design:
 
-* One Ray task per model: :func:`optpipe.matrix.run_model`, the function the
-  in-process executor calls. The task carries the model's resolved build
+* One Ray task per model: :func:`optpipe.cli.run_model`, the function the
+  in-process executor calls (shipped to the worker by name). The task carries the model's resolved build
   parameters; the files they name (model file, weights, calibration data,
   output and cache directories) travel *by path*, so they must be on a
   filesystem every node mounts at the same path.
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from optpipe.errors import EXIT_ENVIRONMENT, EnvironmentUnavailable, MissingDependency, UserInputError, first_line
-from optpipe.matrix import MatrixCounts, ModelResult, ModelTask, ProgressCallback, run_model
+from optpipe.matrix import MatrixCounts, ModelResult, ModelRunner, ModelTask, ProgressCallback
 
 #: The per-node custom resource a benchmarking build takes (start each node with ``--resources
 #: '{"optpipe_bench": 1}'``; the local Ray of ``--executor ray`` has it).
@@ -72,10 +72,10 @@ class StartedBoard:
         return dict(self.attempts)
 
 
-def build_task(index: int, task: ModelTask, board: Any) -> ModelResult:
+def build_task(index: int, task: ModelTask, board: Any, runner: ModelRunner) -> ModelResult:
     """The body of one Ray task: say it started, then build the model like the in-process executor."""
     board.started.remote(index)
-    return run_model(task, capture=True)
+    return runner(task, capture=True)
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,11 @@ class RayExecutor:
     def name(self) -> str:
         return "ray (local)" if self.address is None else f"ray ({self.address})"
 
-    def run(self, tasks: Sequence[ModelTask], progress: ProgressCallback | None = None,
+    def run(self, tasks: Sequence[ModelTask], runner: ModelRunner, progress: ProgressCallback | None = None,
             echo: Callable[[str], None] | None = None) -> list[ModelResult]:
         ray = import_ray()
         with self._connected(ray):
-            return run_on_cluster(ray, tasks, self.max_retries, progress, echo)
+            return run_on_cluster(ray, tasks, runner, self.max_retries, progress, echo)
 
     @contextlib.contextmanager
     def _connected(self, ray: Any) -> Iterator[None]:
@@ -169,14 +169,14 @@ class RayExecutor:
             ray.shutdown()
 
 
-def run_on_cluster(ray: Any, tasks: Sequence[ModelTask], max_retries: int, progress: ProgressCallback | None,
-                   echo: Callable[[str], None] | None) -> list[ModelResult]:
+def run_on_cluster(ray: Any, tasks: Sequence[ModelTask], runner: ModelRunner, max_retries: int,
+                   progress: ProgressCallback | None, echo: Callable[[str], None] | None) -> list[ModelResult]:
     """Submit every task, collect results as they finish; Ctrl-C cancels what is still outstanding."""
     shape = ClusterShape.of(ray)
     options = [task_options(task, shape, max_retries) for task in tasks]  # every error before any submit
     board = ray.remote(num_cpus=0)(StartedBoard).remote()
     remote = ray.remote(build_task)
-    refs = {remote.options(**opts).remote(index, task, board): index
+    refs = {remote.options(**opts).remote(index, task, board, runner): index
             for index, (task, opts) in enumerate(zip(tasks, options, strict=True))}
     results: dict[int, ModelResult] = {}
     pending = list(refs)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from optpipe.cli import main
+from optpipe.cli import build_many, main
 from optpipe.errors import EnvironmentUnavailable, MissingDependency, UserInputError
-from optpipe.executors import InProcessExecutor, build_many, get_executor
+from optpipe.executors import InProcessExecutor, get_executor
 from optpipe.matrix import MatrixResult, ModelResult, ModelTask, NodeInfo, VariantOutcome, write_matrix_junit
 from optpipe.ray_executor import BENCH_RESOURCE, ClusterShape, RayExecutor, import_ray, task_options
 from tests.test_html_report import sample_report

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from optpipe.cli import main
-from optpipe.executors import build_many
+from optpipe.cli import build_many, main
 from optpipe.matrix import MatrixResult
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'optpipe[ray]')")
