@@ -181,15 +181,18 @@ def build(
 
     with contextlib.suppress(NotImplementedError):  # a .pt2 program's module() refuses eval(); it is already
         model.eval()
+    model_type = type(model).__name__
+    model = _bind_by_name(model, names)
     reference = TorchRunner(model, tuple(names), tuple(output_names or ()))
     example_feed = dict(zip(names, examples, strict=True))
     import torch
 
-    from optpipe.runtime import flatten_outputs
+    from optpipe.runtime import default_output_names, flatten_outputs
 
     with torch.inference_mode():
-        first = flatten_outputs(model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in examples)))
-    outputs = tuple(output_names) if output_names else tuple(f"output_{i}" for i in range(len(first)))
+        raw = model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in examples))
+    first = flatten_outputs(raw)
+    outputs = tuple(output_names) if output_names else default_output_names(raw)  # dict keys, else output_<i>
     if len(outputs) != len(first):
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
     reference.output_names = outputs
@@ -234,12 +237,14 @@ def build(
         next_step = split_next_step(out, str(next_step), options)
 
     staging = make_staging(out)
-    report = Report(target=target_obj.name, model=model_name or type(model).__name__)
+    report = Report(target=target_obj.name, model=model_name or model_type)
     if not benchmark and benchmark_batch is not None:
         report.warnings.append(f"--batch {benchmark_batch} is ignored: --no-benchmark skips the benchmark")
     try:
-        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None)
+        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None,
+                             dynamic_axes=[(a.dim, a.axes) for a in dynamic_args if a.axes is not None])
         golden.save(staging / "golden")
+        _warn_meaningless_reference(golden.cases, report, log)
         ctx = BuildContext(
             work_dir=staging,
             target=target_obj,
@@ -334,6 +339,24 @@ def _write_back_calib_cache(options: Mapping[str, Any], out: Path, log: Callable
         write_back(built, Path(str(target)))
     except OSError as error:  # the build is published; the cache is a convenience
         log(f"optpipe: warning: could not update --calib-cache {target}: {error}")
+
+
+def _warn_meaningless_reference(cases: Sequence[Any], report: Report, log: Callable[[str], None]) -> None:
+    """Warn (console and report.json) when a reference output is zero, constant or ignores the input."""
+    from optpipe.reference_checks import reference_warnings
+
+    for warning in reference_warnings(cases):
+        log(f"optpipe: warning: {warning}")
+        report.warnings.append(warning)
+
+
+def _bind_by_name(model: Any, names: Sequence[str]) -> Any:
+    """The model, wrapped to take its inputs as keyword arguments when they must bind by name (not position)."""
+    if not hasattr(model, "forward"):
+        return model
+    from optpipe.input_binding import bind_inputs
+
+    return bind_inputs(model, names)
 
 
 def _check_tolerances(tolerances: Mapping[str, Mapping[str, float]], outputs: Sequence[str]) -> None:

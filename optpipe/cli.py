@@ -191,6 +191,8 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
     kwargs = {k: v for k, v in opts.items() if v not in (None, False) and k != "eval_data"}
     if not opts.get("calib_data") and prepared.calibration:
         kwargs["calib_data"] = prepared.calibration
+    if getattr(prepared, "input_ranges", None):  # --input LOW..HIGH: synthetic calibration draws integers there
+        kwargs["input_ranges"] = prepared.input_ranges
     if opts.get("eval_data") is not None:
         kwargs["eval_data"] = load_eval_npz(opts["eval_data"], prepared.input_names)
         kwargs["eval_origin"] = str(opts["eval_data"])

@@ -78,3 +78,46 @@ def first_line(error: BaseException, *, with_type: bool = True, root_cause: bool
     if with_type:
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return (text or type(error).__name__)[:limit]
+
+
+def _root(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def full_message(error: BaseException, *, root_cause: bool = False, limit: int = 4000) -> str:
+    """Every line of ``error`` (type first, colour codes removed), for report.json where nothing may be cut.
+
+    A one-line summary loses the part that explains a failure (ONNX Runtime puts
+    ``index: 0 Got: 1 Expected: 2`` on the second line); ``limit`` only guards
+    against multi-megabyte traces.
+    """
+    if root_cause:
+        error = _root(error)
+    text = _ANSI.sub("", str(error)).strip()
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def summary_line(error: BaseException | str, *, root_cause: bool = False, limit: int = 300) -> str:
+    """One console line that keeps the detail lines a message indents under its first line.
+
+    ``INVALID_ARGUMENT : Got invalid dimensions for input: x for the following
+    indices\\n index: 0 Got: 1 Expected: 2\\n Please fix ...`` becomes one line
+    with ``index: 0 Got: 1 Expected: 2`` in it; generic advice lines are dropped.
+    """
+    text = error if isinstance(error, str) else full_message(error, root_cause=root_cause)
+    lines = _ANSI.sub("", text).strip().splitlines()
+    if not lines:
+        return ""
+    parts = [lines[0].strip()]
+    for raw in lines[1:]:
+        detail = raw.strip()
+        if not raw[:1].isspace() or not detail:
+            break  # a new paragraph (a trace, a hint block) is not part of the first statement
+        if detail.lower().startswith("please "):
+            continue
+        parts.append(detail)
+    line = " ".join(parts)
+    return line if len(line) <= limit else line[: limit - 3] + "..."

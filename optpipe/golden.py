@@ -13,6 +13,7 @@ top-1 agreement meaningful.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,18 +94,56 @@ def other_batch_sizes(example_batch: int, batch_dim: DynamicDim | None) -> list[
     return sizes[:2]
 
 
+def resize_axes(inputs: dict[str, np.ndarray], axes: Sequence[tuple[str, int]], size: int) -> dict[str, np.ndarray]:
+    """``inputs`` with every listed ``(input, axis)`` cut or tiled to ``size`` (values stay valid: ids, masks)."""
+    resized = dict(inputs)
+    for name, axis in axes:
+        value = resized[name]
+        index = np.arange(size) % value.shape[axis]
+        resized[name] = np.ascontiguousarray(np.take(value, index, axis=axis))
+    return resized
+
+
+def axis_cases(
+    example: dict[str, np.ndarray], dynamic_axes: Sequence[tuple[DynamicDim, Sequence[tuple[str, int]]]]
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """One case per declared dynamic axis size (min, opt, max) other than the example's.
+
+    ``--dynamic seq=4:16:32@input_ids.1,attention_mask.1`` gives cases ``seq4``
+    and ``seq32`` for a length-16 example: an exporter that froze the sequence
+    length is caught here, not on the user's first longer sentence.
+    """
+    feeds: list[tuple[str, dict[str, np.ndarray]]] = []
+    for dim, axes in dynamic_axes:
+        if not axes:
+            continue
+        name, axis = axes[0]
+        current = example[name].shape[axis]
+        for size in dict.fromkeys((dim.min, dim.opt, dim.max)):
+            if size != current:
+                feeds.append((f"{dim.axis_name}{size}", resize_axes(example, axes, size)))
+    return feeds
+
+
 def make_golden(
     reference: Runner,
     example: dict[str, np.ndarray],
     batch_dim: DynamicDim | None,
     heldout: dict[str, np.ndarray] | None = None,
     heldout_limit: int = 64,
+    dynamic_axes: Sequence[tuple[DynamicDim, Sequence[tuple[str, int]]]] = (),
 ) -> GoldenData:
-    """Run the reference runner on every case and collect the outputs."""
+    """Run the reference runner on every case and collect the outputs.
+
+    ``dynamic_axes`` lists the declared dynamic dimensions other than the
+    batch (with the ``(input, axis)`` pairs they apply to); each is validated
+    at its min, opt and max.
+    """
     feeds: list[tuple[str, dict[str, np.ndarray]]] = [("example", example)]
     example_batch = next(iter(example.values())).shape[0]
     for size in other_batch_sizes(example_batch, batch_dim):
         feeds.append((f"batch{size}", resize_batch(example, size)))
+    feeds.extend(axis_cases(example, dynamic_axes))
     if heldout:
         rows = min(heldout_limit, next(iter(heldout.values())).shape[0])
         if batch_dim is not None:

@@ -543,7 +543,7 @@ def find_example_inputs(loaded: LoadedModel) -> ExampleInputs | None:
     else:
         return None
 
-    positional, _, var_args = forward_parameters(loaded.module)
+    positional, required, var_args = forward_parameters(loaded.module)
     if loaded.program_input_names:
         positional = list(loaded.program_input_names)
     if dict_names is not None and not var_args:
@@ -553,11 +553,13 @@ def find_example_inputs(loaded: LoadedModel) -> ExampleInputs | None:
                 f"{where}: keys {_listing(unknown)} are not forward() parameters ({_listing(positional)})"
             )
         ordered = [n for n in positional if n in dict_names]
-        if ordered != positional[: len(ordered)]:
-            skipped = next(n for n in positional if n not in dict_names)
+        # A skipped parameter with a default keeps it: the inputs are then bound by name (optpipe.input_binding).
+        before_last = positional[: positional.index(ordered[-1])] if ordered else []
+        skipped = next((n for n in before_last if n not in dict_names), None)
+        if skipped is not None and (loaded.program_input_names or skipped in required):
             raise UserInputError(
-                f"{where}: the dict skips forward() parameter '{skipped}' but gives later ones; "
-                f"include '{skipped}' or return a tuple in forward() order"
+                f"{where}: the dict skips forward() parameter '{skipped}', which has no default, but gives "
+                f"later ones; include '{skipped}' or return a tuple in forward() order"
             )
         by_name = dict(zip(dict_names, tensors, strict=True))
         tensors, dict_names = tuple(by_name[n] for n in ordered), tuple(ordered)
@@ -592,9 +594,12 @@ def check_inputs_against_model(
     """
     import torch
 
+    from optpipe.input_binding import keyword_names
+
     positional, required, var_args = forward_parameters(module)
     count = len(inputs)
-    if count < len(required) or (not var_args and count > len(positional)):
+    keywords = keyword_names(module, names) if names is not None and len(names) == count else None
+    if keywords is None and (count < len(required) or (not var_args and count > len(positional))):
         expected = (
             f"{len(required)}"
             if len(required) == len(positional)
@@ -606,8 +611,8 @@ def check_inputs_against_model(
             f"pass one --input per forward() parameter, in order"
         )
     try:
-        with torch.no_grad():
-            return module(*inputs)
+        with torch.no_grad():  # inputs named after forward() parameters are bound to them by name
+            return module(**dict(zip(keywords, inputs, strict=True))) if keywords else module(*inputs)
     except Exception as exc:
         labels = names if names is not None and len(names) == count else [f"#{i}" for i in range(count)]
         described = ", ".join(

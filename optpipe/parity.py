@@ -77,6 +77,9 @@ class OutputParity:
     tolerance: dict[str, float | None] | None = None
     # |error| histogram over every element (log10 bins), for the HTML report.
     error_histogram: dict[str, Any] | None = None
+    # Why top-1 agreement is missing or covers fewer rows: rows whose reference scores tie (all zero...)
+    # have no top-1 class, so agreement on them means nothing and is neither reported nor gated.
+    top1_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -104,6 +107,13 @@ def _per_sample_cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
     return np.where(both_zero, 1.0, cos)
+
+
+def _decided_rows(scores: np.ndarray) -> np.ndarray:
+    """Rows of ``[N, C]`` reference scores with a unique top class (no tie within float noise)."""
+    ordered = np.sort(scores, axis=1)
+    top, second = ordered[:, -1], ordered[:, -2]
+    return (top - second) > 1e-6 * np.maximum(np.abs(top), 1.0)
 
 
 def is_classifier_like(shape: Sequence[int]) -> bool:
@@ -145,6 +155,7 @@ def compare_output(
 ) -> OutputParity:
     """Compare one output across cases and judge it against ``tolerance``."""
     abs_errors, rel_errors, cosines, agreements = [], [], [], []
+    tied_rows = classifier_rows = 0
     elementwise_ok = True
     total = 0
     for ref, got in zip(references, results, strict=True):
@@ -166,12 +177,21 @@ def compare_output(
             allowed = (tolerance.atol or 0.0) + (tolerance.rtol or 0.0) * np.abs(r)
             elementwise_ok &= bool(np.all(diff <= allowed))
         if is_classifier_like(ref.shape):
-            agreements.append(np.argmax(r, axis=1) == np.argmax(g, axis=1))
+            decided = _decided_rows(r)
+            tied_rows += int(np.count_nonzero(~decided))
+            classifier_rows += int(decided.size)
+            agreements.append((np.argmax(r, axis=1) == np.argmax(g, axis=1))[decided])
         total += r.shape[0] if r.ndim else 1
     abs_all = np.concatenate(abs_errors) if abs_errors else np.zeros(1)
     rel_all = np.concatenate(rel_errors) if rel_errors else np.zeros(1)
     cos_all = np.concatenate(cosines) if cosines else np.ones(1)
-    top1 = float(np.mean(np.concatenate(agreements))) if agreements else None
+    decided_all = np.concatenate(agreements) if agreements else np.zeros(0, dtype=bool)
+    top1 = float(np.mean(decided_all)) if decided_all.size else None
+    top1_note = None
+    if tied_rows and top1 is None:
+        top1_note = f"not meaningful: the reference scores tie in all {tied_rows} rows (e.g. all zero)"
+    elif tied_rows:
+        top1_note = f"{tied_rows} of {classifier_rows} rows left out: their reference scores tie"
     histogram = error_histogram(abs_all)
     parity = OutputParity(
         max_abs=float(abs_all.max()) if abs_all.size else 0.0,
@@ -183,6 +203,7 @@ def compare_output(
         samples=total,
         tolerance=asdict(tolerance),
         error_histogram=histogram,
+        top1_note=top1_note,
     )
     failures = []
     if not elementwise_ok:

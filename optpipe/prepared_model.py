@@ -38,6 +38,8 @@ class PreparedModel:
     calibration: str | None = None
     # Labelled eval data (inputs by name, labels) from the model file's eval_data(), for accuracy.
     eval_set: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+    # Declared --input LOW..HIGH value ranges by input name: synthetic calibration draws integers from them.
+    input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _heldout(source: ModuleType | None, names: Sequence[str]) -> dict[str, np.ndarray] | None:
@@ -120,4 +122,5 @@ def prepare_model(
         source_module=source,
         calibration=_calibration(source),
         eval_set=_eval_set(source, names),
+        input_ranges={a.name: (a.low, a.high) for a in input_args if a.low is not None and a.high is not None},
     )

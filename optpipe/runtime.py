@@ -105,6 +105,9 @@ def _flat_tensors(result: Any) -> list[Any]:
         if isinstance(value, dict):
             for item in value.values():
                 visit(item)
+        elif _is_dataclass_instance(value):  # a ModelOutput-like record: its fields that are set
+            for item in _dataclass_items(value).values():
+                visit(item)
         elif isinstance(value, list | tuple):
             for item in value:
                 visit(item)
@@ -122,3 +125,47 @@ def _flat_tensors(result: Any) -> list[Any]:
 
     visit(result)
     return flat
+
+
+def _is_dataclass_instance(value: Any) -> bool:
+    import dataclasses
+
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _dataclass_items(value: Any) -> dict[str, Any]:
+    """Fields of a dataclass output that are set (transformers' ModelOutput leaves unused ones None)."""
+    import dataclasses
+
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if getattr(value, f.name) is not None}
+
+
+def default_output_names(result: Any) -> tuple[str, ...]:
+    """Output names a model's own result gives: dict keys and dataclass field names, else ``output_<i>``.
+
+    A segmentation model returning ``{"out": ...}`` gets an output named ``out``;
+    nested containers join their keys and indices with dots (``hidden.0``).
+    Outputs with no key on their path (a plain tensor or tuple) keep
+    ``output_<i>``, numbered in flattening order, as before.
+    """
+    names: list[str] = []
+
+    def visit(value: Any, path: tuple[str, ...], keyed: bool) -> None:
+        if isinstance(value, dict):
+            items: list[tuple[str, Any]] = [(str(k), v) for k, v in value.items()]
+        elif _is_dataclass_instance(value):
+            items = list(_dataclass_items(value).items())
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                visit(item, (*path, str(index)), keyed)
+            return
+        else:
+            names.append(".".join(path) if keyed else f"output_{len(names)}")
+            return
+        for key, item in items:
+            visit(item, (*path, key), True)
+
+    visit(result, (), False)
+    if len(set(names)) != len(names):  # keys that collide once joined: numbered names stay unambiguous
+        return tuple(f"output_{i}" for i in range(len(names)))
+    return tuple(names)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.errors import UserInputError, first_line
+from optpipe.errors import UserInputError, full_message, summary_line
 from optpipe.onnx_utils import onnx_files
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.tensor_spec import TensorSpec
@@ -78,22 +78,35 @@ def _dynamic_shapes(specs: tuple[TensorSpec, ...], ctx: BuildContext) -> dict[st
     return shapes if dims else None
 
 
+def _call_arguments(ctx: BuildContext) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
+    """Module, positional and keyword arguments to export with: inputs bound by name are exported as keywords."""
+    from optpipe.input_binding import KeywordInputs
+
+    if isinstance(ctx.model, KeywordInputs):
+        return ctx.model.module, (), ctx.model.keywords(ctx.example_inputs)
+    return ctx.model, tuple(ctx.example_inputs), None
+
+
 def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> None:
     import torch
 
     names = [spec.name for spec in ctx.input_specs]
+    model, args, kwargs = _call_arguments(ctx)
     with _quiet_exporter():
         if exporter == "dynamo":
             shapes = _dynamic_shapes(ctx.input_specs, ctx)
-            # dynamic_shapes is keyed by forward()'s parameter names; give it positionally.
-            positional = tuple(shapes[name] for name in names) if shapes else None
+            # dynamic_shapes is keyed by forward()'s parameter names: by name for keyword inputs, else positional.
+            dynamic: Any = None
+            if shapes:
+                dynamic = shapes if kwargs else tuple(shapes[name] for name in names)
             program = torch.onnx.export(
-                ctx.model,
-                tuple(ctx.example_inputs),
+                model,
+                args,
+                kwargs=kwargs,
                 dynamo=True,
                 input_names=names,
                 output_names=list(ctx.output_names),
-                dynamic_shapes=positional,
+                dynamic_shapes=dynamic,
                 opset_version=opset,
             )
             assert program is not None
@@ -104,9 +117,10 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
                 for spec in ctx.input_specs
             }
             torch.onnx.export(
-                ctx.model,
-                tuple(ctx.example_inputs),
+                model,
+                args,
                 str(path),
+                kwargs=kwargs,
                 dynamo=False,
                 input_names=names,
                 output_names=list(ctx.output_names),
@@ -130,9 +144,9 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
         try:
             results = runner.infer(case.inputs)
         except Exception as error:
-            raise RuntimeError(
-                f"the ONNX model fails at batch {case.batch} ({case.name}): {first_line(error, root_cause=True)}"
-            ) from None  # the message already carries the cause; _first_line must not skip past it
+            raise RuntimeError(  # the whole message: ORT explains which index differs on its second line
+                f"the ONNX model fails at batch {case.batch} ({case.name}): {full_message(error, root_cause=True)}"
+            ) from None  # the message already carries the cause; root_cause must not skip past it
         for name, reference in case.outputs.items():
             got = results[name]
             if got.shape != reference.shape:
@@ -167,7 +181,8 @@ class ExportOnnx(Pass):
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         order = EXPORTERS if self.config.exporter == "auto" else (self.config.exporter,)
         path = ctx.path("model.export.onnx")
-        failures: list[str] = []
+        failures: list[str] = []  # whole messages, for report.json
+        summaries: list[str] = []  # one line each, for the console and the exit-2 error
         for exporter in order:
             for stale in path.parent.glob(path.name + "*"):
                 stale.unlink()
@@ -175,7 +190,8 @@ class ExportOnnx(Pass):
                 _export(exporter, path, ctx, self.config.opset)
                 check_against_golden(path, ctx)
             except Exception as error:
-                failures.append(f"{exporter}: {first_line(error, root_cause=True)}")
+                failures.append(f"{exporter}: {full_message(error, root_cause=True)}")
+                summaries.append(f"{exporter}: {summary_line(error, root_cause=True)}")
                 continue
             files = onnx_files(path)
             metrics: dict[str, Any] = {
@@ -185,7 +201,7 @@ class ExportOnnx(Pass):
                 "external_data": len(files) > 1,
                 "checked_batches": [case.batch for case in ctx.golden.cases] if ctx.golden else [],
             }
-            warnings_ = [f"dynamo exporter failed, used TorchScript: {failures[0]}"] if failures else []
+            warnings_ = [f"dynamo exporter failed, used TorchScript: {summaries[0]}"] if summaries else []
             result = artifact.derive(
                 kind=ArtifactKind.ONNX,
                 path=path,
@@ -193,4 +209,4 @@ class ExportOnnx(Pass):
                 producer=f"export/{exporter}",
             )
             return PassResult(result, modified=True, metrics=metrics, warnings=warnings_)
-        raise UserInputError("no exporter could export the model: " + " | ".join(failures))
+        raise UserInputError("no exporter could export the model: " + " | ".join(summaries))

@@ -74,6 +74,14 @@ class Int8Config:
     localize_samples: int = 8
 
 
+def _integer_ranges(ctx: BuildContext) -> dict[str, Any]:
+    """Integer input ranges for synthetic calibration: declared ``--input`` ranges, else the example's."""
+    from optpipe.precision.calib_data import integer_ranges
+
+    example = ctx.golden.cases[0].inputs if ctx.golden is not None and ctx.golden.cases else None
+    return integer_ranges(ctx.input_specs, example, ctx.options.get("input_ranges"))
+
+
 class Int8Pass(Pass):
     """ONNX -> INT8 Q/DQ ONNX (``int8/model.onnx``), calibrated and accuracy-guarded."""
 
@@ -157,6 +165,8 @@ class Int8Pass(Pass):
             "cache_file": str(cache_path.relative_to(ctx.work_dir)),
             "cache_hit": bool(first.cache_hit) if first is not None else False,
         }
+        if config.synthetic and config.calib_data is None:  # which value ranges the random integer inputs used
+            calibration["integer_ranges"] = {name: r.to_dict() for name, r in _integer_ranges(ctx).items()}
         metrics: dict[str, Any] = {
             "style": config.style,
             "method": config.method,
@@ -213,8 +223,11 @@ class Int8Pass(Pass):
             data = pass_support.calib_data(ctx, config.calib_data)
             return load_samples(data, ctx.input_specs, max_samples=config.max_samples), str(config.calib_data)
         dims = {d.axis_name: d.opt for d in ctx.dynamic}
-        samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims)
-        return samples, f"synthetic ({config.synthetic_count} random samples)"
+        ranges = _integer_ranges(ctx)
+        samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims,
+                                    int_ranges={name: (r.low, r.high) for name, r in ranges.items()})  # fmt: skip
+        drawn = "; ".join(f"{name} in {r.low}..{r.high} from the {r.origin}" for name, r in ranges.items())
+        return samples, f"synthetic ({config.synthetic_count} random samples{'; ' + drawn if drawn else ''})"
 
     def _cache_path(self, ctx: BuildContext, warnings: list[str]) -> tuple[Path, Path | None]:
         """Where the ranges are stored (the build's ``int8/calibration.json``) and the file it was seeded from.

@@ -46,6 +46,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +129,17 @@ def synthetic_samples(
     *,
     dynamic_dims: Mapping[str, int] | None = None,
     int_high: int = 2,
+    int_ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[Sample]:
     """Random samples shaped like the inputs, for when the user explicitly asks.
 
     Calibrating on noise gives ranges that match noise, not real data: only use
     this when no data exists and the user opted in. Floats are standard
     normal; integers are uniform in ``[0, int_high)`` (the default 2 keeps
-    masks, indices and token ids valid for any vocabulary); bools are random.
+    masks, indices and token ids valid for any vocabulary) unless
+    ``int_ranges`` gives an input's inclusive ``(low, high)`` (see
+    :func:`integer_ranges`: token ids drawn from {0, 1} calibrate a language
+    model for two tokens only); bools are random.
     Dynamic dimensions take their size from ``dynamic_dims`` (default 1).
     """
     if n <= 0:
@@ -150,13 +155,46 @@ def synthetic_samples(
             if dtype.kind == "f":
                 sample[spec.name] = rng.standard_normal(shape).astype(dtype)
             elif dtype.kind in "iu":
-                sample[spec.name] = rng.integers(0, int_high, size=shape).astype(dtype)
+                low, high = (int_ranges or {}).get(spec.name, (0, int_high - 1))
+                sample[spec.name] = rng.integers(low, high + 1, size=shape).astype(dtype)
             elif dtype.kind == "b":
                 sample[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
             else:
                 raise UserInputError(f"cannot synthesise data for input '{spec.name}' of dtype {spec.dtype}")
         out.append(sample)
     return out
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """The inclusive value range synthetic calibration draws an integer input from, and where it came from."""
+
+    low: int
+    high: int
+    origin: str  # "--input LOW..HIGH" or "example inputs"
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"low": self.low, "high": self.high, "from": self.origin}
+
+
+def integer_ranges(
+    input_specs: Sequence[TensorSpec],
+    example: Mapping[str, np.ndarray] | None,
+    declared: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, IntRange]:
+    """Ranges for the integer inputs: the declared ``--input ...:LOW..HIGH`` (HIGH exclusive, as for the
+    example) or the minimum and maximum seen in the example inputs."""
+    ranges: dict[str, IntRange] = {}
+    for spec in input_specs:
+        if np.dtype(spec.dtype).kind not in "iu":
+            continue
+        if declared and spec.name in declared:
+            low, high = declared[spec.name]
+            ranges[spec.name] = IntRange(int(low), max(int(low), int(high) - 1), "--input LOW..HIGH")
+        elif example is not None and spec.name in example and np.asarray(example[spec.name]).size:
+            value = np.asarray(example[spec.name])
+            ranges[spec.name] = IntRange(int(value.min()), int(value.max()), "example inputs")
+    return ranges
 
 
 def data_fingerprint(samples: Sequence[Mapping[str, np.ndarray]]) -> str:

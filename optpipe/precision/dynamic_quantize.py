@@ -27,6 +27,7 @@ import onnx
 
 from optpipe.precision import _graph
 from optpipe.precision.static_quantize import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
+from optpipe.scratch_dir import scratch_cwd
 
 #: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it).
 OP_TYPES: tuple[str, ...] = ("MatMul", "Attention")
@@ -64,8 +65,8 @@ def quantize_int8_dynamic(
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src, dst = Path(src), Path(dst)
-    with tempfile.TemporaryDirectory(prefix="optpipe-int8dyn-") as tmp_text:
+    src, dst = Path(src).absolute(), Path(dst).absolute()  # absolute: the quantizer runs in a scratch cwd
+    with tempfile.TemporaryDirectory(prefix="optpipe-int8dyn-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
         pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes)
         quantizable = quantizable_nodes(pre)

@@ -288,6 +288,7 @@ def guarded_quantize(
     max_keep: int | None = None,
     localize_samples: int = 8,
     quantize: Callable[[list[str]], Any] | None = None,
+    on_round: Callable[[int, int, bool], None] | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -306,6 +307,7 @@ def guarded_quantize(
     (e.g. dynamic INT8): it gets the node names to keep in FP32 (the user's
     ``exclude_nodes`` from ``int8_options`` first) and returns an object with
     ``path`` (None when nothing is left to lower) and ``quantizable_count``.
+    ``on_round(round, nodes_kept, passed)`` is called after each gate check, for progress lines.
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
@@ -328,6 +330,8 @@ def guarded_quantize(
         iterations += 1
         passed = bool(gate(path))
         history.append((tuple(kept), passed))
+        if on_round is not None:
+            on_round(iterations, len(kept), passed)
         if passed or len(kept) >= limit:
             break
         table = per_layer_errors(src, path, samples, max_samples=localize_samples)

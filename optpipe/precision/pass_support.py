@@ -149,9 +149,30 @@ def run_guard(
         max_keep_fraction=config.max_keep_fraction,
         max_keep=None if (config.guard if guard is None else guard) else 0,
         localize_samples=config.localize_samples,
+        on_round=guard_progress(ctx, gate_name, gate_log),
         **builder,
     )
     return result, gate_log
+
+
+def guard_progress(ctx: BuildContext, precision: str, gate_log: Sequence[Mapping[str, Any]]) -> Callable[..., None]:
+    """``on_round`` for guarded_quantize: one line per round (nodes kept, worst cosine) through the build's log.
+
+    A guard on a large model can run for many minutes; without these lines the console shows nothing.
+    """
+
+    def on_round(round_: int, kept: int, passed: bool) -> None:
+        parity = gate_log[-1] if gate_log else {}
+        outputs = parity.get("outputs") or {}
+        cosines = {name: o.get("cosine") for name, o in outputs.items() if o.get("cosine") is not None}
+        error = ""
+        if cosines:
+            worst = min(cosines, key=lambda name: cosines[name])
+            error = f", cosine {cosines[worst]:.6f} ('{worst}')"
+        verdict = "gate passed" if passed else "gate failed"
+        ctx.log(f"     {precision} guard round {round_}: {kept} node(s) kept in higher precision{error}, {verdict}")
+
+    return on_round
 
 
 def guard_report(

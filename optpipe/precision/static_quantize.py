@@ -44,6 +44,7 @@ from optpipe.precision.calib_cache import (
     validate_ranges,
 )
 from optpipe.precision.calib_data import check_sample_count, data_fingerprint
+from optpipe.scratch_dir import scratch_cwd
 
 Style = Literal["cpu", "tensorrt"]
 Method = Literal["minmax", "entropy", "percentile"]
@@ -127,9 +128,12 @@ def quantize_int8(
     reduced range (the same Q/DQ model emulated in float gave 0.9999).
     """
     _check_style_and_method(style, method)
-    src, dst = Path(src), Path(dst)
+    # Absolute paths: the quantizer runs in a scratch working directory (it writes files into the current one).
+    src, dst = Path(src).absolute(), Path(dst).absolute()
+    cache_dir = Path(cache_dir).absolute() if cache_dir is not None else None
+    cache_file = Path(cache_file).absolute() if cache_file is not None else None
 
-    with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text:
+    with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
         pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes)
         quantizable = [n.name for n in pre.graph.node if n.op_type in COMPUTE_OPS]
