@@ -9,6 +9,7 @@ installed (``pip install -c constraints.txt -e '.[test]'`` installs it).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -24,11 +25,12 @@ from click.testing import CliRunner
 
 from optpipe.cli import build_many, main
 from optpipe.matrix import MatrixResult
+from optpipe.ray_executor import BENCH_RESOURCE, RayExecutor
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'optpipe[ray]')")
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from optpipe.ray_executor import BENCH_RESOURCE, RayExecutor  # noqa: E402
+# ray (and its grpc) is imported when the first test here runs, not at collection: a gRPC runtime loaded
+# at collection time lives through every other test module of the session (their forks included).
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                reason="ray is not installed (pip install 'optpipe[ray]')")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = {
@@ -63,6 +65,9 @@ def cluster() -> Iterator[str]:
     Yields the head's address. ``ray.cluster_utils.Cluster`` starts the same processes as ``ray start --head``
     and ``ray start --address`` and stops only its own (``ray stop`` would stop every Ray on the machine).
     """
+    import ray
+    from ray.cluster_utils import Cluster
+
     base = tempfile.mkdtemp(prefix="optpipe-ray-test-")
     saved = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = base  # the cluster's address file lives here, not in the shared /tmp/ray
@@ -191,6 +196,8 @@ def test_benchmarked_build_records_the_node_it_was_measured_on(cluster: str, tmp
     config.write_text(f'exporter = "torchscript"\ncache = false\n\n[[model]]\nname = "wine"\n'
                       f'spec = "{ROOT}/sample_models/two_heads.py:TwoHeadNet"\n'
                       f'weights = "{ROOT}/sample_models/weights/two_heads.safetensors"\nout = "out/wine"\n')
+    import ray
+
     ray.init(address=cluster, log_to_driver=False)  # build_many uses (and keeps) the caller's connection
     try:
         matrix = build_many(config, RayExecutor())
@@ -266,4 +273,6 @@ def test_executor_ray_starts_a_local_ray_for_the_run_and_removes_it(tmp_path: Pa
     (model,) = json.loads(result.stdout)["models"]
     assert model["variants"][0]["latency_ms"] is not None and model["variants"][0]["measured_on"]["node_id"]
     assert set(temp.glob("optpipe-ray-*")) - before == set()  # the run's Ray directory is gone
+    import ray
+
     assert not ray.is_initialized()
