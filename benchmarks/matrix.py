@@ -55,7 +55,7 @@ def run(config: Path, executor: list[str], cpus: int) -> tuple[float, dict[str, 
 
 def verdicts(document: dict[str, object]) -> dict[str, list[tuple[str, object]]]:
     return {m["name"]: [(v["precision"], v["passed"]) for v in m["variants"]]  # type: ignore[index]
-            for m in document["models"]}  # type: ignore[attr-defined]
+            for m in document["builds"]}  # type: ignore[attr-defined]
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
         ray_s, on_ray = run(write_config(Path(tmp) / "ray.toml", "ray"), ["--executor", "ray"], args.cpus)
     if verdicts(sequential) != verdicts(on_ray):
         raise SystemExit(f"verdicts differ: {verdicts(sequential)} vs {verdicts(on_ray)}")
-    nodes = sorted({str(m["node"]["node_id"]) for m in on_ray["models"]})  # type: ignore[index,union-attr]
+    nodes = sorted({str(m["node"]["node_id"]) for m in on_ray["builds"]})  # type: ignore[index,union-attr]
     result = {
         "models": list(MODELS), "precisions": ["fp32", "int8-dynamic"], "benchmark": False, "cache": False,
         "ray_cpus": args.cpus, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],

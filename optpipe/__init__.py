@@ -17,9 +17,8 @@ from optpipe.errors import (
 )
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
-if TYPE_CHECKING:
-    from optpipe.matrix import MatrixResult
-    from optpipe.report import Report
+if TYPE_CHECKING:  # the typed signature, for type checkers and IDEs; imported lazily at run time
+    from optpipe.builder import build
 
 __version__ = "0.1.0"
 
@@ -32,19 +31,16 @@ __all__ = [
     "TensorSpec",
     "UserInputError",
     "build",
-    "build_many",
 ]
 
 
-def build(model: Any, example_inputs: Any, **kwargs: Any) -> Report:
-    """Compile ``model``; see :func:`optpipe.builder.build` for the options."""
-    from optpipe.builder import build as _build
+def __getattr__(name: str) -> Any:
+    """``optpipe.build`` is :func:`optpipe.builder.build` (keyword-only, typed), imported on first use.
 
-    return _build(model, example_inputs, **kwargs)
+    So ``import optpipe`` stays cheap: numpy, ONNX and torch load only when a build starts.
+    """
+    if name == "build":
+        from optpipe.builder import build
 
-
-def build_many(configs: Any, executor: Any = None, **kwargs: Any) -> MatrixResult:
-    """Build the models of config files with an executor; see :func:`optpipe.cli.build_many`."""
-    from optpipe.cli import build_many as _build_many
-
-    return _build_many(configs, executor, **kwargs)
+        return build
+    raise AttributeError(f"module 'optpipe' has no attribute '{name}'")

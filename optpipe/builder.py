@@ -1,36 +1,60 @@
 """``optpipe.build``: the whole compile, from an in-memory module to a report.
 
-Order of work: check the output directory and the target, derive tensor
-specs, compute golden data with PyTorch, run the shared prefix (export,
-simplify) once, then one variant pipeline per precision (precision pass,
-engine, validate, benchmark). Every pipeline is assembled (and kind-checked)
-before the first pass runs. When the target's engine cannot be built on this
-machine (TensorRT without a GPU), the build stops after every CPU stage and
-the report says how to finish (a split build, exit 3).
+Order of work: parse the options (:mod:`optpipe.build_options`), check the
+output directory and the target, derive tensor specs, run the model once
+for its outputs, make the plan (every pipeline is assembled and kind-checked
+before the first pass runs: :mod:`optpipe.build_plan`), compute golden data
+with PyTorch, run the shared prefix (export, simplify) once, run the plan's
+variants, then record the report. When the target's engine cannot be built
+on this machine (TensorRT without a GPU), the build stops after every CPU
+stage and the report says how to finish (a split build, exit 3).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
-from optpipe.errors import EnvironmentUnavailable, PassError, UserInputError
+from optpipe.build_options import (
+    PRECISIONS,
+    BuildOptions,
+    TensorRTOptions,
+    Tolerances,
+    parse_build_options,
+    reject_unknown_keywords,
+)
+from optpipe.build_plan import (
+    BuildPlan,
+    PlanRun,
+    ProgressInstrument,
+    check_benchmark_batch,
+    plan_variants,
+    run_plan,
+    variant_passes,
+)
+from optpipe.build_record import BuildRecord
+from optpipe.console import info
+from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import make_golden
 from optpipe.input_parsing import DynamicArg, resolve_input_specs
-from optpipe.pass_base import BuildContext, Pass
-from optpipe.pipeline import Instrument, PassRecord, Pipeline
+from optpipe.pass_base import BuildContext
+from optpipe.pass_options import apply_pass_options
+from optpipe.pipeline import Instrument, Pipeline
 from optpipe.report import Report
 from optpipe.target import Target, get_target
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+if TYPE_CHECKING:
+    from optpipe.provenance import ProvenanceInputs
+
+__all__ = ["PRECISIONS", "ProgressInstrument", "build", "build_with_options", "variant_passes"]
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -39,285 +63,250 @@ def _to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy()
 
 
-class ProgressInstrument:
-    """Prints one line per pass: ``[variant] pass ... done in 1.2s``."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
-        self.started: dict[str, float] = {}
-
-    def before_pass(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> None:
-        self.started[pass_.name] = time.perf_counter()
-        self.log(f"  -> {pass_.name}: {pass_.description}")
-        return None
-
-    def after_pass(self, pass_: Pass, artifact: Artifact, result: Any, ctx: BuildContext) -> None:
-        seconds = time.perf_counter() - self.started.get(pass_.name, time.perf_counter())
-        self.log(f"     {pass_.name} done in {seconds:.2f}s")
-
-
-def precision_pass(precision: str, target: Target, options: Mapping[str, Any]) -> Pass | None:
-    """The pass that lowers the simplified FP32 ONNX to ``precision`` (None for fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        from optpipe.passes.fp16 import Fp16Pass
-
-        return Fp16Pass.from_options(options)
-    if precision == "int8":
-        from optpipe.passes.int8 import Int8Pass
-
-        return Int8Pass.from_options(options, target)
-    if precision == "int8-dynamic":
-        from optpipe.passes.int8_dynamic import Int8DynamicPass
-
-        return Int8DynamicPass.from_options(options, target)
-    raise UserInputError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
-
-
-def variant_passes(precision: str, target: Target, options: Mapping[str, Any], engine: bool) -> list[Pass]:
-    """Precision pass (if any), then engine, validate and benchmark when the engine can be built."""
-    from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
-    from optpipe.passes.validate import ValidateConfig, ValidatePass
-    from optpipe.registry import engine_pass, pre_engine_passes
-
-    passes: list[Pass] = []
-    lowering = precision_pass(precision, target, options)
-    if lowering is not None:
-        passes.append(lowering)
-    passes.extend(pre_engine_passes(target))
-    if engine:
-        passes.append(engine_pass(target, options))
-        passes.append(ValidatePass(ValidateConfig(tolerances=dict(options.get("tolerances") or {}))))
-        if options.get("benchmark", True):
-            passes.append(BenchmarkPass(BenchmarkConfig(batch=options.get("benchmark_batch"))))
-    return passes
-
-
-def _relative(path: Path | None, root: Path) -> str | None:
-    return str(path.relative_to(root)) if path is not None else None
-
-
+@reject_unknown_keywords
 def build(
     model: Any,
     example_inputs: Sequence[Any] | Mapping[str, Any],
     *,
     out_dir: str | Path,
     target: str = "cpu",
-    precisions: Sequence[str] = ("fp32",),
+    precisions: str | Sequence[str] = ("fp32",),
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic: Sequence[DynamicDim | DynamicArg] = (),
     overwrite: bool = False,
-    tolerances: Mapping[str, Mapping[str, float]] | None = None,
+    tolerances: Tolerances | Mapping[str, Mapping[str, float]] | None = None,
     threads: int | None = None,
     benchmark: bool = True,
     benchmark_batch: int | None = None,
     heldout_inputs: Mapping[str, np.ndarray] | None = None,
     exporter: str = "auto",
     model_name: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
-    **precision_options: Any,
+    calib_data: Any = None,
+    synthetic_calib: bool = False,
+    calib_method: str = "minmax",
+    calib_cache: str | Path | None = None,
+    input_ranges: Mapping[str, tuple[float, float]] | None = None,
+    eval_data: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
+    eval_origin: str | None = None,
+    max_accuracy_drop: float | None = None,
+    guard_max_keep: float | None = None,
+    no_guard: bool = False,
+    int8_exclude: Sequence[str] = (),
+    fp16_block: Sequence[str] = (),
+    trt: TensorRTOptions | Mapping[str, Any] | None = None,
+    profile: bool = False,
+    mlflow: Any = None,
+    provenance: ProvenanceInputs | None = None,
 ) -> Report:
     """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
 
-    ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict
-    name -> tensor. ``dynamic`` declares dynamic dimensions: ``DynamicDim("batch",
-    1, 8, 32)`` makes axis 0 of every input dynamic; a
-    :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``pass_options`` maps a pass name
-    (``optpipe passes``) to fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``; they win over
-    the values set by the other arguments (see :mod:`optpipe.pass_options`).
-    Raises :class:`~optpipe.errors.OptpipeError` for
-    user and environment errors; a failed parity gate is *not* an exception but
-    ``report.passed is False`` (``report.exit_code == 1``).
+    ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict name -> tensor.
+    ``dynamic`` declares dynamic dimensions: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every
+    input dynamic; a :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``tolerances`` maps an
+    output (or ``*``) to :class:`~optpipe.parity.Tolerance` fields. ``calib_data`` is a path
+    (.npz, a directory, ``FILE.py:NAME``) or the samples themselves; ``eval_data`` is ``(inputs,
+    labels)``; ``input_ranges`` maps an integer input to the ``(low, high)`` synthetic calibration
+    draws from. ``int8_exclude`` / ``fp16_block`` name ONNX nodes kept in FP32 from the start;
+    ``trt`` holds TensorRT options (:data:`~optpipe.build_options.TRT_KEYS`). ``pass_options`` maps a
+    pass name (``optpipe passes``) to fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``; they
+    win over the values set by the other arguments (see :mod:`optpipe.pass_options`). Every option
+    is checked by :func:`~optpipe.build_options.parse_build_options` before anything runs; an unknown
+    keyword is a TypeError naming the closest valid one. ``profile`` also profiles each engine per op.
+    ``mlflow`` (True, a tracking URI or an :class:`~optpipe.mlflow_tracking.MlflowTarget`) logs the
+    finished build to an MLflow run. ``provenance``: how the build was asked for (default: this call).
+
+    Raises :class:`~optpipe.errors.OptpipeError` for user and environment errors; a failed parity
+    gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``).
     """
-    from optpipe.pass_options import apply_pass_options, check_pass_options
-    from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
-    from optpipe.passes.simplify import SimplifyOnnx
-    from optpipe.runtime import TorchRunner
+    options = parse_build_options(
+        target=target, precisions=precisions, exporter=exporter, threads=threads, overwrite=overwrite,
+        model_name=model_name, tolerances=tolerances, benchmark=benchmark, benchmark_batch=benchmark_batch,
+        calib_data=calib_data, synthetic_calib=synthetic_calib, calib_method=calib_method, calib_cache=calib_cache,
+        input_ranges=input_ranges, eval_data=eval_data, eval_origin=eval_origin, max_accuracy_drop=max_accuracy_drop,
+        guard_max_keep=guard_max_keep, no_guard=no_guard, int8_exclude=int8_exclude, fp16_block=fp16_block,
+        trt=trt, pass_options=pass_options, profile=profile,
+    )  # fmt: skip
+    tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
+    if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
+        from optpipe.provenance import ProvenanceInputs, api_invocation
 
-    per_pass = check_pass_options(pass_options)  # before anything runs: a typo fails now
-    if "tolerances" in per_pass.get("validate", {}):  # the precision gates apply the same tolerances
-        given = dict(tolerances or {})
-        for name, fields in per_pass["validate"]["tolerances"].items():
-            given[name] = {**given.get(name, {}), **fields}
-        tolerances = given
-    if per_pass.get("engine-trt"):  # recorded in report.json, so `optpipe engine` uses them too
-        precision_options["trt"] = {**(precision_options.get("trt") or {}), **per_pass["engine-trt"]}
-    out = Path(out_dir)
-    target_obj = get_target(target)
-    auto = list(precisions) == ["auto"]  # build the target's candidates, keep the fastest that passes
-    if auto:
-        from optpipe.precision.accuracy import auto_precisions
+        provenance = ProvenanceInputs(invocation=api_invocation(model, _given_arguments(locals())))
+    report = build_with_options(model, example_inputs, options, out_dir=out_dir, input_names=input_names,
+                                output_names=output_names, dynamic=dynamic, heldout_inputs=heldout_inputs,
+                                log=log, instruments=instruments, provenance=provenance)
+    if tracking is not None and report.out_dir is not None:
+        from optpipe.mlflow_tracking import log_report
 
-        precisions = auto_precisions(target_obj.name)
-    precisions = list(dict.fromkeys(precisions))  # "fp32,fp32" builds one fp32 variant and records one
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown or not precisions:
-        raise UserInputError(f"unknown precision(s) {unknown}; choose from {', '.join(PRECISIONS)}")
+        log_report(report.to_dict(), report.out_dir, tracking)
+    return report
+
+
+def _mlflow_target(mlflow: Any) -> Any:
+    """``build(mlflow=...)`` as an MlflowTarget (None when not asked for), with MLflow importable."""
+    if mlflow is None or mlflow is False:
+        return None
+    from optpipe.mlflow_tracking import MlflowTarget, import_mlflow
+
+    import_mlflow()
+    return MlflowTarget.coerce(mlflow)
+
+
+def _given_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`build` that differ from their defaults, in signature order."""
+    import inspect
+
+    skip = {"model", "example_inputs", "log", "instruments", "mlflow", "provenance", "options", "tracking"}
+    given: dict[str, Any] = {}
+    for name, parameter in inspect.signature(build).parameters.items():
+        if name in skip or name not in values:
+            continue
+        value, default = values[name], parameter.default
+        try:
+            same = value is default or bool(type(value) is type(default) and value == default)
+        except (TypeError, ValueError):  # arrays compare element-wise
+            same = False
+        if not same:
+            given[name] = value
+    return given
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The model's inputs and outputs as the build sees them (names, examples, specs, dynamic dims)."""
+
+    names: tuple[str, ...]
+    examples: tuple[np.ndarray, ...]
+    specs: tuple[TensorSpec, ...]
+    dims: tuple[DynamicDim, ...]
+    batch_dim: DynamicDim | None
+    named_axes: tuple[tuple[DynamicDim, Any], ...] = ()  # dims declared on given axes (NAME=...@INPUT.AXIS)
+    outputs: tuple[str, ...] = ()
+
+
+def _model_inputs(example_inputs: Sequence[Any] | Mapping[str, Any], input_names: Sequence[str] | None,
+                  dynamic: Sequence[DynamicDim | DynamicArg]) -> ModelIO:
+    """Input names, numpy examples, specs and dynamic dims; UserInputError when they disagree."""
     if isinstance(example_inputs, Mapping):
         input_names = list(example_inputs)
         example_inputs = list(example_inputs.values())
-    examples = [_to_numpy(value) for value in example_inputs]
-    names = list(input_names) if input_names else [f"input_{i}" for i in range(len(examples))]
+    examples = tuple(_to_numpy(value) for value in example_inputs)
+    names = tuple(input_names) if input_names else tuple(f"input_{i}" for i in range(len(examples)))
     if len(names) != len(examples):
         raise UserInputError(f"{len(names)} input names for {len(examples)} example inputs")
     dynamic_args = [d if isinstance(d, DynamicArg) else DynamicArg(d) for d in dynamic]
-    specs = resolve_input_specs(names, [(e.shape, str(e.dtype)) for e in examples], dynamic_args)
-    dims = tuple(arg.dim for arg in dynamic_args)
+    specs = resolve_input_specs(list(names), [(e.shape, str(e.dtype)) for e in examples], dynamic_args)
     batch_dim = next((a.dim for a in dynamic_args if a.dim.axis_name == "batch" and a.axes is None), None)
-    if benchmark and benchmark_batch is not None:
-        _check_benchmark_batch(benchmark_batch, specs, dims)
-    check_out_dir(out, overwrite)
-    engine_available = True
-    next_step: str | None = None
-    try:
-        target_obj.check_available()
-    except EnvironmentUnavailable as error:
-        engine_available = False
-        next_step = str(error)  # the reason; the full instruction is made once the options are known
+    named_axes = tuple((a.dim, a.axes) for a in dynamic_args if a.axes is not None)
+    return ModelIO(names, examples, tuple(specs), tuple(a.dim for a in dynamic_args), batch_dim, named_axes)
 
-    with contextlib.suppress(NotImplementedError):  # a .pt2 program's module() refuses eval(); it is already
+
+def _inference_module(model: Any, names: Sequence[str]) -> Any:
+    """The model in eval mode, wrapped to take its inputs as keyword arguments when they must bind by name."""
+    # A .pt2 program's module() refuses eval() (NotImplementedError); an exported program is already in
+    # inference form, so there is nothing to switch.
+    with contextlib.suppress(NotImplementedError):
         model.eval()
-    model_type = type(model).__name__
-    model = _bind_by_name(model, names)
-    reference = TorchRunner(model, tuple(names), tuple(output_names or ()))
-    example_feed = dict(zip(names, examples, strict=True))
+    return _bind_by_name(model, names)
+
+
+def _model_outputs(model: Any, io: ModelIO, output_names: Sequence[str] | None) -> tuple[str, ...]:
+    """Run the model once on the examples; its output names (given, dict keys or ``output_i``), checked."""
     import torch
 
     from optpipe.runtime import default_output_names, flatten_outputs
 
     with torch.inference_mode():
-        raw = model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in examples))
+        raw = model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples))
     first = flatten_outputs(raw)
     outputs = tuple(output_names) if output_names else default_output_names(raw)  # dict keys, else output_<i>
     if len(outputs) != len(first):
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
-    reference.output_names = outputs
-    _check_tolerances(tolerances or {}, outputs)
-    options = dict(precision_options, tolerances=tolerances or {}, benchmark=benchmark,
-                   benchmark_batch=benchmark_batch, out_dir=str(out))  # out_dir: int8 reuses its ranges
-    if options.get("max_accuracy_drop") is not None and options.get("eval_data") is None:
-        raise UserInputError("--max-accuracy-drop needs labelled eval data: --eval-data FILE.npz or eval_data() "
-                             "in the model file")
-    if options.get("eval_data") is not None:  # names, labels, dtypes and shapes vs the input specs, before any work
-        from optpipe.precision.accuracy import check_eval_set
+    return outputs
 
-        eval_inputs, eval_labels = options["eval_data"]
-        options["eval_data"] = check_eval_set(eval_inputs, eval_labels, names,
-                                              str(options.get("eval_origin") or "eval_data"), specs)
-    if options.get("calib_cache") and "int8" in precisions:  # corrupt or unwritable: fail before any work
+
+def _checked_eval_set(options: BuildOptions, io: ModelIO, precisions: Sequence[str]) -> Any:
+    """The eval set checked against the input specs, and the calibration cache file: before any work."""
+    if options.calibration.cache and "int8" in precisions:  # corrupt or unwritable: fail before any work
         from optpipe.precision.calib_cache import check_cache_file
 
-        check_cache_file(Path(str(options["calib_cache"])))
+        check_cache_file(Path(options.calibration.cache))
+    if options.eval.data is None:
+        if options.eval.max_accuracy_drop is not None:
+            raise UserInputError("--max-accuracy-drop needs labelled eval data: --eval-data FILE.npz or eval_data() "
+                                 "in the model file")
+        return None
+    from optpipe.precision.accuracy import check_eval_set
+
+    eval_inputs, eval_labels = options.eval.data
+    return check_eval_set(eval_inputs, eval_labels, list(io.names), str(options.eval.origin or "eval_data"),
+                          list(io.specs))
+
+
+def build_with_options(
+    model: Any,
+    example_inputs: Sequence[Any] | Mapping[str, Any],
+    options: BuildOptions,
+    *,
+    out_dir: str | Path,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic: Sequence[DynamicDim | DynamicArg] = (),
+    heldout_inputs: Mapping[str, np.ndarray] | None = None,
+    log: Callable[[str], None] = info,
+    instruments: Sequence[Instrument] = (),
+    provenance: ProvenanceInputs | None = None,
+) -> Report:
+    """:func:`build` with options already parsed (the CLI and config files come here)."""
+    from optpipe.engine_command import split_next_step
+    from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
+    from optpipe.passes.simplify import SimplifyOnnx
+    from optpipe.provenance import utc_now
+    from optpipe.runtime import TorchRunner
+
+    started = utc_now()
+    out = Path(out_dir)
+    options = replace(options, out_dir=str(out))  # int8 reuses the ranges of a previous build there
+    target = get_target(options.target)
+    if options.auto:  # build the target's candidates, keep the fastest that passes
+        from optpipe.precision.accuracy import auto_precisions
+
+        precisions: tuple[str, ...] = auto_precisions(target.name)
+    else:
+        precisions = options.precisions
+    io = _model_inputs(example_inputs, input_names, dynamic)
+    if options.benchmark.enabled and options.benchmark.batch is not None:
+        check_benchmark_batch(options.benchmark.batch, io.specs, io.dims)
+    check_out_dir(out, options.overwrite)
+    reason = _unavailable_reason(target)
+    model_type = type(model).__name__
+    model = _inference_module(model, io.names)
+    outputs = _model_outputs(model, io, output_names)
+    io = replace(io, outputs=outputs)
+    options.tolerances.check_outputs(outputs)
+    eval_set = _checked_eval_set(options, io, precisions)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
-    prefix = Pipeline([ExportOnnx(ExportConfig(exporter=exporter)), SimplifyOnnx()], variant="shared")
-    variants: dict[str, Pipeline] = {}
-    unavailable: dict[str, str] = {}  # auto candidates this build cannot make (e.g. int8 without calibration data)
-    for precision in precisions:
-        try:
-            variants[precision] = Pipeline(
-                variant_passes(precision, target_obj, options, engine_available), variant=precision
-            )
-        except UserInputError as error:
-            if not auto:  # an explicitly requested precision that cannot be built is the user's error
-                raise
-            unavailable[precision] = f"not a candidate here: {error}"
-    # When every requested precision is skipped (nothing to lower), fp32 is built and validated instead.
-    fallback = None
-    if not auto and "fp32" not in variants:
-        fallback = Pipeline(variant_passes("fp32", target_obj, options, engine_available), variant="fp32")
-    for pipeline in (prefix, *variants.values(), *([fallback] if fallback else [])):
-        apply_pass_options(pipeline.passes, per_pass)
-    if not engine_available:
-        from optpipe.finish import split_next_step  # also checks the TensorRT options now, not on the GPU box
-
-        next_step = split_next_step(out, str(next_step), options)
-
+    prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
+    apply_pass_options(prefix.passes, options.pass_options)
+    plan = plan_variants(precisions, target, options, engine=reason is None)
+    next_step = None if reason is None else split_next_step(out, reason, options.trt)
+    reference = TorchRunner(model, io.names, outputs)
     staging = make_staging(out)
-    report = Report(target=target_obj.name, model=model_name or model_type)
-    if not benchmark and benchmark_batch is not None:
-        report.warnings.append(f"--batch {benchmark_batch} is ignored: --no-benchmark skips the benchmark")
+    report = Report(target=target.name, model=options.model_name or model_type)
+    if not options.benchmark.enabled and options.benchmark.batch is not None:
+        report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
     try:
-        golden = make_golden(reference, example_feed, batch_dim, dict(heldout_inputs or {}) or None,
-                             dynamic_axes=[(a.dim, a.axes) for a in dynamic_args if a.axes is not None])
-        golden.save(staging / "golden")
-        _warn_meaningless_reference(golden.cases, report, log)
-        ctx = BuildContext(
-            work_dir=staging,
-            target=target_obj,
-            input_specs=specs,
-            output_names=outputs,
-            dynamic=dims,
-            model=model,
-            example_inputs=tuple(torch.from_numpy(np.ascontiguousarray(e)) for e in examples),
-            golden=golden,
-            threads=threads,
-            log=log,
-            options=options,
-        )
-        all_instruments = [ProgressInstrument(log), *instruments]
-        source = Artifact(ArtifactKind.TORCH, None, "", specs, tuple(TensorSpec(n, (), "") for n in outputs))
-        log(f"optpipe: building {report.model} for target '{target_obj.name}' ({', '.join(precisions)})")
-        onnx_artifact = prefix.run(source, ctx, report.passes, all_instruments)
-        from optpipe.precision import VariantSkipped
-        from optpipe.precision.accuracy import AccuracyCheck, select_variant, skipped_variant
-
-        accuracy = None
-        if options.get("eval_data") is not None and engine_available:
-            accuracy = AccuracyCheck(options["eval_data"], reference,
-                                     {k: v.shape for k, v in golden.cases[0].outputs.items()},
-                                     outputs, specs, dims, options.get("max_accuracy_drop"))
-            report.accuracy = accuracy.record()
-        for precision, pipeline in variants.items():
-            log(f"[{precision}]")
-            start = len(report.passes)
-            try:
-                final = pipeline.run(onnx_artifact.derive(precision=precision), ctx, report.passes, all_instruments)
-            except PassError as error:  # a precision pass with nothing to lower skips its variant
-                if not isinstance(error.cause, VariantSkipped):
-                    raise
-                if "fp32" in variants:
-                    error.cause.reason += "; the fp32 variant is the artifact to use"
-                report.variants.append(skipped_variant(precision, error.cause, report.passes[start:]))
-                continue
-            record = _variant_record(precision, final, report.passes[start:], staging, engine_available)
-            if accuracy is not None:
-                accuracy.apply(record, target_obj.runner(final, threads))
-            record["required"] = not auto  # auto: a rejected candidate does not fail the build
-            report.variants.append(record)
-        if fallback is not None and report.variants and all(v["status"] == "skipped" for v in report.variants):
-            skipped = ", ".join(v["precision"] for v in report.variants)
-            report.warnings.append(f"every requested variant was skipped ({skipped}): fp32 was built and "
-                                   "validated as the fallback")  # fmt: skip
-            log(f"[fp32] (fallback: {skipped} skipped)")
-            start = len(report.passes)
-            final = fallback.run(onnx_artifact.derive(precision="fp32"), ctx, report.passes, all_instruments)
-            record = _variant_record("fp32", final, report.passes[start:], staging, engine_available)
-            if accuracy is not None:
-                accuracy.apply(record, target_obj.runner(final, threads))
-            record["required"] = True
-            record["fallback"] = True
-            report.variants.append(record)
-            variants["fp32"] = fallback  # listed with the build's pipelines in manifest.json
-        for precision, reason in unavailable.items():
-            report.variants.append(skipped_variant(precision, VariantSkipped(reason), []))
-        if engine_available:
-            report.selected = select_variant(report.variants, auto)
-        report.baseline = next(
-            (v["torch_latency"] for v in report.variants if v.get("torch_latency")), None
-        )
-        report.warnings.extend(w for record in report.passes for w in record.warnings)
-        if not engine_available:
-            report.status = "split"
-            report.next_step = next_step
-        report.build = _build_record(specs, outputs, dims, precisions, options, onnx_artifact, staging)
-        report.write(staging / "report.json")
-        from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
-
-        finish_build_dir(staging, report, ctx, [prefix, *variants.values()])
+        ctx = _context(model, io, options, target, staging, log)
+        ctx.golden = make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
+                                 dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes))
+        ctx.golden.save(staging / "golden")
+        _warn_meaningless_reference(ctx.golden.cases, report, log)
+        log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
+        _run_and_record(prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
+                        (options, precisions, reference, eval_set, next_step, provenance, started))
         publish(staging, out)
     except BaseException:
         discard(staging)
@@ -327,16 +316,85 @@ def build(
     return report
 
 
-def _write_back_calib_cache(options: Mapping[str, Any], out: Path, log: Callable[[str], None]) -> None:
+def _unavailable_reason(target: Target) -> str | None:
+    """Why this machine cannot build the target's engines (a split build), or None."""
+    try:
+        target.check_available()
+    except EnvironmentUnavailable as error:
+        return str(error)
+    return None
+
+
+def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, staging: Path,
+             log: Callable[[str], None]) -> BuildContext:
+    import torch
+
+    return BuildContext(
+        work_dir=staging,
+        target=target,
+        input_specs=io.specs,
+        output_names=io.outputs,
+        dynamic=io.dims,
+        model=model,
+        example_inputs=tuple(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples),
+        threads=options.threads,
+        log=log,
+    )
+
+
+def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
+                    instruments: Sequence[Instrument], extra: tuple[Any, ...]) -> None:
+    """Run the shared prefix and the plan, then record the report, report.html and manifest.json in staging."""
+    from optpipe.precision.accuracy import AccuracyCheck, select_variant
+
+    options, precisions, reference, eval_set, next_step, provenance, started = extra
+    source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
+                      tuple(TensorSpec(n, (), "") for n in ctx.output_names))
+    onnx_artifact = prefix.run(source, ctx, report.passes, instruments)
+    accuracy = None
+    if eval_set is not None and plan.engine:
+        assert ctx.golden is not None
+        accuracy = AccuracyCheck(eval_set, reference, {k: v.shape for k, v in ctx.golden.cases[0].outputs.items()},
+                                 ctx.output_names, ctx.input_specs, ctx.dynamic, options.eval.max_accuracy_drop)
+        report.accuracy = accuracy.record()
+    run = PlanRun(ctx, report, instruments, lambda precision: onnx_artifact.derive(precision=precision), accuracy,
+                  lambda final: ctx.target.runner(final, ctx.threads))
+    report.variants.extend(run_plan(plan, run))
+    if plan.engine:
+        report.selected = select_variant([v.to_dict() for v in report.variants], options.auto)
+    report.baseline = next((v.torch_latency for v in report.variants if v.torch_latency), None)
+    report.warnings.extend(w for record in report.passes for w in record.warnings)
+    if not plan.engine:
+        report.status = "split"
+        report.next_step = next_step
+    report.build = BuildRecord(
+        inputs=ctx.input_specs, outputs=ctx.output_names, dynamic=ctx.dynamic, precisions=tuple(precisions),
+        tolerances=options.tolerances.as_dict(),
+        onnx=str(onnx_artifact.path.relative_to(ctx.work_dir)) if onnx_artifact.path else None,
+        trt=options.trt.set_values(), options=options.to_dict(),
+    )
+    from optpipe.provenance import provenance_record
+
+    report.provenance = provenance_record(ctx.model, provenance, started)
+    report.write(ctx.work_dir / "report.json")
+    from optpipe.manifest import finish_build_dir  # report.html, then manifest.json listing every file
+
+    ran = [v.pipeline for v in plan.variants]
+    if plan.fallback is not None and any(v.fallback for v in report.variants):
+        ran.append(plan.fallback.pipeline)  # listed with the build's pipelines in manifest.json
+    finish_build_dir(ctx.work_dir, report, ctx, [prefix, *ran])
+
+
+def _write_back_calib_cache(options: BuildOptions, out: Path, log: Callable[[str], None]) -> None:
     """Update ``--calib-cache FILE`` with the published build's ranges (only after a build that finished)."""
     from optpipe.passes.int8 import CACHE_NAME
     from optpipe.precision.calib_cache import write_back
 
-    target, built = options.get("calib_cache"), out / "int8" / CACHE_NAME
+    target, built = options.calibration.cache, out / "int8" / CACHE_NAME
     if not target or not built.is_file():
         return
     try:
-        write_back(built, Path(str(target)))
+        write_back(built, Path(target))
     except OSError as error:  # the build is published; the cache is a convenience
         log(f"optpipe: warning: could not update --calib-cache {target}: {error}")
 
@@ -357,101 +415,3 @@ def _bind_by_name(model: Any, names: Sequence[str]) -> Any:
     from optpipe.input_binding import bind_inputs
 
     return bind_inputs(model, names)
-
-
-def _check_tolerances(tolerances: Mapping[str, Mapping[str, float]], outputs: Sequence[str]) -> None:
-    """Tolerance overrides name real outputs (or ``*``) and Tolerance fields, with finite values: before export."""
-    import dataclasses
-    import math
-
-    from optpipe.parity import Tolerance
-
-    unknown = sorted(set(tolerances) - set(outputs) - {"*"})
-    if unknown:
-        raise UserInputError(
-            f"tolerance given for unknown output(s) {', '.join(unknown)}; the outputs are {', '.join(outputs)}"
-        )
-    known = {f.name for f in dataclasses.fields(Tolerance)}
-    for output, values in tolerances.items():
-        for field, value in values.items():
-            if field not in known:
-                raise UserInputError(f"unknown tolerance field '{field}' for output '{output}'; expected one of "
-                                     f"{', '.join(sorted(known))}")
-            try:
-                finite = not isinstance(value, bool) and math.isfinite(float(value))
-            except (TypeError, ValueError):
-                finite = False
-            if not finite:
-                raise UserInputError(f"tolerance {output}:{field}={value} must be a finite number")
-
-
-def _check_benchmark_batch(batch: int, specs: Sequence[TensorSpec], dims: Sequence[DynamicDim]) -> None:
-    """``--batch`` must be a batch the artifact accepts: within the dynamic range, or the static example batch."""
-    if batch < 1:
-        raise UserInputError(f"--batch must be >= 1, got {batch}")
-    by_name = {d.axis_name: d for d in dims}
-    for spec in specs:
-        if not spec.shape:
-            continue
-        first = spec.shape[0]
-        if isinstance(first, str) and first in by_name:
-            dim = by_name[first]
-            if not dim.min <= batch <= dim.max:
-                raise UserInputError(
-                    f"--batch {batch} is outside the dynamic range {dim.min}..{dim.max} of axis 0 of input "
-                    f"'{spec.name}' (--dynamic {dim.axis_name}={dim.min}:{dim.opt}:{dim.max})"
-                )
-        elif isinstance(first, int) and first != batch:
-            raise UserInputError(
-                f"--batch {batch}: input '{spec.name}' has a static batch of {first} (the example's); "
-                "declare --dynamic batch=MIN:OPT:MAX to benchmark other batch sizes"
-            )
-
-
-def _variant_record(
-    precision: str, final: Artifact, records: list[PassRecord], root: Path, engine_built: bool
-) -> dict[str, Any]:
-    """One entry of ``report.variants`` from the variant pipeline's records."""
-    metrics: dict[str, Any] = {}
-    for record in records:
-        metrics[record.name] = record.metrics
-    parity = metrics.get("validate", {}).get("parity")
-    bench = metrics.get("benchmark", {})
-    onnx_path = final.extra.get("source_onnx") if final.kind is ArtifactKind.ENGINE else final.path
-    variant: dict[str, Any] = {
-        "precision": precision,
-        "status": "built" if engine_built else "pending",
-        "artifact": _relative(final.path, root) if final.kind is ArtifactKind.ENGINE else None,
-        "onnx": _relative(Path(str(onnx_path)), root) if onnx_path else None,
-        "passed": bool(parity and parity["passed"]),
-        "failures": list(parity["failures"]) if parity else [],
-        "parity": parity,
-        "latency": bench.get("latency"),
-        "torch_latency": bench.get("torch_latency"),
-        "speedup_vs_torch": bench.get("speedup_vs_torch"),
-        "gpu_memory": bench.get("gpu_memory"),
-        "passes": {r.name: r.metrics for r in records if r.name not in ("validate", "benchmark")},
-    }
-    return variant
-
-
-def _build_record(
-    specs: Sequence[TensorSpec],
-    outputs: Sequence[str],
-    dynamic: Sequence[DynamicDim],
-    precisions: Sequence[str],
-    options: Mapping[str, Any],
-    onnx_artifact: Artifact,
-    root: Path,
-) -> dict[str, Any]:
-    """What a later step (``optpipe engine``, ``optpipe verify``) needs to resume from the directory."""
-    return {
-        "inputs": [s.to_dict() for s in specs],
-        "outputs": list(outputs),
-        "dynamic": [d.to_dict() for d in dynamic],
-        "precisions": list(precisions),
-        "tolerances": options.get("tolerances") or {},
-        "onnx": _relative(onnx_artifact.path, root),
-        "golden": "golden",
-        "trt": dict(options.get("trt") or {}),  # TensorRT build options, reused by `optpipe engine`
-    }

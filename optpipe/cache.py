@@ -20,11 +20,12 @@ sha256 (for the torch module: its parameters, buffers and class sources), the
 pass name, code (its file and the helper modules it names in
 ``Pass.code_modules()``) and ``config_dict()``, the versions of the
 distributions in ``Pass.uses``, the target, input specs, dynamic dims, output
-names, golden data and ``Pass.cache_facts(ctx)``. The build's free-form ``ctx.options`` are
-deliberately *not* in the key: passes receive their options through their
-``Config`` (``from_options``), and a file named by a config field is keyed by
-its content. Putting every option in every key would make, say, a TensorRT
-timing cache that changes after each build invalidate the export.
+names, golden data and ``Pass.cache_facts(ctx)``. The build's other options are
+deliberately *not* in the key: a pass receives everything it reads through its
+``Config`` (``from_options``), so its config is its key, and a file named by a
+config field is keyed by its content. Putting every option in every key would
+make, say, a TensorRT timing cache that changes after each build invalidate the
+export.
 
 Layout under the cache directory (``$OPTPIPE_CACHE_DIR`` or
 ``~/.cache/optpipe``)::
@@ -409,6 +410,8 @@ class PassCache:
             self._disable(ctx, error)
             return None
         if result is not None:
+            with contextlib.suppress(OSError):  # "last used", for least-recently-used eviction (cache_admin)
+                os.utime(self._entry(key))
             self._unlock(lock_fd)
             try:  # post-conditions hold for a replayed result too (int8 copies its ranges to --calib-cache)
                 pass_.ensures(result, ctx)

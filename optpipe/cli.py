@@ -17,10 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from optpipe import __version__
+from optpipe.cli_help import BuildCommand
+from optpipe.config_file import JSON_SINK
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError, UserInputError
 from optpipe.junit import junit_on_error
 
 if TYPE_CHECKING:
+    from optpipe.build_options import BuildOptions, TensorRTOptions
+    from optpipe.build_record import VariantResult
     from optpipe.executors import Executor
     from optpipe.matrix import MatrixResult, ModelResult, ModelTask, ProgressCallback
 
@@ -53,34 +58,62 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+def _log_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """``--log-file``: refused before any work when it cannot be written."""
+    return _writable_file(ctx, param, value)
+
+
 @click.group(help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
-             + EXIT_CODES_HELP)
-@click.version_option(package_name="optpipe")
-def main() -> None:
+             + EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="optpipe")
+@click.option("-v", "--verbose", count=True, help="More messages (-v: debug).")
+@click.option("-q", "--quiet", count=True, help="Fewer messages (-q: warnings and results only, -qq: errors).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_log_file,
+              help="Also write every message, with timestamps, to FILE.")
+def main(verbose: int, quiet: int, log_file: Path | None) -> None:
     """Entry point of the ``optpipe`` command."""
+    from optpipe.console import configure_cli_logging
+
+    configure_cli_logging(verbose - quiet, log_file)
 
 
-def _parse_tolerance(text: str) -> tuple[str, str, float]:
-    """``OUTPUT:FIELD=VALUE`` (OUTPUT may be ``*``)."""
-    import dataclasses
-    import math
+class PrecisionsType(click.ParamType):
+    """``--precision fp32,int8`` (or a config file's list): :func:`optpipe.build_options.parse_precisions`."""
 
-    from optpipe.parity import Tolerance
+    name = "precisions"
 
-    try:
-        output, rest = text.split(":", 1)
-        field, value = rest.split("=", 1)
-        number = float(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"'{text}': expected OUTPUT:FIELD=VALUE, e.g. logits:min_cosine=0.995 or '*:atol=1e-3'"
-        ) from None
-    known = sorted(f.name for f in dataclasses.fields(Tolerance))
-    if field.strip() not in known:
-        raise click.BadParameter(f"'{text}': unknown field '{field}'; expected one of {', '.join(known)}")
-    if not math.isfinite(number):
-        raise click.BadParameter(f"'{text}': the value must be a finite number, got {value.strip()}")
-    return output.strip(), field.strip(), number
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        from optpipe.build_options import parse_precisions
+        from optpipe.errors import UserInputError
+
+        try:
+            return parse_precisions(value)
+        except UserInputError as error:
+            self.fail(str(error), param, ctx)
+
+
+class ToleranceType(click.ParamType):
+    """``--tolerance OUTPUT:FIELD=VALUE`` (or a config file's ``(output, field, value)``), checked by the one rule.
+
+    The rule is :func:`optpipe.build_options.check_tolerance`: a known field, a finite number >= 0,
+    a fraction <= 1 for the ``min_*`` fields.
+    """
+
+    name = "tolerance"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str, float]:
+        from optpipe.build_options import check_tolerance, parse_tolerance_text
+        from optpipe.errors import UserInputError
+
+        try:
+            if isinstance(value, str):
+                return parse_tolerance_text(value)
+            output, field, number = value
+            return str(output), str(field), check_tolerance(str(output), str(field), number)
+        except UserInputError as error:
+            self.fail(str(error), param, ctx)
+        except (TypeError, ValueError):
+            self.fail(f"expected OUTPUT:FIELD=VALUE, got {value!r}", param, ctx)
 
 
 def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -97,28 +130,25 @@ HARDWARE_COMPAT_LEVELS = ("ampere_plus", "same_compute_capability")
 
 
 def trt_build_options(func: F) -> F:
-    """Add the TensorRT engine options and pass them on as one ``trt_options`` dict.
+    """Add the TensorRT engine options and pass them on as one ``trt_options`` (a TensorRTOptions).
 
     Shared by ``optpipe build`` and ``optpipe engine`` so both spell them the
-    same; keys are :class:`optpipe.passes.engine_trt.TrtEngineConfig` fields,
-    and options left out are ``None`` (the default, or the value recorded by
+    same; options left out are ``None`` (the default, or the value recorded by
     the split build).
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, timing_cache: Path | None, opt_level: int | None, workspace: int | None,
                 hardware_compat: str | None, version_compatible: bool, **kwargs: Any) -> Any:
-        kwargs["trt_options"] = {
-            key: value
-            for key, value in {
-                "timing_cache": str(timing_cache) if timing_cache else None,
-                "builder_optimization_level": opt_level,
-                "workspace_bytes": workspace * (1 << 20) if workspace else None,
-                "hardware_compatibility": hardware_compat,
-                "version_compatible": version_compatible or None,
-            }.items()
-            if value is not None
-        }
+        from optpipe.build_options import TensorRTOptions
+
+        kwargs["trt_options"] = TensorRTOptions(
+            timing_cache=str(timing_cache) if timing_cache else None,
+            builder_optimization_level=opt_level,
+            workspace_bytes=workspace * (1 << 20) if workspace else None,
+            hardware_compatibility=hardware_compat,
+            version_compatible=version_compatible or None,
+        )
         return func(*args, **kwargs)
 
     options = [
@@ -152,7 +182,7 @@ def precision_build_options(func: F) -> F:
                 guard_max_keep: float | None, no_guard: bool, **kwargs: Any) -> Any:
         kwargs["precision_opts"] = {
             "calib_data": calib_data, "synthetic_calib": synthetic_calib, "calib_method": calib_method,
-            "calib_cache": str(calib_cache) if calib_cache else None, "eval_data": eval_data,
+            "calib_cache": calib_cache, "eval_data": eval_data,
             "max_accuracy_drop": max_accuracy_drop, "guard_max_keep": guard_max_keep, "no_guard": no_guard,
         }  # fmt: skip
         return func(*args, **kwargs)
@@ -184,25 +214,29 @@ def precision_build_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
-def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
-    """build() options from the precision flags, with the model file's data as defaults."""
+def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared: Any) -> BuildOptions:
+    """The options with the model file's calibration and eval data where the flags gave none."""
+    from dataclasses import replace
+
+    from optpipe.build_options import CalibrationSource, EvalOptions
     from optpipe.precision.accuracy import load_eval_npz
 
-    kwargs = {k: v for k, v in opts.items() if v not in (None, False) and k != "eval_data"}
+    calibration, evaluation = options.calibration, options.eval
     if not opts.get("calib_data") and prepared.calibration:
-        kwargs["calib_data"] = prepared.calibration
+        calibration = CalibrationSource.parse(prepared.calibration, calibration.synthetic, calibration.method,
+                                              calibration.cache)
     if getattr(prepared, "input_ranges", None):  # --input LOW..HIGH: synthetic calibration draws integers there
-        kwargs["input_ranges"] = prepared.input_ranges
+        calibration = replace(calibration, input_ranges=CalibrationSource.parse(
+            input_ranges=prepared.input_ranges).input_ranges)
     if opts.get("eval_data") is not None:
-        kwargs["eval_data"] = load_eval_npz(opts["eval_data"], prepared.input_names)
-        kwargs["eval_origin"] = str(opts["eval_data"])
+        evaluation = EvalOptions(load_eval_npz(opts["eval_data"], prepared.input_names), str(opts["eval_data"]),
+                                 evaluation.max_accuracy_drop)
     elif prepared.eval_set is not None:
-        kwargs["eval_data"] = prepared.eval_set
-        kwargs["eval_origin"] = "from eval_data() in the model file"
-    return kwargs
+        evaluation = EvalOptions(prepared.eval_set, "from eval_data() in the model file", evaluation.max_accuracy_drop)
+    return replace(options, calibration=calibration, eval=evaluation)
 
 
-@main.command(epilog=EXIT_CODES_HELP)
+@main.command(cls=BuildCommand, epilog=EXIT_CODES_HELP)
 @click.argument("model", required=False)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Output directory (required unless a config file sets out).")
@@ -213,13 +247,14 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
 @click.option("--dynamic", "dynamics", multiple=True, metavar="NAME=MIN:OPT:MAX[@INPUT.AXIS,...]",
               help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic.")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
-@click.option("--precision", "precision", default="fp32", show_default=True,
+@click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
               "data); or 'auto': build the target's "
               "candidates and select the fastest that passes its gates.")
 @click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
-@click.option("--tolerance", "tolerances", multiple=True, metavar="OUTPUT:FIELD=VALUE",
-              help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output).")
+@click.option("--tolerance", "tolerances", type=ToleranceType(), multiple=True, metavar="OUTPUT:FIELD=VALUE",
+              help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output); atol/rtol >= 0, "
+              "min_cosine/min_top1 in [0, 1].")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for ONNX Runtime and PyTorch (default: all cores).")
 @click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
@@ -246,16 +281,28 @@ def _precision_kwargs(opts: dict[str, Any], prepared: Any) -> dict[str, Any]:
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
+@click.option("--opset", type=click.IntRange(min=7), metavar="N",
+              help="ONNX opset to export (default: the exporter's). report.json records the opset written; an "
+              "exporter that cannot convert to N keeps its own, and that is a warning.")
+@click.option("--profile", is_flag=True, default=None,
+              help="Also profile each engine per op type and node on the golden inputs (ONNX Runtime's profiler; "
+              "TensorRT's per-layer profiler on a GPU machine): in report.json, the console and report.html.")
+@click.option("--mlflow", "mlflow_uri", is_flag=False, flag_value="", default=None, metavar="[TRACKING_URI]",
+              help="Log the build to an MLflow run (parameters, metrics per variant, report files, the selected "
+              "artifact): at TRACKING_URI, or MLflow's default ($MLFLOW_TRACKING_URI) when none is given. Nested "
+              "in an active run. Needs pip install 'optpipe[mlflow]'.")
 @trt_build_options
 @precision_build_options
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          target: str, precision: str, output_names: str | None, tolerances: tuple[str, ...],
-          threads: int | None, benchmark_batch: int | None, no_benchmark: bool, exporter: str,
-          overwrite: bool, no_strict_weights: bool, trust_pickle: bool, as_json: bool,
-          config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
-          junit: Path | None, trt_options: dict[str, Any], precision_opts: dict[str, Any],
+          target: str, precision: tuple[str, ...], output_names: str | None,
+          tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
+          no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
+          as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
+          junit: Path | None,
+          trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
+          profile: bool | None = None, opset: int | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     if config_file is not None:
@@ -271,46 +318,64 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if trt_options and target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
+    from optpipe.precheck import precheck_build
+
+    precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
+    if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
+        from optpipe.mlflow_tracking import import_mlflow
+
+        import_mlflow()
+    from optpipe.build_options import parse_build_options
+    from optpipe.console import info
     from optpipe.prepared_model import prepare_model
 
-    parsed_tolerances: dict[str, dict[str, float]] = {}
-    for text in tolerances:
-        output, field, value = _parse_tolerance(text)
-        parsed_tolerances.setdefault(output, {})[field] = value
-    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
+        pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
+    # Every option is checked here, before the model file is even loaded.
+    options = parse_build_options(
+        target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
+        model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
+        trt=trt_options, pass_options=pass_options, profile=bool(profile),
+        **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+    )  # fmt: skip
+    log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
                              output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
-    from optpipe.builder import build as run_build
+    options = _with_model_file_data(options, precision_opts, prepared)
+    from optpipe.builder import build_with_options
     from optpipe.cache import PassCache
 
     instruments = [] if no_cache else [PassCache(cache_dir, log=log)]
+    report = build_with_options(prepared.module, prepared.example_inputs, options, out_dir=out_dir,
+                                input_names=prepared.input_names, output_names=prepared.output_names,
+                                dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
+                                instruments=instruments, provenance=_provenance(model, weights, prepared))
+    if not no_cache:
+        from optpipe.cache_admin import enforce_cap
 
-    report = run_build(
-        prepared.module,
-        prepared.example_inputs,
-        out_dir=out_dir,
-        target=target,
-        precisions=[p.strip() for p in precision.split(",") if p.strip()],
-        input_names=prepared.input_names,
-        output_names=prepared.output_names,
-        dynamic=prepared.dynamic,
-        overwrite=overwrite,
-        tolerances=parsed_tolerances,
-        threads=threads,
-        benchmark=not no_benchmark,
-        benchmark_batch=benchmark_batch,
-        heldout_inputs=prepared.heldout_inputs,
-        exporter=exporter,
-        model_name=model,
-        log=log,
-        instruments=instruments,
-        trt=trt_options,
-        pass_options=pass_options,
-        **_precision_kwargs(precision_opts, prepared),
-    )
-    click.echo(report.to_json() if as_json else report.summary())
-    if not as_json:
+        enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
+    _publish_result(report, out_dir, as_json, mlflow_uri, junit)
+    sys.exit(report.exit_code)
+
+
+def _publish_result(report: Any, out_dir: Path, as_json: bool, mlflow_uri: str | None, junit: Path | None) -> None:
+    """After a build: the summary or JSON on stdout, then the MLflow run and the JUnit file when asked for."""
+    from optpipe.console import echo_result, info
+
+    sink = click.get_current_context().meta.get(JSON_SINK)
+    if as_json and sink is not None:  # -c FILE --json: one document for every model, printed by config_file
+        sink.append(report.to_dict())
+    elif as_json:
+        click.echo(report.to_json())
+    else:
+        echo_result(report.summary())
+        _echo_profiles(report.variants)
         click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
+    if mlflow_uri is not None:
+        from optpipe.mlflow_tracking import MlflowTarget, log_report
+
+        run_id = log_report(report.to_dict(), out_dir, MlflowTarget(tracking_uri=mlflow_uri or None))
+        info(f"mlflow: logged run {run_id}")
     if junit is not None:
         from optpipe.junit import report_suite, write_junit
 
@@ -319,7 +384,108 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         except OSError as error:  # printed, not raised: junit_on_error would try the same write again
             click.echo(f"optpipe: error: cannot write --junit {junit}: {error.strerror or error}", err=True)
             sys.exit(EXIT_USAGE)
-    sys.exit(report.exit_code)
+
+
+@main.group(name="cache")
+def cache_group() -> None:
+    """Inspect and prune the pass-output cache ($OPTPIPE_CACHE_DIR or ~/.cache/optpipe)."""
+
+
+@cache_group.command(name="info")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@reports_errors
+def cache_info_command(cache_dir: Path | None, as_json: bool) -> None:
+    """Entries, total size, least and most recently used entry, per pass."""
+    import json
+
+    from optpipe.cache_admin import cache_info
+
+    info = cache_info(cache_dir)
+    if as_json:
+        click.echo(json.dumps({"directory": str(info.directory), "size": info.size, "entries": [
+            {"key": e.key, "pass": e.pass_name, "size": e.size, "created": e.created, "last_used": e.last_used}
+            for e in info.entries]}, indent=2))
+    else:
+        click.echo(info.summary())
+
+
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from optpipe.cache_admin import parse_size
+
+    try:
+        return parse_size(value) if value is not None else None
+    except OptpipeError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
+
+
+@cache_group.command(name="prune")
+@click.option("--max-size", metavar="SIZE", callback=_size_option,
+              help="Remove least recently used entries until the cache is at most SIZE (e.g. 5GB, 500MB).")
+@click.option("--older-than", type=click.FloatRange(min=0), metavar="DAYS",
+              help="Remove entries not used for DAYS days.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
+@reports_errors
+def cache_prune_command(max_size: int | None, older_than: float | None, cache_dir: Path | None) -> None:
+    """Remove cache entries; entries a running build is using are never removed.
+
+    Without options, applies the per-build cap ($OPTPIPE_CACHE_MAX_SIZE, default 10GB).
+    """
+    from optpipe.cache_admin import default_max_size, prune
+
+    if max_size is None and older_than is None:
+        max_size = default_max_size()
+    click.echo(prune(cache_dir, max_size=max_size, older_than_days=older_than).summary())
+
+
+def _provenance(spec: str, weights: Path | None, prepared: Any) -> Any:
+    """The command line and the model's files, for report.json's provenance."""
+    from optpipe.provenance import ProvenanceInputs, cli_invocation
+
+    source = getattr(prepared.source_module, "__file__", None)
+    if source is None and spec.endswith(".pt2"):
+        source = spec  # a torch.export program: the file is the model
+    return ProvenanceInputs(cli_invocation(), str(weights) if weights else None, source)
+
+
+def _echo_profiles(variants: list[VariantResult]) -> None:
+    """The per-op profile of each variant that has one (``--profile``)."""
+    from optpipe.op_profile import OpProfile
+
+    for variant in variants:
+        if variant.profile:
+            click.echo(f"  {variant.precision}:")
+            click.echo(OpProfile.from_dict(variant.profile).format())
+
+
+@main.command(name="profile")
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--variant", "precision", metavar="PRECISION",
+              help="Variant to profile (default: the selected one, else the first built).")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Profiled runs over the golden inputs (after one warm-up run).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for ONNX Runtime.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@reports_errors
+def profile_command(build_dir: Path, precision: str | None, runs: int, threads: int | None, as_json: bool) -> None:
+    """Where BUILD_DIR's engine spends its time: per op type and the slowest nodes, with PyTorch module paths.
+
+    Runs the variant's artifact with ONNX Runtime's profiler (TensorRT's per-layer profiler for a
+    TensorRT build, on a GPU machine) on the build's golden inputs. The directory is not modified.
+    Exit 0, or 2 for a directory that is not a build or a variant it lacks.
+    """
+    import json
+
+    from optpipe.profile_build import profile_build_dir
+
+    result = profile_build_dir(build_dir, precision, runs=runs, threads=threads)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"{build_dir}: {result.precision} ({result.artifact})")
+        click.echo(result.profile.format())
 
 
 def run_model(task: ModelTask, *, capture: bool = False) -> ModelResult:
@@ -369,7 +535,12 @@ def verify(build_dir: Path, no_parity: bool, threads: int | None, as_json: bool)
     from optpipe.verify import verify_build
 
     result = verify_build(build_dir, parity=not no_parity, threads=threads)
-    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.summary())
+    from optpipe.console import echo_result
+
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        echo_result(result.summary())
     sys.exit(result.exit_code)
 
 
@@ -388,10 +559,22 @@ def inspect(onnx_file: Path, as_json: bool) -> None:
 
 
 @main.command(name="passes")
-def list_passes() -> None:
-    """List the passes a build can run, one line each."""
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("-v", "--verbose", is_flag=True, help="Also list each pass's options (Config fields) with types "
+              "and defaults.")
+@reports_errors
+def list_passes(names: tuple[str, ...], verbose: bool) -> None:
+    """List the passes a build can run, one line each; with NAME or --verbose, their options.
+
+    The options go in a config file's [passes.NAME] table or build(pass_options={NAME: {...}}).
+    """
     from optpipe.registry import PASSES
 
+    if names or verbose:
+        from optpipe.pass_help import describe_pass
+
+        click.echo("\n\n".join(describe_pass(name) for name in (names or tuple(PASSES))))
+        return
     width = max(len(name) for name in PASSES)
     for name, (module, cls) in PASSES.items():
         pass_cls = getattr(__import__(f"optpipe.passes.{module}", fromlist=[cls]), cls)
@@ -413,19 +596,23 @@ def list_passes() -> None:
 # TensorRT engine depends on the GPU, the driver and timing measurements, and is not reproducible
 # byte for byte), and validate/benchmark measure, so a cache would have nothing to reuse.
 def engine(build_dir: Path, benchmark_batch: int | None, no_benchmark: bool, rebuild: bool, as_json: bool,
-           trt_options: dict[str, Any]) -> None:
+           trt_options: TensorRTOptions) -> None:
     """Finish a split TensorRT build: build, validate and time the engines in BUILD_DIR.
 
     Run on a machine with TensorRT and an NVIDIA GPU (pip install 'optpipe[tensorrt]'), on the
     directory 'optpipe build --target tensorrt' wrote elsewhere. The [tensorrt] options default to the
     ones given to 'optpipe build'. report.json is rewritten with status "complete".
     """
-    from optpipe.finish import finish_build
+    from optpipe.console import echo_result, info
+    from optpipe.engine_command import finish_build
 
-    log: Callable[[str], None] = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     report = finish_build(build_dir, trt_options=trt_options, benchmark=not no_benchmark,
                           benchmark_batch=benchmark_batch, rebuild=rebuild, log=log)
-    click.echo(report.to_json() if as_json else report.summary())
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        echo_result(report.summary())
     if not as_json:
         click.echo(f"report: {build_dir / 'report.json'}")
     sys.exit(report.exit_code)

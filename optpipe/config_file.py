@@ -40,7 +40,7 @@ before any build starts (exit 2).
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,9 @@ ALIASES: dict[str, tuple[str, bool]] = {
     "cache": ("no_cache", True),
     "json": ("as_json", False),
 }
+# -c FILE --json: the build command appends its report dict to ctx.meta[JSON_SINK] instead of printing it.
+JSON_SINK = "optpipe.json_reports"
+BUILD_FILE_SCHEMA = "optpipe.build-file/1"
 # Options of the whole command, not of one model.
 COMMAND_LEVEL = frozenset({"no_cache", "cache_dir", "junit", "as_json", "executor"})
 # Never read from a file.
@@ -149,55 +152,58 @@ def _resolve_spec(value: str, base: Path) -> str:
     return value
 
 
+def _file_items(param: click.Parameter, value: Any, fail: Callable[[str], ConfigError]) -> list[Any]:
+    """A multiple option's TOML value as the items click would get, one per flag.
+
+    ``tolerances`` is a table ``{output = {field = value}}``: each entry becomes the
+    ``(output, field, value)`` that :class:`~optpipe.cli.ToleranceType` checks like a ``--tolerance``.
+    """
+    if param.name == "tolerances":
+        if not isinstance(value, dict):
+            raise fail("a table {output = {atol = ..., min_cosine = ...}}")
+        items: list[Any] = []
+        for output, fields in value.items():
+            if not isinstance(fields, dict):
+                raise fail(f"a table of tolerance fields for output '{output}'")
+            items.extend((output, name, number) for name, number in fields.items())
+        return items
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise fail("a list of strings")
+    return items
+
+
+def _click_convert(key: str, value: Any, param: click.Parameter, where: str, ctx: click.Context) -> Any:
+    """``param.type.convert``: the command line's own conversion and checks, errors naming the file's field."""
+    try:
+        return param.type.convert(value, param, ctx)
+    except click.BadParameter as error:
+        if param.name in ("precision", "tolerances"):  # optpipe's own types: the message says what was expected
+            raise ConfigError(f"{where}.{key}: {error.message}") from None
+        choices = getattr(param.type, "choices", None)
+        expected = f"one of {', '.join(map(str, choices))}" if choices else f"{param.type.name} ({error.message})"
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}") from None
+
+
 def _convert(key: str, value: Any, param: click.Parameter, negate: bool, base: Path, where: str,
              ctx: click.Context) -> Any:
-    """Check and convert one file value to what the click parameter would have produced."""
-    from optpipe.builder import PRECISIONS
-    from optpipe.parity import Tolerance
+    """Check and convert one file value with the click parameter's own type, as the command line would."""
 
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
 
-    if param.name == "precision":
-        items = value if isinstance(value, list) else [value] if isinstance(value, str) else None
-        if items is None or not all(isinstance(i, str) for i in items):
-            raise fail("a list of precisions such as [\"fp32\", \"int8\"]")
-        names = [p.strip() for item in items for p in item.split(",") if p.strip()]
-        allowed = (*PRECISIONS, "auto")
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names:
-            raise ConfigError(f"{where}.{key}: unknown precision {', '.join(map(repr, unknown)) or '(none)'}; "
-                              f"expected one of {', '.join(allowed)}")
-        return ",".join(names)
-    if param.name == "tolerances":
-        if not isinstance(value, dict):
-            raise fail("a table {output = {atol = ..., min_cosine = ...}}")
-        known = {f for f in Tolerance.__dataclass_fields__}
-        texts = []
-        for output, fields in value.items():
-            if not isinstance(fields, dict):
-                raise ConfigError(f"{where}.{key}.{output}: expected a table of tolerance fields, got {fields!r}")
-            for name, number in fields.items():
-                if name not in known:
-                    raise ConfigError(f"{where}.{key}.{output}: unknown tolerance field '{name}'; expected one "
-                                      f"of {', '.join(sorted(known))}")
-                if isinstance(number, bool) or not isinstance(number, int | float):
-                    raise ConfigError(f"{where}.{key}.{output}.{name}: expected a number, got {number!r}")
-                texts.append(f"{output}:{name}={float(number)!r}")
-        return tuple(texts)
     if param.name == "output_names" and isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
             raise fail("a list of output names")
-        return ",".join(value)
+        return ",".join(value)  # the flag's own form: comma-separated names
     if isinstance(param, click.Option) and param.is_flag:
         if not isinstance(value, bool):
             raise fail("true or false")
         return (not value) if negate else value
     if param.multiple:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise fail("a list of strings")
-        return tuple(items)
+        return tuple(_click_convert(key, item, param, where, ctx) for item in _file_items(param, value, fail))
+    if param.name == "precision":  # a list, or one comma-separated string as on the command line
+        return _click_convert(key, value, param, where, ctx)
     if isinstance(value, dict | list | bool):
         raise fail(f"a single {param.type.name} value")
     if isinstance(param.type, click.types.IntParamType | click.types.FloatParamType) and isinstance(value, str):
@@ -217,13 +223,7 @@ def _convert(key: str, value: Any, param: click.Parameter, negate: bool, base: P
         raise fail("a string")
     if isinstance(param.type, click.types.FloatParamType | click.types.FloatRange) and isinstance(value, int):
         value = float(value)
-    try:
-        converted = param.type.convert(value, param, ctx)
-    except click.BadParameter as error:
-        choices = getattr(param.type, "choices", None)
-        expected = f"one of {', '.join(map(str, choices))}" if choices else f"{param.type.name} ({error.message})"
-        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}") from None
-    return converted
+    return _click_convert(key, value, param, where, ctx)
 
 
 def _table(data: Mapping[str, Any], params: Mapping[str, click.Parameter], base: Path, where: str,
@@ -489,8 +489,11 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
     matrix = run_matrix(tasks, executor, runner, progress, echo)
     if settings.get("junit"):
         write_matrix_junit(Path(settings["junit"]), matrix.results)
-    if as_json:
-        click.echo(matrix.to_json())
+    if as_json:  # ONE document for every model (a model that stopped early has "report": null)
+        import json
+
+        document = {"schema": BUILD_FILE_SCHEMA, "config": str(config_path), **matrix.to_dict()}
+        click.echo(json.dumps(document, indent=2, default=str))
     elif len(tasks) > 1 or executor.name != "in-process":
         click.echo(matrix.table())
     if len(tasks) > 1:

@@ -14,15 +14,20 @@ can be re-rendered.
 
 from __future__ import annotations
 
-import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import write_bytes_atomic
+from optpipe.html_sections import facts_table, profile_section, stability_banner
+from optpipe.html_svg import Scale
+from optpipe.html_svg import axis as _axis
+from optpipe.html_svg import color as _color
+from optpipe.html_svg import esc as _e
+from optpipe.html_svg import fmt as _fmt
+from optpipe.html_svg import svg as _svg
 
-PALETTE = ("#2f6fde", "#d9822b", "#2a9d8f", "#9b5de5", "#e63946", "#6c757d")
 TORCH_COLOR = "#8d99ae"
 FAIL_COLOR = "#cf222e"
 
@@ -47,23 +52,12 @@ ul.warn li{color:#9a6700} ul.failures li{color:#cf222e}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f8fa;padding:1px 4px;border-radius:4px}
 .barcell{background:#eaeef2;border-radius:3px;height:8px;min-width:80px}
 .barcell div{background:#d9822b;height:8px;border-radius:3px}
+.diverge{display:flex;min-width:160px;height:8px} .diverge>div{flex:1;display:flex;background:#eaeef2}
+.diverge>.neg{justify-content:flex-end;border-right:1px solid #59636e} .diverge .bar{height:8px}
+.diverge>.neg .bar{background:#2f6fde} .diverge>.pos .bar{background:#d9822b}
+.unstable{border:2px solid #9a6700;background:#fff8c5;border-radius:8px;padding:10px 16px;margin:16px 0}
+.unstable ul{margin:4px 0 0}
 """
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.{max(1, digits - 1)}e}"
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def _ms(value: float) -> str:
@@ -76,81 +70,7 @@ def _ms(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _color(index: int) -> str:
-    return PALETTE[index % len(PALETTE)]
-
-
 # --------------------------------------------------------------------------- scales
-
-
-class Scale:
-    """Maps data values to pixels, linear or log10, with readable ticks."""
-
-    def __init__(self, low: float, high: float, start: float, end: float, log: bool = False) -> None:
-        self.log = log and low > 0
-        if self.log:
-            low, high = math.log10(low), math.log10(high)
-        if high <= low:
-            high = low + 1.0
-        self.low, self.high, self.start, self.end = low, high, start, end
-
-    def __call__(self, value: float) -> float:
-        if self.log:
-            value = math.log10(max(value, 10 ** self.low))
-        return self.start + (value - self.low) / (self.high - self.low) * (self.end - self.start)
-
-    def ticks(self) -> list[tuple[float, str]]:
-        if self.log:
-            out = []
-            for exponent in range(math.floor(self.low), math.ceil(self.high) + 1):
-                for mantissa in (1, 2, 5):
-                    value = mantissa * 10.0 ** exponent
-                    if self.low - 1e-9 <= math.log10(value) <= self.high + 1e-9:
-                        out.append((value, _fmt_tick(value)))
-            if len(out) > 10:
-                out = [t for t in out if t[1].startswith("1")]
-            return out
-        span = self.high - self.low
-        step = 10 ** math.floor(math.log10(span / 5)) if span > 0 else 1.0
-        for factor in (1, 2, 5, 10):
-            if span / (step * factor) <= 6:
-                step *= factor
-                break
-        first = math.ceil(self.low / step) * step
-        ticks = []
-        value = first
-        while value <= self.high + step * 1e-6:
-            ticks.append((value, _fmt_tick(value)))
-            value += step
-        return ticks
-
-
-def _fmt_tick(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) < 1e-3 or abs(value) >= 1e5:
-        mantissa, exponent = f"{value:.0e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return f"{value:g}"
-
-
-def _axis(scale: Scale, y: float, height: float, unit: str = "") -> str:
-    parts = [f'<line x1="{scale.start:.1f}" y1="{y:.1f}" x2="{scale.end:.1f}" y2="{y:.1f}" stroke="#8c959f"/>']
-    for value, label in scale.ticks():
-        x = scale(value)
-        parts.append(f'<line x1="{x:.1f}" y1="{y - height:.1f}" x2="{x:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>')
-        parts.append(f'<text x="{x:.1f}" y="{y + 14:.1f}" font-size="11" text-anchor="middle" '
-                     f'fill="#59636e">{_e(label)}</text>')
-    if unit:
-        parts.append(f'<text x="{scale.end:.1f}" y="{y + 28:.1f}" font-size="11" text-anchor="end" '
-                     f'fill="#59636e">{_e(unit)}</text>')
-    return "".join(parts)
-
-
-def _svg(width: float, height: float, body: Iterable[str], label: str) -> str:
-    return (f'<svg role="img" aria-label="{_e(label)}" '
-            f'width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}">'
-            + "".join(body) + "</svg>")
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -421,16 +341,26 @@ def _layer_section(report: Mapping[str, Any]) -> str:
             f"<tr><td><code>{_e(r.get('node', ''))}</code></td><td>{_e(r.get('op_type', ''))}</td>"
             f"<td>{_e(r.get('module') or '')}</td><td class=num>{_fmt(r.get('rel_error'), 3)}</td>"
             f"<td class=num>{_fmt(r.get('cosine'), 6)}</td><td class=num>{_fmt(r.get('contribution'), 3)}</td>"
-            f"<td><div class=barcell><div style='width:{100 * abs(r.get('contribution') or 0) / peak:.0f}%'>"
-            "</div></div></td></tr>"
+            f"<td>{_diverging_bar(r.get('contribution') or 0, peak)}</td></tr>"
             for r in layers
         )
-        blocks.append(f"<h3>{_e(variant['precision'])}</h3><table><tr><th>node</th><th>op</th><th>module</th>"
+        blocks.append(f"<h3>{_e(variant['precision'])}</h3><p class='muted small'>Bars: contribution to the "
+                      "output error; left of the line (blue) = negative, the node reduced the error.</p>"
+                      "<table><tr><th>node</th><th>op</th><th>module</th>"
                       "<th class=num>rel. error</th><th class=num>cosine</th><th class=num>contribution</th>"
                       f"<th></th></tr>{rows}</table>")
     if not blocks:
         return ""
     return "<section id=layers><h2>Per-layer error</h2>" + "".join(blocks) + "</section>"
+
+
+def _diverging_bar(value: float, peak: float) -> str:
+    """A bar from a centre line: right for a positive contribution, left (another colour) for a negative one."""
+    width = f"{100 * abs(value) / peak:.0f}%"
+    neg = f"<div class=bar style='width:{width}'></div>" if value < 0 else ""
+    pos = f"<div class=bar style='width:{width}'></div>" if value > 0 else ""
+    sign = "negative" if value < 0 else "positive"
+    return f"<div class=diverge title='{sign} {value:.3g}'><div class=neg>{neg}</div><div class=pos>{pos}</div></div>"
 
 
 def _warnings_section(report: Mapping[str, Any]) -> str:
@@ -455,8 +385,9 @@ def _environment_section(report: Mapping[str, Any]) -> str:
     return f"<section id=environment><h2>Build and environment</h2><table>{body}</table></section>"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """The whole page for one report dict."""
+def render_html(report: Mapping[str, Any], out_dir: Path | None = None) -> str:
+    """The whole page for one report dict (``out_dir``: the build directory, to measure artifact sizes)."""
+
     status = report.get("status")
     if status == "split":
         badge = '<span class="badge pending">SPLIT: finish on the target machine</span>'
@@ -478,12 +409,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>optpipe report: {_e(report.get('model'))}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{_e(report.get('model'))} {badge}</h1><div class=muted>{subtitle}</div>",
-        f"<section id=summary><h2>Variants</h2>{_summary_table(report)}</section>",
+        stability_banner(report),
+        f"<section id=summary><h2>Variants</h2>{_summary_table(report)}{facts_table(report, out_dir)}</section>",
         f"<section id=speedup><h2>Speedup over PyTorch eager</h2>{speedup_chart(report.get('variants') or [])}"
         "</section>",
         _latency_section(report),
         _errors_section(report),
         _layer_section(report),
+        profile_section(report),
         f"<section id=timeline><h2>Pass timeline</h2><p class='muted small'>{_e(timeline_note)}; hatched = "
         f"reused from the cache.</p>{timeline_chart(passes)}</section>",
         _warnings_section(report),
@@ -495,4 +428,4 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 def write_html_report(path: Path, report: Mapping[str, Any]) -> None:
     """Write ``report.html`` atomically."""
-    write_bytes_atomic(path, render_html(report).encode("utf-8"))
+    write_bytes_atomic(path, render_html(report, path.parent).encode("utf-8"))

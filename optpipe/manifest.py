@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import sha256_file, write_bytes_atomic
-from optpipe.report import cpu_name, package_version
+from optpipe.report import Report, cpu_name, package_version
 
 MANIFEST = "manifest.json"
 SCHEMA = "optpipe.manifest/1"
@@ -121,19 +121,19 @@ def host() -> dict[str, Any]:
     }
 
 
-def resolved_config(report_dict: Mapping[str, Any], ctx: Any, pipelines: Iterable[Any]) -> dict[str, Any]:
-    """Everything that decided the build: build record, threads, options and each pass's config."""
-    build = dict(report_dict.get("build") or {})
+def resolved_config(report: Report, ctx: Any, pipelines: Iterable[Any]) -> dict[str, Any]:
+    """Everything that decided the build: build record, threads, the parsed options and each pass's config."""
+    build = report.build.to_dict() if report.build is not None else {}
     return {
-        "model": report_dict.get("model"),
-        "target": report_dict.get("target"),
+        "model": report.model,
+        "target": report.target,
         "inputs": build.get("inputs"),
         "outputs": build.get("outputs"),
         "dynamic": build.get("dynamic"),
         "precisions": build.get("precisions"),
         "tolerances": build.get("tolerances"),
         "threads": getattr(ctx, "threads", None),
-        "options": _plain(dict(getattr(ctx, "options", {}) or {})),
+        "options": _plain(build.get("options") or {}),
         "pipelines": {
             pipeline.variant: [
                 {"pass": p.name, "class": f"{type(p).__module__}.{type(p).__qualname__}",
@@ -145,25 +145,22 @@ def resolved_config(report_dict: Mapping[str, Any], ctx: Any, pipelines: Iterabl
     }
 
 
-def make_manifest(directory: Path, report_dict: Mapping[str, Any], ctx: Any = None,
-                  pipelines: Sequence[Any] = ()) -> dict[str, Any]:
+def make_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> dict[str, Any]:
     """The manifest of a finished build directory (not written)."""
     return {
         "schema": SCHEMA,
-        "model": report_dict.get("model"),
+        "model": report.model,
         "files": file_entries(directory),
-        "config": resolved_config(report_dict, ctx, pipelines),
+        "config": resolved_config(report, ctx, pipelines),
         "packages": {name: package_version(name) for name in PACKAGES},
         "host": host(),
+        "provenance": report.provenance,
     }
 
 
-def write_manifest(
-    directory: Path, report: Any, ctx: Any = None, pipelines: Sequence[Any] = ()
-) -> dict[str, Any]:
+def write_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> dict[str, Any]:
     """Write ``directory/manifest.json`` (atomically) and return it. Call after every other file."""
-    data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    manifest = make_manifest(directory, data, ctx, pipelines)
+    manifest = make_manifest(directory, report, ctx, pipelines)
     write_bytes_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
@@ -173,7 +170,7 @@ def load_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
 
 
-def finish_build_dir(directory: Path, report: Any, ctx: Any = None, pipelines: Sequence[Any] = ()) -> None:
+def finish_build_dir(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> None:
     """Write ``report.html`` and then ``manifest.json`` (last, so it lists every other file)."""
     from optpipe.html_report import write_html_report
 

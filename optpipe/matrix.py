@@ -123,7 +123,7 @@ class ModelResult:
         return "ok" if self.exit_code == EXIT_OK else "failed"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "out_dir": str(self.out_dir), "exit_code": self.exit_code,
+        return {"name": self.name, "out": str(self.out_dir), "exit_code": self.exit_code,
                 "status": self.status, "seconds": round(self.seconds, 3),
                 "node": self.node.to_dict() if self.node else None,
                 "attempts": self.attempts, "variants": [v.to_dict() for v in self.variants], "error": self.error,
@@ -144,7 +144,7 @@ class MatrixResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"executor": self.executor, "exit_code": self.exit_code, "seconds": round(self.seconds, 3),
-                "models": [r.to_dict() for r in self.results]}
+                "builds": [r.to_dict() for r in self.results]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)

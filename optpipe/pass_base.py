@@ -10,6 +10,7 @@ options; the config is part of the cache key (issue: content-addressed cache).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.console import info
 from optpipe.errors import OptpipeError, PassError
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 
@@ -45,14 +47,18 @@ class BuildContext:
     example_inputs: tuple[Any, ...] = ()
     golden: GoldenData | None = None
     threads: int | None = None
-    log: Callable[[str], None] = print
-    options: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = info
 
     def path(self, *parts: str) -> Path:
         """A path inside the staging directory, with parent folders created."""
         target = self.work_dir.joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+
+#: ``field(metadata=NOT_IN_KEY)``: a Config field left out of :meth:`Pass.config_dict` (so out of reports and
+#: cache keys) because it is data keyed by content elsewhere (``cache_facts``) or only saves work.
+NOT_IN_KEY = {"cache_key": False}
 
 
 @dataclass
@@ -94,8 +100,12 @@ class Pass(ABC):
             raise TypeError(f"{type(self).__name__} expects a {self.Config.__name__}, got {config!r}")
 
     def config_dict(self) -> dict[str, Any]:
-        """The config as plain data, for reports and cache keys."""
-        return dataclasses.asdict(self.config)
+        """The config as plain data, for reports and cache keys (fields marked NOT_IN_KEY left out)."""
+        return {
+            f.name: copy.deepcopy(getattr(self.config, f.name))
+            for f in dataclasses.fields(self.config)
+            if f.metadata.get("cache_key", True)
+        }
 
     @classmethod
     def code_modules(cls) -> tuple[ModuleType, ...]:

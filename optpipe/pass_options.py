@@ -53,10 +53,14 @@ FLAG_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def config_fields(name: str) -> dict[str, Any]:
-    """Field name -> resolved type annotation of pass ``name``'s Config."""
+    """Field name -> resolved type annotation of pass ``name``'s Config.
+
+    Fields marked ``NOT_IN_KEY`` (in-memory samples, the previous build's directory) are set by the
+    build itself, not options a user sets, so they are left out.
+    """
     config = pass_class(name).Config
     hints = typing.get_type_hints(config)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config)}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config) if f.metadata.get("cache_key", True)}
 
 
 def type_text(hint: Any) -> str:

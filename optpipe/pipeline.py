@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from optpipe.artifact import Artifact
+from optpipe.build_record import PassStatus
 from optpipe.errors import PassError
 from optpipe.pass_base import BuildContext, Pass, PassResult
 
@@ -26,7 +27,7 @@ class PassRecord:
     name: str
     variant: str
     seconds: float
-    status: str  # "ok" | "failed" | "cached"
+    status: PassStatus
     modified: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -97,7 +98,8 @@ class Pipeline:
                         instrument.after_pass(pass_, artifact, result, ctx)
             except PassError as error:
                 records.append(
-                    PassRecord(pass_.name, self.variant, time.perf_counter() - start, "failed", error=str(error))
+                    PassRecord(pass_.name, self.variant, time.perf_counter() - start, PassStatus.FAILED,
+                               error=str(error))
                 )
                 if done:
                     error.args = (f"{error.args[0]} (after: {', '.join(done)})",)
@@ -107,7 +109,7 @@ class Pipeline:
                     pass_.name,
                     self.variant,
                     time.perf_counter() - start,
-                    "cached" if cached is not None else "ok",
+                    PassStatus.CACHED if cached is not None else PassStatus.OK,
                     modified=result.modified,
                     metrics=result.metrics,
                     warnings=list(result.warnings),

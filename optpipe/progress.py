@@ -43,3 +43,40 @@ class Progress:
             self.stream.write("\r\033[K")
             self.stream.flush()
             self.drawn = False
+
+
+class Elapsed:
+    """``with Elapsed("export"):`` redraws ``export ... 12s`` every half second for a step with no count.
+
+    For the single long calls (the ONNX export) where no done/total exists: the
+    ticker only says the build is alive. Same rules as :class:`Progress`: only
+    on a terminal, never with ``OPTPIPE_NO_PROGRESS``, line erased at the end.
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None, interval_s: float = 0.5) -> None:
+        import threading
+
+        self.progress = Progress(label, 1, stream)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="optpipe-elapsed", daemon=True)
+
+    def _tick(self) -> None:
+        import time
+
+        start = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            self.progress.stream.write(f"\r     {self.progress.label} ... {time.monotonic() - start:.0f}s")
+            self.progress.stream.flush()
+            self.progress.drawn = True
+
+    def __enter__(self) -> Elapsed:
+        if self.progress.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+        self.progress.close()

@@ -10,7 +10,6 @@ that key into a configured pass here.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +27,7 @@ PASSES: dict[str, tuple[str, str]] = {
     "engine-trt": ("engine_trt", "TrtEnginePass"),
     "validate": ("validate", "ValidatePass"),
     "benchmark": ("benchmark", "BenchmarkPass"),
+    "profile": ("profile", "ProfilePass"),
 }
 
 
@@ -38,17 +38,19 @@ def pass_class(name: str) -> type[Pass]:
     return found
 
 
-def engine_pass(target: Target, options: Mapping[str, Any] | None = None) -> Pass:
+def engine_pass(target: Target, options: Any = None) -> Pass:
     """The pass that turns a portable ONNX artifact into ``target``'s engine.
 
-    ``options`` are the build's options (``BuildContext.options``): a pass that
-    reads any (``from_options``, e.g. ``options["trt"]`` for TensorRT) gets them
-    into its frozen config; the others take their default config.
+    ``options`` are the build's :class:`~optpipe.build_options.BuildOptions`
+    (typed ``Any`` so this module, which build_options' pass-option checks use,
+    does not import it back): a pass that reads any (``from_options``, e.g. the
+    TensorRT options) gets them into its frozen config; the others, or any pass
+    when ``options`` is None, take their default config.
     """
     cls = pass_class(target.engine_pass_name)
     from_options = getattr(cls, "from_options", None)
-    if from_options is not None:
-        configured: Pass = from_options(options or {})
+    if from_options is not None and options is not None:
+        configured: Pass = from_options(options)
         return configured
     return cls()
 

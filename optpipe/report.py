@@ -11,12 +11,14 @@ import json
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import write_bytes_atomic
+from optpipe.build_record import BuildRecord, PassStatus, VariantResult
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK
 from optpipe.pipeline import PassRecord
 
@@ -68,13 +70,14 @@ class Report:
     model: str = ""
     status: str = "complete"  # "complete" | "split" (stopped before the engine, exit 3)
     passes: list[PassRecord] = field(default_factory=list)
-    variants: list[dict[str, Any]] = field(default_factory=list)
+    variants: list[VariantResult] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     selected: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None  # FP32 PyTorch accuracy on the labelled eval data
     warnings: list[str] = field(default_factory=list)
     next_step: str | None = None
-    build: dict[str, Any] | None = None
+    build: BuildRecord | None = None
+    provenance: dict[str, Any] | None = None  # files, call, times, versions (optpipe.provenance)
     environment: dict[str, Any] = field(default_factory=environment)
     out_dir: Path | None = None
 
@@ -87,10 +90,8 @@ class Report:
         """
         return (
             self.status == "complete"
-            and any(v["passed"] for v in self.variants)
-            and all(
-                v["passed"] or v.get("status") == "skipped" or not v.get("required", True) for v in self.variants
-            )
+            and any(v.passed for v in self.variants)
+            and not any(v.counts_against_build for v in self.variants)
         )
 
     @property
@@ -110,19 +111,51 @@ class Report:
             "environment": self.environment,
             "passes": [record.to_dict() for record in self.passes],
             "baseline": self.baseline,
-            "variants": self.variants,
+            "variants": [v.to_dict() for v in self.variants],
             "selected": self.selected,
             "accuracy": self.accuracy,
             "warnings": self.warnings,
             "next_step": self.next_step,
-            "build": self.build,
+            "build": self.build.to_dict() if self.build is not None else None,
+            "provenance": self.provenance,
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
 
     def write(self, path: Path) -> None:
+        """The one writer of ``report.json`` (to a temporary name, then renamed)."""
         write_bytes_atomic(path, (self.to_json() + "\n").encode())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """A Report from its JSON form; raises KeyError/TypeError/ValueError/AssertionError when malformed."""
+        names = {f.name for f in fields(PassRecord)}
+        records = [PassRecord(**{k: v for k, v in r.items() if k in names}) for r in data.get("passes") or []]
+        for record in records:
+            record.status = PassStatus(record.status)
+        build = data.get("build")
+        return cls(
+            target=str(data["target"]),
+            model=str(data.get("model", "")),
+            status=str(data.get("status", "complete")),
+            passes=records,
+            variants=[VariantResult.from_dict(v) for v in data.get("variants") or []],
+            baseline=data.get("baseline"),
+            selected=data.get("selected"),
+            accuracy=data.get("accuracy"),
+            warnings=[str(w) for w in data.get("warnings") or []],
+            next_step=data.get("next_step"),
+            build=BuildRecord.from_dict(build) if isinstance(build, Mapping) else None,
+            provenance=data.get("provenance"),
+            environment=dict(data.get("environment") or {}),
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """A flat ``{"fp32.p50_ms": ..., "int8.cosine_min.logits": ...}`` view (see :mod:`optpipe.report_metrics`)."""
+        from optpipe.report_metrics import flat_metrics
+
+        return flat_metrics(self.to_dict(), self.out_dir)
 
     def summary(self) -> str:
         """A fixed-width table for the console."""
@@ -140,7 +173,7 @@ class Report:
         header = f"  {'variant':<12} {'parity':<7} {'worst cosine':>12} {'max abs':>10} {'top-1':>7} "
         header += f"{'p50 ms':>9} {'speedup':>8}  artifact"
         lines.append(header)
-        for variant in self.variants:
+        for variant in (v.to_dict() for v in self.variants):
             outputs = (variant.get("parity") or {}).get("outputs", {})  # None until the engine is validated
             cosine = f"{min(o['cosine'] for o in outputs.values()):.6f}" if outputs else "-"
             max_abs = f"{max(o['max_abs'] for o in outputs.values()):.3g}" if outputs else "-"
@@ -180,3 +213,26 @@ class Report:
         else:
             lines.append(f"  result: {'PASSED' if self.passed else 'FAILED'} (exit {self.exit_code})")
         return "\n".join(lines)
+
+
+class ReportUnreadable(ValueError):
+    """``report.json`` is missing, not JSON, of another schema or malformed; the message says which."""
+
+
+def read_report(path: str | Path) -> Report:
+    """The one reader of ``report.json``. Raises :class:`ReportUnreadable` with a one-line reason."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportUnreadable(f"no {path.name}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ReportUnreadable(f"cannot read {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ReportUnreadable("not a JSON object")
+    if str(data.get("schema", "")).split("/")[0] != SCHEMA.split("/")[0]:
+        raise ReportUnreadable("unknown schema")
+    try:
+        return Report.from_dict(data)
+    except (KeyError, TypeError, ValueError, AssertionError) as error:
+        raise ReportUnreadable(f"malformed record ({type(error).__name__}: {error})") from None

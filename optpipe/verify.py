@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import sha256_file
+from optpipe.build_record import VariantStatus
 from optpipe.errors import (
     EXIT_ENVIRONMENT,
     EXIT_GATE_FAILED,
@@ -37,6 +38,7 @@ from optpipe.errors import (
     first_line,
 )
 from optpipe.manifest import MANIFEST, build_files
+from optpipe.report import Report, ReportUnreadable, read_report
 
 
 @dataclass
@@ -145,17 +147,16 @@ def check_files(directory: Path, manifest: dict[str, Any], result: VerifyResult)
             result.notes.append(f"file not in the manifest: {relative}")
 
 
-def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, threads: int | None) -> None:
+def check_parity(directory: Path, report: Report, result: VerifyResult, threads: int | None) -> None:
     """Rerun the parity gate of every cpu-target variant on the saved golden data."""
     from optpipe.golden import GoldenData
     from optpipe.parity import validate_outputs
     from optpipe.pass_base import BuildContext
     from optpipe.runtime import OrtRunner
     from optpipe.target import get_target
-    from optpipe.tensor_spec import TensorSpec
 
-    build = report.get("build") or {}
-    golden_dir = directory / str(build.get("golden") or "golden")
+    build = report.build
+    golden_dir = directory / (build.golden if build is not None else "golden")
     if not golden_dir.is_dir():
         result.failures.append(f"golden data missing: {golden_dir.relative_to(directory)}")
         return
@@ -163,33 +164,33 @@ def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, 
     ctx = BuildContext(
         work_dir=directory,
         target=get_target("cpu"),
-        input_specs=tuple(TensorSpec.from_dict(s) for s in build.get("inputs") or []),
-        output_names=tuple(build.get("outputs") or []),
+        input_specs=build.inputs if build is not None else (),
+        output_names=build.outputs if build is not None else (),
         golden=golden,
         threads=threads,
     )
-    tolerances = build.get("tolerances") or {}
-    target = report.get("target")
+    tolerances = build.tolerances if build is not None else {}
+    target = report.target
     if target not in ("cpu", "tensorrt"):
-        for variant in report.get("variants") or []:
-            result.variants[variant["precision"]] = {"status": f"not verified ({target} engines need their runtime)"}
-            result.unverified.append(f"{variant['precision']}: parity not rerun; {target} engines need their runtime")
+        for variant in report.variants:
+            result.variants[variant.precision] = {"status": f"not verified ({target} engines need their runtime)"}
+            result.unverified.append(f"{variant.precision}: parity not rerun; {target} engines need their runtime")
         return
     if target == "tensorrt":
         check_trt_parity(directory, report, result, ctx, tolerances)
         return
-    for variant in report.get("variants") or []:
-        precision = variant["precision"]
-        if variant.get("status") != "built" or not variant.get("artifact"):
+    for variant in report.variants:
+        precision = variant.precision
+        if variant.status is not VariantStatus.BUILT or not variant.artifact:
             result.variants[precision] = {"status": "skipped (no engine was built)"}
             continue
-        engine = directory / variant["artifact"]
+        engine = directory / variant.artifact
         try:
             runner = OrtRunner(engine, threads=threads)
             parity = validate_outputs(runner, ctx, precision, tolerances)
         except Exception as error:  # a corrupt engine is a verification failure, not a crash
             first = first_line(error, with_type=False)
-            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first}")
+            result.failures.append(f"{precision}: engine {variant.artifact} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
         result.variants[precision] = {"status": "pass" if parity["passed"] else "FAIL", "parity": parity}
@@ -197,7 +198,7 @@ def check_parity(directory: Path, report: dict[str, Any], result: VerifyResult, 
 
 
 def check_trt_parity(
-    directory: Path, report: dict[str, Any], result: VerifyResult, ctx: Any, tolerances: dict[str, Any]
+    directory: Path, report: Report, result: VerifyResult, ctx: Any, tolerances: dict[str, Any]
 ) -> None:
     """Rerun the parity gate of every built TensorRT variant with TensorRT, when this machine can.
 
@@ -209,15 +210,15 @@ def check_trt_parity(
     from optpipe.tensorrt.engine import TrtEngineRunner, check_trt_available
 
     missing: str | None = None
-    variants = report.get("variants") or []
-    if any(v.get("status") == "built" and v.get("artifact") for v in variants):
+    variants = report.variants
+    if any(v.status is VariantStatus.BUILT and v.artifact for v in variants):
         try:
             check_trt_available()
         except EnvironmentUnavailable as error:
             missing = str(error)
     for variant in variants:
-        precision = variant["precision"]
-        if variant.get("status") != "built" or not variant.get("artifact"):
+        precision = variant.precision
+        if variant.status is not VariantStatus.BUILT or not variant.artifact:
             result.variants[precision] = {"status": "not verified (no engine yet: split build)"}
             result.unverified.append(
                 f"{precision}: no TensorRT engine was built yet; run 'optpipe engine {directory}' on a machine "
@@ -233,7 +234,7 @@ def check_trt_parity(
             continue
         runner = None
         try:
-            runner = TrtEngineRunner(directory / variant["artifact"])
+            runner = TrtEngineRunner(directory / variant.artifact)
             parity = validate_outputs(runner, ctx, precision, tolerances)
         except EnvironmentUnavailable as error:  # e.g. another GPU architecture or TensorRT version
             result.variants[precision] = {"status": "not verified (this machine cannot run the engine)"}
@@ -241,7 +242,7 @@ def check_trt_parity(
             continue
         except Exception as error:  # a corrupt plan is a verification failure, not a crash
             first = first_line(error, with_type=False)
-            result.failures.append(f"{precision}: engine {variant['artifact']} cannot run: {first}")
+            result.failures.append(f"{precision}: engine {variant.artifact} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
         finally:
@@ -263,9 +264,9 @@ def verify_build(directory: str | Path, *, parity: bool = True, threads: int | N
     check_files(root, manifest, result)
     if parity:
         try:
-            report = _load_json(root / "report.json", "report.json")
-        except UserInputError as error:
-            result.failures.append(str(error))
+            report = read_report(root / "report.json")
+        except ReportUnreadable as error:
+            result.failures.append(f"{root / 'report.json'}: {error}")
             return result
         check_parity(root, report, result, threads)
     return result

@@ -22,6 +22,7 @@ from typing import Any
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.errors import UserInputError
 from optpipe.golden import resize_batch
+from optpipe.memory import RssSampler, current_rss_bytes, mib
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.runtime import TorchRunner
 from optpipe.timing import interleaved_latency, summarize
@@ -101,7 +102,9 @@ class BenchmarkPass(Pass):
         example = ctx.golden.case("example")
         batch = self.config.batch or example.batch
         feed = resize_batch(example.inputs, batch) if batch != example.batch else example.inputs
+        rss_before = current_rss_bytes()
         engine: Any = ctx.target.runner(artifact, ctx.threads)  # Any: GPU runners add time_inference/close
+        rss_loaded = current_rss_bytes()
         self_timed = callable(getattr(engine, "time_inference", None))
         calls: dict[str, Any] = {} if self_timed else {"engine": lambda: engine.infer(feed)}
         use_torch = self.config.compare_torch and ctx.model is not None
@@ -119,16 +122,17 @@ class BenchmarkPass(Pass):
             elif use_torch:
                 reference = TorchRunner(ctx.model, tuple(s.name for s in ctx.input_specs), ctx.output_names)
                 calls["torch"] = lambda: reference.infer(feed)
-            times = interleaved_latency(
-                calls,
-                warmup=self.config.warmup,
-                rounds=self.config.rounds,
-                iters_per_round=self.config.iters_per_round,
-            ) if calls else {}
-            if self_timed:
-                times["engine"] = engine.time_inference(
-                    feed, warmup=self.config.warmup, iters=self.config.rounds * self.config.iters_per_round
-                )
+            with RssSampler() as sampler:
+                times = interleaved_latency(
+                    calls,
+                    warmup=self.config.warmup,
+                    rounds=self.config.rounds,
+                    iters_per_round=self.config.iters_per_round,
+                ) if calls else {}
+                if self_timed:
+                    times["engine"] = engine.time_inference(
+                        feed, warmup=self.config.warmup, iters=self.config.rounds * self.config.iters_per_round
+                    )
         finally:
             torch.set_num_threads(previous_threads)
             if restore_model is not None:
@@ -142,6 +146,11 @@ class BenchmarkPass(Pass):
         metrics["timer"] = "runner (CUDA-synchronised)" if self_timed else "interleaved wall clock"
         if memory:
             metrics["gpu_memory"] = memory
+        metrics["memory"] = {  # host RSS: the engine session's load, and the process peak while timing
+            "engine_load_mb": mib(rss_loaded - rss_before) if rss_loaded is not None and rss_before else None,
+            "peak_rss_mb": mib(sampler.peak),
+            "note": "process RSS; both runtimes run interleaved in this process",
+        }
         if use_torch:
             metrics["torch_latency"] = summarize(times["torch"], batch, threads)
             metrics["torch_latency"]["device"] = torch_device

@@ -12,25 +12,16 @@ options onto it and the result onto an artifact and report metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.build_options import BuildOptions, TensorRTOptions
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
 
 PLAN_NAME = "model.plan"
-# Keys of ``options["trt"]`` (the build's TensorRT options) that map onto TrtEngineConfig.
-OPTION_KEYS = (
-    "builder_optimization_level",
-    "workspace_bytes",
-    "timing_cache",
-    "hardware_compatibility",
-    "version_compatible",
-)
-
 # Sidecar fields copied into the report: what built the plan decides where it can run.
 REPORTED_METADATA = (
     "tensorrt_version",
@@ -79,18 +70,9 @@ class TrtEngineConfig:
             )
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> TrtEngineConfig:
-        """The config from a build's options (``options["trt"]``); unknown keys are refused."""
-        trt = dict(options.get("trt") or {})
-        unknown = set(trt) - set(OPTION_KEYS)
-        if unknown:
-            raise UserInputError(
-                f"unknown TensorRT option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_KEYS)}"
-            )
-        values = {key: value for key, value in trt.items() if value is not None}
-        if "timing_cache" in values:
-            values["timing_cache"] = str(values["timing_cache"])
-        return cls(**values)
+    def from_options(cls, trt: TensorRTOptions) -> TrtEngineConfig:
+        """The config from a build's TensorRT options (unset ones keep the defaults), checked here."""
+        return cls(**trt.set_values())
 
 
 class TrtEnginePass(Pass):
@@ -103,9 +85,9 @@ class TrtEnginePass(Pass):
     Config = TrtEngineConfig
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> TrtEnginePass:
-        """The pass configured from a build's options (see :meth:`TrtEngineConfig.from_options`)."""
-        return cls(TrtEngineConfig.from_options(options))
+    def from_options(cls, options: BuildOptions) -> TrtEnginePass:
+        """The pass configured from a build's TensorRT options (see :meth:`TrtEngineConfig.from_options`)."""
+        return cls(TrtEngineConfig.from_options(options.trt))
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.tensorrt.engine import build_engine

@@ -22,8 +22,9 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import UserInputError, full_message, summary_line
-from optpipe.onnx_utils import onnx_files
+from optpipe.onnx_utils import load_onnx, onnx_files
 from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.progress import Elapsed
 from optpipe.tensor_spec import TensorSpec
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -161,6 +162,12 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
                 )
 
 
+def exported_opset(path: Path) -> int | None:
+    """The default-domain opset of the exported file (what ``--opset`` asked for, or what the exporter chose)."""
+    model = load_onnx(path, load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 class ExportOnnx(Pass):
     """torch nn.Module -> ONNX (dynamo exporter, TorchScript fallback)."""
 
@@ -187,8 +194,9 @@ class ExportOnnx(Pass):
             for stale in path.parent.glob(path.name + "*"):
                 stale.unlink()
             try:
-                _export(exporter, path, ctx, self.config.opset)
-                check_against_golden(path, ctx)
+                with Elapsed(f"export ({exporter})"):  # the one long call with no count: a ticker on a terminal
+                    _export(exporter, path, ctx, self.config.opset)
+                    check_against_golden(path, ctx)
             except Exception as error:
                 failures.append(f"{exporter}: {full_message(error, root_cause=True)}")
                 summaries.append(f"{exporter}: {summary_line(error, root_cause=True)}")
@@ -202,6 +210,11 @@ class ExportOnnx(Pass):
                 "checked_batches": [case.batch for case in ctx.golden.cases] if ctx.golden else [],
             }
             warnings_ = [f"dynamo exporter failed, used TorchScript: {summaries[0]}"] if summaries else []
+            metrics["opset"] = exported_opset(path)
+            metrics["requested_opset"] = self.config.opset
+            if self.config.opset is not None and metrics["opset"] != self.config.opset:
+                warnings_.append(f"opset {self.config.opset} was requested, but the {exporter} exporter wrote "
+                                 f"opset {metrics['opset']} (it does not support the requested one)")
             result = artifact.derive(
                 kind=ArtifactKind.ONNX,
                 path=path,

@@ -11,8 +11,7 @@ FP32 as well, up to a limit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.build_options import BuildOptions
 from optpipe.errors import UserInputError
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 
 #: Calibration samples read for the FP16 overflow check (it exposes every tensor, so it is costly).
@@ -45,6 +45,11 @@ class Fp16Config:
     max_keep_fraction: float = 0.1
     # Samples the per-layer error analysis runs on.
     localize_samples: int = 8
+    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The calibration samples themselves when calib_data is "<in-memory>" (build(calib_data=...) or the
+    # model file's calibration_data()); keyed by content through cache_facts, so not in config_dict().
+    samples: Any = field(default=None, compare=False, repr=False, metadata=NOT_IN_KEY)
 
 
 class Fp16Pass(Pass):
@@ -61,13 +66,15 @@ class Fp16Pass(Pass):
     cacheable = True
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> Fp16Pass:
-        """The pass for ``build(**options)``."""
+    def from_options(cls, options: BuildOptions) -> Fp16Pass:
+        """The pass for a build's options."""
         return cls(
             Fp16Config(
-                node_block_list=tuple(options.get("fp16_block") or ()),
-                calib_data=pass_support.calib_source(options.get("calib_data")),
-                **pass_support.guard_options(options),
+                node_block_list=options.guard.fp16_block,
+                calib_data=options.calibration.source,
+                samples=options.calibration.samples,
+                tolerances=options.tolerances.as_dict(),
+                **options.guard.config_fields(),
             )
         )
 
@@ -134,7 +141,7 @@ class Fp16Pass(Pass):
         samples = pass_support.golden_inputs(ctx)
         source = "golden"
         if self.config.calib_data is not None:
-            data = pass_support.calib_data(ctx, self.config.calib_data)
+            data = pass_support.calib_data(self.config)
             samples.extend(load_samples(data, ctx.input_specs, max_samples=MAX_RANGE_SAMPLES))
             source = f"golden+{self.config.calib_data}"
         if not samples:

@@ -18,8 +18,7 @@ refused unless the user opts in to synthetic data, which the report flags.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.build_options import BuildOptions
 from optpipe.errors import UserInputError
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 from optpipe.precision.pass_support import IN_MEMORY
 
@@ -72,14 +72,25 @@ class Int8Config:
     max_keep_fraction: float = 0.1
     # Samples the per-layer error analysis runs on.
     localize_samples: int = 8
+    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The calibration samples themselves when calib_data is "<in-memory>" (build(calib_data=...) or the
+    # model file's calibration_data()); keyed by content through cache_facts, so not in config_dict().
+    samples: Any = field(default=None, compare=False, repr=False, metadata=NOT_IN_KEY)
+    # The previous build's directory (the --out directory): its int8 ranges may seed this build when their
+    # model/data key still matches. Not in config_dict(): it only saves a recalibration.
+    previous_build: str | None = field(default=None, metadata=NOT_IN_KEY)
+    # Declared ranges of integer inputs ({name: (low, high)}, --input ...:LOW..HIGH) synthetic calibration
+    # draws from; inputs not named use the example's range.
+    input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def _integer_ranges(ctx: BuildContext) -> dict[str, Any]:
+def _integer_ranges(ctx: BuildContext, config: Int8Config) -> dict[str, Any]:
     """Integer input ranges for synthetic calibration: declared ``--input`` ranges, else the example's."""
     from optpipe.precision.calib_data import integer_ranges
 
     example = ctx.golden.cases[0].inputs if ctx.golden is not None and ctx.golden.cases else None
-    return integer_ranges(ctx.input_specs, example, ctx.options.get("input_ranges"))
+    return integer_ranges(ctx.input_specs, example, config.input_ranges or None)
 
 
 class Int8Pass(Pass):
@@ -96,35 +107,33 @@ class Int8Pass(Pass):
     cacheable = True
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], target: Any) -> Int8Pass:
-        """The pass for ``build(**options)``: checks the options now, before any export runs."""
-        method = str(options.get("calib_method") or "minmax")
-        if method not in METHODS:
-            raise UserInputError(f"unknown calibration method '{method}'; use one of {', '.join(METHODS)}")
+    def from_options(cls, options: BuildOptions, target: Any) -> Int8Pass:
+        """The pass for a build's options: refuses a build without calibration data now, before any export."""
         style = str(getattr(target, "qdq_style", "cpu"))
         if style not in STYLES:
             raise UserInputError(f"target '{getattr(target, 'name', target)}' has unknown Q/DQ style '{style}'")
-        data = options.get("calib_data")
-        synthetic = bool(options.get("synthetic_calib"))
-        if data is None and not synthetic:
+        calib = options.calibration
+        if calib.source is None and not calib.synthetic:
             raise UserInputError(
                 "INT8 needs calibration data: pass --calib-data FILE.npz (input-name keys), a directory "
                 "of .npy/.npz files or FILE.py:NAME, define calibration_data() in the model file, or "
                 "--synthetic-calib to calibrate on random inputs (not recommended)"
             )
-        calib_data = pass_support.calib_source(data)
-        if calib_data and calib_data != IN_MEMORY and ".py:" not in calib_data and not Path(calib_data).exists():
-            raise UserInputError(f"calibration data '{calib_data}' does not exist")
-        guard = pass_support.guard_options(options)
-        cache = options.get("calib_cache")
+        source = calib.source
+        if source and source != IN_MEMORY and ".py:" not in source and not Path(source).exists():
+            raise UserInputError(f"calibration data '{source}' does not exist")
         config = Int8Config(
             style=style,
-            method=method,
-            calib_data=calib_data,
-            synthetic=synthetic and data is None,
-            cache_file=str(cache) if cache else None,
-            exclude_nodes=tuple(options.get("int8_exclude") or ()),
-            **guard,
+            method=calib.method,
+            calib_data=source,
+            synthetic=calib.synthetic and source is None,
+            cache_file=calib.cache,
+            exclude_nodes=options.guard.int8_exclude,
+            samples=calib.samples,
+            tolerances=options.tolerances.as_dict(),
+            previous_build=options.out_dir,
+            input_ranges=calib.ranges_dict(),
+            **options.guard.config_fields(),
         )
         return cls(config)
 
@@ -166,7 +175,7 @@ class Int8Pass(Pass):
             "cache_hit": bool(first.cache_hit) if first is not None else False,
         }
         if config.synthetic and config.calib_data is None:  # which value ranges the random integer inputs used
-            calibration["integer_ranges"] = {name: r.to_dict() for name, r in _integer_ranges(ctx).items()}
+            calibration["integer_ranges"] = {name: r.to_dict() for name, r in _integer_ranges(ctx, config).items()}
         metrics: dict[str, Any] = {
             "style": config.style,
             "method": config.method,
@@ -220,10 +229,10 @@ class Int8Pass(Pass):
 
         config = self.config
         if config.calib_data is not None:
-            data = pass_support.calib_data(ctx, config.calib_data)
+            data = pass_support.calib_data(config)
             return load_samples(data, ctx.input_specs, max_samples=config.max_samples), str(config.calib_data)
         dims = {d.axis_name: d.opt for d in ctx.dynamic}
-        ranges = _integer_ranges(ctx)
+        ranges = _integer_ranges(ctx, config)
         samples = synthetic_samples(ctx.input_specs, config.synthetic_count, dynamic_dims=dims,
                                     int_ranges={name: (r.low, r.high) for name, r in ranges.items()})  # fmt: skip
         drawn = "; ".join(f"{name} in {r.low}..{r.high} from the {r.origin}" for name, r in ranges.items())
@@ -234,7 +243,7 @@ class Int8Pass(Pass):
 
         A user ``--calib-cache`` file is copied in first (``build()`` already
         refused a corrupt one, naming it); otherwise the previous build in the
-        same output directory (``ctx.options['out_dir']``) is, so a rebuild with
+        same output directory (``config.previous_build``) is, so a rebuild with
         ``--overwrite`` reuses its ranges when the model and data hashes still
         match (the key is checked, never assumed). A corrupt previous-build file
         is only a warning: it is recalibrated. The ranges are written back to
@@ -246,8 +255,8 @@ class Int8Pass(Pass):
         seeds = []
         if self.config.cache_file:
             seeds.append(Path(self.config.cache_file))
-        if ctx.options.get("out_dir"):
-            seeds.append(Path(str(ctx.options["out_dir"])) / "int8" / CACHE_NAME)
+        if self.config.previous_build:
+            seeds.append(Path(self.config.previous_build) / "int8" / CACHE_NAME)
         for seed in seeds:
             if seed.is_file():
                 try:

@@ -11,11 +11,11 @@ TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.build_options import BuildOptions
 from optpipe.errors import UserInputError
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
@@ -37,6 +37,8 @@ class Int8DynamicConfig:
     max_keep_fraction: float = 0.1
     # Golden cases the per-layer error analysis runs on.
     localize_samples: int = 8
+    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Int8DynamicPass(Pass):
@@ -51,8 +53,8 @@ class Int8DynamicPass(Pass):
     cacheable = False  # it measures accuracy on the golden data
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], target: Any) -> Int8DynamicPass:
-        """The pass for ``build(**options)``: refuses the tensorrt target now, before any export runs."""
+    def from_options(cls, options: BuildOptions, target: Any) -> Int8DynamicPass:
+        """The pass for a build's options: refuses the tensorrt target now, before any export runs."""
         if str(getattr(target, "qdq_style", "cpu")) != "cpu":
             raise UserInputError(
                 f"--precision int8-dynamic is for the cpu target only: target "
@@ -61,8 +63,9 @@ class Int8DynamicPass(Pass):
             )
         return cls(
             Int8DynamicConfig(
-                exclude_nodes=tuple(options.get("int8_exclude") or ()),
-                **pass_support.guard_options(options),
+                exclude_nodes=options.guard.int8_exclude,
+                tolerances=options.tolerances.as_dict(),
+                **options.guard.config_fields(),
             )
         )
 

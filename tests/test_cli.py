@@ -179,8 +179,12 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, to
 def test_gate_failure_exits_1_and_keeps_artifacts(tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, output = run(
-        "build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--tolerance", "*:atol=0",
-        "--tolerance", "*:rtol=0", "--tolerance", "logits:min_cosine=1.1",
+        # A gate no INT8 model can meet (cosine 1.0 and exact values: quantization always changes something);
+        # --no-guard so the guard does not keep every node in FP32 to pass it. (A min_cosine above 1 is refused
+        # up front now, exit 2: see test_out_of_range_tolerances_are_refused_before_any_build.)
+        "build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--precision", "int8",
+        "--synthetic-calib", "--no-guard", "--tolerance", "*:atol=0", "--tolerance", "*:rtol=0",
+        "--tolerance", "logits:min_cosine=1.0",
     )
     assert code == 1, output
     report = json.loads((out / "report.json").read_text())
@@ -292,7 +296,8 @@ def test_batch_with_no_benchmark_is_ignored_with_a_warning(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("*:bogus=1", "unknown field 'bogus'; expected one of atol, min_cosine, min_top1, rtol"),
+        ("*:bogus=1",
+         "unknown tolerance field 'bogus' for output '*'; expected one of atol, min_cosine, min_top1, rtol"),
         ("*:atol=nan", "must be a finite number"),
         ("logits:min_cosine=inf", "must be a finite number"),
     ],

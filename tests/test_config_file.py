@@ -11,6 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from optpipe.build_options import BuildOptions
 from optpipe.cli import build as build_command
 from optpipe.cli import main
 from optpipe.config_file import ConfigError, load_build_file, worst_exit_code
@@ -77,10 +78,10 @@ def test_model_argument_selects_one_entry_and_cli_flags_override(tmp_path: Path)
 def test_values_are_parsed_like_the_command_line(tmp_path: Path) -> None:
     config = write(tmp_path, TWO_MODELS.replace('precisions = ["fp32"]', 'precisions = ["fp32", "int8"]'))
     digits, wine = parse(config)
-    assert digits["precision"] == "fp32,int8" and "precision" not in wine  # the command's default applies
+    assert digits["precision"] == ("fp32", "int8") and "precision" not in wine  # the command's default applies
     assert digits["dynamics"] == ("batch=1:8:64",) and digits["threads"] == 1
     assert digits["no_benchmark"] is True
-    assert digits["tolerances"] == ("logits:min_cosine=0.999",)
+    assert digits["tolerances"] == (("logits", "min_cosine", 0.999),)
     assert Path(str(digits["out_dir"])) == tmp_path / "out" / "digits"  # relative to the file
 
 
@@ -209,13 +210,13 @@ def test_pass_tables_reach_the_build_and_command_line_flags_win(tmp_path: Path,
     import optpipe.builder
 
     seen: list[dict[str, object]] = []
-    real = optpipe.builder.build
+    real = optpipe.builder.build_with_options
 
-    def spy(*args: object, **kwargs: object) -> object:
-        seen.append(dict(kwargs.get("pass_options") or {}))  # type: ignore[call-overload]
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def spy(model: object, inputs: object, options: BuildOptions, **kwargs: object) -> object:
+        seen.append(dict(options.pass_options))
+        return real(model, inputs, options, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(optpipe.builder, "build", spy)
+    monkeypatch.setattr(optpipe.builder, "build_with_options", spy)
     text = PASSES_FILE.replace('calib_method = "percentile"\n', "no_benchmark = true\n").replace(
         "[model.passes.engine-ort]", "[model.passes.export]\nopset = 17\n[model.passes.engine-ort]")
     config = write(tmp_path, text)

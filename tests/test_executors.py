@@ -97,8 +97,8 @@ def test_matrix_summary_json_table_and_junit(tmp_path: Path) -> None:
     matrix = MatrixResult((result("digits", 1, sample_report()), result("broken", 2, None)), "ray (local)", 3.0)
     assert matrix.exit_code == 2
     document = json.loads(matrix.to_json())
-    assert [m["name"] for m in document["models"]] == ["digits", "broken"] and document["exit_code"] == 2
-    assert document["models"][0]["variants"][0]["measured_on"]["node_id"] == "abcdef0123"
+    assert [m["name"] for m in document["builds"]] == ["digits", "broken"] and document["exit_code"] == 2
+    assert document["builds"][0]["variants"][0]["measured_on"]["node_id"] == "abcdef0123"
     table = matrix.table()
     assert "digits  fp32" in table and "1.500" in table and "host-a (abcdef01)" in table and "exit 2" in table
     path = tmp_path / "junit.xml"

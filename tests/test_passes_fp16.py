@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from optpipe.passes.fp16 import Fp16Config, Fp16Pass
 
+from optpipe.build_options import parse_build_options as opts
 from optpipe.errors import UserInputError
 
 
 def test_from_options() -> None:
-    assert Fp16Pass.from_options({}).config == Fp16Config()
-    assert Fp16Pass.from_options({"calib_data": Path("c.npz"), "no_guard": True}).config.calib_data == "c.npz"
+    assert Fp16Pass.from_options(opts()).config == Fp16Config()
+    assert Fp16Pass.from_options(opts(calib_data=Path("c.npz"), no_guard=True)).config.calib_data == "c.npz"
     with pytest.raises(UserInputError, match="guard-max-keep"):
-        Fp16Pass.from_options({"guard_max_keep": -1})
+        Fp16Pass.from_options(opts(guard_max_keep=-1))
 
 
 def test_fp16_pass_on_tiny_net(tmp_path: Path, toy: object) -> None:

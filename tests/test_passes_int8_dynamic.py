@@ -13,6 +13,7 @@ import torch
 from optpipe.passes.int8_dynamic import Int8DynamicPass
 from torch import nn
 
+from optpipe.build_options import parse_build_options
 from optpipe.builder import PRECISIONS, build
 from optpipe.errors import UserInputError
 from optpipe.parity import DEFAULT_TOLERANCES
@@ -72,7 +73,7 @@ def test_wired_everywhere() -> None:
 
 def test_tensorrt_target_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="explicit Q/DQ"):
-        Int8DynamicPass.from_options({}, get_target("tensorrt"))
+        Int8DynamicPass.from_options(parse_build_options(), get_target("tensorrt"))
     with pytest.raises(UserInputError, match="explicit Q/DQ"):  # at assembly, before any export
         _build(tmp_path, Mlp(), target="tensorrt")
     assert not (tmp_path / "out").exists()

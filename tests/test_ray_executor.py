@@ -117,9 +117,9 @@ def test_three_samples_on_ray_match_in_process(cluster: str, tmp_path: Path) -> 
     local_doc = json.loads(local.stdout)
     remote_doc = json.loads(remote.stdout)  # ONE JSON document for the whole matrix
     assert remote_doc["executor"] == f"ray (ray://127.0.0.1:{CLIENT_PORT})" and remote_doc["exit_code"] == 2
-    by_name = {m["name"]: m for m in remote_doc["models"]}
+    by_name = {m["name"]: m for m in remote_doc["builds"]}
     assert by_name["broken"]["exit_code"] == 2 and "nowhere.py" in by_name["broken"]["error"]
-    for model in local_doc["models"]:
+    for model in local_doc["builds"]:
         other = by_name[model["name"]]
         assert other["exit_code"] == model["exit_code"]
         assert verdicts(other["report"]) == verdicts(model["report"])
@@ -128,7 +128,7 @@ def test_three_samples_on_ray_match_in_process(cluster: str, tmp_path: Path) -> 
         assert files[0] == files[1]
         checked = runner.invoke(main, ["verify", str(tmp_path / "ray" / model["name"]), "--json"])
         assert checked.exit_code == 0, checked.output
-    nodes = {m["node"]["node_id"] for m in remote_doc["models"] if m["node"]}
+    nodes = {m["node"]["node_id"] for m in remote_doc["builds"] if m["node"]}
     assert len(nodes) == 2  # 1 CPU per node, builds spread: both nodes built something
     suites = junit.read_text()
     assert suites.count("<testsuite ") == 4 and 'name="optpipe: broken"' in suites and "<error" in suites
@@ -270,7 +270,7 @@ def test_executor_ray_starts_a_local_ray_for_the_run_and_removes_it(tmp_path: Pa
     result = CliRunner().invoke(main, ["build", "-c", str(config), "--executor", "ray", "--json"],
                                 env={"OPTPIPE_RAY_NUM_CPUS": "2", "RAY_ADDRESS": None})
     assert result.exit_code == 0, result.output
-    (model,) = json.loads(result.stdout)["models"]
+    (model,) = json.loads(result.stdout)["builds"]
     assert model["variants"][0]["latency_ms"] is not None and model["variants"][0]["measured_on"]["node_id"]
     assert set(temp.glob("optpipe-ray-*")) - before == set()  # the run's Ray directory is gone
     import ray

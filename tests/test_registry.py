@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from optpipe.build_options import parse_build_options
 from optpipe.errors import UserInputError
 from optpipe.pass_base import Pass
 from optpipe.registry import PASSES, engine_pass, pass_class, pre_engine_passes
@@ -27,9 +28,10 @@ def test_every_target_resolves_and_names_registered_passes(name: str) -> None:
 
 
 def test_engine_pass_gets_the_build_options_into_its_config() -> None:
-    trt = engine_pass(get_target("tensorrt"), {"trt": {"builder_optimization_level": 5}})
+    options = parse_build_options(trt={"builder_optimization_level": 5})
+    trt = engine_pass(get_target("tensorrt"), options)
     assert trt.config.builder_optimization_level == 5
-    assert engine_pass(CpuTarget(), {"trt": {"builder_optimization_level": 5}}).config_dict() == {"level": "extended"}
+    assert engine_pass(CpuTarget(), options).config_dict() == {"level": "extended"}
 
 
 def test_unknown_target_names_the_known_ones() -> None:

@@ -21,8 +21,8 @@ from click.testing import CliRunner, Result
 from conftest import trt_usable
 
 from optpipe.cli import main
+from optpipe.engine_command import read_split_build
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
-from optpipe.finish import read_split_build
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = [
@@ -73,7 +73,7 @@ def test_split_build_exits_3_and_says_how_to_finish(split_dir: tuple[Path, Resul
     assert result.exit_code == EXIT_ENVIRONMENT, result.output
     assert "pending" in result.output and "not finished here" in result.output
     assert f"optpipe engine {out}" in result.output
-    assert "pip install 'optpipe[tensorrt]'" in result.output
+    assert "pip wheel --no-deps" in result.output and "optpipe[tensorrt] @ git+" in result.output
 
 
 def test_split_directory_is_complete_and_resumable(split_dir: tuple[Path, Result]) -> None:
@@ -100,7 +100,7 @@ def test_split_directory_is_complete_and_resumable(split_dir: tuple[Path, Result
     assert not list(out.rglob("*.plan")), "no engine may exist in a split directory"
     split = read_split_build(out)  # what `optpipe engine` reads on the GPU machine
     assert [c.name for c in split.golden.cases] == ["batch1", "batch3", "example", "heldout"]
-    assert split.input_specs[0].shape == ("batch", 1, 8, 8)
+    assert split.build.inputs[0].shape == ("batch", 1, 8, 8)
 
 
 def test_engine_on_this_machine_exits_3_and_changes_nothing(split_dir: tuple[Path, Result]) -> None:
@@ -163,14 +163,14 @@ def test_finished_report_keeps_cpu_stage_records_and_manifest_lists_every_file(
     The engine passes in between need TensorRT (see the gpu test below); this checks what
     finish keeps from the CPU stage: pass records, and every file in the manifest.
     """
-    from optpipe.finish import report_from_dict
     from optpipe.manifest import build_files, finish_build_dir, load_manifest
+    from optpipe.report import Report
 
     out, _ = split_dir
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     data = json.loads((copy / "report.json").read_text())
-    report = report_from_dict(data)
+    report = Report.from_dict(data)
     assert [p.name for p in report.passes] == [p["name"] for p in data["passes"]] == ["export", "simplify", "trt-lint"]
     assert report.to_dict()["passes"] == data["passes"]
     report.write(copy / "report.json")

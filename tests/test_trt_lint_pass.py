@@ -19,9 +19,10 @@ from optpipe.passes.engine_trt import TrtEngineConfig, TrtEnginePass
 from optpipe.passes.trt_lint import TrtLintConfig, TrtLintPass, lint_profiles
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.build_options import TensorRTOptions, parse_build_options
 from optpipe.builder import variant_passes
+from optpipe.engine_command import split_next_step
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_USAGE, PassError, UserInputError
-from optpipe.finish import split_next_step
 from optpipe.pass_base import BuildContext
 from optpipe.registry import pre_engine_passes
 from optpipe.target import CpuTarget
@@ -139,7 +140,7 @@ def test_unreadable_onnx_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_tensorrt_target_lints_before_its_engine() -> None:
-    options = {"trt": {"builder_optimization_level": 5, "hardware_compatibility": "ampere_plus"}}
+    options = parse_build_options(trt={"builder_optimization_level": 5, "hardware_compatibility": "ampere_plus"})
     split = variant_passes("fp32", TensorRTTarget(), options, engine=False)
     assert [p.name for p in split] == ["trt-lint"]
     full = variant_passes("fp32", TensorRTTarget(), options, engine=True)
@@ -160,21 +161,25 @@ def test_tensorrt_target_lints_before_its_engine() -> None:
 )
 def test_bad_engine_options_are_refused_before_building(trt: dict[str, object], match: str) -> None:
     with pytest.raises(UserInputError, match=match):
-        TrtEngineConfig.from_options({"trt": trt})
+        TrtEngineConfig.from_options(TensorRTOptions.parse(trt))
     with pytest.raises(UserInputError, match=match):  # a split build checks them on the CPU machine
-        split_next_step("out", "no TensorRT", {"trt": trt})
+        split_next_step("out", "no TensorRT", TensorRTOptions.parse(trt))
 
 
 def test_engine_config_from_options_keeps_defaults_for_missing_values() -> None:
-    config = TrtEngineConfig.from_options({"trt": {"timing_cache": Path("c.bin"), "workspace_bytes": None}})
+    trt = TensorRTOptions.parse({"timing_cache": Path("c.bin"), "workspace_bytes": None})
+    config = TrtEngineConfig.from_options(trt)
     assert config == TrtEngineConfig(timing_cache="c.bin")
-    assert TrtEnginePass.from_options({}).config == TrtEngineConfig()
+    assert TrtEnginePass.from_options(parse_build_options()).config == TrtEngineConfig()
 
 
 def test_split_next_step_says_how_to_finish() -> None:
-    text = split_next_step("build/out", "TensorRT is not installed.", {})
+    text = split_next_step("build/out", "TensorRT is not installed.", TensorRTOptions())
     assert "optpipe engine build/out" in text
-    assert "pip install 'optpipe[tensorrt]'" in text and "NVIDIA GPU" in text
+    assert "NVIDIA GPU" in text
+    # no index hosts optpipe: the hint builds a wheel here or installs from the repository
+    assert "pip wheel --no-deps" in text and "whl[tensorrt]'" in text
+    assert "pip install 'optpipe[tensorrt] @ git+" in text
 
 
 @pytest.mark.skipif(trt_usable(), reason="TensorRT and a GPU are usable here; this tests their absence")

@@ -13,11 +13,13 @@ each variant's *drop* in points is gated by ``--max-accuracy-drop``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from optpipe.build_record import PassStatus, VariantResult, VariantStatus
 from optpipe.errors import OptpipeError, UserInputError, first_line
 from optpipe.parity import is_classifier_like
 from optpipe.precision.calib_data import _cast
@@ -310,38 +312,23 @@ class AccuracyCheck:
             return {"status": "not applicable: no classifier-like output"}
         return {"torch_fp32": self.reference, "max_drop_points": self.max_drop}
 
-    def apply(self, variant: dict[str, Any], runner: Any) -> None:
-        """Add ``variant['accuracy']``; a drop beyond the limit fails the variant with one line."""
+    def apply(self, variant: VariantResult, runner: Any) -> VariantResult:
+        """The variant with its ``accuracy``; a drop beyond the limit fails it with one line."""
         if self.output is None or self.reference is None:
-            variant["accuracy"] = None
-            return
+            return variant
         record, failure = variant_accuracy(
             runner, self.eval_set, self.output, self.batch, self.static, self.reference, self.max_drop
         )
-        variant["accuracy"] = record
-        if failure:
-            variant["failures"] = [*variant.get("failures", []), failure]
-            variant["passed"] = False
+        variant = replace(variant, accuracy=record)
+        return variant.with_failure(failure) if failure else variant
 
 
-def skipped_variant(precision: str, error: Any, records: list[Any]) -> dict[str, Any]:
+def skipped_variant(precision: str, error: Any, records: list[Any]) -> VariantResult:
     """The report entry of a variant whose precision pass found nothing to lower (see VariantSkipped)."""
     if records:
-        records[-1].status = "skipped"
+        records[-1].status = PassStatus.SKIPPED
         records[-1].metrics = dict(error.metrics)
         records[-1].error = None
         records[-1].warnings = [error.reason]
-    return {
-        "precision": precision,
-        "status": "skipped",
-        "reason": error.reason,
-        "artifact": None,
-        "onnx": None,
-        "passed": False,
-        "failures": [],
-        "parity": None,
-        "latency": None,
-        "torch_latency": None,
-        "speedup_vs_torch": None,
-        "passes": {r.name: r.metrics for r in records},
-    }
+    return VariantResult(precision, VariantStatus.SKIPPED, reason=error.reason,
+                         passes={r.name: r.metrics for r in records})

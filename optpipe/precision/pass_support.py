@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from optpipe.pass_base import BuildContext
     from optpipe.precision.localize import GuardResult
 
-#: ``calib_data`` in a Config when the build options carry the samples themselves (``options["calib_data"]``).
-IN_MEMORY = "<in-memory>"
+from optpipe.build_options import IN_MEMORY
 
 Samples = list[dict[str, "np.ndarray"]]
 
@@ -42,26 +41,14 @@ class GuardedConfig(Protocol):
     @property
     def localize_samples(self) -> int: ...
 
-
-def guard_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``guard`` and ``max_keep_fraction`` for a Config, from ``build(**options)``.
-
-    The flags are ``--no-guard`` and ``--guard-max-keep`` (a fraction in [0, 1]).
-    """
-    fraction = float(options.get("guard_max_keep", 0.1))
-    if not 0.0 <= fraction <= 1.0:
-        raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
-    return {"guard": not options.get("no_guard", False), "max_keep_fraction": fraction}
+    @property
+    def tolerances(self) -> dict[str, dict[str, float]]: ...
 
 
-def calib_source(data: Any) -> str | None:
-    """The Config's ``calib_data`` for build option ``calib_data``: None, the path as text, or IN_MEMORY."""
-    return None if data is None else (str(data) if isinstance(data, (str, Path)) else IN_MEMORY)
-
-
-def calib_data(ctx: BuildContext, source: str) -> Any:
-    """What :func:`~optpipe.precision.calib_data.load_samples` reads for a Config's ``calib_data``."""
-    data = ctx.options.get("calib_data") if source == IN_MEMORY else source
+def calib_data(config: Any) -> Any:
+    """What :func:`~optpipe.precision.calib_data.load_samples` reads for a Config's ``calib_data`` (and ``samples``)."""
+    source = config.calib_data
+    data = config.samples if source == IN_MEMORY else source
     if data is None:
         raise UserInputError("in-memory calibration data was announced but not passed to build()")
     return data
@@ -71,20 +58,18 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
     """What a guarded precision pass (fp16, int8) reads outside its config (its ``cache_facts``).
 
     The samples it calibrates / checks ranges on (by content, whatever their
-    source: a file, a directory, ``FILE.py:NAME``, in-memory or synthetic),
-    the tolerances its accuracy gate applies (the golden data is in every
-    key already) and the target's Q/DQ style. The helpers' code is keyed
+    source: a file, a directory, ``FILE.py:NAME``, in-memory or synthetic; the
+    gate's tolerances are in its config, the golden data in every key) and the
+    target's Q/DQ style. The helpers' code is keyed
     through :func:`guard_code_modules`. ``threads`` is left out on purpose: it
     changes ORT's float reductions only in the last bits.
     """
-    from optpipe.cache import plain_data
     from optpipe.precision.calib_data import data_fingerprint
 
     return {
         "samples": data_fingerprint(samples),
         "sample_count": len(samples),
         "sample_source": source,
-        "tolerances": plain_data(dict(ctx.options.get("tolerances") or {})),
         "qdq_style": getattr(ctx.target, "qdq_style", None),
     }
 
@@ -140,7 +125,7 @@ def run_guard(
     from optpipe.precision.gate import make_gate
     from optpipe.precision.localize import guarded_quantize
 
-    gate, gate_log = make_gate(ctx, gate_name, dict(ctx.options.get("tolerances") or {}), level)
+    gate, gate_log = make_gate(ctx, gate_name, dict(config.tolerances), level)
     result = guarded_quantize(
         src,
         dst,

@@ -66,7 +66,7 @@ def _import_tensorrt(purpose: str = PURPOSE) -> Any:
     except Exception as exc:  # the pip placeholder wheels fail with OSError/RuntimeError on import
         raise EnvironmentUnavailable(
             f"{purpose} needs TensorRT, but 'import tensorrt' failed: {exc}. Install a working TensorRT "
-            "(pip install 'optpipe[tensorrt]' on a machine with an NVIDIA driver)."
+            "(the [tensorrt] extra of optpipe, or pip install tensorrt, on a machine with an NVIDIA driver)."
         ) from exc
     return trt
 

@@ -1,0 +1,198 @@
+"""Typed records of a build: statuses, one result per variant, and the build record.
+
+Why types: ``report.json`` is read back by ``optpipe engine`` (to finish a
+split build), ``optpipe verify`` and the manifest. With dicts, each reader
+re-parsed the same keys by hand; here :class:`VariantResult` and
+:class:`BuildRecord` own their JSON form (``to_dict`` / ``from_dict``), and
+:func:`optpipe.report.read_report` is the one reader of ``report.json``.
+Field names in the JSON stay as they were; keys a newer writer added are
+kept (``extra``) so a round trip loses nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+from optpipe.tensor_spec import DynamicDim, TensorSpec
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - exercised on 3.10 only
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class VariantStatus(StrEnum):
+    """What happened to a variant: its engine was built, is pending (split build), or it was skipped."""
+
+    BUILT = "built"
+    PENDING = "pending"  # a split build: the engine is built later by `optpipe engine`
+    SKIPPED = "skipped"  # the precision pass found nothing to lower, or an auto candidate not available here
+
+
+class PassStatus(StrEnum):
+    """What happened to one pass of one variant."""
+
+    OK = "ok"
+    FAILED = "failed"
+    CACHED = "cached"  # replayed from the build cache
+    SKIPPED = "skipped"  # a precision pass that found nothing to lower (its variant is skipped)
+
+
+class _JsonRecord:
+    """What the JSON records share: optional keys, keys kept as read, read access by JSON field name."""
+
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _finish(self, out: dict[str, Any], **optional: Any) -> dict[str, Any]:
+        """``out`` plus the ``optional`` keys that are set, over the keys kept from the file."""
+        out.update({key: value for key, value in optional.items() if value is not None})
+        return {**self.extra, **out}
+
+    @classmethod
+    def _unknown(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The keys of ``data`` this version does not know (kept, so a round trip loses nothing)."""
+        known = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]  # subclasses are dataclasses
+        return {key: value for key, value in data.items() if key not in known}
+
+    # Read access by JSON field name, for scripts written against the dict form (``variant["passed"]``).
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
+@dataclass(frozen=True)
+class VariantResult(_JsonRecord):
+    """One entry of ``report.variants``."""
+
+    precision: str
+    status: VariantStatus
+    artifact: str | None = None  # the engine, relative to the build directory
+    onnx: str | None = None  # the variant's ONNX, relative to the build directory
+    passed: bool = False
+    failures: tuple[str, ...] = ()
+    parity: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+    torch_latency: dict[str, Any] | None = None
+    speedup_vs_torch: float | None = None
+    gpu_memory: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None  # host RSS during the benchmark
+    profile: dict[str, Any] | None = None  # the per-op profile (--profile)
+    passes: dict[str, Any] = field(default_factory=dict)  # pass name -> metrics (not validate/benchmark)
+    required: bool = True  # False for a candidate of --precision auto: its failure does not fail the build
+    fallback: bool = False  # fp32 built because every requested variant was skipped
+    reason: str | None = None  # why it was skipped
+    accuracy: dict[str, Any] | None = None  # task accuracy on the labelled eval data, when given
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    @property
+    def counts_against_build(self) -> bool:
+        """A failed, required, non-skipped variant fails the build."""
+        return not self.passed and self.status is not VariantStatus.SKIPPED and self.required
+
+    def with_failure(self, failure: str) -> VariantResult:
+        return replace(self, failures=(*self.failures, failure), passed=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "precision": self.precision,
+            "status": str(self.status),
+            "artifact": self.artifact,
+            "onnx": self.onnx,
+            "passed": self.passed,
+            "failures": list(self.failures),
+            "parity": self.parity,
+            "latency": self.latency,
+            "torch_latency": self.torch_latency,
+            "speedup_vs_torch": self.speedup_vs_torch,
+            "gpu_memory": self.gpu_memory,
+            "memory": self.memory,
+            "profile": self.profile,
+            "passes": self.passes,
+            "required": self.required,
+        }
+        return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
+        """Read one variant; raises KeyError/TypeError/ValueError on a malformed entry."""
+        return cls(
+            precision=str(data["precision"]),
+            status=VariantStatus(str(data.get("status") or VariantStatus.BUILT)),
+            artifact=data.get("artifact"),
+            onnx=data.get("onnx"),
+            passed=bool(data.get("passed", False)),
+            failures=tuple(str(f) for f in data.get("failures") or ()),
+            parity=data.get("parity"),
+            latency=data.get("latency"),
+            torch_latency=data.get("torch_latency"),
+            speedup_vs_torch=data.get("speedup_vs_torch"),
+            gpu_memory=data.get("gpu_memory"),
+            memory=data.get("memory"),
+            profile=data.get("profile"),
+            passes=dict(data.get("passes") or {}),
+            required=bool(data.get("required", True)),
+            fallback=bool(data.get("fallback", False)),
+            reason=data.get("reason"),
+            accuracy=data.get("accuracy"),
+            extra=cls._unknown(data),
+        )
+
+
+@dataclass(frozen=True)
+class BuildRecord(_JsonRecord):
+    """``report.build``: what ``optpipe engine`` and ``optpipe verify`` need to resume from the directory alone."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    dynamic: tuple[DynamicDim, ...] = ()
+    precisions: tuple[str, ...] = ()
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    onnx: str | None = None  # the shared simplified FP32 ONNX
+    golden: str = "golden"
+    trt: dict[str, Any] = field(default_factory=dict)  # TensorRT build options, reused by `optpipe engine`
+    options: dict[str, Any] | None = None  # BuildOptions.to_dict() of the build
+    split_environment: dict[str, Any] | None = None  # where the CPU stages of a split build ran
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": list(self.outputs),
+            "dynamic": [d.to_dict() for d in self.dynamic],
+            "precisions": list(self.precisions),
+            "tolerances": self.tolerances,
+            "onnx": self.onnx,
+            "golden": self.golden,
+            "trt": self.trt,
+        }
+        return self._finish(out, options=self.options, split_environment=self.split_environment)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
+        """Read the build record; raises KeyError/TypeError/ValueError/AssertionError when malformed."""
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(item) for item in data["inputs"]),
+            outputs=tuple(str(name) for name in data["outputs"]),
+            dynamic=tuple(DynamicDim(str(d["name"]), int(d["min"]), int(d["opt"]), int(d["max"]))
+                          for d in data.get("dynamic") or ()),
+            precisions=tuple(str(p) for p in data.get("precisions") or ()),
+            tolerances={str(k): dict(v) for k, v in (data.get("tolerances") or {}).items()},
+            onnx=data.get("onnx"),
+            golden=str(data.get("golden") or "golden"),
+            trt=dict(data.get("trt") or {}),
+            options=data.get("options"),
+            split_environment=data.get("split_environment"),
+            extra=cls._unknown(data),
+        )

@@ -1,0 +1,71 @@
+"""Process memory (resident set size) around a benchmark, for the report.
+
+Both runtimes of a CPU benchmark run in this one process, interleaved, so
+their memory cannot be told apart by sampling: what is reported is the RSS the
+engine's session added when it was created (its weights and arena) and the
+process's peak RSS while the benchmark loop ran (both runtimes, their inputs
+and outputs). GPU memory of a TensorRT engine comes from its runner instead.
+Linux reads ``/proc/self/statm``; elsewhere :mod:`resource`'s ``ru_maxrss``
+gives the peak only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from types import TracebackType
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss_bytes() -> int | None:
+    """Resident set size of this process now, or None where /proc is missing."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def max_rss_bytes() -> int | None:
+    """Peak RSS of the process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+class RssSampler:
+    """Samples RSS on a background thread while its ``with`` block runs; ``peak`` is the highest seen."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.peak: int | None = current_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="optpipe-rss", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        now = current_rss_bytes()
+        if now is not None and (self.peak is None or now > self.peak):
+            self.peak = now
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def mib(value: int | None) -> float | None:
+    return round(value / (1 << 20), 1) if value is not None else None

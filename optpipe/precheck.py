@@ -1,0 +1,47 @@
+"""Checks of ``optpipe build``'s arguments that need no torch, run before torch is imported.
+
+Importing torch takes seconds; a typo in the model path, an existing
+``--out`` or a malformed ``--dynamic`` should fail at once with the same
+one-line error the full load would give (the checks reuse the loader's own
+messages). Everything here only reads paths and parses text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from optpipe.build_dir import check_out_dir
+from optpipe.errors import UserInputError
+from optpipe.input_parsing import parse_dynamic, parse_input
+from optpipe.model_loading import EXPORTED_SUFFIXES, PICKLE_SUFFIXES, SPEC_USAGE, _require_file
+
+
+def check_model_spec(spec: str) -> None:
+    """The model file a spec names exists (a ``package.module:NAME`` spec is checked by importing it, later)."""
+    spec = spec.strip()
+    path = Path(spec)
+    if path.suffix in EXPORTED_SUFFIXES or path.suffix in PICKLE_SUFFIXES:
+        _require_file(path, "exported program" if path.suffix in EXPORTED_SUFFIXES else "model file")
+        return
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name.strip():
+        return  # the loader explains a spec without NAME (it lists the file's candidates)
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        file_path = Path(target)
+        _require_file(file_path, "model file")
+        if file_path.suffix != ".py":
+            raise UserInputError(f"model file '{file_path}' must be a .py file ({SPEC_USAGE})")
+
+
+def precheck_build(spec: str, *, out_dir: Path, overwrite: bool, weights: Path | None = None,
+                   dynamics: Sequence[str] = (), inputs: Sequence[str] = ()) -> None:
+    """Every check of a build's arguments that needs no torch; UserInputError (exit 2) on the first problem."""
+    check_model_spec(spec)
+    if weights is not None:
+        _require_file(Path(weights), "weights file")
+    check_out_dir(Path(out_dir), overwrite)
+    for text in dynamics:
+        parse_dynamic(text)
+    for text in inputs:
+        parse_input(text)
