@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,12 +20,22 @@ import click
 from optpipe import __version__
 from optpipe.cli_help import BuildCommand
 from optpipe.config_file import JSON_SINK
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError, one_line
+from optpipe.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    OptpipeError,
+    UserInputError,
+    one_line,
+)
 from optpipe.junit import junit_on_error
 
 if TYPE_CHECKING:
     from optpipe.build_options import BuildOptions, TensorRTOptions
     from optpipe.build_record import VariantResult
+    from optpipe.executors import Executor
+    from optpipe.matrix import MatrixResult, ModelResult, ModelTask, ProgressCallback
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -341,6 +351,10 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Build the [[model]] entries of a TOML file (options as keys; flags given here override "
               "the file). MODEL then selects one entry by name or spec.")
+@click.option("--executor", metavar="EXECUTOR",
+              help="Where -c FILE's models are built: in-process (default, one after the other), ray (a local "
+              "Ray started for the run), ray:auto or ray://HOST:PORT (an existing Ray cluster; needs "
+              "optpipe[ray]).")
 @click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
@@ -365,7 +379,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           target: str, precision: tuple[str, ...], output_names: str | None,
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
-          as_json: bool, config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
+          as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
+          junit: Path | None,
           trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
           profile: bool | None = None, opset: int | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
@@ -373,7 +388,9 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if config_file is not None:
         from optpipe.config_file import run_build_file
 
-        sys.exit(run_build_file(click.get_current_context(), config_file, model))
+        sys.exit(run_build_file(click.get_current_context(), config_file, model, run_model))
+    if executor is not None:
+        raise click.UsageError("--executor builds the models of a config file: give -c FILE")
     if model is None:
         raise click.UsageError("Missing argument 'MODEL' (or give a config file with -c FILE).")
     if out_dir is None:
@@ -549,6 +566,35 @@ def profile_command(build_dir: Path, precision: str | None, runs: int, threads: 
     else:
         click.echo(f"{build_dir}: {result.precision} ({result.artifact})")
         click.echo(result.profile.format())
+
+
+def run_model(task: ModelTask, *, capture: bool = False) -> ModelResult:
+    """Build one model of a matrix with this ``build`` command (the runner of every executor, Ray included)."""
+    from optpipe.matrix import invoke_model
+
+    return invoke_model(build, task, capture=capture)
+
+
+def build_many(configs: str | Path | Sequence[str | Path], executor: str | Executor | None = None, *,
+               select: str | None = None, progress: ProgressCallback | None = None) -> MatrixResult:
+    """Build every ``[[model]]`` of one or more config files (``optpipe build -c``) with ``executor``.
+
+    ``executor``: ``None``/``"in-process"``, ``"ray"``, ``"ray:auto"``, ``"ray://HOST:PORT"`` or an
+    executor object (e.g. ``RayExecutor(num_cpus=2)``). ``select`` keeps one model by name. A model whose
+    build fails is a result with its exit code, not an exception; a config error raises
+    :class:`~optpipe.config_file.ConfigError` before anything is built. ``MatrixResult.to_json()`` and
+    :func:`optpipe.matrix.write_matrix_junit` give the command line's ``--json`` and ``--junit`` outputs.
+    """
+    from optpipe.config_file import tasks_from_file
+    from optpipe.executors import get_executor, run_matrix
+
+    paths = [configs] if isinstance(configs, str | Path) else list(configs)
+    tasks: list[ModelTask] = []
+    for path in paths:
+        tasks.extend(tasks_from_file(Path(path), build, select))
+    if not tasks:
+        raise UserInputError("build_many: no config file given")
+    return run_matrix(tasks, get_executor(executor), run_model, progress)
 
 
 @main.command()
