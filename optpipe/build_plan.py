@@ -21,7 +21,7 @@ from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_options import PRECISIONS, BuildOptions
-from optpipe.build_record import VariantResult, VariantStatus
+from optpipe.build_record import PassStatus, VariantResult, VariantStatus
 from optpipe.errors import PassError, UserInputError
 from optpipe.pass_base import BuildContext, Pass
 from optpipe.pass_options import apply_pass_options
@@ -69,8 +69,11 @@ def precision_pass(precision: str, target: Target, options: BuildOptions) -> Pas
 
 def variant_passes(precision: str, target: Target, options: BuildOptions, engine: bool,
                    lower: bool = True) -> list[Pass]:
-    """Precision pass (if ``lower``), then engine, validate and benchmark when the engine can be built."""
-    from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
+    """Precision pass (if ``lower``), then engine and validate when the engine can be built.
+
+    The benchmark is not a step of a variant: :func:`run_plan` times every built engine in one run
+    (:func:`benchmark_step`).
+    """
     from optpipe.passes.validate import ValidateConfig, ValidatePass
     from optpipe.registry import engine_pass, pre_engine_passes
 
@@ -82,15 +85,24 @@ def variant_passes(precision: str, target: Target, options: BuildOptions, engine
     if engine:
         passes.append(engine_pass(target, options))
         passes.append(ValidatePass(ValidateConfig(**options.gate_fields())))
-        if options.benchmark.enabled:
-            bench = options.benchmark
-            passes.append(BenchmarkPass(BenchmarkConfig(batch=bench.batch, seconds=bench.seconds, warmup=bench.warmup,
-                                                        min_calls=bench.min_calls)))
-        if options.profile:  # after the benchmark: the profiler's overhead must not be timed
+        if options.profile:  # its own session: the profiler's overhead is never in the benchmark's timings
             from optpipe.passes.profile import ProfilePass
 
             passes.append(ProfilePass())
     return passes
+
+
+def benchmark_step(options: BuildOptions) -> Any:
+    """The build's one benchmark (a :class:`~optpipe.passes.benchmark.BenchmarkPass`), or None (--no-benchmark)."""
+    if not options.benchmark.enabled:
+        return None
+    from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
+
+    bench = options.benchmark
+    step = BenchmarkPass(BenchmarkConfig(batch=bench.batch, seconds=bench.seconds, warmup=bench.warmup,
+                                         min_calls=bench.min_calls))
+    apply_pass_options([step], options.pass_options)
+    return step
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ class BuildPlan:
     engine: bool  # whether engines are built here (False: a split build stops before them)
     fallback: VariantPlan | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # auto candidates this build cannot make
+    benchmark: Any = None  # a BenchmarkPass run once over every built engine (None: --no-benchmark)
 
     def pipelines(self) -> list[Pipeline]:
         return [v.pipeline for v in self.variants] + ([self.fallback.pipeline] if self.fallback else [])
@@ -122,7 +135,7 @@ def plan_variants(precisions: Sequence[str], target: Target, options: BuildOptio
     Under ``--precision auto`` a candidate this build cannot make (int8 without calibration data) is
     recorded as unavailable; an explicitly requested one is the user's error.
     """
-    plan = BuildPlan([], engine)
+    plan = BuildPlan([], engine, benchmark=benchmark_step(options) if engine else None)
     for precision in precisions:
         try:
             pipeline = Pipeline(variant_passes(precision, target, options, engine), variant=precision)
@@ -180,6 +193,7 @@ class PlanRun:
     source: Callable[[str], Artifact]  # the input artifact of a variant, by precision
     accuracy: Any = None  # an optpipe.precision.accuracy.AccuracyCheck, or None
     runner: Callable[[Artifact], Any] | None = None  # the runner the accuracy check uses
+    engines: dict[str, Artifact] = field(default_factory=dict)  # each variant's built engine, for the benchmark
 
 
 def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, has_fp32: bool) -> VariantResult:
@@ -197,6 +211,8 @@ def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, has_fp32: boo
             error.cause.reason += "; the fp32 variant is the artifact to use"
         return skipped_variant(variant.precision, error.cause, passes[start:])
     result = variant_result(variant.precision, final, passes[start:], run.ctx.work_dir, engine)
+    if engine and final.kind is ArtifactKind.ENGINE:
+        run.engines[variant.precision] = final
     if run.accuracy is not None and run.runner is not None:
         result = run.accuracy.apply(result, run.runner(final))
     return replace(result, required=variant.required, fallback=variant.fallback)
@@ -221,7 +237,26 @@ def run_plan(plan: BuildPlan, run: PlanRun) -> list[VariantResult]:
         results.append(_run_variant(plan.fallback, run, plan.engine, has_fp32))
     for precision, reason in plan.unavailable.items():
         results.append(skipped_variant(precision, VariantSkipped(reason), []))
-    return results
+    return benchmark_variants(plan, run, results)
+
+
+def benchmark_variants(plan: BuildPlan, run: PlanRun, results: list[VariantResult]) -> list[VariantResult]:
+    """Time every built engine and PyTorch eager in ONE run; each variant gets its share, the report the run."""
+    engines = {r.precision: run.engines[r.precision] for r in results
+               if r.status is VariantStatus.BUILT and r.precision in run.engines}
+    if plan.benchmark is None or not engines:
+        return results
+    from optpipe.passes.benchmark import variant_metrics
+
+    run.ctx.log(f"[benchmark] {', '.join(engines)} and PyTorch eager, interleaved in one run")
+    started = time.perf_counter()
+    record, memory = plan.benchmark.measure(engines, run.ctx)
+    run.report.passes.append(PassRecord("benchmark", "build", time.perf_counter() - started, PassStatus.OK,
+                                        metrics=record.to_dict(), warnings=list(record.warnings)))
+    run.report.benchmark = record
+    run.report.baseline = record.baseline
+    return [replace(r, torch_latency=None, **variant_metrics(record, r.precision, memory.get(r.precision)))
+            if r.precision in engines else r for r in results]
 
 
 def check_benchmark_batch(batch: int, specs: Sequence[TensorSpec], dims: Sequence[DynamicDim]) -> None:

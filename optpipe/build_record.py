@@ -151,6 +151,61 @@ class VariantResult(_JsonRecord):
 
 
 @dataclass(frozen=True)
+class BenchmarkRecord(_JsonRecord):
+    """``report.benchmark``: the build's ONE timing run, every built engine and PyTorch eager interleaved.
+
+    Why one run: timed each beside its own PyTorch run, variants of one build got
+    different denominators (PyTorch's median moved 330-455 ms between them under
+    load) and selection could pick the slower artifact. Here every speedup divides
+    the same baseline, measured in the same shuffled blocks as the engines.
+    """
+
+    inputs: dict[str, Any]  # what was timed and how (batch, threads, budget, seed, engine hashes): the cache key
+    baseline: dict[str, Any] | None = None  # PyTorch eager's latency summary (report.baseline), once
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)  # precision -> latency summary
+    spread: dict[str, float] = field(default_factory=dict)  # runtime -> p90/p50
+    drift: dict[str, float] = field(default_factory=dict)  # runtime -> slowest/fastest block median
+    timer: str = "interleaved wall clock"
+    peak_rss_mb: float | None = None  # process RSS peak while timing (every runtime in this process)
+    warnings: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stable(self) -> bool:
+        """No stability warning: every spread and the baseline's drift within their limits."""
+        return not self.warnings
+
+    def speedup(self, precision: str) -> float | None:
+        """PyTorch eager's p50 over ``precision``'s p50, both from this run."""
+        engine = (self.latency.get(precision) or {}).get("p50_ms")
+        torch = (self.baseline or {}).get("p50_ms")
+        return float(torch) / float(engine) if engine and torch else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "inputs": self.inputs, "baseline": self.baseline, "latency": self.latency, "spread": self.spread,
+            "drift": self.drift, "timer": self.timer, "peak_rss_mb": self.peak_rss_mb,
+            "stable": self.stable, "warnings": list(self.warnings),
+        }  # fmt: skip
+        return self._finish(out)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkRecord:
+        """Read the benchmark record; raises KeyError/TypeError/ValueError when malformed."""
+        return cls(
+            inputs=dict(data.get("inputs") or {}),
+            baseline=data.get("baseline"),
+            latency={str(k): dict(v) for k, v in (data.get("latency") or {}).items()},
+            spread={str(k): float(v) for k, v in (data.get("spread") or {}).items()},
+            drift={str(k): float(v) for k, v in (data.get("drift") or {}).items()},
+            timer=str(data.get("timer") or "interleaved wall clock"),
+            peak_rss_mb=data.get("peak_rss_mb"),
+            warnings=tuple(str(w) for w in data.get("warnings") or ()),
+            extra={k: v for k, v in cls._unknown(data).items() if k != "stable"},
+        )
+
+
+@dataclass(frozen=True)
 class BuildRecord(_JsonRecord):
     """``report.build``: what ``optpipe engine`` and ``optpipe verify`` need to resume from the directory alone."""
 

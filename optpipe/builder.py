@@ -376,7 +376,6 @@ def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report
     report.variants.extend(run_plan(plan, run))
     if plan.engine:
         report.selected = select_variant([v.to_dict() for v in report.variants], options.auto)
-    report.baseline = next((v.torch_latency for v in report.variants if v.torch_latency), None)
     report.warnings.extend(w for record in report.passes for w in record.warnings)
     if not plan.engine:
         report.status = "split"

@@ -32,6 +32,7 @@ from optpipe.build_plan import (
     PlanRun,
     ProgressInstrument,
     VariantPlan,
+    benchmark_step,
     check_benchmark_batch,
     run_plan,
     variant_passes,
@@ -144,7 +145,7 @@ def _engine_plan(split: SplitBuild, options: BuildOptions, rebuild: bool) -> Bui
                                           variant=v.precision), required=v.required)
         for v in todo
     ]
-    return BuildPlan(variants, engine=True)
+    return BuildPlan(variants, engine=True, benchmark=benchmark_step(options))
 
 
 def finish_build(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import write_bytes_atomic
-from optpipe.build_record import BuildRecord, PassStatus, VariantResult
+from optpipe.build_record import BenchmarkRecord, BuildRecord, PassStatus, VariantResult
 from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK
 from optpipe.pipeline import PassRecord
 
@@ -71,7 +71,8 @@ class Report:
     status: str = "complete"  # "complete" | "split" (stopped before the engine, exit 3)
     passes: list[PassRecord] = field(default_factory=list)
     variants: list[VariantResult] = field(default_factory=list)
-    baseline: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None  # PyTorch eager's latency, from the one benchmark run
+    benchmark: BenchmarkRecord | None = None  # that run: every engine and the baseline, interleaved
     selected: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None  # FP32 PyTorch accuracy on the labelled eval data
     warnings: list[str] = field(default_factory=list)
@@ -111,6 +112,7 @@ class Report:
             "environment": self.environment,
             "passes": [record.to_dict() for record in self.passes],
             "baseline": self.baseline,
+            "benchmark": self.benchmark.to_dict() if self.benchmark is not None else None,
             "variants": [v.to_dict() for v in self.variants],
             "selected": self.selected,
             "accuracy": self.accuracy,
@@ -134,7 +136,7 @@ class Report:
         records = [PassRecord(**{k: v for k, v in r.items() if k in names}) for r in data.get("passes") or []]
         for record in records:
             record.status = PassStatus(record.status)
-        build = data.get("build")
+        build, benchmark = data.get("build"), data.get("benchmark")
         return cls(
             target=str(data["target"]),
             model=str(data.get("model", "")),
@@ -142,6 +144,7 @@ class Report:
             passes=records,
             variants=[VariantResult.from_dict(v) for v in data.get("variants") or []],
             baseline=data.get("baseline"),
+            benchmark=BenchmarkRecord.from_dict(benchmark) if isinstance(benchmark, Mapping) else None,
             selected=data.get("selected"),
             accuracy=data.get("accuracy"),
             warnings=[str(w) for w in data.get("warnings") or []],

@@ -80,29 +80,57 @@ def budgeted_latency(
 ) -> dict[str, list[float]]:
     """Per-call latencies (ms) of each call, about ``seconds`` of timed calls each, interleaved in blocks.
 
-    Each runtime's block holds about ``seconds / blocks`` of calls (from its
-    warm-up time per call), preceded by a few untimed settle calls (the other
-    runtime's thread pool winding down). Rounds go on, shuffled, until every
-    runtime has both ``seconds`` of timed calls and ``min_calls`` calls.
+    :func:`budgeted_blocks` with each runtime's blocks joined in call order.
     """
-    if progress is None:
-        from optpipe.progress import Progress
+    timed = budgeted_blocks(calls, seconds=seconds, warmup=warmup, min_calls=min_calls, blocks=blocks, seed=seed,
+                            progress=progress)
+    return {name: [t for block in runs for t in block] for name, runs in timed.items()}
 
-        progress = Progress("benchmark", blocks).update
+
+def _per_call_seconds(calls: Mapping[str, Callable[[], object]], warmup: int) -> dict[str, float]:
+    """Untimed warm-up calls of each runtime; their mean duration sizes its blocks."""
     per_call: dict[str, float] = {}
     for name, call in calls.items():
         start = time.perf_counter()
         for _ in range(max(warmup, 1)):
             call()
         per_call[name] = (time.perf_counter() - start) / max(warmup, 1)
+    return per_call
+
+
+def budgeted_blocks(
+    calls: Mapping[str, Callable[[], object]],
+    *,
+    seconds: float = 2.0,
+    warmup: int = 5,
+    min_calls: int = 10,
+    blocks: int = 5,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[list[float]]]:
+    """Per-call latencies (ms) of each call, block by block, about ``seconds`` of timed calls each.
+
+    Each runtime's block holds about ``seconds / blocks`` of calls (from its
+    warm-up time per call), preceded by a few untimed settle calls (the other
+    runtime's thread pool winding down). Rounds go on, shuffled, until every
+    runtime has both ``seconds`` of timed calls and ``min_calls`` calls. The
+    blocks are kept apart so a drift of one runtime over the run (the
+    baseline slowing down while others ran) can be seen: :func:`drift`.
+    """
+    if progress is None:
+        from optpipe.progress import Progress
+
+        progress = Progress("benchmark", blocks).update
+    per_call = _per_call_seconds(calls, warmup)
     block = {n: max(1, math.ceil(seconds / blocks / max(c, 1e-6))) for n, c in per_call.items()}
     settle = {n: min(3, max(1, size // 4)) for n, size in block.items()}
     order = list(calls)
     rng = random.Random(seed)
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    timed: dict[str, list[list[float]]] = {name: [] for name in calls}
 
     def done(name: str) -> bool:
-        return len(times[name]) >= min_calls and sum(times[name]) >= seconds * 1e3
+        runs = timed[name]
+        return sum(map(len, runs)) >= min_calls and sum(map(sum, runs)) >= seconds * 1e3
 
     rounds = 0
     while not all(done(name) for name in calls):
@@ -111,14 +139,40 @@ def budgeted_latency(
             call = calls[name]
             for _ in range(settle[name]):
                 call()
+            times: list[float] = []
             for _ in range(block[name]):
                 start = time.perf_counter()
                 call()
-                times[name].append((time.perf_counter() - start) * 1e3)
+                times.append((time.perf_counter() - start) * 1e3)
+            timed[name].append(times)
         rounds += 1
         if progress is not None:
             progress(min(rounds, blocks), blocks)
-    return times
+    return timed
+
+
+#: The slowest block median over the fastest above this marks a runtime that drifted during the run.
+DRIFT_LIMIT = 1.25
+
+
+def drift(blocks_ms: list[list[float]]) -> float | None:
+    """Slowest block median / fastest block median of one runtime (None with fewer than 2 blocks)."""
+    medians = [float(np.median(block)) for block in blocks_ms if block]
+    if len(medians) < 2 or min(medians) <= 0:
+        return None
+    return max(medians) / min(medians)
+
+
+def drift_warning(name: str, blocks_ms: list[list[float]]) -> str | None:
+    """A warning when ``name``'s block medians moved more than :data:`DRIFT_LIMIT` during the run."""
+    ratio = drift(blocks_ms)
+    if ratio is None or ratio <= DRIFT_LIMIT:
+        return None
+    return (
+        f"{name} drifted during the benchmark: its slowest block median is {ratio:.2f}x its fastest (> "
+        f"{DRIFT_LIMIT}); the machine's load changed while timing, so every speedup is uncertain: re-run with a "
+        "longer --bench-seconds on a quieter machine"
+    )
 
 
 def stability_warning(name: str, times_ms: list[float]) -> str | None:

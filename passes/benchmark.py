@@ -1,9 +1,13 @@
-"""Measure the engine's latency against PyTorch eager, in the same run.
+"""Measure every engine of a build against ONE PyTorch eager baseline, in one run.
 
-Both runtimes get the same inputs, thread count and batch; calls are
-interleaved in shuffled blocks (see :mod:`optpipe.timing`), and the speedup is
-the ratio of medians. Numbers from separate runs on a noisy machine would not
-be comparable.
+The build runs this once, after every variant was built and validated
+(:mod:`optpipe.build_plan`): all engines and PyTorch eager get the same inputs,
+thread count and batch, their calls are interleaved in shuffled blocks with
+settle calls after each switch (see :mod:`optpipe.timing`), and each speedup is
+the baseline's median over the engine's. Timed each beside its own PyTorch run,
+variants got different denominators on a loaded machine (PyTorch's median moved
+330-455 ms between variants of one build) and selection could pick the slower
+artifact; in one run they share one baseline and compare with each other.
 
 A GPU runner that offers ``time_inference`` (TensorRT's ``TrtEngineRunner``)
 times itself instead: wall-clock around an asynchronous GPU launch would
@@ -16,16 +20,18 @@ the CPU; ``torch_latency.device`` says which. The runner's GPU memory use
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.build_record import BenchmarkRecord
 from optpipe.errors import UserInputError
 from optpipe.golden import resize_batch
 from optpipe.memory import RssSampler, current_rss_bytes, mib
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.runtime import TorchRunner
-from optpipe.timing import budgeted_latency, interleaved_latency, stability_warning, summarize
+from optpipe.timing import budgeted_blocks, drift, drift_warning, interleaved_latency, stability_warning, summarize
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class BenchmarkConfig:
     rounds: int | None = None
     iters_per_round: int | None = None
     compare_torch: bool = True
+    seed: int = 0  # the shuffle of the blocks
 
 
 GPU_TARGETS = ("tensorrt",)
@@ -83,11 +90,18 @@ def cuda_torch_call(model: Any, input_names: list[str], feed: dict[str, Any], de
     return call
 
 
+TORCH = "torch"  # the baseline's name among the timed runtimes
+
+
 class BenchmarkPass(Pass):
-    """engine -> engine: latency statistics and speedup over PyTorch eager."""
+    """engine -> engine: latency statistics and speedup over PyTorch eager.
+
+    A build does not run it per variant: it calls :meth:`measure` once with every
+    built engine. ``run`` (one engine against PyTorch) serves a pipeline of its own.
+    """
 
     name = "benchmark"
-    description = "time the engine and PyTorch eager side by side (interleaved, medians) and report the speedup"
+    description = "time every engine and PyTorch eager in one interleaved run (medians); speedups over one baseline"
     input_kind = ArtifactKind.ENGINE
     output_kind = ArtifactKind.ENGINE
     Config = BenchmarkConfig
@@ -99,77 +113,154 @@ class BenchmarkPass(Pass):
             raise UserInputError(f"benchmark batch must be >= 1, got {self.config.batch}")
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
-        import torch
+        record, memory = self.measure({artifact.precision: artifact}, ctx)
+        metrics = {**variant_metrics(record, artifact.precision, memory.get(artifact.precision)),
+                   "torch_latency": record.baseline, "timer": record.timer}
+        return PassResult(artifact, modified=False, metrics=metrics, warnings=list(record.warnings))
 
+    def inputs(self, engines: Mapping[str, Artifact], ctx: BuildContext) -> dict[str, Any]:
+        """Everything the measurement depends on besides the host's load: explicit, so a result can be keyed."""
         assert ctx.golden is not None
         example = ctx.golden.case("example")
-        batch = self.config.batch or example.batch
-        feed = resize_batch(example.inputs, batch) if batch != example.batch else example.inputs
-        rss_before = current_rss_bytes()
-        engine: Any = ctx.target.runner(artifact, ctx.threads)  # Any: GPU runners add time_inference/close
-        rss_loaded = current_rss_bytes()
-        self_timed = callable(getattr(engine, "time_inference", None))
-        calls: dict[str, Any] = {} if self_timed else {"engine": lambda: engine.infer(feed)}
-        use_torch = self.config.compare_torch and ctx.model is not None
-        memory: dict[str, Any] = {}
+        return {
+            "engines": {precision: artifact.sha256 for precision, artifact in sorted(engines.items())},
+            "batch": self.config.batch or example.batch, "threads": ctx.threads, "target": ctx.target.name,
+            "seconds": self.config.seconds, "warmup": self.config.warmup, "min_calls": self.config.min_calls,
+            "rounds": self.config.rounds, "iters_per_round": self.config.iters_per_round,
+            "baseline": self.config.compare_torch and ctx.model is not None, "seed": self.config.seed,
+        }  # fmt: skip
+
+    def measure(self, engines: Mapping[str, Artifact], ctx: BuildContext) -> tuple[BenchmarkRecord, dict[str, Any]]:
+        """Time every engine and PyTorch eager in one run; the record, and each engine's host memory."""
+        import torch
+
+        if ctx.golden is None:
+            raise UserInputError("benchmarking needs golden inputs")
+        inputs = self.inputs(engines, ctx)
+        example = ctx.golden.case("example")
+        batch = int(inputs["batch"])
+        feed = dict(resize_batch(example.inputs, batch) if batch != example.batch else example.inputs)
         previous_threads = torch.get_num_threads()
-        # A GPU engine is compared with PyTorch on the GPU when this torch has CUDA; else on the CPU (labelled).
-        torch_device = torch_baseline_device(ctx.target.name, torch) if use_torch else None
-        restore_model: Any = None
         if ctx.threads:
             torch.set_num_threads(ctx.threads)
+        session = _Session(ctx, feed, engines)
         try:
-            if use_torch and torch_device is not None and torch_device.startswith("cuda"):
-                restore_model = _model_device(ctx.model)
-                calls["torch"] = cuda_torch_call(ctx.model, [s.name for s in ctx.input_specs], feed, torch_device)
-            elif use_torch:
-                reference = TorchRunner(ctx.model, tuple(s.name for s in ctx.input_specs), ctx.output_names)
-                calls["torch"] = lambda: reference.infer(feed)
+            torch_device = session.add_torch(ctx) if inputs["baseline"] else None
             with RssSampler() as sampler:
-                times = self._measure(calls) if calls else {}
-                if self_timed:
-                    times["engine"] = engine.time_inference(feed, warmup=self.config.warmup, iters=self._gpu_calls())
+                blocks = self._time(session)
         finally:
             torch.set_num_threads(previous_threads)
-            if restore_model is not None:
-                ctx.model.to(restore_model)  # later stages (other variants' export) expect it where it was
-            if self_timed:
-                memory = dict(getattr(engine, "memory", None) or {})
-                if callable(getattr(engine, "close", None)):
-                    engine.close()  # free the GPU context now, not whenever the garbage collector runs
-        threads = ctx.threads or previous_threads
-        metrics: dict[str, Any] = {"latency": summarize(times["engine"], batch, threads)}
-        metrics["timer"] = "runner (CUDA-synchronised)" if self_timed else "interleaved wall clock"
-        if memory:
-            metrics["gpu_memory"] = memory
-        metrics["memory"] = {  # host RSS: the engine session's load, and the process peak while timing
-            "engine_load_mb": mib(rss_loaded - rss_before) if rss_loaded is not None and rss_before else None,
-            "peak_rss_mb": mib(sampler.peak),
-            "note": "process RSS; both runtimes run interleaved in this process",
-        }
-        if use_torch:
-            metrics["torch_latency"] = summarize(times["torch"], batch, threads)
-            metrics["torch_latency"]["device"] = torch_device
-            if self_timed and torch_device == "cpu":
-                metrics["torch_latency"]["note"] = (
-                    "PyTorch baseline ran on the CPU (this torch has no CUDA): speedup_vs_torch compares "
-                    "the GPU engine with CPU eager"
-                )
-            metrics["speedup_vs_torch"] = metrics["torch_latency"]["p50_ms"] / metrics["latency"]["p50_ms"]
-        unstable = [w for w in (stability_warning(n, t) for n, t in sorted(times.items())) if w]
-        return PassResult(artifact, modified=False, metrics=metrics, warnings=unstable)
+            session.close(ctx)
+        peak = mib(sampler.peak)
+        record = _record(inputs, blocks, batch, ctx.threads or previous_threads, torch_device, session, peak)
+        memory = {p: {**load, "peak_rss_mb": peak, "note": "process RSS; every runtime of the build's benchmark "
+                      "runs interleaved in this process"} for p, load in session.memory.items()}
+        return record, memory
 
-    def _measure(self, calls: dict[str, Any]) -> dict[str, list[float]]:
-        """A fixed count when rounds and iters_per_round are both set, else the time budget."""
+    def _time(self, session: _Session) -> dict[str, list[list[float]]]:
+        """Interleaved blocks of the wall-clock runtimes, then each self-timed (GPU) engine on its own."""
         config = self.config
-        if config.rounds is not None and config.iters_per_round is not None:
-            return interleaved_latency(
-                calls, warmup=config.warmup, rounds=config.rounds, iters_per_round=config.iters_per_round
-            )
-        return budgeted_latency(calls, seconds=config.seconds, warmup=config.warmup, min_calls=config.min_calls)
+        if not session.calls:
+            blocks: dict[str, list[list[float]]] = {}
+        elif config.rounds is not None and config.iters_per_round is not None:  # a fixed count
+            times = interleaved_latency(session.calls, warmup=config.warmup, rounds=config.rounds,
+                                        iters_per_round=config.iters_per_round)
+            blocks = {name: [values] for name, values in times.items()}
+        else:
+            blocks = budgeted_blocks(session.calls, seconds=config.seconds, warmup=config.warmup,
+                                     min_calls=config.min_calls, seed=config.seed)
+        for precision, runner in session.self_timed.items():
+            blocks[precision] = [runner.time_inference(session.feed, warmup=config.warmup, iters=self._gpu_calls())]
+        return blocks
 
     def _gpu_calls(self) -> int:
         """Timed calls of a self-timed (GPU) runner: the fixed count, else min_calls and at least 200."""
         if self.config.rounds is not None and self.config.iters_per_round is not None:
             return self.config.rounds * self.config.iters_per_round
         return max(self.config.min_calls, 200)
+
+
+class _Session:
+    """The runtimes of one benchmark run: engines loaded (their RSS cost noted) and PyTorch eager."""
+
+    def __init__(self, ctx: BuildContext, feed: dict[str, Any], engines: Mapping[str, Artifact]) -> None:
+        self.feed = feed
+        self.calls: dict[str, Callable[[], object]] = {}
+        self.self_timed: dict[str, Any] = {}  # GPU runners with time_inference (CUDA-synchronised)
+        self.memory: dict[str, dict[str, Any]] = {}
+        self.gpu_memory: dict[str, dict[str, Any]] = {}
+        self.restore_model: Any = None
+        for precision, artifact in engines.items():
+            before = current_rss_bytes()
+            runner: Any = ctx.target.runner(artifact, ctx.threads)  # Any: GPU runners add time_inference/close
+            loaded = current_rss_bytes()
+            self.memory[precision] = {
+                "engine_load_mb": mib(loaded - before) if loaded is not None and before else None}
+            if callable(getattr(runner, "time_inference", None)):
+                self.self_timed[precision] = runner
+            else:
+                self.calls[precision] = _infer_call(runner, self.feed)
+
+    def add_torch(self, ctx: BuildContext) -> str:
+        """Add PyTorch eager (on the GPU for a GPU target when torch has CUDA); the device it runs on."""
+        import torch
+
+        device = torch_baseline_device(ctx.target.name, torch)
+        names = [s.name for s in ctx.input_specs]
+        if device.startswith("cuda"):
+            self.restore_model = _model_device(ctx.model)
+            self.calls[TORCH] = cuda_torch_call(ctx.model, names, dict(self.feed), device)
+        else:
+            reference = TorchRunner(ctx.model, tuple(names), ctx.output_names)
+            self.calls[TORCH] = lambda: reference.infer(self.feed)
+        return device
+
+    def close(self, ctx: BuildContext) -> None:
+        """Free the GPU contexts now and put the model back where it was (later stages expect it there)."""
+        if self.restore_model is not None:
+            ctx.model.to(self.restore_model)
+        for precision, runner in self.self_timed.items():
+            self.gpu_memory[precision] = dict(getattr(runner, "memory", None) or {})
+            if callable(getattr(runner, "close", None)):
+                runner.close()
+
+
+def _infer_call(runner: Any, feed: dict[str, Any]) -> Callable[[], object]:
+    return lambda: runner.infer(feed)
+
+
+def _record(inputs: dict[str, Any], blocks: Mapping[str, list[list[float]]], batch: int, threads: int,
+            torch_device: str | None, session: _Session, peak_rss_mb: float | None) -> BenchmarkRecord:
+    """The typed record of one run: summaries, spreads, the baseline's drift and their warnings."""
+    flat = {name: [t for block in runs for t in block] for name, runs in blocks.items()}
+    latency = {name: summarize(times, batch, threads) for name, times in flat.items() if name != TORCH}
+    for precision, memory in session.gpu_memory.items():
+        if memory:
+            latency[precision]["gpu_memory"] = memory
+    baseline = summarize(flat[TORCH], batch, threads) if TORCH in flat else None
+    if baseline is not None:
+        baseline["device"] = torch_device
+        if session.self_timed and torch_device == "cpu":
+            baseline["note"] = ("PyTorch baseline ran on the CPU (this torch has no CUDA): speedup_vs_torch compares "
+                                "the GPU engines with CPU eager")
+    spread = {name: s["p90_ms"] / s["p50_ms"] for name, s in [*latency.items(), (TORCH, baseline)]
+              if s and s["p50_ms"] > 0}
+    drifts = {name: d for name, runs in blocks.items() if (d := drift(runs)) is not None}
+    warnings = [w for w in (stability_warning("PyTorch eager" if n == TORCH else n, t) for n, t in sorted(flat.items()))
+                if w]
+    if TORCH in blocks and (moved := drift_warning("the PyTorch baseline", blocks[TORCH])):
+        warnings.append(moved)
+    timer = "runner (CUDA-synchronised)" if session.self_timed else "interleaved wall clock"
+    return BenchmarkRecord(inputs=inputs, baseline=baseline, latency=latency, spread=spread, drift=drifts,
+                           timer=timer, peak_rss_mb=peak_rss_mb, warnings=tuple(warnings))
+
+
+def variant_metrics(record: BenchmarkRecord, precision: str, memory: dict[str, Any] | None) -> dict[str, Any]:
+    """One variant's share of the run: its latency, the shared baseline's speedup, its memory."""
+    latency = dict(record.latency.get(precision) or {})
+    gpu_memory = latency.pop("gpu_memory", None)
+    metrics: dict[str, Any] = {"latency": latency or None, "speedup_vs_torch": record.speedup(precision),
+                               "memory": memory}
+    if gpu_memory:
+        metrics["gpu_memory"] = gpu_memory
+    return metrics

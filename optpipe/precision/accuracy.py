@@ -235,13 +235,12 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
                 "mode": "auto" if auto else "explicit"}  # fmt: skip
     timed = [v for v in passing if (v.get("latency") or {}).get("p50_ms")]
     if timed:
-        # Each variant was timed against PyTorch eager in its own interleaved run. On a noisy
-        # machine absolute p50s drift between those runs; the ratio to PyTorch measured in the
-        # same run does not, so rank by it when every candidate has one.
+        # Every engine was timed in the build's one interleaved run (optpipe.build_plan.benchmark_variants),
+        # so their medians compare with each other directly; the speedups share one baseline.
         by_ratio = all(v.get("speedup_vs_torch") for v in timed)
 
         def cost(v: Mapping[str, Any]) -> float:
-            return -float(v["speedup_vs_torch"]) if by_ratio else float(v["latency"]["p50_ms"])
+            return float(v["latency"]["p50_ms"])
 
         def describe(v: Mapping[str, Any]) -> str:
             text = f"p50 {v['latency']['p50_ms']:.3f} ms"
