@@ -78,6 +78,12 @@ def unstable_timings(report: Mapping[str, Any]) -> list[str]:
         if p50 and p90 and p90 / p50 > UNSTABLE_P90_OVER_P50:
             lines.append(f"{name}: p90 {p90:.3g} ms is {p90 / p50:.1f}× its p50 {p50:.3g} ms (other load on "
                          "the machine?): speedups from this run are uncertain; rerun on a quiet machine")
+    from optpipe.timing import DRIFT_LIMIT
+
+    moved = ((report.get("benchmark") or {}).get("drift") or {}).get("torch")
+    if moved and moved > DRIFT_LIMIT:  # the one baseline changed speed during the run
+        lines.append(f"PyTorch eager (the baseline): its slowest block median is {moved:.2f}× its fastest: the "
+                     "load changed while timing, so every speedup is uncertain; rerun on a quiet machine")
     return lines
 
 

@@ -63,6 +63,16 @@ def test_unstable_timings_warn_visibly() -> None:
     assert "<div class=unstable role=alert><b>Unstable timings</b>" in render_html(data)
 
 
+def test_a_drifting_baseline_warns_visibly() -> None:
+    data = _report()
+    data["benchmark"] = {"drift": {"torch": 1.1, "fp32": 3.0}}  # an engine's drift alone: its spread says it
+    assert unstable_timings(data) == []
+    data["benchmark"]["drift"]["torch"] = 1.6
+    (line,) = unstable_timings(data)
+    assert line.startswith("PyTorch eager (the baseline)") and "1.60×" in line
+    assert "Unstable timings" in render_html(data)
+
+
 def test_profile_section_has_a_bar_per_op_type() -> None:
     page = render_html(_report())
     section = page[page.index("<section id=profile>"):]
