@@ -87,15 +87,31 @@ def budgeted_latency(
     return {name: [t for block in runs for t in block] for name, runs in timed.items()}
 
 
+#: Untimed calls after each switch last at least this long: the previous runtime's thread pool is still
+#: spinning (ONNX Runtime's intra-op threads spin after a run) and slows the first calls of the next one.
+SETTLE_SECONDS = 0.005
+#: Fewest calls in a block, so one stalled call cannot move a block's median.
+MIN_BLOCK_CALLS = 5
+
+
 def _per_call_seconds(calls: Mapping[str, Callable[[], object]], warmup: int) -> dict[str, float]:
-    """Untimed warm-up calls of each runtime; their mean duration sizes its blocks."""
+    """Untimed warm-up calls of each runtime; the median of the later ones sizes its first blocks."""
     per_call: dict[str, float] = {}
     for name, call in calls.items():
-        start = time.perf_counter()
+        durations = []
         for _ in range(max(warmup, 1)):
+            start = time.perf_counter()
             call()
-        per_call[name] = (time.perf_counter() - start) / max(warmup, 1)
+            durations.append(time.perf_counter() - start)
+        per_call[name] = float(np.median(durations[1:] or durations))  # the first call pays one-off costs
     return per_call
+
+
+def _block_sizes(per_call: Mapping[str, float], seconds: float, blocks: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Timed calls per block (about ``seconds / blocks`` each) and untimed settle calls after a switch."""
+    block = {n: max(MIN_BLOCK_CALLS, math.ceil(seconds / blocks / max(c, 1e-7))) for n, c in per_call.items()}
+    settle = {n: max(2, min(block[n], math.ceil(SETTLE_SECONDS / max(c, 1e-7)))) for n, c in per_call.items()}
+    return block, settle
 
 
 def budgeted_blocks(
@@ -110,20 +126,19 @@ def budgeted_blocks(
 ) -> dict[str, list[list[float]]]:
     """Per-call latencies (ms) of each call, block by block, about ``seconds`` of timed calls each.
 
-    Each runtime's block holds about ``seconds / blocks`` of calls (from its
-    warm-up time per call), preceded by a few untimed settle calls (the other
-    runtime's thread pool winding down). Rounds go on, shuffled, until every
-    runtime has both ``seconds`` of timed calls and ``min_calls`` calls. The
-    blocks are kept apart so a drift of one runtime over the run (the
-    baseline slowing down while others ran) can be seen: :func:`drift`.
+    Each runtime's block holds about ``seconds / blocks`` of calls (sized from
+    its warm-up, then from its own timed calls so far), preceded by untimed
+    settle calls (:data:`SETTLE_SECONDS`: the other runtime's thread pool
+    winding down). Rounds go on, shuffled, until every runtime has both
+    ``seconds`` of timed calls and ``min_calls`` calls. The blocks are kept
+    apart so a drift of one runtime over the run (the baseline slowing down
+    while others ran) can be seen: :func:`drift`.
     """
     if progress is None:
         from optpipe.progress import Progress
 
         progress = Progress("benchmark", blocks).update
     per_call = _per_call_seconds(calls, warmup)
-    block = {n: max(1, math.ceil(seconds / blocks / max(c, 1e-6))) for n, c in per_call.items()}
-    settle = {n: min(3, max(1, size // 4)) for n, size in block.items()}
     order = list(calls)
     rng = random.Random(seed)
     timed: dict[str, list[list[float]]] = {name: [] for name in calls}
@@ -134,21 +149,28 @@ def budgeted_blocks(
 
     rounds = 0
     while not all(done(name) for name in calls):
+        block, settle = _block_sizes(per_call, seconds, blocks)
         rng.shuffle(order)
-        for name in order:
-            call = calls[name]
-            for _ in range(settle[name]):
-                call()
-            times: list[float] = []
-            for _ in range(block[name]):
-                start = time.perf_counter()
-                call()
-                times.append((time.perf_counter() - start) * 1e3)
-            timed[name].append(times)
+        for name in order:  # every runtime in every round, so the blocks stay interleaved to the end
+            timed[name].append(_timed_block(calls[name], settle[name], block[name]))
+        per_call = {n: float(np.median([t for b in timed[n] for t in b])) / 1e3 if timed[n] else c
+                    for n, c in per_call.items()}
         rounds += 1
         if progress is not None:
             progress(min(rounds, blocks), blocks)
     return timed
+
+
+def _timed_block(call: Callable[[], object], settle: int, size: int) -> list[float]:
+    """``settle`` untimed calls, then ``size`` timed ones (ms)."""
+    for _ in range(settle):
+        call()
+    times: list[float] = []
+    for _ in range(size):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 #: The slowest block median over the fastest above this marks a runtime that drifted during the run.

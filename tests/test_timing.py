@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from optpipe.timing import budgeted_latency, stability_warning
+from optpipe.timing import MIN_BLOCK_CALLS, budgeted_blocks, budgeted_latency, stability_warning
 
 
 def _sleeper(seconds: float):  # type: ignore[no-untyped-def]
@@ -36,3 +36,16 @@ def test_stability_warning_on_a_wide_spread_only() -> None:
     warning = stability_warning("torch", noisy)
     assert warning is not None and "torch" in warning and "p90/p50" in warning
     assert stability_warning("x", [1.0]) is None
+
+
+def test_blocks_stay_interleaved_to_the_end_and_are_sized_by_time() -> None:
+    calls = {"fast": _sleeper(0.001), "slow": _sleeper(0.01), "baseline": _sleeper(0.003)}
+    timed = budgeted_blocks(calls, seconds=0.1, warmup=2, min_calls=5, blocks=4, progress=lambda *_: None)
+    rounds = {name: len(runs) for name, runs in timed.items()}
+    assert len(set(rounds.values())) == 1  # every runtime ran in every round: one run, not one after another
+    for runs in timed.values():
+        assert all(len(block) >= MIN_BLOCK_CALLS for block in runs)
+    # Blocks hold about the same time, so the fast call's blocks hold more calls than the slow one's.
+    assert len(timed["fast"][-1]) > len(timed["slow"][-1])
+    flat = budgeted_latency(calls, seconds=0.05, warmup=1, min_calls=5, progress=lambda *_: None)
+    assert set(flat) == set(calls) and all(len(v) >= 5 for v in flat.values())
