@@ -342,7 +342,7 @@ class BuildOptions:
     benchmark: BenchmarkOptions = BenchmarkOptions()
     trt: TensorRTOptions = TensorRTOptions()
     eval: EvalOptions = EvalOptions()
-    profile: bool = False  # --profile: also profile each engine per op type and node (after the benchmark)
+    profile: bool = False  # --profile: also profile each engine per op type and node (its own session, untimed)
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the

@@ -1,8 +1,9 @@
 """engine -> engine: where the engine's time goes, per op type and per node (``--profile``).
 
-Runs after the benchmark, in its own session: ONNX Runtime's profiler (or
-TensorRT's per-layer profiler on a GPU machine) adds overhead per node, so it
-must not run inside the timed loop. The artifact is unchanged; the profile
+Runs after its variant's validate, in its own session that ends before the
+build's one benchmark run: ONNX Runtime's profiler (or TensorRT's per-layer
+profiler on a GPU machine) adds overhead per node, so it must not run inside
+the timed loop. The artifact is unchanged; the profile
 goes to ``report.json`` (``variants[].profile``), the console and report.html.
 """
 
