@@ -274,6 +274,8 @@ class BuildOptions:
     trt: TensorRTOptions = TensorRTOptions()
     eval: EvalOptions = EvalOptions()
     profile: bool = False  # --profile: also profile each engine per op type and node (after the benchmark)
+    # --static-batch: keep axis 0 at the example's size (default: dynamic, 1..64, when the model can vary it)
+    static_batch: bool = False
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
@@ -302,6 +304,7 @@ class BuildOptions:
             "trt": self.trt.set_values(),
             "eval": {"origin": self.eval.origin, "max_accuracy_drop": self.eval.max_accuracy_drop},
             "profile": self.profile,
+            "static_batch": self.static_batch,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
         }
 
@@ -338,6 +341,7 @@ def parse_build_options(
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     profile: bool = False,
+    static_batch: bool = False,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -371,7 +375,15 @@ def parse_build_options(
         eval=EvalOptions(eval_data, eval_origin, max_accuracy_drop),
         pass_options=per_pass,
         profile=bool(profile),
+        static_batch=_flag("static_batch", static_batch),
     )
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean option: True or False (a config file's ``static_batch = "no"`` is refused, not truthy)."""
+    if not isinstance(value, bool):
+        raise UserInputError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def reject_unknown_keywords(func: Callable[P, R]) -> Callable[P, R]:

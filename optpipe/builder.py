@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.batch_default import batch_blocker, covers_axis0, default_batch_dim, static_batch_warning
 from optpipe.build_dir import check_out_dir, discard, make_staging, publish
 from optpipe.build_options import (
     PRECISIONS,
@@ -99,6 +100,7 @@ def build(
     fp16_block: Sequence[str] = (),
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
     profile: bool = False,
+    static_batch: bool = False,
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -106,7 +108,9 @@ def build(
 
     ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict name -> tensor.
     ``dynamic`` declares dynamic dimensions: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every
-    input dynamic; a :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``tolerances`` maps an
+    input dynamic; a :class:`~optpipe.input_parsing.DynamicArg` names other axes. Without a declaration
+    on axis 0 the batch is dynamic from 1 to 64 when the model can vary it (a warning and a static
+    export when it cannot); ``static_batch=True`` keeps the example's batch. ``tolerances`` maps an
     output (or ``*``) to :class:`~optpipe.parity.Tolerance` fields. ``calib_data`` is a path
     (.npz, a directory, ``FILE.py:NAME``) or the samples themselves; ``eval_data`` is ``(inputs,
     labels)``; ``input_ranges`` maps an integer input to the ``(low, high)`` synthetic calibration
@@ -128,7 +132,7 @@ def build(
         calib_data=calib_data, synthetic_calib=synthetic_calib, calib_method=calib_method, calib_cache=calib_cache,
         input_ranges=input_ranges, eval_data=eval_data, eval_origin=eval_origin, max_accuracy_drop=max_accuracy_drop,
         guard_max_keep=guard_max_keep, no_guard=no_guard, int8_exclude=int8_exclude, fp16_block=fp16_block,
-        trt=trt, pass_options=pass_options, profile=profile,
+        trt=trt, pass_options=pass_options, profile=profile, static_batch=static_batch,
     )  # fmt: skip
     tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
     if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
@@ -278,14 +282,16 @@ def build_with_options(
     else:
         precisions = options.precisions
     io = _model_inputs(example_inputs, input_names, dynamic)
-    if options.benchmark.enabled and options.benchmark.batch is not None:
-        check_benchmark_batch(options.benchmark.batch, io.specs, io.dims)
     check_out_dir(out, options.overwrite)
     reason = _unavailable_reason(target)
     model_type = type(model).__name__
     model = _inference_module(model, io.names)
     outputs = _model_outputs(model, io, output_names)
     io = replace(io, outputs=outputs)
+    reference = TorchRunner(model, io.names, outputs)
+    dynamic_io, static_reason = _with_default_batch(io, options, reference, dynamic)
+    if options.benchmark.enabled and options.benchmark.batch is not None:
+        check_benchmark_batch(options.benchmark.batch, dynamic_io.specs, dynamic_io.dims)
     options.tolerances.check_outputs(outputs)
     eval_set = _checked_eval_set(options, io, precisions)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
@@ -293,19 +299,21 @@ def build_with_options(
     apply_pass_options(prefix.passes, options.pass_options)
     plan = plan_variants(precisions, target, options, engine=reason is None)
     next_step = None if reason is None else split_next_step(out, reason, options.trt)
-    reference = TorchRunner(model, io.names, outputs)
     staging = make_staging(out)
     report = Report(target=target.name, model=options.model_name or model_type)
     if not options.benchmark.enabled and options.benchmark.batch is not None:
         report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
+    if static_reason is not None:
+        _warn(static_batch_warning(static_reason), report, log)
     try:
-        ctx = _context(model, io, options, target, staging, log)
-        ctx.golden = make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
-                                 dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes))
+        ctx = _context(model, dynamic_io, options, target, staging, log)
+        ctx.golden = _golden(reference, dynamic_io, heldout_inputs)
+        log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
+        onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
+                                    None if dynamic_io is io else (io, reference, heldout_inputs))
         ctx.golden.save(staging / "golden")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
-        log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
-        _run_and_record(prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
+        _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
                         (options, precisions, reference, eval_set, next_step, provenance, started))
         publish(staging, out)
     except BaseException:
@@ -342,15 +350,70 @@ def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, sta
     )
 
 
-def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
+def _golden(reference: Any, io: ModelIO, heldout_inputs: Mapping[str, np.ndarray] | None) -> Any:
+    """PyTorch's outputs on the example, on other batch sizes when the batch is dynamic, and on held-out rows."""
+    return make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
+                       dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes))
+
+
+def _with_default_batch(io: ModelIO, options: BuildOptions, reference: Any,
+                        dynamic: Sequence[DynamicDim | DynamicArg]) -> tuple[ModelIO, str | None]:
+    """``io`` with the default dynamic batch (axis 0 of every input, 1..64), and why not when it cannot have one.
+
+    Unchanged (no reason) when the user said otherwise: ``static_batch``, or a declared dimension on axis 0.
+    """
+    declared = [d if isinstance(d, DynamicArg) else DynamicArg(d) for d in dynamic]
+    if options.static_batch or any(covers_axis0(arg.axes) for arg in declared):
+        return io, None
+    examples = dict(zip(io.names, io.examples, strict=True))
+    dim, reason = default_batch_dim(examples)
+    if dim is None:
+        return io, reason
+    reason = batch_blocker(reference, examples, dim, reference.infer(examples))
+    if reason is not None:
+        return io, reason
+    batched = _model_inputs(examples, io.names, [*declared, DynamicArg(dim)])
+    return replace(batched, outputs=io.outputs), None
+
+
+def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments: Sequence[Instrument],
+                static: tuple[ModelIO, Any, Any] | None) -> Artifact:
+    """Export and simplify once. ``static``: the static inputs to fall back to when the default batch fails.
+
+    The default dynamic batch never fails a build: when no exporter can export it (or its graph is
+    wrong at another batch), the model is exported again with the example's static batch, with a warning.
+    """
+    from optpipe.errors import PassError
+
+    source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
+                      tuple(TensorSpec(n, (), "") for n in ctx.output_names))
+    try:
+        return prefix.run(source, ctx, report.passes, instruments)
+    except PassError as error:
+        if static is None or error.pass_name != "export":
+            raise
+        failed = report.passes.pop()  # the failed dynamic export is replaced by the static one
+        io, reference, heldout_inputs = static
+        _warn(static_batch_warning(f"no exporter could export it with a dynamic batch ({failed.error})"),
+              report, ctx.log)
+        ctx.input_specs, ctx.dynamic = io.specs, io.dims
+        ctx.golden = _golden(reference, io, heldout_inputs)
+        source = replace(source, inputs=io.specs)
+        return prefix.run(source, ctx, report.passes, instruments)
+
+
+def _warn(warning: str, report: Report, log: Callable[[str], None]) -> None:
+    """One warning, on the console and in report.json."""
+    log(f"optpipe: warning: {warning}")
+    report.warnings.append(warning)
+
+
+def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
                     instruments: Sequence[Instrument], extra: tuple[Any, ...]) -> None:
-    """Run the shared prefix and the plan, then record the report, report.html and manifest.json in staging."""
+    """Run the plan after the shared prefix, then record the report, report.html and manifest.json in staging."""
     from optpipe.precision.accuracy import AccuracyCheck, select_variant
 
     options, precisions, reference, eval_set, next_step, provenance, started = extra
-    source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
-                      tuple(TensorSpec(n, (), "") for n in ctx.output_names))
-    onnx_artifact = prefix.run(source, ctx, report.passes, instruments)
     accuracy = None
     if eval_set is not None and plan.engine:
         assert ctx.golden is not None

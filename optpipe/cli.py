@@ -243,7 +243,10 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               help="Example input, e.g. x:2x3x224x224 or ids:2x128:int64:0..1000. Repeat per input, in "
               "forward() order. Default: example_inputs() in the model's file.")
 @click.option("--dynamic", "dynamics", multiple=True, metavar="NAME=MIN:OPT:MAX[@INPUT.AXIS,...]",
-              help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic.")
+              help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic. Default: a dynamic "
+              "batch (axis 0 of every input, 1 to 64) when the model can vary it.")
+@click.option("--static-batch", is_flag=True,
+              help="Keep axis 0 at the example's batch size (the artifact then accepts only that batch).")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
 @click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
@@ -290,7 +293,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          target: str, precision: tuple[str, ...], output_names: str | None,
+          static_batch: bool, target: str, precision: tuple[str, ...], output_names: str | None,
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
@@ -326,7 +329,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     options = parse_build_options(
         target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
-        trt=trt_options, pass_options=pass_options, profile=bool(profile),
+        trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
         **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
