@@ -263,8 +263,12 @@ def build_with_options(
     log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
     provenance: ProvenanceInputs | None = None,
+    warnings: Sequence[str] = (),
 ) -> Report:
-    """:func:`build` with options already parsed (the CLI and config files come here)."""
+    """:func:`build` with options already parsed (the CLI and config files come here).
+
+    ``warnings``: what the caller already found (model-file helpers optpipe could not use), logged and reported.
+    """
     from optpipe.engine_command import split_next_step
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
     from optpipe.passes.simplify import SimplifyOnnx
@@ -303,6 +307,8 @@ def build_with_options(
     report = Report(target=target.name, model=options.model_name or model_type)
     if not options.benchmark.enabled and options.benchmark.batch is not None:
         report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
+    for warning in warnings:
+        _warn(warning, report, log)
     if static_reason is not None:
         _warn(static_batch_warning(static_reason), report, log)
     try:

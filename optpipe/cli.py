@@ -343,7 +343,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     report = build_with_options(prepared.module, prepared.example_inputs, options, out_dir=out_dir,
                                 input_names=prepared.input_names, output_names=prepared.output_names,
                                 dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
-                                instruments=instruments, provenance=_provenance(model, weights, prepared))
+                                instruments=instruments, provenance=_provenance(model, weights, prepared),
+                                warnings=prepared.warnings)
     if not no_cache:
         from optpipe.cache_admin import enforce_cap
 
