@@ -151,6 +151,28 @@ class VariantResult(_JsonRecord):
 
 
 @dataclass(frozen=True)
+class HoldoutRecord:
+    """``report.build.holdout``: which calibration rows were held out as parity rows (never calibrated on)."""
+
+    source: str | None
+    rows: int  # rows of the calibration data read
+    heldout_rows: int
+    calibration_rows: int
+    rule: str  # how the rows were chosen (deterministic: a rebuild holds out the same rows)
+    heldout_indices: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "rows": self.rows, "heldout_rows": self.heldout_rows,
+                "calibration_rows": self.calibration_rows, "rule": self.rule,
+                "heldout_indices": list(self.heldout_indices)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HoldoutRecord:
+        return cls(data.get("source"), int(data["rows"]), int(data["heldout_rows"]), int(data["calibration_rows"]),
+                   str(data["rule"]), tuple(int(i) for i in data.get("heldout_indices") or ()))
+
+
+@dataclass(frozen=True)
 class BuildRecord(_JsonRecord):
     """``report.build``: what ``optpipe engine`` and ``optpipe verify`` need to resume from the directory alone."""
 
@@ -164,6 +186,7 @@ class BuildRecord(_JsonRecord):
     trt: dict[str, Any] = field(default_factory=dict)  # TensorRT build options, reused by `optpipe engine`
     options: dict[str, Any] | None = None  # BuildOptions.to_dict() of the build
     split_environment: dict[str, Any] | None = None  # where the CPU stages of a split build ran
+    holdout: HoldoutRecord | None = None  # calibration rows held out as golden rows
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +200,8 @@ class BuildRecord(_JsonRecord):
             "golden": self.golden,
             "trt": self.trt,
         }
-        return self._finish(out, options=self.options, split_environment=self.split_environment)
+        return self._finish(out, options=self.options, split_environment=self.split_environment,
+                            holdout=self.holdout.to_dict() if self.holdout else None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
@@ -194,5 +218,6 @@ class BuildRecord(_JsonRecord):
             trt=dict(data.get("trt") or {}),
             options=data.get("options"),
             split_environment=data.get("split_environment"),
+            holdout=HoldoutRecord.from_dict(data["holdout"]) if data.get("holdout") else None,
             extra=cls._unknown(data),
         )

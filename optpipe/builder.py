@@ -311,16 +311,18 @@ def build_with_options(
         _warn(warning, report, log)
     if static_reason is not None:
         _warn(static_batch_warning(static_reason), report, log)
+    options, holdout = _calibration_holdout(options, dynamic_io, precisions, report, log)
+    golden_rows = (heldout_inputs, holdout.heldout if holdout else None)
     try:
         ctx = _context(model, dynamic_io, options, target, staging, log)
-        ctx.golden = _golden(reference, dynamic_io, heldout_inputs)
+        ctx.golden = _golden(reference, dynamic_io, golden_rows)
         log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
         onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
-                                    None if dynamic_io is io else (io, reference, heldout_inputs))
+                                    None if dynamic_io is io else (io, reference, golden_rows))
         ctx.golden.save(staging / "golden")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
         _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
-                        (options, precisions, reference, eval_set, next_step, provenance, started))
+                        (options, precisions, reference, eval_set, next_step, provenance, started, holdout))
         publish(staging, out)
     except BaseException:
         discard(staging)
@@ -356,10 +358,44 @@ def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, sta
     )
 
 
-def _golden(reference: Any, io: ModelIO, heldout_inputs: Mapping[str, np.ndarray] | None) -> Any:
-    """PyTorch's outputs on the example, on other batch sizes when the batch is dynamic, and on held-out rows."""
+def _golden(reference: Any, io: ModelIO, rows: tuple[Mapping[str, np.ndarray] | None, Any]) -> Any:
+    """PyTorch's outputs on the example, on other batch sizes when the batch is dynamic, and on held-out rows.
+
+    ``rows``: the eval data's held-out inputs and the rows held out of the calibration data (or None).
+    """
+    heldout_inputs, calib_heldout = rows
     return make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
-                       dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes))
+                       dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes),
+                       calib_heldout=calib_heldout)
+
+
+def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequence[str], report: Report,
+                         log: Callable[[str], None]) -> tuple[BuildOptions, Any]:
+    """Hold out a share of the calibration rows as golden rows; the options then calibrate on the rest only.
+
+    Reading the data is only required when a precision calibrates on it: otherwise a source that
+    cannot be read is a warning and nothing is held out.
+    """
+    from optpipe.precision.calib_data import load_samples
+    from optpipe.precision.holdout import MAX_SAMPLES, split_rows
+
+    calibration = options.calibration
+    data = calibration.samples if calibration.samples is not None else calibration.source
+    if data is None:
+        return options, None
+    try:
+        samples = load_samples(data, list(io.specs), max_samples=MAX_SAMPLES)
+    except UserInputError as error:
+        if any(p in ("int8", "fp16") for p in precisions) or options.auto:
+            raise
+        _warn(f"calibration data could not be read, so none of it is held out for parity: {error}", report, log)
+        return options, None
+    holdout = split_rows(samples, io.specs)
+    if holdout is None:
+        return replace(options, calibration=replace(calibration, samples=samples)), None
+    log(f"optpipe: {len(holdout.indices)} of {holdout.rows} calibration rows held out as parity rows "
+        "(never calibrated on)")
+    return replace(options, calibration=replace(calibration, samples=holdout.calibration)), holdout
 
 
 def _with_default_batch(io: ModelIO, options: BuildOptions, reference: Any,
@@ -419,7 +455,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
     """Run the plan after the shared prefix, then record the report, report.html and manifest.json in staging."""
     from optpipe.precision.accuracy import AccuracyCheck, select_variant
 
-    options, precisions, reference, eval_set, next_step, provenance, started = extra
+    options, precisions, reference, eval_set, next_step, provenance, started, holdout = extra
     accuracy = None
     if eval_set is not None and plan.engine:
         assert ctx.golden is not None
@@ -441,6 +477,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
         tolerances=options.tolerances.as_dict(),
         onnx=str(onnx_artifact.path.relative_to(ctx.work_dir)) if onnx_artifact.path else None,
         trt=options.trt.set_values(), options=options.to_dict(),
+        holdout=holdout.record(options.calibration.source) if holdout else None,
     )
     from optpipe.provenance import provenance_record
 

@@ -80,6 +80,9 @@ class OutputParity:
     # Why top-1 agreement is missing or covers fewer rows: rows whose reference scores tie (all zero...)
     # have no top-1 class, so agreement on them means nothing and is neither reported nor gated.
     top1_note: str | None = None
+    # Rows of real held-out data (eval data, rows held out of the calibration data) among ``samples``:
+    # the rest are the example's rows, repeated at other batch sizes.
+    heldout_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -217,6 +220,10 @@ def compare_output(
     return parity
 
 
+#: Golden cases of real held-out rows (:func:`optpipe.golden.heldout_feeds`).
+HELDOUT_CASES = ("heldout", "calib-heldout")
+
+
 def validate_outputs(
     runner: Any, ctx: BuildContext, precision: str, tolerances: dict[str, dict[str, float]]
 ) -> dict[str, Any]:
@@ -232,6 +239,7 @@ def validate_outputs(
     assert ctx.golden is not None
     references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
+    heldout_rows = dict.fromkeys(ctx.output_names, 0)
     failures: list[str] = []
     progress = Progress("validate", len(ctx.golden.cases))
     for index, case in enumerate(ctx.golden.cases):
@@ -251,12 +259,14 @@ def validate_outputs(
                 continue
             references[name].append(case.outputs[name])
             results[name].append(got[name])
+            heldout_rows[name] += case.batch if case.name.startswith(HELDOUT_CASES) else 0
     progress.close()
     outputs = {}
     for name in ctx.output_names:
         if not references[name]:
             continue
         parity = compare_output(references[name], results[name], tolerance_for(precision, name, tolerances))
+        parity.heldout_rows = heldout_rows[name]
         outputs[name] = parity.to_dict()
         failures.extend(f"output '{name}': {failure}" for failure in parity.failures)
     return {
