@@ -298,6 +298,7 @@ def build_with_options(
         check_benchmark_batch(options.benchmark.batch, dynamic_io.specs, dynamic_io.dims)
     options.tolerances.check_outputs(outputs)
     eval_set = _checked_eval_set(options, io, precisions)
+    options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
     apply_pass_options(prefix.passes, options.pass_options)
@@ -311,7 +312,8 @@ def build_with_options(
         _warn(warning, report, log)
     if static_reason is not None:
         _warn(static_batch_warning(static_reason), report, log)
-    options, holdout = _calibration_holdout(options, dynamic_io, precisions, report, log)
+    if holdout_warning is not None:
+        _warn(holdout_warning, report, log)
     golden_rows = (heldout_inputs, holdout.heldout if holdout else None)
     try:
         ctx = _context(model, dynamic_io, options, target, staging, log)
@@ -369,12 +371,13 @@ def _golden(reference: Any, io: ModelIO, rows: tuple[Mapping[str, np.ndarray] | 
                        calib_heldout=calib_heldout)
 
 
-def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequence[str], report: Report,
-                         log: Callable[[str], None]) -> tuple[BuildOptions, Any]:
+def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequence[str],
+                         log: Callable[[str], None]) -> tuple[BuildOptions, Any, str | None]:
     """Hold out a share of the calibration rows as golden rows; the options then calibrate on the rest only.
 
     Reading the data is only required when a precision calibrates on it: otherwise a source that
-    cannot be read is a warning and nothing is held out.
+    cannot be read is a warning (returned) and nothing is held out. Before the plan: its
+    precision passes are configured with the calibration rows that are left.
     """
     from optpipe.precision.calib_data import load_samples
     from optpipe.precision.holdout import MAX_SAMPLES, split_rows
@@ -382,20 +385,19 @@ def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequenc
     calibration = options.calibration
     data = calibration.samples if calibration.samples is not None else calibration.source
     if data is None:
-        return options, None
+        return options, None, None
     try:
         samples = load_samples(data, list(io.specs), max_samples=MAX_SAMPLES)
     except UserInputError as error:
         if any(p in ("int8", "fp16") for p in precisions) or options.auto:
             raise
-        _warn(f"calibration data could not be read, so none of it is held out for parity: {error}", report, log)
-        return options, None
+        return options, None, f"calibration data could not be read, so none of it is held out for parity: {error}"
     holdout = split_rows(samples, io.specs)
     if holdout is None:
-        return replace(options, calibration=replace(calibration, samples=samples)), None
+        return replace(options, calibration=replace(calibration, samples=samples)), None, None
     log(f"optpipe: {len(holdout.indices)} of {holdout.rows} calibration rows held out as parity rows "
         "(never calibrated on)")
-    return replace(options, calibration=replace(calibration, samples=holdout.calibration)), holdout
+    return replace(options, calibration=replace(calibration, samples=holdout.calibration)), holdout, None
 
 
 def _with_default_batch(io: ModelIO, options: BuildOptions, reference: Any,
