@@ -276,6 +276,8 @@ class BuildOptions:
     profile: bool = False  # --profile: also profile each engine per op type and node (after the benchmark)
     # --static-batch: keep axis 0 at the example's size (default: dynamic, 1..64, when the model can vary it)
     static_batch: bool = False
+    # --rebench: measure validation and benchmark again instead of reusing an identical cached measurement
+    rebench: bool = False
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
@@ -305,6 +307,7 @@ class BuildOptions:
             "eval": {"origin": self.eval.origin, "max_accuracy_drop": self.eval.max_accuracy_drop},
             "profile": self.profile,
             "static_batch": self.static_batch,
+            "rebench": self.rebench,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
         }
 
@@ -342,6 +345,7 @@ def parse_build_options(
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     profile: bool = False,
     static_batch: bool = False,
+    rebench: bool = False,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -376,6 +380,7 @@ def parse_build_options(
         pass_options=per_pass,
         profile=bool(profile),
         static_batch=_flag("static_batch", static_batch),
+        rebench=_flag("rebench", rebench),
     )
 
 

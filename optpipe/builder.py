@@ -101,6 +101,7 @@ def build(
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
     profile: bool = False,
     static_batch: bool = False,
+    rebench: bool = False,
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -110,7 +111,9 @@ def build(
     ``dynamic`` declares dynamic dimensions: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every
     input dynamic; a :class:`~optpipe.input_parsing.DynamicArg` names other axes. Without a declaration
     on axis 0 the batch is dynamic from 1 to 64 when the model can vary it (a warning and a static
-    export when it cannot); ``static_batch=True`` keeps the example's batch. ``tolerances`` maps an
+    export when it cannot); ``static_batch=True`` keeps the example's batch. With a
+    :class:`~optpipe.cache.PassCache` instrument, validation and benchmark results measured under
+    exactly the same conditions are reused (marked ``cached``); ``rebench=True`` measures again. ``tolerances`` maps an
     output (or ``*``) to :class:`~optpipe.parity.Tolerance` fields. ``calib_data`` is a path
     (.npz, a directory, ``FILE.py:NAME``) or the samples themselves; ``eval_data`` is ``(inputs,
     labels)``; ``input_ranges`` maps an integer input to the ``(low, high)`` synthetic calibration
@@ -133,6 +136,7 @@ def build(
         input_ranges=input_ranges, eval_data=eval_data, eval_origin=eval_origin, max_accuracy_drop=max_accuracy_drop,
         guard_max_keep=guard_max_keep, no_guard=no_guard, int8_exclude=int8_exclude, fp16_block=fp16_block,
         trt=trt, pass_options=pass_options, profile=profile, static_batch=static_batch,
+        rebench=rebench,
     )  # fmt: skip
     tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
     if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
@@ -357,6 +361,7 @@ def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, sta
         example_inputs=tuple(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples),
         threads=options.threads,
         log=log,
+        reuse_measurements=not options.rebench,
     )
 
 

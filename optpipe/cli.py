@@ -274,6 +274,9 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               help="Build the [[model]] entries of a TOML file (options as keys; flags given here override "
               "the file). MODEL then selects one entry by name or spec.")
 @click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
+@click.option("--rebench", is_flag=True,
+              help="Measure validation and latency again, even when the cache holds a measurement of the same "
+              "artifact, golden data, runtime versions and host.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
@@ -293,7 +296,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          static_batch: bool, target: str, precision: tuple[str, ...], output_names: str | None,
+          static_batch: bool, rebench: bool, target: str, precision: tuple[str, ...], output_names: str | None,
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
@@ -330,7 +333,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
         trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
-        **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+        rebench=rebench, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
