@@ -21,7 +21,7 @@ from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_options import PRECISIONS, BuildOptions
-from optpipe.build_record import VariantResult, VariantStatus
+from optpipe.build_record import CachedMeasurement, VariantResult, VariantStatus
 from optpipe.errors import PassError, UserInputError
 from optpipe.pass_base import BuildContext, Pass
 from optpipe.pass_options import apply_pass_options
@@ -165,6 +165,8 @@ def variant_result(precision: str, final: Artifact, records: Sequence[PassRecord
         memory=bench.get("memory"),
         profile=metrics.get("profile", {}).get("profile"),
         passes={r.name: r.metrics for r in records if r.name not in ("validate", "benchmark", "profile")},
+        cached={name: CachedMeasurement.from_dict(metrics[name]["cached"]) for name in ("validate", "benchmark")
+                if "cached" in metrics.get(name, {})},
     )
 
 

@@ -73,6 +73,22 @@ class _JsonRecord:
 
 
 @dataclass(frozen=True)
+class CachedMeasurement:
+    """A measurement (validate, benchmark) reused from the cache: when and where it was made, under which key."""
+
+    measured_at: str | None
+    host: dict[str, Any] | None
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measured_at": self.measured_at, "host": self.host, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CachedMeasurement:
+        return cls(data.get("measured_at"), data.get("host"), str(data["key"]))
+
+
+@dataclass(frozen=True)
 class VariantResult(_JsonRecord):
     """One entry of ``report.variants``."""
 
@@ -94,6 +110,8 @@ class VariantResult(_JsonRecord):
     fallback: bool = False  # fp32 built because every requested variant was skipped
     reason: str | None = None  # why it was skipped
     accuracy: dict[str, Any] | None = None  # task accuracy on the labelled eval data, when given
+    # Measurements reused from the cache (pass name -> when/where measured); absent = measured in this build.
+    cached: dict[str, CachedMeasurement] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     @property
@@ -122,7 +140,8 @@ class VariantResult(_JsonRecord):
             "passes": self.passes,
             "required": self.required,
         }
-        return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy)
+        return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy,
+                            cached={k: v.to_dict() for k, v in self.cached.items()} or None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
@@ -146,6 +165,7 @@ class VariantResult(_JsonRecord):
             fallback=bool(data.get("fallback", False)),
             reason=data.get("reason"),
             accuracy=data.get("accuracy"),
+            cached={str(k): CachedMeasurement.from_dict(v) for k, v in (data.get("cached") or {}).items()},
             extra=cls._unknown(data),
         )
 
