@@ -431,12 +431,16 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
 
     The default dynamic batch never fails a build: when no exporter can export it (or its graph is
     wrong at another batch), the model is exported again with the example's static batch, with a warning.
+    The prefix checks its graphs without the rows held out of the calibration data (``ctx.golden`` has
+    them again afterwards): other calibration data must not make export and simplify cache misses.
     """
     from optpipe.errors import PassError
 
     source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
                       tuple(TensorSpec(n, (), "") for n in ctx.output_names))
+    golden = ctx.golden
     try:
+        ctx.golden = _without_calibration_rows(golden)
         return prefix.run(source, ctx, report.passes, instruments)
     except PassError as error:
         if static is None or error.pass_name != "export":
@@ -446,9 +450,19 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
         _warn(static_batch_warning(f"no exporter could export it with a dynamic batch ({failed.error})"),
               report, ctx.log)
         ctx.input_specs, ctx.dynamic = io.specs, io.dims
-        ctx.golden = _golden(reference, io, heldout_inputs)
+        golden = _golden(reference, io, heldout_inputs)
+        ctx.golden = _without_calibration_rows(golden)
         source = replace(source, inputs=io.specs)
         return prefix.run(source, ctx, report.passes, instruments)
+    finally:
+        ctx.golden = golden
+
+
+def _without_calibration_rows(golden: Any) -> Any:
+    """The golden data without the cases held out of the calibration data."""
+    from optpipe.golden import GoldenData
+
+    return GoldenData([case for case in golden.cases if not case.name.startswith("calib-heldout")])
 
 
 def _warn(warning: str, report: Report, log: Callable[[str], None]) -> None:
