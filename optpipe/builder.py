@@ -22,7 +22,7 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.batch_default import batch_blocker, covers_axis0, default_batch_dim, static_batch_warning
-from optpipe.build_dir import check_out_dir, discard, make_staging, publish
+from optpipe.build_dir import check_out_dir, discard, make_staging, pause_point, publish
 from optpipe.build_options import (
     PRECISIONS,
     BuildOptions,
@@ -44,7 +44,7 @@ from optpipe.build_record import BuildRecord
 from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import make_golden
-from optpipe.input_parsing import DynamicArg, resolve_input_specs
+from optpipe.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
 from optpipe.pass_base import BuildContext
 from optpipe.pass_options import apply_pass_options
 from optpipe.pipeline import Instrument, Pipeline
@@ -231,6 +231,7 @@ def _model_outputs(model: Any, io: ModelIO, output_names: Sequence[str] | None) 
         raw = model(*(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples))
     first = flatten_outputs(raw)
     outputs = tuple(output_names) if output_names else default_output_names(raw)  # dict keys, else output_<i>
+    check_unique_names("output names", outputs)
     if len(outputs) != len(first):
         raise UserInputError(f"{len(outputs)} output names for a model with {len(first)} outputs")
     return outputs
@@ -290,7 +291,7 @@ def build_with_options(
     else:
         precisions = options.precisions
     io = _model_inputs(example_inputs, input_names, dynamic)
-    check_out_dir(out, options.overwrite)
+    out_seen = check_out_dir(out, options.overwrite)  # publish() refuses if another build changed it meanwhile
     reason = _unavailable_reason(target)
     model_type = type(model).__name__
     model = _inference_module(model, io.names)
@@ -326,10 +327,11 @@ def build_with_options(
         onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
                                     None if dynamic_io is io else (io, reference, golden_rows))
         ctx.golden.save(staging / "golden")
+        pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
         _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
                         (options, precisions, reference, eval_set, next_step, provenance, started, holdout))
-        publish(staging, out)
+        publish(staging, out, out_seen)
     except BaseException:
         discard(staging)
         raise

@@ -347,6 +347,35 @@ class CorruptEntry(Exception):
     """A cache entry whose files or record do not match (caught inside this module)."""
 
 
+def _remove_no_follow(path: Path) -> None:
+    """Delete ``path``: a symlink itself (never its target), else the file or tree."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)  # rmtree does not descend into symlinked directories
+
+
+def _refuse_symlinks(base: Path, subdirs: Sequence[str]) -> None:
+    """The cache's own directories must be real directories: a symlink could lead reads and deletes out."""
+    for sub in subdirs:
+        path = base / sub if sub else base
+        if path.is_symlink():
+            raise OSError(errno.ELOOP, "is a symbolic link (optpipe does not follow links inside its cache)",
+                          str(path))
+
+
+def _check_no_symlinks(base: Path, entry: Path) -> None:
+    """An entry, its prefix directory, ``files/`` or anything under it being a symlink makes it corrupt."""
+    for path in (entry.parent, entry, entry / "record.json", entry / "files"):
+        if path.is_symlink():
+            raise CorruptEntry(f"{path.relative_to(base)} is a symbolic link")
+    files = entry / "files"
+    if files.is_dir():
+        for path in files.rglob("*"):
+            if path.is_symlink():
+                raise CorruptEntry(f"{path.relative_to(base)} is a symbolic link")
+
+
 def _inside(root: Path, relative: object, what: str, *, allow_root: bool = False) -> Path:
     """``root / relative`` for a record's relative path; CorruptEntry unless it stays inside ``root``.
 
@@ -527,6 +556,7 @@ class PassCache:
         try:
             for sub in ("entries", "locks", "tmp"):
                 (self.base / sub).mkdir(parents=True, exist_ok=True)
+            _refuse_symlinks(self.base, ("", "entries", "locks", "tmp"))
             probe = self.base / "tmp" / f".probe-{os.getpid()}-{secrets.token_hex(4)}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -541,10 +571,14 @@ class PassCache:
         """Remove entries-in-progress left by killed builds (old enough that no build still writes them)."""
         now = time.time()
         with contextlib.suppress(OSError):
-            for child in (self.base / "tmp").iterdir():
+            tmp = self.base / "tmp"
+            if tmp.is_symlink():  # never delete through a link out of the cache
+                return
+            for child in tmp.iterdir():
                 with contextlib.suppress(OSError):
-                    if now - child.stat().st_mtime > STALE_TMP_SECONDS:
-                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+                    info = child.lstat()  # a symlink's own age; its target is never looked at
+                    if now - info.st_mtime > STALE_TMP_SECONDS:
+                        _remove_no_follow(child)
 
     def _entry(self, key: str) -> Path:
         return self.base / "entries" / key[:2] / key
@@ -588,16 +622,17 @@ class PassCache:
         trash = self.base / "tmp" / f"discard-{entry.name}-{os.getpid()}-{secrets.token_hex(4)}"
         with contextlib.suppress(OSError):
             os.replace(entry, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_no_follow(trash)
 
     def _load(self, key: str, pass_: Pass, ctx: BuildContext) -> PassResult | None:
         entry = self._entry(key)
         record_path = entry / "record.json"
-        if not record_path.is_file():
+        if not record_path.is_file() and not entry.is_symlink():
             return None
         written: list[Path] = []
         try:
             try:
+                _check_no_symlinks(self.base, entry)
                 record = json.loads(record_path.read_text(encoding="utf-8"))
                 if not isinstance(record, dict):
                     raise CorruptEntry(f"record is a JSON {type(record).__name__}, not an object")

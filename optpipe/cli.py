@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,12 +20,22 @@ import click
 from optpipe import __version__
 from optpipe.cli_help import BuildCommand
 from optpipe.config_file import JSON_SINK
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, OptpipeError
+from optpipe.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    OptpipeError,
+    UserInputError,
+    one_line,
+)
 from optpipe.junit import junit_on_error
 
 if TYPE_CHECKING:
     from optpipe.build_options import BuildOptions, TensorRTOptions
     from optpipe.build_record import VariantResult
+    from optpipe.executors import Executor
+    from optpipe.matrix import MatrixResult, ModelResult, ModelTask, ProgressCallback
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +57,7 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OptpipeError as error:
-            click.echo(f"optpipe: error: {error}", err=True)
+            click.echo(f"optpipe: error: {one_line(str(error))}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("optpipe: interrupted; nothing was written to the output directory", err=True)
@@ -56,12 +66,33 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+class OneLineErrors(click.Group):
+    """click's usage errors (four lines: usage, hint, blank, error) as the one ``optpipe: error:`` line, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # always non-standalone: errors are ours to print
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # plain `optpipe`: the help, not an error
+            click.echo(error.ctx.get_help())
+            sys.exit(EXIT_OK)
+        except click.ClickException as error:
+            context = getattr(error, "ctx", None)  # usage errors know their command
+            where = f" (see '{context.command_path} --help')" if context is not None else ""
+            message = one_line(error.format_message())
+            click.echo(f"optpipe: error: {message}{where}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("optpipe: interrupted", err=True)
+            sys.exit(130)
+
+
 def _log_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """``--log-file``: refused before any work when it cannot be written."""
     return _writable_file(ctx, param, value)
 
 
-@click.group(help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
+@click.group(cls=OneLineErrors, help="optpipe compiles trained PyTorch models into fast, verified runtime artifacts.\n"
              + EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="optpipe")
 @click.option("-v", "--verbose", count=True, help="More messages (-v: debug).")
@@ -273,6 +304,10 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Build the [[model]] entries of a TOML file (options as keys; flags given here override "
               "the file). MODEL then selects one entry by name or spec.")
+@click.option("--executor", metavar="EXECUTOR",
+              help="Where -c FILE's models are built: in-process (default, one after the other), ray (a local "
+              "Ray started for the run), ray:auto or ray://HOST:PORT (an existing Ray cluster; needs "
+              "optpipe[ray]).")
 @click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
 @click.option("--rebench", is_flag=True,
               help="Measure validation and latency again, even when the cache holds a measurement of the same "
@@ -299,7 +334,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           static_batch: bool, rebench: bool, target: str, precision: tuple[str, ...], output_names: str | None,
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
-          as_json: bool, config_file: Path | None, no_cache: bool, cache_dir: Path | None, junit: Path | None,
+          as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
+          junit: Path | None,
           trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
           profile: bool | None = None, opset: int | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
@@ -307,7 +343,9 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     if config_file is not None:
         from optpipe.config_file import run_build_file
 
-        sys.exit(run_build_file(click.get_current_context(), config_file, model))
+        sys.exit(run_build_file(click.get_current_context(), config_file, model, run_model))
+    if executor is not None:
+        raise click.UsageError("--executor builds the models of a config file: give -c FILE")
     if model is None:
         raise click.UsageError("Missing argument 'MODEL' (or give a config file with -c FILE).")
     if out_dir is None:
@@ -484,6 +522,35 @@ def profile_command(build_dir: Path, precision: str | None, runs: int, threads: 
     else:
         click.echo(f"{build_dir}: {result.precision} ({result.artifact})")
         click.echo(result.profile.format())
+
+
+def run_model(task: ModelTask, *, capture: bool = False) -> ModelResult:
+    """Build one model of a matrix with this ``build`` command (the runner of every executor, Ray included)."""
+    from optpipe.matrix import invoke_model
+
+    return invoke_model(build, task, capture=capture)
+
+
+def build_many(configs: str | Path | Sequence[str | Path], executor: str | Executor | None = None, *,
+               select: str | None = None, progress: ProgressCallback | None = None) -> MatrixResult:
+    """Build every ``[[model]]`` of one or more config files (``optpipe build -c``) with ``executor``.
+
+    ``executor``: ``None``/``"in-process"``, ``"ray"``, ``"ray:auto"``, ``"ray://HOST:PORT"`` or an
+    executor object (e.g. ``RayExecutor(num_cpus=2)``). ``select`` keeps one model by name. A model whose
+    build fails is a result with its exit code, not an exception; a config error raises
+    :class:`~optpipe.config_file.ConfigError` before anything is built. ``MatrixResult.to_json()`` and
+    :func:`optpipe.matrix.write_matrix_junit` give the command line's ``--json`` and ``--junit`` outputs.
+    """
+    from optpipe.config_file import tasks_from_file
+    from optpipe.executors import get_executor, run_matrix
+
+    paths = [configs] if isinstance(configs, str | Path) else list(configs)
+    tasks: list[ModelTask] = []
+    for path in paths:
+        tasks.extend(tasks_from_file(Path(path), build, select))
+    if not tasks:
+        raise UserInputError("build_many: no config file given")
+    return run_matrix(tasks, get_executor(executor), run_model, progress)
 
 
 @main.command()

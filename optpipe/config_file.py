@@ -48,7 +48,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, UserInputError
+from optpipe.errors import UserInputError
+from optpipe.matrix import SEVERITY, ModelRunner, ModelTask, worst_exit_code
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,11 +76,10 @@ ALIASES: dict[str, tuple[str, bool]] = {
 JSON_SINK = "optpipe.json_reports"
 BUILD_FILE_SCHEMA = "optpipe.build-file/1"
 # Options of the whole command, not of one model.
-COMMAND_LEVEL = frozenset({"no_cache", "cache_dir", "junit", "as_json"})
+COMMAND_LEVEL = frozenset({"no_cache", "cache_dir", "junit", "as_json", "executor"})
 # Never read from a file.
 NOT_IN_FILE = frozenset({"config_file"})
-# Worst-first order of exit codes when several models are built.
-SEVERITY = (EXIT_USAGE, EXIT_GATE_FAILED, EXIT_ENVIRONMENT, EXIT_OK)
+__all__ = ["SEVERITY", "ConfigError", "load_build_file", "run_build_file", "tasks_from_file", "worst_exit_code"]
 
 
 class ConfigError(UserInputError):
@@ -87,14 +87,6 @@ class ConfigError(UserInputError):
 
     #: The file's top-level ``junit`` when it was read before the error (so the error can still be reported).
     junit: Any = None
-
-
-def worst_exit_code(codes: Sequence[int]) -> int:
-    """The exit code of several builds: usage error > gate failed > split build > ok."""
-    if not codes:
-        return EXIT_OK
-    rank = {code: index for index, code in enumerate(SEVERITY)}
-    return min(codes, key=lambda code: rank.get(code, -1))
 
 
 @dataclass
@@ -320,6 +312,8 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
         raise ConfigError(f"{label}: cannot read it ({error.strerror or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{label}: not valid TOML ({error})") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; tomllib raises this, not TOMLDecodeError
+        raise ConfigError(f"{label}: not UTF-8 text (byte {error.start}); TOML files must be UTF-8") from None
     base = file.resolve().parent
     params = _params(command)
     models_data = data.pop("model", None)
@@ -409,7 +403,7 @@ def _cli_overrides(ctx: click.Context) -> dict[str, Any]:
     }
 
 
-def run_build_file(ctx: click.Context, config_path: Path, select: str | None) -> int:
+def run_build_file(ctx: click.Context, config_path: Path, select: str | None, runner: ModelRunner) -> int:
     """Build every (selected) model of a config file; return the worst exit code.
 
     Each model is built by invoking the ``build`` command itself with that
@@ -417,7 +411,7 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
     apart. One JUnit file (``junit``) collects every model's gates.
     """
     try:
-        return _run_build_file(ctx, config_path, select)
+        return _run_build_file(ctx, config_path, select, runner)
     except ConfigError as error:
         # A stale JUnit file from an earlier passing run must not stay behind: CI would report it.
         junit = ctx.params.get("junit") or error.junit
@@ -429,17 +423,19 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None) ->
         raise
 
 
-def _run_build_file(ctx: click.Context, config_path: Path, select: str | None) -> int:
+def _run_build_file(ctx: click.Context, config_path: Path, select: str | None, runner: ModelRunner) -> int:
     command = ctx.command
     build_file = load_build_file(config_path, command, ctx)
     try:
-        return _build_models(ctx, config_path, select, build_file)
+        return _build_models(ctx, config_path, select, build_file, runner)
     except ConfigError as error:
         error.junit = error.junit or build_file.command.get("junit")
         raise
 
 
-def _build_models(ctx: click.Context, config_path: Path, select: str | None, build_file: BuildFile) -> int:
+def _resolve_tasks(ctx: click.Context, config_path: Path, select: str | None,
+                   build_file: BuildFile) -> tuple[list[ModelTask], dict[str, Any]]:
+    """The selected models as build tasks (every check done), and the command-level settings."""
     command = ctx.command
     overrides = _cli_overrides(ctx)
     models = build_file.models
@@ -455,10 +451,10 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
     # ctx.params holds this invocation's values with click's defaults applied (and converted).
     defaults = {name: value for name, value in ctx.params.items() if name not in NOT_IN_FILE}
     command_settings = {**build_file.command, **{k: v for k, v in overrides.items() if k in COMMAND_LEVEL}}
-    junit_path = command_settings.pop("junit", None)
-    resolved: list[tuple[ModelBuild, dict[str, Any]]] = []
+    tasks: list[ModelTask] = []
     for model in models:
-        params = {**defaults, **model.params, **overrides, **command_settings, "config_file": None, "junit": None}
+        params = {**defaults, **model.params, **overrides, **command_settings, "config_file": None, "junit": None,
+                  "executor": None}
         for name, param in _params(command).items():
             if param.multiple and params.get(name) is None:
                 params[name] = ()
@@ -466,61 +462,43 @@ def _build_models(ctx: click.Context, config_path: Path, select: str | None, bui
             raise ConfigError(f"{model.where}: missing 'out' (the build directory of this model)")
         params["pass_options"] = _without_flags(model.pass_options, list(overrides)) or None
         _check_target_options(params, _params(command), model.where, params.get("target"), overrides)
-        resolved.append((model, params))
-    codes: list[int] = []
-    suites = []
-    from optpipe.junit import ERROR_META_KEY, error_suite, report_suite
-
-    reports: list[dict[str, Any] | None] = []
-    if command_settings.get("as_json"):
-        ctx.meta[JSON_SINK] = []  # the build command hands its report here instead of printing it
-    for model, params in resolved:
-        if len(resolved) > 1:
-            click.echo(f"== {model.name} -> {params['out_dir']}", err=bool(params.get("as_json")))
-        ctx.meta.pop(ERROR_META_KEY, None)
-        usage_error = False
-        try:
-            ctx.invoke(command.callback, **params)  # type: ignore[arg-type]  # the callback is set
-            code = EXIT_OK
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-        except click.ClickException as error:  # one model's usage error: report it and build the others
-            usage_error = True
-            code = EXIT_USAGE
-            click.echo(f"optpipe: error: {model.where}: {error.format_message()}", err=True)
-            ctx.meta[ERROR_META_KEY] = f"exit {code}: {type(error).__name__}: {model.where}: {error.format_message()}"
-        codes.append(code)
-        if JSON_SINK in ctx.meta:
-            sink = ctx.meta[JSON_SINK]
-            reports.append(sink.pop() if sink else None)
-        if junit_path:
-            report_path = Path(params["out_dir"]) / "report.json"
-            if not usage_error and code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT) and report_path.is_file():
-                from optpipe.report import read_report  # the one reader of report.json
-
-                suites.append(report_suite(read_report(report_path).to_dict(), model.name))
-            else:
-                message = ctx.meta.get(ERROR_META_KEY) or f"build failed with exit code {code} (see the log)"
-                suites.append(error_suite(model.name, message))
-    if junit_path:
-        from optpipe.junit import write_junit
-
-        write_junit(Path(junit_path), suites)
-    if ctx.meta.pop(JSON_SINK, None) is not None:
-        _echo_json_document(config_path, resolved, codes, reports)
-    if len(codes) > 1:
-        summary = ", ".join(f"{m.name}: exit {c}" for (m, _p), c in zip(resolved, codes, strict=True))
-        click.echo(f"optpipe: {len(codes)} models built ({summary})", err=True)
-    return worst_exit_code(codes)
+        # Absolute paths: an executor may build in another working directory (a Ray worker).
+        params = {k: v.absolute() if isinstance(v, Path) else v for k, v in params.items()}
+        tasks.append(ModelTask(model.name, model.where, params))
+    return tasks, command_settings
 
 
-def _echo_json_document(config_path: Path, resolved: Sequence[tuple[ModelBuild, dict[str, Any]]],
-                        codes: Sequence[int], reports: Sequence[dict[str, Any] | None]) -> None:
-    """``-c FILE --json``: ONE JSON document for every model (a model that stopped early has ``report: null``)."""
-    import json
+def tasks_from_file(config_path: Path, command: click.Command, select: str | None = None) -> list[ModelTask]:
+    """The build tasks of a config file as ``optpipe build -c FILE [MODEL]`` (``command``) would make them."""
+    ctx = command.make_context("build", ["-c", str(config_path)])
+    build_file = load_build_file(config_path, command, ctx)
+    return _resolve_tasks(ctx, config_path, select, build_file)[0]
 
-    builds = [{"name": model.name, "out": str(params["out_dir"]), "exit_code": code, "report": report}
-              for (model, params), code, report in zip(resolved, codes, reports, strict=True)]
-    document = {"schema": BUILD_FILE_SCHEMA, "config": str(config_path), "exit_code": worst_exit_code(codes),
-                "builds": builds}
-    click.echo(json.dumps(document, indent=2, default=str))
+
+def _build_models(ctx: click.Context, config_path: Path, select: str | None, build_file: BuildFile,
+                  runner: ModelRunner) -> int:
+    from optpipe.executors import get_executor, run_matrix
+    from optpipe.matrix import write_matrix_junit
+
+    tasks, settings = _resolve_tasks(ctx, config_path, select, build_file)
+    executor = get_executor(settings.get("executor"))
+    as_json = bool(settings.get("as_json"))
+
+    def echo(message: str) -> None:
+        click.echo(message, err=True)
+
+    progress = (lambda counts: echo(counts.line())) if len(tasks) > 1 else None
+    matrix = run_matrix(tasks, executor, runner, progress, echo)
+    if settings.get("junit"):
+        write_matrix_junit(Path(settings["junit"]), matrix.results)
+    if as_json:  # ONE document for every model (a model that stopped early has "report": null)
+        import json
+
+        document = {"schema": BUILD_FILE_SCHEMA, "config": str(config_path), **matrix.to_dict()}
+        click.echo(json.dumps(document, indent=2, default=str))
+    elif len(tasks) > 1 or executor.name != "in-process":
+        click.echo(matrix.table())
+    if len(tasks) > 1:
+        summary = ", ".join(f"{r.name}: exit {r.exit_code}" for r in matrix.results)
+        echo(f"optpipe: {len(tasks)} models built ({summary})")
+    return matrix.exit_code

@@ -80,6 +80,15 @@ def first_line(error: BaseException, *, with_type: bool = True, root_cause: bool
     return (text or type(error).__name__)[:limit]
 
 
+def one_line(message: str) -> str:
+    """``message`` with control characters (newlines from user input, NUL, escapes) written as ``\\xNN``.
+
+    An error echoes what the user gave (``--input '...'``); the message must stay one line
+    whatever that was, and must not emit terminal control sequences.
+    """
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message.strip())
+
+
 def _root(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__

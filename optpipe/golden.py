@@ -59,11 +59,10 @@ class GoldenData:
 
     @classmethod
     def load(cls, directory: Path) -> GoldenData:
+        """Every ``*.npz`` case in ``directory``; a file numpy cannot read is a UserInputError naming it."""
         cases = []
         for path in sorted(directory.glob("*.npz")):
-            with np.load(path) as data:
-                inputs = {k[len(INPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(INPUT_PREFIX)}
-                outputs = {k[len(OUTPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(OUTPUT_PREFIX)}
+            inputs, outputs = _load_case(path)
             cases.append(GoldenCase(path.stem, inputs, outputs))
         return cls(cases)
 
@@ -72,6 +71,21 @@ class GoldenData:
             if case.name == name:
                 return case
         raise KeyError(name)
+
+
+def _load_case(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One golden ``.npz``, read without unpickling; any defect names the file."""
+    if path.is_symlink():
+        raise UserInputError(f"{path} is a symbolic link; golden data must be files of the build")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            inputs = {k[len(INPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(INPUT_PREFIX)}
+            outputs = {k[len(OUTPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(OUTPUT_PREFIX)}
+    except Exception as error:  # BadZipFile, a truncated member, a pickled array, not an npz at all
+        raise UserInputError(f"golden file {path} cannot be read: {first_line(error)}") from None
+    if not inputs or not outputs:
+        raise UserInputError(f"golden file {path} is not optpipe golden data (no input:/output: arrays)")
+    return inputs, outputs
 
 
 def resize_batch(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -181,7 +195,7 @@ def make_golden(
             outputs = reference.infer(feed)
         except OptpipeError:
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # SystemExit: the model's code called sys.exit()
             raise UserInputError(
                 f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {first_line(error)}; "
                 "check --input/--dynamic against what the model accepts"

@@ -25,6 +25,7 @@ This module imports only numpy, never torch, so ``optpipe --help`` stays fast.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +89,15 @@ class DynamicArg:
         if self.axes is not None:
             text += "@" + ",".join(f"{name}.{axis}" for name, axis in self.axes)
         return text
+
+
+def check_unique_names(what: str, names: Sequence[str]) -> None:
+    """Refuse a repeated name: ONNX would rename one copy (``a.1``) and parity would check only the other."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UserInputError(f"{what}: '{name}' is given more than once; every name must be unique")
+        seen.add(name)
 
 
 def _is_integer_dtype(dtype: str) -> bool:
@@ -351,6 +361,7 @@ def make_inputs(args: Sequence[InputArg], seed: int = 0) -> tuple[np.ndarray, ..
     every compiled artifact, and a rebuild must compare like with like. The
     distributions are described in the module docstring.
     """
+    check_example_memory(args)
     rng = np.random.default_rng(seed)
     arrays: list[np.ndarray] = []
     for arg in args:
@@ -367,6 +378,41 @@ def make_inputs(args: Sequence[InputArg], seed: int = 0) -> tuple[np.ndarray, ..
                 f"{'x'.join(str(d) for d in arg.shape)} ({arg.dtype}); use a smaller --input shape"
             ) from None
     return tuple(arrays)
+
+
+#: Largest total size of the example inputs. A build keeps several copies of them (the arrays, torch
+#: tensors, golden data at other batch sizes, ONNX Runtime buffers): an example only needs a small batch.
+MAX_EXAMPLE_BYTES = 1 << 30
+#: Copies of the example a build holds at once, for the estimate against this machine's free memory.
+EXAMPLE_COPIES = 8
+
+
+def check_example_memory(args: Sequence[InputArg]) -> None:
+    """Refuse example inputs whose estimated memory is absurd, before allocating anything.
+
+    ``--input x:2147483648`` used to spend a minute and 8 GiB before failing somewhere deep.
+    """
+    total = 0
+    for arg in args:
+        itemsize = np.dtype(arg.dtype).itemsize if arg.dtype in SUPPORTED_DTYPES else 8
+        total += math.prod(arg.shape) * itemsize
+    need = total * EXAMPLE_COPIES
+    available = _available_memory()
+    if total > MAX_EXAMPLE_BYTES or (available is not None and need > available):
+        shapes = ", ".join(f"{a.name}:{'x'.join(map(str, a.shape))}" for a in args)
+        free = f", {available / 2**30:.1f} GiB free" if available is not None else ""
+        raise UserInputError(
+            f"example inputs ({shapes}) take {total / 2**20:,.0f} MiB, about {need / 2**30:,.1f} GiB during a "
+            f"build (limit {MAX_EXAMPLE_BYTES >> 20} MiB of inputs{free}); an example only needs a small batch"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation on this machine, when the OS says."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _random_array(rng: np.random.Generator, arg: InputArg) -> np.ndarray:

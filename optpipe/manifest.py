@@ -18,6 +18,7 @@ they can be revised when a tool version behaves differently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import socket
@@ -68,9 +69,15 @@ def reproducibility(relative: str) -> tuple[bool | None, str]:
 
 
 def build_files(directory: Path) -> list[Path]:
-    """Every regular file of a build directory except the manifest, sorted by relative path."""
+    """Every regular file of a build directory except the manifest, sorted by relative path.
+
+    The staging marker is left out too: it is removed when the build is published.
+    """
+    from optpipe.build_dir import STAGING_MARKER
+
+    unlisted = {MANIFEST, STAGING_MARKER}
     files = [
-        p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST
+        p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() not in unlisted
     ]
     return sorted(files, key=lambda p: p.relative_to(directory).as_posix())
 
@@ -145,9 +152,24 @@ def resolved_config(report: Report, ctx: Any, pipelines: Iterable[Any]) -> dict[
     }
 
 
+SELF_HASH = "manifest_sha256"
+
+
+def canonical_sha256(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no whitespace), its own hash left out.
+
+    Stored in the manifest as ``manifest_sha256`` so ``optpipe verify`` catches any edit of the
+    manifest itself (a changed dtype, version or file hash), not only of the files it lists.
+    It protects against accidents and careless edits, not against someone who recomputes it.
+    """
+    body = {k: v for k, v in manifest.items() if k != SELF_HASH}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def make_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> dict[str, Any]:
-    """The manifest of a finished build directory (not written)."""
-    return {
+    """The manifest of a finished build directory (not written), ending with its own hash."""
+    manifest: dict[str, Any] = {
         "schema": SCHEMA,
         "model": report.model,
         "files": file_entries(directory),
@@ -156,6 +178,10 @@ def make_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: S
         "host": host(),
         "provenance": report.provenance,
     }
+    # A JSON round trip first, so the hash is of exactly what verify will read back.
+    manifest = json.loads(json.dumps(manifest))
+    manifest[SELF_HASH] = canonical_sha256(manifest)
+    return manifest
 
 
 def write_manifest(directory: Path, report: Report, ctx: Any = None, pipelines: Sequence[Any] = ()) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def read_eval_data(source: Any, examples: Mapping[str, np.ndarray]) -> tuple[Mod
         return None, f"eval_data in the model file is not a function; ignored (accepted: {ACCEPTED_FORMS})"
     try:
         value = function()
-    except Exception as error:  # user code, maybe not meant for optpipe at all
+    except (Exception, SystemExit) as error:  # user code, maybe not meant for optpipe at all (sys.exit() too)
         return None, (f"eval_data() in the model file failed ({type(error).__name__}: {first_line(error)}); "
                       f"ignored, the build goes on without held-out rows (accepted: {ACCEPTED_FORMS})")
     data = interpret_eval_data(value, examples)

@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import io
 import itertools
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -213,7 +214,7 @@ def _instantiate(obj: Any, name: str, origin: str) -> torch.nn.Module:
             )
         try:
             return obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a model may call sys.exit()
             raise UserInputError(f"constructing {name}() from {origin} failed: {first_line(exc)}") from exc
     if callable(obj):
         required = _required_params(obj)
@@ -224,7 +225,7 @@ def _instantiate(obj: Any, name: str, origin: str) -> torch.nn.Module:
             )
         try:
             result = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserInputError(f"calling {name}() from {origin} failed: {first_line(exc)}") from exc
         if not isinstance(result, torch.nn.Module):
             raise UserInputError(
@@ -332,12 +333,74 @@ def _apply_weights(module: torch.nn.Module, path: Path, strict: bool) -> None:
 # --- loaders for each spec form ----------------------------------------------------------------
 
 
-def _load_exported(path: Path) -> tuple[torch.nn.Module, tuple[Any, ...] | None, tuple[str, ...]]:
+class PickleRefused(UserInputError):
+    """A ``.pt2`` part can only be read by unpickling arbitrary objects, and the file is not trusted."""
+
+
+@contextlib.contextmanager
+def _no_unpickling(path: Path, trust_pickle: bool) -> Iterator[None]:
+    """While ``torch.export.load`` runs: every ``torch.load`` is weights-only, raw unpickling is refused.
+
+    torch 2.13 reads a ``.pt2``'s sample inputs, and weights/constants marked ``use_pickle``,
+    with ``weights_only=False`` (and ScriptObject constants with ``pickle.loads``): a crafted
+    archive runs code. Tensors, dicts and tuples load fine weights-only; anything else needs
+    ``--trust-pickle``. torch's own logging (a traceback when its weights-only attempt fails)
+    is silenced: the error is one line.
+    """
+    import logging
+    import pickle
+    import types
+
+    import torch
+    from torch.export.pt2_archive import _package
+
+    if trust_pickle:
+        yield
+        return
+    original_load, original_pickle, original_obj = torch.load, _package.pickle, torch._C._pickle_load_obj
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise PickleRefused(
+            f"{path} holds pickled Python objects, and loading them runs code from the file; "
+            f"if you trust its source pass {TRUST_PICKLE_FLAG}"
+        )
+
+    def weights_only_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            return original_load(*args, **kwargs)
+        except pickle.UnpicklingError:
+            refuse()
+
+    loggers = [logging.getLogger(name) for name in ("torch", "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    torch.load = weights_only_load  # restored below
+    _package.pickle = types.SimpleNamespace(loads=refuse)  # type: ignore[assignment]
+    torch._C._pickle_load_obj = refuse
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        torch.load, _package.pickle, torch._C._pickle_load_obj = original_load, original_pickle, original_obj
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _load_exported(
+    path: Path, trust_pickle: bool = False
+) -> tuple[torch.nn.Module, tuple[Any, ...] | None, tuple[str, ...]]:
     import torch
 
     try:
-        program = torch.export.load(path)
+        with _no_unpickling(path, trust_pickle), contextlib.redirect_stderr(io.StringIO()):
+            program = torch.export.load(path)
+    except UserInputError:
+        raise
     except Exception as exc:
+        refused = _refusal_in(exc)
+        if refused is not None:
+            raise refused from None
         raise UserInputError(
             f"{path} is not a valid torch.export program (.pt2): {first_line(exc)}; "
             f"save one with torch.export.save(torch.export.export(model, args), '{path.name}')"
@@ -350,6 +413,18 @@ def _load_exported(path: Path) -> tuple[torch.nn.Module, tuple[Any, ...] | None,
             examples = tuple(args)
     names = tuple(program.graph_signature.user_inputs)
     return program.module(), examples, tuple(str(n) for n in names)
+
+
+def _refusal_in(error: BaseException) -> PickleRefused | None:
+    """torch may wrap our refusal in its own error; find it in the cause/context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PickleRefused):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _load_pickled(path: Path, trust_pickle: bool) -> torch.nn.Module:
@@ -427,7 +502,7 @@ def load_model(
 
     if path.suffix in EXPORTED_SUFFIXES:
         _require_file(path, "exported program")
-        module, program_examples, program_names = _load_exported(path)
+        module, program_examples, program_names = _load_exported(path, trust_pickle)
         sha = sha256_file(path)
     elif path.suffix in PICKLE_SUFFIXES:
         _require_file(path, "model file")
@@ -534,7 +609,7 @@ def find_example_inputs(loaded: LoadedModel) -> ExampleInputs | None:
             raise UserInputError(f"{where.replace('()', '')} must be a function returning the inputs")
         try:
             value = examples_fn()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserInputError(f"calling {where} failed: {first_line(exc)}") from exc
         tensors, dict_names = _to_tensor_tuple(value, where)
     elif loaded.program_example_inputs is not None:
@@ -613,7 +688,7 @@ def check_inputs_against_model(
     try:
         with torch.no_grad():  # inputs named after forward() parameters are bound to them by name
             return module(**dict(zip(keywords, inputs, strict=True))) if keywords else module(*inputs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a model may call sys.exit()
         labels = names if names is not None and len(names) == count else [f"#{i}" for i in range(count)]
         described = ", ".join(
             f"{label}: {str(t.dtype).replace('torch.', '')}{list(t.shape)}"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.errors import UserInputError
-from optpipe.input_parsing import DynamicArg, make_inputs, parse_dynamic, parse_input
+from optpipe.input_parsing import DynamicArg, check_unique_names, make_inputs, parse_dynamic, parse_input
 from optpipe.model_file_data import read_eval_data
 from optpipe.model_loading import check_inputs_against_model, find_example_inputs, load_model
 from optpipe.runtime import check_outputs_are_tensors
@@ -86,6 +86,7 @@ def prepare_model(
     outputs: tuple[str, ...] | None = None
     if output_names:
         outputs = tuple(n.strip() for n in output_names.split(",") if n.strip())
+        check_unique_names("--output-names", outputs)
     elif source is not None and getattr(source, "OUTPUT_NAMES", None):
         outputs = tuple(str(n) for n in source.OUTPUT_NAMES)
     examples = {name: t.detach().cpu().numpy() for name, t in zip(names, tensors, strict=True)}

@@ -37,7 +37,7 @@ from optpipe.errors import (
     UserInputError,
     first_line,
 )
-from optpipe.manifest import MANIFEST, build_files
+from optpipe.manifest import MANIFEST, SELF_HASH, build_files, canonical_sha256
 from optpipe.report import Report, ReportUnreadable, read_report
 
 
@@ -133,6 +133,10 @@ def check_files(directory: Path, manifest: dict[str, Any], result: VerifyResult)
         listed.add(relative)
         path = directory / relative
         result.checked_files += 1
+        link = _symlink_in(directory, relative)
+        if link is not None:
+            result.failures.append(f"{relative} is a symbolic link ({link}); a build directory holds its own files")
+            continue
         if not path.is_file():
             result.failures.append(f"missing file: {relative}")
             continue
@@ -145,6 +149,38 @@ def check_files(directory: Path, manifest: dict[str, Any], result: VerifyResult)
         relative = path.relative_to(directory).as_posix()
         if relative not in listed:
             result.notes.append(f"file not in the manifest: {relative}")
+
+
+def _symlink_in(directory: Path, relative: str) -> str | None:
+    """The first component of ``relative`` (inside ``directory``) that is a symlink, if any.
+
+    A symlink would let verify hash and run a copy outside the build (which may differ from what
+    is deployed, or be swapped later), so an artifact that is one fails verification.
+    """
+    path = directory
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            return path.relative_to(directory).as_posix()
+    return None
+
+
+def check_self_hash(manifest: dict[str, Any], result: VerifyResult) -> None:
+    """The manifest's own hash must match its content: catches an edited manifest.json."""
+    recorded = manifest.get(SELF_HASH)
+    if recorded is None:
+        result.failures.append(f"{MANIFEST} has no {SELF_HASH} (edited, or written by an older optpipe); "
+                               "its content cannot be trusted: rebuild")
+        return
+    try:
+        actual = canonical_sha256(manifest)
+    except ValueError as error:  # NaN/Infinity written into it by hand
+        result.failures.append(f"{MANIFEST} is not canonical JSON ({error}): it was edited")
+        return
+    if actual != recorded:
+        result.failures.append(
+            f"{MANIFEST} was edited: its content hashes to {actual[:12]}…, its {SELF_HASH} says {str(recorded)[:12]}…"
+        )
 
 
 def check_parity(directory: Path, report: Report, result: VerifyResult, threads: int | None) -> None:
@@ -160,7 +196,11 @@ def check_parity(directory: Path, report: Report, result: VerifyResult, threads:
     if not golden_dir.is_dir():
         result.failures.append(f"golden data missing: {golden_dir.relative_to(directory)}")
         return
-    golden = GoldenData.load(golden_dir)
+    try:
+        golden = GoldenData.load(golden_dir)
+    except UserInputError as error:  # a corrupted or foreign npz: named, and the parity cannot be rerun
+        result.failures.append(f"golden data: {error}")
+        return
     ctx = BuildContext(
         work_dir=directory,
         target=get_target("cpu"),
@@ -262,6 +302,7 @@ def verify_build(directory: str | Path, *, parity: bool = True, threads: int | N
     manifest = _load_json(root / MANIFEST, MANIFEST)
     result = VerifyResult(root)
     check_files(root, manifest, result)
+    check_self_hash(manifest, result)
     if parity:
         try:
             report = read_report(root / "report.json")

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +165,126 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
                 )
 
 
+def _declared_axes(ctx: BuildContext) -> dict[str, list[tuple[str, int]]]:
+    """Non-batch dynamic axis names -> the (input, axis) pairs declared with them.
+
+    The batch axis is already checked at other sizes by the golden cases.
+    """
+    axes: dict[str, list[tuple[str, int]]] = {}
+    for spec in ctx.input_specs:
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and not (axis == 0 and dim == "batch"):
+                axes.setdefault(dim, []).append((spec.name, axis))
+    return axes
+
+
+def _second_size(name: str, example: int, ctx: BuildContext) -> int | None:
+    """A size other than the example's inside the declared bounds (the smallest such), or None."""
+    bound = next((d for d in ctx.dynamic if d.axis_name == name), None)
+    low, high = (bound.min, bound.max) if bound else (1, max(2, example * 2))
+    for candidate in (low, example + 1, example - 1, high):
+        if candidate != example and low <= candidate <= high and candidate >= 1:
+            return candidate
+    return None
+
+
+def check_dynamic_axes(path: Path, ctx: BuildContext) -> None:
+    """Every declared non-batch dynamic axis must be symbolic in the ONNX file and work at a second size.
+
+    An exporter can silently freeze an axis (a Reshape to the example's size); a report that
+    calls such an axis dynamic would be wrong. A failure here makes the exporter count as failed
+    (so the other one is tried); a model that itself cannot run at the second size is the user's
+    error.
+    """
+    import onnx
+
+    from optpipe.runtime import OrtRunner, TorchRunner
+
+    declared = _declared_axes(ctx)
+    if not declared or ctx.golden is None or not ctx.golden.cases:
+        return
+    graph_inputs = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.input}
+    example = ctx.golden.cases[0].inputs
+    for name, places in declared.items():
+        for input_name, axis in places:
+            dims = graph_inputs[input_name].type.tensor_type.shape.dim if input_name in graph_inputs else []
+            if axis >= len(dims) or dims[axis].HasField("dim_value"):
+                raise RuntimeError(f"dynamic axis '{name}' ({input_name}.{axis}) is static in the exported model")
+        size = _second_size(name, int(example[places[0][0]].shape[places[0][1]]), ctx)
+        if size is None:
+            continue
+        feed = dict(example)
+        for input_name, axis in places:
+            value = feed[input_name]
+            feed[input_name] = np.ascontiguousarray(np.take(value, np.arange(size) % value.shape[axis], axis=axis))
+        names = tuple(s.name for s in ctx.input_specs)
+        try:
+            reference = TorchRunner(ctx.model, names, tuple(ctx.output_names)).infer(feed)
+        except Exception as error:
+            raise UserInputError(
+                f"--dynamic axis '{name}' ({', '.join(f'{i}.{a}' for i, a in places)}) cannot vary: the PyTorch "
+                f"model fails when it is {size}: {summary_line(error)}; declare it static or fix the model"
+            ) from None
+        got = OrtRunner(path, threads=ctx.threads, level="basic", log_level=4).infer(feed)
+        for output, want in reference.items():
+            if got[output].shape != want.shape or not np.allclose(got[output], want, atol=1e-3, rtol=1e-2):
+                raise RuntimeError(f"dynamic axis '{name}' does not work at size {size}: output '{output}' "
+                                   "differs from PyTorch (the exporter froze it)")
+
+
+@contextlib.contextmanager
+def _interrupts_noticed() -> Iterator[list[bool]]:
+    """Record a Ctrl-C (SIGINT) during the export, even if the exporter swallows the KeyboardInterrupt.
+
+    A failed dynamo export falls back to TorchScript; an interrupt turned into an ordinary exception
+    by code between the signal and us must stop the build instead of triggering that fallback.
+    """
+    noticed = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield noticed
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if previous == signal.SIG_IGN:
+            return
+        noticed[0] = True
+        if callable(previous):
+            previous(signum, frame)  # Python's default handler raises KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield noticed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _model_exited(error: SystemExit) -> UserInputError:
+    return UserInputError(f"the model's code called sys.exit({error.code!r}) during the ONNX export; "
+                          "a model must not exit the process")
+
+
+def _reraise_interrupt(error: Exception, interrupted: list[bool]) -> None:
+    """Re-raise an interrupt or exit hidden in ``error`` (its cause chain) or noticed by the signal handler."""
+    for link in _chain(error):
+        if isinstance(link, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if isinstance(link, SystemExit):
+            raise _model_exited(link) from None
+    if interrupted[0]:
+        raise KeyboardInterrupt from None
+
+
 def exported_opset(path: Path) -> int | None:
     """The default-domain opset of the exported file (what ``--opset`` asked for, or what the exporter chose)."""
     model = load_onnx(path, load_external_data=False)
@@ -194,10 +317,16 @@ class ExportOnnx(Pass):
             for stale in path.parent.glob(path.name + "*"):
                 stale.unlink()
             try:
-                with Elapsed(f"export ({exporter})"):  # the one long call with no count: a ticker on a terminal
+                with Elapsed(f"export ({exporter})"), _interrupts_noticed() as interrupted:  # ticker on a terminal
                     _export(exporter, path, ctx, self.config.opset)
                     check_against_golden(path, ctx)
-            except Exception as error:
+                    check_dynamic_axes(path, ctx)
+            except SystemExit as error:
+                raise _model_exited(error) from None
+            except UserInputError:  # the model itself cannot do what was declared: no exporter can help
+                raise
+            except Exception as error:  # never KeyboardInterrupt: Ctrl-C stops the build, not one exporter
+                _reraise_interrupt(error, interrupted)
                 failures.append(f"{exporter}: {full_message(error, root_cause=True)}")
                 summaries.append(f"{exporter}: {summary_line(error, root_cause=True)}")
                 continue

@@ -88,3 +88,19 @@ def trt_usable() -> bool:
     except EnvironmentUnavailable:
         return False
     return True
+
+
+@pytest.fixture(autouse=True)
+def _pinned_reduce_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may depend on the CPU's instruction set: pin the INT8 reduce_range choice.
+
+    Left to ``cpu_needs_reduce_range()``, a CPU without VNNI quantizes to 7-bit weights and one with
+    AVX-512 VNNI to 8-bit ones, so a gate verdict or a kept-node count would differ between CI machines.
+    Tests get the no-VNNI choice (7-bit weights, correct on every x86 CPU); a test that wants the other
+    passes ``reduce_range`` explicitly.
+    """
+    import optpipe.precision.dynamic_quantize as int8_dynamic
+    import optpipe.precision.static_quantize as int8
+
+    monkeypatch.setattr(int8, "cpu_needs_reduce_range", lambda: True)
+    monkeypatch.setattr(int8_dynamic, "cpu_needs_reduce_range", lambda: True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,16 @@ def test_existing_directory_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     check_out_dir(out, overwrite=False)  # empty is fine
-    (out / "report.json").write_text("{}")
+    _fake_build(out)
     with pytest.raises(UserInputError, match="already exists; pass --overwrite"):
         check_out_dir(out, overwrite=False)
     check_out_dir(out, overwrite=True)
+
+
+def _fake_build(directory: Path) -> None:
+    """What check_out_dir takes for an earlier optpipe build: a manifest.json with optpipe's schema."""
+    directory.mkdir(exist_ok=True)
+    (directory / "manifest.json").write_text(json.dumps({"schema": "optpipe.manifest/1", "files": []}))
 
 
 def test_a_file_is_not_an_output_directory(tmp_path: Path) -> None:
@@ -38,10 +45,11 @@ def test_publish_replaces_old_contents_entirely(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old-artifact.onnx").write_text("old")
+    _fake_build(out)
     staging = make_staging(out)
     assert staging.name.startswith(STAGING_PREFIX)
     (staging / "new-artifact.onnx").write_text("new")
-    publish(staging, out)
+    publish(staging, out, check_out_dir(out, overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == ["new-artifact.onnx"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old copy left behind
 

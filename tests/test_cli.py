@@ -153,6 +153,15 @@ def test_existing_output_directory_needs_overwrite_and_is_replaced_whole(tmp_pat
     assert code == 2
     assert_one_line_error(output, "--overwrite")
     assert (out / "stale.onnx").exists()
+    # --overwrite replaces only what optpipe built (issue 10): a directory of other files is refused, kept.
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--overwrite")
+    assert code == 2
+    assert_one_line_error(output, "not an optpipe build directory")
+    assert (out / "stale.onnx").read_text() == "from an old build"
+    (out / "stale.onnx").unlink()
+    code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark")
+    assert code == 0, output
+    (out / "stale.onnx").write_text("added next to a build")
     code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark", "--overwrite")
     assert code == 0, output
     assert not (out / "stale.onnx").exists()

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from optpipe.artifact import umask_value
 from optpipe.errors import UserInputError
 from optpipe.tensor_spec import TensorSpec
 
@@ -69,6 +70,7 @@ def save_atomic(model: onnx.ModelProto, dst: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~umask_value())  # mkstemp makes 0600; artifacts are read by other users
         onnx.save(model, tmp)
         os.replace(tmp, dst)
     except BaseException:

@@ -39,8 +39,8 @@ def load_eval_npz(path: str | Path, input_names: Sequence[str]) -> EvalSet:
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot read eval data '{file}': {exc}") from exc
+    except Exception as exc:  # BadZipFile, a truncated member (EOFError, zlib.error), a pickled array
+        raise UserInputError(f"cannot read eval data '{file}': {first_line(exc)}") from None
     return check_eval_set(arrays, arrays.pop("labels", None), input_names, str(file))
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optpipe.artifact import umask_value
 from optpipe.errors import UserInputError
 
 FORMAT = "optpipe-calib-cache/1"
@@ -63,6 +64,7 @@ def save_ranges(path: Path, key: CacheKey, ranges: Ranges) -> None:
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~umask_value())  # mkstemp makes 0600; a cache file is shared like the build
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=1)
         os.replace(tmp, path)

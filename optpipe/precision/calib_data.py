@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.errors import UserInputError
+from optpipe.errors import UserInputError, first_line
 from optpipe.tensor_spec import TensorSpec
 
 Sample = dict[str, np.ndarray]
@@ -256,15 +256,15 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot read calibration file '{path}': {exc}") from exc
+    except Exception as exc:  # BadZipFile, a truncated member (EOFError, zlib.error), a pickled array
+        raise UserInputError(f"cannot read calibration file '{path}': {first_line(exc)}") from None
 
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.asarray(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot read calibration file '{path}': {exc}") from exc
+    except Exception as exc:  # BadZipFile, a truncated member (EOFError, zlib.error), a pickled array
+        raise UserInputError(f"cannot read calibration file '{path}': {first_line(exc)}") from None
 
 
 def _from_directory(path: Path, specs: list[TensorSpec]) -> Iterable[Sample]:

@@ -1,0 +1,122 @@
+"""Property-based tests: for ANY value of --input, --dynamic, --tolerance or any config file, the CLI
+answers with one ``optpipe: error:`` line and exit 2, or accepts it; never a traceback or another code.
+
+Each value goes through the real ``optpipe build`` command. The model spec names a file that does
+not exist, so a value that parses ends in the one-line "does not exist" error instead of a build:
+the parsers run first, before the model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from optpipe.cli import main
+from optpipe.errors import UserInputError
+from optpipe.input_parsing import parse_dynamic, parse_input
+
+MISSING_MODEL = "/nonexistent/optpipe-hostile/model.py:Net"
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# Text that looks like the option's grammar as often as it looks like garbage.
+_pieces = st.sampled_from(["x", "ids", "batch", "seq", ":", "=", "@", ".", ",", "..", "x", "2", "0", "-1", "1e309",
+                           "nan", "inf", "int64", "float16", "bool", "3x224", "*", "atol", "min_cosine", " ", "\n",
+                           "\x00", "é", "9" * 25, "1:8:32", "0..1000"])
+GRAMMARISH = st.lists(_pieces, max_size=10).map("".join)
+ANY_TEXT = st.one_of(GRAMMARISH, st.text(max_size=40))
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # anything else is a crash
+    return result.exit_code, result.output
+
+
+def _assert_one_line_exit_2(code: int, output: str) -> None:
+    assert code == 2, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("optpipe: error:"), output
+    assert "Traceback" not in output
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_any_input_option(tmp_path: Path, text: str) -> None:
+    _assert_one_line_exit_2(*_run(["build", MISSING_MODEL, "--input", text, "--out", str(tmp_path / "o")]))
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_any_dynamic_option(tmp_path: Path, text: str) -> None:
+    _assert_one_line_exit_2(*_run(["build", MISSING_MODEL, "--dynamic", text, "--out", str(tmp_path / "o")]))
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_any_tolerance_option(tmp_path: Path, text: str) -> None:
+    _assert_one_line_exit_2(*_run(["build", MISSING_MODEL, "--tolerance", text, "--out", str(tmp_path / "o")]))
+
+
+@SETTINGS
+@given(output=st.sampled_from(["*", "logits"]), field=st.sampled_from(["atol", "rtol", "min_cosine", "min_top1"]),
+       value=st.floats(allow_nan=True, allow_infinity=True))
+def test_tolerance_values_out_of_range_are_refused_up_front(tmp_path: Path, output: str, field: str,
+                                                            value: float) -> None:
+    code, text = _run(["build", MISSING_MODEL, "--tolerance", f"{output}:{field}={value!r}",
+                       "--out", str(tmp_path / "o")])
+    _assert_one_line_exit_2(code, text)
+    in_range = (value == value and abs(value) != float("inf") and value >= 0
+                and (field in ("atol", "rtol") or value <= 1))
+    assert ("does not exist" in text) == in_range, text  # accepted values reach the model loading
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_parsers_raise_only_user_input_errors(text: str) -> None:
+    """The library parsers either return or raise UserInputError (exit 2); any other exception fails here.
+
+    (The message may quote the user's text, newlines included; the CLI prints it escaped, on one line.)
+    """
+    for parse in (parse_input, parse_dynamic):
+        try:
+            parse(text)
+        except UserInputError as error:
+            assert error.exit_code == 2 and str(error)
+
+
+_toml_value = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.text(max_size=8),
+                        st.lists(st.integers(), max_size=3))
+_toml_key = st.sampled_from(["spec", "model", "out", "input", "dynamic", "precision", "tolerance", "name",
+                             "overwrite", "threads", "passes", "bogus", "weights"])
+
+
+def _toml_document(entries: list[tuple[str, object]], models: int) -> str:
+    import json
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float) and v != v:
+            return "nan"
+        return json.dumps(v)
+
+    body = "\n".join(f"{k} = {value(v)}" for k, v in entries)
+    return "\n".join([body, *(["[[model]]", body] * models)])
+
+
+@SETTINGS
+@given(document=st.one_of(
+    st.binary(max_size=200).map(lambda b: b),
+    st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.builds(_toml_document, st.lists(st.tuples(_toml_key, _toml_value), max_size=6),
+              st.integers(0, 2)).map(str.encode),
+))
+def test_any_config_file(tmp_path: Path, document: bytes) -> None:
+    config = tmp_path / "optpipe.toml"
+    config.write_bytes(document)
+    code, output = _run(["build", "-c", str(config)])
+    # A config whose every [[model]] names a missing model cannot build: always exit 2, one line.
+    _assert_one_line_exit_2(code, output)
