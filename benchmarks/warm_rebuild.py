@@ -68,17 +68,23 @@ def _build(args: list[str], out: Path, cache: Path) -> tuple[float, int]:
                "--cache-dir", str(cache)]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    return time.perf_counter() - start, done.returncode
+    elapsed = time.perf_counter() - start
+    with open(out.parent / "builds.log", "a", encoding="utf-8") as log:  # what each build printed
+        log.write(done.stdout + done.stderr)
+    return elapsed, done.returncode
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--keep", type=Path, help="keep the build directories and logs here")
     options = parser.parse_args()
     rows = []
     for name in options.models.split(","):
         with tempfile.TemporaryDirectory() as scratch:
-            out, cache = Path(scratch) / "out", Path(scratch) / "cache"
+            base = options.keep / name if options.keep else Path(scratch)
+            out, cache = base / "out", base / "cache"
+            base.mkdir(parents=True, exist_ok=True)
             cold, cold_rc = _build(MODELS[name], out, cache)
             warm, warm_rc = _build(MODELS[name], out, cache)
             statuses = [p["status"] for p in json.loads((out / "report.json").read_text())["passes"]]
