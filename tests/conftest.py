@@ -90,6 +90,13 @@ def trt_usable() -> bool:
     return True
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Pin reduce_range for processes started outside a test's monkeypatch too (module-scoped Ray clusters)."""
+    import os
+
+    os.environ.setdefault("OPTPIPE_INT8_REDUCE_RANGE", "1")
+
+
 @pytest.fixture(autouse=True)
 def _pinned_reduce_range(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may depend on the CPU's instruction set: pin the INT8 reduce_range choice.
@@ -102,5 +109,6 @@ def _pinned_reduce_range(monkeypatch: pytest.MonkeyPatch) -> None:
     import optpipe.precision.dynamic_quantize as int8_dynamic
     import optpipe.precision.static_quantize as int8
 
+    monkeypatch.setenv(int8.REDUCE_RANGE_ENV, "1")  # also reaches subprocesses this test starts
     monkeypatch.setattr(int8, "cpu_needs_reduce_range", lambda: True)
     monkeypatch.setattr(int8_dynamic, "cpu_needs_reduce_range", lambda: True)

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optpipe.errors import UserInputError
 from optpipe.precision.calib_cache import CacheKey, CalibCache, load_ranges, save_ranges
 from optpipe.precision.static_quantize import COMPUTE_OPS, quantize_int8
+from optpipe.precision.static_quantize import cpu_needs_reduce_range as cpu_needs_reduce_range_unpatched
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
@@ -237,3 +238,19 @@ def test_guard_base_counts_the_ops_each_style_quantizes(cnn: Path, tmp_path: Pat
     assert trt.guard_base == trt.quantizable_count == 4  # conv1, conv2, fc, head
     assert cpu.quantizable_count == 4
     assert cpu.guard_base == 8  # + relu1, relu2, gap, flatten
+
+
+_REAL_PROBE = cpu_needs_reduce_range_unpatched  # bound at collection, before the autouse fixture pins it
+
+
+def test_reduce_range_env_pins_the_cpu_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OPTPIPE_INT8_REDUCE_RANGE overrides the CPU probe both ways; anything else leaves the probe in charge."""
+    from optpipe.precision.static_quantize import REDUCE_RANGE_ENV
+
+    for value, expected in (("1", True), ("0", False)):
+        monkeypatch.setenv(REDUCE_RANGE_ENV, value)
+        assert _REAL_PROBE() is expected
+    monkeypatch.delenv(REDUCE_RANGE_ENV)
+    probed = _REAL_PROBE()
+    monkeypatch.setenv(REDUCE_RANGE_ENV, "maybe")
+    assert _REAL_PROBE() is probed

@@ -228,9 +228,21 @@ def compute_ranges(
     return out
 
 
+REDUCE_RANGE_ENV = "OPTPIPE_INT8_REDUCE_RANGE"
+
+
 def cpu_needs_reduce_range() -> bool:
-    """True on x86 CPUs without VNNI, where ORT's U8S8 integer kernels can saturate."""
+    """True on x86 CPUs without VNNI, where ORT's U8S8 integer kernels can saturate.
+
+    ``OPTPIPE_INT8_REDUCE_RANGE=1|0`` pins the choice for every process of a run (a fleet of mixed CPUs,
+    Ray workers, the test suite), so a verdict does not depend on which machine quantized.
+    """
+    import os
     import platform
+
+    pinned = os.environ.get(REDUCE_RANGE_ENV, "").strip()
+    if pinned in ("0", "1"):
+        return pinned == "1"
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False
