@@ -343,6 +343,10 @@ class BuildOptions:
     trt: TensorRTOptions = TensorRTOptions()
     eval: EvalOptions = EvalOptions()
     profile: bool = False  # --profile: also profile each engine per op type and node (its own session, untimed)
+    # --static-batch: keep axis 0 at the example's size (default: dynamic, 1..64, when the model can vary it)
+    static_batch: bool = False
+    # --rebench: measure validation and benchmark again instead of reusing an identical cached measurement
+    rebench: bool = False
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
@@ -379,6 +383,8 @@ class BuildOptions:
             "trt": self.trt.set_values(),
             "eval": {"origin": self.eval.origin, "max_accuracy_drop": self.eval.max_accuracy_drop},
             "profile": self.profile,
+            "static_batch": self.static_batch,
+            "rebench": self.rebench,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
         }
 
@@ -420,6 +426,8 @@ def parse_build_options(
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     profile: bool = False,
+    static_batch: bool = False,
+    rebench: bool = False,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -457,6 +465,8 @@ def parse_build_options(
         eval=EvalOptions(eval_data, eval_origin, max_accuracy_drop),
         pass_options=per_pass,
         profile=bool(profile),
+        static_batch=_flag("static_batch", static_batch),
+        rebench=_flag("rebench", rebench),
     )
 
 
@@ -467,6 +477,13 @@ def _benchmark_options(enabled: bool, batch: int | None, seconds: float | None, 
     return BenchmarkOptions(bool(enabled), batch, default.seconds if seconds is None else seconds,
                             default.warmup if warmup is None else warmup,
                             default.min_calls if iterations is None else iterations)
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean option: True or False (a config file's ``static_batch = "no"`` is refused, not truthy)."""
+    if not isinstance(value, bool):
+        raise UserInputError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def reject_unknown_keywords(func: Callable[P, R]) -> Callable[P, R]:

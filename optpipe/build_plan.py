@@ -21,7 +21,7 @@ from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.build_options import PRECISIONS, BuildOptions
-from optpipe.build_record import PassStatus, VariantResult, VariantStatus
+from optpipe.build_record import CachedMeasurement, PassStatus, VariantResult, VariantStatus
 from optpipe.errors import PassError, UserInputError
 from optpipe.pass_base import BuildContext, Pass
 from optpipe.pass_options import apply_pass_options
@@ -180,6 +180,8 @@ def variant_result(precision: str, final: Artifact, records: Sequence[PassRecord
         memory=bench.get("memory"),
         profile=metrics.get("profile", {}).get("profile"),
         passes={r.name: r.metrics for r in records if r.name not in ("validate", "benchmark", "profile")},
+        cached={name: CachedMeasurement.from_dict(metrics[name]["cached"]) for name in ("validate", "benchmark")
+                if "cached" in metrics.get(name, {})},
     )
 
 
@@ -250,13 +252,53 @@ def benchmark_variants(plan: BuildPlan, run: PlanRun, results: list[VariantResul
 
     run.ctx.log(f"[benchmark] {', '.join(engines)} and PyTorch eager, interleaved in one run")
     started = time.perf_counter()
-    record, memory = plan.benchmark.measure(engines, run.ctx)
-    run.report.passes.append(PassRecord("benchmark", "build", time.perf_counter() - started, PassStatus.OK,
+    record, memory = _measure_or_reuse(plan.benchmark, engines, run)
+    status = PassStatus.CACHED if record.cached is not None else PassStatus.OK
+    run.report.passes.append(PassRecord("benchmark", "build", time.perf_counter() - started, status,
                                         metrics=record.to_dict(), warnings=list(record.warnings)))
     run.report.benchmark = record
     run.report.baseline = record.baseline
-    return [replace(r, torch_latency=None, **variant_metrics(record, r.precision, memory.get(r.precision)))
+    made = {"benchmark": record.cached} if record.cached is not None else {}
+    return [replace(r, torch_latency=None, cached={**r.cached, **made},
+                    **variant_metrics(record, r.precision, memory.get(r.precision)))
             if r.precision in engines else r for r in results]
+
+
+def _measure_or_reuse(bench: Any, engines: dict[str, Artifact], run: PlanRun) -> tuple[Any, dict[str, Any]]:
+    """The build's one benchmark: measured, or reused from a :class:`~optpipe.cache.PassCache` instrument.
+
+    Reused only under exactly the same conditions: the key is ``BenchmarkPass.inputs()`` (every
+    engine's sha256, batch, threads, budget, seed) plus what the cache adds to every measurement's
+    key (model fingerprint, threads, runtime versions, host); ``--rebench`` measures again. A
+    reused record carries ``cached`` (when and where it was measured).
+    """
+    import hashlib
+    import json
+
+    from optpipe.build_record import BenchmarkRecord
+    from optpipe.cache import PassCache
+    from optpipe.pass_base import PassResult
+
+    cache = next((i for i in run.instruments if isinstance(i, PassCache)), None)
+    if cache is None:
+        return bench.measure(engines, run.ctx)
+    inputs = json.dumps(bench.inputs(engines, run.ctx), sort_keys=True, default=str)
+    first = next(iter(engines.values()))  # an engine in the build: the cache checks its entry's artifact exists
+    timed = first.derive(sha256=hashlib.sha256(inputs.encode()).hexdigest(), precision="build",
+                         producer="benchmark", extra={})
+    hit = cache.before_pass(bench, timed, run.ctx)
+    if hit is not None:
+        try:
+            record = BenchmarkRecord.from_dict(hit.metrics["record"])
+            made = CachedMeasurement.from_dict(hit.metrics["cached"])
+            return replace(record, cached=made), dict(hit.metrics.get("memory") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # an entry of another shape: measure
+            run.ctx.log(f"optpipe: warning: cached benchmark unreadable ({error}); measuring again")
+    record, memory = bench.measure(engines, run.ctx)
+    if hit is None:
+        cache.after_pass(bench, timed, PassResult(timed, modified=False,
+                                                  metrics={"record": record.to_dict(), "memory": memory}), run.ctx)
+    return record, memory
 
 
 def check_benchmark_batch(batch: int, specs: Sequence[TensorSpec], dims: Sequence[DynamicDim]) -> None:

@@ -73,6 +73,22 @@ class _JsonRecord:
 
 
 @dataclass(frozen=True)
+class CachedMeasurement:
+    """A measurement (validate, benchmark) reused from the cache: when and where it was made, under which key."""
+
+    measured_at: str | None
+    host: dict[str, Any] | None
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measured_at": self.measured_at, "host": self.host, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CachedMeasurement:
+        return cls(data.get("measured_at"), data.get("host"), str(data["key"]))
+
+
+@dataclass(frozen=True)
 class VariantResult(_JsonRecord):
     """One entry of ``report.variants``."""
 
@@ -94,6 +110,8 @@ class VariantResult(_JsonRecord):
     fallback: bool = False  # fp32 built because every requested variant was skipped
     reason: str | None = None  # why it was skipped
     accuracy: dict[str, Any] | None = None  # task accuracy on the labelled eval data, when given
+    # Measurements reused from the cache (pass name -> when/where measured); absent = measured in this build.
+    cached: dict[str, CachedMeasurement] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     @property
@@ -122,7 +140,8 @@ class VariantResult(_JsonRecord):
             "passes": self.passes,
             "required": self.required,
         }
-        return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy)
+        return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy,
+                            cached={k: v.to_dict() for k, v in self.cached.items()} or None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
@@ -146,6 +165,7 @@ class VariantResult(_JsonRecord):
             fallback=bool(data.get("fallback", False)),
             reason=data.get("reason"),
             accuracy=data.get("accuracy"),
+            cached={str(k): CachedMeasurement.from_dict(v) for k, v in (data.get("cached") or {}).items()},
             extra=cls._unknown(data),
         )
 
@@ -168,6 +188,7 @@ class BenchmarkRecord(_JsonRecord):
     timer: str = "interleaved wall clock"
     peak_rss_mb: float | None = None  # process RSS peak while timing (every runtime in this process)
     warnings: tuple[str, ...] = ()
+    cached: CachedMeasurement | None = None  # reused from the cache: when and where it was measured
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -187,7 +208,7 @@ class BenchmarkRecord(_JsonRecord):
             "drift": self.drift, "timer": self.timer, "peak_rss_mb": self.peak_rss_mb,
             "stable": self.stable, "warnings": list(self.warnings),
         }  # fmt: skip
-        return self._finish(out)
+        return self._finish(out, cached=self.cached.to_dict() if self.cached else None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkRecord:
@@ -201,8 +222,31 @@ class BenchmarkRecord(_JsonRecord):
             timer=str(data.get("timer") or "interleaved wall clock"),
             peak_rss_mb=data.get("peak_rss_mb"),
             warnings=tuple(str(w) for w in data.get("warnings") or ()),
-            extra={k: v for k, v in cls._unknown(data).items() if k != "stable"},
+            cached=CachedMeasurement.from_dict(data["cached"]) if data.get("cached") else None,
+            extra={k: v for k, v in cls._unknown(data).items() if k not in ("stable", "cached")},
         )
+
+
+@dataclass(frozen=True)
+class HoldoutRecord:
+    """``report.build.holdout``: which calibration rows were held out as parity rows (never calibrated on)."""
+
+    source: str | None
+    rows: int  # rows of the calibration data read
+    heldout_rows: int
+    calibration_rows: int
+    rule: str  # how the rows were chosen (deterministic: a rebuild holds out the same rows)
+    heldout_indices: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "rows": self.rows, "heldout_rows": self.heldout_rows,
+                "calibration_rows": self.calibration_rows, "rule": self.rule,
+                "heldout_indices": list(self.heldout_indices)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HoldoutRecord:
+        return cls(data.get("source"), int(data["rows"]), int(data["heldout_rows"]), int(data["calibration_rows"]),
+                   str(data["rule"]), tuple(int(i) for i in data.get("heldout_indices") or ()))
 
 
 @dataclass(frozen=True)
@@ -221,6 +265,7 @@ class BuildRecord(_JsonRecord):
     trt: dict[str, Any] = field(default_factory=dict)  # TensorRT build options, reused by `optpipe engine`
     options: dict[str, Any] | None = None  # BuildOptions.to_dict() of the build
     split_environment: dict[str, Any] | None = None  # where the CPU stages of a split build ran
+    holdout: HoldoutRecord | None = None  # calibration rows held out as golden rows
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,7 +280,8 @@ class BuildRecord(_JsonRecord):
             "golden": self.golden,
             "trt": self.trt,
         }
-        return self._finish(out, options=self.options, split_environment=self.split_environment)
+        return self._finish(out, options=self.options, split_environment=self.split_environment,
+                            holdout=self.holdout.to_dict() if self.holdout else None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
@@ -253,5 +299,6 @@ class BuildRecord(_JsonRecord):
             trt=dict(data.get("trt") or {}),
             options=data.get("options"),
             split_environment=data.get("split_environment"),
+            holdout=HoldoutRecord.from_dict(data["holdout"]) if data.get("holdout") else None,
             extra=cls._unknown(data),
         )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.batch_default import batch_blocker, covers_axis0, default_batch_dim, static_batch_warning
 from optpipe.build_dir import check_out_dir, discard, make_staging, pause_point, publish
 from optpipe.build_options import (
     PRECISIONS,
@@ -105,6 +106,8 @@ def build(
     fp16_block: Sequence[str] = (),
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
     profile: bool = False,
+    static_batch: bool = False,
+    rebench: bool = False,
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -112,7 +115,11 @@ def build(
 
     ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict name -> tensor.
     ``dynamic``: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every input dynamic; a
-    :class:`~optpipe.input_parsing.DynamicArg` names other axes. ``tolerances`` maps an output (or
+    :class:`~optpipe.input_parsing.DynamicArg` names other axes. Without one on axis 0 the batch is dynamic
+    from 1 to 64 when the model can vary it (else static, with a warning); ``static_batch=True`` keeps the
+    example's batch. With a :class:`~optpipe.cache.PassCache` instrument, validation and benchmark results
+    measured under exactly the same conditions are reused (marked ``cached``); ``rebench=True`` measures
+    again. ``tolerances`` maps an output (or
     ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
     ``iterations``: the benchmark's time budget per runtime, untimed calls, fewest timed calls;
@@ -267,8 +274,12 @@ def build_with_options(
     log: Callable[[str], None] = info,
     instruments: Sequence[Instrument] = (),
     provenance: ProvenanceInputs | None = None,
+    warnings: Sequence[str] = (),
 ) -> Report:
-    """:func:`build` with options already parsed (the CLI and config files come here)."""
+    """:func:`build` with options already parsed (the CLI and config files come here).
+
+    ``warnings``: what the caller already found (model-file helpers optpipe could not use), logged and reported.
+    """
     from optpipe.engine_command import split_next_step
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
     from optpipe.passes.simplify import SimplifyOnnx
@@ -286,40 +297,50 @@ def build_with_options(
     else:
         precisions = options.precisions
     io = _model_inputs(example_inputs, input_names, dynamic)
-    if options.benchmark.enabled and options.benchmark.batch is not None:
-        check_benchmark_batch(options.benchmark.batch, io.specs, io.dims)
     out_seen = check_out_dir(out, options.overwrite)  # publish() refuses if another build changed it meanwhile
     reason = _unavailable_reason(target)
     model_type = type(model).__name__
     model = _inference_module(model, io.names)
     outputs = _model_outputs(model, io, output_names)
     io = replace(io, outputs=outputs)
+    reference = TorchRunner(model, io.names, outputs)
+    dynamic_io, static_reason = _with_default_batch(io, options, reference, dynamic)
+    if options.benchmark.enabled and options.benchmark.batch is not None:
+        check_benchmark_batch(options.benchmark.batch, dynamic_io.specs, dynamic_io.dims)
     options.tolerances.check_outputs(outputs)
     options.output_kinds.check_outputs(outputs)
     eval_set = _checked_eval_set(options, io, precisions)
+    options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
     apply_pass_options(prefix.passes, options.pass_options)
     plan = plan_variants(precisions, target, options, engine=reason is None)
     next_step = None if reason is None else split_next_step(out, reason, options.trt)
-    reference = TorchRunner(model, io.names, outputs)
     staging = make_staging(out)
     report = Report(target=target.name, model=options.model_name or model_type)
     if not options.benchmark.enabled and options.benchmark.batch is not None:
         report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
+    for warning in warnings:
+        _warn(warning, report, log)
+    if static_reason is not None:
+        _warn(static_batch_warning(static_reason), report, log)
+    if holdout_warning is not None:
+        _warn(holdout_warning, report, log)
+    golden_rows = (heldout_inputs, holdout.heldout if holdout else None)
     from optpipe.build_log import LogCapture
 
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
     try:
-        ctx = _context(model, io, options, target, staging, log)
-        ctx.golden = make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
-                                 dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes))
+        ctx = _context(model, dynamic_io, options, target, staging, log)
+        ctx.golden = _golden(reference, dynamic_io, golden_rows)
+        log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
+        onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
+                                    None if dynamic_io is io else (io, reference, golden_rows))
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
-        log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
-        _run_and_record(prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
-                        (options, precisions, reference, eval_set, next_step, provenance, started), capture)
+        _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
+                        (options, precisions, reference, eval_set, next_step, provenance, started, holdout), capture)
         publish(staging, out, out_seen)
     except BaseException:
         capture.stop()
@@ -353,18 +374,122 @@ def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, sta
         example_inputs=tuple(torch.from_numpy(np.ascontiguousarray(e)) for e in io.examples),
         threads=options.threads,
         log=log,
+        reuse_measurements=not options.rebench,
     )
 
 
-def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
-                    instruments: Sequence[Instrument], extra: tuple[Any, ...], capture: Any) -> None:
-    """Run the shared prefix and the plan, then record the report, report.html and manifest.json in staging."""
-    from optpipe.precision.accuracy import AccuracyCheck, select_variant
+def _golden(reference: Any, io: ModelIO, rows: tuple[Mapping[str, np.ndarray] | None, Any]) -> Any:
+    """PyTorch's outputs on the example, on other batch sizes when the batch is dynamic, and on held-out rows.
 
-    options, precisions, reference, eval_set, next_step, provenance, started = extra
+    ``rows``: the eval data's held-out inputs and the rows held out of the calibration data (or None).
+    """
+    heldout_inputs, calib_heldout = rows
+    return make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
+                       dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes),
+                       calib_heldout=calib_heldout)
+
+
+def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequence[str],
+                         log: Callable[[str], None]) -> tuple[BuildOptions, Any, str | None]:
+    """Hold out a share of the calibration rows as golden rows; the options then calibrate on the rest only.
+
+    Reading the data is only required when a precision calibrates on it: otherwise a source that
+    cannot be read is a warning (returned) and nothing is held out. Before the plan: its
+    precision passes are configured with the calibration rows that are left.
+    """
+    from optpipe.precision.calib_data import load_samples
+    from optpipe.precision.holdout import MAX_SAMPLES, split_rows
+
+    calibration = options.calibration
+    data = calibration.samples if calibration.samples is not None else calibration.source
+    if data is None:
+        return options, None, None
+    try:
+        samples = load_samples(data, list(io.specs), max_samples=MAX_SAMPLES)
+    except UserInputError as error:
+        if any(p in ("int8", "fp16") for p in precisions) or options.auto:
+            raise
+        return options, None, f"calibration data could not be read, so none of it is held out for parity: {error}"
+    holdout = split_rows(samples, io.specs)
+    if holdout is None:
+        return replace(options, calibration=replace(calibration, samples=samples)), None, None
+    log(f"optpipe: {len(holdout.indices)} of {holdout.rows} calibration rows held out as parity rows "
+        "(never calibrated on)")
+    return replace(options, calibration=replace(calibration, samples=holdout.calibration)), holdout, None
+
+
+def _with_default_batch(io: ModelIO, options: BuildOptions, reference: Any,
+                        dynamic: Sequence[DynamicDim | DynamicArg]) -> tuple[ModelIO, str | None]:
+    """``io`` with the default dynamic batch (axis 0 of every input, 1..64), and why not when it cannot have one.
+
+    Unchanged (no reason) when the user said otherwise: ``static_batch``, or a declared dimension on axis 0.
+    """
+    declared = [d if isinstance(d, DynamicArg) else DynamicArg(d) for d in dynamic]
+    if options.static_batch or any(covers_axis0(arg.axes) for arg in declared):
+        return io, None
+    examples = dict(zip(io.names, io.examples, strict=True))
+    dim, reason = default_batch_dim(examples)
+    if dim is None:
+        return io, reason
+    reason = batch_blocker(reference, examples, dim, reference.infer(examples))
+    if reason is not None:
+        return io, reason
+    batched = _model_inputs(examples, io.names, [*declared, DynamicArg(dim)])
+    return replace(batched, outputs=io.outputs), None
+
+
+def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments: Sequence[Instrument],
+                static: tuple[ModelIO, Any, Any] | None) -> Artifact:
+    """Export and simplify once. ``static``: the static inputs to fall back to when the default batch fails.
+
+    The default dynamic batch never fails a build: when no exporter can export it (or its graph is
+    wrong at another batch), the model is exported again with the example's static batch, with a warning.
+    The prefix checks its graphs without the rows held out of the calibration data (``ctx.golden`` has
+    them again afterwards): other calibration data must not make export and simplify cache misses.
+    """
+    from optpipe.errors import PassError
+
     source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
                       tuple(TensorSpec(n, (), "") for n in ctx.output_names))
-    onnx_artifact = prefix.run(source, ctx, report.passes, instruments)
+    golden = ctx.golden
+    try:
+        ctx.golden = _without_calibration_rows(golden)
+        return prefix.run(source, ctx, report.passes, instruments)
+    except PassError as error:
+        if static is None or error.pass_name != "export":
+            raise
+        failed = report.passes.pop()  # the failed dynamic export is replaced by the static one
+        io, reference, heldout_inputs = static
+        _warn(static_batch_warning(f"no exporter could export it with a dynamic batch ({failed.error})"),
+              report, ctx.log)
+        ctx.input_specs, ctx.dynamic = io.specs, io.dims
+        golden = _golden(reference, io, heldout_inputs)
+        ctx.golden = _without_calibration_rows(golden)
+        source = replace(source, inputs=io.specs)
+        return prefix.run(source, ctx, report.passes, instruments)
+    finally:
+        ctx.golden = golden
+
+
+def _without_calibration_rows(golden: Any) -> Any:
+    """The golden data without the cases held out of the calibration data."""
+    from optpipe.golden import GoldenData
+
+    return GoldenData([case for case in golden.cases if not case.name.startswith("calib-heldout")])
+
+
+def _warn(warning: str, report: Report, log: Callable[[str], None]) -> None:
+    """One warning, on the console and in report.json."""
+    log(f"optpipe: warning: {warning}")
+    report.warnings.append(warning)
+
+
+def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
+                    instruments: Sequence[Instrument], extra: tuple[Any, ...], capture: Any) -> None:
+    """Run the plan after the shared prefix, then record the report, report.html and manifest.json in staging."""
+    from optpipe.precision.accuracy import AccuracyCheck, select_variant
+
+    options, precisions, reference, eval_set, next_step, provenance, started, holdout = extra
     accuracy = None
     if eval_set is not None and plan.engine:
         assert ctx.golden is not None
@@ -386,6 +511,7 @@ def _run_and_record(prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report
         output_kinds=output_kinds_of(ctx.golden, options.output_kinds.as_dict()) if ctx.golden else {},
         onnx=str(onnx_artifact.path.relative_to(ctx.work_dir)) if onnx_artifact.path else None,
         trt=options.trt.set_values(), options=options.to_dict(),
+        holdout=holdout.record(options.calibration.source) if holdout else None,
     )
     from optpipe.provenance import provenance_record
 

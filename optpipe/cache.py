@@ -14,8 +14,14 @@ same relative paths, re-checks their sha256 and returns the recorded
 pass created or changed in the staging directory (a directory snapshot taken
 before the pass tells which), plus a JSON record.
 
-Only passes that declare ``cacheable = True`` are cached: validate and
-benchmark measure, so they always run. The key covers the input artifact's
+Passes that declare ``cacheable = True`` are cached. The measuring passes
+(validate, benchmark: :data:`MEASUREMENTS`) are reused only under exactly the
+same conditions: on top of the usual key, the model's fingerprint (the PyTorch
+side of parity and of the speedup), the threads, the versions of every runtime
+(:data:`RUNTIMES`) and the host (:func:`host_facts`: name, CPU, core count, OS);
+a reused measurement says so (status ``cached``, and ``cached`` in its metrics:
+when and where it was measured), and ``--rebench``
+(``BuildContext.reuse_measurements``) measures again. The key covers the input artifact's
 sha256 (for the torch module: its parameters, buffers and class sources), the
 pass name, code (its file and the helper modules it names in
 ``Pass.code_modules()``) and ``config_dict()``, the versions of the
@@ -75,6 +81,31 @@ CACHE_FORMAT = 1
 ENV_VAR = "OPTPIPE_CACHE_DIR"
 STALE_TMP_SECONDS = 3600.0
 _PATH_MARK = "__optpipe_relpath__"
+
+
+#: Passes that measure: reused only when the artifact, golden data, runtimes and host are the same.
+MEASUREMENTS = frozenset({"validate", "benchmark"})
+#: Runtimes whose versions change a measurement.
+RUNTIMES = ("onnxruntime", "torch", "numpy", "tensorrt")
+
+
+def host_facts() -> dict[str, Any]:
+    """Where a measurement was made: a different machine, CPU or core count measures differently."""
+    return {"node": platform.node(), "machine": platform.machine(), "processor": _cpu_model(),
+            "cpus": os.cpu_count(), "system": platform.system(), "release": platform.release()}
+
+
+def _cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``), or ``platform.processor()`` where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def is_measurement(pass_: Pass) -> bool:
+    return pass_.name in MEASUREMENTS
 
 
 def default_cache_dir() -> Path:
@@ -200,7 +231,7 @@ class _Keyer:
             source = {"sha256": artifact.sha256}
         if self._golden is None or self._golden[0] != id(ctx.golden):
             self._golden = (id(ctx.golden), golden_fingerprint(ctx))
-        return {
+        facts = {
             "format": CACHE_FORMAT,
             "pass": pass_.name,
             "pass_code": _source_digest(type(pass_)),
@@ -218,6 +249,12 @@ class _Keyer:
             "machine": platform.machine(),
             "pass_facts": plain_data(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
         }
+        if is_measurement(pass_):
+            if self._model is None or self._model[0] != id(ctx.model):
+                self._model = (id(ctx.model), model_fingerprint(ctx.model) if ctx.model is not None else "")
+            facts["measurement"] = {"model": self._model[1], "threads": ctx.threads, "host": host_facts(),
+                                    "runtimes": {dist: package_version(dist) for dist in RUNTIMES}}
+        return facts
 
     def key(self, facts: Mapping[str, Any]) -> str:
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
@@ -226,12 +263,19 @@ class _Keyer:
 # --------------------------------------------------------------------------- files
 
 
+#: Written by the build itself while every pass runs (optpipe.build_log): never part of a pass's result,
+#: or a replayed entry would overwrite this build's log with another build's lines.
+NOT_PASS_OUTPUT = frozenset({"build.log"})
+
+
 def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    """Relative path -> (size, mtime_ns, inode) of every file under ``root``."""
+    """Relative path -> (size, mtime_ns, inode) of every file under ``root`` (but :data:`NOT_PASS_OUTPUT`)."""
     files: dict[str, tuple[int, int, int]] = {}
     for dirpath, _dirnames, filenames in os.walk(root):
         for filename in filenames:
             path = Path(dirpath, filename)
+            if path.parent == root and filename in NOT_PASS_OUTPUT:
+                continue
             try:
                 stat = path.stat()
             except FileNotFoundError:
@@ -416,8 +460,11 @@ class PassCache:
 
     def _before_pass(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> PassResult | None:
         self._release()  # a previous pass that raised never reached after_pass
-        if not self.enabled or not getattr(pass_, "cacheable", False):
+        measurement = is_measurement(pass_)
+        if not self.enabled or not (getattr(pass_, "cacheable", False) or measurement):
             return None
+        if measurement and not ctx.reuse_measurements:  # --rebench: measure again (and store the new result)
+            self._say(ctx, f"     {pass_.name}: measuring again (--rebench)")
         if not self._prepare(ctx):
             return None
         try:
@@ -433,7 +480,7 @@ class PassCache:
         if lock_fd is None:
             return None
         try:
-            result = self._load(key, pass_, ctx)
+            result = self._load(key, pass_, ctx) if ctx.reuse_measurements or not measurement else None
         except Exception as error:  # OSError on the cache dir, or anything unexpected: no cache
             self._unlock(lock_fd)
             self._disable(ctx, error)
@@ -448,7 +495,12 @@ class PassCache:
                 self._warn(ctx, f"cached result of pass '{pass_.name}' failed its post-condition ({error}); "
                                 "running the pass")
                 return None
-            self._say(ctx, f"     {pass_.name}: reused from cache ({key[:12]})")
+            if measurement:
+                made = result.metrics["cached"]
+                self._say(ctx, f"     {pass_.name}: reused the measurement of {made['measured_at']} on "
+                               f"{(made['host'] or {}).get('node')} ({key[:12]}; --rebench measures again)")
+            else:
+                self._say(ctx, f"     {pass_.name}: reused from cache ({key[:12]})")
             result.warnings.extend(self._take_warnings())
             return result
         self._pending = _Pending(key, snapshot(ctx.work_dir), lock_fd)
@@ -623,6 +675,9 @@ class PassCache:
                 artifact = _artifact_from_record(record["artifact"], ctx.work_dir)
                 if artifact.path is not None and not artifact.path.exists():
                     raise CorruptEntry(f"its artifact {artifact_path} is not in the build")
+                if is_measurement(pass_):  # a reused measurement says when and where it was made
+                    metrics = {**metrics, "cached": {"measured_at": record.get("created"), "host": record.get("host"),
+                                                     "key": key}}
                 loaded = PassResult(artifact, modified=modified, metrics=metrics,
                                     warnings=[str(w) for w in warnings])
             except (ValueError, KeyError, TypeError, AttributeError) as error:  # unreadable JSON or wrong shape
@@ -672,6 +727,7 @@ class PassCache:
                 "key": pending.key,
                 "pass": pass_.name,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "host": host_facts(),
                 "files": files,
                 "deleted": deleted,
                 "artifact": artifact,

@@ -324,7 +324,10 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               help="Example input, e.g. x:2x3x224x224 or ids:2x128:int64:0..1000. Repeat per input, in "
               "forward() order. Default: example_inputs() in the model's file.")
 @click.option("--dynamic", "dynamics", multiple=True, metavar="NAME=MIN:OPT:MAX[@INPUT.AXIS,...]",
-              help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic.")
+              help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic. Default: a dynamic "
+              "batch (axis 0 of every input, 1 to 64) when the model can vary it.")
+@click.option("--static-batch", is_flag=True,
+              help="Keep axis 0 at the example's batch size (the artifact then accepts only that batch).")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
 @click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
@@ -356,6 +359,9 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               "Ray started for the run), ray:auto or ray://HOST:PORT (an existing Ray cluster; needs "
               "optpipe[ray]).")
 @click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
+@click.option("--rebench", is_flag=True,
+              help="Measure validation and latency again, even when the cache holds a measurement of the same "
+              "artifact, golden data, runtime versions and host.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
@@ -376,7 +382,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          target: str, precision: tuple[str, ...], output_names: str | None,
+          static_batch: bool, rebench: bool, target: str, precision: tuple[str, ...], output_names: str | None,
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
@@ -415,8 +421,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     options = parse_build_options(
         target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
-        trt=trt_options, pass_options=pass_options, profile=bool(profile),
-        **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+        trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
+        rebench=rebench, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
@@ -429,7 +435,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     report = build_with_options(prepared.module, prepared.example_inputs, options, out_dir=out_dir,
                                 input_names=prepared.input_names, output_names=prepared.output_names,
                                 dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
-                                instruments=instruments, provenance=_provenance(model, weights, prepared))
+                                instruments=instruments, provenance=_provenance(model, weights, prepared),
+                                warnings=prepared.warnings)
     if not no_cache:
         from optpipe.cache_admin import enforce_cap
 

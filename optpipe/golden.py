@@ -139,6 +139,28 @@ def axis_cases(
     return feeds
 
 
+def heldout_feeds(heldout: dict[str, np.ndarray], limit: int, chunk: int, static: bool,
+                  prefix: str = "heldout") -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Up to ``limit`` held-out rows, re-batched into cases of at most ``chunk`` rows (exactly ``chunk`` if static).
+
+    Held-out rows come in any batch size; the artifact takes what its batch allows. A static batch
+    drops the last incomplete chunk (a repeated row would count twice); fewer rows than one batch
+    are tiled to it. One case is named ``heldout``; several ``heldout-1``, ``heldout-2``, ...
+    """
+    rows = min(limit, next(iter(heldout.values())).shape[0])
+    if static and rows >= chunk:
+        rows -= rows % chunk
+    spans = [(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
+    if static and rows < chunk:
+        spans = [(0, chunk)]
+    feeds = []
+    for number, (start, stop) in enumerate(spans, start=1):
+        index = np.arange(start, stop) % rows
+        name = prefix if len(spans) == 1 else f"{prefix}-{number}"
+        feeds.append((name, {k: np.ascontiguousarray(v[index]) for k, v in heldout.items()}))
+    return feeds
+
+
 def make_golden(
     reference: Runner,
     example: dict[str, np.ndarray],
@@ -146,12 +168,14 @@ def make_golden(
     heldout: dict[str, np.ndarray] | None = None,
     heldout_limit: int = 64,
     dynamic_axes: Sequence[tuple[DynamicDim, Sequence[tuple[str, int]]]] = (),
+    calib_heldout: dict[str, np.ndarray] | None = None,
 ) -> GoldenData:
     """Run the reference runner on every case and collect the outputs.
 
     ``dynamic_axes`` lists the declared dynamic dimensions other than the
     batch (with the ``(input, axis)`` pairs they apply to); each is validated
-    at its min, opt and max.
+    at its min, opt and max. ``calib_heldout``: rows held out of the calibration data (cases
+    ``calib-heldout-N``), never calibrated on.
     """
     feeds: list[tuple[str, dict[str, np.ndarray]]] = [("example", example)]
     example_batch = next(iter(example.values())).shape[0]
@@ -159,11 +183,11 @@ def make_golden(
         feeds.append((f"batch{size}", resize_batch(example, size)))
     feeds.extend(axis_cases(example, dynamic_axes))
     if heldout:
-        rows = min(heldout_limit, next(iter(heldout.values())).shape[0])
-        if batch_dim is not None:
-            rows = min(rows, batch_dim.max)
-        if batch_dim is not None or rows == example_batch:
-            feeds.append(("heldout", {k: np.ascontiguousarray(v[:rows]) for k, v in heldout.items()}))
+        feeds.extend(heldout_feeds(heldout, heldout_limit, batch_dim.max if batch_dim else example_batch,
+                                   static=batch_dim is None))
+    if calib_heldout:
+        feeds.extend(heldout_feeds(calib_heldout, heldout_limit, batch_dim.max if batch_dim else example_batch,
+                                   static=batch_dim is None, prefix="calib-heldout"))
     cases = []
     for name, feed in feeds:
         batch = next(iter(feed.values())).shape[0]

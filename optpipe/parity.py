@@ -81,6 +81,9 @@ class OutputParity:
     # Why top-1 agreement is missing or covers fewer rows: rows whose reference scores tie (all zero...)
     # have no top-1 class, so agreement on them means nothing and is neither reported nor gated.
     top1_note: str | None = None
+    # Rows of real held-out data (eval data, rows held out of the calibration data) among ``samples``:
+    # the rest are the example's rows, repeated at other batch sizes.
+    heldout_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -252,6 +255,10 @@ def judge_output(
     return record
 
 
+#: Golden cases of real held-out rows (:func:`optpipe.golden.heldout_feeds`).
+HELDOUT_CASES = ("heldout", "calib-heldout")
+
+
 def validate_outputs(
     runner: Any, ctx: BuildContext, precision: str, tolerances: dict[str, dict[str, float]],
     output_kinds: Mapping[str, str] | None = None,
@@ -273,6 +280,7 @@ def validate_outputs(
     kinds = output_kinds_of(ctx.golden, output_kinds)
     references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
     results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
+    heldout_rows = dict.fromkeys(ctx.output_names, 0)
     failures: list[str] = []
     warnings: list[str] = []
     keys: dict[str, list[list[bytes]]] = {name: [] for name in ctx.output_names}
@@ -295,6 +303,7 @@ def validate_outputs(
             references[name].append(case.outputs[name])
             results[name].append(got[name])
             keys[name].append(row_keys(case.inputs))
+            heldout_rows[name] += case.batch if case.name.startswith(HELDOUT_CASES) else 0
     progress.close()
     outputs = {}
     for name in ctx.output_names:
@@ -302,6 +311,7 @@ def validate_outputs(
             continue
         record = judge_output(name, references[name], results[name], tolerance_for(precision, name, tolerances),
                               kinds, keys[name])
+        record["heldout_rows"] = heldout_rows[name]
         outputs[name] = record
         failures.extend(f"output '{name}': {failure}" for failure in record["failures"])
         warnings.extend(f"output '{name}': {warning}" for warning in record["warnings"])

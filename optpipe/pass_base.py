@@ -48,6 +48,8 @@ class BuildContext:
     golden: GoldenData | None = None
     threads: int | None = None
     log: Callable[[str], None] = info
+    # Reuse validation and benchmark results measured under exactly the same conditions (--rebench: False).
+    reuse_measurements: bool = True
 
     def path(self, *parts: str) -> Path:
         """A path inside the staging directory, with parent folders created."""

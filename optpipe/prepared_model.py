@@ -3,7 +3,8 @@
 Loads the model (and weights), decides the example inputs (``--input`` or the
 model file's ``example_inputs()``), checks them with one forward pass, parses
 ``--dynamic``, and picks up the model file's optional ``OUTPUT_NAMES`` and
-``eval_data()`` (held-out inputs that make the parity check meaningful). All
+``eval_data()`` (held-out inputs that make the parity check meaningful; a result
+optpipe cannot use is a warning, :mod:`optpipe.model_file_data`). All
 failures are :class:`~optpipe.errors.UserInputError` with one line.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from optpipe.errors import UserInputError
 from optpipe.input_parsing import DynamicArg, check_unique_names, make_inputs, parse_dynamic, parse_input
+from optpipe.model_file_data import read_eval_data
 from optpipe.model_loading import check_inputs_against_model, find_example_inputs, load_model
 from optpipe.runtime import check_outputs_are_tensors
 
@@ -40,20 +42,8 @@ class PreparedModel:
     eval_set: tuple[dict[str, np.ndarray], np.ndarray] | None = None
     # Declared --input LOW..HIGH value ranges by input name: synthetic calibration draws integers from them.
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-
-def _heldout(source: ModuleType | None, names: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """Inputs of the model file's ``eval_data()`` when their names match the model's inputs."""
-    eval_data = getattr(source, "eval_data", None)
-    if not callable(eval_data):
-        return None
-    try:
-        inputs, _labels = eval_data()
-    except (Exception, SystemExit) as error:
-        raise UserInputError(f"calling eval_data() in the model file failed: {type(error).__name__}: {error}") from None
-    if not isinstance(inputs, dict) or set(inputs) != set(names):
-        return None
-    return {name: np.asarray(inputs[name]) for name in names}
+    # Model-file helpers optpipe could not use: one warning each (console and report.json); the build goes on.
+    warnings: tuple[str, ...] = ()
 
 
 def _calibration(source: ModuleType | None) -> str | None:
@@ -62,20 +52,6 @@ def _calibration(source: ModuleType | None) -> str | None:
     if file and callable(getattr(source, "calibration_data", None)):
         return f"{file}:calibration_data"
     return None
-
-
-def _eval_set(source: ModuleType | None, names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
-    """Inputs and labels of the model file's ``eval_data()`` when they fit the model's inputs."""
-    eval_data = getattr(source, "eval_data", None)
-    if not callable(eval_data):
-        return None
-    try:
-        inputs, labels = eval_data()
-    except Exception:  # _heldout already reported a failing eval_data() as a user error
-        return None
-    if not isinstance(inputs, dict) or set(inputs) != set(names) or labels is None:
-        return None
-    return {name: np.asarray(inputs[name]) for name in names}, np.asarray(labels)
 
 
 def prepare_model(
@@ -113,15 +89,18 @@ def prepare_model(
         check_unique_names("--output-names", outputs)
     elif source is not None and getattr(source, "OUTPUT_NAMES", None):
         outputs = tuple(str(n) for n in source.OUTPUT_NAMES)
+    examples = {name: t.detach().cpu().numpy() for name, t in zip(names, tensors, strict=True)}
+    held_out, eval_warning = read_eval_data(source, examples)
     return PreparedModel(
         module=loaded.module,
         example_inputs=tuple(tensors),
         input_names=tuple(names),
         output_names=outputs,
         dynamic=dynamic,
-        heldout_inputs=_heldout(source, names),
+        heldout_inputs=held_out.inputs if held_out else None,
         source_module=source,
         calibration=_calibration(source),
-        eval_set=_eval_set(source, names),
+        eval_set=(held_out.inputs, held_out.labels) if held_out and held_out.labels is not None else None,
         input_ranges={a.name: (a.low, a.high) for a in input_args if a.low is not None and a.high is not None},
+        warnings=(eval_warning,) if eval_warning else (),
     )

@@ -12,6 +12,7 @@ TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
@@ -54,7 +55,25 @@ class Int8DynamicPass(Pass):
     output_kind = ArtifactKind.ONNX
     Config = Int8DynamicConfig
     uses = ("onnx", "onnxruntime")
-    cacheable = False  # it measures accuracy on the golden data
+    # Deterministic given its input, config and cache_facts (the golden inputs by content, the CPU's
+    # reduce_range choice): the guard's verdicts are a function of those, so a rebuild may reuse them.
+    cacheable = True
+
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """The quantizer, guard and gate helpers that decide the output (part of the cache key)."""
+        from optpipe.precision import dynamic_quantize
+
+        return (*pass_support.guard_code_modules(), dynamic_quantize)
+
+    def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
+        """What the output depends on outside the config: the golden inputs and the 7-bit weight choice."""
+        from optpipe.precision.static_quantize import cpu_needs_reduce_range
+
+        facts = pass_support.precision_facts(ctx, pass_support.golden_inputs(ctx), "golden")
+        reduce_range = self.config.reduce_range
+        facts["reduce_range"] = cpu_needs_reduce_range() if reduce_range is None else reduce_range
+        return facts
 
     @classmethod
     def from_options(cls, options: BuildOptions, target: Any) -> Int8DynamicPass:

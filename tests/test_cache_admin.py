@@ -30,7 +30,7 @@ def _build(toy: ModuleType, out: Path, cache: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory, toy: ModuleType) -> Path:
-    """A cache filled by one real build (export, simplify, engine-ort entries); tests work on copies."""
+    """A cache filled by one real build (export, simplify, engine-ort and validate entries); tests work on copies."""
     root = tmp_path_factory.mktemp("cache-admin")
     _build(toy, root / "out", root / "cache")
     return root / "cache"
@@ -51,11 +51,11 @@ def _age(cache: Path, pass_name: str, days: float) -> None:
 
 def test_info_lists_entries_size_and_use(cache: Path) -> None:
     info = cache_info(cache)
-    assert sorted(e.pass_name for e in info.entries) == ["engine-ort", "export", "simplify"]
+    assert sorted(e.pass_name for e in info.entries) == ["engine-ort", "export", "simplify", "validate"]
     assert info.size == sum(e.size for e in info.entries) > 1000
     _age(cache, "export", 3)
     text = CliRunner().invoke(main, ["cache", "info", "--cache-dir", str(cache)]).output
-    assert "entries: 3" in text and "least recently used" in text and "(export)" in text
+    assert "entries: 4" in text and "least recently used" in text and "(export)" in text
 
 
 def test_prune_older_than_removes_only_old_entries(cache: Path) -> None:
@@ -63,7 +63,7 @@ def test_prune_older_than_removes_only_old_entries(cache: Path) -> None:
     _age(cache, "simplify", 2)
     result = CliRunner().invoke(main, ["cache", "prune", "--older-than", "5", "--cache-dir", str(cache)])
     assert result.exit_code == 0 and "removed 1 entries" in result.output
-    assert sorted(e.pass_name for e in cache_info(cache).entries) == ["engine-ort", "simplify"]
+    assert sorted(e.pass_name for e in cache_info(cache).entries) == ["engine-ort", "simplify", "validate"]
 
 
 def test_prune_max_size_evicts_least_recently_used_first(cache: Path) -> None:
@@ -71,9 +71,9 @@ def test_prune_max_size_evicts_least_recently_used_first(cache: Path) -> None:
     _age(cache, "engine-ort", 2)
     _age(cache, "export", 1)
     sizes = {e.pass_name: e.size for e in cache_info(cache).entries}
-    result = prune(cache, max_size=sizes["export"] + sizes["engine-ort"])
+    result = prune(cache, max_size=sizes["export"] + sizes["engine-ort"] + sizes["validate"])  # validate: newest
     assert [e.pass_name for e in result.removed] == ["simplify"]
-    assert sorted(e.pass_name for e in cache_info(cache).entries) == ["engine-ort", "export"]
+    assert sorted(e.pass_name for e in cache_info(cache).entries) == ["engine-ort", "export", "validate"]
 
 
 def test_an_entry_locked_by_a_build_is_never_evicted(cache: Path) -> None:
@@ -85,7 +85,7 @@ def test_an_entry_locked_by_a_build_is_never_evicted(cache: Path) -> None:
         result = prune(cache, max_size=0)
     finally:
         os.close(fd)
-    assert [e.pass_name for e in result.in_use] == ["export"] and len(result.removed) == 2
+    assert [e.pass_name for e in result.in_use] == ["export"] and len(result.removed) == 3
     assert [e.pass_name for e in cache_info(cache).entries] == ["export"]
     assert "1 in use by a running build were left alone" in result.summary()
 
@@ -108,7 +108,7 @@ def test_build_keeps_the_cache_under_the_cap(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("OPTPIPE_CACHE_MAX_SIZE", "none")
     assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")]).exit_code == 0
     stored = cache_info(tmp_path / "cache")
-    assert len(stored.entries) == 3
+    assert len(stored.entries) == 4  # export, simplify, engine-ort and the validate measurement
     keep = max(e.size for e in stored.entries)
     monkeypatch.setenv("OPTPIPE_CACHE_MAX_SIZE", str(keep))
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b")])

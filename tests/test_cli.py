@@ -280,7 +280,7 @@ def test_junit_write_failing_after_the_build_is_one_line(tmp_path: Path, monkeyp
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--batch", "8"], "--batch 8: input 'x' has a static batch of 2"),
+        (["--batch", "8", "--static-batch"], "--batch 8: input 'x' has a static batch of 2"),
         (["--batch", "100", "--dynamic", "batch=1:4:8"], "--batch 100 is outside the dynamic range 1..8"),
     ],
 )

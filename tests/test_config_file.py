@@ -334,3 +334,11 @@ out = "out/digits2"
     xml = junit.read_text()
     assert 'errors="1"' in xml and "UsageError" in xml and "something about wine" in xml
     assert "optpipe: digits2" in xml
+
+
+def test_static_batch_and_rebench_are_config_keys(tmp_path: Path) -> None:
+    config = write(tmp_path, TWO_MODELS.replace('dynamic = ["batch=1:8:64"]\n', "")
+                   .replace('precisions = ["fp32"]', 'precisions = ["fp32"]\nstatic_batch = true\nrebench = true'))
+    digits, wine = parse(config)
+    assert digits["static_batch"] is True and digits["rebench"] is True
+    assert "static_batch" not in wine  # the command's default (a dynamic batch) applies

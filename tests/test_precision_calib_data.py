@@ -152,3 +152,32 @@ def test_synthetic_samples_shapes_and_determinism() -> None:
     assert a[0]["x"].shape == (2, 3, 4, 4) and a[0]["mask"].dtype == np.int64
     assert data_fingerprint(a) == data_fingerprint(b)
     assert data_fingerprint(a) != data_fingerprint(synthetic_samples(SPECS, 3, seed=6))
+
+
+STATIC = [TensorSpec("x", (2, 3, 4, 4), "float32"), TensorSpec("mask", (2, 5), "int64")]
+
+
+def test_batch_one_samples_are_rebatched_to_a_static_batch() -> None:
+    # Before: "shape (1, 3, 4, 4) differs from the model's [2, 3, 4, 4] at axis 0".
+    rows = _batch(5)
+    samples = load_samples([{k: v[i : i + 1] for k, v in rows.items()} for i in range(5)], STATIC)
+    assert [s["x"].shape for s in samples] == [(2, 3, 4, 4), (2, 3, 4, 4)]  # the incomplete last batch is dropped
+    np.testing.assert_array_equal(samples[1]["mask"], rows["mask"][2:4])
+
+
+def test_npz_rows_not_a_multiple_of_the_static_batch_are_rebatched(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", **_batch(7))
+    samples = load_samples(tmp_path / "d.npz", STATIC)
+    assert len(samples) == 3 and samples[0]["x"].shape == (2, 3, 4, 4)
+
+
+def test_fewer_rows_than_one_static_batch_are_tiled() -> None:
+    one = {k: v[:1] for k, v in _batch(1).items()}
+    samples = load_samples([one], STATIC)
+    assert len(samples) == 1 and samples[0]["x"].shape == (2, 3, 4, 4)
+
+
+def test_inputs_of_one_sample_must_agree_on_the_batch() -> None:
+    bad = {"x": np.zeros((2, 3, 4, 4), np.float32), "mask": np.zeros((1, 5), np.int64)}
+    with pytest.raises(UserInputError, match="differ in batch size"):
+        load_samples([bad], STATIC)

@@ -102,7 +102,26 @@ def load_samples(
         samples.append(_validate_sample(item, specs, index))
     if not samples:
         raise UserInputError(f"calibration data from {origin} is empty: it yielded no samples")
-    return samples
+    return rebatch(samples, specs)
+
+
+def rebatch(samples: list[Sample], specs: Sequence[TensorSpec]) -> list[Sample]:
+    """Samples of any batch size regrouped into the model's static batch (unchanged when axis 0 is dynamic).
+
+    Why: calibration data often comes one row per sample while the model was exported at its
+    example's batch. Rows are kept in order; a last incomplete batch is dropped (a repeated row
+    would weigh twice), and fewer rows than one batch are tiled to it.
+    """
+    batch = specs[0].shape[0] if specs and specs[0].shape else None
+    sizes = {next(iter(sample.values())).shape[0] for sample in samples}
+    if not isinstance(batch, int) or not _shared_batch(specs) or sizes == {batch}:
+        return samples
+    names = [spec.name for spec in specs]
+    rows = {name: np.concatenate([sample[name] for sample in samples]) for name in names}
+    total = rows[names[0]].shape[0]
+    count = max(1, total // batch)
+    return [{name: np.ascontiguousarray(rows[name][np.arange(i * batch, (i + 1) * batch) % total]) for name in names}
+            for i in range(count)]
 
 
 def check_sample_count(n: int, method: str) -> str | None:
@@ -348,12 +367,8 @@ def _split_arrays(arrays: dict[str, Any], specs: list[TensorSpec], origin: str) 
             parts = [arr[i] for i in range(arr.shape[0])]
         elif arr.ndim == rank and rank > 0:
             first = spec.shape[0]
-            step = first if isinstance(first, int) else 1
-            if step <= 0 or arr.shape[0] % step:
-                raise UserInputError(
-                    f"{origin}: input '{spec.name}' has {arr.shape[0]} rows, not a multiple of the model's "
-                    f"static batch {step}"
-                )
+            # Rows that do not fill the model's static batch evenly are split one by one; load_samples re-batches.
+            step = first if isinstance(first, int) and first > 0 and arr.shape[0] % first == 0 else 1
             parts = [arr[i : i + step] for i in range(0, arr.shape[0], step)]
         elif arr.ndim == rank - 1 and rank > 0:
             parts = [arr[np.newaxis]]  # one unbatched item
@@ -417,10 +432,21 @@ def _validate_sample(item: Any, specs: list[TensorSpec], index: int) -> Sample:
             "or a tuple in input order"
         )
     _check_names(set(values), specs, where)
-    return {spec.name: _validate_array(_to_numpy(values[spec.name]), spec, index) for spec in specs}
+    shared = _shared_batch(specs)
+    samples = {spec.name: _validate_array(_to_numpy(values[spec.name]), spec, index, shared) for spec in specs}
+    if shared and len({a.shape[0] for a in samples.values()}) > 1:
+        raise UserInputError(f"{where}: the inputs differ in batch size (axis 0): "
+                             f"{', '.join(f'{k}: {v.shape[0]}' for k, v in samples.items())}")
+    return samples
 
 
-def _validate_array(arr: np.ndarray, spec: TensorSpec, index: int) -> np.ndarray:
+def _shared_batch(specs: Sequence[TensorSpec]) -> bool:
+    """Whether axis 0 is one batch shared by every input (the same static size, or all dynamic)."""
+    firsts = {spec.shape[0] if spec.shape else None for spec in specs}
+    return None not in firsts and (len(firsts) == 1 or all(isinstance(f, str) for f in firsts))
+
+
+def _validate_array(arr: np.ndarray, spec: TensorSpec, index: int, shared_batch: bool = False) -> np.ndarray:
     where = f"calibration sample {index}, input '{spec.name}'"
     rank = len(spec.shape)
     if arr.ndim == rank - 1 and rank > 0:
@@ -430,6 +456,8 @@ def _validate_array(arr: np.ndarray, spec: TensorSpec, index: int) -> np.ndarray
             f"{where}: rank {arr.ndim} (shape {tuple(arr.shape)}), expected rank {rank} {_fmt(spec.shape)}"
         )
     for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
+        if axis == 0 and shared_batch:
+            continue  # any batch size: load_samples re-batches to the model's batch
         if isinstance(want, int) and want >= 0 and got != want:
             raise UserInputError(
                 f"{where}: shape {tuple(arr.shape)} differs from the model's "

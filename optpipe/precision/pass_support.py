@@ -54,7 +54,8 @@ class GuardedConfig(Protocol):
 def calib_data(config: Any) -> Any:
     """What :func:`~optpipe.precision.calib_data.load_samples` reads for a Config's ``calib_data`` (and ``samples``)."""
     source = config.calib_data
-    data = config.samples if source == IN_MEMORY else source
+    # Samples in memory: given so (IN_MEMORY), or a file's rows left after the build held some out for parity.
+    data = config.samples if source == IN_MEMORY or config.samples is not None else source
     if data is None:
         raise UserInputError("in-memory calibration data was announced but not passed to build()")
     return data

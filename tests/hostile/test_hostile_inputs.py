@@ -127,7 +127,7 @@ def test_a_real_dynamic_spatial_axis_is_kept_and_recorded(tmp_path: Path) -> Non
                                        "hw=4:8:16@x.2", "--no-benchmark", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["build"]["inputs"][0]["shape"] == [1, 3, "hw", 8]
+    assert report["build"]["inputs"][0]["shape"] == ["batch", 3, "hw", 8]  # axis 0: the default dynamic batch
     dims = onnx.load(str(out / report["variants"][0]["artifact"])).graph.input[0].type.tensor_type.shape.dim
     assert dims[2].dim_param and not dims[2].HasField("dim_value")  # really dynamic in the artifact
 
