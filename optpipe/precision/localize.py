@@ -35,6 +35,7 @@ import onnx
 from optpipe.errors import UserInputError
 from optpipe.precision import _graph
 from optpipe.precision.fp16_convert import convert_fp16
+from optpipe.precision.sensitivity import output_sensitivity
 from optpipe.precision.static_quantize import quantize_int8
 
 
@@ -230,6 +231,31 @@ def _rank(fp32: onnx.ModelProto, stats: Mapping[str, _Stats], available: set[str
     return table
 
 
+def by_output_sensitivity(
+    table: Sequence[LayerError],
+    fp32: onnx.ModelProto,
+    lowp_path: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    candidates: int = 32,
+) -> list[LayerError]:
+    """``table`` with its first ``candidates`` positive entries re-ordered by output sensitivity.
+
+    The per-layer contribution finds candidates cheaply, but errors grow downstream, so it
+    favours late layers (see :mod:`optpipe.precision.sensitivity`). Among the candidates whose
+    FP32 emulation lowers the output error, the largest gain takes the first of their places;
+    an entry that cannot be emulated or does not help that way (no quantized input, or its
+    error arrives from a producer's quantized weights, which the search then keeps) stays where it was.
+    """
+    head = [e for e in table if e.contribution > 0][:candidates]
+    if len(head) < 2 or not samples:
+        return list(table)
+    gains = output_sensitivity(fp32, _graph.load_model(Path(lowp_path)), samples, [e.nodes for e in head])
+    measured = {id(e): g for e, g in zip(head, gains, strict=True) if g is not None and g > 0}
+    ranked = iter(sorted((e for e in head if id(e) in measured), key=lambda e: measured[id(e)], reverse=True))
+    return [next(ranked) if id(e) in measured else e for e in table]
+
+
 def _module_path(nodes: Mapping[str, onnx.NodeProto], names: Sequence[str]) -> str:
     """Module path of the first node in ``names`` that has one (folded Relus have none, their Conv does)."""
     for name in names:
@@ -385,6 +411,7 @@ class _Search:
                 self.stopped = "time budget (--guard-seconds) spent; the last model built is reported"
                 return path
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
+            table = by_output_sensitivity(table, self.fp32, path, list(self.samples)[: self.localize_samples])
             self.first_table = self.first_table or table
             groups = self._next_groups(table, step)
             if not groups:
