@@ -237,23 +237,27 @@ def by_output_sensitivity(
     lowp_path: Path,
     samples: Sequence[Mapping[str, np.ndarray]],
     *,
+    kept: Sequence[str] = (),
     candidates: int = 32,
 ) -> list[LayerError]:
     """``table`` with its first ``candidates`` positive entries re-ordered by output sensitivity.
 
     The per-layer contribution finds candidates cheaply, but errors grow downstream, so it
-    favours late layers (see :mod:`optpipe.precision.sensitivity`). Among the candidates whose
-    FP32 emulation lowers the output error, the largest gain takes the first of their places;
-    an entry that cannot be emulated or does not help that way (no quantized input, or its
-    error arrives from a producer's quantized weights, which the search then keeps) stays where it was.
+    favours late layers (see :mod:`optpipe.precision.sensitivity`). The candidates whose FP32
+    emulation lowers the output error most take the first of the candidates' places, the
+    others follow in their old order. An entry already ``kept`` stays where it is: it points
+    the search at its producers, whose quantized output or weights carry the error.
     """
-    head = [e for e in table if e.contribution > 0][:candidates]
+    done = set(kept)
+    head = [e for e in table if e.contribution > 0 and not set(e.nodes) <= done][:candidates]
     if len(head) < 2 or not samples:
         return list(table)
     gains = output_sensitivity(fp32, _graph.load_model(Path(lowp_path)), samples, [e.nodes for e in head])
-    measured = {id(e): g for e, g in zip(head, gains, strict=True) if g is not None and g > 0}
-    ranked = iter(sorted((e for e in head if id(e) in measured), key=lambda e: measured[id(e)], reverse=True))
-    return [next(ranked) if id(e) in measured else e for e in table]
+    gain = {id(e): g for e, g in zip(head, gains, strict=True) if g is not None and g > 0}
+    order = sorted((e for e in head if id(e) in gain), key=lambda e: gain[id(e)], reverse=True)
+    ranked = iter(order + [e for e in head if id(e) not in gain])
+    moved = {id(e) for e in head}
+    return [next(ranked) if id(e) in moved else e for e in table]
 
 
 def _module_path(nodes: Mapping[str, onnx.NodeProto], names: Sequence[str]) -> str:
@@ -411,7 +415,9 @@ class _Search:
                 self.stopped = "time budget (--guard-seconds) spent; the last model built is reported"
                 return path
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
-            table = by_output_sensitivity(table, self.fp32, path, list(self.samples)[: self.localize_samples])
+            table = by_output_sensitivity(
+                table, self.fp32, path, list(self.samples)[: self.localize_samples], kept=[*self.kept, *self.user_kept]
+            )
             self.first_table = self.first_table or table
             groups = self._next_groups(table, step)
             if not groups:
