@@ -163,7 +163,7 @@ def per_layer_errors(
     mapping = tensor_map(fp32, lowp)
     fp_types = _graph.float_tensor_types(fp32)
     mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in _graph.FLOAT_TYPES}
-    used = list(samples)[:max_samples]
+    used = _graph.single_rows(fp32, samples, max_samples)
 
     stats = {name: _Stats() for name in mapping}
     low_names = list(dict.fromkeys(mapping.values()))
@@ -416,7 +416,8 @@ class _Search:
                 return path
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
             table = by_output_sensitivity(
-                table, self.fp32, path, list(self.samples)[: self.localize_samples], kept=[*self.kept, *self.user_kept]
+                table, self.fp32, path, _graph.single_rows(self.fp32, self.samples, self.localize_samples),
+                kept=[*self.kept, *self.user_kept],
             )
             self.first_table = self.first_table or table
             groups = self._next_groups(table, step)
