@@ -254,3 +254,31 @@ def test_reduce_range_env_pins_the_cpu_choice(monkeypatch: pytest.MonkeyPatch) -
     probed = _REAL_PROBE()
     monkeypatch.setenv(REDUCE_RANGE_ENV, "maybe")
     assert _REAL_PROBE() is probed
+
+
+def test_pre_processing_runs_once_per_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard rebuilds the same source every round: ORT's pre-processing (slow on transformers) runs once."""
+    from optpipe.precision import static_quantize
+
+    src = _cnn(tmp_path / "once.onnx")
+    unique = onnx.load(str(src))
+    unique.doc_string = str(tmp_path)  # bytes no other test pre-processed in this process
+    onnx.save(unique, str(src))
+    calls: list[str] = []
+    real = static_quantize._pre_process
+
+    def counting(source: Path, dst: Path) -> list[str]:
+        calls.append(str(source))
+        return real(source, dst)
+
+    monkeypatch.setattr(static_quantize, "_pre_process", counting)
+    first = quantize_int8(src, tmp_path / "a.onnx", _samples(4))
+    second = quantize_int8(src, tmp_path / "b.onnx", _samples(4), exclude_nodes=[first.quantized_nodes[0]])
+    assert len(calls) == 1
+    assert first.quantized_nodes[0] not in second.quantized_nodes  # the rebuild still honours its own exclusions
+    # Another source (different bytes) is pre-processed on its own.
+    other = onnx.load(str(src))
+    other.doc_string = f"{tmp_path} changed"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    quantize_int8(tmp_path / "other.onnx", tmp_path / "c.onnx", _samples(4))
+    assert len(calls) == 2

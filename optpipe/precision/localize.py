@@ -35,6 +35,7 @@ import onnx
 from optpipe.errors import UserInputError
 from optpipe.precision import _graph
 from optpipe.precision.fp16_convert import convert_fp16
+from optpipe.precision.sensitivity import output_sensitivity
 from optpipe.precision.static_quantize import quantize_int8
 
 
@@ -162,7 +163,7 @@ def per_layer_errors(
     mapping = tensor_map(fp32, lowp)
     fp_types = _graph.float_tensor_types(fp32)
     mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in _graph.FLOAT_TYPES}
-    used = list(samples)[:max_samples]
+    used = _graph.single_rows(fp32, samples, max_samples)
 
     stats = {name: _Stats() for name in mapping}
     low_names = list(dict.fromkeys(mapping.values()))
@@ -228,6 +229,35 @@ def _rank(fp32: onnx.ModelProto, stats: Mapping[str, _Stats], available: set[str
         )
     table.sort(key=lambda le: le.contribution, reverse=True)
     return table
+
+
+def by_output_sensitivity(
+    table: Sequence[LayerError],
+    fp32: onnx.ModelProto,
+    lowp_path: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    kept: Sequence[str] = (),
+    candidates: int = 32,
+) -> list[LayerError]:
+    """``table`` with its first ``candidates`` positive entries re-ordered by output sensitivity.
+
+    The per-layer contribution finds candidates cheaply, but errors grow downstream, so it
+    favours late layers (see :mod:`optpipe.precision.sensitivity`). The candidates whose FP32
+    emulation lowers the output error most take the first of the candidates' places, the
+    others follow in their old order. An entry already ``kept`` stays where it is: it points
+    the search at its producers, whose quantized output or weights carry the error.
+    """
+    done = set(kept)
+    head = [e for e in table if e.contribution > 0 and not set(e.nodes) <= done][:candidates]
+    if len(head) < 2 or not samples:
+        return list(table)
+    gains = output_sensitivity(fp32, _graph.load_model(Path(lowp_path)), samples, [e.nodes for e in head])
+    gain = {id(e): g for e, g in zip(head, gains, strict=True) if g is not None and g > 0}
+    order = sorted((e for e in head if id(e) in gain), key=lambda e: gain[id(e)], reverse=True)
+    ranked = iter(order + [e for e in head if id(e) not in gain])
+    moved = {id(e) for e in head}
+    return [next(ranked) if id(e) in moved else e for e in table]
 
 
 def _module_path(nodes: Mapping[str, onnx.NodeProto], names: Sequence[str]) -> str:
@@ -385,6 +415,10 @@ class _Search:
                 self.stopped = "time budget (--guard-seconds) spent; the last model built is reported"
                 return path
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
+            table = by_output_sensitivity(
+                table, self.fp32, path, _graph.single_rows(self.fp32, self.samples, self.localize_samples),
+                kept=[*self.kept, *self.user_kept],
+            )
             self.first_table = self.first_table or table
             groups = self._next_groups(table, step)
             if not groups:
