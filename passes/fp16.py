@@ -29,8 +29,12 @@ MAX_RANGE_SAMPLES = 32
 
 
 @dataclass(frozen=True)
-class Fp16Config:
-    """Options of the FP16 pass (``optpipe build --precision fp16``)."""
+class Fp16Config(pass_support.GuardedConfig):
+    """Options of the FP16 pass (``optpipe build --precision fp16``).
+
+    The guard's fields (``guard``, ``max_keep_fraction`` of all nodes, ...) come from
+    :class:`~optpipe.precision.pass_support.GuardedConfig`.
+    """
 
     # Keep graph inputs/outputs FP32, so callers feed and read the same data as the FP32 model.
     keep_io_types: bool = True
@@ -39,18 +43,6 @@ class Fp16Config:
     # Calibration data (same forms as --calib-data) scanned for FP16 overflow besides the golden
     # inputs; "<in-memory>" = options["calib_data"]; None = golden inputs only.
     calib_data: str | None = None
-    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
-    guard: bool = True
-    # Most nodes the guard may keep, as a fraction of all nodes (at least 1).
-    max_keep_fraction: float = 0.1
-    # Samples the per-layer error analysis runs on.
-    localize_samples: int = 8
-    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
-    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
-    # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
-    output_kinds: dict[str, str] = field(default_factory=dict)
-    # The guard's time budget in seconds (--guard-seconds); None: no budget.
-    guard_seconds: float | None = None
     # The calibration samples themselves when calib_data is "<in-memory>" (build(calib_data=...) or the
     # model file's calibration_data()); keyed by content through cache_facts, so not in config_dict().
     samples: Any = field(default=None, compare=False, repr=False, metadata=NOT_IN_KEY)

@@ -42,8 +42,13 @@ SYNTHETIC_WARNING = (
 
 
 @dataclass(frozen=True)
-class Int8Config:
-    """Options of the INT8 pass (``optpipe build --precision int8``)."""
+class Int8Config(pass_support.GuardedConfig):
+    """Options of the INT8 pass (``optpipe build --precision int8``).
+
+    The guard's fields come from :class:`~optpipe.precision.pass_support.GuardedConfig`;
+    ``max_keep_fraction`` counts the nodes the style quantizes: Conv/ConvTranspose/Gemm/MatMul
+    for TensorRT, also Add, Mul, Softmax... for ORT's CPU style.
+    """
 
     # Q/DQ style: "cpu" (ONNX Runtime U8S8, output quantization) or "tensorrt" (symmetric
     # int8 on the inputs of Conv/Gemm/MatMul). build() takes it from the target.
@@ -68,19 +73,6 @@ class Int8Config:
     # cpu style: keep the attention-mask Add and the Softmax it feeds in FP32 from the start
     # (optpipe.precision.fragile); the tensorrt style never quantizes them anyway.
     exclude_fragile: bool = True
-    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
-    guard: bool = True
-    # Most nodes the guard may keep, as a fraction of the nodes the style quantizes (at least 1):
-    # Conv/ConvTranspose/Gemm/MatMul for TensorRT; also Add, Mul, Softmax... for ORT's CPU style.
-    max_keep_fraction: float = 0.1
-    # Samples the per-layer error analysis runs on.
-    localize_samples: int = 8
-    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
-    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
-    # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
-    output_kinds: dict[str, str] = field(default_factory=dict)
-    # The guard's time budget in seconds (--guard-seconds); None: no budget.
-    guard_seconds: float | None = None
     # The calibration samples themselves when calib_data is "<in-memory>" (build(calib_data=...) or the
     # model file's calibration_data()); keyed by content through cache_facts, so not in config_dict().
     samples: Any = field(default=None, compare=False, repr=False, metadata=NOT_IN_KEY)

@@ -11,7 +11,7 @@ TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -25,25 +25,17 @@ PRECISION = "int8-dynamic"
 
 
 @dataclass(frozen=True)
-class Int8DynamicConfig:
-    """Options of the dynamic INT8 pass (``optpipe build --precision int8-dynamic``)."""
+class Int8DynamicConfig(pass_support.GuardedConfig):
+    """Options of the dynamic INT8 pass (``optpipe build --precision int8-dynamic``).
+
+    The guard's fields come from :class:`~optpipe.precision.pass_support.GuardedConfig`;
+    ``max_keep_fraction`` counts the quantizable (MatMul/Gemm) nodes.
+    """
 
     # 7-bit weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> True).
     reduce_range: bool | None = None
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
-    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
-    guard: bool = True
-    # Most nodes the guard may keep, as a fraction of the quantizable nodes (at least 1).
-    max_keep_fraction: float = 0.1
-    # Golden cases the per-layer error analysis runs on.
-    localize_samples: int = 8
-    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
-    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
-    # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
-    output_kinds: dict[str, str] = field(default_factory=dict)
-    # The guard's time budget in seconds (--guard-seconds); None: no budget.
-    guard_seconds: float | None = None
 
 
 class Int8DynamicPass(Pass):

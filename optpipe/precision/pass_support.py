@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from optpipe.errors import UserInputError
 
@@ -29,26 +30,22 @@ from optpipe.build_options import IN_MEMORY
 Samples = list[dict[str, "np.ndarray"]]
 
 
-class GuardedConfig(Protocol):
-    """The guard fields every precision pass's Config has."""
+@dataclass(frozen=True)
+class GuardedConfig:
+    """The accuracy-guard fields every precision pass's Config has (fp16, int8, int8-dynamic inherit them)."""
 
-    @property
-    def guard(self) -> bool: ...
-
-    @property
-    def max_keep_fraction(self) -> float: ...
-
-    @property
-    def localize_samples(self) -> int: ...
-
-    @property
-    def tolerances(self) -> dict[str, dict[str, float]]: ...
-
-    @property
-    def output_kinds(self) -> dict[str, str]: ...
-
-    @property
-    def guard_seconds(self) -> float | None: ...
+    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
+    guard: bool = True
+    # Most nodes the guard may keep, as a fraction of the nodes the pass lowers (at least 1).
+    max_keep_fraction: float = 0.1
+    # Samples (golden cases) the per-layer error analysis runs on.
+    localize_samples: int = 8
+    # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
+    output_kinds: dict[str, str] = field(default_factory=dict)
+    # The guard's time budget in seconds (--guard-seconds); None: no budget.
+    guard_seconds: float | None = None
 
 
 def calib_data(config: Any) -> Any:
