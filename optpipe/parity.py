@@ -31,6 +31,9 @@ class Tolerance:
     min_cosine: float | None = None
     min_top1: float | None = None
     min_row_cosine: float | None = None  # embeddings only: the worst row's cosine (optpipe.output_kinds)
+    # logits only: top-1 is gated over rows whose reference top class leads the runner-up by at least this
+    # much probability; closer rows are near ties, reported but not gated (optpipe.output_kinds)
+    top1_margin: float | None = None
 
     def with_overrides(self, overrides: Mapping[str, float]) -> Tolerance:
         known = {f.name for f in fields(self)}
@@ -44,9 +47,10 @@ class Tolerance:
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
-    "fp16": Tolerance(min_cosine=0.999, min_top1=0.99, min_row_cosine=0.995),
-    "int8": Tolerance(min_cosine=0.99, min_top1=0.99, min_row_cosine=0.98),
-    "int8-dynamic": Tolerance(min_cosine=0.99, min_top1=0.99, min_row_cosine=0.98),
+    "fp16": Tolerance(min_cosine=0.999, min_top1=0.99, min_row_cosine=0.995, top1_margin=0.05),
+    # INT8: 95% top-1 agreement over decided rows (issue 9's bar for INT8 on real photos), with cosine 0.99.
+    "int8": Tolerance(min_cosine=0.99, min_top1=0.95, min_row_cosine=0.98, top1_margin=0.05),
+    "int8-dynamic": Tolerance(min_cosine=0.99, min_top1=0.95, min_row_cosine=0.98, top1_margin=0.05),
 }
 
 
@@ -239,7 +243,7 @@ def judge_output(
     kind = kinds.get(name) or infer_kind(name, np.asarray(references[0]))
     parity = compare_output(references, results, replace(tolerance, min_top1=None, min_row_cosine=None))
     verdict = judge(kind, references, results, min_top1=tolerance.min_top1,
-                    min_row_cosine=tolerance.min_row_cosine, row_keys=keys)
+                    min_row_cosine=tolerance.min_row_cosine, row_keys=keys, top1_margin=tolerance.top1_margin)
     if parity.top1_agreement is None and verdict.top1_agreement is not None:  # tied reference scores: no top-1
         verdict = replace(verdict, top1_agreement=None, top1_gated=False,
                           failures=tuple(f for f in verdict.failures if not f.startswith("top-1")),
@@ -249,6 +253,7 @@ def judge_output(
         kind=kind, rows=verdict.rows, top1_gated=verdict.top1_gated, top1_agreement=verdict.top1_agreement,
         row_cosine_mean=verdict.row_cosine_mean, row_cosine_min=verdict.row_cosine_min,
         neighbour_agreement=verdict.neighbour_agreement, tolerance=asdict(tolerance),
+        top1_decided_agreement=verdict.top1_decided_agreement, top1_decided_rows=verdict.top1_decided_rows,
         failures=[*record["failures"], *verdict.failures], warnings=list(verdict.warnings),
     )
     record["passed"] = not record["failures"]

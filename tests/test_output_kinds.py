@@ -73,11 +73,50 @@ def test_logits_top1_is_reported_not_gated_under_twenty_rows() -> None:
     assert any("not gated" in w for w in record["warnings"])
 
 
-def test_logits_top1_is_gated_over_enough_distinct_rows() -> None:
-    ref, got = _near_tie_embeddings(MIN_TOP1_ROWS)
+def _logits(decided: int, near_ties: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class scores: ``decided`` rows whose class 0 clearly leads, ``near_ties`` rows where 0 and 1 nearly tie."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(decided + near_ties, 10)) * 0.1
+    ref[:decided, 0] = 4.0
+    ref[decided:, 0], ref[decided:, 1] = 2.0, 1.99
+    return ref.astype(np.float32), ref.copy().astype(np.float32)
+
+
+def test_logits_top1_is_gated_over_enough_decided_rows() -> None:
+    ref, got = _logits(MIN_TOP1_ROWS, 0)
+    got[:, [0, 1]] = got[:, [1, 0]]  # every decided row flips
     record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
     assert record["top1_gated"] and not record["passed"]
-    assert any(f"over {MIN_TOP1_ROWS} rows" in f for f in record["failures"])
+    assert any(f"over {MIN_TOP1_ROWS} decided rows" in f for f in record["failures"])
+
+
+def test_near_tie_flips_are_reported_not_gated() -> None:
+    """Flips between two classes the reference scores within 0.3% are not changed decisions."""
+    ref, got = _logits(24, 10)
+    got[24:, [0, 1]] = got[24:, [1, 0]]  # only the near ties flip
+    record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
+    assert record["passed"], record["failures"]
+    assert record["top1_gated"] and record["top1_decided_rows"] == 24
+    assert record["top1_decided_agreement"] == 1.0
+    assert record["top1_agreement"] == pytest.approx(24 / 34)
+    strict = tolerance_for("int8", "logits", {"*": {"top1_margin": 0.0}})  # every row gated: fails
+    assert not judge_output("logits", [ref], [got], strict, {})["passed"]
+
+
+def test_a_decided_flip_among_near_ties_still_fails() -> None:
+    ref, got = _logits(20, 10)
+    got[:2, [0, 1]] = got[:2, [1, 0]]  # 2 of 20 decided rows flip: 0.90 < 0.95
+    record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
+    assert not record["passed"]
+    assert record["top1_decided_agreement"] == pytest.approx(0.9)
+
+
+def test_probability_rows_are_not_softmaxed_again() -> None:
+    from optpipe.output_kinds import class_probabilities, decided_rows
+
+    probs = np.array([[0.52, 0.48, 0.0], [0.9, 0.05, 0.05]])
+    assert np.allclose(class_probabilities(probs), probs)
+    assert decided_rows(probs, 0.05).tolist() == [False, True]
 
 
 def test_repeated_golden_rows_count_once() -> None:

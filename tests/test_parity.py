@@ -43,7 +43,7 @@ def test_int8_gate_fails_on_top1_disagreement_but_passes_on_cosine() -> None:
     parity = compare_output([ref], [got], tolerance_for("int8", "logits"))
     assert parity.cosine > 0.99
     assert parity.top1_agreement == 0.5
-    assert parity.failures == ("top-1 agreement 0.5000 < 0.99",)
+    assert parity.failures == ("top-1 agreement 0.5000 < 0.95",)
 
 
 def test_cosine_gate_and_per_output_override() -> None:

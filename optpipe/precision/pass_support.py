@@ -80,11 +80,22 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
 
 def guard_code_modules() -> tuple[ModuleType, ...]:
     """The modules whose code decides a guarded precision pass's output (its ``code_modules``)."""
-    from optpipe import parity
-    from optpipe.precision import _graph, calib_cache, calib_data, fp16_convert, gate, localize, static_quantize
+    from optpipe import output_kinds, parity
+    from optpipe.precision import (
+        _graph,
+        bias_correction,
+        calib_cache,
+        calib_data,
+        fp16_convert,
+        gate,
+        localize,
+        sensitivity,
+        static_quantize,
+    )
 
     this = sys.modules[__name__]
-    return (static_quantize, fp16_convert, localize, gate, calib_cache, calib_data, _graph, this, parity)
+    return (static_quantize, bias_correction, fp16_convert, localize, sensitivity, gate, calib_cache, calib_data,
+            _graph, this, parity, output_kinds)  # fmt: skip
 
 
 def golden_inputs(ctx: BuildContext) -> Samples:

@@ -36,6 +36,8 @@ import onnx
 from optpipe.artifact import sha256_file
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.precision import _graph
+from optpipe.precision.bias_correction import BiasCorrection, correct_biases, input_means
+from optpipe.precision.bias_correction import candidates as bias_candidates
 from optpipe.precision.calib_cache import (
     CacheKey,
     CalibCache,
@@ -79,6 +81,8 @@ class Int8Result:
     ranges: Ranges
     warnings: list[str] = field(default_factory=list)
     cache_hit: bool = False
+    # What bias correction changed (optpipe.precision.bias_correction); None when it did not run.
+    bias_correction: dict[str, object] | None = None
     # Nodes of the op types this style quantizes (ORT's CPU style also quantizes Add, Softmax,
     # Mul...): the base of the accuracy guard's "at most N% of quantizable nodes" limit.
     guard_base: int = 0
@@ -112,6 +116,7 @@ def quantize_int8(
     cache_file: Path | None = None,
     percentile: float = 99.999,
     reduce_range: bool | None = None,
+    bias_correction: bool = True,
 ) -> Int8Result:
     """Quantize ``src`` to a Q/DQ model at ``dst``.
 
@@ -127,6 +132,9 @@ def quantize_int8(
     products in int16 and saturate; measured here on an AVX2 machine, a small
     CNN fell to output cosine 0.96 with full-range weights and 0.9998 with
     reduced range (the same Q/DQ model emulated in float gave 0.9999).
+
+    ``bias_correction``: shift Conv/Gemm biases so each quantized layer keeps its FP32 output mean
+    (:mod:`optpipe.precision.bias_correction`); needs ``samples``, skipped with a warning without them.
     """
     _check_style_and_method(style, method)
     # Absolute paths: the quantizer runs in a scratch working directory (it writes files into the current one).
@@ -156,6 +164,11 @@ def quantize_int8(
 
         if reduce_range is None:
             reduce_range = style == "cpu" and cpu_needs_reduce_range()
+        correction = None
+        if bias_correction:
+            correction = _correct_biases(pre_path, pre, samples, final_ranges, excluded, style, reduce_range, key)
+            if correction is None:
+                warnings.append("bias correction skipped: it needs calibration samples (ranges alone were given)")
         out_path = tmp / "quantized.onnx"
         _run_quantizer(pre_path, out_path, tmp, final_ranges, style, method, excluded, reduce_range)
         quantized_model = onnx.load(str(out_path))
@@ -168,6 +181,7 @@ def quantize_int8(
     quantized_types = style_op_types(style)
     return Int8Result(
         "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
+        bias_correction=correction.to_dict() if correction is not None else None,
         guard_base=sum(1 for n in pre.graph.node if n.op_type in quantized_types),
     )  # fmt: skip
 
@@ -432,6 +446,40 @@ def _resolve_ranges(
     if cache_file is not None:
         save_ranges(Path(cache_file), key, computed)
     return computed, False
+
+
+#: FP32 per-channel input means of the Conv/Gemm inputs, by (source, data, style): the guard's rounds
+#: quantize one source with the same samples, so the FP32 pass runs once. Bounded, oldest dropped.
+_MEANS_CACHE: dict[tuple[str, str, str, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def _correct_biases(
+    pre_path: Path,
+    pre: onnx.ModelProto,
+    samples: Sequence[Mapping[str, np.ndarray]] | None,
+    ranges: Ranges,
+    excluded: list[str],
+    style: str,
+    reduce_range: bool,
+    key: CacheKey,
+) -> BiasCorrection | None:
+    """Bias-correct ``pre`` and rewrite ``pre_path``; None when there are no samples to measure means on."""
+    if not samples:
+        return None
+    cache_key = (key.model_sha256, key.data_sha256, style, hash(tuple(sorted(ranges.items()))))
+    means = _MEANS_CACHE.get(cache_key)
+    if means is None:
+        activation = onnx.TensorProto.INT8 if style == "tensorrt" else onnx.TensorProto.UINT8
+        tensors = list(dict.fromkeys(n.input[0] for n in bias_candidates(pre, (), ranges)))
+        means = input_means(pre, tensors, samples, ranges, activation)
+        while len(_MEANS_CACHE) >= 2:
+            _MEANS_CACHE.pop(next(iter(_MEANS_CACHE)))
+        _MEANS_CACHE[cache_key] = means
+    correction = correct_biases(pre, samples, ranges, excluded=excluded, style=style,
+                                reduce_range=reduce_range, means=means)  # fmt: skip
+    if correction.nodes:
+        onnx.save(pre, str(pre_path))
+    return correction
 
 
 def _run_quantizer(
