@@ -86,8 +86,15 @@ def load_module(path: Path) -> Any:
 def accuracy(name: str, reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     """Top-1 agreement (CNN) or per-row cosine and paraphrase retrieval (embeddings), vs FP32 PyTorch."""
     if name == "efficientnet_lite0":
-        return {"rows": int(reference.shape[0]),
-                "top1_agreement": float(np.mean(reference.argmax(1) == got.argmax(1)))}  # fmt: skip
+        from optpipe.output_kinds import decided_rows
+        from optpipe.parity import DEFAULT_TOLERANCES
+
+        margin = DEFAULT_TOLERANCES["int8"].top1_margin or 0.0
+        agree = reference.argmax(1) == got.argmax(1)
+        decided = decided_rows(reference, margin)  # FP32's top class leads by >= margin: the gate's rows
+        return {"rows": int(reference.shape[0]), "top1_agreement": float(np.mean(agree)),
+                "decided_rows": int(decided.sum()), "top1_decided": float(np.mean(agree[decided])),
+                "near_tie_flips": int(np.sum(~agree & ~decided))}  # fmt: skip
     ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     low = got / np.linalg.norm(got, axis=1, keepdims=True)
     cosines = np.sum(ref * low, axis=1)
@@ -166,7 +173,8 @@ def table(results: list[dict[str, Any]]) -> str:
         sel = (res.get("selected") or {}).get("precision")
         for precision, v in (res.get("variants") or {}).items():
             acc = v.get("accuracy", {})
-            text = (f"top-1 {acc['top1_agreement']:.3f} ({acc['rows']} photos)" if "top1_agreement" in acc else
+            text = (f"top-1 {acc['top1_agreement']:.3f} ({acc['rows']} photos); {acc['top1_decided']:.3f} over "
+                    f"{acc['decided_rows']} decided" if "top1_agreement" in acc else
                     f"cos min {acc['cosine_min']:.4f} mean {acc['cosine_mean']:.4f}, pairs "
                     f"{acc['paraphrase_retrieval']:.2f} ({acc['rows']} sentences)" if acc else "-")  # fmt: skip
             gate = "selected" if precision == sel else "pass" if v.get("passed") else (

@@ -217,6 +217,13 @@ class CalibrationSource:
         return {name: (low, high) for name, low, high in self.input_ranges}
 
 
+#: The accuracy guard's default time budget per variant, in seconds. Why a budget by default: a guard
+#: that cannot reach the gate (static INT8 on a transformer: cosine 0.83 -> 0.88 over 4 rounds) otherwise
+#: searches to its node limit, and an `auto` build of a 22 M-parameter model took 26 minutes. A round
+#: already running finishes, so a variant's guard may overrun this by one round.
+DEFAULT_GUARD_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class GuardOptions:
     """The accuracy guard of the fp16/int8 passes, and nodes kept in FP32 from the start."""
@@ -226,8 +233,8 @@ class GuardOptions:
     int8_exclude: tuple[str, ...] = ()  # ONNX node names the int8 passes keep in FP32
     fp16_block: tuple[str, ...] = ()  # ONNX node names the fp16 pass keeps in FP32
     # --guard-seconds: the guard's time budget; when spent it reports the best variant so far and why it
-    # stopped. None: no budget (the node limit alone ends the search).
-    seconds: float | None = None
+    # stopped. None: no budget (the node limit alone ends the search; the Python API only).
+    seconds: float | None = DEFAULT_GUARD_SECONDS
 
     def __post_init__(self) -> None:
         fraction = self.max_keep_fraction
@@ -459,7 +466,8 @@ def parse_build_options(
         output_kinds=kinds,
         calibration=CalibrationSource.parse(calib_data, synthetic_calib, calib_method, calib_cache, input_ranges),
         guard=GuardOptions(not no_guard, 0.1 if guard_max_keep is None else guard_max_keep,
-                           tuple(int8_exclude), tuple(fp16_block), guard_seconds),
+                           tuple(int8_exclude), tuple(fp16_block),
+                           DEFAULT_GUARD_SECONDS if guard_seconds is None else guard_seconds),
         benchmark=_benchmark_options(benchmark, benchmark_batch, bench_seconds, warmup, iterations),
         trt=trt_options,
         eval=EvalOptions(eval_data, eval_origin, max_accuracy_drop),

@@ -123,9 +123,10 @@ def build(
     ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
     ``iterations``: the benchmark's time budget per runtime, untimed calls, fewest timed calls;
-    ``guard_seconds``: the guard's budget. ``calib_data``: a path (.npz, a directory, ``FILE.py:NAME``)
-    or the samples; ``eval_data``: ``(inputs, labels)``; ``input_ranges``: integer input -> ``(low, high)``
-    for synthetic calibration. ``int8_exclude`` / ``fp16_block``: ONNX nodes kept in FP32 from the start;
+    ``guard_seconds``: the guard's budget per variant (default 60 s). ``calib_data``: a path (.npz, a
+    directory, ``FILE.py:NAME``) or the samples; ``eval_data``: ``(inputs, labels)``; ``input_ranges``:
+    integer input -> ``(low, high)`` for synthetic calibration. ``int8_exclude`` / ``fp16_block``: ONNX
+    nodes kept in FP32 from the start;
     ``trt``: TensorRT options (:data:`~optpipe.build_options.TRT_KEYS`). ``pass_options``: pass name
     (``optpipe passes``) -> fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``, over the values the
     other arguments set. Every option is checked by :func:`~optpipe.build_options.parse_build_options`

@@ -279,8 +279,8 @@ def measure_options(func: F) -> F:
                      help="What an output means: logits, embedding, regression or generic ('*' = every "
                      "output). Picks its gates (top-1 only for logits). Default: inferred, else generic."),
         click.option("--guard-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
-                     help="[int8] Time budget of the accuracy guard; when spent, the best variant so far is "
-                     "reported with why it stopped."),
+                     help="[int8/fp16] Time budget of the accuracy guard per variant (default 60); when spent, "
+                     "the best variant so far is reported with why it stopped."),
         click.option("--bench-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
                      help="Timed seconds per runtime in the benchmark (default 2)."),
         click.option("--warmup", type=click.IntRange(min=0), metavar="N",
