@@ -678,8 +678,11 @@ class PassCache:
                 if is_measurement(pass_):  # a reused measurement says when and where it was made
                     metrics = {**metrics, "cached": {"measured_at": record.get("created"), "host": record.get("host"),
                                                      "key": key}}
+                skipped = result.get("skipped")
+                if skipped is not None and not isinstance(skipped, str):
+                    raise CorruptEntry("its 'skipped' is not a string")
                 loaded = PassResult(artifact, modified=modified, metrics=metrics,
-                                    warnings=[str(w) for w in warnings])
+                                    warnings=[str(w) for w in warnings], skipped=skipped)
             except (ValueError, KeyError, TypeError, AttributeError) as error:  # unreadable JSON or wrong shape
                 raise CorruptEntry(f"unreadable record ({type(error).__name__}: {error})") from None
         except CorruptEntry as problem:
@@ -702,7 +705,8 @@ class PassCache:
             return
         try:
             result_json = json.loads(json.dumps(
-                {"modified": result.modified, "metrics": result.metrics, "warnings": list(result.warnings)}
+                {"modified": result.modified, "metrics": result.metrics, "warnings": list(result.warnings),
+                 "skipped": result.skipped}  # a skip is an outcome too: replayed by raising VariantSkipped
             ))
         except (TypeError, ValueError):
             self._say(ctx, f"     {pass_.name}: metrics are not JSON; not cached")

@@ -15,6 +15,7 @@ Exit codes (documented in ``optpipe --help`` and the README):
 from __future__ import annotations
 
 import re
+from typing import Any
 
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
@@ -130,3 +131,21 @@ def summary_line(error: BaseException | str, *, root_cause: bool = False, limit:
         parts.append(detail)
     line = " ".join(parts)
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class VariantSkipped(OptpipeError):
+    """A precision pass found nothing to lower (e.g. no Conv/Gemm/MatMul for INT8).
+
+    Raised instead of passing the FP32 model on under an ``int8`` label: the
+    builder records the variant as ``skipped`` with ``reason`` and runs no
+    engine, validation or benchmark for it. ``metrics`` keeps what the pass
+    found so the report can show it. Defined here, below the passes, because the pipeline and the pass
+    cache replay a cached skip (``PassResult.skipped``) by raising it again.
+    """
+
+    exit_code = EXIT_OK
+
+    def __init__(self, reason: str, metrics: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.metrics = dict(metrics or {})

@@ -71,6 +71,9 @@ class PassResult:
     modified: bool = True
     metrics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Set when the pass skipped its variant (it raised VariantSkipped with this reason; ``artifact`` is
+    # then its input): how the pass cache stores and replays a skip, so a warm rebuild does not rerun it.
+    skipped: str | None = None
 
 
 @dataclass(frozen=True)

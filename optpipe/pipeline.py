@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from optpipe.artifact import Artifact
 from optpipe.build_record import PassStatus
-from optpipe.errors import PassError
+from optpipe.errors import PassError, VariantSkipped
 from optpipe.pass_base import BuildContext, Pass, PassResult
 
 
@@ -56,6 +56,19 @@ class Instrument(Protocol):
         """Called after a pass ran (not after a cache hit)."""
 
 
+def _run_pass(pass_: Pass, artifact: Artifact, ctx: BuildContext, instruments: Sequence[Instrument]) -> PassResult:
+    """Run ``pass_``; a skip (VariantSkipped) is first handed to the instruments as a result, then re-raised."""
+    try:
+        return pass_(artifact, ctx)
+    except PassError as error:
+        if isinstance(error.cause, VariantSkipped):
+            skipped = PassResult(artifact, modified=False, metrics=dict(error.cause.metrics),
+                                 skipped=error.cause.reason)  # fmt: skip
+            for instrument in instruments:
+                instrument.after_pass(pass_, artifact, skipped, ctx)
+        raise
+
+
 class Pipeline:
     """An ordered list of passes whose kinds were checked to chain."""
 
@@ -92,7 +105,9 @@ class Pipeline:
                     cached = instrument.before_pass(pass_, artifact, ctx)
                     if cached is not None:
                         break
-                result = cached if cached is not None else pass_(artifact, ctx)
+                if cached is not None and cached.skipped is not None:  # a cached skip: skip again
+                    raise PassError(pass_.name, VariantSkipped(cached.skipped, {**cached.metrics, "cached": True}))
+                result = cached if cached is not None else _run_pass(pass_, artifact, ctx, instruments)
                 if cached is None:
                     for instrument in instruments:
                         instrument.after_pass(pass_, artifact, result, ctx)

@@ -237,6 +237,31 @@ def test_precision_passes_are_cached_and_replay_metrics_and_files(digits: Any, t
     assert verify_build(tmp_path / "b", parity=False).passed
 
 
+def test_a_skipped_variant_is_cached_and_skipped_again(tmp_path: Path) -> None:
+    """A pass that found nothing to lower is a result too: a warm rebuild replays the skip, not the pass."""
+    import torch
+
+    from optpipe.builder import build as run_build
+
+    torch.manual_seed(0)
+    conv_only = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()  # no MatMul/Gemm
+    example = (torch.randn(2, 3, 8, 8),)
+
+    def once(out: Path) -> Any:
+        return run_build(conv_only, example, out_dir=out, precisions=("fp32", "int8-dynamic"),
+                         benchmark=False, exporter="torchscript", instruments=[PassCache(tmp_path / "cache")],
+                         log=lambda message: None)  # fmt: skip
+
+    cold, warm = once(tmp_path / "a"), once(tmp_path / "b")
+    skipped = [next(v for v in report.variants if v["precision"] == "int8-dynamic") for report in (cold, warm)]
+    assert skipped[0]["status"] == skipped[1]["status"] == "skipped"
+    assert skipped[0]["reason"] == skipped[1]["reason"] and "nothing to quantize" in skipped[0]["reason"]
+    dynamic = records(warm)[("int8-dynamic", "int8-dynamic")]
+    assert dynamic.status == "skipped" and dynamic.metrics["cached"] is True
+    assert records(cold)[("int8-dynamic", "int8-dynamic")].metrics.get("cached") is None
+    assert warm.passed and cold.passed
+
+
 def test_precision_pass_keys_cover_data_tolerances_and_method(digits: Any, tmp_path: Path) -> None:
     from optpipe.precision.calib_data import load_samples
     from optpipe.tensor_spec import TensorSpec
