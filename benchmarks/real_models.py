@@ -150,7 +150,8 @@ def bench_model(name: str, work: Path, extra: list[str], seconds: float) -> dict
     report = json.loads(report_path.read_text())
     result["selected"] = report.get("selected")
     module = load_module(MODELS[name])
-    feeds, _ = module.eval_data()
+    data = module.eval_data()
+    feeds = data[0] if isinstance(data, tuple) else data  # (inputs, labels) or inputs only
     with torch.inference_mode():
         ref = module.model(*(torch.from_numpy(feeds[n]) for n in module.INPUT_NAMES)).numpy()
     result["variants"] = {}

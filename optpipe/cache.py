@@ -533,6 +533,31 @@ class PassCache:
         with contextlib.suppress(Exception):
             self._release()
 
+    # -- for other stores in the same directory (optpipe.reference_cache) ----------------------------------
+
+    def usable(self, ctx: BuildContext) -> bool:
+        """True when the cache directory is ready (created, no symlinks, writable); warns once and disables if not."""
+        return self.enabled and self._prepare(ctx)
+
+    def entry_path(self, key: str) -> Path:
+        """The entry directory of ``key`` (``entries/ab/abcd...``): ``optpipe cache info/prune`` see every entry."""
+        return self._entry(key)
+
+    def disable(self, ctx: BuildContext, error: Exception) -> None:
+        """Stop using the cache for this build, with one warning saying why (a full disk, a read-only one)."""
+        self._disable(ctx, error)
+
+    def discard_entry(self, entry: Path) -> None:
+        """Remove a corrupt entry (renamed out of ``entries/`` first)."""
+        self._discard(entry)
+
+    def model_fingerprint(self, model: Any) -> str:
+        """:func:`model_fingerprint` of ``model``, computed once per model object (shared with the pass keys)."""
+        keyer = self._keyer
+        if keyer._model is None or keyer._model[0] != id(model):
+            keyer._model = (id(model), model_fingerprint(model))
+        return keyer._model[1]
+
     # -- internals ----------------------------------------------------------------------------------------
 
     def _say(self, ctx: BuildContext, message: str) -> None:

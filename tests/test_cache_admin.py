@@ -33,7 +33,20 @@ def filled(tmp_path_factory: pytest.TempPathFactory, toy: ModuleType) -> Path:
     """A cache filled by one real build (export, simplify, engine-ort and validate entries); tests work on copies."""
     root = tmp_path_factory.mktemp("cache-admin")
     _build(toy, root / "out", root / "cache")
+    for entry in cache_info(root / "cache").entries:  # PyTorch reference outputs: their own test below
+        if entry.pass_name == "torch-reference":
+            shutil.rmtree(entry.path)
     return root / "cache"
+
+
+def test_reference_outputs_are_listed_and_pruned_like_pass_entries(toy: ModuleType, tmp_path: Path) -> None:
+    _build(toy, tmp_path / "out", tmp_path / "cache")
+    names = [e.pass_name for e in cache_info(tmp_path / "cache").entries]
+    assert names.count("torch-reference") >= 2  # the example and the other batch sizes
+    text = CliRunner().invoke(main, ["cache", "info", "--cache-dir", str(tmp_path / "cache")]).output
+    assert "torch-reference" in text
+    prune(tmp_path / "cache", max_size=0)
+    assert cache_info(tmp_path / "cache").entries == ()
 
 
 @pytest.fixture
@@ -108,7 +121,8 @@ def test_build_keeps_the_cache_under_the_cap(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("OPTPIPE_CACHE_MAX_SIZE", "none")
     assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")]).exit_code == 0
     stored = cache_info(tmp_path / "cache")
-    assert len(stored.entries) == 4  # export, simplify, engine-ort and the validate measurement
+    passes = sorted(e.pass_name for e in stored.entries if e.pass_name != "torch-reference")
+    assert passes == ["engine-ort", "export", "simplify", "validate"]  # and PyTorch's reference outputs
     keep = max(e.size for e in stored.entries)
     monkeypatch.setenv("OPTPIPE_CACHE_MAX_SIZE", str(keep))
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b")])
