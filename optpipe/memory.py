@@ -19,6 +19,30 @@ from types import TracebackType
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def release_free_heap() -> None:
+    """Hand heap pages that are free but still mapped back to the OS (glibc's ``malloc_trim``); no-op elsewhere.
+
+    Why: a build's steps (export, onnxslim, quantization, the guard's analyses) each allocate and free
+    hundreds of MB; glibc keeps the freed pages mapped, so the process's resident size only grows, pass
+    after pass. Trimming after each pass lowers the build's peak RSS (measured in
+    benchmarks/real_models.py); it frees nothing Python still references. A full garbage collection
+    runs first: exported graphs and ONNX models sit in reference cycles that would otherwise wait for
+    the collector, hundreds of MB of them (MiniLM: 1.5 GB resident after onnxslim, 0.74 GB after this).
+    """
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc without malloc_trim
+        return
+
+
 def current_rss_bytes() -> int | None:
     """Resident set size of this process now, or None where /proc is missing."""
     try:

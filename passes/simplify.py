@@ -46,9 +46,11 @@ class SimplifyOnnx(Pass):
         original = load_onnx(artifact.path)
         before = len(original.graph.node)
         slimmed = onnxslim.slim(original)
+        del original  # one model in memory at a time (a transformer's is hundreds of MB with its copies)
         path = ctx.path("model.onnx")
         onnx.save(slimmed, str(path), save_as_external_data=slimmed.ByteSize() > 2**31 - 1)
         metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
+        del slimmed
         problem = self._problem(artifact, path, ctx)
         if problem is not None:
             path.unlink()
@@ -66,10 +68,12 @@ class SimplifyOnnx(Pass):
         if ctx.golden is None:
             return None
         assert artifact.path is not None
+        # One session alive at a time: the input model's outputs first, then the simplified model's.
         before = OrtRunner(artifact.path, threads=ctx.threads, level="basic")
+        expected_all = [before.infer(case.inputs) for case in ctx.golden.cases]
+        del before
         after = OrtRunner(path, threads=ctx.threads, level="basic")
-        for case in ctx.golden.cases:
-            expected = before.infer(case.inputs)
+        for case, expected in zip(ctx.golden.cases, expected_all, strict=True):
             got = after.infer(case.inputs)
             for name, value in expected.items():
                 if got[name].shape != value.shape or not np.allclose(
