@@ -25,7 +25,7 @@ import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.errors import UserInputError, full_message, summary_line
-from optpipe.onnx_utils import load_onnx, onnx_files
+from optpipe.onnx_utils import load_onnx, onnx_files, rename_outputs
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.progress import Elapsed
 from optpipe.tensor_spec import TensorSpec
@@ -109,12 +109,12 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
                 kwargs=kwargs,
                 dynamo=True,
                 input_names=names,
-                output_names=list(ctx.output_names),
                 dynamic_shapes=dynamic,
                 opset_version=opset,
-            )
+            )  # no output_names: torch renames into a clash with internal values (optpipe.onnx_utils)
             assert program is not None
             program.save(str(path))  # one file for small models, external data above 2 GB
+            _name_outputs(path, list(ctx.output_names))
         else:
             dynamic_axes = {
                 spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)}
@@ -131,6 +131,17 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
                 dynamic_axes={k: v for k, v in dynamic_axes.items() if v} or None,
                 opset_version=opset or 17,
             )
+
+
+def _name_outputs(path: Path, names: list[str]) -> None:
+    """Give the exported graph's outputs the build's names (external weights stay where they are)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if [output.name for output in model.graph.output] == names:
+        return
+    rename_outputs(model, names)
+    onnx.save(model, str(path))
 
 
 def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol: float = 1e-2) -> None:
