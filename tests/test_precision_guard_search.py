@@ -150,3 +150,29 @@ def test_third_party_logs_go_to_the_file_not_the_console(tmp_path: Path, capsys:
     text = (tmp_path / "build.log").read_text()
     assert "Axis 1 is out-of-range" in text and "quantizer note" in text and "transformers note" in text
     assert logging.getLogger().handlers == root_handlers  # restored
+
+
+def _entry(node: str, nodes: tuple[str, ...]) -> object:
+    from optpipe.precision.localize import LayerError
+
+    return LayerError(node=node, op_type="", module_path="", rel_error=0.1, cosine=0.9, contribution=0.1,
+                      tensor=node, nodes=nodes)  # fmt: skip
+
+
+def test_a_ranked_node_outside_the_eligible_set_points_at_its_eligible_producers() -> None:
+    """Dynamic INT8 changes only MatMul/Gemm with constant weights: keeping a Softmax changes nothing."""
+    from optpipe.precision.localize import _next_nodes
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"], name="proj"),
+             helper.make_node("Softmax", ["q"], ["s"], name="soft"),
+             helper.make_node("MatMul", ["s", "w2"], ["y"], name="out")]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])  # fmt: skip
+    model = helper.make_model(graph)
+    producer = {out: n.name for n in nodes for out in n.output}
+    eligible = frozenset({"proj", "out"})
+    table = [_entry("soft", ("soft",))]
+    assert _next_nodes(table, set(), producer, set(), model) == ["soft"]  # no restriction: the node itself
+    assert _next_nodes(table, set(), producer, set(), model, eligible) == ["proj"]  # its eligible producer
+    assert _next_nodes(table, {"proj"}, producer, set(), model, eligible) == []  # already kept: nothing new
+    assert _next_nodes([_entry("out", ("out",))], set(), producer, set(), model, eligible) == ["out"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -321,6 +321,7 @@ def guarded_quantize(
     quantize: Callable[[list[str]], Any] | None = None,
     seconds: float | None = None,
     on_round: Callable[[int, int, bool], None] | None = None,
+    eligible: Collection[str] | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -343,6 +344,9 @@ def guarded_quantize(
     ``exclude_nodes`` from ``int8_options`` first) and returns an object with
     ``path`` (None when nothing is left to lower) and ``quantizable_count``.
     ``on_round(round, nodes_kept, passed)`` is called after each gate check, for progress lines.
+    ``eligible``: the only nodes whose keeping changes the model (dynamic INT8 quantizes MatMul/Gemm
+    with constant weights alone); a ranked node outside it points the search at its nearest eligible
+    producers instead. None: every node is eligible.
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
@@ -357,6 +361,7 @@ def guarded_quantize(
     limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
                      None if seconds is None else time.monotonic() + seconds, on_round)
+    search.eligible = frozenset(eligible) if eligible is not None else None
     path = search.run(path)
     if path is None:  # everything quantizable is now kept: the FP32 model is the answer
         return GuardResult(None, False, search.kept, search.iterations, search.first_table, search.history, limit,
@@ -389,6 +394,7 @@ class _Search:
         self.stopped = ""
         self.producer = {out: node.name for node in fp32.graph.node for out in node.output}
         self.constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
+        self.eligible: frozenset[str] | None = None  # set by guarded_quantize
 
     def _judge(self, path: Path) -> bool:
         self.iterations += 1
@@ -438,7 +444,7 @@ class _Search:
         added = 0
         # A group (a node and the nodes folded into it) is kept whole, so the limit may be overshot by one group.
         while len(groups) < step and len(self.kept) + added < self.limit:
-            chosen = _next_nodes(table, taken, self.producer, self.constant, self.fp32)
+            chosen = _next_nodes(table, taken, self.producer, self.constant, self.fp32, self.eligible)
             if not chosen:
                 break
             groups.append(chosen)
@@ -467,17 +473,49 @@ class _Search:
         return path
 
 
+def _eligible_sources(
+    entry: LayerError,
+    nodes: Mapping[str, onnx.NodeProto],
+    producer: Mapping[str, str],
+    kept: set[str],
+    eligible: frozenset[str],
+    hops: int = 8,
+) -> list[str]:
+    """The entry's own eligible nodes not yet kept, else the nearest eligible producers upstream (breadth-first)."""
+    own = [n for n in entry.nodes if n in eligible and n not in kept]
+    if own:
+        return own
+    frontier, seen = [entry.node], {entry.node}
+    for _ in range(hops):
+        parents = [producer[i] for name in frontier if name in nodes for i in nodes[name].input if i in producer]
+        parents = [p for p in dict.fromkeys(parents) if p not in seen]
+        found = [p for p in parents if p in eligible and p not in kept]
+        if found:
+            return found
+        seen.update(parents)
+        frontier = [p for p in parents if p not in eligible]  # a kept eligible node stops the walk there
+        if not frontier:
+            break
+    return []
+
+
 def _next_nodes(
     table: Sequence[LayerError],
     kept: set[str],
     producer: Mapping[str, str],
     constant: set[str],
     fp32: onnx.ModelProto,
+    eligible: frozenset[str] | None = None,
 ) -> list[str]:
     nodes = {node.name: node for node in fp32.graph.node}
     for entry in table:
         if entry.contribution <= 0:
             break
+        if eligible is not None:
+            found = _eligible_sources(entry, nodes, producer, kept, eligible)
+            if found:
+                return found
+            continue
         new = [n for n in entry.nodes if n not in kept and n not in constant]
         if new:
             return new
