@@ -19,6 +19,11 @@ from types import TracebackType
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+#: Growth of the resident set (bytes) after which :func:`release_free_heap` collects and trims.
+RELEASE_STEP = 192 << 20
+_RELEASED = [0]  # the resident set after the last release
+
+
 def release_free_heap() -> None:
     """Hand heap pages that are free but still mapped back to the OS (glibc's ``malloc_trim``); no-op elsewhere.
 
@@ -28,19 +33,23 @@ def release_free_heap() -> None:
     benchmarks/real_models.py); it frees nothing Python still references. A full garbage collection
     runs first: exported graphs and ONNX models sit in reference cycles that would otherwise wait for
     the collector, hundreds of MB of them (MiniLM: 1.5 GB resident after onnxslim, 0.74 GB after this).
+    Only when the resident set grew by :data:`RELEASE_STEP` since the last release: a full collection
+    costs time in a large process, and small models never need it.
     """
     import gc
 
+    now = current_rss_bytes()
+    if now is not None and now - _RELEASED[0] < RELEASE_STEP:
+        return
     gc.collect()
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc without malloc_trim
-        return
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # musl or another libc without malloc_trim
+            pass
+    _RELEASED[0] = current_rss_bytes() or 0
 
 
 def current_rss_bytes() -> int | None:
