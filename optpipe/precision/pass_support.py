@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from optpipe.build_options import DEFAULT_GUARD_SECONDS, IN_MEMORY
 from optpipe.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from optpipe.pass_base import BuildContext
     from optpipe.precision.localize import GuardResult
 
-from optpipe.build_options import IN_MEMORY
 
 Samples = list[dict[str, "np.ndarray"]]
 
@@ -44,8 +44,8 @@ class GuardedConfig:
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
     # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
     output_kinds: dict[str, str] = field(default_factory=dict)
-    # The guard's time budget in seconds (--guard-seconds); None: no budget.
-    guard_seconds: float | None = None
+    # The guard's time budget in seconds (--guard-seconds, default 60); None: no budget.
+    guard_seconds: float | None = DEFAULT_GUARD_SECONDS
 
 
 def calib_data(config: Any) -> Any:
