@@ -543,6 +543,28 @@ class PassCache:
         """The entry directory of ``key`` (``entries/ab/abcd...``): ``optpipe cache info/prune`` see every entry."""
         return self._entry(key)
 
+    @contextlib.contextmanager
+    def staged_entry(self, key: str) -> Iterator[Path]:
+        """A new directory under ``tmp/`` to fill with an entry's files; removed on exit unless installed."""
+        tmp = self.base / "tmp" / f"{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir(parents=True)
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def install_entry(self, tmp: Path, key: str, record: Mapping[str, Any]) -> None:
+        """Write ``record.json`` into the staged ``tmp`` and rename it into place whole (one already there wins)."""
+        (tmp / "record.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        entry = self._entry(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, entry)
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise  # EEXIST/ENOTEMPTY: a complete entry is already there
+
     def disable(self, ctx: BuildContext, error: Exception) -> None:
         """Stop using the cache for this build, with one warning saying why (a full disk, a read-only one)."""
         self._disable(ctx, error)
@@ -744,9 +766,7 @@ class PassCache:
             return  # stored by a build that did not wait for our lock (lock timeout)
         if entry.exists():
             self._discard(entry)  # a directory without its record is not an entry (made by hand or a bug)
-        tmp = self.base / "tmp" / f"{pending.key}-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            tmp.mkdir(parents=True)
+        with self.staged_entry(pending.key) as tmp:
             files = []
             for relative in changed:
                 digest = copy_hashing(root / relative, tmp / "files" / relative)
@@ -762,17 +782,7 @@ class PassCache:
                 "artifact": artifact,
                 "result": result_json,
             }
-            (tmp / "record.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmp, entry)
-            except OSError as error:
-                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                return  # a complete entry is already there
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            self.install_entry(tmp, pending.key, record)
 
 
 def iter_entries(directory: str | Path | None = None) -> Iterator[Path]:

@@ -17,12 +17,9 @@ the entry's sha256 is checked before it is read.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -116,10 +113,8 @@ def _load(cache: PassCache, key: str, names: tuple[str, ...]) -> dict[str, np.nd
 
 def _store(cache: PassCache, key: str, outputs: Mapping[str, np.ndarray]) -> None:
     """Write the entry under a temporary name in the cache's ``tmp/``, then rename it into place."""
-    entry = cache.entry_path(key)
-    tmp = cache.base / "tmp" / f"{key}-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        (tmp / "files").mkdir(parents=True)
+    with cache.staged_entry(key) as tmp:
+        (tmp / "files").mkdir()
         staged = tmp / "staged.npz"
         arrays = {name: np.asarray(value) for name, value in outputs.items()}
         np.savez(staged, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle flag
@@ -128,13 +123,4 @@ def _store(cache: PassCache, key: str, outputs: Mapping[str, np.ndarray]) -> Non
         record = {"format": CACHE_FORMAT, "key": key, "pass": KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "host": host_facts(), "files": [{"path": _FILE, "sha256": digest,
                                                    "size": (tmp / "files" / _FILE).stat().st_size}]}  # fmt: skip
-        (tmp / "record.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(tmp, entry)
-        except OSError as error:
-            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        cache.install_entry(tmp, key, record)
