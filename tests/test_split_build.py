@@ -93,13 +93,13 @@ def test_split_directory_is_complete_and_resumable(split_dir: tuple[Path, Result
     assert build["outputs"] == ["logits"]
     assert build["dynamic"] == [{"name": "batch", "min": 1, "opt": 8, "max": 64}]
     assert build["trt"] == {"builder_optimization_level": 4, "hardware_compatibility": "ampere_plus"}
-    assert sorted(p.name for p in (out / "golden").glob("*.npz")) == [
-        "batch1.npz", "batch3.npz", "calib-heldout.npz", "example.npz", "heldout.npz"
-    ]
+    saved = sorted(p.stem for p in (out / "golden").glob("*.npz"))
+    assert {"batch1", "batch3", "example"} <= set(saved)
+    assert any(n.startswith("heldout") for n in saved) and any(n.startswith("calib-heldout") for n in saved)
     assert not list(out.parent.glob(".optpipe-partial-*")), "staging directory left behind"
     assert not list(out.rglob("*.plan")), "no engine may exist in a split directory"
     split = read_split_build(out)  # what `optpipe engine` reads on the GPU machine
-    assert [c.name for c in split.golden.cases] == ["batch1", "batch3", "calib-heldout", "example", "heldout"]
+    assert sorted(c.name for c in split.golden.cases) == saved
     assert split.build.inputs[0].shape == ("batch", 1, 8, 8)
 
 
