@@ -195,6 +195,7 @@ class Report:
                 f"  {variant['precision']:<12} {verdict:<7} {cosine:>12} {max_abs:>10} {top1:>7} "
                 f"{p50:>9} {speedup_text:>8}  {variant.get('artifact') or '-'}"
             )
+            lines.extend(_near_tie_lines(outputs))
             accuracy = variant.get("accuracy")
             if accuracy:
                 lines.append(
@@ -239,3 +240,16 @@ def read_report(path: str | Path) -> Report:
         return Report.from_dict(data)
     except (KeyError, TypeError, ValueError, AssertionError) as error:
         raise ReportUnreadable(f"malformed record ({type(error).__name__}: {error})") from None
+
+
+def _near_tie_lines(outputs: dict[str, Any]) -> list[str]:
+    """One line per logits output whose gated top-1 (decided rows) differs from the all-rows figure."""
+    lines = []
+    for name, record in outputs.items():
+        decided, rows = record.get("top1_decided_agreement"), record.get("top1_decided_rows")
+        overall = record.get("top1_agreement")
+        if decided is None or overall is None or decided == overall:
+            continue
+        lines.append(f"      top-1 '{name}': {overall:.3f} over all {record.get('rows')} rows, {decided:.3f} over the "
+                     f"{rows} where PyTorch decides (the others are near ties: reported, not gated)")
+    return lines

@@ -189,3 +189,15 @@ def test_cli_rejects_an_unknown_kind_in_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "unknown output kind 'bag'" in result.output
+
+
+def test_console_says_when_near_ties_set_all_rows_apart_from_the_gated_figure() -> None:
+    from optpipe.report import _near_tie_lines
+
+    ref, got = _logits(24, 10)
+    got[24:, [0, 1]] = got[24:, [1, 0]]
+    record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
+    (line,) = _near_tie_lines({"logits": record})
+    assert "0.706 over all 34 rows, 1.000 over the 24 where PyTorch decides" in line
+    same = judge_output("logits", [ref], [ref.copy()], tolerance_for("int8", "logits"), {})
+    assert _near_tie_lines({"logits": same}) == []
