@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,20 @@ def local_cpus() -> int:
     return int(text)
 
 
+#: Connection attempts to a Ray Client server (``ray://``) whose per-client server failed to start.
+CLIENT_ATTEMPTS = 3
+
+
+def _server_failed_to_start(error: Exception) -> bool:
+    """The Ray Client server answered but its per-client server did not start: worth another attempt.
+
+    Why: the proxy forks that server while gRPC threads run ("skipping fork() handlers"); now and then
+    the child's epoll gets a bad file descriptor and dies (seen here in 1 of 3 connections under load);
+    the next attempt gets a fresh child. An unreachable address is not retried.
+    """
+    return "Initialization failure from server" in str(error)
+
+
 @dataclass(frozen=True)
 class RayExecutor:
     """Builds each model as a Ray task.
@@ -158,11 +173,17 @@ class RayExecutor:
                 shutil.rmtree(temp, ignore_errors=True)
             return
         address = "auto" if self.address == "ray:auto" else self.address
-        try:
-            ray.init(address=address, **quiet)
-        except Exception as error:  # ConnectionError, RuntimeError, grpc errors: all mean "no cluster there"
-            raise EnvironmentUnavailable(f"--executor {self.address}: cannot connect to a Ray cluster "
-                                         f"({first_line(error, with_type=False)})") from None
+        for attempt in range(1, CLIENT_ATTEMPTS + 1):
+            try:
+                ray.init(address=address, **quiet)
+                break
+            except Exception as error:  # ConnectionError, RuntimeError, grpc errors: all mean "no cluster there"
+                if attempt < CLIENT_ATTEMPTS and _server_failed_to_start(error):
+                    ray.shutdown()
+                    time.sleep(attempt)
+                    continue
+                raise EnvironmentUnavailable(f"--executor {self.address}: cannot connect to a Ray cluster "
+                                             f"({first_line(error, with_type=False)})") from None
         try:
             yield
         finally:

@@ -117,3 +117,10 @@ def test_build_many_in_process_keeps_going_after_a_failed_model(tmp_path: Path) 
     assert wine.exit_code == 0 and [v.precision for v in wine.variants] == ["fp32"] and wine.variants[0].passed
     assert wine.node is not None and wine.node.node_id is None and wine.variants[0].measured_on is None
     assert missing.exit_code == 2 and missing.error and "nowhere.py" in missing.error and missing.report is None
+
+
+def test_only_a_ray_client_server_that_failed_to_start_is_retried() -> None:
+    from optpipe.ray_executor import _server_failed_to_start
+
+    assert _server_failed_to_start(ConnectionAbortedError("Initialization failure from server:\n"))
+    assert not _server_failed_to_start(ConnectionError("ray client connection timeout"))  # nobody there

@@ -55,7 +55,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-CLIENT_PORT = free_port()
+CLIENT_PORT = 0  # chosen by the cluster fixture when it starts, not at collection (minutes before, in a full run)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,8 @@ def cluster() -> Iterator[str]:
     import ray
     from ray.cluster_utils import Cluster
 
+    global CLIENT_PORT
+    CLIENT_PORT = free_port()
     base = tempfile.mkdtemp(prefix="optpipe-ray-test-")
     saved = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = base  # the cluster's address file lives here, not in the shared /tmp/ray
