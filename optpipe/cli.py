@@ -336,7 +336,8 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
 @click.option("--tolerance", "tolerances", type=ToleranceType(), multiple=True, metavar="OUTPUT:FIELD=VALUE",
               help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output); atol/rtol >= 0, "
-              "min_cosine/min_top1 in [0, 1].")
+              "min_cosine/min_row_cosine/min_top1/top1_margin in [0, 1] (top1_margin: top-1 counts rows whose "
+              "reference top class leads by at least this probability; default 0.05).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for ONNX Runtime and PyTorch (default: all cores).")
 @click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
