@@ -224,9 +224,7 @@ class _Keyer:
 
     def facts(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> dict[str, Any]:
         if artifact.kind is ArtifactKind.TORCH:
-            if self._model is None or self._model[0] != id(ctx.model):
-                self._model = (id(ctx.model), model_fingerprint(ctx.model) if ctx.model is not None else "")
-            source = {"model": self._model[1]}
+            source = {"model": self.model(ctx.model)}
         else:
             source = {"sha256": artifact.sha256}
         if self._golden is None or self._golden[0] != id(ctx.golden):
@@ -250,11 +248,15 @@ class _Keyer:
             "pass_facts": plain_data(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
         }
         if is_measurement(pass_):
-            if self._model is None or self._model[0] != id(ctx.model):
-                self._model = (id(ctx.model), model_fingerprint(ctx.model) if ctx.model is not None else "")
-            facts["measurement"] = {"model": self._model[1], "threads": ctx.threads, "host": host_facts(),
+            facts["measurement"] = {"model": self.model(ctx.model), "threads": ctx.threads, "host": host_facts(),
                                     "runtimes": {dist: package_version(dist) for dist in RUNTIMES}}
         return facts
+
+    def model(self, model: Any) -> str:
+        """:func:`model_fingerprint` of ``model`` (``""`` for none), computed once per model object."""
+        if self._model is None or self._model[0] != id(model):
+            self._model = (id(model), model_fingerprint(model) if model is not None else "")
+        return self._model[1]
 
     def key(self, facts: Mapping[str, Any]) -> str:
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
@@ -575,10 +577,7 @@ class PassCache:
 
     def model_fingerprint(self, model: Any) -> str:
         """:func:`model_fingerprint` of ``model``, computed once per model object (shared with the pass keys)."""
-        keyer = self._keyer
-        if keyer._model is None or keyer._model[0] != id(model):
-            keyer._model = (id(model), model_fingerprint(model))
-        return keyer._model[1]
+        return self._keyer.model(model)
 
     # -- internals ----------------------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def infer_kind(name: str, reference: np.ndarray) -> str:
     rows = reference.astype(np.float64)
     if _EMBEDDING_NAME.search(name) or (shape[1] >= 8 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3)):
         return "embedding"
-    if np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):  # probabilities
+    if _are_probabilities(rows):
         return "logits"
     return "generic"
 
@@ -109,10 +109,15 @@ class KindJudgement:
     top1_decided_rows: int | None = None
 
 
+def _are_probabilities(rows: np.ndarray) -> bool:
+    """Rows that are already probabilities: non-negative, each summing to 1."""
+    return bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+
+
 def class_probabilities(scores: np.ndarray) -> np.ndarray:
     """Rows of class scores as probabilities: kept when they already are (non-negative, summing to 1), else softmax."""
     rows = np.asarray(scores, dtype=np.float64)
-    if np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+    if _are_probabilities(rows):
         return rows
     shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
     return np.asarray(shifted / shifted.sum(axis=1, keepdims=True))

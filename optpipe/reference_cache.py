@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from optpipe import cache as cache_store
-from optpipe.cache import CACHE_FORMAT, PassCache, host_facts
+from optpipe.cache import CACHE_FORMAT, PassCache, host_facts, plain_data
 from optpipe.pass_base import BuildContext
 from optpipe.report import package_version
 
@@ -63,18 +63,13 @@ class CachedReference:
         return outputs
 
     def _key(self, feed: Mapping[str, np.ndarray]) -> str:
-        digest = hashlib.sha256()
-        for name in sorted(feed):
-            array = np.ascontiguousarray(feed[name])
-            digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-            digest.update(array.tobytes())
         facts = {
             "format": CACHE_FORMAT,
             "kind": KIND,
             "model": self.cache.model_fingerprint(self.runner.model),
             "inputs": list(self.runner.input_names),
             "outputs": list(self.runner.output_names),
-            "feed": digest.hexdigest(),
+            "feed": plain_data(dict(feed)),  # each array by dtype, shape and bytes
             "torch": package_version("torch"),
             "threads": self.ctx.threads,
             "host": host_facts(),

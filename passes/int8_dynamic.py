@@ -87,7 +87,6 @@ class Int8DynamicPass(Pass):
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from pathlib import Path
 
-        from optpipe.precision import _graph
         from optpipe.precision.dynamic_quantize import quantizable_nodes, quantize_int8_dynamic
         from optpipe.precision.gate import gate_runtime_note
 
@@ -112,7 +111,7 @@ class Int8DynamicPass(Pass):
             guard=config.guard and bool(samples),
             int8_options={"exclude_nodes": list(config.exclude_nodes)},
             quantize=quantize,
-            eligible=quantizable_nodes(_graph.load_model(src)),  # keeping anything else changes nothing
+            eligible=quantizable_nodes,  # of the FP32 model the guard loaded: keeping anything else changes nothing
         )
         first = result.results[0] if result.results else None
         warnings: list[str] = list(first.warnings) if first is not None else []

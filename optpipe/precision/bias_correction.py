@@ -72,6 +72,18 @@ def _gemm_plain(node: onnx.NodeProto) -> bool:
     return not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
 
 
+def measure_means(
+    model: onnx.ModelProto,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    ranges: Mapping[str, tuple[float, float]],
+    style: str,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`input_means` of the inputs of every node that may be corrected (whatever is excluded later)."""
+    activation = onnx.TensorProto.INT8 if style == "tensorrt" else onnx.TensorProto.UINT8
+    tensors = list(dict.fromkeys(n.input[0] for n in candidates(model, (), ranges)))
+    return input_means(model, tensors, samples, ranges, activation)
+
+
 def input_means(
     model: onnx.ModelProto,
     tensors: Sequence[str],
@@ -163,9 +175,8 @@ def correct_biases(
     nodes = candidates(model, excluded, ranges)
     if not nodes or (not samples and means is None):
         return BiasCorrection((), 0.0)
-    activation = onnx.TensorProto.INT8 if style == "tensorrt" else onnx.TensorProto.UINT8
     if means is None:
-        means = input_means(model, list(dict.fromkeys(n.input[0] for n in nodes)), samples, ranges, activation)
+        means = measure_means(model, samples, ranges, style)
     inits = {i.name: i for i in model.graph.initializer}
     done: list[str] = []
     worst = 0.0

@@ -321,7 +321,7 @@ def guarded_quantize(
     quantize: Callable[[list[str]], Any] | None = None,
     seconds: float | None = None,
     on_round: Callable[[int, int, bool], None] | None = None,
-    eligible: Collection[str] | None = None,
+    eligible: Callable[[onnx.ModelProto], Collection[str]] | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -344,9 +344,9 @@ def guarded_quantize(
     ``exclude_nodes`` from ``int8_options`` first) and returns an object with
     ``path`` (None when nothing is left to lower) and ``quantizable_count``.
     ``on_round(round, nodes_kept, passed)`` is called after each gate check, for progress lines.
-    ``eligible``: the only nodes whose keeping changes the model (dynamic INT8 quantizes MatMul/Gemm
-    with constant weights alone); a ranked node outside it points the search at its nearest eligible
-    producers instead. None: every node is eligible.
+    ``eligible(fp32 model)``: the only nodes whose keeping changes the model (dynamic INT8 quantizes
+    MatMul/Gemm with constant weights alone); a ranked node outside them points the search at its
+    nearest eligible producers instead. None: every node is eligible.
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
@@ -360,8 +360,8 @@ def guarded_quantize(
         return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)
     limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
-                     None if seconds is None else time.monotonic() + seconds, on_round)
-    search.eligible = frozenset(eligible) if eligible is not None else None
+                     None if seconds is None else time.monotonic() + seconds, on_round,
+                     None if eligible is None else frozenset(eligible(fp32)))
     path = search.run(path)
     if path is None:  # everything quantizable is now kept: the FP32 model is the answer
         return GuardResult(None, False, search.kept, search.iterations, search.first_table, search.history, limit,
@@ -382,7 +382,8 @@ class _Search:
     def __init__(self, src: Path, samples: Sequence[Mapping[str, np.ndarray]], gate: Callable[[Path], bool],
                  build: Callable[[Sequence[str]], tuple[Path | None, int]], fp32: onnx.ModelProto, user_kept: list[str],
                  limit: int, localize_samples: int, deadline: float | None,
-                 on_round: Callable[[int, int, bool], None] | None = None) -> None:  # fmt: skip
+                 on_round: Callable[[int, int, bool], None] | None = None,
+                 eligible: frozenset[str] | None = None) -> None:  # fmt: skip
         self.src, self.samples, self.gate, self.build, self.fp32 = src, samples, gate, build, fp32
         self.user_kept, self.limit, self.localize_samples, self.deadline = user_kept, limit, localize_samples, deadline
         self.on_round = on_round  # one progress line per gate run (issue 13)
@@ -394,7 +395,7 @@ class _Search:
         self.stopped = ""
         self.producer = {out: node.name for node in fp32.graph.node for out in node.output}
         self.constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
-        self.eligible: frozenset[str] | None = None  # set by guarded_quantize
+        self.eligible = eligible  # None: every node may be kept
 
     def _judge(self, path: Path) -> bool:
         self.iterations += 1

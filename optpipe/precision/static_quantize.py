@@ -36,8 +36,7 @@ import onnx
 from optpipe.artifact import sha256_file
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.precision import _graph
-from optpipe.precision.bias_correction import BiasCorrection, correct_biases, input_means
-from optpipe.precision.bias_correction import candidates as bias_candidates
+from optpipe.precision.bias_correction import BiasCorrection, correct_biases, measure_means
 from optpipe.precision.calib_cache import (
     CacheKey,
     CalibCache,
@@ -469,9 +468,7 @@ def _correct_biases(
     cache_key = (key.model_sha256, key.data_sha256, style, hash(tuple(sorted(ranges.items()))))
     means = _MEANS_CACHE.get(cache_key)
     if means is None:
-        activation = onnx.TensorProto.INT8 if style == "tensorrt" else onnx.TensorProto.UINT8
-        tensors = list(dict.fromkeys(n.input[0] for n in bias_candidates(pre, (), ranges)))
-        means = input_means(pre, tensors, samples, ranges, activation)
+        means = measure_means(pre, samples, ranges, style)
         while len(_MEANS_CACHE) >= 2:
             _MEANS_CACHE.pop(next(iter(_MEANS_CACHE)))
         _MEANS_CACHE[cache_key] = means
