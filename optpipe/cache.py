@@ -22,7 +22,12 @@ side of parity and of the speedup), the threads, the versions of every runtime
 a reused measurement says so (status ``cached``, and ``cached`` in its metrics:
 when and where it was measured), and ``--rebench``
 (``BuildContext.reuse_measurements``) measures again. The key covers the input artifact's
-sha256 (for the torch module: its parameters, buffers and class sources), the
+sha256 (for the torch module, which has no file: what it computes,
+:func:`model_fingerprint` - its outputs on the example inputs from one forward
+pass run fresh in this build, every parameter and buffer including
+non-persistent ones, its submodules' plain attributes, and the source of its
+classes and of the project modules they import; see :mod:`optpipe.model_identity`
+for what that cannot see), the
 pass name, code (its file and the helper modules it names in
 ``Pass.code_modules()``) and ``config_dict()``, the versions of the
 distributions in ``Pass.uses``, the target, input specs, dynamic dims, output
@@ -73,6 +78,7 @@ from typing import Any
 import numpy as np
 
 from optpipe.artifact import Artifact, ArtifactKind
+from optpipe.model_identity import ModelIdentity, array_digest, hash_array, model_identity, source_digest
 from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.report import package_version
 from optpipe.tensor_spec import TensorSpec
@@ -119,12 +125,6 @@ def default_cache_dir() -> Path:
 # --------------------------------------------------------------------------- fingerprints
 
 
-def _hash_array(digest: Any, value: np.ndarray) -> None:
-    array = np.ascontiguousarray(value)
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.tobytes())
-
-
 def golden_fingerprint(ctx: BuildContext) -> str | None:
     """Hash of the golden arrays (not the .npz bytes: zip entries carry timestamps)."""
     if ctx.golden is None:
@@ -135,44 +135,19 @@ def golden_fingerprint(ctx: BuildContext) -> str | None:
         for group in (case.inputs, case.outputs):
             for name in sorted(group):
                 digest.update(name.encode())
-                _hash_array(digest, group[name])
+                hash_array(digest, group[name])
     return digest.hexdigest()
 
 
-def _source_digest(cls: type) -> str:
-    try:
-        source = inspect.getsourcefile(cls)
-    except (TypeError, OSError):
-        source = None
-    if source and os.path.isfile(source):
-        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
-    return f"{cls.__module__}.{cls.__qualname__}"
+def model_fingerprint(model: Any, example_inputs: Sequence[Any] = ()) -> str:
+    """Hash of what a torch module computes (:func:`optpipe.model_identity.model_identity`).
 
-
-def model_fingerprint(model: Any) -> str:
-    """Hash of a torch module: every parameter and buffer, plus the source of its classes.
-
-    The torch artifact that export reads has no file and no sha256; this
-    stands in for it. Source files matter because ``forward()`` is code.
+    The torch artifact that export reads has no file and no sha256; this stands in for it: the
+    classes' source and the project modules they reach, every parameter and buffer (non-persistent
+    ones too), each submodule's plain attributes, and the outputs of one forward pass on
+    ``example_inputs``.
     """
-    import torch
-
-    digest = hashlib.sha256()
-    digest.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
-    classes = {
-        f"{c.__module__}.{c.__qualname__}": c
-        for c in (type(module) for module in model.modules())
-        if not c.__module__.startswith("torch.")  # torch's own layers are covered by its version
-    }
-    for name in sorted(classes):
-        digest.update(name.encode())
-        digest.update(_source_digest(classes[name]).encode())
-    for key, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}{value.dtype}{tuple(value.shape)}".encode())
-        if value.numel():
-            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return model_identity(model, example_inputs).fingerprint
 
 
 def plain_data(value: Any) -> Any:
@@ -184,7 +159,7 @@ def plain_data(value: Any) -> Any:
         return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
     if isinstance(value, np.ndarray):
         digest = hashlib.sha256()
-        _hash_array(digest, value)
+        hash_array(digest, value)
         return {"array": digest.hexdigest()}
     if isinstance(value, Path) or (isinstance(value, str) and len(value) < 4096 and os.path.isfile(value)):
         path = Path(value)
@@ -219,12 +194,12 @@ class _Keyer:
     """Computes cache keys; remembers the expensive per-build fingerprints."""
 
     def __init__(self) -> None:
-        self._model: tuple[int, str] | None = None
+        self._model: tuple[int, int, ModelIdentity] | None = None
         self._golden: tuple[int, str | None] | None = None
 
     def facts(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> dict[str, Any]:
         if artifact.kind is ArtifactKind.TORCH:
-            source = {"model": self.model(ctx.model)}
+            source = {"model": self.model(ctx.model, ctx.example_inputs)}
         else:
             source = {"sha256": artifact.sha256}
         if self._golden is None or self._golden[0] != id(ctx.golden):
@@ -232,7 +207,7 @@ class _Keyer:
         facts = {
             "format": CACHE_FORMAT,
             "pass": pass_.name,
-            "pass_code": _source_digest(type(pass_)),
+            "pass_code": source_digest(type(pass_)),
             "code": module_digests(pass_.code_modules()),
             "config": plain_data(pass_.config_dict()),
             "versions": {dist: package_version(dist) for dist in ("optpipe", *getattr(pass_, "uses", ()))},
@@ -248,15 +223,22 @@ class _Keyer:
             "pass_facts": plain_data(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
         }
         if is_measurement(pass_):
-            facts["measurement"] = {"model": self.model(ctx.model), "threads": ctx.threads, "host": host_facts(),
+            facts["measurement"] = {"model": self.model(ctx.model, ctx.example_inputs), "threads": ctx.threads, "host": host_facts(),
                                     "runtimes": {dist: package_version(dist) for dist in RUNTIMES}}
         return facts
 
-    def model(self, model: Any) -> str:
-        """:func:`model_fingerprint` of ``model`` (``""`` for none), computed once per model object."""
-        if self._model is None or self._model[0] != id(model):
-            self._model = (id(model), model_fingerprint(model) if model is not None else "")
-        return self._model[1]
+    def model(self, model: Any, example_inputs: Sequence[Any]) -> str:
+        """:func:`model_fingerprint` of ``model`` (``""`` for none), computed once per model and examples."""
+        identity = self.identity(model, example_inputs)
+        return identity.fingerprint if identity is not None else ""
+
+    def identity(self, model: Any, example_inputs: Sequence[Any]) -> ModelIdentity | None:
+        """The model's identity (its probe: one forward pass on ``example_inputs``), memoised per build."""
+        if model is None:
+            return None
+        if self._model is None or self._model[:2] != (id(model), id(example_inputs)):
+            self._model = (id(model), id(example_inputs), model_identity(model, example_inputs))
+        return self._model[2]
 
     def key(self, facts: Mapping[str, Any]) -> str:
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
@@ -439,6 +421,7 @@ class PassCache:
         self._pending: _Pending | None = None
         self._warnings: list[str] = []
         self._prepared = False
+        self._said_nondeterministic = False
 
     # -- Instrument protocol ------------------------------------------------------------------------------
 
@@ -575,9 +558,24 @@ class PassCache:
         """Remove a corrupt entry (renamed out of ``entries/`` first)."""
         self._discard(entry)
 
-    def model_fingerprint(self, model: Any) -> str:
-        """:func:`model_fingerprint` of ``model``, computed once per model object (shared with the pass keys)."""
-        return self._keyer.model(model)
+    def model_fingerprint(self, model: Any, example_inputs: Sequence[Any]) -> str:
+        """:func:`model_fingerprint` of ``model``, computed once per build (shared with the pass keys)."""
+        return self._keyer.model(model, example_inputs)
+
+    def check_probe(self, model: Any, ctx: BuildContext, inputs: Sequence[np.ndarray],
+                    outputs: Sequence[np.ndarray]) -> None:
+        """Say once when ``model`` just computed other ``outputs`` than its probe did on the same ``inputs``.
+
+        Such a model is nondeterministic: its fingerprint differs from build to build, so nothing it
+        stores is reused (safe, but the user should know why the cache never hits).
+        """
+        identity = self._keyer.identity(model, ctx.example_inputs)
+        if self._said_nondeterministic or identity is None or identity.probe_inputs != array_digest(inputs):
+            return
+        if identity.probe_outputs != array_digest(outputs):
+            self._said_nondeterministic = True
+            self._say(ctx, "     note: the model gave different outputs in two runs on the same example inputs "
+                           "(nondeterministic); the cache will not reuse its results in later builds")
 
     # -- internals ----------------------------------------------------------------------------------------
 

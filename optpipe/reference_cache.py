@@ -3,11 +3,19 @@
 Why: on an unchanged rebuild every pass, validation and benchmark is reused, and
 what remained was PyTorch itself computing the golden references and scoring the
 eval data - 6.6 s of a 13 s warm rebuild of EfficientNet-Lite0 on 2 cores, half
-of it. PyTorch's outputs are a function of the module (its classes' source and
-every parameter and buffer: :func:`optpipe.cache.model_fingerprint`), the
-inputs, torch's version, the thread count and the host, so they are stored
-under a key over exactly those, as an ordinary cache entry (``optpipe cache
-info`` lists them as ``torch-reference``; ``prune`` evicts them like the rest).
+of it. PyTorch's outputs are a function of the module, the inputs, torch's version,
+the thread count and the host, so they are stored under a key over exactly
+those, as an ordinary cache entry (``optpipe cache info`` lists them as
+``torch-reference``; ``prune`` evicts them like the rest). The module is keyed
+by what it computes (:func:`optpipe.cache.model_fingerprint`, see
+:mod:`optpipe.model_identity`): its classes' source and the project modules
+they reach, every parameter and buffer (non-persistent ones too), its plain
+attributes, and its outputs on the build's example inputs from one forward
+pass run fresh in every build - never taken from this cache, or a model whose
+behaviour changed (a config file read in ``__init__``, a constructor argument)
+would find its old outputs here and every later pass would key on them. When
+the fresh golden outputs on the example inputs differ from that probe, the
+model is nondeterministic: a log line says so (its entries are then never reused).
 
 Only outputs are cached, never timings: the benchmark times the real runner.
 Arrays are written with ``np.savez`` and read with ``allow_pickle=False``;
@@ -56,6 +64,8 @@ class CachedReference:
             self.hits += 1
             return stored
         outputs = dict(self.runner.infer(feed))
+        self.cache.check_probe(self.runner.model, self.ctx, [feed[name] for name in self.runner.input_names],
+                               [outputs[name] for name in self.runner.output_names])
         try:
             _store(self.cache, key, outputs)
         except OSError as error:  # a cache that cannot be written never fails the build: one warning, no cache
@@ -66,7 +76,7 @@ class CachedReference:
         facts = {
             "format": CACHE_FORMAT,
             "kind": KIND,
-            "model": self.cache.model_fingerprint(self.runner.model),
+            "model": self.cache.model_fingerprint(self.runner.model, self.ctx.example_inputs),
             "inputs": list(self.runner.input_names),
             "outputs": list(self.runner.output_names),
             "feed": plain_data(dict(feed)),  # each array by dtype, shape and bytes
