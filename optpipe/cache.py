@@ -62,7 +62,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -223,7 +222,8 @@ class _Keyer:
             "pass_facts": plain_data(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
         }
         if is_measurement(pass_):
-            facts["measurement"] = {"model": self.model(ctx.model, ctx.example_inputs), "threads": ctx.threads, "host": host_facts(),
+            facts["measurement"] = {"model": self.model(ctx.model, ctx.example_inputs), "threads": ctx.threads,
+                                    "host": host_facts(),
                                     "runtimes": {dist: package_version(dist) for dist in RUNTIMES}}
         return facts
 

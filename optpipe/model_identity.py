@@ -248,7 +248,7 @@ def _hash_value(digest: Any, value: Any, depth: int, seen: set[int]) -> None:
         hash_array(digest, np.asarray(value))
     elif isinstance(value, torch.nn.Module):  # submodules are hashed in their own right
         digest.update(f"module:{type(value).__qualname__}".encode())
-    elif isinstance(value, FunctionType | MethodType | type) or callable(value) and hasattr(value, "__qualname__"):
+    elif isinstance(value, FunctionType | MethodType | type) or (callable(value) and hasattr(value, "__qualname__")):
         digest.update(f"callable:{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}".encode())
     elif not isinstance(value, list | tuple | set | frozenset | dict) and not hasattr(value, "__dict__"):
         text = repr(value)  # a dtype, a device: its repr; never an address, which changes every run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,10 @@ from optpipe.cache import PassCache, iter_entries
 from optpipe.reference_cache import KIND, CachedReference
 from optpipe.runtime import TorchRunner
 
+#: Forward calls per model, kept outside the model: a counter in its ``__dict__`` is part of what the cache
+#: calls the model (optpipe.model_identity), so counting would make each build see another model.
+_CALLS: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+
 
 class Counting(torch.nn.Module):
     """A small real model that counts its forward calls."""
@@ -20,17 +25,21 @@ class Counting(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.fc = torch.nn.Linear(6, 3)
-        self.calls = 0
+
+    @property
+    def calls(self) -> int:
+        return _CALLS.get(self, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        _CALLS[self] = self.calls + 1
         return self.fc(x)
 
 
 class _Ctx:
-    """The two BuildContext fields the reference cache reads (threads, log)."""
+    """The BuildContext fields the reference cache reads (threads, log, example inputs: none, so no probe)."""
 
     threads = 1
+    example_inputs: tuple[torch.Tensor, ...] = ()
 
     def log(self, message: str) -> None:
         pass
