@@ -32,6 +32,7 @@ beyond its version, which the pass keys hold for optpipe's own dependencies).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -82,8 +83,11 @@ def _hash_static(digest: Any, model: Any) -> None:
     for name in sorted(classes):
         digest.update(name.encode())
         digest.update(source_digest(classes[name]).encode())
-    for name, file_digest in sorted(project_sources(_entry_scopes(model, classes.values())).items()):
+    code = project_code(_entry_scopes(model, classes.values()))
+    for name, file_digest in sorted(code.sources.items()):
         digest.update(f"source:{name}:{file_digest}".encode())
+    for dist, version in sorted(code.libraries.items()):
+        digest.update(f"library:{dist}=={version}".encode())
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(f"state:{key}".encode())
         _hash_value(digest, tensor, 0, set())
@@ -152,27 +156,60 @@ def _entry_scopes(model: Any, classes: Any) -> list[dict[str, Any]]:
     return scopes
 
 
-def project_sources(scopes: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Module name -> sha256 of its file, for every project module reachable from ``scopes`` (module globals).
+@dataclass(frozen=True)
+class ProjectCode:
+    """The code a model's classes reach: project files by content, installed packages by version."""
+
+    sources: dict[str, str]  # module name -> sha256 of its file
+    libraries: dict[str, str]  # distribution -> version (timm, transformers...: their code changes with it)
+
+
+def project_code(scopes: Sequence[dict[str, Any]]) -> ProjectCode:
+    """The project modules reachable from ``scopes`` (module globals), and the installed packages they reach.
 
     "Project" means a ``.py`` file outside the standard library, installed packages and optpipe
     itself (whose code each pass key holds). Followed transitively: every module, function, class
-    or object a project module's globals name, and so on.
+    or object a project module's globals name, and so on. A module of an installed package ends
+    the walk there; its distribution's version is recorded instead.
     """
     roots = _library_roots()
-    seen: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    reached: set[str] = set()
     pending = list(scopes)
     while pending:
         scope = pending.pop()
         name, path = str(scope.get("__name__", "")), scope.get("__file__")
-        if name in seen or not _is_project_file(name, path, roots):
+        if name in sources:
             continue
-        seen[name] = hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
+        if not _is_project_file(name, path, roots):
+            reached.add(name.partition(".")[0])
+            continue
+        sources[name] = hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
         for value in list(scope.values()):
             found = _globals_of(value)
-            if found is not None and str(found.get("__name__", "")) not in seen:
+            if found is not None and str(found.get("__name__", "")) not in sources:
                 pending.append(found)
-    return seen
+    return ProjectCode(sources, _versions(reached))
+
+
+def _versions(top_level: set[str]) -> dict[str, str]:
+    """Version of each installed top-level package reached (``__version__``, else its distribution's).
+
+    Not ``importlib.metadata.packages_distributions()``: it reads every installed distribution
+    (seconds on a loaded machine), on every build. A name with no version (the standard library)
+    is left out.
+    """
+    from importlib import metadata
+
+    versions: dict[str, str] = {}
+    for name in sorted(top_level - {"", "optpipe", "builtins", "__main__"}):
+        version = getattr(sys.modules.get(name), "__version__", None)
+        if not isinstance(version, str) and name not in sys.stdlib_module_names:
+            with contextlib.suppress(metadata.PackageNotFoundError, ValueError):
+                version = metadata.version(name)
+        if isinstance(version, str):
+            versions[name] = version
+    return versions
 
 
 def _class_globals(cls: type) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from optpipe.cache import PassCache, model_fingerprint
-from optpipe.model_identity import model_identity, project_sources
+from optpipe.model_identity import model_identity, project_code
 from optpipe.reference_cache import CachedReference
 from optpipe.runtime import TorchRunner
 
@@ -110,8 +111,10 @@ def test_a_helper_the_examples_never_reach_changes_the_fingerprint(project: Path
     after = model_identity(_load_net(project), X)
     assert after.probe_outputs == before.probe_outputs  # the examples do not see it...
     assert after.fingerprint != before.fingerprint  # ...the source does
-    sources = project_sources([vars(sys.modules["ident_net"])])
-    assert set(sources) == {"ident_net", "ident_helpers"}  # torch, the stdlib and optpipe are not read
+    code = project_code([vars(sys.modules["ident_net"])])
+    assert set(code.sources) == {"ident_net", "ident_helpers"}  # torch, the stdlib and optpipe are not read...
+    assert code.libraries == {"torch": metadata.version("torch")}
+    # ...an installed package is keyed by its version instead
 
 
 class Noisy(torch.nn.Module):
