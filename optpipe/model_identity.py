@@ -22,12 +22,15 @@ constant or a helper function in another file, a non-persistent buffer.
   their modules' globals (imports, imported functions, classes and objects),
   transitively, outside the standard library and installed packages. So a
   helper changed on a branch the example inputs do not reach still changes the
-  identity.
+  identity;
+- the **version of each installed package** that walk reaches (``timm``,
+  ``transformers``, torch): their code changes with it.
 
 What it cannot see: behaviour on inputs unlike the examples that depends on
-something outside the project's source and the module's state (a file read
-inside ``forward()``, an environment variable, an installed package's code
-beyond its version, which the pass keys hold for optpipe's own dependencies).
+something outside the project's source, the module's state and the package
+versions (a file or an environment variable read inside ``forward()``, an
+installed package edited in place). The static parts are cheap (tens of ms);
+the probe costs one forward pass at the example batch per build.
 """
 
 from __future__ import annotations
