@@ -60,6 +60,9 @@ class CachedReference:
             stored = _load(self.cache, key, tuple(self.runner.output_names))
         except OSError:
             return dict(self.runner.infer(feed))
+        except Exception as error:  # the model's identity cannot be computed (its probe raised): no cache at all
+            self.cache.disable(self.ctx, error)
+            return dict(self.runner.infer(feed))
         if stored is not None:
             self.hits += 1
             return stored

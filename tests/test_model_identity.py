@@ -148,3 +148,27 @@ def test_a_nondeterministic_model_is_named_in_the_log(model: Any, tmp_path: Path
     again = CachedReference(TorchRunner(model, ("x",), ("y",)), PassCache(tmp_path), _Ctx())  # type: ignore[arg-type]
     again.infer({"x": ctx.example_inputs[0].numpy()})
     assert again.hits == (0 if isinstance(model, Noisy) else 1)  # never reused: safe
+
+
+class FailsOnItsSecondCall(torch.nn.Module):
+    """Raises on the second forward only: here the probe, so the identity cannot be computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(1)
+        if len(self.seen) == 2:
+            raise RuntimeError("second call")
+        return x * 2
+
+
+def test_a_model_whose_probe_raises_builds_without_the_cache(tmp_path: Path) -> None:
+    ctx, model = _Ctx(), FailsOnItsSecondCall()
+    model(ctx.example_inputs[0])  # the build's first forward (output names)
+    cache = PassCache(tmp_path)
+    reference = CachedReference(TorchRunner(model, ("x",), ("y",)), cache, ctx)  # type: ignore[arg-type]
+    out = reference.infer({"x": ctx.example_inputs[0].numpy()})
+    assert np.array_equal(out["y"], ctx.example_inputs[0].numpy() * 2)
+    assert not cache.enabled and any("second call" in line for line in ctx.lines), ctx.lines
