@@ -236,9 +236,10 @@ REGRESSOR = textwrap.dedent(
     from torch import nn
 
     OUTLIER = {outlier}
+    INTERCEPT = {intercept}
 
     class Regressor(nn.Module):
-        """y = 1000 + signal (std about 0.5); hidden channel 0 carries an activation outlier when OUTLIER."""
+        """y = INTERCEPT + signal (std about 0.4); hidden channel 0 carries an activation outlier when OUTLIER."""
 
         def __init__(self):
             super().__init__()
@@ -252,7 +253,7 @@ REGRESSOR = textwrap.dedent(
                 self.hidden.bias[0] = 400.0 if OUTLIER else 0.2  # always on: the activation range's outlier
                 self.out.weight.fill_(1.0)
                 self.out.weight[0, 0] = 0.0
-                self.out.bias.fill_(1000.0 - 15 * 0.1)
+                self.out.bias.fill_(INTERCEPT - 15 * 0.1)
 
         def forward(self, x):
             return self.out(torch.relu(self.hidden(x)))
@@ -279,11 +280,14 @@ def _build(tmp_path: Path, source: str, *flags: str) -> tuple[int, dict, str]:
     return result.exit_code, report, result.output
 
 
-@pytest.mark.parametrize(("outlier", "expected"), [(True, EXIT_GATE_FAILED), (False, EXIT_OK)])
-def test_int8_regressor_with_an_outlier_channel_is_rejected_and_its_twin_passes(tmp_path: Path, outlier: bool,
-                                                                                expected: int) -> None:
-    code, report, output = _build(tmp_path, REGRESSOR.format(outlier=outlier), "--precision", "int8",
-                                  "--no-guard")
+@pytest.mark.parametrize(("outlier", "intercept", "expected"), [(True, 1000.0, EXIT_GATE_FAILED),
+                                                                 (False, 0.0, EXIT_OK)])
+def test_int8_regressor_with_intercept_and_outlier_is_rejected_and_its_centred_twin_passes(
+        tmp_path: Path, outlier: bool, intercept: float, expected: int) -> None:
+    """Issue 17 item 2, end to end: the INT8 artifact of y = 1000 + signal loses the signal (R^2 < 0) at batch
+    cosine 0.9999999, which the old gate passed. Its twin (no outlier, no intercept) keeps R^2 > 0.95."""
+    code, report, output = _build(tmp_path, REGRESSOR.format(outlier=outlier, intercept=intercept),
+                                  "--precision", "int8", "--no-guard")
     assert code == expected, output
     (record,) = report["variants"][0]["parity"]["outputs"].values()
     assert record["kind"] == "regression"
@@ -291,6 +295,7 @@ def test_int8_regressor_with_an_outlier_channel_is_rejected_and_its_twin_passes(
     assert gate["name"] == "nrmse" and gate["judged"] and gate["count"] >= 32  # held-out calibration rows
     if outlier:
         assert record["cosine"] > 0.999  # what the old gate judged, and passed
-        assert record["r2"] < 0.5 and "NRMSE" in " ".join(report["variants"][0]["failures"])
+        assert record["r2"] < 0 and "NRMSE" in " ".join(report["variants"][0]["failures"])
+        assert report["result"] == "FAILED"
     else:
-        assert record["r2"] > 0.95
+        assert record["r2"] > 0.95 and report["result"] == "PASSED"
