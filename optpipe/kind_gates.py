@@ -57,16 +57,18 @@ class Gate:
         return asdict(self)
 
     def describe(self) -> str:
-        """One line: ``top-1 over decided rows 0.9500 >= 0.95 over 40 rows``."""
+        """One line: ``top-1 agreement 0.9500 (>= 0.95) over 40 decided rows``."""
+        measure, qualifier = _LABELS.get(self.name, (self.name, ""))
         value = "-" if self.value is None else f"{self.value:.4f}"
         bar = "" if self.threshold is None else f" ({'<=' if self.name == 'nrmse' else '>='} {self.threshold})"
-        return f"{_LABELS.get(self.name, self.name)} {value}{bar} over {self.count} {self.over}"
+        where = f"all {self.count} {self.over}" if qualifier == "all " else f"{self.count} {qualifier}{self.over}"
+        return f"{measure} {value}{bar} over {where}"
 
 
 _LABELS = {
-    "top1_decided": "top-1 agreement over decided", "top1_all": "top-1 agreement over all",
-    "decision_decided": "decision agreement over decided", "decision_all": "decision agreement over all",
-    "nrmse": "error / reference spread (NRMSE)", "row_cosine_min": "per-row cosine min",
+    "top1_decided": ("top-1 agreement", "decided "), "top1_all": ("top-1 agreement", "all "),
+    "decision_decided": ("decision agreement", "decided "), "decision_all": ("decision agreement", "all "),
+    "nrmse": ("error / reference spread (NRMSE)", ""), "row_cosine_min": ("per-row cosine min", ""),
 }
 
 
@@ -77,7 +79,8 @@ def failure_text(gate: Gate) -> str:
 
 def unjudged_text(gate: Gate) -> str:
     """The line of a gate that could not judge: what is missing and how to give it."""
-    return f"{_LABELS.get(gate.name, gate.name)} cannot be judged: {gate.note}"
+    measure, qualifier = _LABELS.get(gate.name, (gate.name, ""))
+    return f"{measure} over {qualifier}{gate.over} cannot be judged: {gate.note}"
 
 
 def _agreement_gate(name: str, over: str, agree: np.ndarray, threshold: float | None, minimum: int,

@@ -116,7 +116,7 @@ def test_unnamed_classifier_is_found_by_its_final_linear_and_decided_flips_fail(
     assert _cosine(ref, got) > 0.99  # what the old gate judged: passed
     record = _verdict("output_0", ref, got, precision, producers)
     assert record["kind"] == "logits" and _rejected(record)
-    assert any("top-1 agreement over decided" in f for f in record["failures"])
+    assert any("top-1 agreement" in f and "over 40 decided rows" in f for f in record["failures"])
     assert _passed(_verdict("output_0", ref, ref + 1e-3, precision, producers))
 
 
@@ -184,7 +184,7 @@ def test_low_confidence_logits_with_every_top1_swapped_fail_the_all_rows_floor(p
     assert np.mean(np.argmax(got, 1) == np.argmax(ref, 1)) == 0.0
     record = _verdict("logits", ref, got, precision)
     assert _rejected(record)
-    assert any("top-1 agreement over all" in f and "64 rows" in f for f in record["failures"])
+    assert any("top-1 agreement 0.0000" in f and "over all 64 rows" in f for f in record["failures"])
 
 
 def test_low_confidence_twin_is_unjudged_not_passed_and_a_decided_twin_passes() -> None:
