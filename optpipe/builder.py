@@ -45,8 +45,8 @@ from optpipe.build_record import BuildRecord
 from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import make_golden, output_kinds_of
-from optpipe.output_producers import output_producers
 from optpipe.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
+from optpipe.output_producers import output_producers
 from optpipe.pass_base import BuildContext
 from optpipe.pass_options import apply_pass_options
 from optpipe.pipeline import Instrument, Pipeline

@@ -389,7 +389,8 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          static_batch: bool, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...], output_names: str | None,
+          static_batch: bool, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...],
+          output_names: str | None,
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,

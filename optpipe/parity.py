@@ -52,9 +52,11 @@ class Tolerance:
 
 
 # Per precision: FP16 rounds to about 1e-3 relative, INT8 to about 1e-2, so FP16's bars are the stricter.
-# Measured (README "Gates per output kind"): sample two_heads' regression NRMSE 0.0004 at FP16 and 0.027 at
-# INT8; all-rows top-1 of EfficientNet-Lite0 INT8 on real photos 0.85 (every flip a near tie), of the
-# samples 1.0. A collapse (every top-1 swapped, R^2 -9.3, 3 of 64 binary decisions flipped) is far outside.
+# Measured on this code (sample models, --precision fp16,int8,int8-dynamic): two_heads' regression NRMSE
+# 0.0004 (FP16), 0.050 (INT8), 0.029 (INT8 dynamic); a centred 16-unit regressor 0.090 (INT8); all-rows top-1
+# >= 0.99 on every sample and 0.85 on EfficientNet-Lite0 INT8 with real photos (every flip a near tie). The
+# bars leave 2x or more room above those, and catch the wrong verdicts of issue 17: every top-1 swapped (0.0),
+# R^2 -18 (NRMSE 4.4), 3 of 64 binary decisions flipped (0.953 < 0.98).
 _FP16_KIND_BARS = {"min_top1_all": 0.9, "min_decision": 0.99, "max_nrmse": 0.05}
 _INT8_KIND_BARS = {"min_top1_all": 0.6, "min_decision": 0.98, "max_nrmse": 0.2}
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {

@@ -32,8 +32,8 @@ from optpipe.build_record import VariantStatus
 from optpipe.errors import (
     EXIT_ENVIRONMENT,
     EXIT_GATE_FAILED,
-    EXIT_UNJUDGED,
     EXIT_OK,
+    EXIT_UNJUDGED,
     EnvironmentUnavailable,
     UserInputError,
     first_line,
@@ -91,7 +91,8 @@ class VerifyResult:
         lines.extend(f"  NOT VERIFIED: {item}" for item in self.unverified)
         lines.extend(f"  FAIL: {failure}" for failure in self.failures)
         lines.extend(f"  UNJUDGED: {line}" for line in self.unjudged)
-        verdict = "FAILED" if self.failures else "UNJUDGED" if self.unjudged else "FILES OK, PARITY NOT VERIFIED HERE" if self.unverified else "OK"
+        verdict = ("FAILED" if self.failures else "UNJUDGED" if self.unjudged
+                   else "FILES OK, PARITY NOT VERIFIED HERE" if self.unverified else "OK")
         lines.append(f"  result: {verdict} (exit {self.exit_code})")
         return "\n".join(lines)
 

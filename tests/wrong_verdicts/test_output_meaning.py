@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from optpipe.cli import main
-from optpipe.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_UNJUDGED
+from optpipe.errors import EXIT_GATE_FAILED, EXIT_OK
 from optpipe.output_kinds import resolve_kinds
 from optpipe.output_producers import Producer, output_producers
 from optpipe.parity import judge_output, tolerance_for

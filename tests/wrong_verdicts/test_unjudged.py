@@ -71,7 +71,8 @@ def test_two_rows_are_unjudged_exit_4_allowed_with_the_flag_and_judged_when_the_
     assert report["result"] == "UNJUDGED" and report["exit_code"] == EXIT_UNJUDGED and not report["passed"]
     variant = report["variants"][0]
     assert variant["verdict"] == "unjudged" and not variant["failures"]
-    assert any("top-1 agreement over decided rows cannot be judged" in line and "needs >= 20" in line for line in variant["unjudged"])
+    assert any("top-1 agreement over decided rows cannot be judged" in line and "needs >= 20" in line
+               for line in variant["unjudged"])
     assert "result: UNJUDGED (exit 4)" in output and "eval_data() in the model file" in output
 
     code, report, output = _build(tmp_path / "b", MODEL, "--allow-unjudged")
