@@ -300,16 +300,18 @@ def judge(
     if kind == "generic" and ref.ndim == 2 and len(row_shape) == 1 and row_shape[0] >= 2 and np.all(np.isfinite(got)):
         top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1)))  # reported, never gated
     if not np.all(np.isfinite(got)):
-        failures = (f"the {kind} gates cannot pass: the output has non-finite values",) if kind != "generic" else ()
-        return KindJudgement(kind, rows, False, None, None, None, None, failures)
+        broken = (f"the {kind} gates cannot pass: the output has non-finite values",) if kind != "generic" else ()
+        return KindJudgement(kind, rows, False, None, None, None, None, broken)
     gates, figures = _kind_gates(kind, ref, got, row_shape, bars)
+    decided_count = figures.get("decided_count")
     failures = tuple(failure_text(g) for g in gates if g.judged and g.passed is False)
     unjudged = tuple(unjudged_text(g) for g in gates if not g.judged)
     decided_gate = gates[0] if kind == "logits" and gates else None
     return KindJudgement(
         kind, rows, bool(decided_gate and decided_gate.judged and decided_gate.threshold is not None),
         figures.get("top1", top1), figures.get("cos_mean"), figures.get("cos_min"), figures.get("neighbours"),
-        failures, (), figures.get("decided"), figures.get("decided_count"), gates, unjudged, figures.get("r2"))
+        failures, (), figures.get("decided"), None if decided_count is None else int(decided_count), gates, unjudged,
+        figures.get("r2"))
 
 
 def row_keys(inputs: Mapping[str, np.ndarray]) -> list[bytes]:
