@@ -85,3 +85,14 @@ def test_two_rows_are_unjudged_exit_4_allowed_with_the_flag_and_judged_when_the_
     record = report["variants"][0]["parity"]["outputs"]["output_0"]
     assert record["judged"] and all(gate["judged"] for gate in record["gates"])
     assert record["gates"][0]["count"] >= 20 and report["result"] == "PASSED"
+
+
+def test_config_file_key_reaches_the_build_as_the_flag_does(tmp_path: Path) -> None:
+    from optpipe.cli import build
+    from optpipe.config_file import load_build_file
+
+    config = tmp_path / "optpipe.toml"
+    config.write_text('require_judged = false\n\n[[model]]\nname = "net"\nspec = "net.py:Net"\nout = "o"\n')
+    ctx = build.make_context("build", ["-c", str(config)])
+    (entry,) = load_build_file(config, build, ctx).models
+    assert entry.params["require_judged"] is False
