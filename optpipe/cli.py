@@ -278,8 +278,9 @@ def measure_options(func: F) -> F:
 
     options = [
         click.option("--output-kind", "output_kinds", type=OutputKindType(), multiple=True, metavar="NAME=KIND",
-                     help="What an output means: logits, embedding, regression or generic ('*' = every "
-                     "output). Picks its gates (top-1 only for logits). Default: inferred, else generic."),
+                     help="What an output means: logits, multilabel, embedding, regression or generic ('*' = every "
+                     "output). Picks its gates (top-1 for logits, decisions for multilabel, NRMSE for regression). "
+                     "Default: inferred from the name, the graph and the values, else generic."),
         click.option("--guard-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
                      help="[int8/fp16] Time budget of the accuracy guard per variant (default 60); when spent, "
                      "the best variant so far is reported with why it stopped."),
