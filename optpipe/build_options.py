@@ -144,7 +144,8 @@ class Tolerances:
 
 @dataclass(frozen=True)
 class OutputKinds:
-    """What each output means (``logits``, ``embedding``, ``regression``, ``generic``; :mod:`optpipe.output_kinds`).
+    """What each output means (``logits``, ``multilabel``, ``embedding``, ``regression``, ``generic``;
+    :mod:`optpipe.output_kinds`).
 
     Only the kinds the user set; the others are inferred from the golden outputs when the build has
     them. ``*`` sets every output.

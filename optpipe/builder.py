@@ -123,7 +123,7 @@ def build(
     example's batch. With a :class:`~optpipe.cache.PassCache` instrument, validation and benchmark results
     measured under exactly the same conditions are reused (marked ``cached``); ``rebench=True`` measures
     again. ``tolerances`` maps an output (or
-    ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``,
+    ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``, ``multilabel``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
     ``iterations``: the benchmark's time budget per runtime, untimed calls, fewest timed calls;
     ``guard_seconds``: the guard's budget per variant (default 60 s). ``calib_data``: a path (.npz, a
