@@ -30,8 +30,10 @@ TARGETS = ("cpu", "tensorrt")
 EXPORTERS = ("auto", "dynamo", "torchscript")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 #: Tolerance fields (those of :class:`optpipe.parity.Tolerance`); the ``min_*`` ones are fractions.
-TOLERANCE_FIELDS = ("atol", "min_cosine", "min_row_cosine", "min_top1", "rtol", "top1_margin")
-FRACTION_FIELDS = frozenset({"min_cosine", "min_row_cosine", "min_top1", "top1_margin"})
+TOLERANCE_FIELDS = ("atol", "max_nrmse", "min_cosine", "min_decision", "min_row_cosine", "min_top1", "min_top1_all",
+                    "rtol", "top1_margin")
+FRACTION_FIELDS = frozenset({"min_cosine", "min_decision", "min_row_cosine", "min_top1", "min_top1_all",
+                             "top1_margin"})
 #: TensorRT option keys (fields of the engine-trt pass's Config); the pass checks their values.
 TRT_KEYS = ("builder_optimization_level", "workspace_bytes", "timing_cache", "hardware_compatibility",
             "version_compatible")
@@ -142,7 +144,8 @@ class Tolerances:
 
 @dataclass(frozen=True)
 class OutputKinds:
-    """What each output means (``logits``, ``embedding``, ``regression``, ``generic``; :mod:`optpipe.output_kinds`).
+    """What each output means (``logits``, ``multilabel``, ``embedding``, ``regression``, ``generic``;
+    :mod:`optpipe.output_kinds`).
 
     Only the kinds the user set; the others are inferred from the golden outputs when the build has
     them. ``*`` sets every output.
@@ -354,6 +357,10 @@ class BuildOptions:
     static_batch: bool = False
     # --rebench: measure validation and benchmark again instead of reusing an identical cached measurement
     rebench: bool = False
+    # --require-judged (default) / --allow-unjudged: a gate that cannot judge (too few decided rows, a
+    # reference without spread) makes the verdict UNJUDGED (exit 4), never a pass; allowed, it passes with
+    # the unjudged gates listed. Default True so that no build passes on a gate that judged nothing.
+    require_judged: bool = True
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
@@ -392,6 +399,7 @@ class BuildOptions:
             "profile": self.profile,
             "static_batch": self.static_batch,
             "rebench": self.rebench,
+            "require_judged": self.require_judged,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
         }
 
@@ -435,6 +443,7 @@ def parse_build_options(
     profile: bool = False,
     static_batch: bool = False,
     rebench: bool = False,
+    require_judged: bool = True,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -475,6 +484,7 @@ def parse_build_options(
         profile=bool(profile),
         static_batch=_flag("static_batch", static_batch),
         rebench=_flag("rebench", rebench),
+        require_judged=_flag("require_judged", require_judged),
     )
 
 

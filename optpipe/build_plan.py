@@ -158,10 +158,15 @@ def _relative(path: Path | None, root: Path) -> str | None:
 
 
 def variant_result(precision: str, final: Artifact, records: Sequence[PassRecord], root: Path,
-                   engine_built: bool) -> VariantResult:
-    """One entry of ``report.variants`` from the variant pipeline's records."""
+                   engine_built: bool, require_judged: bool = True) -> VariantResult:
+    """One entry of ``report.variants`` from the variant pipeline's records.
+
+    Passed: no gate that judged failed and, when ``require_judged`` (the default), every gate judged: a
+    gate that could not judge is never counted as a pass without the user's say-so (--allow-unjudged).
+    """
     metrics = {record.name: record.metrics for record in records}
     parity = metrics.get("validate", {}).get("parity")
+    unjudged = tuple(parity.get("unjudged") or ()) if parity else ()
     bench = metrics.get("benchmark", {})
     engine = final.kind is ArtifactKind.ENGINE
     onnx_path = final.extra.get("source_onnx") if engine else final.path
@@ -170,8 +175,9 @@ def variant_result(precision: str, final: Artifact, records: Sequence[PassRecord
         status=VariantStatus.BUILT if engine_built else VariantStatus.PENDING,
         artifact=_relative(final.path, root) if engine else None,
         onnx=_relative(Path(str(onnx_path)), root) if onnx_path else None,
-        passed=bool(parity and parity["passed"]),
+        passed=bool(parity and parity["passed"]) and not (unjudged and require_judged),
         failures=tuple(parity["failures"]) if parity else (),
+        unjudged=unjudged,
         parity=parity,
         latency=bench.get("latency"),
         torch_latency=bench.get("torch_latency"),
@@ -196,6 +202,7 @@ class PlanRun:
     accuracy: Any = None  # an optpipe.precision.accuracy.AccuracyCheck, or None
     runner: Callable[[Artifact], Any] | None = None  # the runner the accuracy check uses
     engines: dict[str, Artifact] = field(default_factory=dict)  # each variant's built engine, for the benchmark
+    require_judged: bool = True  # a gate that could not judge fails the variant's verdict (UNJUDGED), not passes
 
 
 def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, has_fp32: bool) -> VariantResult:
@@ -212,7 +219,7 @@ def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, has_fp32: boo
         if has_fp32:
             error.cause.reason += "; the fp32 variant is the artifact to use"
         return skipped_variant(variant.precision, error.cause, passes[start:])
-    result = variant_result(variant.precision, final, passes[start:], run.ctx.work_dir, engine)
+    result = variant_result(variant.precision, final, passes[start:], run.ctx.work_dir, engine, run.require_judged)
     if engine and final.kind is ArtifactKind.ENGINE:
         run.engines[variant.precision] = final
     if run.accuracy is not None and run.runner is not None:

@@ -112,7 +112,20 @@ class VariantResult(_JsonRecord):
     accuracy: dict[str, Any] | None = None  # task accuracy on the labelled eval data, when given
     # Measurements reused from the cache (pass name -> when/where measured); absent = measured in this build.
     cached: dict[str, CachedMeasurement] = field(default_factory=dict)
+    # Gates that could not judge (optpipe.output_kinds). Never a pass: the variant's verdict is "unjudged"
+    # (passed False) unless the build allowed it (--allow-unjudged: passed True, these kept as the record).
+    unjudged: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    @property
+    def verdict(self) -> str:
+        """``passed``, ``failed`` (a gate judged and failed), ``unjudged`` (none failed, one could not judge),
+        or the status of a variant not validated here (``pending``, ``skipped``)."""
+        if self.status is not VariantStatus.BUILT:
+            return str(self.status)
+        if self.passed:
+            return "passed"
+        return "unjudged" if self.unjudged and not self.failures else "failed"
 
     @property
     def counts_against_build(self) -> bool:
@@ -139,6 +152,8 @@ class VariantResult(_JsonRecord):
             "profile": self.profile,
             "passes": self.passes,
             "required": self.required,
+            "verdict": self.verdict,
+            "unjudged": list(self.unjudged),
         }
         return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy,
                             cached={k: v.to_dict() for k, v in self.cached.items()} or None)
@@ -166,7 +181,8 @@ class VariantResult(_JsonRecord):
             reason=data.get("reason"),
             accuracy=data.get("accuracy"),
             cached={str(k): CachedMeasurement.from_dict(v) for k, v in (data.get("cached") or {}).items()},
-            extra=cls._unknown(data),
+            unjudged=tuple(str(u) for u in data.get("unjudged") or ()),
+            extra={k: v for k, v in cls._unknown(data).items() if k != "verdict"},
         )
 
 

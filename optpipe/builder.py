@@ -46,6 +46,7 @@ from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
 from optpipe.golden import make_golden, output_kinds_of
 from optpipe.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
+from optpipe.output_producers import output_producers
 from optpipe.pass_base import BuildContext
 from optpipe.pass_options import apply_pass_options
 from optpipe.pipeline import Instrument, Pipeline
@@ -109,6 +110,7 @@ def build(
     profile: bool = False,
     static_batch: bool = False,
     rebench: bool = False,
+    require_judged: bool = True,
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -121,7 +123,7 @@ def build(
     example's batch. With a :class:`~optpipe.cache.PassCache` instrument, validation and benchmark results
     measured under exactly the same conditions are reused (marked ``cached``); ``rebench=True`` measures
     again. ``tolerances`` maps an output (or
-    ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``,
+    ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``, ``multilabel``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
     ``iterations``: the benchmark's time budget per runtime, untimed calls, fewest timed calls;
     ``guard_seconds``: the guard's budget per variant (default 60 s). ``calib_data``: a path (.npz, a
@@ -134,9 +136,11 @@ def build(
     before anything runs; an unknown keyword is a TypeError naming the closest valid one. ``profile``
     also profiles each engine per op. ``mlflow`` (True, a tracking URI or an MlflowTarget) logs the
     build to an MLflow run. ``provenance``: how the build was asked for (default: this call).
+    ``require_judged`` (default True): a gate that cannot judge (too few decided rows) makes the result
+    UNJUDGED (``report.exit_code == 4``), never a pass; False accepts it (the unjudged gates are listed).
 
     Raises :class:`~optpipe.errors.OptpipeError` for user and environment errors; a failed parity
-    gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``).
+    gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``, or 4 when unjudged).
     """
     options = parse_build_options(**_parser_arguments(locals()))  # every option checked, before any work
     tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
@@ -339,6 +343,7 @@ def build_with_options(
         log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
         onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
                                     None if dynamic_io is io else (io, reference, golden_rows))
+        ctx.output_producers = dict(output_producers(onnx_artifact.path))  # evidence for each output's kind
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
@@ -500,7 +505,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
                                  ctx.output_names, ctx.input_specs, ctx.dynamic, options.eval.max_accuracy_drop)
         report.accuracy = accuracy.record()
     run = PlanRun(ctx, report, instruments, lambda precision: onnx_artifact.derive(precision=precision), accuracy,
-                  lambda final: ctx.target.runner(final, ctx.threads))
+                  lambda final: ctx.target.runner(final, ctx.threads), require_judged=options.require_judged)
     report.variants.extend(run_plan(plan, run))
     if plan.engine:
         report.selected = select_variant([v.to_dict() for v in report.variants], options.auto)
@@ -511,7 +516,8 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
     report.build = BuildRecord(
         inputs=ctx.input_specs, outputs=ctx.output_names, dynamic=ctx.dynamic, precisions=tuple(precisions),
         tolerances=options.tolerances.as_dict(),
-        output_kinds=output_kinds_of(ctx.golden, options.output_kinds.as_dict()) if ctx.golden else {},
+        output_kinds=output_kinds_of(ctx.golden, options.output_kinds.as_dict(), ctx.output_producers)
+        if ctx.golden else {},
         onnx=str(onnx_artifact.path.relative_to(ctx.work_dir)) if onnx_artifact.path else None,
         trt=options.trt.set_values(), options=options.to_dict(),
         holdout=holdout.record(options.calibration.source) if holdout else None,

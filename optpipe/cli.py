@@ -24,6 +24,7 @@ from optpipe.errors import (
     EXIT_ENVIRONMENT,
     EXIT_GATE_FAILED,
     EXIT_OK,
+    EXIT_UNJUDGED,
     EXIT_USAGE,
     OptpipeError,
     UserInputError,
@@ -44,6 +45,7 @@ EXIT_CODES_HELP = f"""
 Exit codes:
   {EXIT_OK}  build finished and every gate passed
   {EXIT_GATE_FAILED}  a parity/accuracy gate failed (artifacts kept, report.json says which)
+  {EXIT_UNJUDGED}  unjudged: no gate failed but one could not judge (too few rows); see --allow-unjudged
   {EXIT_USAGE}  usage or input error (bad model spec, shapes, weights, files)
   {EXIT_ENVIRONMENT}  environment error (the target needs hardware or a package that is missing)
 """
@@ -276,8 +278,9 @@ def measure_options(func: F) -> F:
 
     options = [
         click.option("--output-kind", "output_kinds", type=OutputKindType(), multiple=True, metavar="NAME=KIND",
-                     help="What an output means: logits, embedding, regression or generic ('*' = every "
-                     "output). Picks its gates (top-1 only for logits). Default: inferred, else generic."),
+                     help="What an output means: logits, multilabel, embedding, regression or generic ('*' = every "
+                     "output). Picks its gates (top-1 for logits, decisions for multilabel, NRMSE for regression). "
+                     "Default: inferred from the name, the graph and the values, else generic."),
         click.option("--guard-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
                      help="[int8/fp16] Time budget of the accuracy guard per variant (default 60); when spent, "
                      "the best variant so far is reported with why it stopped."),
@@ -363,6 +366,10 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @click.option("--rebench", is_flag=True,
               help="Measure validation and latency again, even when the cache holds a measurement of the same "
               "artifact, golden data, runtime versions and host.")
+@click.option("--require-judged/--allow-unjudged", "require_judged", default=True, show_default=True,
+              help="A gate that cannot judge (fewer than 20 rows where the model decides, a regression output "
+              "that does not vary) makes the result UNJUDGED, exit 4 (default), never a pass; "
+              "--allow-unjudged accepts such a variant (exit 0), listing the unjudged gates.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
@@ -383,7 +390,8 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          static_batch: bool, rebench: bool, target: str, precision: tuple[str, ...], output_names: str | None,
+          static_batch: bool, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...],
+          output_names: str | None,
           tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
@@ -423,7 +431,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
         trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
-        rebench=rebench, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+        rebench=rebench, require_judged=require_judged, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,

@@ -15,7 +15,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                           "trust_pickle", "exporter", "opset")),
     ("Precision and calibration", ("target", "precision", "calib_data", "synthetic_calib", "calib_method",
                                    "calib_cache", "guard_max_keep", "no_guard", "guard_seconds")),
-    ("Gates", ("tolerances", "output_kinds", "eval_data", "max_accuracy_drop")),
+    ("Gates", ("tolerances", "output_kinds", "require_judged", "eval_data", "max_accuracy_drop")),
     ("Benchmark and profile", ("threads", "benchmark_batch", "no_benchmark", "bench_seconds", "warmup", "iterations",
                                "profile")),
     ("TensorRT (--target tensorrt)", ("timing_cache", "opt_level", "workspace", "hardware_compat",

@@ -215,7 +215,9 @@ def _run_engines(split: SplitBuild, plan: BuildPlan, ctx: BuildContext, report: 
                         outputs, precision=precision, producer="split-build")
 
     start = len(report.passes)
-    results = run_plan(plan, PlanRun(ctx, report, [ProgressInstrument(ctx.log)], source))
+    require_judged = bool((split.build.options or {}).get("require_judged", True))  # as the CPU stage judged
+    results = run_plan(plan, PlanRun(ctx, report, [ProgressInstrument(ctx.log)], source,
+                                     require_judged=require_judged))
     for result in results:
         old = earlier[result.precision]
         merged = replace(result, passes={**old.passes, **result.passes}, onnx=old.onnx)

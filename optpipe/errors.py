@@ -10,6 +10,8 @@ Exit codes (documented in ``optpipe --help`` and the README):
 * 1 - a parity / accuracy gate failed (artifacts are kept, the report says which)
 * 2 - usage or input error (bad model spec, bad shapes, corrupt files, ...)
 * 3 - environment error (the target needs hardware or a package that is missing)
+* 4 - unjudged: no gate failed, but a gate could not judge (too few decided rows, a reference without
+  spread), so nothing says the artifact is right; ``--allow-unjudged`` accepts it (then 0)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
+EXIT_UNJUDGED = 4
 
 
 class OptpipeError(Exception):

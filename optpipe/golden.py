@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from optpipe.artifact import atomic_path
 from optpipe.errors import OptpipeError, UserInputError, first_line
 from optpipe.runtime import Runner
 from optpipe.tensor_spec import DynamicDim
+
+if TYPE_CHECKING:
+    from optpipe.output_producers import Producer
 
 INPUT_PREFIX = "input:"
 OUTPUT_PREFIX = "output:"
@@ -223,9 +227,11 @@ def make_golden(
     return GoldenData(cases)
 
 
-def output_kinds_of(golden: GoldenData, given: Mapping[str, str] | None) -> dict[str, str]:
-    """Each output's kind (optpipe.output_kinds): the user's, else inferred from the largest golden case."""
+def output_kinds_of(golden: GoldenData, given: Mapping[str, str] | None,
+                    producers: Mapping[str, Producer] | None = None) -> dict[str, str]:
+    """Each output's kind (optpipe.output_kinds): the user's, else inferred from the largest golden case and
+    ``producers``, the ops that compute the outputs in the exported graph (optpipe.output_producers)."""
     from optpipe.output_kinds import resolve_kinds
 
     largest = max(golden.cases, key=lambda case: case.batch)
-    return resolve_kinds(largest.outputs, given)
+    return resolve_kinds(largest.outputs, given, producers)

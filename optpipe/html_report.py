@@ -247,6 +247,8 @@ def find_layer_errors(report: Mapping[str, Any], variant: Mapping[str, Any]) -> 
 def _verdict(variant: Mapping[str, Any]) -> str:
     if variant.get("status") in ("pending", "skipped"):
         return f'<span class="badge pending">{_e(variant["status"])}</span>'
+    if variant.get("verdict") == "unjudged":
+        return '<span class="badge fail">UNJUDGED</span>'  # no gate failed, one could not judge: not a pass
     if not variant.get("passed") and not variant.get("required", True):
         return '<span class="badge pending">rejected</span>'  # a failed candidate of --precision auto
     return '<span class="badge pass">pass</span>' if variant.get("passed") else '<span class="badge fail">FAIL</span>'
@@ -393,6 +395,8 @@ def render_html(report: Mapping[str, Any], out_dir: Path | None = None) -> str:
         badge = '<span class="badge pending">SPLIT: finish on the target machine</span>'
     elif report.get("passed"):
         badge = '<span class="badge pass">PASSED</span>'
+    elif report.get("result") == "UNJUDGED":
+        badge = '<span class="badge fail">UNJUDGED: a gate could not judge</span>'
     else:
         badge = '<span class="badge fail">FAILED</span>'
     env = report.get("environment") or {}

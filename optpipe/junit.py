@@ -55,6 +55,8 @@ def report_suite(report: Mapping[str, Any], name: str | None = None) -> ET.Eleme
             case = _case(suite, classname, f"parity[{output}]", seconds)
             if not record.get("passed", False):
                 _fail(case, [f"{precision} / {output}: {f}" for f in record.get("failures") or ["failed"]])
+            elif record.get("unjudged") and variant.get("verdict") == "unjudged":  # could not judge: not a pass
+                _fail(case, [f"{precision} / {output}: {line}" for line in record["unjudged"]], kind="unjudged")
             ET.SubElement(case, "system-out").text = (
                 f"max_abs={record.get('max_abs')} mean_abs={record.get('mean_abs')} cosine={record.get('cosine')} "
                 f"top1={record.get('top1_agreement')} tolerance={record.get('tolerance')}"

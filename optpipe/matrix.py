@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, one_line
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_UNJUDGED, EXIT_USAGE, one_line
 
 # Worst-first order of exit codes when several models are built.
-SEVERITY = (EXIT_USAGE, EXIT_GATE_FAILED, EXIT_ENVIRONMENT, EXIT_OK)
+SEVERITY = (EXIT_USAGE, EXIT_GATE_FAILED, EXIT_UNJUDGED, EXIT_ENVIRONMENT, EXIT_OK)
 
 
 def worst_exit_code(codes: Sequence[int]) -> int:
@@ -264,7 +264,7 @@ def invoke_model(command: Any, task: ModelTask, *, capture: bool = False) -> Mod
             error = f"exit {code}: {type(exc).__name__}: {task.where}: {exc.format_message()}"
     node = NodeInfo.here()
     # A report only counts when this build wrote it: an error (meta set) leaves an older report.json alone.
-    finished = error is None and code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_ENVIRONMENT)
+    finished = error is None and code in (EXIT_OK, EXIT_GATE_FAILED, EXIT_UNJUDGED, EXIT_ENVIRONMENT)
     report = _read_report(task.out_dir) if finished else None
     if report is None and error is None and code != EXIT_OK:
         error = f"build failed with exit code {code} (see the log)"

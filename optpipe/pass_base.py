@@ -46,6 +46,9 @@ class BuildContext:
     model: Any = None  # torch.nn.Module; Any so this module never imports torch
     example_inputs: tuple[Any, ...] = ()
     golden: GoldenData | None = None
+    # What computes each output in the exported FP32 graph (optpipe.output_producers): evidence for its kind,
+    # so a default-named `output_0` [N, 1000] made by a final Gemm is judged as class scores.
+    output_producers: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
     log: Callable[[str], None] = info
     # Reuse validation and benchmark results measured under exactly the same conditions (--rebench: False).

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import write_bytes_atomic
-from optpipe.build_record import BenchmarkRecord, BuildRecord, PassStatus, VariantResult
-from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK
+from optpipe.build_record import BenchmarkRecord, BuildRecord, PassStatus, VariantResult, VariantStatus
+from optpipe.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_UNJUDGED
 from optpipe.pipeline import PassRecord
 
 SCHEMA = "optpipe.report/1"
@@ -96,10 +96,21 @@ class Report:
         )
 
     @property
-    def exit_code(self) -> int:
+    def result(self) -> str:
+        """``PASSED``, ``FAILED`` (a gate judged and failed), ``UNJUDGED`` (no gate failed, but one that decides
+        the verdict could not judge: not evidence the artifact is right) or ``SPLIT`` (not finished here)."""
         if self.status == "split":
-            return EXIT_ENVIRONMENT
-        return EXIT_OK if self.passed else EXIT_GATE_FAILED
+            return "SPLIT"
+        if self.passed:
+            return "PASSED"
+        deciding = [v for v in self.variants if v.counts_against_build] or [
+            v for v in self.variants if v.status is VariantStatus.BUILT and not v.passed]
+        return "UNJUDGED" if deciding and all(v.verdict == "unjudged" for v in deciding) else "FAILED"
+
+    @property
+    def exit_code(self) -> int:
+        return {"SPLIT": EXIT_ENVIRONMENT, "PASSED": EXIT_OK, "UNJUDGED": EXIT_UNJUDGED}.get(self.result,
+                                                                                           EXIT_GATE_FAILED)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +119,7 @@ class Report:
             "target": self.target,
             "status": self.status,
             "passed": self.passed,
+            "result": self.result,
             "exit_code": self.exit_code,
             "environment": self.environment,
             "passes": [record.to_dict() for record in self.passes],
@@ -189,13 +201,15 @@ class Report:
             verdict = "pass" if variant["passed"] else "FAIL"
             if variant.get("status") in ("pending", "skipped"):
                 verdict = variant["status"]
+            elif variant.get("verdict") == "unjudged":
+                verdict = "UNJUDG"  # no gate failed, one could not judge: not a pass
             elif not variant["passed"] and not variant.get("required", True):
                 verdict = "reject"  # a candidate of --precision auto that failed a gate
             lines.append(
                 f"  {variant['precision']:<12} {verdict:<7} {cosine:>12} {max_abs:>10} {top1:>7} "
                 f"{p50:>9} {speedup_text:>8}  {variant.get('artifact') or '-'}"
             )
-            lines.extend(_near_tie_lines(outputs))
+            lines.extend(_gate_lines(outputs))
             accuracy = variant.get("accuracy")
             if accuracy:
                 lines.append(
@@ -206,6 +220,10 @@ class Report:
                 lines.append(f"      - {variant.get('reason')}")
             for failure in variant.get("failures", []):
                 lines.append(f"      ! {failure}")
+            for line in variant.get("unjudged") or []:
+                lines.append(f"      ? {line}")
+            if variant.get("unjudged"):
+                lines.append(f"      ? {UNJUDGED_ADVICE}")
         if self.selected:
             lines.append(f"  selected: {self.selected['precision']} ({self.selected['reason']})")
             for precision, why in (self.selected.get("rejected") or {}).items():
@@ -215,7 +233,9 @@ class Report:
         if self.status == "split":
             lines.append(f"  not finished here: {self.next_step}")
         else:
-            lines.append(f"  result: {'PASSED' if self.passed else 'FAILED'} (exit {self.exit_code})")
+            allowed = " (unjudged gates allowed by --allow-unjudged)" if self.passed and any(
+                v.unjudged for v in self.variants) else ""
+            lines.append(f"  result: {self.result}{allowed} (exit {self.exit_code})")
         return "\n".join(lines)
 
 
@@ -242,14 +262,23 @@ def read_report(path: str | Path) -> Report:
         raise ReportUnreadable(f"malformed record ({type(error).__name__}: {error})") from None
 
 
-def _near_tie_lines(outputs: dict[str, Any]) -> list[str]:
-    """One line per logits output whose gated top-1 (decided rows) differs from the all-rows figure."""
+#: What makes an unjudged gate judge. Each route is real: eval_data() rows and rows held out of --calib-data
+#: become golden rows (optpipe.golden, optpipe.precision.holdout); a declared kind picks the gates.
+UNJUDGED_ADVICE = (
+    "to judge it, give more rows: eval_data() in the model file (its inputs become golden rows), or --calib-data "
+    "FILE with >= 64 rows (32 are held out as golden rows, never calibrated on); or declare what the output "
+    "means (--output-kind NAME=KIND); or accept the artifact unjudged with --allow-unjudged")
+
+
+def _gate_lines(outputs: dict[str, Any]) -> list[str]:
+    """One line per output: its kind and every gate, with what it judged and over how many units."""
+    from optpipe.kind_gates import Gate
+
     lines = []
     for name, record in outputs.items():
-        decided, rows = record.get("top1_decided_agreement"), record.get("top1_decided_rows")
-        overall = record.get("top1_agreement")
-        if decided is None or overall is None or decided == overall:
+        gates = [Gate(**gate) for gate in record.get("gates") or ()]
+        if not gates:
             continue
-        lines.append(f"      top-1 '{name}': {overall:.3f} over all {record.get('rows')} rows, {decided:.3f} over the "
-                     f"{rows} where PyTorch decides (the others are near ties: reported, not gated)")
+        parts = [gate.describe() + ("" if gate.judged else " (UNJUDGED)") for gate in gates]
+        lines.append(f"      '{name}' ({record.get('kind')}): " + "; ".join(parts))
     return lines

@@ -33,6 +33,7 @@ from optpipe.errors import (
     EXIT_ENVIRONMENT,
     EXIT_GATE_FAILED,
     EXIT_OK,
+    EXIT_UNJUDGED,
     EnvironmentUnavailable,
     UserInputError,
     first_line,
@@ -51,17 +52,21 @@ class VerifyResult:
     # Parity checks that could not run here (TensorRT engines without TensorRT + GPU, pending variants).
     unverified: list[str] = field(default_factory=list)
     checked_files: int = 0
+    # Gates that could not judge (optpipe.output_kinds) where the build required every gate to judge.
+    unjudged: list[str] = field(default_factory=list)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         """Nothing failed and nothing was left unchecked (a hash-only result is not a pass)."""
-        return not self.failures and not self.unverified
+        return not self.failures and not self.unverified and not self.unjudged
 
     @property
     def exit_code(self) -> int:
         if self.failures:
             return EXIT_GATE_FAILED
+        if self.unjudged:
+            return EXIT_UNJUDGED
         return EXIT_ENVIRONMENT if self.unverified else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +78,7 @@ class VerifyResult:
             "failures": self.failures,
             "notes": self.notes,
             "unverified": self.unverified,
+            "unjudged": self.unjudged,
             "variants": self.variants,
         }
 
@@ -84,7 +90,9 @@ class VerifyResult:
         lines.extend(f"  note: {note}" for note in self.notes)
         lines.extend(f"  NOT VERIFIED: {item}" for item in self.unverified)
         lines.extend(f"  FAIL: {failure}" for failure in self.failures)
-        verdict = "FAILED" if self.failures else "FILES OK, PARITY NOT VERIFIED HERE" if self.unverified else "OK"
+        lines.extend(f"  UNJUDGED: {line}" for line in self.unjudged)
+        verdict = ("FAILED" if self.failures else "UNJUDGED" if self.unjudged
+                   else "FILES OK, PARITY NOT VERIFIED HERE" if self.unverified else "OK")
         lines.append(f"  result: {verdict} (exit {self.exit_code})")
         return "\n".join(lines)
 
@@ -234,8 +242,19 @@ def check_parity(directory: Path, report: Report, result: VerifyResult, threads:
             result.failures.append(f"{precision}: engine {variant.artifact} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
-        result.variants[precision] = {"status": "pass" if parity["passed"] else "FAIL", "parity": parity}
-        result.failures.extend(f"{precision}: parity: {failure}" for failure in parity["failures"])
+        record_parity(result, precision, parity, report)
+
+
+def record_parity(result: VerifyResult, precision: str, parity: dict[str, Any], report: Report) -> None:
+    """One variant's rerun parity: pass, FAIL, or UNJUDGED (a gate that could not judge, unless the build
+    allowed it: ``build.options.require_judged`` false)."""
+    options = (report.build.options if report.build is not None else None) or {}
+    unjudged = parity.get("unjudged") or []
+    status = "FAIL" if not parity["passed"] else "UNJUDGED" if unjudged else "pass"
+    result.variants[precision] = {"status": status, "parity": parity}
+    result.failures.extend(f"{precision}: parity: {failure}" for failure in parity["failures"])
+    if parity["passed"] and unjudged and options.get("require_judged", True):
+        result.unjudged.extend(f"{precision}: {line}" for line in unjudged)
 
 
 def check_trt_parity(
@@ -290,8 +309,7 @@ def check_trt_parity(
         finally:
             if runner is not None:
                 runner.close()
-        result.variants[precision] = {"status": "pass" if parity["passed"] else "FAIL", "parity": parity}
-        result.failures.extend(f"{precision}: parity: {failure}" for failure in parity["failures"])
+        record_parity(result, precision, parity, report)
 
 
 def verify_build(directory: str | Path, *, parity: bool = True, threads: int | None = None) -> VerifyResult:

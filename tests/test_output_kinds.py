@@ -64,13 +64,14 @@ def test_embedding_is_not_rejected_by_top1_over_two_rows() -> None:
     assert not record["top1_gated"]
 
 
-def test_logits_top1_is_reported_not_gated_under_twenty_rows() -> None:
+def test_logits_top1_under_twenty_rows_is_unjudged_not_passed() -> None:
+    """Issue 17: too few rows was a warning and counted as passed; now the record says it could not judge."""
     ref, got = _near_tie_embeddings(2)
     record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
-    assert record["passed"]
+    assert record["passed"] and not record["judged"]  # no gate failed, and none of the top-1 gates judged
     assert record["top1_agreement"] == 0.0
     assert not record["top1_gated"]
-    assert any("not gated" in w for w in record["warnings"])
+    assert len(record["unjudged"]) == 2 and all("needs >= 20" in line for line in record["unjudged"])
 
 
 def _logits(decided: int, near_ties: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,13 +192,12 @@ def test_cli_rejects_an_unknown_kind_in_one_line(tmp_path: Path) -> None:
     assert "unknown output kind 'bag'" in result.output
 
 
-def test_console_says_when_near_ties_set_all_rows_apart_from_the_gated_figure() -> None:
-    from optpipe.report import _near_tie_lines
+def test_console_says_what_each_gate_judged_and_over_how_many_rows() -> None:
+    from optpipe.report import _gate_lines
 
     ref, got = _logits(24, 10)
     got[24:, [0, 1]] = got[24:, [1, 0]]
     record = judge_output("logits", [ref], [got], tolerance_for("int8", "logits"), {})
-    (line,) = _near_tie_lines({"logits": record})
-    assert "0.706 over all 34 rows, 1.000 over the 24 where PyTorch decides" in line
-    same = judge_output("logits", [ref], [ref.copy()], tolerance_for("int8", "logits"), {})
-    assert _near_tie_lines({"logits": same}) == []
+    (line,) = _gate_lines({"logits": record})
+    assert "top-1 agreement 1.0000 (>= 0.95) over 24 decided rows" in line
+    assert "top-1 agreement 0.7059 (>= 0.6) over all 34 rows" in line

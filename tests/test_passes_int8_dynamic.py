@@ -62,6 +62,7 @@ PINNED = {"int8-dynamic": {"reduce_range": True}}
 def _build(tmp_path: Path, model: nn.Module, **kwargs: Any) -> Any:
     x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
     kwargs.setdefault("pass_options", PINNED)
+    kwargs.setdefault("require_judged", False)  # 4 rows: top-1 of the Linear-made output cannot judge (issue 17)
     return build(model, {"x": x}, out_dir=tmp_path / "out", precisions=("int8-dynamic",), output_names=("y",),
                  benchmark=False, log=lambda _m: None, **kwargs)  # fmt: skip
 

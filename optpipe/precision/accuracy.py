@@ -228,6 +228,8 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
             rejected[variant["precision"]] = variant.get("reason") or "skipped"
         elif variant.get("status") == "pending":
             rejected[variant["precision"]] = "not validated yet (engine pending on another machine)"
+        elif variant.get("unjudged") and not variant.get("failures"):
+            rejected[variant["precision"]] = "unjudged: " + "; ".join(variant["unjudged"])
         else:
             rejected[variant["precision"]] = "; ".join(variant.get("failures") or ["failed its gates"])
     if not passing:
