@@ -44,7 +44,7 @@ from optpipe.build_plan import (
 from optpipe.build_record import BuildRecord
 from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
-from optpipe.golden import make_golden, output_kinds_of
+from optpipe.golden import RealRows, make_golden, output_kinds_of, real_row_sets, row_split_record
 from optpipe.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
 from optpipe.pass_base import BuildContext
 from optpipe.pass_options import apply_pass_options
@@ -328,7 +328,7 @@ def build_with_options(
         _warn(static_batch_warning(static_reason), report, log)
     if holdout_warning is not None:
         _warn(holdout_warning, report, log)
-    golden_rows = (heldout_inputs, holdout.heldout if holdout else None)
+    golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
     from optpipe.build_log import LogCapture
 
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
@@ -381,15 +381,13 @@ def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, sta
     )
 
 
-def _golden(reference: Any, io: ModelIO, rows: tuple[Mapping[str, np.ndarray] | None, Any]) -> Any:
+def _golden(reference: Any, io: ModelIO, rows: Sequence[RealRows]) -> Any:
     """PyTorch's outputs on the example, on other batch sizes when the batch is dynamic, and on held-out rows.
 
-    ``rows``: the eval data's held-out inputs and the rows held out of the calibration data (or None).
+    ``rows``: the eval data's rows (test rows) and the rows held out of the calibration data (guard and test).
     """
-    heldout_inputs, calib_heldout = rows
-    return make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
-                       dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes),
-                       calib_heldout=calib_heldout)
+    return make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim, rows,
+                       dynamic_axes=list(io.named_axes))
 
 
 def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequence[str],
@@ -462,11 +460,11 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
         if static is None or error.pass_name != "export":
             raise
         failed = report.passes.pop()  # the failed dynamic export is replaced by the static one
-        io, reference, heldout_inputs = static
+        io, reference, rows = static
         _warn(static_batch_warning(f"no exporter could export it with a dynamic batch ({failed.error})"),
               report, ctx.log)
         ctx.input_specs, ctx.dynamic = io.specs, io.dims
-        golden = _golden(reference, io, heldout_inputs)
+        golden = _golden(reference, io, rows)
         ctx.golden = _without_calibration_rows(golden)
         source = replace(source, inputs=io.specs)
         return prefix.run(source, ctx, report.passes, instruments)
@@ -476,9 +474,9 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
 
 def _without_calibration_rows(golden: Any) -> Any:
     """The golden data without the cases held out of the calibration data."""
-    from optpipe.golden import GoldenData
+    from optpipe.golden import SOURCE_CALIBRATION, GoldenData
 
-    return GoldenData([case for case in golden.cases if not case.name.startswith("calib-heldout")])
+    return GoldenData([case for case in golden.cases if case.source != SOURCE_CALIBRATION])
 
 
 def _warn(warning: str, report: Report, log: Callable[[str], None]) -> None:
@@ -491,6 +489,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
                     instruments: Sequence[Instrument], extra: tuple[Any, ...], capture: Any) -> None:
     """Run the plan after the shared prefix, then record the report, report.html and manifest.json in staging."""
     from optpipe.precision.accuracy import AccuracyCheck, select_variant
+    from optpipe.precision.holdout import SEED
 
     options, precisions, reference, eval_set, next_step, provenance, started, holdout = extra
     accuracy = None
@@ -515,6 +514,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
         onnx=str(onnx_artifact.path.relative_to(ctx.work_dir)) if onnx_artifact.path else None,
         trt=options.trt.set_values(), options=options.to_dict(),
         holdout=holdout.record(options.calibration.source) if holdout else None,
+        row_split=row_split_record(ctx.golden, SEED) if ctx.golden else None,
     )
     from optpipe.provenance import provenance_record
 
