@@ -10,6 +10,7 @@ An engine that cannot even run a case fails the gate with that error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.errors import UserInputError
@@ -36,6 +37,13 @@ class ValidatePass(Pass):
     input_kind = ArtifactKind.ENGINE
     output_kind = ArtifactKind.ENGINE
     Config = ValidateConfig
+
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """The verdict's code (part of a reused validation's key): a changed gate never reuses an old verdict."""
+        from optpipe import golden, output_kinds, parity
+
+        return (parity, output_kinds, golden)
 
     def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
         if ctx.golden is None or not ctx.golden.cases:
