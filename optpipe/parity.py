@@ -380,7 +380,7 @@ def _judge_with_split(name: str, collected: _Collected, tolerance: Tolerance,
 
 
 #: Fields of a judged record that are not figures of its rows (or are too big for ``guard_rows``/``test_rows``).
-_NOT_FIGURES = ("tolerance", "error_histogram", "warnings", "kind", "top1_note")
+_NOT_FIGURES = ("tolerance", "error_histogram", "warnings", "kind", "top1_note", "heldout_rows")
 
 
 def row_figures(record: Mapping[str, Any]) -> dict[str, Any]:
