@@ -2,7 +2,9 @@
 
 Runs the engine on every golden case (the example batch, other batch sizes
 when the batch is dynamic, held-out data when the model provides it) and
-compares each output with :mod:`optpipe.parity`. A failing gate does not raise:
+compares each output with :mod:`optpipe.parity`: on all rows, and on the guard
+rows and the test rows alone (the test rows were never seen by the accuracy
+guard, so a variant that fails on them fails here). A failing gate does not raise:
 the artifact is kept and the report says which output failed and why (exit 1).
 An engine that cannot even run a case fails the gate with that error.
 """
