@@ -312,7 +312,7 @@ def build_with_options(
     options.tolerances.check_outputs(outputs)
     options.output_kinds.check_outputs(outputs)
     eval_set = _checked_eval_set(options, io, precisions)
-    options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log)
+    options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log, heldout_inputs)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
     apply_pass_options(prefix.passes, options.pass_options)
@@ -391,15 +391,17 @@ def _golden(reference: Any, io: ModelIO, rows: Sequence[RealRows]) -> Any:
 
 
 def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequence[str],
-                         log: Callable[[str], None]) -> tuple[BuildOptions, Any, str | None]:
+                         log: Callable[[str], None], eval_rows: Mapping[str, np.ndarray] | None = None,
+                         ) -> tuple[BuildOptions, Any, str | None]:
     """Hold out a share of the calibration rows as golden rows; the options then calibrate on the rest only.
 
     Reading the data is only required when a precision calibrates on it: otherwise a source that
     cannot be read is a warning (returned) and nothing is held out. Before the plan: its
-    precision passes are configured with the calibration rows that are left.
+    precision passes are configured with the calibration rows that are left. Calibration rows equal
+    to an ``eval_data()`` row (``eval_rows``) are dropped first: eval rows never steer.
     """
     from optpipe.precision.calib_data import load_samples
-    from optpipe.precision.holdout import MAX_SAMPLES, split_rows
+    from optpipe.precision.holdout import MAX_SAMPLES, split_rows, without_rows
 
     calibration = options.calibration
     data = calibration.samples if calibration.samples is not None else calibration.source
@@ -411,6 +413,10 @@ def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequenc
         if any(p in ("int8", "fp16") for p in precisions) or options.auto:
             raise
         return options, None, f"calibration data could not be read, so none of it is held out for parity: {error}"
+    samples, dropped = without_rows(samples, dict(eval_rows) if eval_rows else None)
+    if dropped:
+        log(f"optpipe: {dropped} calibration row(s) are also eval_data() rows: not calibrated on "
+            "(eval_data() rows judge and score, never steer)")
     holdout = split_rows(samples, io.specs)
     if holdout is None:
         return replace(options, calibration=replace(calibration, samples=samples)), None, None

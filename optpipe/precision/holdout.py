@@ -113,3 +113,31 @@ def _take(rows: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarra
 
 def _ints(index: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in index)
+
+
+def without_rows(samples: Sequence[dict[str, np.ndarray]], rows: dict[str, np.ndarray] | None,
+                 ) -> tuple[list[dict[str, np.ndarray]], int]:
+    """``samples`` without any row equal to one of ``rows`` (the ``eval_data()`` rows), and how many were dropped.
+
+    Why: ``eval_data()`` rows judge and score, never steer. A model file whose calibration data
+    shares rows with its eval data would calibrate on the rows its verdict and accuracy are measured on.
+    """
+    from optpipe.output_kinds import row_keys
+
+    if not rows:
+        return list(samples), 0
+    forbidden = set(row_keys(rows))
+    kept: list[dict[str, np.ndarray]] = []
+    dropped = 0
+    for sample in samples:
+        try:
+            keep = np.array([key not in forbidden for key in row_keys(sample)], dtype=bool)
+        except (KeyError, IndexError, ValueError):  # another layout (names, ranks): it cannot hold eval rows
+            kept.append(sample)
+            continue
+        dropped += int(np.count_nonzero(~keep))
+        if keep.all():
+            kept.append(sample)
+        elif keep.any():
+            kept.append({name: np.ascontiguousarray(value[keep]) for name, value in sample.items()})
+    return kept, dropped

@@ -202,3 +202,26 @@ def test_tiny_held_out_sets_go_to_test_rows(held: int) -> None:
     guard, test = guard_test_counts(held)
     assert guard + test == held and test >= guard
     assert guard == 0 or guard >= MIN_GUARD_ROWS
+
+
+def test_calibration_rows_that_are_eval_rows_are_never_calibrated_on(tmp_path: Path) -> None:
+    # Before: a model file whose calibration data shares rows with eval_data() calibrated on them (and
+    # held some out as guard rows): the rows that score the build steered it.
+    evaluation = _rows(32, seed=3)
+    calib = np.concatenate([_rows(96), evaluation])
+    data = _build(tmp_path, calib, heldout_inputs={"input_0": evaluation})
+    holdout = data["build"]["holdout"]
+    assert holdout["rows"] == 96 and holdout["heldout_rows"] == 32 and holdout["calibration_rows"] == 64
+    assert _int8(data)["passes"]["int8"]["calibration"]["samples"] == 64
+    assert data["build"]["row_split"]["guard"]["sources"] == {"calibration": 16}
+
+
+def test_without_rows_drops_exactly_the_eval_rows() -> None:
+    from optpipe.precision.holdout import without_rows
+
+    rows, evaluation = _rows(10), _rows(3, seed=3)
+    samples = [{"input_0": np.concatenate([rows[:4], evaluation[:1]])}, {"input_0": evaluation[1:]},
+               {"input_0": rows[4:]}]
+    kept, dropped = without_rows(samples, {"input_0": evaluation})
+    assert dropped == 3 and len(kept) == 2
+    np.testing.assert_array_equal(np.concatenate([s["input_0"] for s in kept]), rows)
