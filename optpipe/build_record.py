@@ -253,16 +253,67 @@ class HoldoutRecord:
     calibration_rows: int
     rule: str  # how the rows were chosen (deterministic: a rebuild holds out the same rows)
     heldout_indices: tuple[int, ...] = ()
+    # The held-out rows split (issue 17): guard rows the accuracy guard may use, test rows only the verdict sees.
+    guard_indices: tuple[int, ...] = ()
+    test_indices: tuple[int, ...] = ()
+    seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "rows": self.rows, "heldout_rows": self.heldout_rows,
                 "calibration_rows": self.calibration_rows, "rule": self.rule,
-                "heldout_indices": list(self.heldout_indices)}
+                "heldout_indices": list(self.heldout_indices), "guard_indices": list(self.guard_indices),
+                "test_indices": list(self.test_indices), "seed": self.seed}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HoldoutRecord:
+        def ints(key: str) -> tuple[int, ...]:
+            return tuple(int(i) for i in data.get(key) or ())
+
+        seed = data.get("seed")
         return cls(data.get("source"), int(data["rows"]), int(data["heldout_rows"]), int(data["calibration_rows"]),
-                   str(data["rule"]), tuple(int(i) for i in data.get("heldout_indices") or ()))
+                   str(data["rule"]), ints("heldout_indices"), ints("guard_indices"), ints("test_indices"),
+                   None if seed is None else int(seed))
+
+
+@dataclass(frozen=True)
+class RowSet:
+    """One role's golden rows in ``report.build.row_split``: how many, from where, in which cases."""
+
+    rows: int
+    sources: dict[str, int]  # rows by source: example, calibration, eval_data
+    cases: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "sources": dict(self.sources), "cases": list(self.cases)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RowSet:
+        return cls(int(data["rows"]), {str(k): int(v) for k, v in (data.get("sources") or {}).items()},
+                   tuple(str(c) for c in data.get("cases") or ()))
+
+
+@dataclass(frozen=True)
+class RowSplitRecord:
+    """``report.build.row_split``: which golden rows steered the accuracy guard and which only judged.
+
+    ``shape``: the example and its resized copies (both); ``guard``: real rows the guard may tune on;
+    ``test``: real rows only the final verdict saw (``eval_data()`` rows always are).
+    """
+
+    shape: RowSet
+    guard: RowSet
+    test: RowSet
+    seed: int
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": self.shape.to_dict(), "guard": self.guard.to_dict(), "test": self.test.to_dict(),
+                "seed": self.seed, "rule": self.rule}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RowSplitRecord:
+        return cls(RowSet.from_dict(data["shape"]), RowSet.from_dict(data["guard"]), RowSet.from_dict(data["test"]),
+                   int(data["seed"]), str(data["rule"]))
 
 
 @dataclass(frozen=True)
@@ -282,6 +333,7 @@ class BuildRecord(_JsonRecord):
     options: dict[str, Any] | None = None  # BuildOptions.to_dict() of the build
     split_environment: dict[str, Any] | None = None  # where the CPU stages of a split build ran
     holdout: HoldoutRecord | None = None  # calibration rows held out as golden rows
+    row_split: RowSplitRecord | None = None  # golden rows by role: guard (steer) and test (judge only)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,7 +349,8 @@ class BuildRecord(_JsonRecord):
             "trt": self.trt,
         }
         return self._finish(out, options=self.options, split_environment=self.split_environment,
-                            holdout=self.holdout.to_dict() if self.holdout else None)
+                            holdout=self.holdout.to_dict() if self.holdout else None,
+                            row_split=self.row_split.to_dict() if self.row_split else None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
@@ -316,5 +369,6 @@ class BuildRecord(_JsonRecord):
             options=data.get("options"),
             split_environment=data.get("split_environment"),
             holdout=HoldoutRecord.from_dict(data["holdout"]) if data.get("holdout") else None,
+            row_split=RowSplitRecord.from_dict(data["row_split"]) if data.get("row_split") else None,
             extra=cls._unknown(data),
         )

@@ -44,7 +44,7 @@ from optpipe.build_plan import (
 from optpipe.build_record import BuildRecord
 from optpipe.console import info
 from optpipe.errors import EnvironmentUnavailable, UserInputError
-from optpipe.golden import make_golden, output_kinds_of
+from optpipe.golden import RealRows, make_golden, output_kinds_of, real_row_sets, row_split_record
 from optpipe.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
 from optpipe.output_producers import output_producers
 from optpipe.pass_base import BuildContext
@@ -316,7 +316,7 @@ def build_with_options(
     options.tolerances.check_outputs(outputs)
     options.output_kinds.check_outputs(outputs)
     eval_set = _checked_eval_set(options, io, precisions)
-    options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log)
+    options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log, heldout_inputs)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
     apply_pass_options(prefix.passes, options.pass_options)
@@ -332,7 +332,7 @@ def build_with_options(
         _warn(static_batch_warning(static_reason), report, log)
     if holdout_warning is not None:
         _warn(holdout_warning, report, log)
-    golden_rows = (heldout_inputs, holdout.heldout if holdout else None)
+    golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
     from optpipe.build_log import LogCapture
 
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
@@ -386,27 +386,27 @@ def _context(model: Any, io: ModelIO, options: BuildOptions, target: Target, sta
     )
 
 
-def _golden(reference: Any, io: ModelIO, rows: tuple[Mapping[str, np.ndarray] | None, Any]) -> Any:
+def _golden(reference: Any, io: ModelIO, rows: Sequence[RealRows]) -> Any:
     """PyTorch's outputs on the example, on other batch sizes when the batch is dynamic, and on held-out rows.
 
-    ``rows``: the eval data's held-out inputs and the rows held out of the calibration data (or None).
+    ``rows``: the eval data's rows (test rows) and the rows held out of the calibration data (guard and test).
     """
-    heldout_inputs, calib_heldout = rows
-    return make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim,
-                       dict(heldout_inputs or {}) or None, dynamic_axes=list(io.named_axes),
-                       calib_heldout=calib_heldout)
+    return make_golden(reference, dict(zip(io.names, io.examples, strict=True)), io.batch_dim, rows,
+                       dynamic_axes=list(io.named_axes))
 
 
 def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequence[str],
-                         log: Callable[[str], None]) -> tuple[BuildOptions, Any, str | None]:
+                         log: Callable[[str], None], eval_rows: Mapping[str, np.ndarray] | None = None,
+                         ) -> tuple[BuildOptions, Any, str | None]:
     """Hold out a share of the calibration rows as golden rows; the options then calibrate on the rest only.
 
     Reading the data is only required when a precision calibrates on it: otherwise a source that
     cannot be read is a warning (returned) and nothing is held out. Before the plan: its
-    precision passes are configured with the calibration rows that are left.
+    precision passes are configured with the calibration rows that are left. Calibration rows equal
+    to an ``eval_data()`` row (``eval_rows``) are dropped first: eval rows never steer.
     """
     from optpipe.precision.calib_data import load_samples
-    from optpipe.precision.holdout import MAX_SAMPLES, split_rows
+    from optpipe.precision.holdout import MAX_SAMPLES, split_rows, without_rows
 
     calibration = options.calibration
     data = calibration.samples if calibration.samples is not None else calibration.source
@@ -418,6 +418,10 @@ def _calibration_holdout(options: BuildOptions, io: ModelIO, precisions: Sequenc
         if any(p in ("int8", "fp16") for p in precisions) or options.auto:
             raise
         return options, None, f"calibration data could not be read, so none of it is held out for parity: {error}"
+    samples, dropped = without_rows(samples, dict(eval_rows) if eval_rows else None)
+    if dropped:
+        log(f"optpipe: {dropped} calibration row(s) are also eval_data() rows: not calibrated on "
+            "(eval_data() rows judge and score, never steer)")
     holdout = split_rows(samples, io.specs)
     if holdout is None:
         return replace(options, calibration=replace(calibration, samples=samples)), None, None
@@ -467,11 +471,11 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
         if static is None or error.pass_name != "export":
             raise
         failed = report.passes.pop()  # the failed dynamic export is replaced by the static one
-        io, reference, heldout_inputs = static
+        io, reference, rows = static
         _warn(static_batch_warning(f"no exporter could export it with a dynamic batch ({failed.error})"),
               report, ctx.log)
         ctx.input_specs, ctx.dynamic = io.specs, io.dims
-        golden = _golden(reference, io, heldout_inputs)
+        golden = _golden(reference, io, rows)
         ctx.golden = _without_calibration_rows(golden)
         source = replace(source, inputs=io.specs)
         return prefix.run(source, ctx, report.passes, instruments)
@@ -481,9 +485,9 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
 
 def _without_calibration_rows(golden: Any) -> Any:
     """The golden data without the cases held out of the calibration data."""
-    from optpipe.golden import GoldenData
+    from optpipe.golden import SOURCE_CALIBRATION, GoldenData
 
-    return GoldenData([case for case in golden.cases if not case.name.startswith("calib-heldout")])
+    return GoldenData([case for case in golden.cases if case.source != SOURCE_CALIBRATION])
 
 
 def _warn(warning: str, report: Report, log: Callable[[str], None]) -> None:
@@ -496,6 +500,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
                     instruments: Sequence[Instrument], extra: tuple[Any, ...], capture: Any) -> None:
     """Run the plan after the shared prefix, then record the report, report.html and manifest.json in staging."""
     from optpipe.precision.accuracy import AccuracyCheck, select_variant
+    from optpipe.precision.holdout import SEED
 
     options, precisions, reference, eval_set, next_step, provenance, started, holdout = extra
     accuracy = None
@@ -521,6 +526,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
         onnx=str(onnx_artifact.path.relative_to(ctx.work_dir)) if onnx_artifact.path else None,
         trt=options.trt.set_values(), options=options.to_dict(),
         holdout=holdout.record(options.calibration.source) if holdout else None,
+        row_split=row_split_record(ctx.golden, SEED) if ctx.golden else None,
     )
     from optpipe.provenance import provenance_record
 

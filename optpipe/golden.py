@@ -6,9 +6,16 @@ by ``optpipe verify``, without the PyTorch model.
 
 Cases: the example inputs; when the batch is dynamic, the same rows at other
 batch sizes (torch 2.13's exporter can silently freeze the batch, so a
-dynamic artifact is never trusted at only the example's batch); and, when the
-model's module provides held-out data, a larger real-data case that makes
-top-1 agreement meaningful.
+dynamic artifact is never trusted at only the example's batch); and real rows
+that make top-1 agreement meaningful (the model file's ``eval_data()``, rows
+held out of the calibration data).
+
+Every case has a *role* (saved with it as ``meta:role``, with ``meta:source``):
+``shape`` cases (the example and its resized copies) check shapes and may serve
+both the accuracy guard and the verdict; ``guard`` rows are real rows the guard
+may tune on; ``test`` rows are seen only by the final verdict. Why: a guard that
+stops when the gate passes, judged again on the same rows, proves nothing
+(issue 17); a verdict on rows the guard never saw is evidence.
 """
 
 from __future__ import annotations
@@ -26,24 +33,48 @@ from optpipe.runtime import Runner
 from optpipe.tensor_spec import DynamicDim
 
 if TYPE_CHECKING:
+    from optpipe.build_record import RowSplitRecord
     from optpipe.output_producers import Producer
 
 INPUT_PREFIX = "input:"
 OUTPUT_PREFIX = "output:"
+META_PREFIX = "meta:"
+
+#: The example and its copies at other batch sizes / axis sizes: shape checks, used by guard and verdict.
+ROLE_SHAPE = "shape"
+#: Real rows the accuracy guard (and the fp16 range scan, the per-layer analysis) may use.
+ROLE_GUARD = "guard"
+#: Real rows only the final verdict (validate, verify) sees: never the guard, never calibration.
+ROLE_TEST = "test"
+ROLES = (ROLE_SHAPE, ROLE_GUARD, ROLE_TEST)
+#: Where a case's rows come from.
+SOURCE_EXAMPLE, SOURCE_CALIBRATION, SOURCE_EVAL = "example", "calibration", "eval_data"
 
 
 @dataclass
 class GoldenCase:
-    """One batch of inputs with the reference outputs."""
+    """One batch of inputs with the reference outputs, its role (who may look at it) and its rows' source."""
 
     name: str
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
+    role: str = ROLE_SHAPE
+    source: str = SOURCE_EXAMPLE
 
     @property
     def batch(self) -> int:
         first = next(iter(self.inputs.values()))
         return int(first.shape[0]) if first.ndim else 1
+
+
+@dataclass(frozen=True)
+class RealRows:
+    """Real rows to add to the golden data as cases ``<prefix>-N``, with their role and source."""
+
+    prefix: str
+    role: str
+    source: str
+    rows: dict[str, np.ndarray]
 
 
 @dataclass
@@ -57,6 +88,7 @@ class GoldenData:
         for case in self.cases:
             arrays = {INPUT_PREFIX + k: v for k, v in case.inputs.items()}
             arrays.update({OUTPUT_PREFIX + k: v for k, v in case.outputs.items()})
+            arrays.update({META_PREFIX + "role": np.array(case.role), META_PREFIX + "source": np.array(case.source)})
             final = directory / f"{case.name}.npz"
             with atomic_path(final) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub rejects **dict[str, ndarray]
@@ -66,9 +98,20 @@ class GoldenData:
         """Every ``*.npz`` case in ``directory``; a file numpy cannot read is a UserInputError naming it."""
         cases = []
         for path in sorted(directory.glob("*.npz")):
-            inputs, outputs = _load_case(path)
-            cases.append(GoldenCase(path.stem, inputs, outputs))
+            inputs, outputs, meta = _load_case(path)
+            role, source = meta.get("role") or _legacy_role(path.stem), meta.get("source") or _legacy_source(path.stem)
+            if role not in ROLES:
+                raise UserInputError(f"golden file {path} has an unknown role '{role}' (expected {', '.join(ROLES)})")
+            cases.append(GoldenCase(path.stem, inputs, outputs, role, source))
         return cls(cases)
+
+    def for_guard(self) -> GoldenData:
+        """The cases the accuracy guard may use: every case but the test rows."""
+        return GoldenData([case for case in self.cases if case.role != ROLE_TEST])
+
+    def rows(self, role: str) -> int:
+        """How many rows the cases of ``role`` hold."""
+        return sum(case.batch for case in self.cases if case.role == role)
 
     def case(self, name: str) -> GoldenCase:
         for case in self.cases:
@@ -77,19 +120,34 @@ class GoldenData:
         raise KeyError(name)
 
 
-def _load_case(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One golden ``.npz``, read without unpickling; any defect names the file."""
+def _legacy_role(name: str) -> str:
+    """The role of a case saved before roles were (build directories of older optpipe versions).
+
+    Their held-out rows (``heldout*``, ``calib-heldout*``) were gate rows of the guard: guard, not test.
+    """
+    return ROLE_GUARD if name.startswith(("heldout", "calib-heldout")) else ROLE_SHAPE
+
+
+def _legacy_source(name: str) -> str:
+    if name.startswith("calib-heldout"):
+        return SOURCE_CALIBRATION
+    return SOURCE_EVAL if name.startswith("heldout") else SOURCE_EXAMPLE
+
+
+def _load_case(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+    """One golden ``.npz`` (inputs, outputs, ``meta:`` strings), read without unpickling; any defect names the file."""
     if path.is_symlink():
         raise UserInputError(f"{path} is a symbolic link; golden data must be files of the build")
     try:
         with np.load(path, allow_pickle=False) as data:
             inputs = {k[len(INPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(INPUT_PREFIX)}
             outputs = {k[len(OUTPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(OUTPUT_PREFIX)}
+            meta = {k[len(META_PREFIX) :]: str(data[k]) for k in data.files if k.startswith(META_PREFIX)}
     except Exception as error:  # BadZipFile, a truncated member, a pickled array, not an npz at all
         raise UserInputError(f"golden file {path} cannot be read: {first_line(error)}") from None
     if not inputs or not outputs:
         raise UserInputError(f"golden file {path} is not optpipe golden data (no input:/output: arrays)")
-    return inputs, outputs
+    return inputs, outputs, meta
 
 
 def resize_batch(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -180,51 +238,84 @@ def make_golden(
     reference: Runner,
     example: dict[str, np.ndarray],
     batch_dim: DynamicDim | None,
-    heldout: dict[str, np.ndarray] | None = None,
+    real_rows: Sequence[RealRows] = (),
     heldout_limit: int = 64,
     dynamic_axes: Sequence[tuple[DynamicDim, Sequence[tuple[str, int]]]] = (),
-    calib_heldout: dict[str, np.ndarray] | None = None,
 ) -> GoldenData:
     """Run the reference runner on every case and collect the outputs.
 
     ``dynamic_axes`` lists the declared dynamic dimensions other than the
     batch (with the ``(input, axis)`` pairs they apply to); each is validated
-    at its min, opt and max. ``calib_heldout``: rows held out of the calibration data (cases
-    ``calib-heldout-N``), never calibrated on.
+    at its min, opt and max. ``real_rows``: real rows with their role (guard or
+    test rows, :func:`real_row_sets`), each set re-batched into cases ``<prefix>-N``.
     """
-    feeds: list[tuple[str, dict[str, np.ndarray]]] = [("example", example)]
+    feeds: list[tuple[str, dict[str, np.ndarray], str, str]] = [("example", example, ROLE_SHAPE, SOURCE_EXAMPLE)]
     example_batch = next(iter(example.values())).shape[0]
-    for size in other_batch_sizes(example_batch, batch_dim):
-        feeds.append((f"batch{size}", resize_batch(example, size)))
-    feeds.extend(axis_cases(example, dynamic_axes))
-    if heldout:
-        feeds.extend(heldout_feeds(heldout, heldout_limit, _heldout_chunk(batch_dim, example_batch),
-                                   static=batch_dim is None))
-    if calib_heldout:
-        feeds.extend(heldout_feeds(calib_heldout, heldout_limit, _heldout_chunk(batch_dim, example_batch),
-                                   static=batch_dim is None, prefix="calib-heldout"))
-    cases = []
-    for name, feed in feeds:
-        batch = next(iter(feed.values())).shape[0]
-        try:
-            outputs = reference.infer(feed)
-        except OptpipeError:
-            raise
-        except (Exception, SystemExit) as error:  # SystemExit: the model's code called sys.exit()
+    shape_feeds = [(f"batch{size}", resize_batch(example, size))
+                   for size in other_batch_sizes(example_batch, batch_dim)]
+    shape_feeds.extend(axis_cases(example, dynamic_axes))
+    feeds.extend((name, feed, ROLE_SHAPE, SOURCE_EXAMPLE) for name, feed in shape_feeds)
+    chunk = _heldout_chunk(batch_dim, example_batch)
+    for rows in real_rows:
+        feeds.extend((name, feed, rows.role, rows.source) for name, feed in
+                     heldout_feeds(rows.rows, heldout_limit, chunk, static=batch_dim is None, prefix=rows.prefix))
+    return GoldenData([_reference_case(reference, *feed) for feed in feeds])
+
+
+def real_row_sets(eval_rows: Mapping[str, np.ndarray] | None, calib_guard: Mapping[str, np.ndarray] | None,
+                  calib_test: Mapping[str, np.ndarray] | None) -> list[RealRows]:
+    """The build's real golden rows by role: ``eval_data()`` rows judge only (test); held-out calibration rows split.
+
+    Why eval rows are never guard rows: they are the task-accuracy set; a guard tuned on them would
+    make both the verdict and the accuracy figure evidence of nothing.
+    """
+    sets = [RealRows("heldout-test", ROLE_TEST, SOURCE_EVAL, dict(eval_rows or {})),
+            RealRows("calib-heldout-guard", ROLE_GUARD, SOURCE_CALIBRATION, dict(calib_guard or {})),
+            RealRows("calib-heldout-test", ROLE_TEST, SOURCE_CALIBRATION, dict(calib_test or {}))]
+    return [rows for rows in sets if rows.rows]
+
+
+def _reference_case(reference: Runner, name: str, feed: dict[str, np.ndarray], role: str, source: str) -> GoldenCase:
+    """One golden case: PyTorch's outputs on ``feed``, checked finite; a failing model is a UserInputError."""
+    batch = next(iter(feed.values())).shape[0]
+    try:
+        outputs = reference.infer(feed)
+    except OptpipeError:
+        raise
+    except (Exception, SystemExit) as error:  # SystemExit: the model's code called sys.exit()
+        raise UserInputError(
+            f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {first_line(error)}; "
+            "check --input/--dynamic against what the model accepts"
+        ) from None
+    for output, value in outputs.items():
+        # A reference with NaN/Inf cannot judge anything; without this check every exporter
+        # would be blamed for "differing from PyTorch".
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             raise UserInputError(
-                f"the PyTorch model fails on the '{name}' inputs (batch {batch}): {first_line(error)}; "
-                "check --input/--dynamic against what the model accepts"
-            ) from None
-        for output, value in outputs.items():
-            # A reference with NaN/Inf cannot judge anything; without this check every exporter
-            # would be blamed for "differing from PyTorch".
-            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-                raise UserInputError(
-                    f"the PyTorch model itself produces NaN/Inf in output '{output}' on the '{name}' inputs "
-                    f"(batch {batch}); fix the model or its inputs (--input LOW..HIGH ranges, weights)"
-                )
-        cases.append(GoldenCase(name, feed, outputs))
-    return GoldenData(cases)
+                f"the PyTorch model itself produces NaN/Inf in output '{output}' on the '{name}' inputs "
+                f"(batch {batch}); fix the model or its inputs (--input LOW..HIGH ranges, weights)"
+            )
+    return GoldenCase(name, feed, outputs, role, source)
+
+
+ROW_SPLIT_RULE = ("shape cases (the example, resized to other batch/axis sizes) serve the guard and the verdict; "
+                  "eval_data() rows are test rows only (the verdict and task accuracy, never the guard or "
+                  "calibration); rows held out of the calibration data are split into guard and test rows by "
+                  "build.holdout.rule")
+
+
+def row_split_record(golden: GoldenData, seed: int) -> RowSplitRecord:
+    """``report.build.row_split``: rows, sources and cases of each role."""
+    from optpipe.build_record import RowSet, RowSplitRecord
+
+    def row_set(role: str) -> RowSet:
+        cases = [case for case in golden.cases if case.role == role]
+        sources: dict[str, int] = {}
+        for case in cases:
+            sources[case.source] = sources.get(case.source, 0) + case.batch
+        return RowSet(sum(case.batch for case in cases), sources, tuple(case.name for case in cases))
+
+    return RowSplitRecord(row_set(ROLE_SHAPE), row_set(ROLE_GUARD), row_set(ROLE_TEST), seed, ROW_SPLIT_RULE)
 
 
 def output_kinds_of(golden: GoldenData, given: Mapping[str, str] | None,

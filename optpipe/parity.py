@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from optpipe.errors import UserInputError, first_line
+from optpipe.golden import ROLE_GUARD, ROLE_SHAPE, ROLE_TEST, ROLES
 
 if TYPE_CHECKING:
+    from optpipe.golden import GoldenData
     from optpipe.pass_base import BuildContext
 
 
@@ -281,13 +283,24 @@ def judge_output(
     return record
 
 
-#: Golden cases of real held-out rows (:func:`optpipe.golden.heldout_feeds`).
-HELDOUT_CASES = ("heldout", "calib-heldout")
+@dataclass
+class _Collected:
+    """Every case's reference and result per output, with the case's role (optpipe.golden), in golden order."""
+
+    references: dict[str, list[np.ndarray]]
+    results: dict[str, list[np.ndarray]]
+    keys: dict[str, list[list[bytes]]]
+    roles: dict[str, list[str]]
+    failures: list[str]
+
+    @classmethod
+    def empty(cls, names: Sequence[str]) -> _Collected:
+        return cls({n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names}, [])
 
 
 def validate_outputs(
     runner: Any, ctx: BuildContext, precision: str, tolerances: dict[str, dict[str, float]],
-    output_kinds: Mapping[str, str] | None = None,
+    output_kinds: Mapping[str, str] | None = None, golden: GoldenData | None = None,
 ) -> dict[str, Any]:
     """Parity record of one engine: per-output statistics, verdict and failures.
 
@@ -296,55 +309,32 @@ def validate_outputs(
     by one rule. Lives here, not in the validate pass, so library code never
     imports ``optpipe.passes``. ``output_kinds`` are the kinds the user set; the
     others are inferred from the golden outputs (:func:`optpipe.golden.output_kinds_of`),
-    so every caller judges an output as the same kind.
+    so every caller judges an output as the same kind. ``golden``: the cases to run
+    (default ``ctx.golden``; the guard's gate passes only the rows it may use).
+
+    Each output is judged on all rows, and again on the guard rows and on the test rows alone
+    (``guard_rows``, ``test_rows``): a variant that fails on the test rows, which the guard never
+    saw, fails with that reason even when all rows together pass.
     """
     from optpipe.golden import output_kinds_of
-    from optpipe.output_kinds import row_keys
-    from optpipe.progress import Progress
 
     assert ctx.golden is not None
+    golden = golden if golden is not None else ctx.golden
     kinds = output_kinds_of(ctx.golden, output_kinds, ctx.output_producers)
-    references: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
-    results: dict[str, list[np.ndarray]] = {name: [] for name in ctx.output_names}
-    heldout_rows = dict.fromkeys(ctx.output_names, 0)
-    failures: list[str] = []
-    warnings: list[str] = []
-    unjudged: list[str] = []
-    keys: dict[str, list[list[bytes]]] = {name: [] for name in ctx.output_names}
-    progress = Progress("validate", len(ctx.golden.cases))
-    for index, case in enumerate(ctx.golden.cases):
-        progress.update(index)
-        try:
-            got = runner.infer(case.inputs)
-        except Exception as error:
-            first = first_line(error, with_type=False)
-            failures.append(f"inference failed on case '{case.name}' (batch {case.batch}): {first}")
-            continue
-        for name in ctx.output_names:
-            if got[name].shape != case.outputs[name].shape:
-                failures.append(
-                    f"output '{name}' shape {tuple(got[name].shape)} != reference "
-                    f"{tuple(case.outputs[name].shape)} on case '{case.name}'"
-                )
-                continue
-            references[name].append(case.outputs[name])
-            results[name].append(got[name])
-            keys[name].append(row_keys(case.inputs))
-            heldout_rows[name] += case.batch if case.name.startswith(HELDOUT_CASES) else 0
-    progress.close()
+    collected = _collect(runner, golden, ctx.output_names)
+    failures, warnings, unjudged = list(collected.failures), list[str](), list[str]()
     outputs = {}
     for name in ctx.output_names:
-        if not references[name]:
+        if not collected.references[name]:
             continue
-        record = judge_output(name, references[name], results[name], tolerance_for(precision, name, tolerances),
-                              kinds, keys[name])
-        record["heldout_rows"] = heldout_rows[name]
+        record = _judge_with_split(name, collected, tolerance_for(precision, name, tolerances), kinds)
         outputs[name] = record
         failures.extend(f"output '{name}': {failure}" for failure in record["failures"])
         warnings.extend(f"output '{name}': {warning}" for warning in record["warnings"])
         unjudged.extend(f"output '{name}': {line}" for line in record["unjudged"])
     return {
-        "cases": [{"name": c.name, "batch": c.batch} for c in ctx.golden.cases],
+        "cases": [{"name": c.name, "batch": c.batch, "role": c.role} for c in golden.cases],
+        "rows": {role: golden.rows(role) for role in ROLES},
         "outputs": outputs,
         "passed": not failures,
         "failures": failures,
@@ -355,3 +345,77 @@ def validate_outputs(
         "judged": not unjudged,
     }
 
+
+def _collect(runner: Any, golden: GoldenData, output_names: Sequence[str]) -> _Collected:
+    """Run ``runner`` on every golden case; an inference error or a wrong shape is a failure, not a crash."""
+    from optpipe.output_kinds import row_keys
+    from optpipe.progress import Progress
+
+    collected = _Collected.empty(output_names)
+    progress = Progress("validate", len(golden.cases))
+    for index, case in enumerate(golden.cases):
+        progress.update(index)
+        try:
+            got = runner.infer(case.inputs)
+        except Exception as error:
+            first = first_line(error, with_type=False)
+            collected.failures.append(f"inference failed on case '{case.name}' (batch {case.batch}): {first}")
+            continue
+        for name in output_names:
+            if got[name].shape != case.outputs[name].shape:
+                collected.failures.append(
+                    f"output '{name}' shape {tuple(got[name].shape)} != reference "
+                    f"{tuple(case.outputs[name].shape)} on case '{case.name}'"
+                )
+                continue
+            collected.references[name].append(case.outputs[name])
+            collected.results[name].append(got[name])
+            collected.keys[name].append(row_keys(case.inputs))
+            collected.roles[name].append(case.role)
+    progress.close()
+    return collected
+
+
+def _judge_with_split(name: str, collected: _Collected, tolerance: Tolerance,
+                      kinds: Mapping[str, str]) -> dict[str, Any]:
+    """The output judged on all rows, plus its figures on guard rows and test rows; test-row failures fail it."""
+    roles = collected.roles[name]
+
+    def judge_rows(wanted: Sequence[str]) -> dict[str, Any]:
+        index = [i for i, role in enumerate(roles) if role in wanted]
+        return judge_output(name, [collected.references[name][i] for i in index],
+                            [collected.results[name][i] for i in index], tolerance, kinds,
+                            [collected.keys[name][i] for i in index])
+
+    record = judge_output(name, collected.references[name], collected.results[name], tolerance, kinds,
+                          collected.keys[name])
+    record["heldout_rows"] = sum(_rows(ref) for ref, role in zip(collected.references[name], roles, strict=True)
+                                 if role in (ROLE_GUARD, ROLE_TEST))
+    if ROLE_TEST not in roles:  # nothing the guard did not see: the guard's figure is the whole record
+        record.update(guard_rows=row_figures(record), test_rows=None)
+        return record
+    guard, test = judge_rows((ROLE_SHAPE, ROLE_GUARD)), judge_rows((ROLE_TEST,))
+    record.update(guard_rows=row_figures(guard), test_rows=row_figures(test))
+    if not test["passed"]:
+        how = "passes" if guard["passed"] else "fails"
+        record["failures"] = [*record["failures"], (
+            f"{how} on the {guard['samples']} guard rows but fails on the {test['samples']} test rows the guard "
+            f"never saw: {'; '.join(test['failures'])}")]
+        record["passed"] = False
+    return record
+
+
+#: Fields of a judged record that are not figures of its rows (or are too big for ``guard_rows``/``test_rows``).
+_NOT_FIGURES = ("tolerance", "error_histogram", "warnings", "kind", "top1_note", "heldout_rows")
+
+
+def row_figures(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar figures (rows, cosine, top-1...), verdict and failures of one judged row set."""
+    figures: dict[str, Any] = {key: value for key, value in record.items()
+               if key not in _NOT_FIGURES and (value is None or isinstance(value, (bool, int, float, str)))}
+    figures["failures"] = list(record["failures"])
+    return figures
+
+
+def _rows(reference: np.ndarray) -> int:
+    return int(reference.shape[0]) if reference.ndim else 1

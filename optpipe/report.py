@@ -210,6 +210,7 @@ class Report:
                 f"{p50:>9} {speedup_text:>8}  {variant.get('artifact') or '-'}"
             )
             lines.extend(_gate_lines(outputs))
+            lines.extend(_row_split_lines(outputs))
             accuracy = variant.get("accuracy")
             if accuracy:
                 lines.append(
@@ -260,6 +261,19 @@ def read_report(path: str | Path) -> Report:
         return Report.from_dict(data)
     except (KeyError, TypeError, ValueError, AssertionError) as error:
         raise ReportUnreadable(f"malformed record ({type(error).__name__}: {error})") from None
+
+
+def _row_split_lines(outputs: dict[str, Any]) -> list[str]:
+    """One line per output judged on test rows: its figures on the guard's rows and on the rows it never saw."""
+    lines = []
+    for name, record in outputs.items():
+        guard, test = record.get("guard_rows"), record.get("test_rows")
+        if not guard or not test:
+            continue
+        lines.append(f"      '{name}': guard rows {guard['samples']} cosine {guard['cosine']:.6f} "
+                     f"({'pass' if guard['passed'] else 'FAIL'}); test rows {test['samples']} (never seen by the "
+                     f"guard) cosine {test['cosine']:.6f} ({'pass' if test['passed'] else 'FAIL'})")
+    return lines
 
 
 #: What makes an unjudged gate judge. Each route is real: eval_data() rows and rows held out of --calib-data

@@ -2,7 +2,9 @@
 
 Runs the engine on every golden case (the example batch, other batch sizes
 when the batch is dynamic, held-out data when the model provides it) and
-compares each output with :mod:`optpipe.parity`. A failing gate does not raise:
+compares each output with :mod:`optpipe.parity`: on all rows, and on the guard
+rows and the test rows alone (the test rows were never seen by the accuracy
+guard, so a variant that fails on them fails here). A failing gate does not raise:
 the artifact is kept and the report says which output failed and why (exit 1).
 An engine that cannot even run a case fails the gate with that error.
 """
@@ -10,6 +12,7 @@ An engine that cannot even run a case fails the gate with that error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from optpipe.artifact import Artifact, ArtifactKind
 from optpipe.errors import UserInputError
@@ -36,6 +39,13 @@ class ValidatePass(Pass):
     input_kind = ArtifactKind.ENGINE
     output_kind = ArtifactKind.ENGINE
     Config = ValidateConfig
+
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """The verdict's code (part of a reused validation's key): a changed gate never reuses an old verdict."""
+        from optpipe import golden, output_kinds, parity
+
+        return (parity, output_kinds, golden)
 
     def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
         if ctx.golden is None or not ctx.golden.cases:

@@ -2,8 +2,10 @@
 
 The gate runs a *candidate* low-precision ONNX file on ONNX Runtime's CPU
 provider against the build's golden data with the same per-precision
-tolerances the final validate pass applies, so a variant the guard accepts is
-one validation will accept (on the CPU target). For the TensorRT Q/DQ style
+tolerances the final validate pass applies, but only on the rows the guard may
+use (shape cases and guard rows, :meth:`optpipe.golden.GoldenData.for_guard`):
+the test rows are kept for the final verdict, so a variant the guard tuned to
+pass is still judged on rows it never saw. For the TensorRT Q/DQ style
 the candidate runs with graph optimisation disabled: ORT then evaluates Q/DQ
 as float emulation, which is what TensorRT's strongly typed INT8 computes in
 spirit; ORT's own fused integer kernels (U8S8 with its saturation) are not
@@ -41,15 +43,17 @@ def make_gate(
     ctx: Any, precision: str, tolerances: Mapping[str, Mapping[str, float]], level: str,
     output_kinds: Mapping[str, str] | None = None,
 ) -> tuple[Callable[[Path], bool], list[dict[str, Any]]]:
-    """A ``gate(path) -> bool`` for guarded_quantize and the list its parity records go to."""
+    """A ``gate(path) -> bool`` for guarded_quantize and the list its parity records go to (guard rows only)."""
     from optpipe.parity import validate_outputs
     from optpipe.runtime import OrtRunner
 
     log: list[dict[str, Any]] = []
+    rows = ctx.golden.for_guard() if ctx.golden is not None else None
 
     def gate(path: Path) -> bool:
         runner = OrtRunner(path, threads=ctx.threads, level=level)
-        parity = validate_outputs(runner, ctx, precision, {k: dict(v) for k, v in tolerances.items()}, output_kinds)
+        parity = validate_outputs(runner, ctx, precision, {k: dict(v) for k, v in tolerances.items()}, output_kinds,
+                                  golden=rows)
         log.append(parity)
         return bool(parity["passed"])
 

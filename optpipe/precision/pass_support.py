@@ -99,8 +99,12 @@ def guard_code_modules() -> tuple[ModuleType, ...]:
 
 
 def golden_inputs(ctx: BuildContext) -> Samples:
-    """The inputs of the build's golden cases (none without golden data)."""
-    return [dict(case.inputs) for case in ctx.golden.cases] if ctx.golden is not None else []
+    """The inputs of the golden cases the guard may use (none without golden data): never the test rows.
+
+    The fp16 range scan and the per-layer analysis steer which nodes stay in higher precision, so
+    they see what the guard's gate sees and nothing the final verdict keeps to itself.
+    """
+    return [dict(case.inputs) for case in ctx.golden.for_guard().cases] if ctx.golden is not None else []
 
 
 def samples_once(
