@@ -134,7 +134,28 @@ def table(results: list[dict[str, Any]]) -> str:
             if not isinstance(v, dict) or "agreement_with_fp32" not in v:
                 continue
             b1 = ((res.get("variants") or {}).get(precision) or {}).get("batch1", {})
+            versus_fp32 = "1x (itself)" if precision == "fp32" else f"{b1.get('vs_ort_fp32', '-')}x"
             lines.append(f"| {res['model']} | {precision} | {task} | {v[metric]:.4f} | "
                          f"{100 * (v[metric] - base):+.2f} pts | {v['agreement_with_fp32']:.4f} | "
-                         f"{b1.get('speedup', '-')}x | {b1.get('vs_ort_fp32', '-')}x |")  # fmt: skip
+                         f"{b1.get('speedup', '-')}x | {versus_fp32} |")  # fmt: skip
     return "\n".join(lines)
+
+
+#: Issue 17's target for EfficientNet-Lite0's static INT8: top-1 vs labels within this many points of FP32 ...
+TARGET_TOP1_POINTS = 0.3
+#: ... at this many times PyTorch eager's speed (batch 1, 1 thread, same run).
+TARGET_SPEEDUP = 6.0
+
+
+def imagenet_target(results: list[dict[str, Any]]) -> str | None:
+    """One line: is static INT8 within 0.3 top-1 points of FP32 eager at >= 6x eager? None without the figures."""
+    for res in results:
+        truth, variants = res.get("ground_truth") or {}, res.get("variants") or {}
+        if "images" not in truth or "int8" not in truth or "batch1" not in variants.get("int8", {}):
+            continue
+        points = 100 * (truth["int8"]["top1"] - truth["fp32_eager"]["top1"])
+        speedup = variants["int8"]["batch1"]["speedup"]
+        met = points >= -TARGET_TOP1_POINTS and speedup >= TARGET_SPEEDUP
+        return (f"target (INT8 top-1 within {TARGET_TOP1_POINTS} points of FP32 at >= {TARGET_SPEEDUP}x eager, "
+                f"{truth['images']} images): {'met' if met else 'NOT met'} ({points:+.2f} points, {speedup}x)")
+    return None

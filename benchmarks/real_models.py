@@ -265,14 +265,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--probe-train", type=int, default=1000, help="snippets the sentiment probe is fitted on")
     parser.add_argument("--probe-test", type=int, default=1000, help="held-out snippets it is scored on")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_models.json")
+    parser.add_argument("--tables-only", action="store_true", help="print the --out file's tables, measure nothing")
     parser.add_argument("build_args", nargs="*", help="extra optpipe build flags, after --")
     return parser.parse_args()
 
 
-def main() -> None:
+def print_tables(results: list[dict[str, Any]]) -> None:
+    """The variants table, the ground-truth table and the ImageNet target's line."""
     import ground_truth
 
+    print(table(results))
+    print("\nGround truth (labels; speed at batch 1, 1 thread, same run):\n")
+    print(ground_truth.table(results))
+    print("\n" + (ground_truth.imagenet_target(results) or "target: no ImageNet figures for static INT8 in this run"))
+
+
+def main() -> None:
     args = parse_args()
+    if args.tables_only:
+        print_tables(json.loads(args.out.read_text())["results"])
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="optpipe-real-"))
     work.mkdir(parents=True, exist_ok=True)
     extra = ["--threads", "1", *args.build_args]
@@ -287,9 +299,7 @@ def main() -> None:
         partial = args.out.with_suffix(".partial")
         partial.write_text(json.dumps(payload, indent=2) + "\n")
         partial.replace(args.out)
-    print(table(results))
-    print("\nGround truth (labels; speed at batch 1, 1 thread, same run):\n")
-    print(ground_truth.table(results))
+    print_tables(results)
     print(f"\nwritten: {args.out} (build directories and logs: {work})")
 
 
