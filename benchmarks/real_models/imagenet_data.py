@@ -4,7 +4,7 @@ Two sources, kept apart on purpose: the images a build *calibrates* on must neve
 the images its accuracy is *judged* on.
 
 * :func:`foolbox_photos`: the 20 labelled ImageNet photos the ``foolbox`` package
-  ships (``foolbox/data/imagenet_NN_LABEL.jpg``; ``pip install foolbox --no-deps``).
+  ships (``foolbox/data/imagenet_NN_LABEL.jpg``; in the ``bench`` extra).
   ``efficientnet_lite0.calibration_data()`` calibrates on them.
 * :func:`find_labelled`: a directory of labelled ILSVRC2012 val images, judged by
   ``benchmarks/real_models.py --imagenet DIR``. Accepted layouts (label = index of
@@ -56,7 +56,7 @@ def foolbox_photos() -> list[LabelledImage]:
     """foolbox's 20 labelled ImageNet photos (class index in the file name), sorted by file name."""
     data = _foolbox_data_dir()
     if data is None:
-        raise ImagenetLayoutError("foolbox is not installed: pip install foolbox --no-deps")
+        raise ImagenetLayoutError("foolbox is not installed: pip install -e '.[bench]'")
     photos = [LabelledImage(p, int(m.group(2))) for p in sorted(data.iterdir())
               if (m := _FOOLBOX_NAME.match(p.name))]  # fmt: skip
     if not photos:
@@ -65,7 +65,7 @@ def foolbox_photos() -> list[LabelledImage]:
 
 
 def _foolbox_data_dir() -> Path | None:
-    """foolbox/data on sys.path, found without importing foolbox (whose __init__ needs eagerpy, not installed)."""
+    """foolbox/data on sys.path, found without importing foolbox (its attack code, and eagerpy, are not needed)."""
     import importlib.util
 
     spec = importlib.util.find_spec("foolbox")
