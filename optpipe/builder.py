@@ -13,6 +13,7 @@ stage and the report says how to finish (a split build, exit 3).
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -345,9 +346,12 @@ def build_with_options(
         _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
                         (options, precisions, reference, eval_set, next_step, provenance, started, holdout), capture)
         publish(staging, out, out_seen)
-    except BaseException:
+    except BaseException as error:
         capture.stop()
         discard(staging)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise EnvironmentUnavailable(f"cannot write the build next to {out}: {error.strerror} (nothing was "
+                                         "published; free some space and build again)") from None
         raise
     report.out_dir = out
     _write_back_calib_cache(options, out, log)
