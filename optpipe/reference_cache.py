@@ -21,13 +21,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from optpipe import cache as cache_store
 from optpipe.cache import CACHE_FORMAT, PassCache, host_facts, plain_data
+from optpipe.errors import first_line
 from optpipe.pass_base import BuildContext
 from optpipe.report import package_version
 
@@ -49,7 +50,7 @@ class CachedReference:
             return dict(self.runner.infer(feed))
         try:
             key = self._key(feed)
-            stored = _load(self.cache, key, tuple(self.runner.output_names))
+            stored = _load(self.cache, key, tuple(self.runner.output_names), self._warn)
         except OSError:
             return dict(self.runner.infer(feed))
         if stored is not None:
@@ -61,6 +62,9 @@ class CachedReference:
         except OSError as error:  # a cache that cannot be written never fails the build: one warning, no cache
             self.cache.disable(self.ctx, error)
         return outputs
+
+    def _warn(self, message: str) -> None:
+        (self.cache.log or self.ctx.log)(f"     warning: {message}")
 
     def _key(self, feed: Mapping[str, np.ndarray]) -> str:
         facts = {
@@ -83,14 +87,21 @@ def cached_reference(runner: Any, instruments: Any, ctx: BuildContext) -> Any:
     return runner if cache is None else CachedReference(runner, cache, ctx)
 
 
-def _load(cache: PassCache, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-    """The stored outputs of ``key``; None when absent; a corrupt entry is discarded (and recomputed)."""
+def _load(cache: PassCache, key: str, names: tuple[str, ...],
+          warn: Callable[[str], None]) -> dict[str, np.ndarray] | None:
+    """The stored outputs of ``key``; None when absent; a corrupt entry is discarded with a warning (and recomputed).
+
+    Any defect (a record that is ``[]`` or ``null``, a missing field, flipped bytes) is a miss: the cache
+    never fails a build.
+    """
     entry = cache.entry_path(key)
     record_path = entry / "record.json"
     if entry.is_symlink() or not record_path.is_file():
         return None
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"the record is {type(record).__name__}, not an object")
         data = entry / "files" / _FILE
         if data.is_symlink() or record.get("key") != key or record.get("pass") != KIND:
             raise ValueError("record does not match its key")
@@ -98,8 +109,10 @@ def _load(cache: PassCache, key: str, names: tuple[str, ...]) -> dict[str, np.nd
             raise ValueError("outputs do not match their sha256")
         with np.load(data, allow_pickle=False) as stored:
             outputs = {name: np.array(stored[name]) for name in names}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
         cache.discard_entry(entry)
+        warn(f"reference cache entry {key[:12]} was corrupted ({first_line(error)}); discarded it and ran "
+             "PyTorch again")
         return None
     with contextlib.suppress(OSError):  # "last used", for least-recently-used eviction
         os.utime(entry)
