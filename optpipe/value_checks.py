@@ -71,7 +71,7 @@ def _cache_max_size(text: str) -> None:
 
 
 def _ray_cpus(text: str) -> None:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ValueError("expected a whole number of CPUs, 1 or more")
 
 
