@@ -414,9 +414,10 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
     _check_output_files(model, out_dir, weights, junit, precision_opts, cache_dir)
     if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
-        from optpipe.mlflow_tracking import import_mlflow
+        from optpipe.mlflow_tracking import check_tracking_uri, import_mlflow
 
         import_mlflow()
+        check_tracking_uri(mlflow_uri)  # an unreachable server or an SQLite path at a directory: now, in one line
     from optpipe.build_options import parse_build_options
     from optpipe.console import info
     from optpipe.prepared_model import prepare_model
@@ -586,7 +587,12 @@ def profile_command(build_dir: Path, precision: str | None, runs: int, threads: 
     import json
 
     from optpipe.profile_build import profile_build_dir
+    from optpipe.verify import verify_build
 
+    intact = verify_build(build_dir, parity=False)  # the line verify holds: manifest-checked files, no links
+    if intact.failures:
+        raise UserInputError(f"{build_dir} does not match its manifest ({intact.failures[0]}); nothing was "
+                             f"profiled (see 'optpipe verify {build_dir}')")
     result = profile_build_dir(build_dir, precision, runs=runs, threads=threads)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
