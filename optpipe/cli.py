@@ -582,7 +582,8 @@ def profile_command(build_dir: Path, precision: str | None, runs: int, threads: 
 
     Runs the variant's artifact with ONNX Runtime's profiler (TensorRT's per-layer profiler for a
     TensorRT build, on a GPU machine) on the build's golden inputs. The directory is not modified.
-    Exit 0, or 2 for a directory that is not a build or a variant it lacks.
+    Exit 0, or 2 for a directory that is not a build, does not match its manifest (as verify checks
+    it: no missing or changed file, no symlink), or lacks the variant.
     """
     import json
 

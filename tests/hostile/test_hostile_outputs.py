@@ -81,7 +81,7 @@ def test_a_log_fifo_nobody_reads_does_not_hang(tmp_path: Path) -> None:
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
     run = subprocess.run([OPTPIPE, "--log-file", str(fifo), *BUILD, "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("cannot write --log-file") == 1 and "Traceback" not in run.stderr, run.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
