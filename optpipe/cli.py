@@ -412,7 +412,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     from optpipe.precheck import precheck_build
 
     precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
-    _check_output_files(model, out_dir, weights, junit, precision_opts, cache_dir)
+    _check_output_files(model, out_dir, weights, junit, precision_opts, cache_dir, mlflow_uri)
     if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
         from optpipe.mlflow_tracking import check_tracking_uri, import_mlflow
 
@@ -453,15 +453,15 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
 
 
 def _check_output_files(model: str, out_dir: Path, weights: Path | None, junit: Path | None,
-                        precision_opts: dict[str, Any], cache_dir: Path | None) -> None:
-    """--junit, --calib-cache and the group's --log-file: not an input, not inside --out or the cache."""
+                        precision_opts: dict[str, Any], cache_dir: Path | None, mlflow_uri: str | None) -> None:
+    """--junit, --calib-cache, the group's --log-file, MLflow's local store: no input, not in --out or the cache."""
     from optpipe.precheck import check_outputs
 
     context = click.get_current_context()
     calib = precision_opts.get("calib_data")
     outputs = {"--junit": junit, "--calib-cache": precision_opts.get("calib_cache"),
                "--log-file": context.find_root().params.get("log_file")}
-    check_outputs(model, out_dirs=[out_dir], outputs=outputs, cache_dir=cache_dir,
+    check_outputs(model, out_dirs=[out_dir], outputs=outputs, cache_dir=cache_dir, mlflow_uri=mlflow_uri,
                   inputs=[weights, precision_opts.get("eval_data"), calib if calib and Path(calib).exists() else None,
                           context.meta.get(CONFIG_META)])
 

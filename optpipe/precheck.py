@@ -57,14 +57,16 @@ def _model_file(spec: str) -> Path | None:
 
 
 def check_outputs(spec: str | None, *, out_dirs: Sequence[Path], outputs: Mapping[str, Path | None],
-                  inputs: Sequence[Path | str | None] = (), cache_dir: Path | None = None) -> None:
+                  inputs: Sequence[Path | str | None] = (), cache_dir: Path | None = None,
+                  mlflow_uri: str | None = None) -> None:
     """The user-named output files (``{"--junit": path, ...}``) against the build's inputs, --out and cache.
 
     Also refuses an ``--out`` that is the cache directory or holds it (the publish would replace the
-    cache, or the cache would evict the build), judged by resolved path, not by spelling.
+    cache, or the cache would evict the build), judged by resolved path, not by spelling; and MLflow's
+    local store (``mlflow_uri``: an SQLite file, a ``file:`` directory) by the same guard.
     """
     from optpipe.cache import default_cache_dir
-    from optpipe.safe_output import OutputGuard, check_output, resolved
+    from optpipe.safe_output import OutputGuard, check_output, guard_refusal, resolved
 
     cache = resolved(cache_dir or default_cache_dir())
     for out in out_dirs:
@@ -75,3 +77,19 @@ def check_outputs(spec: str | None, *, out_dirs: Sequence[Path], outputs: Mappin
     guard = OutputGuard.of([model, *inputs], out_dirs, cache)
     for option, path in outputs.items():
         check_output(path, option, guard)
+    store = local_store(mlflow_uri) if mlflow_uri is not None else None
+    reason = guard_refusal(store, guard) if store is not None else None
+    if reason:
+        raise UserInputError(f"--mlflow {mlflow_uri}: MLflow cannot write its local store there: {reason}")
+
+
+def local_store(uri: str) -> Path | None:
+    """The local path an MLflow tracking URI writes (``sqlite:///x.db``, ``file:/dir``, a plain path), or None."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    return Path(uri) if uri and not parsed.scheme else None

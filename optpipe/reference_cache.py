@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,10 @@ from optpipe.report import package_version
 
 KIND = "torch-reference"
 _FILE = "outputs.npz"
+#: Rows of eval data per cache entry (see :meth:`CachedReference.infer_many`).
+GROUP_ROWS = 16384
+#: Eval sets at least this large get a progress line per group.
+PROGRESS_ROWS = 50000
 
 
 class CachedReference:
@@ -63,6 +67,45 @@ class CachedReference:
             self.cache.disable(self.ctx, error)
         return outputs
 
+    def infer_many(self, feeds: Iterable[dict[str, np.ndarray]], rows: int) -> Iterator[dict[str, np.ndarray]]:
+        """Each feed's outputs, in order; the feeds are cached in groups of about :data:`GROUP_ROWS` rows.
+
+        Why: eval data scored batch by batch made one entry per 64 rows (1,570 entries for 10^5
+        rows, 156,297 for 10^7; ``optpipe cache info`` then took 23 s). A group is one entry, keyed
+        by the keys of its feeds; ``rows`` (the total) drives a progress line on large data.
+        """
+        group: list[dict[str, np.ndarray]] = []
+        done = grouped = 0
+        for feed in feeds:
+            group.append(feed)
+            grouped += _rows(feed)
+            if grouped >= GROUP_ROWS:
+                yield from self._infer_group(group)
+                done, group, grouped = done + grouped, [], 0
+                if rows >= PROGRESS_ROWS:
+                    (self.cache.log or self.ctx.log)(f"     torch reference on the eval data: {done}/{rows} rows")
+        if group:
+            yield from self._infer_group(group)
+
+    def _infer_group(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        names = tuple(self.runner.output_names)
+        if not self.cache.usable(self.ctx):
+            return [dict(self.runner.infer(feed)) for feed in feeds]
+        try:
+            key = hashlib.sha256(("group:" + ",".join(self._key(feed) for feed in feeds)).encode()).hexdigest()
+            stored = _load(self.cache, key, tuple(f"{i}|{n}" for i in range(len(feeds)) for n in names), self._warn)
+        except OSError:
+            return [dict(self.runner.infer(feed)) for feed in feeds]
+        if stored is not None:
+            self.hits += 1
+            return [{n: stored[f"{i}|{n}"] for n in names} for i in range(len(feeds))]
+        outputs = [dict(self.runner.infer(feed)) for feed in feeds]
+        try:
+            _store(self.cache, key, {f"{i}|{n}": value for i, out in enumerate(outputs) for n, value in out.items()})
+        except OSError as error:  # a cache that cannot be written never fails the build: one warning, no cache
+            self.cache.disable(self.ctx, error)
+        return outputs
+
     def _warn(self, message: str) -> None:
         (self.cache.log or self.ctx.log)(f"     warning: {message}")
 
@@ -79,6 +122,11 @@ class CachedReference:
             "host": host_facts(),
         }
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _rows(feed: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def cached_reference(runner: Any, instruments: Any, ctx: BuildContext) -> Any:

@@ -76,7 +76,23 @@ class OutputGuard:
 
 
 def output_refusal(path: str | Path, guard: OutputGuard = OutputGuard()) -> str | None:
-    """Why ``path`` may not be written as a user-named output, or None; checked before any work."""
+    """Why ``path`` may not be written as a user-named output file, or None; checked before any work."""
+    target = resolved(path)
+    reason = guard_refusal(target, guard)
+    if reason:
+        return reason
+    mode = _mode(target)
+    if mode is not None and not stat.S_ISREG(mode) and not _is_stream(mode):
+        if stat.S_ISDIR(mode):
+            return f"'{target}' is a directory"
+        return f"'{target}' is a special file (not a regular file, character device or FIFO)"
+    if _is_stream(mode):
+        return None if os.access(target, os.W_OK) else f"'{target}' is not writable"
+    return unwritable_reason(target)
+
+
+def guard_refusal(path: str | Path, guard: OutputGuard) -> str | None:
+    """Why writing at ``path`` (a file, or a directory such as MLflow's local store) would hit the guard."""
     target = resolved(path)
     for source in guard.inputs:
         if target == source:
@@ -86,14 +102,7 @@ def output_refusal(path: str | Path, guard: OutputGuard = OutputGuard()) -> str 
             return f"it is inside the output directory {out}, which the build creates or replaces"
     if guard.cache_dir is not None and _inside(target, guard.cache_dir):
         return f"it is inside the cache directory {guard.cache_dir}, which optpipe manages"
-    mode = _mode(target)
-    if mode is not None and not stat.S_ISREG(mode) and not _is_stream(mode):
-        if stat.S_ISDIR(mode):
-            return f"'{target}' is a directory"
-        return f"'{target}' is a special file (not a regular file, character device or FIFO)"
-    if _is_stream(mode):
-        return None if os.access(target, os.W_OK) else f"'{target}' is not writable"
-    return unwritable_reason(target)
+    return None
 
 
 class OutputRefused(UserInputError):

@@ -146,3 +146,28 @@ def test_an_sqlite_tracking_uri_at_a_directory_fails_at_once(tmp_path: Path) -> 
     assert code == 2, output  # before: the build, then 106 s of silent retries
     assert_one_error_line(output, "is a directory")
     assert not out.exists()
+
+
+def test_mlflow_local_store_inside_out_is_refused_before_work(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    out = tmp_path / "out"
+    code, output = _cli(*BUILD, "--out", str(out), "--mlflow", f"sqlite:///{out}/mlflow.db")
+    assert code == 2, output  # before: the build, then MLflow wrote into (or failed on) the published --out
+    assert_one_error_line(output, "inside the output directory")
+    assert not out.exists()
+
+
+def test_a_large_eval_set_is_a_few_reference_cache_entries_with_progress(tmp_path: Path) -> None:
+    import numpy as np
+
+    rows = 60000
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((rows, 4)).astype(np.float32),
+             labels=rng.integers(0, 3, rows))
+    cache = tmp_path / "cache"
+    code, output = _cli(*BUILD, "--eval-data", str(tmp_path / "eval.npz"), "--out", str(tmp_path / "out"),
+                        "--cache-dir", str(cache))
+    assert code == 0, output
+    entries = [p for p in cache.rglob("record.json") if '"torch-reference"' in p.read_text()]
+    assert len(entries) <= 12, len(entries)  # before: one per 64 rows, 938 entries
+    assert output.count("torch reference on the eval data:") == 3, output  # 3 full groups of 16384 rows
