@@ -349,13 +349,18 @@ def build_with_options(
     except BaseException as error:
         capture.stop()
         discard(staging)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise EnvironmentUnavailable(f"cannot write the build next to {out}: {error.strerror} (nothing was "
-                                         "published; free some space and build again)") from None
+        _raise_if_disk_full(error, out)
         raise
     report.out_dir = out
     _write_back_calib_cache(options, out, log)
     return report
+
+
+def _raise_if_disk_full(error: BaseException, out: Path) -> None:
+    """A full disk (or quota) while writing the staging directory: one line, exit 3, not a traceback."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise EnvironmentUnavailable(f"cannot write the build next to {out}: {error.strerror} (nothing was "
+                                     "published; free some space and build again)") from None
 
 
 def _unavailable_reason(target: Target) -> str | None:

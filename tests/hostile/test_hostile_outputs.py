@@ -16,21 +16,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from corpus import MODELS
-from test_hostile_inputs import assert_one_error_line
-
-from optpipe.cli import main
+from test_hostile_inputs import assert_one_error_line, run_cli
 
 M = f"{MODELS}:Mlp"
 BUILD = ["build", M, "--input", "x:2x4", "--no-benchmark", "--threads", "1"]
 OPTPIPE = str(Path(sys.executable).parent / "optpipe")
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
-    assert isinstance(result.exception, SystemExit | None), repr(result.exception)  # anything else: a crash
-    return result.exit_code, result.output
 
 
 def _is_char_device(path: str) -> bool:
@@ -40,7 +31,7 @@ def _is_char_device(path: str) -> bool:
 def test_junit_through_a_symlink_to_dev_null_keeps_link_and_device(tmp_path: Path) -> None:
     link = tmp_path / "junit.xml"
     link.symlink_to("/dev/null")
-    code, output = _cli(*BUILD, "--out", str(tmp_path / "out"), "--junit", str(link))
+    code, output = run_cli(*BUILD, "--out", str(tmp_path / "out"), "--junit", str(link))
     assert code == 0, output
     assert link.is_symlink() and os.readlink(link) == "/dev/null"  # before: replaced by a regular file
     assert _is_char_device("/dev/null")
@@ -52,7 +43,7 @@ def test_junit_into_a_fifo_is_written_to_its_reader(tmp_path: Path) -> None:
     received: list[bytes] = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    code, output = _cli(*BUILD, "--out", str(tmp_path / "out"), "--junit", str(fifo))
+    code, output = run_cli(*BUILD, "--out", str(tmp_path / "out"), "--junit", str(fifo))
     assert code == 0, output
     reader.join(timeout=30)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # before: renamed over, the reader waited forever
@@ -62,7 +53,7 @@ def test_junit_into_a_fifo_is_written_to_its_reader(tmp_path: Path) -> None:
 def test_a_log_file_on_a_full_device_is_one_warning(tmp_path: Path) -> None:
     full = tmp_path / "build.log"
     full.symlink_to("/dev/full")
-    code, output = _cli("--log-file", str(full), *BUILD, "--out", str(tmp_path / "out"))
+    code, output = run_cli("--log-file", str(full), *BUILD, "--out", str(tmp_path / "out"))
     assert code == 0, output
     assert "Traceback" not in output and "Logging error" not in output, output  # before: one per record
     assert output.count("cannot write --log-file") == 1, output
@@ -71,7 +62,7 @@ def test_a_log_file_on_a_full_device_is_one_warning(tmp_path: Path) -> None:
 
 def test_a_log_file_in_a_missing_directory_is_created(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "deep" / "build.log"
-    code, output = _cli("--log-file", str(log), *BUILD, "--out", str(tmp_path / "out"))
+    code, output = run_cli("--log-file", str(log), *BUILD, "--out", str(tmp_path / "out"))
     assert code == 0, output  # before: FileNotFoundError traceback
     assert "optpipe: building" in log.read_text()
 
@@ -129,7 +120,7 @@ def test_an_output_that_is_an_input_or_inside_out_or_cache_is_refused_before_wor
     args = [a.format(**names) for a in extra]
     log = [args.pop(0), args.pop(0)] if args[0] == "--log-file" else []
     out = [] if "--out" in args else ["--out", names["out"]]
-    code, output = _cli(*log, "build", f"{model_copy}:Mlp", "--input", "x:2x4", "--no-benchmark", *out, *args)
+    code, output = run_cli(*log, "build", f"{model_copy}:Mlp", "--input", "x:2x4", "--no-benchmark", *out, *args)
     assert code == 2, output
     assert_one_error_line(output, fragment)
     assert not (tmp_path / "out").exists()  # refused before any work
@@ -141,7 +132,7 @@ def test_a_config_junit_under_a_regular_file_fails_before_building(tmp_path: Pat
     config = tmp_path / "optpipe.toml"
     config.write_text(f'junit = "afile/junit.xml"\n[[model]]\nspec = "{MODELS}:Mlp"\ninput = ["x:2x4"]\n'
                       'benchmark = false\nout = "out"\n')
-    code, output = _cli("build", "-c", str(config))
+    code, output = run_cli("build", "-c", str(config))
     assert code == 2, output  # before: FileExistsError traceback after publishing
     assert_one_error_line(output, "afile")
     assert not (tmp_path / "out").exists()
@@ -151,7 +142,7 @@ def test_a_config_error_is_not_hidden_by_an_unwritable_junit(tmp_path: Path) -> 
     (tmp_path / "afile").write_text("not a directory")
     config = tmp_path / "optpipe.toml"
     config.write_text(f'junit = "afile/junit.xml"\n[[model]]\nspec = "{MODELS}:Mlp"\nbogus = 1\nout = "out"\n')
-    code, output = _cli("build", "-c", str(config))
+    code, output = run_cli("build", "-c", str(config))
     assert code == 2, output
     assert_one_error_line(output, "unknown key 'bogus'")
 
@@ -162,7 +153,7 @@ def test_two_outs_spelled_differently_are_one_directory(tmp_path: Path) -> None:
     model = f'spec = "{MODELS}:Mlp"\ninput = ["x:2x4"]\nbenchmark = false\n'
     config.write_text(f'[[model]]\nname = "a"\n{model}out = "outd"\n[[model]]\nname = "b"\n{model}'
                       'out = "./sub/../outd"\n')
-    code, output = _cli("build", "-c", str(config))
+    code, output = run_cli("build", "-c", str(config))
     assert code == 2, output  # before: both built, then "another optpipe build" was blamed
     assert_one_error_line(output, "is also the output of a")
     assert not (tmp_path / "outd").exists()
@@ -171,7 +162,7 @@ def test_two_outs_spelled_differently_are_one_directory(tmp_path: Path) -> None:
 def test_an_unknown_model_among_20000_is_one_short_line(tmp_path: Path) -> None:
     config = tmp_path / "optpipe.toml"
     config.write_text("".join(f'[[model]]\nname = "m{i}"\nspec = "m.py:M"\nout = "o{i}"\n' for i in range(20000)))
-    code, output = _cli("build", "-c", str(config), "nosuchmodel")
+    code, output = run_cli("build", "-c", str(config), "nosuchmodel")
     assert code == 2, output
     assert_one_error_line(output, "no model named 'nosuchmodel'")
     assert len(output) < 1000 and "and 19980 more" in output  # before: a 149,000-character line
