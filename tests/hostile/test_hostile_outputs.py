@@ -166,3 +166,14 @@ def test_an_unknown_model_among_20000_is_one_short_line(tmp_path: Path) -> None:
     assert code == 2, output
     assert_one_error_line(output, "no model named 'nosuchmodel'")
     assert len(output) < 1000 and "and 19980 more" in output  # before: a 149,000-character line
+
+
+def test_a_junit_on_a_full_device_is_one_error_after_the_summary(tmp_path: Path) -> None:
+    """The artifact side of a full disk: the published build's summary, then ONE clear error (exit 2)."""
+    full = tmp_path / "junit.xml"
+    full.symlink_to("/dev/full")
+    code, output = run_cli(*BUILD, "--out", str(tmp_path / "out"), "--junit", str(full))
+    assert code == 2, output  # before: exit 0, the link replaced by a regular file
+    assert "result: PASSED (exit 0)" in output, output  # the published build's summary is printed
+    assert_one_error_line(output, "No space left on device")
+    assert full.is_symlink() and _is_char_device("/dev/full")
