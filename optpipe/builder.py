@@ -54,6 +54,7 @@ from optpipe.reference_cache import cached_reference
 from optpipe.report import Report
 from optpipe.target import Target, get_target
 from optpipe.tensor_spec import DynamicDim, TensorSpec
+from optpipe.value_checks import check_environment
 
 if TYPE_CHECKING:
     from optpipe.provenance import ProvenanceInputs
@@ -139,6 +140,7 @@ def build(
     Raises :class:`~optpipe.errors.OptpipeError` for user and environment errors; a failed parity
     gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``).
     """
+    check_environment()  # the OPTPIPE_* variables too, named in the error
     options = parse_build_options(**_parser_arguments(locals()))  # every option checked, before any work
     tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
     if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
