@@ -590,7 +590,10 @@ def profile_command(build_dir: Path, precision: str | None, runs: int, threads: 
     from optpipe.profile_build import profile_build_dir
     from optpipe.verify import verify_build
 
-    intact = verify_build(build_dir, parity=False)  # the line verify holds: manifest-checked files, no links
+    try:  # the line verify holds: manifest-checked files, no links
+        intact = verify_build(build_dir, parity=False)
+    except UserInputError as error:
+        raise UserInputError(f"cannot profile {build_dir}: not a build directory ({error})") from None
     if intact.failures:
         raise UserInputError(f"{build_dir} does not match its manifest ({intact.failures[0]}); nothing was "
                              f"profiled (see 'optpipe verify {build_dir}')")
