@@ -13,6 +13,7 @@ stage and the report says how to finish (a split build, exit 3).
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +55,7 @@ from optpipe.reference_cache import cached_reference
 from optpipe.report import Report
 from optpipe.target import Target, get_target
 from optpipe.tensor_spec import DynamicDim, TensorSpec
+from optpipe.value_checks import check_environment
 
 if TYPE_CHECKING:
     from optpipe.provenance import ProvenanceInputs
@@ -142,6 +144,7 @@ def build(
     Raises :class:`~optpipe.errors.OptpipeError` for user and environment errors; a failed parity
     gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``, or 4 when unjudged).
     """
+    check_environment()  # the OPTPIPE_* variables too, named in the error
     options = parse_build_options(**_parser_arguments(locals()))  # every option checked, before any work
     tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
     if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
@@ -350,13 +353,21 @@ def build_with_options(
         _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
                         (options, precisions, reference, eval_set, next_step, provenance, started, holdout), capture)
         publish(staging, out, out_seen)
-    except BaseException:
+    except BaseException as error:
         capture.stop()
         discard(staging)
+        _raise_if_disk_full(error, out)
         raise
     report.out_dir = out
     _write_back_calib_cache(options, out, log)
     return report
+
+
+def _raise_if_disk_full(error: BaseException, out: Path) -> None:
+    """A full disk (or quota) while writing the staging directory: one line, exit 3, not a traceback."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise EnvironmentUnavailable(f"cannot write the build next to {out}: {error.strerror} (nothing was "
+                                     "published; free some space and build again)") from None
 
 
 def _unavailable_reason(target: Target) -> str | None:

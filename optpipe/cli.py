@@ -19,7 +19,7 @@ import click
 
 from optpipe import __version__
 from optpipe.cli_help import BuildCommand
-from optpipe.config_file import JSON_SINK
+from optpipe.config_file import CONFIG_META, JSON_SINK
 from optpipe.errors import (
     EXIT_ENVIRONMENT,
     EXIT_GATE_FAILED,
@@ -31,6 +31,7 @@ from optpipe.errors import (
     one_line,
 )
 from optpipe.junit import junit_on_error
+from optpipe.value_checks import FiniteFloatRange, WholeIntRange
 
 if TYPE_CHECKING:
     from optpipe.build_options import BuildOptions, TensorRTOptions
@@ -164,9 +165,9 @@ class OutputKindType(click.ParamType):
 
 def _writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Refuse a file option that could not be written, before any work (e.g. ``--junit`` under a file)."""
-    from optpipe.artifact import unwritable_reason
+    from optpipe.safe_output import output_refusal
 
-    reason = unwritable_reason(value) if value is not None else None
+    reason = output_refusal(value) if value is not None else None
     if reason:
         raise click.BadParameter(f"cannot write '{value}': {reason}", ctx=ctx, param=param)
     return value
@@ -201,10 +202,10 @@ def trt_build_options(func: F) -> F:
         click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
                      help="[tensorrt] TensorRT timing cache: reused when written by the same TensorRT "
                      "version on the same GPU architecture (else set aside), updated after the build."),
-        click.option("--opt-level", type=click.IntRange(0, 5), metavar="N",
+        click.option("--opt-level", type=WholeIntRange(0, 5), metavar="N",
                      help="[tensorrt] Builder optimization level 0-5 (default 3; higher builds slower, may "
                      "run faster)."),
-        click.option("--workspace", type=click.IntRange(min=1), metavar="MB",
+        click.option("--workspace", type=WholeIntRange(min=1), metavar="MB",
                      help="[tensorrt] Cap on the builder's workspace memory, in MiB (default: TensorRT's)."),
         click.option("--hardware-compat", type=click.Choice(HARDWARE_COMPAT_LEVELS), is_flag=False,
                      flag_value="ampere_plus", default=None,
@@ -247,9 +248,9 @@ def precision_build_options(func: F) -> F:
         click.option("--eval-data", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.npz",
                      help="Labelled eval data (input-name keys + 'labels') for task accuracy per variant. "
                      "Default: eval_data() in the model file."),
-        click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
+        click.option("--max-accuracy-drop", type=FiniteFloatRange(min=0), metavar="POINTS",
                      help="Fail a variant whose accuracy is more than POINTS below FP32 PyTorch's."),
-        click.option("--guard-max-keep", type=click.FloatRange(0, 1), metavar="FRACTION",
+        click.option("--guard-max-keep", type=FiniteFloatRange(0, 1), metavar="FRACTION",
                      help="[fp16/int8] Most nodes the accuracy guard may keep in FP32, as a fraction of the "
                      "quantizable nodes (default 0.1)."),
         click.option("--no-guard", is_flag=True,
@@ -281,14 +282,14 @@ def measure_options(func: F) -> F:
                      help="What an output means: logits, multilabel, embedding, regression or generic ('*' = every "
                      "output). Picks its gates (top-1 for logits, decisions for multilabel, NRMSE for regression). "
                      "Default: inferred from the name, the graph and the values, else generic."),
-        click.option("--guard-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
+        click.option("--guard-seconds", type=FiniteFloatRange(min=0, min_open=True), metavar="S",
                      help="[int8/fp16] Time budget of the accuracy guard per variant (default 60); when spent, "
                      "the best variant so far is reported with why it stopped."),
-        click.option("--bench-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
+        click.option("--bench-seconds", type=FiniteFloatRange(min=0, min_open=True), metavar="S",
                      help="Timed seconds per runtime in the benchmark (default 2)."),
-        click.option("--warmup", type=click.IntRange(min=0), metavar="N",
+        click.option("--warmup", type=WholeIntRange(min=0), metavar="N",
                      help="Untimed calls per runtime before timing (default 5)."),
-        click.option("--iterations", type=click.IntRange(min=1), metavar="N",
+        click.option("--iterations", type=WholeIntRange(min=1), metavar="N",
                      help="Fewest timed calls per runtime, even past --bench-seconds (default 10)."),
     ]
     for option in reversed(options):
@@ -341,9 +342,9 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output); atol/rtol >= 0, "
               "min_cosine/min_row_cosine/min_top1/top1_margin in [0, 1] (top1_margin: top-1 counts rows whose "
               "reference top class leads by at least this probability; default 0.05).")
-@click.option("--threads", type=click.IntRange(min=1),
+@click.option("--threads", type=WholeIntRange(min=1),
               help="Threads for ONNX Runtime and PyTorch (default: all cores).")
-@click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
+@click.option("--batch", "benchmark_batch", type=WholeIntRange(min=1),
               help="Batch size to benchmark at (default: the example's). Must be within the dynamic batch "
               "range, or equal the example's batch when the batch is static; ignored with a warning under "
               "--no-benchmark.")
@@ -374,7 +375,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=_writable_file,
               help="Also write JUnit XML: one test case per parity gate (per variant and output).")
-@click.option("--opset", type=click.IntRange(min=7), metavar="N",
+@click.option("--opset", type=WholeIntRange(min=7), metavar="N",
               help="ONNX opset to export (default: the exporter's). report.json records the opset written; an "
               "exporter that cannot convert to N keeps its own, and that is a warning.")
 @click.option("--profile", is_flag=True, default=None,
@@ -400,6 +401,9 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           profile: bool | None = None, opset: int | None = None,
           pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
+    from optpipe.value_checks import check_environment
+
+    check_environment()  # OPTPIPE_* variables: before any work, named in the error
     if config_file is not None:
         from optpipe.config_file import run_build_file
 
@@ -416,10 +420,12 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
     from optpipe.precheck import precheck_build
 
     precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
+    _check_output_files(model, out_dir, weights, junit, precision_opts, cache_dir, mlflow_uri)
     if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
-        from optpipe.mlflow_tracking import import_mlflow
+        from optpipe.mlflow_tracking import check_tracking_uri, import_mlflow
 
         import_mlflow()
+        check_tracking_uri(mlflow_uri)  # an unreachable server or an SQLite path at a directory: now, in one line
     from optpipe.build_options import parse_build_options
     from optpipe.console import info
     from optpipe.prepared_model import prepare_model
@@ -452,6 +458,20 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
     _publish_result(report, out_dir, as_json, mlflow_uri, junit)
     sys.exit(report.exit_code)
+
+
+def _check_output_files(model: str, out_dir: Path, weights: Path | None, junit: Path | None,
+                        precision_opts: dict[str, Any], cache_dir: Path | None, mlflow_uri: str | None) -> None:
+    """--junit, --calib-cache, the group's --log-file, MLflow's local store: no input, not in --out or the cache."""
+    from optpipe.precheck import check_outputs
+
+    context = click.get_current_context()
+    calib = precision_opts.get("calib_data")
+    outputs = {"--junit": junit, "--calib-cache": precision_opts.get("calib_cache"),
+               "--log-file": context.find_root().params.get("log_file")}
+    check_outputs(model, out_dirs=[out_dir], outputs=outputs, cache_dir=cache_dir, mlflow_uri=mlflow_uri,
+                  inputs=[weights, precision_opts.get("eval_data"), calib if calib and Path(calib).exists() else None,
+                          context.meta.get(CONFIG_META)])
 
 
 def _publish_result(report: Any, out_dir: Path, as_json: bool, mlflow_uri: str | None, junit: Path | None) -> None:
@@ -519,7 +539,7 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 @cache_group.command(name="prune")
 @click.option("--max-size", metavar="SIZE", callback=_size_option,
               help="Remove least recently used entries until the cache is at most SIZE (e.g. 5GB, 500MB).")
-@click.option("--older-than", type=click.FloatRange(min=0), metavar="DAYS",
+@click.option("--older-than", type=FiniteFloatRange(min=0), metavar="DAYS",
               help="Remove entries not used for DAYS days.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
@@ -560,9 +580,9 @@ def _echo_profiles(variants: list[VariantResult]) -> None:
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--variant", "precision", metavar="PRECISION",
               help="Variant to profile (default: the selected one, else the first built).")
-@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--runs", type=WholeIntRange(min=1), default=20, show_default=True,
               help="Profiled runs over the golden inputs (after one warm-up run).")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for ONNX Runtime.")
+@click.option("--threads", type=WholeIntRange(min=1), help="Threads for ONNX Runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 @reports_errors
 def profile_command(build_dir: Path, precision: str | None, runs: int, threads: int | None, as_json: bool) -> None:
@@ -570,12 +590,21 @@ def profile_command(build_dir: Path, precision: str | None, runs: int, threads: 
 
     Runs the variant's artifact with ONNX Runtime's profiler (TensorRT's per-layer profiler for a
     TensorRT build, on a GPU machine) on the build's golden inputs. The directory is not modified.
-    Exit 0, or 2 for a directory that is not a build or a variant it lacks.
+    Exit 0, or 2 for a directory that is not a build, does not match its manifest (as verify checks
+    it: no missing or changed file, no symlink), or lacks the variant.
     """
     import json
 
     from optpipe.profile_build import profile_build_dir
+    from optpipe.verify import verify_build
 
+    try:  # the line verify holds: manifest-checked files, no links
+        intact = verify_build(build_dir, parity=False)
+    except UserInputError as error:
+        raise UserInputError(f"cannot profile {build_dir}: not a build directory ({error})") from None
+    if intact.failures:
+        raise UserInputError(f"{build_dir} does not match its manifest ({intact.failures[0]}); nothing was "
+                             f"profiled (see 'optpipe verify {build_dir}')")
     result = profile_build_dir(build_dir, precision, runs=runs, threads=threads)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -616,7 +645,7 @@ def build_many(configs: str | Path | Sequence[str | Path], executor: str | Execu
 @main.command()
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--no-parity", is_flag=True, help="Only re-hash the files; do not rerun the engines.")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for ONNX Runtime.")
+@click.option("--threads", type=WholeIntRange(min=1), help="Threads for ONNX Runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
 def verify(build_dir: Path, no_parity: bool, threads: int | None, as_json: bool) -> None:
@@ -680,7 +709,7 @@ def list_passes(names: tuple[str, ...], verbose: bool) -> None:
 
 @main.command(name="engine", epilog=EXIT_CODES_HELP)
 @click.argument("build_dir", type=click.Path(path_type=Path))
-@click.option("--batch", "benchmark_batch", type=click.IntRange(min=1),
+@click.option("--batch", "benchmark_batch", type=WholeIntRange(min=1),
               help="Batch size to benchmark at (default: the example's).")
 @click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
 @click.option("--rebuild", is_flag=True,

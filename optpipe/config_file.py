@@ -39,6 +39,7 @@ before any build starts (exit 2).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from click.core import ParameterSource
 
 from optpipe.errors import UserInputError
 from optpipe.matrix import SEVERITY, ModelRunner, ModelTask, worst_exit_code
+from optpipe.safe_output import OutputGuard, output_refusal, read_input_bytes, resolved
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,6 +77,8 @@ ALIASES: dict[str, tuple[str, bool]] = {
 }
 # -c FILE --json: the build command appends its report dict to ctx.meta[JSON_SINK] instead of printing it.
 JSON_SINK = "optpipe.json_reports"
+# The config file being built (an input: no output option may name it).
+CONFIG_META = "optpipe.config_file"
 BUILD_FILE_SCHEMA = "optpipe.build-file/1"
 # Options of the whole command, not of one model.
 COMMAND_LEVEL = frozenset({"no_cache", "cache_dir", "junit", "as_json", "executor"})
@@ -309,13 +313,14 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
     """Parse and check a config file against ``command``'s parameters. Raises :class:`ConfigError`."""
     file = Path(path)
     label = str(file)
-    try:
-        with open(file, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{label}: no such config file") from None
-    except OSError as error:
-        raise ConfigError(f"{label}: cannot read it ({error.strerror or error})") from None
+    if not file.exists():
+        raise ConfigError(f"{label}: no such config file")
+    try:  # a FIFO (-c <(...)) is waited for a bounded time, never forever; other special files are refused
+        data = tomllib.loads(read_input_bytes(file, "config file").decode("utf-8"))
+    except ConfigError:
+        raise
+    except UserInputError as error:
+        raise ConfigError(str(error)) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{label}: not valid TOML ({error})") from None
     except UnicodeDecodeError as error:  # TOML is UTF-8; tomllib raises this, not TOMLDecodeError
@@ -364,11 +369,12 @@ def _load_models(models_data: Sequence[Mapping[str, Any]], params: Mapping[str, 
         where = f"{label}: model[{index}] ({name})"
         _check_target_options(values, params, where, cli.get("target") or values.get("target"))
         out = values.get("out_dir")
-        if out is not None:
-            if str(out) in seen_out:
-                raise ConfigError(f"{where}.out: {out} is also the output of {seen_out[str(out)]}; "
+        if out is not None:  # one directory however it is spelled (./sub/../outd, a symlink): by resolved path
+            same = str(resolved(out))
+            if same in seen_out:
+                raise ConfigError(f"{where}.out: {out} is also the output of {seen_out[same]}; "
                                   "each model needs its own directory")
-            seen_out[str(out)] = name
+            seen_out[same] = name
         models.append(ModelBuild(name, values, where, pass_options))
     return models
 
@@ -421,11 +427,12 @@ def run_build_file(ctx: click.Context, config_path: Path, select: str | None, ru
     except ConfigError as error:
         # A stale JUnit file from an earlier passing run must not stay behind: CI would report it.
         junit = ctx.params.get("junit") or error.junit
-        if junit:
+        if junit and output_refusal(junit, OutputGuard.of([config_path])) is None:
             from optpipe.junit import error_suite, write_junit
 
             message = f"exit {error.exit_code}: ConfigError: {error}"
-            write_junit(Path(junit), [error_suite(Path(config_path).name, message, kind="ConfigError")])
+            with contextlib.suppress(OSError):  # the config error is the one line to print
+                write_junit(Path(junit), [error_suite(Path(config_path).name, message, kind="ConfigError")])
         raise
 
 
@@ -449,8 +456,8 @@ def _resolve_tasks(ctx: click.Context, config_path: Path, select: str | None,
         models = [m for m in models if select in (m.name, m.params.get("model"))
                   or _resolve_spec(select, Path.cwd()) == m.params.get("model")]
         if not models:
-            names = ", ".join(m.name for m in build_file.models)
-            raise ConfigError(f"{config_path}: no model named '{select}'; the file has: {names}")
+            raise ConfigError(f"{config_path}: no model named '{select}'; the file has: "
+                              f"{capped_list([m.name for m in build_file.models])}")
     if "out_dir" in overrides and len(models) > 1:
         raise ConfigError(f"--out names one directory but {config_path} builds {len(models)} models; "
                           "set 'out' per model (or select one model by name)")
@@ -481,12 +488,30 @@ def tasks_from_file(config_path: Path, command: click.Command, select: str | Non
     return _resolve_tasks(ctx, config_path, select, build_file)[0]
 
 
+def _check_command_outputs(ctx: click.Context, config_path: Path, tasks: Sequence[ModelTask],
+                           settings: Mapping[str, Any]) -> None:
+    """The file's ``junit`` and the command's ``--log-file``: refused now, not after the models are published."""
+    from optpipe.precheck import check_outputs
+
+    ctx.meta[CONFIG_META] = config_path
+    outputs = {"junit": settings.get("junit"), "--log-file": ctx.find_root().params.get("log_file")}
+    check_outputs(None, out_dirs=[Path(t.params["out_dir"]) for t in tasks], outputs=outputs,
+                  inputs=[config_path, *(t.params.get("weights") for t in tasks)], cache_dir=settings.get("cache_dir"))
+
+
+def capped_list(names: Sequence[str], limit: int = 20) -> str:
+    """``a, b, c`` - at most ``limit`` names, then how many more (20,000 names are not one line)."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} ... and {len(names) - limit} more"
+
+
 def _build_models(ctx: click.Context, config_path: Path, select: str | None, build_file: BuildFile,
                   runner: ModelRunner) -> int:
     from optpipe.executors import get_executor, run_matrix
     from optpipe.matrix import write_matrix_junit
 
     tasks, settings = _resolve_tasks(ctx, config_path, select, build_file)
+    _check_command_outputs(ctx, config_path, tasks, settings)
     executor = get_executor(settings.get("executor"))
     as_json = bool(settings.get("as_json"))
 

@@ -57,10 +57,11 @@ def configure_cli_logging(verbosity: int = 0, log_file: Path | None = None) -> N
     console.name = _CLI_HANDLER
     console.setFormatter(logging.Formatter("%(message)s"))
     LOGGER.addHandler(console)
-    if log_file is not None:
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    if log_file is not None:  # opened at the first record; a write that fails is one warning, not a traceback
+        from optpipe.safe_output import SafeLogHandler
+
+        file_handler = SafeLogHandler(log_file, warn=console)
         file_handler.name = _CLI_HANDLER
-        file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         LOGGER.addHandler(file_handler)
     LOGGER.setLevel(logging.DEBUG if log_file is not None else level)

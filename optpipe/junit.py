@@ -13,13 +13,14 @@ error before any variant finished (exit 2 or 3) is one ``build`` case with an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from optpipe.artifact import write_bytes_atomic
+from optpipe.safe_output import OutputRefused, write_output
 
 
 def _case(suite: ET.Element, classname: str, name: str, seconds: float = 0.0) -> ET.Element:
@@ -109,9 +110,10 @@ def junit_on_error(func: Callable[..., Any]) -> Callable[..., Any]:
             if context is not None:
                 context.meta[ERROR_META_KEY] = message
             junit = kwargs.get("junit")
-            if junit and not kwargs.get("config_file"):
+            if junit and not kwargs.get("config_file") and not isinstance(error, OutputRefused):
                 model = str(kwargs.get("model") or "model")
-                write_junit(Path(junit), [error_suite(model, message, kind=type(error).__name__)])
+                with contextlib.suppress(OSError):  # the build's error is the one line to print, not the file's
+                    write_junit(Path(junit), [error_suite(model, message, kind=type(error).__name__)])
             raise
 
     return wrapper
@@ -137,5 +139,5 @@ def junit_xml(suites: Sequence[ET.Element]) -> bytes:
 
 
 def write_junit(path: Path, suites: Sequence[ET.Element]) -> None:
-    """Write the JUnit file atomically (a CI step reading it never sees half a file)."""
-    write_bytes_atomic(Path(path), junit_xml(suites))
+    """Write the JUnit file atomically (a CI step reading it never sees half a file); a device or FIFO in place."""
+    write_output(Path(path), junit_xml(suites))

@@ -23,9 +23,10 @@ with optpipe's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,55 @@ def import_mlflow() -> Any:
     except ImportError as exc:
         raise MissingDependency("mlflow", "mlflow", "--mlflow (logging the build to MLflow)") from exc
     return mlflow
+
+
+#: Seconds to wait for a tracking server: the TCP check before the build, and each HTTP request after it.
+CONNECT_SECONDS = 5.0
+#: MLflow's own retry settings while optpipe logs, unless the user set them (MLflow's defaults: 120 s per
+#: request and 7 retries with backoff, so an unreachable server stayed silent for minutes).
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """Fail fast, before any build work, on a tracking URI that cannot work.
+
+    ``uri`` None or empty means MLflow's default (``$MLFLOW_TRACKING_URI``). An ``http(s)://`` server
+    that does not accept a TCP connection within :data:`CONNECT_SECONDS` is an EnvironmentUnavailable
+    (exit 3); an ``sqlite:///PATH`` whose PATH is a directory (MLflow retried it for 106 s) a UserInputError.
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    text = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    parsed = urlparse(text)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname or "localhost", port), timeout=CONNECT_SECONDS):
+                pass
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or first_line(error)
+            raise EnvironmentUnavailable(f"--mlflow {text}: the tracking server cannot be reached ({reason}); "
+                                         "nothing was built") from None
+    elif text.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute/path.db
+        path = Path(text[len("sqlite:///"):])
+        if path.is_dir():
+            raise UserInputError(f"--mlflow {text}: {path} is a directory, not an SQLite database file")
+
+
+@contextlib.contextmanager
+def _bounded_http() -> Iterator[None]:
+    """MLflow's HTTP timeout and retries bounded (:data:`BOUNDED_HTTP`) while logging, unless already set."""
+    import os
+
+    added = [name for name in BOUNDED_HTTP if name not in os.environ]
+    os.environ.update({name: BOUNDED_HTTP[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _param_text(value: Any) -> str:
@@ -132,8 +182,10 @@ def log_report(report: Mapping[str, Any], out_dir: Path, target: MlflowTarget) -
     pipeline that asked for tracking must not believe it was recorded.
     """
     mlflow = import_mlflow()
+    logger.info("mlflow: logging the build to %s ...", target.tracking_uri or "MLflow's default tracking URI")
     try:
-        return _log(mlflow, report, out_dir, target)
+        with _bounded_http():
+            return _log(mlflow, report, out_dir, target)
     except Exception as error:  # MlflowException, OSError, requests errors: one line, exit 3
         raise EnvironmentUnavailable(
             f"the build in {out_dir} is complete, but logging it to MLflow failed: {first_line(error)}"

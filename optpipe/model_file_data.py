@@ -108,6 +108,10 @@ def read_eval_data(source: Any, examples: Mapping[str, np.ndarray]) -> tuple[Mod
         return None, (f"eval_data() in the model file failed ({type(error).__name__}: {first_line(error)}); "
                       f"ignored, the build goes on without held-out rows (accepted: {ACCEPTED_FORMS})")
     data = interpret_eval_data(value, examples)
+    if data is not None:
+        data, non_finite = _finite_rows(data)
+        if non_finite:
+            return data, non_finite
     if data is not None and data.labels is None and _has_second(value, examples):
         return data, ("eval_data() in the model file gave labels that are not one integer class index per row; "
                       "its rows are kept as unlabelled held-out rows (no task accuracy)")
@@ -117,6 +121,28 @@ def read_eval_data(source: Any, examples: Mapping[str, np.ndarray]) -> tuple[Mod
                       f"inputs {', '.join(examples)} (example shapes {shapes}); ignored (accepted: "
                       f"{ACCEPTED_FORMS})")
     return data, None
+
+
+def _finite_rows(data: ModelFileEval) -> tuple[ModelFileEval | None, str | None]:
+    """``data`` without the rows that hold NaN/Inf, and the one warning saying so (None when all are finite).
+
+    Why: eval_data() is a hint; a NaN row used to stop the build, and as held-out inputs it made the
+    reference output NaN, which blamed the model ("the PyTorch model itself produces NaN/Inf").
+    """
+    rows = next(iter(data.inputs.values())).shape[0]
+    keep = np.ones(rows, dtype=bool)
+    for array in data.inputs.values():
+        if array.dtype.kind in "fc":
+            keep &= np.isfinite(array.reshape(rows, -1)).all(axis=1)
+    dropped = int(rows - keep.sum())
+    if not dropped:
+        return data, None
+    where = f"{dropped} of {rows} rows of eval_data() in the model file hold NaN or Inf"
+    if not keep.any():
+        return None, f"{where}: all of them; ignored, the build goes on without held-out rows"
+    labels = data.labels[keep] if data.labels is not None else None
+    return ModelFileEval({k: np.ascontiguousarray(v[keep]) for k, v in data.inputs.items()}, labels), (
+        f"{where}; dropped those rows, the build uses the other {rows - dropped}")
 
 
 def _has_second(value: Any, examples: Mapping[str, np.ndarray]) -> bool:

@@ -8,7 +8,7 @@ messages). Everything here only reads paths and parses text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from optpipe.build_dir import check_out_dir
@@ -45,3 +45,51 @@ def precheck_build(spec: str, *, out_dir: Path, overwrite: bool, weights: Path |
         parse_dynamic(text)
     for text in inputs:
         parse_input(text)
+
+
+def _model_file(spec: str) -> Path | None:
+    """The file a model spec names (``file.py:Name`` or a ``.pt2``/``.pt`` path), or None for a module spec."""
+    spec = spec.strip()
+    if Path(spec).suffix in EXPORTED_SUFFIXES or Path(spec).suffix in PICKLE_SUFFIXES:
+        return Path(spec)
+    target, sep, _name = spec.rpartition(":")
+    return Path(target) if sep and target.endswith(".py") else None
+
+
+def check_outputs(spec: str | None, *, out_dirs: Sequence[Path], outputs: Mapping[str, Path | None],
+                  inputs: Sequence[Path | str | None] = (), cache_dir: Path | None = None,
+                  mlflow_uri: str | None = None) -> None:
+    """The user-named output files (``{"--junit": path, ...}``) against the build's inputs, --out and cache.
+
+    Also refuses an ``--out`` that is the cache directory or holds it (the publish would replace the
+    cache, or the cache would evict the build), judged by resolved path, not by spelling; and MLflow's
+    local store (``mlflow_uri``: an SQLite file, a ``file:`` directory) by the same guard.
+    """
+    from optpipe.cache import default_cache_dir
+    from optpipe.safe_output import OutputGuard, check_output, guard_refusal, resolved
+
+    cache = resolved(cache_dir or default_cache_dir())
+    for out in out_dirs:
+        where = resolved(out)
+        if where == cache or where in cache.parents or cache in where.parents:
+            raise UserInputError(f"--out {out} and the cache directory {cache} overlap; give each its own directory")
+    model = _model_file(spec) if spec else None
+    guard = OutputGuard.of([model, *inputs], out_dirs, cache)
+    for option, path in outputs.items():
+        check_output(path, option, guard)
+    store = local_store(mlflow_uri) if mlflow_uri is not None else None
+    reason = guard_refusal(store, guard) if store is not None else None
+    if reason:
+        raise UserInputError(f"--mlflow {mlflow_uri}: MLflow cannot write its local store there: {reason}")
+
+
+def local_store(uri: str) -> Path | None:
+    """The local path an MLflow tracking URI writes (``sqlite:///x.db``, ``file:/dir``, a plain path), or None."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    return Path(uri) if uri and not parsed.scheme else None

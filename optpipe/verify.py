@@ -218,6 +218,8 @@ def check_parity(directory: Path, report: Report, result: VerifyResult, threads:
         threads=threads,
     )
     tolerances = build.tolerances if build is not None else {}
+    if not _tolerances_valid(tolerances, result):
+        return
     kinds = build.output_kinds if build is not None else {}  # the kinds the build judged by
     target = report.target
     if target not in ("cpu", "tensorrt"):
@@ -310,6 +312,26 @@ def check_trt_parity(
             if runner is not None:
                 runner.close()
         record_parity(result, precision, parity, report)
+
+
+def _tolerances_valid(tolerances: Any, result: VerifyResult) -> bool:
+    """report.json's tolerances by the rule ``--tolerance`` gets (finite, in range); a bad one is a failure."""
+    from optpipe.build_options import check_tolerance
+
+    if not isinstance(tolerances, dict):
+        result.failures.append(f"report.json: tolerances are {type(tolerances).__name__}, not a table; "
+                               "parity not rerun")
+        return False
+    for output, fields in tolerances.items():
+        try:
+            if not isinstance(fields, dict):
+                raise UserInputError(f"tolerances of output '{output}' are not a table")
+            for name, value in fields.items():
+                check_tolerance(str(output), str(name), value)
+        except UserInputError as error:
+            result.failures.append(f"report.json: {error}; parity not rerun")
+            return False
+    return True
 
 
 def verify_build(directory: str | Path, *, parity: bool = True, threads: int | None = None) -> VerifyResult:

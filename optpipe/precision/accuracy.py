@@ -12,7 +12,7 @@ each variant's *drop* in points is gated by ``--max-accuracy-drop``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -140,22 +140,44 @@ def score(
     output: str,
     batch: int,
     static: bool,
+    infer_many: InferMany | None = None,
 ) -> dict[str, Any]:
     """Accuracy (%) of ``infer`` on ``eval_set``, reading class scores from ``output``.
 
-    A run that fails on the eval data (values the model rejects, e.g. token ids out
-    of range) is a one-line :class:`UserInputError`, not a traceback.
+    ``infer_many(feeds, rows)``, when given, runs the whole sequence of batches (the cached reference
+    groups them into few cache entries); else ``infer`` runs each batch. A run that fails on the eval
+    data (values the model rejects, e.g. token ids out of range) is a one-line :class:`UserInputError`,
+    not a traceback.
     """
     try:
-        return _score(infer, eval_set, output, batch, static)
+        return _score(infer_many or _one_by_one(infer), eval_set, output, batch, static)
     except OptpipeError:
         raise
     except Exception as exc:
         raise UserInputError(f"running the model on the eval data failed: {first_line(exc)}") from exc
 
 
+#: Runs a sequence of feeds (and is told the total rows, for progress); yields each feed's outputs in order.
+InferMany = Callable[[Iterable[dict[str, np.ndarray]], int], Iterable[Mapping[str, np.ndarray]]]
+
+
+def _one_by_one(infer: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]) -> InferMany:
+    return lambda feeds, _rows: (infer(feed) for feed in feeds)
+
+
+def _feeds(inputs: Mapping[str, np.ndarray], spans: Sequence[tuple[int, int]], batch: int,
+           static: bool) -> Iterator[dict[str, np.ndarray]]:
+    for start, stop in spans:
+        feed = {name: arr[start:stop] for name, arr in inputs.items()}
+        pad = batch - (stop - start) if static else 0
+        if pad:  # a static-batch engine takes exactly `batch` rows: repeat rows, drop their results
+            index = np.arange(batch) % (stop - start)
+            feed = {name: np.ascontiguousarray(arr[start:stop][index]) for name, arr in inputs.items()}
+        yield feed
+
+
 def _score(
-    infer: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    infer_many: InferMany,
     eval_set: EvalSet,
     output: str,
     batch: int,
@@ -164,13 +186,9 @@ def _score(
     inputs, labels = eval_set
     rows = labels.shape[0]
     predictions = []
-    for start, stop in _batches(rows, batch, static):
-        feed = {name: arr[start:stop] for name, arr in inputs.items()}
-        pad = batch - (stop - start) if static else 0
-        if pad:  # a static-batch engine takes exactly `batch` rows: repeat rows, drop their results
-            index = np.arange(batch) % (stop - start)
-            feed = {name: np.ascontiguousarray(arr[start:stop][index]) for name, arr in inputs.items()}
-        scores = np.asarray(infer(feed)[output])
+    spans = _batches(rows, batch, static)
+    for (start, stop), result in zip(spans, infer_many(_feeds(inputs, spans, batch, static), rows), strict=True):
+        scores = np.asarray(result[output])
         predictions.append(np.argmax(scores.reshape(scores.shape[0], -1), axis=1)[: stop - start])
     predicted = np.concatenate(predictions)
     correct = int((predicted == labels).sum())
@@ -299,8 +317,9 @@ class AccuracyCheck:
         self.output = classifier_output(output_names, output_shapes)
         self.batch, self.static = eval_batch(input_specs, dynamic)
         self.reference: dict[str, Any] | None = None
-        if self.output is not None:
-            self.reference = score(reference.infer, eval_set, self.output, self.batch, self.static)
+        if self.output is not None:  # a cached reference stores the eval set as a few grouped entries
+            self.reference = score(reference.infer, eval_set, self.output, self.batch, self.static,
+                                   infer_many=getattr(reference, "infer_many", None))
         elif max_drop is not None:
             raise UserInputError(
                 "--max-accuracy-drop needs a classifier-like output ([N, C] scores); the model's outputs "

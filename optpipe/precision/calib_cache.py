@@ -20,13 +20,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optpipe.artifact import umask_value
 from optpipe.errors import UserInputError
+from optpipe.safe_output import write_output
 
 FORMAT = "optpipe-calib-cache/1"
 
@@ -54,23 +53,13 @@ class CacheKey:
 
 
 def save_ranges(path: Path, key: CacheKey, ranges: Ranges) -> None:
-    """Write a cache file atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a cache file atomically (temporary name, then rename) with the one safe writer."""
     payload = {
         "format": FORMAT,
         "key": asdict(key),
         "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~umask_value())  # mkstemp makes 0600; a cache file is shared like the build
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_output(Path(path), json.dumps(payload, indent=1).encode())  # through symlinks; never replaces a device
 
 
 def load_ranges(path: Path) -> tuple[CacheKey, Ranges]:
@@ -123,10 +112,10 @@ def check_cache_file(path: Path) -> None:
     A corrupt file is refused rather than silently recalibrated over: the user
     named it, so it may hold ranges they mean to reuse (or point at the wrong file).
     """
-    from optpipe.artifact import unwritable_reason
+    from optpipe.safe_output import output_refusal
 
     path = Path(path)
-    reason = unwritable_reason(path)
+    reason = output_refusal(path)
     if reason is None and path.exists() and not os.access(path, os.W_OK):
         reason = "the file is not writable"
     if reason:
@@ -139,10 +128,8 @@ def check_cache_file(path: Path) -> None:
 
 
 def write_back(built: Path, target: Path) -> None:
-    """Copy the build's ranges to the user's ``--calib-cache`` file atomically (temp file + rename, same dir)."""
-    from optpipe.artifact import write_bytes_atomic
-
-    write_bytes_atomic(Path(target), Path(built).read_bytes())
+    """Copy the build's ranges to the user's ``--calib-cache`` file: atomically, or in place on a device or FIFO."""
+    write_output(Path(target), Path(built).read_bytes())
 
 
 class CalibCache:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from corpus import MODELS
+from test_hostile_inputs import assert_one_error_line
 
 from optpipe.build_dir import (
     LOCK_PREFIX,
@@ -285,3 +286,34 @@ def test_a_symlinked_cache_entry_is_corrupt_and_its_target_untouched(tmp_path: P
     assert "symbolic link" in output and "discarded it and rebuilt" in output
     assert sorted(p.name for p in outside.iterdir()) == sorted(e.name for e in entries)  # never deleted
     assert _cli("verify", str(tmp_path / "b"))[0] == 0
+
+
+# --- issue 21: profile holds verify's line; verify judges report.json's tolerances like --tolerance ---
+
+def test_profile_of_a_build_whose_engine_was_deleted_is_one_line(build_copy: Path) -> None:
+    report = json.loads((build_copy / "report.json").read_text())
+    (build_copy / report["variants"][0]["artifact"]).unlink()
+    code, output = _cli("profile", str(build_copy))
+    assert code == 2, output  # before: an ONNX Runtime traceback, exit 1
+    assert_one_error_line(output, "does not match its manifest")
+
+
+def test_profile_does_not_follow_a_symlinked_golden_outside_the_build(build_copy: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    shutil.move(str(build_copy / "golden"), outside)
+    (build_copy / "golden").symlink_to(outside, target_is_directory=True)
+    code, output = _cli("profile", str(build_copy))
+    assert code == 2, output  # before: profiled the files outside DIR, exit 0
+    assert_one_error_line(output, "does not match its manifest")
+
+
+def test_verify_judges_report_tolerances_by_the_flag_rules(build_copy: Path) -> None:
+    path = build_copy / "report.json"
+    report = json.loads(path.read_text())
+    output_name = report["build"]["outputs"][0]
+    report["build"]["tolerances"] = {output_name: {"atol": -1.0}}
+    path.write_text(json.dumps(report))
+    code, output = _cli("verify", str(build_copy))
+    assert code == 1, output
+    assert "tolerance" in output and "must be a number >= 0" in output, output
+    assert "cannot run" not in output, output  # before: blamed the engine

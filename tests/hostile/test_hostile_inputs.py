@@ -82,6 +82,13 @@ def _expand(args: list[str], corpus: dict[str, Path], out: Path) -> list[str]:
     return [re.sub(r"\{([^{}]+)\}", lambda m: names.get(m.group(1), m.group(0)), arg) for arg in args]
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """The real CLI in-process: (exit code, output); anything but a SystemExit is a crash and fails here."""
+    result = CliRunner().invoke(main, list(args), env=env)
+    assert isinstance(result.exception, SystemExit | None), repr(result.exception)
+    return result.exit_code, result.output
+
+
 def assert_one_error_line(output: str, fragment: str) -> None:
     """Exactly one ``optpipe: error:`` line holding ``fragment``, and no traceback anywhere."""
     errors = [line for line in output.splitlines() if line.startswith("optpipe: error:")]

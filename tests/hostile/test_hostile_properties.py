@@ -120,3 +120,60 @@ def test_any_config_file(tmp_path: Path, document: bytes) -> None:
     code, output = _run(["build", "-c", str(config)])
     # A config whose every [[model]] names a missing model cannot build: always exit 2, one line.
     _assert_one_line_exit_2(code, output)
+
+
+# Issue 21: every number field of a config file and every OPTPIPE_* variable, by the same rules as the flags.
+# (field, lowest allowed value, whole numbers only, low bound open)
+_NUMBER_FIELDS = [("threads", 1, True, False), ("batch", 1, True, False), ("warmup", 0, True, False),
+                  ("iterations", 1, True, False), ("opset", 7, True, False), ("max_accuracy_drop", 0, False, False),
+                  ("guard_max_keep", 0, False, False), ("guard_seconds", 0, False, True),
+                  ("bench_seconds", 0, False, True)]
+
+
+def _toml_number(value: float | int) -> str:
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, float) and abs(value) == float("inf"):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+@SETTINGS
+@given(spec=st.sampled_from(_NUMBER_FIELDS),
+       value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**20, 10**20)))
+def test_any_number_in_a_config_file(tmp_path: Path, spec: tuple[str, int, bool, bool], value: float | int) -> None:
+    """Accepted exactly when finite, whole for integer fields and in range; else one line naming the field."""
+    name, low, whole, open_low = spec
+    config = tmp_path / "optpipe.toml"
+    config.write_text(f'[[model]]\nspec = "{MISSING_MODEL}"\nout = "o"\n{name} = {_toml_number(value)}\n')
+    code, output = _run(["build", "-c", str(config)])
+    _assert_one_line_exit_2(code, output)
+    finite = value == value and abs(value) != float("inf")
+    ok = finite and (value > low if open_low else value >= low)
+    ok = ok and (not whole or isinstance(value, int) or float(value).is_integer())  # 4.0 is whole, 2.7 not
+    ok = ok and (name != "guard_max_keep" or value <= 1)
+    assert ("does not exist" in output) == ok, output  # accepted values reach the model loading
+    if not ok:
+        assert f".{name}:" in output, output
+
+
+_ENV_NAMES = st.sampled_from(["OPTPIPE_INT8_REDUCE_RANGE", "OPTPIPE_CACHE_MAX_SIZE", "OPTPIPE_RAY_NUM_CPUS",
+                              "OPTPIPE_CACHE_DIR"])
+_ENV_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+_ENV_TEXT = st.one_of(GRAMMARISH.map(lambda t: t.replace("\x00", "")), st.text(alphabet=_ENV_CHARS, max_size=20))
+
+
+@SETTINGS
+@given(name=_ENV_NAMES, text=_ENV_TEXT)
+def test_any_environment_variable(tmp_path: Path, name: str, text: str) -> None:
+    """Any value (an environment cannot hold NUL): the build goes on (to the missing model) or one line that
+    names the variable, exit 2."""
+    result = CliRunner().invoke(main, ["build", MISSING_MODEL, "--out", str(tmp_path / "o")], env={name: text})
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    _assert_one_line_exit_2(result.exit_code, result.output)
+    assert "does not exist" in result.output or f"environment variable {name}=" in result.output, result.output
+    value = text.strip()
+    exact = {"OPTPIPE_INT8_REDUCE_RANGE": value in ("", "0", "1"),  # before: any other value was ignored
+             "OPTPIPE_RAY_NUM_CPUS": value == "" or (value.isascii() and value.isdigit() and int(value) >= 1)}
+    if name in exact:
+        assert ("does not exist" in result.output) == exact[name], result.output
