@@ -21,6 +21,7 @@ from typing import Any
 
 from optpipe.artifact import write_bytes_atomic
 from optpipe.html_sections import facts_table, profile_section, stability_banner
+from optpipe.html_sweep import serving_section, sweep_section
 from optpipe.html_svg import Scale
 from optpipe.html_svg import axis as _axis
 from optpipe.html_svg import color as _color
@@ -414,6 +415,8 @@ def render_html(report: Mapping[str, Any], out_dir: Path | None = None) -> str:
         f"<section id=speedup><h2>Speedup over PyTorch eager</h2>{speedup_chart(report.get('variants') or [])}"
         "</section>",
         _latency_section(report),
+        serving_section(report),
+        sweep_section(report),
         _errors_section(report),
         _layer_section(report),
         profile_section(report),
