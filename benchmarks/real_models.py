@@ -225,8 +225,9 @@ def sweep_bench(spec: str, build_dir: Path, seconds: float, budget_ms: float) ->
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     sweep = json.loads((build_dir / "report.json").read_text()).get("sweep") if done.returncode == 0 else None
-    return {"command": " ".join(command[1:]), "exit_code": done.returncode, "wall_s": round(time.perf_counter() - start, 1),
-            "console": done.stdout.strip().splitlines()[-2:], "sweep": sweep}  # fmt: skip
+    return {"command": " ".join(command[1:]), "exit_code": done.returncode,
+            "wall_s": round(time.perf_counter() - start, 1), "console": done.stdout.strip().splitlines()[-2:],
+            "sweep": sweep}  # fmt: skip
 
 
 def bench_serving(name: str, work: Path, extra: list[str], seconds: float, sweep_seconds: float | None,

@@ -134,8 +134,9 @@ def build(
     example's batch. Token inputs (integer rank-2, or named ``input_ids``/``attention_mask``/...) get a dynamic
     ``seq`` axis 1 unless ``static_seq=True`` or a declared dimension names it (:mod:`optpipe.seq_default`).
     ``sweep=True`` also times batch x threads (:mod:`optpipe.sweep`; ``sweep_seconds`` per point and runtime,
-    ``latency_budget`` in ms for the recommended batch). With a :class:`~optpipe.cache.PassCache` instrument, validation and benchmark results
-    measured under exactly the same conditions are reused (marked ``cached``); ``rebench=True`` measures
+    ``latency_budget`` in ms for the recommended batch). With a :class:`~optpipe.cache.PassCache` instrument,
+    validation and benchmark results measured under exactly the same conditions are reused (marked
+    ``cached``); ``rebench=True`` measures
     again. ``tolerances`` maps an output (or
     ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
@@ -494,12 +495,10 @@ def _with_default_seq(io: ModelIO, reference: Any, dynamic: Sequence[DynamicDim 
     log(f"optpipe: dynamic sequence axis '{dim.axis_name}' on {', '.join(name for name, _ in axes)}: "
         f"min {dim.min}, opt {dim.opt}, max {dim.max} (real lengths of {lengths.size} rows; position limit "
         f"{limit if limit is not None else 'unknown: the example length'})")
-    kept = [arg for arg in declared if arg.axes is None or not declares_axes(arg.axes, axes)]
+    kept = list(declared)  # none of them names a token axis (else the user's axis stands, above)
     if io.batch_dim is not None and not any(arg.axes is None for arg in kept):
-        kept.append(DynamicArg(io.batch_dim))
-    seq = _model_inputs(examples, io.names, [*kept, *(DynamicArg(d, a) for d, a in io.named_axes
-                                                      if not any(d == arg.dim for arg in kept)),
-                                              DynamicArg(dim, axes)])
+        kept.append(DynamicArg(io.batch_dim))  # the default batch
+    seq = _model_inputs(examples, io.names, [*kept, DynamicArg(dim, axes)])
     return replace(seq, outputs=io.outputs), None
 
 

@@ -406,8 +406,9 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
           static_batch: bool, static_seq: bool, sweep: bool, sweep_seconds: float | None,
-          latency_budget: float | None, rebench: bool, target: str, precision: tuple[str, ...], output_names: str | None,
-          tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
+          latency_budget: float | None, rebench: bool, target: str, precision: tuple[str, ...],
+          output_names: str | None, tolerances: tuple[tuple[str, str, float], ...], threads: int | None,
+          benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
           junit: Path | None,

@@ -21,13 +21,13 @@ from typing import Any
 
 from optpipe.artifact import write_bytes_atomic
 from optpipe.html_sections import facts_table, profile_section, stability_banner
-from optpipe.html_sweep import serving_section, sweep_section
 from optpipe.html_svg import Scale
 from optpipe.html_svg import axis as _axis
 from optpipe.html_svg import color as _color
 from optpipe.html_svg import esc as _e
 from optpipe.html_svg import fmt as _fmt
 from optpipe.html_svg import svg as _svg
+from optpipe.html_sweep import serving_section, sweep_section
 
 TORCH_COLOR = "#8d99ae"
 FAIL_COLOR = "#cf222e"

@@ -40,7 +40,8 @@ def sweep_chart(sweep: Mapping[str, Any], field: str, unit: str, dashed: str | N
     for value, label in y.ticks():
         body.append(f'<text x="{left - 8}" y="{y(value) + 4:.1f}" font-size="11" text-anchor="end" '
                     f'fill="#59636e">{esc(label)}</text>')
-    body.append(f'<text x="{left - 8}" y="{top - 4}" font-size="11" text-anchor="end" fill="#59636e">{esc(unit)}</text>')
+    body.append(f'<text x="{left - 8}" y="{top - 4}" font-size="11" text-anchor="end" '
+                f'fill="#59636e">{esc(unit)}</text>')
     best = sweep.get("best") or {}
     for index, ((runtime, threads), group) in enumerate(_series(points).items()):
         stroke = TORCH_COLOR if runtime == "torch" else color(index)

@@ -143,9 +143,9 @@ def measure_grid(engine: Callable[[int], Any], torch_model: Any, feed: Mapping[s
             torch.set_num_threads(threads)
             for batch in batches:
                 rows = resize_batch(dict(feed), batch)
-                calls: dict[str, Callable[[], object]] = {variant: lambda r=rows: runner.infer(r)}
+                calls: dict[str, Callable[[], object]] = {variant: _call(runner, rows)}
                 if torch_model is not None:
-                    calls[TORCH] = lambda r=rows: torch_model.infer(r)
+                    calls[TORCH] = _call(torch_model, rows)
                 timed = budgeted_blocks(calls, seconds=seconds, warmup=2, min_calls=3, blocks=2,
                                         progress=lambda *_: None)
                 points.extend(_point(name, batch, threads, blocks) for name, blocks in timed.items())
@@ -156,6 +156,10 @@ def measure_grid(engine: Callable[[int], Any], torch_model: Any, feed: Mapping[s
     finally:
         torch.set_num_threads(previous)
     return points
+
+
+def _call(runner: Any, rows: dict[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: runner.infer(rows)
 
 
 def _point(runtime: str, batch: int, threads: int, blocks: list[list[float]]) -> SweepPoint:
