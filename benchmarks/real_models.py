@@ -234,6 +234,98 @@ def _agreement(acc: dict[str, Any]) -> tuple[str, str]:
     return "-", "-"
 
 
+def own_length_rows(module: Any) -> list[dict[str, np.ndarray]]:
+    """The eval sentences one by one at their own (unpadded) length, as a server receives them."""
+    feeds, _labels = module.eval_data()
+    lengths = feeds["attention_mask"].sum(1)
+    return [{k: np.ascontiguousarray(v[i : i + 1, : int(lengths[i])]) for k, v in feeds.items()}
+            for i in range(len(lengths))]
+
+
+def real_lengths_bench(name: str, module: Any, dynamic: Path, static: Path, seconds: float) -> dict[str, Any]:
+    """MiniLM at the real sentences' own lengths: the dynamic-length artifact vs PyTorch eager on the same rows
+    and vs the static-128 artifact (fed the same sentences padded to 128, as it must be). Batch 1, 1 thread.
+
+    One timed call runs every sentence once, so all runtimes are timed on exactly the same rows; the ratios
+    of medians are the figures. Accuracy: per-row cosine of the artifact at each own length vs FP32 PyTorch
+    at the same length.
+    """
+    import onnxruntime as ort
+    import torch
+
+    from optpipe.timing import budgeted_latency
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    rows = own_length_rows(module)
+    padded, _labels = module.eval_data()
+    padded_rows = [{k: np.ascontiguousarray(v[i : i + 1]) for k, v in padded.items()} for i in range(len(rows))]
+    sessions = {label: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for label, path in (("dynamic", dynamic), ("static128", static))}
+    torch.set_num_threads(1)
+
+    def eager() -> object:
+        with torch.inference_mode():
+            return [module.model(*(torch.from_numpy(r[n]) for n in module.INPUT_NAMES)) for r in rows]
+
+    calls = {"dynamic": lambda: [sessions["dynamic"].run(None, r) for r in rows],
+             "static128": lambda: [sessions["static128"].run(None, r) for r in padded_rows], "torch": eager}
+    times = budgeted_latency(calls, seconds=seconds, warmup=2, min_calls=5, progress=lambda *_: None)
+    per_row = {k: float(np.median(v)) / len(rows) for k, v in times.items()}
+    with torch.inference_mode():
+        ref = np.concatenate([module.model(*(torch.from_numpy(r[n]) for n in module.INPUT_NAMES)).numpy()
+                              for r in rows])
+    got = np.concatenate([sessions["dynamic"].run(None, r)[0] for r in rows])
+    lengths = [int(r["attention_mask"].shape[1]) for r in rows]
+    return {"rows": len(rows), "lengths": {"min": min(lengths), "median": float(np.median(lengths)),
+                                           "max": max(lengths)},
+            "ms_per_sentence": {k: round(v, 3) for k, v in per_row.items()},
+            "speedup_vs_eager_same_lengths": round(per_row["torch"] / per_row["dynamic"], 2),
+            "speedup_vs_static128_artifact": round(per_row["static128"] / per_row["dynamic"], 2),
+            "accuracy": accuracy(name, ref, got)}  # fmt: skip
+
+
+def sweep_bench(spec: str, build_dir: Path, seconds: float, budget_ms: float) -> dict[str, Any]:
+    """``optpipe sweep`` on a finished build (PyTorch eager at the same points): its report.json section."""
+    command = [str(OPTPIPE), "sweep", str(build_dir), "--model", spec, "--sweep-seconds", str(seconds),
+               "--latency-budget", str(budget_ms)]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    sweep = json.loads((build_dir / "report.json").read_text()).get("sweep") if done.returncode == 0 else None
+    return {"command": " ".join(command[1:]), "exit_code": done.returncode,
+            "wall_s": round(time.perf_counter() - start, 1), "console": done.stdout.strip().splitlines()[-2:],
+            "sweep": sweep}  # fmt: skip
+
+
+def bench_serving(name: str, work: Path, extra: list[str], seconds: float, sweep_seconds: float | None,
+                  budget_ms: float) -> dict[str, Any]:
+    """The token model at its real lengths (and the batch sweep): the default build (dynamic ``seq``) vs a
+    ``--static-seq`` build of the same model, both ``--precision auto``."""
+    spec = f"{MODELS[name]}:model"
+    cache = work / f"cache-{name}"
+    dynamic_dir, static_dir = work / f"{name}-cold", work / f"{name}-static128"
+    if not (dynamic_dir / "report.json").exists():
+        run_build(spec, dynamic_dir, cache, extra, work / f"{name}-cold.log")
+    static = run_build(spec, static_dir, cache, [*extra, "--static-seq"], work / f"{name}-static128.log")
+    result: dict[str, Any] = {"static_build": static}
+    reports = {label: json.loads((d / "report.json").read_text()) for label, d in
+               (("dynamic", dynamic_dir), ("static128", static_dir)) if (d / "report.json").exists()}
+    if len(reports) < 2:
+        return result
+    result["inputs"] = {label: [s["shape"] for s in r["build"]["inputs"]] for label, r in reports.items()}
+    result["selected"] = {label: (r.get("selected") or {}).get("precision") for label, r in reports.items()}
+    artifact = {label: (d / next(v["artifact"] for v in reports[label]["variants"]
+                                 if v["precision"] == result["selected"][label]))
+                for label, d in (("dynamic", dynamic_dir), ("static128", static_dir))}
+    result["build_serving"] = (reports["dynamic"].get("benchmark") or {}).get("serving")
+    result["real_lengths"] = real_lengths_bench(name, load_module(MODELS[name]), artifact["dynamic"],
+                                                artifact["static128"], seconds)
+    if sweep_seconds:
+        result["sweep"] = sweep_bench(spec, dynamic_dir, sweep_seconds, budget_ms)
+    return result
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """A Markdown table: one row per model and variant; all-row and decided-row figures side by side."""
     lines = ["| model | variant | gate | vs FP32, all rows | decided rows / pairs | b1 vs eager / ORT FP32 | "
@@ -269,6 +361,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--probe-test", type=int, default=1000, help="held-out snippets it is scored on")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_models.json")
     parser.add_argument("--tables-only", action="store_true", help="print the --out file's tables, measure nothing")
+    parser.add_argument("--serving", action="store_true",
+                        help="minilm: also a --static-seq build, timed at the real sentences' own lengths")
+    parser.add_argument("--sweep-seconds", type=float, help="also run `optpipe sweep` (seconds per point)")
+    parser.add_argument("--latency-budget", type=float, default=50.0, help="the sweep's p99 budget, ms")
     parser.add_argument("build_args", nargs="*", help="extra optpipe build flags, after --")
     return parser.parse_args()
 
@@ -295,6 +391,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):  # written after each model, so a long run keeps what it measured
         results.append(bench_model(name, work, extra, args))
+        if args.serving and name == "minilm":
+            results[-1]["serving"] = bench_serving(name, work, extra, args.seconds, args.sweep_seconds,
+                                                   args.latency_budget)
+        elif args.sweep_seconds and (work / f"{name}-cold" / "report.json").exists():
+            results[-1]["sweep"] = sweep_bench(f"{MODELS[name]}:model", work / f"{name}-cold", args.sweep_seconds,
+                                               args.latency_budget)
         payload = {"host": {"machine": platform.machine(), "processor": platform.processor(),
                             "cpus": os.cpu_count(), "python": platform.python_version()},
                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_flags": extra,

@@ -283,6 +283,20 @@ class BenchmarkOptions:
 
 
 @dataclass(frozen=True)
+class SweepOptions:
+    """The batch x threads sweep (``--sweep``, ``optpipe sweep``): off by default, so a default build stays fast."""
+
+    enabled: bool = False
+    seconds: float = 0.25  # --sweep-seconds: timed seconds per runtime at each point (a budget, not a count)
+    latency_budget_ms: float | None = None  # --latency-budget: the best throughput is chosen within it
+
+    def __post_init__(self) -> None:
+        _check_positive("--sweep-seconds", self.seconds)
+        if self.latency_budget_ms is not None:
+            _check_positive("--latency-budget", self.latency_budget_ms)
+
+
+@dataclass(frozen=True)
 class TensorRTOptions:
     """TensorRT engine options; None = the engine pass's default (or, for ``optpipe engine``, the recorded one).
 
@@ -355,6 +369,9 @@ class BuildOptions:
     profile: bool = False  # --profile: also profile each engine per op type and node (its own session, untimed)
     # --static-batch: keep axis 0 at the example's size (default: dynamic, 1..64, when the model can vary it)
     static_batch: bool = False
+    # --static-seq: keep token inputs at the example's length (default: a dynamic seq axis, optpipe.seq_default)
+    static_seq: bool = False
+    sweep: SweepOptions = SweepOptions()
     # --rebench: measure validation and benchmark again instead of reusing an identical cached measurement
     rebench: bool = False
     # --require-judged (default) / --allow-unjudged: a gate that cannot judge (too few decided rows, a
@@ -398,6 +415,9 @@ class BuildOptions:
             "eval": {"origin": self.eval.origin, "max_accuracy_drop": self.eval.max_accuracy_drop},
             "profile": self.profile,
             "static_batch": self.static_batch,
+            "static_seq": self.static_seq,
+            "sweep": {"enabled": self.sweep.enabled, "seconds": self.sweep.seconds,
+                      "latency_budget_ms": self.sweep.latency_budget_ms},
             "rebench": self.rebench,
             "require_judged": self.require_judged,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
@@ -442,6 +462,10 @@ def parse_build_options(
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     profile: bool = False,
     static_batch: bool = False,
+    static_seq: bool = False,
+    sweep: bool = False,
+    sweep_seconds: float | None = None,
+    latency_budget: float | None = None,
     rebench: bool = False,
     require_judged: bool = True,
 ) -> BuildOptions:
@@ -483,6 +507,9 @@ def parse_build_options(
         pass_options=per_pass,
         profile=bool(profile),
         static_batch=_flag("static_batch", static_batch),
+        static_seq=_flag("static_seq", static_seq),
+        sweep=SweepOptions(_flag("sweep", sweep), SweepOptions.seconds if sweep_seconds is None else sweep_seconds,
+                           latency_budget),
         rebench=_flag("rebench", rebench),
         require_judged=_flag("require_judged", require_judged),
     )

@@ -206,6 +206,8 @@ class BenchmarkRecord(_JsonRecord):
     warnings: tuple[str, ...] = ()
     cached: CachedMeasurement | None = None  # reused from the cache: when and where it was measured
     extra: dict[str, Any] = field(default_factory=dict)
+    # The data's real lengths (token models): per bucket, every runtime and PyTorch eager on the same rows.
+    serving: tuple[dict[str, Any], ...] = ()
 
     @property
     def stable(self) -> bool:
@@ -222,7 +224,7 @@ class BenchmarkRecord(_JsonRecord):
         out: dict[str, Any] = {
             "inputs": self.inputs, "baseline": self.baseline, "latency": self.latency, "spread": self.spread,
             "drift": self.drift, "timer": self.timer, "peak_rss_mb": self.peak_rss_mb,
-            "stable": self.stable, "warnings": list(self.warnings),
+            "stable": self.stable, "warnings": list(self.warnings), "serving": list(self.serving),
         }  # fmt: skip
         return self._finish(out, cached=self.cached.to_dict() if self.cached else None)
 
@@ -239,7 +241,8 @@ class BenchmarkRecord(_JsonRecord):
             peak_rss_mb=data.get("peak_rss_mb"),
             warnings=tuple(str(w) for w in data.get("warnings") or ()),
             cached=CachedMeasurement.from_dict(data["cached"]) if data.get("cached") else None,
-            extra={k: v for k, v in cls._unknown(data).items() if k not in ("stable", "cached")},
+            extra={k: v for k, v in cls._unknown(data).items() if k not in ("stable", "cached", "serving")},
+            serving=tuple(dict(bucket) for bucket in data.get("serving") or ()),
         )
 
 

@@ -53,6 +53,15 @@ from optpipe.pass_options import apply_pass_options
 from optpipe.pipeline import Instrument, Pipeline
 from optpipe.reference_cache import cached_reference
 from optpipe.report import Report
+from optpipe.seq_default import (
+    data_lengths,
+    declares_axes,
+    default_seq_dim,
+    position_limit,
+    seq_blocker,
+    static_seq_warning,
+    token_axes,
+)
 from optpipe.target import Target, get_target
 from optpipe.tensor_spec import DynamicDim, TensorSpec
 from optpipe.value_checks import check_environment
@@ -111,6 +120,10 @@ def build(
     trt: TensorRTOptions | Mapping[str, Any] | None = None,
     profile: bool = False,
     static_batch: bool = False,
+    static_seq: bool = False,
+    sweep: bool = False,
+    sweep_seconds: float | None = None,
+    latency_budget: float | None = None,
     rebench: bool = False,
     require_judged: bool = True,
     mlflow: Any = None,
@@ -122,8 +135,12 @@ def build(
     ``dynamic``: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every input dynamic; a
     :class:`~optpipe.input_parsing.DynamicArg` names other axes. Without one on axis 0 the batch is dynamic
     from 1 to 64 when the model can vary it (else static, with a warning); ``static_batch=True`` keeps the
-    example's batch. With a :class:`~optpipe.cache.PassCache` instrument, validation and benchmark results
-    measured under exactly the same conditions are reused (marked ``cached``); ``rebench=True`` measures
+    example's batch. Token inputs (integer rank-2, or named ``input_ids``/``attention_mask``/...) get a dynamic
+    ``seq`` axis 1 unless ``static_seq=True`` or a declared dimension names it (:mod:`optpipe.seq_default`).
+    ``sweep=True`` also times batch x threads (:mod:`optpipe.sweep`; ``sweep_seconds`` per point and runtime,
+    ``latency_budget`` in ms for the recommended batch). With a :class:`~optpipe.cache.PassCache` instrument,
+    validation and benchmark results measured under exactly the same conditions are reused (marked
+    ``cached``); ``rebench=True`` measures
     again. ``tolerances`` maps an output (or
     ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``, ``multilabel``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
@@ -284,10 +301,13 @@ def build_with_options(
     instruments: Sequence[Instrument] = (),
     provenance: ProvenanceInputs | None = None,
     warnings: Sequence[str] = (),
+    declared_shapes: bool = False,
 ) -> Report:
     """:func:`build` with options already parsed (the CLI and config files come here).
 
     ``warnings``: what the caller already found (model-file helpers optpipe could not use), logged and reported.
+    ``declared_shapes``: the example inputs are shapes the user declared (``--input``), kept as given on
+    every axis but the batch: no default dynamic sequence axis.
     """
     from optpipe.engine_command import split_next_step
     from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
@@ -320,6 +340,16 @@ def build_with_options(
     options.output_kinds.check_outputs(outputs)
     eval_set = _checked_eval_set(options, io, precisions)
     options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log, heldout_inputs)
+    # What to export instead when no exporter takes the dynamic axes, and the warning that says so.
+    fallbacks: list[tuple[ModelIO, Callable[[str], str]]] = [] if dynamic_io is io else [(io, static_batch_warning)]
+    seq_reason = None
+    if not (options.static_seq or declared_shapes):
+        seq_io, seq_reason = _with_default_seq(dynamic_io, reference, dynamic, log, (
+            eval_set[0] if eval_set is not None else None, heldout_inputs, holdout.heldout if holdout else None,
+            *(options.calibration.samples or ())))
+        if seq_io is not dynamic_io:
+            fallbacks.insert(0, (dynamic_io, static_seq_warning))
+            dynamic_io = seq_io
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
     apply_pass_options(prefix.passes, options.pass_options)
@@ -333,6 +363,8 @@ def build_with_options(
         _warn(warning, report, log)
     if static_reason is not None:
         _warn(static_batch_warning(static_reason), report, log)
+    if seq_reason is not None:
+        _warn(static_seq_warning(seq_reason), report, log)
     if holdout_warning is not None:
         _warn(holdout_warning, report, log)
     golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
@@ -345,7 +377,7 @@ def build_with_options(
         ctx.golden = _golden(reference, dynamic_io, golden_rows)
         log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
         onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
-                                    None if dynamic_io is io else (io, reference, golden_rows))
+                                    fallbacks, (reference, golden_rows))
         ctx.output_producers = dict(output_producers(onnx_artifact.path))  # evidence for each output's kind
         ctx.golden.save(staging / "golden")
         pause_point("staged")
@@ -461,12 +493,43 @@ def _with_default_batch(io: ModelIO, options: BuildOptions, reference: Any,
     return replace(batched, outputs=io.outputs), None
 
 
-def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments: Sequence[Instrument],
-                static: tuple[ModelIO, Any, Any] | None) -> Artifact:
-    """Export and simplify once. ``static``: the static inputs to fall back to when the default batch fails.
+def _with_default_seq(io: ModelIO, reference: Any, dynamic: Sequence[DynamicDim | DynamicArg],
+                      log: Callable[[str], None], row_sets: Sequence[Mapping[str, np.ndarray] | None],
+                      ) -> tuple[ModelIO, str | None]:
+    """``io`` with a dynamic ``seq`` axis on its token inputs (:mod:`optpipe.seq_default`), or why it stays static.
 
-    The default dynamic batch never fails a build: when no exporter can export it (or its graph is
-    wrong at another batch), the model is exported again with the example's static batch, with a warning.
+    Unchanged without a reason when the inputs are not token-shaped or a declared dimension names a token axis.
+    ``row_sets``: the eval, held-out and calibration rows whose real lengths set min and opt.
+    """
+    examples = dict(zip(io.names, io.examples, strict=True))
+    axes = token_axes(examples)
+    declared = [d if isinstance(d, DynamicArg) else DynamicArg(d) for d in dynamic]
+    if not axes or any(declares_axes(arg.axes, axes) for arg in declared):
+        return io, None
+    lengths = data_lengths([examples, *row_sets], axes)
+    limit = position_limit(getattr(reference.model, "module", reference.model))
+    dim = default_seq_dim(int(examples[axes[0][0]].shape[1]), lengths, limit)
+    reason = seq_blocker(reference, examples, axes, dim)
+    if reason is not None:
+        return io, reason
+    log(f"optpipe: dynamic sequence axis '{dim.axis_name}' on {', '.join(name for name, _ in axes)}: "
+        f"min {dim.min}, opt {dim.opt}, max {dim.max} (real lengths of {lengths.size} rows; position limit "
+        f"{limit if limit is not None else 'unknown: the example length'})")
+    kept = list(declared)  # none of them names a token axis (else the user's axis stands, above)
+    if io.batch_dim is not None and not any(arg.axes is None for arg in kept):
+        kept.append(DynamicArg(io.batch_dim))  # the default batch
+    seq = _model_inputs(examples, io.names, [*kept, DynamicArg(dim, axes)])
+    return replace(seq, outputs=io.outputs), None
+
+
+def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments: Sequence[Instrument],
+                fallbacks: Sequence[tuple[ModelIO, Callable[[str], str]]], golden_source: tuple[Any, Any]) -> Artifact:
+    """Export and simplify once. ``fallbacks``: the inputs with fewer dynamic axes to export instead, in order,
+    each with its warning; ``golden_source``: the reference and held-out rows to make their golden data.
+
+    The default dynamic axes never fail a build: when no exporter can export them (or the graph is
+    wrong at another batch or length), the model is exported again with the next fallback (the
+    batch without the sequence axis, then the example's static shapes), with a warning.
     The prefix checks its graphs without the rows held out of the calibration data (``ctx.golden`` has
     them again afterwards): other calibration data must not make export and simplify cache misses.
     """
@@ -475,21 +538,23 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
     source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
                       tuple(TensorSpec(n, (), "") for n in ctx.output_names))
     golden = ctx.golden
+    remaining = list(fallbacks)
     try:
         ctx.golden = _without_calibration_rows(golden)
-        return prefix.run(source, ctx, report.passes, instruments)
-    except PassError as error:
-        if static is None or error.pass_name != "export":
-            raise
-        failed = report.passes.pop()  # the failed dynamic export is replaced by the static one
-        io, reference, rows = static
-        _warn(static_batch_warning(f"no exporter could export it with a dynamic batch ({failed.error})"),
-              report, ctx.log)
-        ctx.input_specs, ctx.dynamic = io.specs, io.dims
-        golden = _golden(reference, io, rows)
-        ctx.golden = _without_calibration_rows(golden)
-        source = replace(source, inputs=io.specs)
-        return prefix.run(source, ctx, report.passes, instruments)
+        while True:
+            try:
+                return prefix.run(source, ctx, report.passes, instruments)
+            except PassError as error:
+                if not remaining or error.pass_name != "export":
+                    raise
+                failed = report.passes.pop()  # the failed dynamic export is replaced by the next fallback
+                io, warning = remaining.pop(0)
+                _warn(warning(f"no exporter could export it with these dynamic axes ({failed.error})"), report,
+                      ctx.log)
+                ctx.input_specs, ctx.dynamic = io.specs, io.dims
+                golden = _golden(golden_source[0], io, golden_source[1])
+                ctx.golden = _without_calibration_rows(golden)
+                source = replace(source, inputs=io.specs)
     finally:
         ctx.golden = golden
 
@@ -539,6 +604,11 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
         holdout=holdout.record(options.calibration.source) if holdout else None,
         row_split=row_split_record(ctx.golden, SEED) if ctx.golden else None,
     )
+    if options.sweep.enabled and plan.engine and any(v.passed for v in report.variants):
+        from optpipe.sweep import sweep_report
+
+        report.sweep = sweep_report(report, ctx.work_dir, ctx.model, options.sweep.seconds,
+                                    options.sweep.latency_budget_ms, ctx.log).to_dict()
     from optpipe.provenance import provenance_record
 
     report.provenance = provenance_record(ctx.model, provenance, started)

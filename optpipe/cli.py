@@ -261,6 +261,20 @@ def precision_build_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+def sweep_budget_options(func: F) -> F:
+    """Add ``--sweep-seconds`` and ``--latency-budget`` (the sweep's budget per point and its latency limit)."""
+    options = [
+        click.option("--sweep-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
+                     help="[sweep] Timed seconds per runtime at each batch x threads point (default 0.25)."),
+        click.option("--latency-budget", type=click.FloatRange(min=0, min_open=True), metavar="MS",
+                     help="[sweep] The recommended batch is the one with the highest throughput whose p99 "
+                     "latency is within MS milliseconds (default: no limit)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def measure_options(func: F) -> F:
     """Add output kinds, the guard's time budget and the benchmark's budget, merged into ``precision_opts``.
 
@@ -332,6 +346,13 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               "batch (axis 0 of every input, 1 to 64) when the model can vary it.")
 @click.option("--static-batch", is_flag=True,
               help="Keep axis 0 at the example's batch size (the artifact then accepts only that batch).")
+@click.option("--static-seq", is_flag=True,
+              help="Keep token inputs (input_ids, attention_mask, integer NxL inputs) at the example's length. "
+              "Default: their axis 1 is dynamic, from the data's shortest real length to the model's position "
+              "limit.")
+@click.option("--sweep", is_flag=True,
+              help="Also time batch 1..max x threads 1..cores for every variant and PyTorch eager (report.json "
+              "'sweep', report.html); as `optpipe sweep DIR` does after a build.")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
 @click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
@@ -388,12 +409,14 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @trt_build_options
 @precision_build_options
 @measure_options
+@sweep_budget_options
 @reports_errors
 @junit_on_error
 def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          static_batch: bool, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...],
-          output_names: str | None,
-          tolerances: tuple[tuple[str, str, float], ...], threads: int | None, benchmark_batch: int | None,
+          static_batch: bool, static_seq: bool, sweep: bool, sweep_seconds: float | None,
+          latency_budget: float | None, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...],
+          output_names: str | None, tolerances: tuple[tuple[str, str, float], ...], threads: int | None,
+          benchmark_batch: int | None,
           no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
           junit: Path | None,
@@ -437,6 +460,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
         trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
+        static_seq=static_seq, sweep=sweep, sweep_seconds=sweep_seconds, latency_budget=latency_budget,
         rebench=rebench, require_judged=require_judged, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
@@ -451,7 +475,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
                                 input_names=prepared.input_names, output_names=prepared.output_names,
                                 dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
                                 instruments=instruments, provenance=_provenance(model, weights, prepared),
-                                warnings=prepared.warnings)
+                                warnings=prepared.warnings, declared_shapes=bool(inputs))
     if not no_cache:
         from optpipe.cache_admin import enforce_cap
 
@@ -486,6 +510,11 @@ def _publish_result(report: Any, out_dir: Path, as_json: bool, mlflow_uri: str |
     else:
         echo_result(report.summary())
         _echo_profiles(report.variants)
+        if report.sweep:
+            from optpipe.sweep import console_lines
+
+            for line in console_lines(report.sweep):
+                click.echo(line)
         click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
     if mlflow_uri is not None:
         from optpipe.mlflow_tracking import MlflowTarget, log_report
@@ -705,6 +734,48 @@ def list_passes(names: tuple[str, ...], verbose: bool) -> None:
         pass_cls = getattr(__import__(f"optpipe.passes.{module}", fromlist=[cls]), cls)
         kinds = f"{pass_cls.input_kind.value}->{pass_cls.output_kind.value}"
         click.echo(f"{name:<{width}}  {kinds:<14}  {pass_cls.description}")
+
+
+@main.command(name="sweep")
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", metavar="MODEL",
+              help="The model the build compiled (as given to optpipe build), to time PyTorch eager at the same "
+              "points. Without it only the artifact is timed.")
+@click.option("--weights", type=click.Path(path_type=Path), help="State dict for --model: .pt/.pth or .safetensors.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a fully pickled --model file (runs code from it).")
+@click.option("--variant", metavar="PRECISION", help="The variant to sweep (default: the selected one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the sweep section as JSON.")
+@sweep_budget_options
+@reports_errors
+def sweep(build_dir: Path, model_spec: str | None, weights: Path | None, trust_pickle: bool, variant: str | None,
+          as_json: bool, sweep_seconds: float | None, latency_budget: float | None) -> None:
+    """Time BUILD_DIR's artifact at batch 1..max x threads 1..cores; add it to report.json and report.html.
+
+    p50/p99 latency and throughput per point, PyTorch eager at the same points with --model, and the
+    batch size with the highest throughput within --latency-budget.
+    """
+    from optpipe.build_options import SweepOptions
+    from optpipe.console import info
+    from optpipe.sweep import console_lines, sweep_build_dir
+
+    options = SweepOptions(True, SweepOptions.seconds if sweep_seconds is None else sweep_seconds, latency_budget)
+    torch_model = None
+    if model_spec is not None:
+        from optpipe.input_binding import bind_inputs
+        from optpipe.prepared_model import prepare_model
+
+        prepared = prepare_model(model_spec, weights=weights, trust_pickle=trust_pickle)
+        prepared.module.eval()
+        torch_model = bind_inputs(prepared.module, prepared.input_names) if prepared.input_names else prepared.module
+    record = sweep_build_dir(build_dir, torch_model, options.seconds, options.latency_budget_ms, info, variant)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(record, indent=2))
+    else:
+        for line in console_lines(record):
+            click.echo(line)
+        click.echo(f"report: {build_dir / 'report.json'} (and report.html)")
 
 
 @main.command(name="engine", epilog=EXIT_CODES_HELP)

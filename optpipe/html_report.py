@@ -27,6 +27,7 @@ from optpipe.html_svg import color as _color
 from optpipe.html_svg import esc as _e
 from optpipe.html_svg import fmt as _fmt
 from optpipe.html_svg import svg as _svg
+from optpipe.html_sweep import serving_section, sweep_section
 
 TORCH_COLOR = "#8d99ae"
 FAIL_COLOR = "#cf222e"
@@ -418,6 +419,8 @@ def render_html(report: Mapping[str, Any], out_dir: Path | None = None) -> str:
         f"<section id=speedup><h2>Speedup over PyTorch eager</h2>{speedup_chart(report.get('variants') or [])}"
         "</section>",
         _latency_section(report),
+        serving_section(report),
+        sweep_section(report),
         _errors_section(report),
         _layer_section(report),
         profile_section(report),

@@ -202,3 +202,17 @@ def finish_build_dir(directory: Path, report: Report, ctx: Any = None, pipelines
 
     write_html_report(directory / "report.html", report.to_dict())
     write_manifest(directory, report, ctx, pipelines)
+
+
+def refresh_after_edit(directory: Path, report: Report) -> None:
+    """After a later command added to a finished build (``optpipe sweep``): report.json, report.html, then
+    the manifest's file hashes, keeping the rest of it (the config and host that made the build)."""
+    from optpipe.html_report import write_html_report
+
+    report.write(directory / "report.json")
+    write_html_report(directory / "report.html", report.to_dict())
+    manifest = {k: v for k, v in load_manifest(directory).items() if k != SELF_HASH}
+    manifest["files"] = file_entries(directory)
+    manifest = json.loads(json.dumps(manifest))
+    manifest[SELF_HASH] = canonical_sha256(manifest)
+    write_bytes_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())

@@ -79,6 +79,7 @@ class Report:
     next_step: str | None = None
     build: BuildRecord | None = None
     provenance: dict[str, Any] | None = None  # files, call, times, versions (optpipe.provenance)
+    sweep: dict[str, Any] | None = None  # batch x threads latency/throughput (optpipe.sweep, versioned)
     environment: dict[str, Any] = field(default_factory=environment)
     out_dir: Path | None = None
 
@@ -132,6 +133,7 @@ class Report:
             "next_step": self.next_step,
             "build": self.build.to_dict() if self.build is not None else None,
             "provenance": self.provenance,
+            "sweep": self.sweep,
         }
 
     def to_json(self) -> str:
@@ -163,6 +165,7 @@ class Report:
             next_step=data.get("next_step"),
             build=BuildRecord.from_dict(build) if isinstance(build, Mapping) else None,
             provenance=data.get("provenance"),
+            sweep=dict(data["sweep"]) if isinstance(data.get("sweep"), Mapping) else None,
             environment=dict(data.get("environment") or {}),
         )
 
@@ -225,6 +228,10 @@ class Report:
                 lines.append(f"      ? {line}")
             if variant.get("unjudged"):
                 lines.append(f"      ? {UNJUDGED_ADVICE}")
+        for bucket in self.benchmark.serving if self.benchmark is not None else ():
+            speedups = ", ".join(f"{name} {x:.2f}x" for name, x in (bucket.get("speedup_vs_torch") or {}).items())
+            lines.append(f"  at real length {bucket['length']} ({bucket['bucket']}), batch {bucket['batch']}: "
+                         f"{speedups or '-'} vs PyTorch eager at the same length")
         if self.selected:
             lines.append(f"  selected: {self.selected['precision']} ({self.selected['reason']})")
             for precision, why in (self.selected.get("rejected") or {}).items():

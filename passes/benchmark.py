@@ -21,7 +21,7 @@ the CPU; ``torch_latency.device`` says which. The runner's GPU memory use
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
@@ -47,6 +47,8 @@ class BenchmarkConfig:
     iters_per_round: int | None = None
     compare_torch: bool = True
     seed: int = 0  # the shuffle of the blocks
+    # Also time the data's real lengths (p50/p90/max buckets) when token inputs have a dynamic length.
+    serving: bool = True
 
 
 GPU_TARGETS = ("tensorrt",)
@@ -128,7 +130,25 @@ class BenchmarkPass(Pass):
             "seconds": self.config.seconds, "warmup": self.config.warmup, "min_calls": self.config.min_calls,
             "rounds": self.config.rounds, "iters_per_round": self.config.iters_per_round,
             "baseline": self.config.compare_torch and ctx.model is not None, "seed": self.config.seed,
+            "serving": [[name, length] for name, length, _feed in self._serving_feeds(ctx)],
         }  # fmt: skip
+
+    def _serving_feeds(self, ctx: BuildContext) -> list[tuple[str, int, dict[str, Any]]]:
+        """The real-length feeds (:func:`~optpipe.seq_default.serving_feeds`) when a token axis is dynamic."""
+        from optpipe.seq_default import serving_feeds, token_axes
+
+        if not self.config.serving or ctx.golden is None:
+            return []
+        example = ctx.golden.case("example")
+        dynamic = {d.axis_name: d for d in ctx.dynamic}
+        shapes = {spec.name: spec.shape for spec in ctx.input_specs}
+        axes = tuple((name, axis) for name, axis in token_axes(example.inputs)
+                     if isinstance(shapes[name][axis], str) and str(shapes[name][axis]) in dynamic)
+        if not axes:
+            return []
+        rows = [case.inputs for case in ctx.golden.cases if case.name == "example" or "heldout" in case.name]
+        batch = self.config.batch or example.batch
+        return serving_feeds(rows, axes, batch, dynamic[str(shapes[axes[0][0]][axes[0][1]])])
 
     def measure(self, engines: Mapping[str, Artifact], ctx: BuildContext) -> tuple[BenchmarkRecord, dict[str, Any]]:
         """Time every engine and PyTorch eager in one run; the record, and each engine's host memory."""
@@ -148,11 +168,13 @@ class BenchmarkPass(Pass):
             torch_device = session.add_torch(ctx) if inputs["baseline"] else None
             with RssSampler() as sampler:
                 blocks = self._time(session)
+            serving = self._time_serving(session, ctx, batch, ctx.threads or torch.get_num_threads())
         finally:
             torch.set_num_threads(previous_threads)
             session.close(ctx)
         peak = mib(sampler.peak)
         record = _record(inputs, blocks, batch, ctx.threads or previous_threads, torch_device, session, peak)
+        record = replace(record, serving=tuple(serving))
         memory = {p: {**load, "peak_rss_mb": peak, "note": "process RSS; every runtime of the build's benchmark "
                       "runs interleaved in this process"} for p, load in session.memory.items()}
         return record, memory
@@ -173,6 +195,30 @@ class BenchmarkPass(Pass):
             blocks[precision] = [runner.time_inference(session.feed, warmup=config.warmup, iters=self._gpu_calls())]
         return blocks
 
+    def _time_serving(self, session: _Session, ctx: BuildContext, batch: int, threads: int) -> list[dict[str, Any]]:
+        """Each real-length bucket: every runtime on the same rows, interleaved, for half the budget each.
+
+        Why: the example is often padded (128 tokens for sentences of 10-35), so its timing is not what a
+        server sees; PyTorch eager runs the same cut rows, so each speedup compares like with like.
+        """
+        buckets = []
+        for name, length, feed in self._serving_feeds(ctx):
+            calls = session.calls_for(feed)
+            timed = budgeted_blocks(calls, seconds=self.config.seconds / 2, warmup=self.config.warmup,
+                                    min_calls=self.config.min_calls, seed=self.config.seed, progress=lambda *_: None)
+            for precision, runner in session.self_timed.items():
+                timed[precision] = [runner.time_inference(feed, warmup=self.config.warmup, iters=self._gpu_calls())]
+            latency = {runtime: {k: v for k, v in summarize([t for b in runs for t in b], batch, threads).items()
+                                 if k != "samples_ms"} for runtime, runs in timed.items()}
+            eager = (latency.get(TORCH) or {}).get("p50_ms")
+            speedups = {runtime: eager / lat["p50_ms"] for runtime, lat in latency.items()
+                        if runtime != TORCH and eager and lat["p50_ms"]}
+            buckets.append({"bucket": name, "length": length, "batch": batch, "latency": latency,
+                            "speedup_vs_torch": speedups})
+            ctx.log(f"[benchmark] real length {length} ({name}), batch {batch}: " + ", ".join(
+                f"{runtime} {speedup:.2f}x eager" for runtime, speedup in speedups.items()))
+        return buckets
+
     def _gpu_calls(self) -> int:
         """Timed calls of a self-timed (GPU) runner: the fixed count, else min_calls and at least 200."""
         if self.config.rounds is not None and self.config.iters_per_round is not None:
@@ -186,6 +232,7 @@ class _Session:
     def __init__(self, ctx: BuildContext, feed: dict[str, Any], engines: Mapping[str, Artifact]) -> None:
         self.feed = feed
         self.calls: dict[str, Callable[[], object]] = {}
+        self.runners: dict[str, Any] = {}  # the wall-clock runtimes' runners (TORCH: PyTorch's), for other feeds
         self.self_timed: dict[str, Any] = {}  # GPU runners with time_inference (CUDA-synchronised)
         self.memory: dict[str, dict[str, Any]] = {}
         self.gpu_memory: dict[str, dict[str, Any]] = {}
@@ -199,6 +246,7 @@ class _Session:
             if callable(getattr(runner, "time_inference", None)):
                 self.self_timed[precision] = runner
             else:
+                self.runners[precision] = runner
                 self.calls[precision] = _infer_call(runner, self.feed)
 
     def add_torch(self, ctx: BuildContext) -> str:
@@ -212,8 +260,13 @@ class _Session:
             self.calls[TORCH] = cuda_torch_call(ctx.model, names, dict(self.feed), device)
         else:
             reference = TorchRunner(ctx.model, tuple(names), ctx.output_names)
+            self.runners[TORCH] = reference
             self.calls[TORCH] = lambda: reference.infer(self.feed)
         return device
+
+    def calls_for(self, feed: dict[str, Any]) -> dict[str, Callable[[], object]]:
+        """The wall-clock runtimes called on another feed (PyTorch on the CPU only: a GPU baseline is skipped)."""
+        return {name: _infer_call(runner, feed) for name, runner in self.runners.items()}
 
     def close(self, ctx: BuildContext) -> None:
         """Free the GPU contexts now and put the model back where it was (later stages expect it there)."""
