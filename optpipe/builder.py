@@ -295,7 +295,7 @@ def build_with_options(
     if options.auto:  # build the target's candidates, keep the fastest that passes
         from optpipe.precision.accuracy import auto_precisions
 
-        precisions: tuple[str, ...] = auto_precisions(target.name)
+        precisions: tuple[str, ...] = auto_precisions(target.name, fuse=options.fuse != "off")
     else:
         precisions = options.precisions
     io = _model_inputs(example_inputs, input_names, dynamic)

@@ -93,7 +93,9 @@ class Int8DynamicPass(Pass):
         assert artifact.path is not None
         config = self.config
         src = Path(artifact.path)
-        dst = ctx.path(PRECISION, "model.onnx")
+        # The variant's own folder: int8-dynamic+fused (on the fused graph) must not overwrite int8-dynamic.
+        variant = artifact.precision if artifact.precision.startswith(PRECISION) else PRECISION
+        dst = ctx.path(variant, "model.onnx")
         # The per-layer analysis needs inputs only: the golden cases (no calibration data here).
         samples = pass_support.golden_inputs(ctx)
 
@@ -126,5 +128,5 @@ class Int8DynamicPass(Pass):
         status = "quantized" if result.passed else "gate_failed"
         metrics.update(status=status, **pass_support.quantized_counts(result), **guard_metrics)
         warnings.extend(guard_warnings)
-        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision=PRECISION, producer="int8/dynamic")
+        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision=variant, producer="int8/dynamic")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
