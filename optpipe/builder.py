@@ -109,6 +109,7 @@ def build(
     profile: bool = False,
     static_batch: bool = False,
     rebench: bool = False,
+    fuse: str = "auto",
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -120,7 +121,9 @@ def build(
     from 1 to 64 when the model can vary it (else static, with a warning); ``static_batch=True`` keeps the
     example's batch. With a :class:`~optpipe.cache.PassCache` instrument, validation and benchmark results
     measured under exactly the same conditions are reused (marked ``cached``); ``rebench=True`` measures
-    again. ``tolerances`` maps an output (or
+    again. ``fuse`` (cpu target): ``"auto"`` adds transformer-fused twins (``fp32+fused``,
+    ``int8-dynamic+fused``) to ``--precision auto`` when the graph has attention, ``"off"`` none, or ONNX
+    Runtime's optimizer model type (``"bert"``, ``"gpt2"``...). ``tolerances`` maps an output (or
     ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
     ``iterations``: the benchmark's time budget per runtime, untimed calls, fewest timed calls;
