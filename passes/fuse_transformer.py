@@ -130,8 +130,9 @@ class FuseTransformerPass(Pass):
     def from_options(cls, options: BuildOptions, target: Any) -> FuseTransformerPass:
         """The pass of a fused variant: refuses a target that is not ONNX Runtime CPU, before any export."""
         if str(getattr(target, "qdq_style", "cpu")) != "cpu":
-            raise UserInputError(f"fused variants are for the cpu target only: target '{getattr(target, 'name', target)}'"
-                                 " needs portable ONNX (the fused ops are ONNX Runtime contrib ops)")
+            name = getattr(target, "name", target)
+            raise UserInputError(f"fused variants are for the cpu target only: target '{name}' needs portable ONNX "
+                                 "(the fused ops are ONNX Runtime contrib ops)")
         if options.fuse == FUSE_OFF:
             raise UserInputError("fused variants are turned off (--fuse off)")
         return cls(FuseTransformerConfig(model_type=options.fuse, skip_when_unchanged=True))

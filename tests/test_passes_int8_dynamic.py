@@ -152,7 +152,8 @@ class Embedder(nn.Module):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def _embedder_inputs() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {"ids": rng.integers(1, 2000, (4, 12)).astype(np.int64), "x": rng.standard_normal((4, 64)).astype(np.float32)}
+    ids = rng.integers(1, 2000, (4, 12)).astype(np.int64)
+    return {"ids": ids, "x": rng.standard_normal((4, 64)).astype(np.float32)}
 
 
 def _export_embedder(model: nn.Module, path: Path) -> dict[str, np.ndarray]:

@@ -224,6 +224,8 @@ def unreached_line(precision: str, result: GuardResult, gate_log: Sequence[Mappi
     failures = list(last.get("failures") or [])
     what = f" ({failures[0]})" if failures else ""
     stopped = f"; stopped: {result.stopped}" if result.stopped else ""
+    if result.stopped.startswith("time budget"):  # the node limit was not what stopped it
+        advice = advice.replace("--guard-max-keep", "--guard-seconds")
     return (f"{precision}: the accuracy gate still fails{what} after keeping {len(result.kept_nodes)} node(s) "
             f"(limit {result.limit}{stopped}){advice}")
 
