@@ -113,7 +113,8 @@ def table(result: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
     selected = (result.get("selected") or {}).get("precision")
     for name, v in result["variants"].items():
-        gate = "selected" if name == selected else "pass" if v.get("passed") else v.get("status") or "fail"
+        gate = "selected" if name == selected else "pass" if v.get("passed") else (
+            "skipped" if v.get("status") == "skipped" else "fail")
         lines.append(f"| {name} | {gate} | {v.get('onnx_mb', '-')} | {v.get('engine_mb', '-')} | "
                      f"{v.get('cosine_min', '-')} / {v.get('cosine_mean', '-')} | {v.get('ms_per_sentence', '-')} | "
                      f"{v.get('speedup_vs_eager', '-')}x |")  # fmt: skip
