@@ -26,6 +26,14 @@ from optpipe.errors import UserInputError
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 AUTO = "auto"
+#: A variant name's suffix for the cpu target's transformer-fused variants (``int8-dynamic+fused``).
+FUSED_SUFFIX = "+fused"
+#: The precisions that have a fused variant (fusion before precision; the fused ops are FP32 ORT contrib ops).
+FUSED_PRECISIONS = ("fp32" + FUSED_SUFFIX, "int8-dynamic" + FUSED_SUFFIX)
+#: ``--fuse``: detect the model type (default), no fused variants, or ONNX Runtime's optimizer model type.
+FUSE_AUTO = "auto"
+FUSE_OFF = "off"
+FUSE_MODEL_TYPES = ("bert", "bart", "gpt2", "t5", "vit", "clip", "swin", "unet", "phi", "conformer")
 TARGETS = ("cpu", "tensorrt")
 EXPORTERS = ("auto", "dynamo", "torchscript")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -53,7 +61,7 @@ def parse_precisions(value: str | Iterable[str]) -> tuple[str, ...]:
     else:
         raise UserInputError(f"precisions: expected a list of precisions such as [\"fp32\", \"int8\"], got {value!r}")
     names = tuple(dict.fromkeys(p.strip() for item in items for p in item.split(",") if p.strip()))
-    allowed = (*PRECISIONS, AUTO)
+    allowed = (*PRECISIONS, *FUSED_PRECISIONS, AUTO)
     unknown = [n for n in names if n not in allowed]
     if unknown or not names:
         raise UserInputError(f"unknown precision {', '.join(map(repr, unknown)) or '(none)'}; expected one of "
@@ -61,6 +69,11 @@ def parse_precisions(value: str | Iterable[str]) -> tuple[str, ...]:
     if AUTO in names and len(names) > 1:
         raise UserInputError(f"'auto' selects the precisions itself; give it alone, not with {', '.join(names)}")
     return names
+
+
+def base_precision(variant: str) -> str:
+    """The precision of a variant name: ``int8-dynamic+fused`` -> ``int8-dynamic`` (gates and tolerances are its)."""
+    return variant.removesuffix(FUSED_SUFFIX)
 
 
 def check_tolerance(output: str, name: str, value: Any) -> float:
@@ -378,6 +391,8 @@ class BuildOptions:
     # reference without spread) makes the verdict UNJUDGED (exit 4), never a pass; allowed, it passes with
     # the unjudged gates listed. Default True so that no build passes on a gate that judged nothing.
     require_judged: bool = True
+    # --fuse: the cpu target's fused variants under auto: "auto" (detect), "off", or an ORT optimizer model type
+    fuse: str = FUSE_AUTO
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
@@ -420,6 +435,7 @@ class BuildOptions:
                       "latency_budget_ms": self.sweep.latency_budget_ms},
             "rebench": self.rebench,
             "require_judged": self.require_judged,
+            "fuse": self.fuse,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
         }
 
@@ -468,6 +484,7 @@ def parse_build_options(
     latency_budget: float | None = None,
     rebench: bool = False,
     require_judged: bool = True,
+    fuse: str = FUSE_AUTO,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -512,6 +529,7 @@ def parse_build_options(
                            latency_budget),
         rebench=_flag("rebench", rebench),
         require_judged=_flag("require_judged", require_judged),
+        fuse=_choice("--fuse value", fuse, (FUSE_AUTO, FUSE_OFF, *FUSE_MODEL_TYPES)),
     )
 
 

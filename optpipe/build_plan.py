@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.build_options import PRECISIONS, BuildOptions
+from optpipe.build_options import FUSED_SUFFIX, PRECISIONS, BuildOptions, base_precision
 from optpipe.build_record import CachedMeasurement, PassStatus, VariantResult, VariantStatus
 from optpipe.errors import PassError, UserInputError
 from optpipe.pass_base import BuildContext, Pass
@@ -78,7 +78,11 @@ def variant_passes(precision: str, target: Target, options: BuildOptions, engine
     from optpipe.registry import engine_pass, pre_engine_passes
 
     passes: list[Pass] = []
-    lowering = precision_pass(precision, target, options) if lower else None
+    if lower and precision.endswith(FUSED_SUFFIX):  # a fused variant: fusions first, then its precision
+        from optpipe.passes.fuse_transformer import FuseTransformerPass
+
+        passes.append(FuseTransformerPass.from_options(options, target))
+    lowering = precision_pass(base_precision(precision), target, options) if lower else None
     if lowering is not None:
         passes.append(lowering)
     passes.extend(pre_engine_passes(target))

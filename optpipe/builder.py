@@ -126,6 +126,7 @@ def build(
     latency_budget: float | None = None,
     rebench: bool = False,
     require_judged: bool = True,
+    fuse: str = "auto",
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -141,7 +142,9 @@ def build(
     ``latency_budget`` in ms for the recommended batch). With a :class:`~optpipe.cache.PassCache` instrument,
     validation and benchmark results measured under exactly the same conditions are reused (marked
     ``cached``); ``rebench=True`` measures
-    again. ``tolerances`` maps an output (or
+    again. ``fuse`` (cpu target): ``"auto"`` adds transformer-fused twins (``fp32+fused``,
+    ``int8-dynamic+fused``) to ``--precision auto`` when the graph has attention, ``"off"`` none, or ONNX
+    Runtime's optimizer model type (``"bert"``, ``"gpt2"``...). ``tolerances`` maps an output (or
     ``*``) to :class:`~optpipe.parity.Tolerance` fields; ``output_kinds`` to what it means (``logits``, ``multilabel``,
     ``embedding``, ``regression``, ``generic``; default inferred). ``bench_seconds`` / ``warmup`` /
     ``iterations``: the benchmark's time budget per runtime, untimed calls, fewest timed calls;
@@ -322,7 +325,7 @@ def build_with_options(
     if options.auto:  # build the target's candidates, keep the fastest that passes
         from optpipe.precision.accuracy import auto_precisions
 
-        precisions: tuple[str, ...] = auto_precisions(target.name)
+        precisions: tuple[str, ...] = auto_precisions(target.name, fuse=options.fuse != "off")
     else:
         precisions = options.precisions
     io = _model_inputs(example_inputs, input_names, dynamic)

@@ -371,6 +371,10 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               "--no-benchmark.")
 @click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
 @click.option("--exporter", default="auto", show_default=True, type=click.Choice(["auto", "dynamo", "torchscript"]))
+@click.option("--fuse", default="auto", show_default=True, metavar="auto|off|MODEL_TYPE",
+              help="[cpu] Transformer fusions (ONNX Runtime's transformer optimizer) for --precision auto's fused "
+              "variants (fp32+fused, int8-dynamic+fused): 'auto' detects a BERT-like graph, 'off' builds none, or "
+              "the optimizer's model type (bert, gpt2, vit, ...).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
 @click.option("--no-strict-weights", is_flag=True, help="Allow missing/unexpected keys in --weights.")
 @click.option("--trust-pickle", is_flag=True,
@@ -417,7 +421,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
           latency_budget: float | None, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...],
           output_names: str | None, tolerances: tuple[tuple[str, str, float], ...], threads: int | None,
           benchmark_batch: int | None,
-          no_benchmark: bool, exporter: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
+          no_benchmark: bool, exporter: str, fuse: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
           as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
           junit: Path | None,
           trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
@@ -461,7 +465,7 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
         trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
         static_seq=static_seq, sweep=sweep, sweep_seconds=sweep_seconds, latency_budget=latency_budget,
-        rebench=rebench, require_judged=require_judged, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+        rebench=rebench, require_judged=require_judged, fuse=fuse, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,

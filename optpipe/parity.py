@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from optpipe.build_options import base_precision
 from optpipe.errors import UserInputError, first_line
 from optpipe.golden import ROLE_GUARD, ROLE_SHAPE, ROLE_TEST, ROLES
 
@@ -75,7 +76,7 @@ def tolerance_for(
     precision: str, output: str, overrides: Mapping[str, Mapping[str, float]] | None = None
 ) -> Tolerance:
     """Default tolerance of a precision, with ``overrides[output]`` then ``overrides['*']`` applied."""
-    base = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
+    base = DEFAULT_TOLERANCES.get(base_precision(precision), DEFAULT_TOLERANCES["int8"])
     overrides = overrides or {}
     for key in ("*", output):
         if key in overrides:

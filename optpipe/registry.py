@@ -21,6 +21,7 @@ PASSES: dict[str, tuple[str, str]] = {
     "simplify": ("simplify", "SimplifyOnnx"),
     "fp16": ("fp16", "Fp16Pass"),
     "int8": ("int8", "Int8Pass"),
+    "fuse-transformer": ("fuse_transformer", "FuseTransformerPass"),
     "int8-dynamic": ("int8_dynamic", "Int8DynamicPass"),
     "engine-ort": ("engine_ort", "OrtEnginePass"),
     "trt-lint": ("trt_lint", "TrtLintPass"),

@@ -22,6 +22,10 @@ from optpipe.pass_base import BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 
 PRECISION = "int8-dynamic"
+#: The fewest nodes the dynamic INT8 guard may keep, whatever ``--guard-max-keep``'s fraction gives. Why: a
+#: node kept in FP32 here costs one FP32 MatMul, not a broken Q/DQ chain, and a 6-layer transformer has 36
+#: quantizable MatMuls, so the default 10% (4 nodes) gave up before an embedding's min_row_cosine of 0.99.
+MIN_KEEP = 12
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ class Int8DynamicPass(Pass):
         assert artifact.path is not None
         config = self.config
         src = Path(artifact.path)
-        dst = ctx.path(PRECISION, "model.onnx")
+        # The variant's own folder: int8-dynamic+fused (on the fused graph) must not overwrite int8-dynamic.
+        variant = artifact.precision if artifact.precision.startswith(PRECISION) else PRECISION
+        dst = ctx.path(variant, "model.onnx")
         # The per-layer analysis needs inputs only: the golden cases (no calibration data here).
         samples = pass_support.golden_inputs(ctx)
 
@@ -112,6 +118,7 @@ class Int8DynamicPass(Pass):
             int8_options={"exclude_nodes": list(config.exclude_nodes)},
             quantize=quantize,
             eligible=quantizable_nodes,  # of the FP32 model the guard loaded: keeping anything else changes nothing
+            min_keep=MIN_KEEP,
         )
         first = result.results[0] if result.results else None
         warnings: list[str] = list(first.warnings) if first is not None else []
@@ -126,5 +133,5 @@ class Int8DynamicPass(Pass):
         status = "quantized" if result.passed else "gate_failed"
         metrics.update(status=status, **pass_support.quantized_counts(result), **guard_metrics)
         warnings.extend(guard_warnings)
-        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision=PRECISION, producer="int8/dynamic")
+        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision=variant, producer="int8/dynamic")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)

@@ -132,3 +132,95 @@ def test_excluding_everything_is_nothing_quantizable(tmp_path: Path) -> None:
     assert not (tmp_path / "q.onnx").exists()
     one = quantize_int8_dynamic(src, tmp_path / "q.onnx", exclude_nodes=names[1:])
     assert one.status == "quantized" and one.quantized_count == 1
+
+
+class Embedder(nn.Module):
+    """Mean token embedding (a Gather of a constant table) plus a Linear of a dense input."""
+
+    def __init__(self, outlier: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = nn.Embedding(2000, 16)
+        self.fc = nn.Linear(64, 16)
+        if outlier:  # one huge row: the table's one uint8 scale rounds every other row to a few levels
+            with torch.no_grad():
+                self.table.weight[0] = outlier
+
+    def forward(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.table(ids).mean(1) + self.fc(x)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def _embedder_inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 2000, (4, 12)).astype(np.int64)
+    return {"ids": ids, "x": rng.standard_normal((4, 64)).astype(np.float32)}
+
+
+def _export_embedder(model: nn.Module, path: Path) -> dict[str, np.ndarray]:
+    feeds = _embedder_inputs()
+    torch.onnx.export(model, tuple(torch.from_numpy(v) for v in feeds.values()), str(path), input_names=list(feeds),
+                      dynamo=False)  # fmt: skip
+    return feeds
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_embedding_table_is_quantized(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    _export_embedder(Embedder(), src)
+    gather = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Gather")
+    result = quantize_int8_dynamic(src, tmp_path / "q.onnx", reduce_range=True)
+    assert gather in result.quantizable_nodes and gather in result.quantized_nodes
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    table = next(n.input[0] for n in quantized.graph.node if n.op_type == "Gather")
+    dtype = next(i.data_type for i in quantized.graph.initializer if i.name == table)
+    assert dtype in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
+    assert (tmp_path / "q.onnx").stat().st_size < src.stat().st_size / 2  # the 2000x16 FP32 table was most of it
+    kept = quantize_int8_dynamic(src, tmp_path / "k.onnx", exclude_nodes=[gather], reduce_range=True)
+    assert gather not in kept.quantized_nodes and kept.status == "quantized"  # the Linear still is
+
+
+def test_guard_keeps_an_embedding_table_the_gate_rejects(tmp_path: Path) -> None:
+    report = build(Embedder(outlier=400.0), _embedder_inputs(), out_dir=tmp_path / "out", precisions=("int8-dynamic",),
+                   output_names=("y",), benchmark=False, log=lambda _m: None, pass_options=PINNED)  # fmt: skip
+    variant = _variant(report)
+    metrics = variant["passes"]["int8-dynamic"]
+    assert metrics["guard"]["history"][0]["passed"] is False  # the quantized table fails the gate ...
+    assert variant["passed"], variant["failures"]  # ... and the guard keeps it in FP32
+    assert [k["op_type"] for k in metrics["kept_nodes"]] == ["Gather"]
+    model = onnx.load(str(report.out_dir / variant["onnx"]))
+    table = next(n.input[0] for n in model.graph.node if n.op_type == "Gather")
+    assert next(i.data_type for i in model.graph.initializer if i.name == table) == onnx.TensorProto.FLOAT
+
+
+class DeepOutlierMlp(nn.Module):
+    """20 Linear layers, each fed a channel 1e4x larger than the rest: each one fails dynamic INT8 on its own."""
+
+    def __init__(self, depth: int = 20) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(depth))
+        scale = torch.ones(32)
+        scale[0] = 1e4
+        self.scale: torch.Tensor
+        self.register_buffer("scale", scale)
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight[:, 0] /= 1e4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x * self.scale)) + x
+        return x
+
+
+def test_guard_says_in_one_line_why_it_cannot_reach_the_asked_tolerance(tmp_path: Path) -> None:
+    report = _build(tmp_path, DeepOutlierMlp(), tolerances={"*": {"min_row_cosine": 0.99}}, guard_seconds=600)
+    variant = _variant(report)
+    metrics = variant["passes"]["int8-dynamic"]
+    assert not variant["passed"] and metrics["status"] == "gate_failed"
+    assert metrics["guard"]["limit"] == 12  # the dynamic guard's floor: 10% of 20 nodes would be 2
+    line = next(w for w in report.warnings if "still fails" in w)
+    assert "\n" not in line
+    assert "y" in line and "0.99" in line  # the gate it could not reach, with the asked value
+    assert "stopped: keep limit reached (12 nodes)" in line and "--guard-max-keep" in line

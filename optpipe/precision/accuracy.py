@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from optpipe.build_options import FUSED_PRECISIONS, base_precision
 from optpipe.build_record import PassStatus, VariantResult, VariantStatus
 from optpipe.errors import OptpipeError, UserInputError, first_line
 from optpipe.parity import is_classifier_like
@@ -277,7 +278,7 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
             rejected[v["precision"]] = f"slower: {describe(v)} vs {describe(best)}"
     else:
         order = {"int8": 0, "int8-dynamic": 0, "fp16": 1, "fp32": 2}
-        best = min(passing, key=lambda v: order.get(v["precision"], 3))
+        best = min(passing, key=lambda v: order.get(base_precision(v["precision"]), 3))
         reason = (
             f"only {best['precision']} passed" if len(passing) == 1
             else f"lowest passing precision ({best['precision']}); no latency was measured"
@@ -294,9 +295,16 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
     }
 
 
-def auto_precisions(target: str) -> tuple[str, ...]:
-    """Candidates of ``--precision auto``: FP16 only where it can be faster (not on CPU, where ORT adds Casts)."""
-    return ("fp32", "int8", "int8-dynamic") if target == "cpu" else ("fp32", "fp16", "int8")
+def auto_precisions(target: str, fuse: bool = True) -> tuple[str, ...]:
+    """Candidates of ``--precision auto``: FP16 only where it can be faster (not on CPU, where ORT adds Casts).
+
+    On the cpu target, ``fuse`` adds the transformer-fused twins of fp32 and int8-dynamic (ONNX Runtime's
+    fusions, then the precision): fused and unfused are judged by the same gates and timed in the same run,
+    so the fusions ship only when they pass and are faster. A graph with nothing to fuse skips its twins.
+    """
+    if target != "cpu":
+        return ("fp32", "fp16", "int8")
+    return ("fp32", "int8", "int8-dynamic", *(FUSED_PRECISIONS if fuse else ()))
 
 
 class AccuracyCheck:

@@ -15,6 +15,13 @@ activation x activation MatMuls (attention scores) stay FP32. ORT's quantizer
 rewrites every Gemm into MatMul (+ Add) first, naming the MatMul
 ``<gemm>_MatMul``, so Linear layers exported as Gemm are quantized too.
 Conv is not: ORT's ``ConvInteger`` CPU kernel is usually slower than FP32 Conv.
+
+Embedding tables are: a Gather of a constant float table (token, position
+embeddings) is rewritten by ORT's quantizer into a Gather of a uint8 table
+followed by DequantizeLinear, which shrinks a sentence transformer's file by
+the table's three quarters (MiniLM: 47 MB of its 90 MB are the word
+embeddings). Each such Gather is one node the guard may keep in FP32, like a
+MatMul, so the table stays FP32 when quantizing it fails the gate.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from optpipe.precision import _graph
 from optpipe.precision.static_quantize import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
 from optpipe.scratch_dir import scratch_cwd
 
-#: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it).
-OP_TYPES: tuple[str, ...] = ("MatMul", "Attention")
+#: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it; Gather: only
+#: of a constant table, an embedding).
+OP_TYPES: tuple[str, ...] = ("MatMul", "Attention", "Gather")
 #: Integer ops the quantizer writes for a quantized node.
 INTEGER_OPS: tuple[str, ...] = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention")
 #: The ``method`` recorded in results: there are no calibrated ranges.
@@ -38,14 +46,32 @@ METHOD = "dynamic"
 
 
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes ``quantize_dynamic`` would quantize: MatMul/Gemm with a constant weight, and Attention."""
+    """Nodes ``quantize_dynamic`` would quantize: MatMul/Gemm with a constant weight, Attention, embedding Gathers."""
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    tables = embedding_tables(model)
     return [
         n.name
         for n in model.graph.node
-        if n.op_type == "Attention" or (n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2 and n.input[1] in consts)
+        if n.op_type == "Attention"
+        or (n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2 and n.input[1] in consts)
+        or (n.op_type == "Gather" and n.input[0] in tables)
     ]
+
+
+def embedding_tables(model: onnx.ModelProto) -> set[str]:
+    """Initializers a Gather reads rows of: float matrices (rank 2), the tables ORT's quantizer makes int8."""
+    floats = {i.name for i in model.graph.initializer
+              if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}  # fmt: skip
+    return {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in floats}
+
+
+def _quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """Integer-op nodes, and Gathers that now read an 8-bit table (the quantizer keeps their op type)."""
+    eight_bit = {i.name for i in model.graph.initializer
+                 if i.data_type in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8) and len(i.dims) == 2}  # fmt: skip
+    return [n.name for n in model.graph.node
+            if n.op_type in INTEGER_OPS or (n.op_type == "Gather" and n.input[0] in eight_bit)]  # fmt: skip
 
 
 def quantize_int8_dynamic(
@@ -88,10 +114,12 @@ def quantize_int8_dynamic(
             reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=ort_excluded,
-            extra_options={"MatMulConstBOnly": True},
+            # DefaultTensorType: shape inference cannot type the outputs of ORT's fused contrib ops
+            # (SkipLayerNormalization, BiasGelu...), so a fused graph needs the default.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         quantized_model = onnx.load(str(out_path))
-        quantized = [n.name for n in quantized_model.graph.node if n.op_type in INTEGER_OPS]
+        quantized = _quantized_nodes(quantized_model)
         if not quantized:
             warnings.append("the dynamic quantizer quantized no node")
             return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)

@@ -322,6 +322,7 @@ def guarded_quantize(
     seconds: float | None = None,
     on_round: Callable[[int, int, bool], None] | None = None,
     eligible: Callable[[onnx.ModelProto], Collection[str]] | None = None,
+    min_keep: int = 1,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -347,6 +348,7 @@ def guarded_quantize(
     ``eligible(fp32 model)``: the only nodes whose keeping changes the model (dynamic INT8 quantizes
     MatMul/Gemm with constant weights alone); a ranked node outside them points the search at its
     nearest eligible producers instead. None: every node is eligible.
+    ``min_keep``: the fewest nodes the fraction allows (a floor on the limit, never above the quantizable count).
     """
     src, dst = Path(src), Path(dst)
     fp32 = _graph.load_model(src)
@@ -358,7 +360,8 @@ def guarded_quantize(
     path, quantizable = build(())
     if path is None:
         return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)
-    limit = max_keep if max_keep is not None else max(1, math.ceil(max_keep_fraction * quantizable))
+    floor = max(1, min(min_keep, quantizable))
+    limit = max_keep if max_keep is not None else max(floor, math.ceil(max_keep_fraction * quantizable))
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
                      None if seconds is None else time.monotonic() + seconds, on_round,
                      None if eligible is None else frozenset(eligible(fp32)))

@@ -218,11 +218,20 @@ def guard_report(
         names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
         warnings.append(f"{precision}: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
     if not result.passed:
-        warnings.append(
-            f"{precision}: the accuracy gate still fails after keeping {len(result.kept_nodes)} node(s) "
-            f"(limit {result.limit}){advice}"
-        )
+        warnings.append(unreached_line(precision, result, gate_log, advice))
     return metrics, warnings
+
+
+def unreached_line(precision: str, result: GuardResult, gate_log: Sequence[Mapping[str, Any]], advice: str) -> str:
+    """One line: which gate the guard could not reach, with what it kept, and why it stopped (limit, budget...)."""
+    last = gate_log[-1] if gate_log else {}
+    failures = list(last.get("failures") or [])
+    what = f" ({failures[0]})" if failures else ""
+    stopped = f"; stopped: {result.stopped}" if result.stopped else ""
+    if result.stopped.startswith("time budget"):  # the node limit was not what stopped it
+        advice = advice.replace("--guard-max-keep", "--guard-seconds")
+    return (f"{precision}: the accuracy gate still fails{what} after keeping {len(result.kept_nodes)} node(s) "
+            f"(limit {result.limit}{stopped}){advice}")
 
 
 def quantized_counts(result: GuardResult) -> dict[str, int]:

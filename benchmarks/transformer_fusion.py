@@ -1,0 +1,138 @@
+"""MiniLM's variants at the real sentences' own lengths: size, per-row cosine, speed vs PyTorch eager (issue 19).
+
+Reads a finished ``optpipe build`` of ``benchmarks/real_models/minilm.py:model`` whose sequence axis is
+dynamic (``--dynamic 'seq=1:32:128@input_ids.1,attention_mask.1'``) and measures every built variant
+outside optpipe:
+
+* size: the variant's portable ONNX and its engine file (MB);
+* accuracy: per-row cosine against FP32 PyTorch over the 40 held-out real sentences, each fed alone at
+  its own length (no padding), min and mean;
+* speed: batch 1, 1 thread, every sentence at its own length, the engine and PyTorch eager fed the same
+  rows, interleaved in one run (:func:`optpipe.timing.budgeted_latency`): median ms and the ratio.
+
+Run::
+
+    .venv/bin/optpipe build benchmarks/real_models/minilm.py:model --precision auto \\
+        --dynamic batch=1:8:64 --dynamic 'seq=1:32:128@input_ids.1,attention_mask.1' \\
+        --tolerance '*:min_row_cosine=0.99' --out build/minilm
+    .venv/bin/python benchmarks/transformer_fusion.py build/minilm
+
+Prints a Markdown table and writes ``benchmarks/results/transformer_fusion.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks" / "real_models"))
+
+
+def sentence_rows() -> list[dict[str, np.ndarray]]:
+    """The 40 held-out sentences, tokenized one by one at their own lengths (batch 1, int64)."""
+    import minilm
+    import sentences
+
+    tokenizer = minilm._tokenizer()
+    rows = []
+    for text in sentences.eval_sentences():
+        batch = tokenizer([text], truncation=True, max_length=minilm.SEQ_LEN, return_tensors="np")
+        rows.append({name: np.asarray(batch[name], dtype=np.int64) for name in minilm.INPUT_NAMES})
+    return rows
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def measure(build: Path, seconds: float) -> dict[str, Any]:
+    """Every built variant of ``build``: sizes, per-row cosine, batch-1 latency vs eager at real lengths."""
+    import minilm
+    import torch
+
+    from optpipe.timing import budgeted_latency
+
+    torch.set_num_threads(1)
+    report = json.loads((build / "report.json").read_text())
+    rows = sentence_rows()
+    with torch.inference_mode():
+        ref = [minilm.model(*(torch.from_numpy(r[n]) for n in minilm.INPUT_NAMES)).numpy()[0] for r in rows]
+
+    def eager() -> object:
+        with torch.inference_mode():
+            return [minilm.model(*(torch.from_numpy(r[n]) for n in minilm.INPUT_NAMES)) for r in rows]
+
+    lengths = [int(r["input_ids"].shape[1]) for r in rows]
+    result: dict[str, Any] = {"rows": len(rows), "lengths": {"min": min(lengths), "max": max(lengths),
+                              "median": float(np.median(lengths))}, "selected": report.get("selected"),
+                              "variants": {}}  # fmt: skip
+    calls: dict[str, Any] = {"torch": eager}
+    for variant in report["variants"]:
+        name, entry = variant["precision"], {"status": variant.get("status"), "passed": variant.get("passed"),
+                                             "failures": variant.get("failures")}  # fmt: skip
+        result["variants"][name] = entry
+        if not variant.get("artifact"):
+            continue
+        engine = build / variant["artifact"]
+        entry["engine_mb"] = round(engine.stat().st_size / 1e6, 1)
+        if variant.get("onnx"):
+            entry["onnx_mb"] = round((build / variant["onnx"]).stat().st_size / 1e6, 1)
+        session = _session(engine)
+        got = [session.run(None, r)[0][0] for r in rows]
+        cos = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(ref, got, strict=True)]
+        entry.update(cosine_min=round(min(cos), 5), cosine_mean=round(float(np.mean(cos)), 5))
+        calls[name] = lambda session=session: [session.run(None, r) for r in rows]
+        ops = variant.get("passes", {}).get("fuse-transformer", {}).get("fused")
+        if ops:
+            entry["fused_ops"] = ops
+        entry["kept_nodes"] = [k["node"] for k in variant.get("passes", {}).get("int8-dynamic", {}).get(
+            "kept_nodes", [])]  # fmt: skip
+    times = budgeted_latency(calls, seconds=seconds, warmup=2, min_calls=5, progress=lambda *_: None)
+    torch_ms = float(np.median(times["torch"])) / len(rows)
+    result["torch_ms_per_sentence"] = round(torch_ms, 3)
+    for name, per_call in times.items():
+        if name == "torch":
+            continue
+        ms = float(np.median(per_call)) / len(rows)
+        result["variants"][name].update(ms_per_sentence=round(ms, 3), speedup_vs_eager=round(torch_ms / ms, 2))
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["| variant | gate | ONNX MB | engine MB | cos min / mean (40 rows) | ms/sentence | vs eager |",
+             "|---|---|---|---|---|---|---|"]
+    selected = (result.get("selected") or {}).get("precision")
+    for name, v in result["variants"].items():
+        gate = "selected" if name == selected else "pass" if v.get("passed") else (
+            "skipped" if v.get("status") == "skipped" else "fail")
+        lines.append(f"| {name} | {gate} | {v.get('onnx_mb', '-')} | {v.get('engine_mb', '-')} | "
+                     f"{v.get('cosine_min', '-')} / {v.get('cosine_mean', '-')} | {v.get('ms_per_sentence', '-')} | "
+                     f"{v.get('speedup_vs_eager', '-')}x |")  # fmt: skip
+    lines.append(f"| PyTorch eager | | | | | {result['torch_ms_per_sentence']} | 1x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build", type=Path, help="a finished optpipe build of minilm.py:model (dynamic seq axis)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per runtime")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transformer_fusion.json")
+    args = parser.parse_args()
+    result = measure(args.build, args.seconds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Transformer graph fusions for the ``cpu`` target (ONNX Runtime's transformer optimizer).
+
+ONNX Runtime's ``onnxruntime.transformers.optimizer.optimize_model`` rewrites
+the attention block, residual + LayerNorm, bias + Gelu and the embedding sum
+into its contrib kernels (``Attention``/``MultiHeadAttention``,
+``SkipLayerNormalization``, ``BiasGelu``/``FastGelu``,
+``EmbedLayerNormalization``), the fusions Olive and Optimum apply before
+quantizing. Its output holds ``com.microsoft`` ops, which only ONNX Runtime's
+CPU provider runs, so this pass belongs to the ``cpu`` target's fused variants
+(``fp32+fused``, ``int8-dynamic+fused``); the portable ONNX (and so TensorRT)
+stays unfused.
+
+Only the optimizer's own fusions run (``opt_level=0``): ONNX Runtime's generic
+graph optimisations are the engine pass's job. What fuses depends on the
+exporter's graph (the mask subgraph decides whether ``Attention`` fuses), so
+the pass records the op counts before and after instead of assuming; a graph
+with nothing to fuse is returned unchanged (``modified`` False), and in a fused
+variant that variant is skipped (it would duplicate the unfused one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optpipe.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.build_options import FUSE_AUTO, FUSE_MODEL_TYPES, FUSE_OFF, BuildOptions
+from optpipe.errors import UserInputError
+from optpipe.pass_base import BuildContext, Pass, PassResult
+
+#: The contrib ops the optimizer writes when it fuses (counted to decide whether anything fused).
+FUSED_OPS: tuple[str, ...] = (
+    "Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+    "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasSplitGelu", "BiasAdd",
+    "RotaryEmbedding", "GroupQueryAttention",
+)  # fmt: skip
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class FuseTransformerConfig:
+    """Options of the transformer fusion pass (``--fuse``)."""
+
+    # The optimizer's model type: "auto" detects a BERT-like encoder (attention scores: a Softmax fed by a
+    # MatMul of two activations) and fuses it as "bert"; any other value of FUSE_MODEL_TYPES is used as given.
+    model_type: str = FUSE_AUTO
+    # Attention heads and hidden size for the optimizer; 0 = read them from the graph.
+    num_heads: int = 0
+    hidden_size: int = 0
+    # In a fused variant, a graph with nothing to fuse skips the variant (it would be the unfused one again).
+    skip_when_unchanged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model_type not in (FUSE_AUTO, *FUSE_MODEL_TYPES):
+            raise UserInputError(f"unknown fusion model type '{self.model_type}'; choose one of: "
+                                 f"{', '.join((FUSE_AUTO, FUSE_OFF, *FUSE_MODEL_TYPES))}")
+        if self.num_heads < 0 or self.hidden_size < 0:
+            raise UserInputError("fuse-transformer: num_heads and hidden_size must be >= 0 (0 = from the graph)")
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    """Op type -> count (contrib ops as ``com.microsoft.Op``), for the report's before/after."""
+    return dict(Counter(f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                        for n in model.graph.node))  # fmt: skip
+
+
+def fused_counts(model: Any) -> dict[str, int]:
+    """Contrib fused ops in ``model`` (``FUSED_OPS`` in the ``com.microsoft`` domain), by op type."""
+    return dict(Counter(n.op_type for n in model.graph.node if n.domain == MS_DOMAIN and n.op_type in FUSED_OPS))
+
+
+def detect_model_type(model: Any) -> str | None:
+    """``"bert"`` when the graph has attention scores (Softmax fed, maybe through Mul/Div/Add, by a MatMul of two
+    activations: Q x K^T), else None. Decoder-style graphs fuse as well with ``bert`` for the parts it knows."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type != "Softmax":
+            continue
+        tensor, hops = node.input[0], 0
+        while tensor in producer and hops < 4:
+            upstream = producer[tensor]
+            if upstream.op_type == "MatMul":
+                if all(i not in constants for i in upstream.input):
+                    return "bert"
+                break
+            if upstream.op_type not in ("Add", "Mul", "Div", "Where", "Cast"):
+                break
+            tensor, hops = upstream.input[0], hops + 1
+    return None
+
+
+def run_optimizer(src: Path, model_type: str, num_heads: int, hidden_size: int) -> Any:
+    """ONNX Runtime's transformer optimizer on ``src`` (its fusions only), its log kept off the console."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    sink = io.StringIO()
+    loggers = [logging.getLogger(name) for name in ("onnxruntime.transformers", "")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)  # "symbolic shape inference failed" is expected on dynamo graphs
+        with contextlib.redirect_stdout(sink):
+            optimizer = optimize_model(str(src), model_type=model_type, num_heads=num_heads,
+                                       hidden_size=hidden_size, opt_level=0, use_gpu=False)  # fmt: skip
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+    return optimizer.model
+
+
+class FuseTransformerPass(Pass):
+    """ONNX -> ONNX with ONNX Runtime's transformer fusions (``<variant>/fused.onnx``); cpu target only."""
+
+    name = "fuse-transformer"
+    description = "fuse attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm with ONNX Runtime's transformer optimizer"
+    input_kind = ArtifactKind.ONNX
+    output_kind = ArtifactKind.ONNX
+    Config = FuseTransformerConfig
+    uses = ("onnx", "onnxruntime")
+    cacheable = True  # deterministic given the input graph and the config
+
+    @classmethod
+    def from_options(cls, options: BuildOptions, target: Any) -> FuseTransformerPass:
+        """The pass of a fused variant: refuses a target that is not ONNX Runtime CPU, before any export."""
+        if str(getattr(target, "qdq_style", "cpu")) != "cpu":
+            name = getattr(target, "name", target)
+            raise UserInputError(f"fused variants are for the cpu target only: target '{name}' needs portable ONNX "
+                                 "(the fused ops are ONNX Runtime contrib ops)")
+        if options.fuse == FUSE_OFF:
+            raise UserInputError("fused variants are turned off (--fuse off)")
+        return cls(FuseTransformerConfig(model_type=options.fuse, skip_when_unchanged=True))
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        import onnx
+
+        from optpipe.precision import _graph
+
+        assert artifact.path is not None
+        src = Path(artifact.path)
+        model = onnx.load(str(src))
+        before = op_counts(model)
+        model_type = self.config.model_type
+        if model_type == FUSE_AUTO:
+            model_type = detect_model_type(model) or ""
+        metrics: dict[str, Any] = {"model_type": model_type or None, "ops_before": before}
+        if not model_type:
+            return self._unchanged(artifact, metrics, "no attention (Softmax over a MatMul of two activations) found")
+        fused_model = run_optimizer(src, model_type, self.config.num_heads, self.config.hidden_size)
+        fused = fused_counts(fused_model)
+        metrics.update(ops_after=op_counts(fused_model), fused=fused)
+        if not fused:
+            return self._unchanged(artifact, metrics, f"ONNX Runtime's '{model_type}' optimizer fused nothing")
+        dst = ctx.path(artifact.precision, "fused.onnx")
+        _graph.save_atomic(fused_model, dst)
+        metrics["nodes"] = {"before": len(model.graph.node), "after": len(fused_model.graph.node)}
+        out = artifact.derive(path=dst, sha256=sha256_files([dst]), producer="fuse-transformer/ort")
+        return PassResult(out, modified=True, metrics=metrics)
+
+    def _unchanged(self, artifact: Artifact, metrics: dict[str, Any], why: str) -> PassResult:
+        """The input unchanged; in a fused variant, the variant skipped with ``why``."""
+        metrics["status"] = "nothing_fused"
+        if self.config.skip_when_unchanged:
+            from optpipe.precision import VariantSkipped
+
+            raise VariantSkipped(f"{artifact.precision} skipped: nothing to fuse ({why}); the unfused variant is "
+                                 "the same model", metrics)  # fmt: skip
+        return PassResult(artifact, modified=False, metrics=metrics, warnings=[])
