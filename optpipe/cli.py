@@ -465,7 +465,8 @@ def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ..
         model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
         trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
         static_seq=static_seq, sweep=sweep, sweep_seconds=sweep_seconds, latency_budget=latency_budget,
-        rebench=rebench, require_judged=require_judged, fuse=fuse, **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+        rebench=rebench, require_judged=require_judged, fuse=fuse,
+        **{k: v for k, v in precision_opts.items() if k != "eval_data"},
     )  # fmt: skip
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
     prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
