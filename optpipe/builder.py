@@ -344,14 +344,14 @@ def build_with_options(
     eval_set = _checked_eval_set(options, io, precisions)
     options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log, heldout_inputs)
     # What to export instead when no exporter takes the dynamic axes, and the warning that says so.
-    fallbacks: list[tuple[ModelIO, Callable[[str], str]]] = [] if dynamic_io is io else [(io, static_batch_warning)]
+    fallbacks: list[_Fallback] = [] if dynamic_io is io else [_Fallback(io, static_batch_warning, "a dynamic batch")]
     seq_reason = None
     if not (options.static_seq or declared_shapes):
         seq_io, seq_reason = _with_default_seq(dynamic_io, reference, dynamic, log, (
             eval_set[0] if eval_set is not None else None, heldout_inputs, holdout.heldout if holdout else None,
             *(options.calibration.samples or ())))
         if seq_io is not dynamic_io:
-            fallbacks.insert(0, (dynamic_io, static_seq_warning))
+            fallbacks.insert(0, _Fallback(dynamic_io, static_seq_warning, "a dynamic sequence axis"))
             dynamic_io = seq_io
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
@@ -525,8 +525,17 @@ def _with_default_seq(io: ModelIO, reference: Any, dynamic: Sequence[DynamicDim 
     return replace(seq, outputs=io.outputs), None
 
 
+@dataclass(frozen=True)
+class _Fallback:
+    """Inputs with fewer dynamic axes to export instead, the warning that says so, and what was dropped."""
+
+    io: ModelIO
+    warning: Callable[[str], str]
+    dropped: str  # "a dynamic batch" | "a dynamic sequence axis"
+
+
 def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments: Sequence[Instrument],
-                fallbacks: Sequence[tuple[ModelIO, Callable[[str], str]]], golden_source: tuple[Any, Any]) -> Artifact:
+                fallbacks: Sequence[_Fallback], golden_source: tuple[Any, Any]) -> Artifact:
     """Export and simplify once. ``fallbacks``: the inputs with fewer dynamic axes to export instead, in order,
     each with its warning; ``golden_source``: the reference and held-out rows to make their golden data.
 
@@ -551,9 +560,10 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
                 if not remaining or error.pass_name != "export":
                     raise
                 failed = report.passes.pop()  # the failed dynamic export is replaced by the next fallback
-                io, warning = remaining.pop(0)
-                _warn(warning(f"no exporter could export it with these dynamic axes ({failed.error})"), report,
-                      ctx.log)
+                fallback = remaining.pop(0)
+                io = fallback.io
+                _warn(fallback.warning(f"no exporter could export it with {fallback.dropped} ({failed.error})"),
+                      report, ctx.log)
                 ctx.input_specs, ctx.dynamic = io.specs, io.dims
                 golden = _golden(golden_source[0], io, golden_source[1])
                 ctx.golden = _without_calibration_rows(golden)

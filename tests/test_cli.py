@@ -308,8 +308,8 @@ def test_batch_with_no_benchmark_is_ignored_with_a_warning(tmp_path: Path) -> No
     ("flag", "message"),
     [
         ("*:bogus=1",
-         "unknown tolerance field 'bogus' for output '*'; expected one of atol, min_cosine, min_row_cosine, "
-         "min_top1, rtol"),
+         "unknown tolerance field 'bogus' for output '*'; expected one of atol, max_nrmse, min_cosine, min_decision, "
+         "min_row_cosine, min_top1, min_top1_all, rtol, top1_margin"),
         ("*:atol=nan", "must be a finite number"),
         ("logits:min_cosine=inf", "must be a finite number"),
     ],
