@@ -68,6 +68,7 @@ import platform
 import secrets
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,20 +190,37 @@ def module_digests(modules: Sequence[ModuleType]) -> dict[str, str]:
     return digests
 
 
+class _Same:
+    """A reference to one object for a memo: weak where the type allows (no build kept alive), else strong."""
+
+    def __init__(self, value: Any) -> None:
+        try:
+            self._ref: Callable[[], Any] = weakref.ref(value)
+        except TypeError:  # tuples, None: held strongly (small: the example inputs)
+            self._ref = lambda: value
+
+    def holds(self, value: Any) -> bool:
+        """True when ``value`` is the very object this refers to (and it is still alive)."""
+        return self._ref() is value
+
+
 class _Keyer:
     """Computes cache keys; remembers the expensive per-build fingerprints."""
 
     def __init__(self) -> None:
-        self._model: tuple[int, int, ModelIdentity] | None = None
-        self._golden: tuple[int, str | None] | None = None
+        # Memos are keyed by the objects themselves (held weakly where Python allows, compared with ``is``),
+        # never by ``id()``: a freed object's id is reused (tuples of one size come from a free list), and
+        # a PassCache reused across builds would then hand a model mutated in place its old identity.
+        self._model: tuple[_Same, _Same, _Same, ModelIdentity] | None = None
+        self._golden: tuple[_Same, str | None] | None = None
 
     def facts(self, pass_: Pass, artifact: Artifact, ctx: BuildContext) -> dict[str, Any]:
         if artifact.kind is ArtifactKind.TORCH:
-            source = {"model": self.model(ctx.model, ctx.example_inputs)}
+            source = {"model": self.model(ctx.model, ctx.example_inputs, ctx)}
         else:
             source = {"sha256": artifact.sha256}
-        if self._golden is None or self._golden[0] != id(ctx.golden):
-            self._golden = (id(ctx.golden), golden_fingerprint(ctx))
+        if self._golden is None or not self._golden[0].holds(ctx.golden):
+            self._golden = (_Same(ctx.golden), golden_fingerprint(ctx))
         facts = {
             "format": CACHE_FORMAT,
             "pass": pass_.name,
@@ -222,23 +240,28 @@ class _Keyer:
             "pass_facts": plain_data(pass_.cache_facts(ctx)) if hasattr(pass_, "cache_facts") else {},
         }
         if is_measurement(pass_):
-            facts["measurement"] = {"model": self.model(ctx.model, ctx.example_inputs), "threads": ctx.threads,
+            facts["measurement"] = {"model": self.model(ctx.model, ctx.example_inputs, ctx), "threads": ctx.threads,
                                     "host": host_facts(),
                                     "runtimes": {dist: package_version(dist) for dist in RUNTIMES}}
         return facts
 
-    def model(self, model: Any, example_inputs: Sequence[Any]) -> str:
-        """:func:`model_fingerprint` of ``model`` (``""`` for none), computed once per model and examples."""
-        identity = self.identity(model, example_inputs)
+    def model(self, model: Any, example_inputs: Sequence[Any], build: Any = None) -> str:
+        """:func:`model_fingerprint` of ``model`` (``""`` for none), computed once per build, model and examples."""
+        identity = self.identity(model, example_inputs, build)
         return identity.fingerprint if identity is not None else ""
 
-    def identity(self, model: Any, example_inputs: Sequence[Any]) -> ModelIdentity | None:
-        """The model's identity (its probe: one forward pass on ``example_inputs``), memoised per build."""
+    def identity(self, model: Any, example_inputs: Sequence[Any], build: Any = None) -> ModelIdentity | None:
+        """The model's identity (its probe: one forward pass on ``example_inputs``), memoised per build.
+
+        ``build`` is the build's context: a model mutated in place between two builds that share this
+        cache is fingerprinted again (its state may have changed with the same object)."""
         if model is None:
             return None
-        if self._model is None or self._model[:2] != (id(model), id(example_inputs)):
-            self._model = (id(model), id(example_inputs), model_identity(model, example_inputs))
-        return self._model[2]
+        memo = self._model
+        if memo is None or not (memo[0].holds(model) and memo[1].holds(example_inputs) and memo[2].holds(build)):
+            memo = self._model = (_Same(model), _Same(example_inputs), _Same(build),
+                                  model_identity(model, example_inputs))
+        return memo[3]
 
     def key(self, facts: Mapping[str, Any]) -> str:
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
@@ -558,9 +581,9 @@ class PassCache:
         """Remove a corrupt entry (renamed out of ``entries/`` first)."""
         self._discard(entry)
 
-    def model_fingerprint(self, model: Any, example_inputs: Sequence[Any]) -> str:
-        """:func:`model_fingerprint` of ``model``, computed once per build (shared with the pass keys)."""
-        return self._keyer.model(model, example_inputs)
+    def model_fingerprint(self, model: Any, ctx: BuildContext) -> str:
+        """:func:`model_fingerprint` of ``model`` on ``ctx``'s examples, once per build (shared with the pass keys)."""
+        return self._keyer.model(model, ctx.example_inputs, ctx)
 
     def check_probe(self, model: Any, ctx: BuildContext, inputs: Sequence[np.ndarray],
                     outputs: Sequence[np.ndarray]) -> None:
@@ -569,7 +592,7 @@ class PassCache:
         Such a model is nondeterministic: its fingerprint differs from build to build, so nothing it
         stores is reused (safe, but the user should know why the cache never hits).
         """
-        identity = self._keyer.identity(model, ctx.example_inputs)
+        identity = self._keyer.identity(model, ctx.example_inputs, ctx)
         if self._said_nondeterministic or identity is None or identity.probe_inputs != array_digest(inputs):
             return
         if identity.probe_outputs != array_digest(outputs):

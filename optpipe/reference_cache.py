@@ -126,7 +126,7 @@ class CachedReference:
         facts = {
             "format": CACHE_FORMAT,
             "kind": KIND,
-            "model": self.cache.model_fingerprint(self.runner.model, self.ctx.example_inputs),
+            "model": self.cache.model_fingerprint(self.runner.model, self.ctx),
             "inputs": list(self.runner.input_names),
             "outputs": list(self.runner.output_names),
             "feed": plain_data(dict(feed)),  # each array by dtype, shape and bytes

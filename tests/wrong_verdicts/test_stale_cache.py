@@ -186,3 +186,98 @@ def test_an_unchanged_model_is_a_cache_hit(warm_cache: tuple[Path, Path], tmp_pa
     assert statuses(report) == {**{name: "cached" for name in CACHEABLE}, "validate": "cached"}
     for x in (EXAMPLES, OTHER_ROWS):
         np.testing.assert_allclose(published_outputs(tmp_path / "out", x), torch_outputs(project, x), atol=1e-5)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def _published_outputs(report: Any, x: np.ndarray) -> np.ndarray:
+    fp32 = next(v for v in report.to_dict()["variants"] if v["precision"] == "fp32")
+    session = ort.InferenceSession(str(report.out_dir / fp32["artifact"]), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+
+def _api_build(model: torch.nn.Module, out: Path, cache: Any) -> Any:
+    import optpipe
+
+    # A fresh example tuple per build, as a pipeline would make it: after the first build's tuple is freed,
+    # the next one of the same size often gets its address (CPython's tuple free list).
+    return optpipe.build(model, (torch.ones(2, 4),), out_dir=out, precisions=("fp32",), benchmark=False,
+                         instruments=[cache], log=lambda _line: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutate", [True, False], ids=["weights-changed-in-place", "unchanged-twin"])
+def test_a_cache_reused_across_in_process_builds_sees_a_model_changed_in_place(tmp_path: Path, mutate: bool) -> None:
+    """One PassCache object serves two ``optpipe.build()`` calls on one model object (a long-lived pipeline).
+
+    Before: the model's identity was memoised by ``id(model), id(example_inputs)``; the second build's new
+    example tuple could reuse the first's id, so a model whose weights were loaded in place kept its old
+    identity, every pass hit, and the old artifact was published as PASSED. The twin (nothing changed) hits.
+    """
+    from optpipe.cache import PassCache
+
+    cache = PassCache(tmp_path / "cache")
+    model = _Tiny().eval()
+    first = _api_build(model, tmp_path / "a", cache)
+    if mutate:
+        with torch.no_grad():
+            model.fc.weight.mul_(-1.0)  # new weights, same object (load_state_dict does this)
+    second = _api_build(model, tmp_path / "b", cache)
+    x = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_published_outputs(second, x), expected, atol=1e-5)
+    statuses = {p["status"] for p in second.to_dict()["passes"] if p["name"] == "export"}
+    assert statuses == ({"ok"} if mutate else {"cached"})
+    assert first.passed and second.passed
+
+
+def _golden_facts_after_swap(same_references: bool = False) -> tuple[Any, Any]:
+    """The cache key's golden fact before and after the build's golden data is replaced by other data.
+
+    The new GoldenData is allocated right after the old one is freed, so it gets the old one's address
+    (CPython reuses the freed block at once; measured 100 of 100 times): what a build does when its
+    export falls back and golden data is made again for the new shapes.
+    """
+    from optpipe.passes.simplify import SimplifyOnnx
+
+    from optpipe.artifact import Artifact, ArtifactKind
+    from optpipe.cache import _Keyer
+    from optpipe.golden import GoldenCase, GoldenData
+    from optpipe.pass_base import BuildContext
+    from optpipe.target import get_target
+    from optpipe.tensor_spec import TensorSpec
+
+    specs = (TensorSpec("x", (2, 4), "float32"),)
+    ctx = BuildContext(Path("."), get_target("cpu"), specs, ("y",))
+    artifact = Artifact(ArtifactKind.ONNX, None, "0" * 64, specs, (TensorSpec("y", (2, 3), "float32"),))
+    keyer, simplify = _Keyer(), SimplifyOnnx()
+    x = np.ones((2, 4), np.float32)
+    ctx.golden = GoldenData([GoldenCase("example", {"x": x}, {"y": np.zeros((2, 3), np.float32)})])
+    before = keyer.facts(simplify, artifact, ctx)["golden"]
+    fill = np.zeros if same_references else np.ones
+    other_cases = [GoldenCase("example", {"x": x}, {"y": fill((2, 3), np.float32)})]
+    ctx.golden = None  # the old golden data is freed here ...
+    ctx.golden = GoldenData(other_cases)  # ... and the new one takes its place in memory
+    return before, keyer.facts(simplify, artifact, ctx)["golden"]
+
+
+def test_golden_data_replaced_within_a_build_is_fingerprinted_again() -> None:
+    # Before: the golden memo compared id(ctx.golden); the new data at the old address kept the old
+    # fingerprint, so every later pass key matched entries made for other reference outputs.
+    before, after = _golden_facts_after_swap()
+    assert before != after
+
+
+def test_golden_data_made_again_with_the_same_rows_keeps_its_key() -> None:
+    # The twin: equal golden data in a new object is fingerprinted by content, so the cache still hits.
+    before, after = _golden_facts_after_swap(same_references=True)
+    assert before == after
