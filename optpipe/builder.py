@@ -312,67 +312,38 @@ def build_with_options(
     ``declared_shapes``: the example inputs are shapes the user declared (``--input``), kept as given on
     every axis but the batch: no default dynamic sequence axis.
     """
+    from optpipe.build_log import LogCapture
     from optpipe.engine_command import split_next_step
-    from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
-    from optpipe.passes.simplify import SimplifyOnnx
     from optpipe.provenance import utc_now
-    from optpipe.runtime import TorchRunner
 
     started = utc_now()
     out = Path(out_dir)
     options = replace(options, out_dir=str(out))  # int8 reuses the ranges of a previous build there
     target = get_target(options.target)
-    if options.auto:  # build the target's candidates, keep the fastest that passes
-        from optpipe.precision.accuracy import auto_precisions
-
-        precisions: tuple[str, ...] = auto_precisions(target.name, fuse=options.fuse != "off")
-    else:
-        precisions = options.precisions
+    precisions = _precisions(options, target)
     io = _model_inputs(example_inputs, input_names, dynamic)
     out_seen = check_out_dir(out, options.overwrite)  # publish() refuses if another build changed it meanwhile
     reason = _unavailable_reason(target)
     model_type = type(model).__name__
-    model = _inference_module(model, io.names)
-    outputs = _model_outputs(model, io, output_names)
-    io = replace(io, outputs=outputs)
-    reference = TorchRunner(model, io.names, outputs)
+    model, io, reference = _reference(model, io, output_names)
     dynamic_io, static_reason = _with_default_batch(io, options, reference, dynamic)
-    if options.benchmark.enabled and options.benchmark.batch is not None:
-        check_benchmark_batch(options.benchmark.batch, dynamic_io.specs, dynamic_io.dims)
-    options.tolerances.check_outputs(outputs)
-    options.output_kinds.check_outputs(outputs)
+    _check_against_model(options, dynamic_io)
     eval_set = _checked_eval_set(options, io, precisions)
     options, holdout, holdout_warning = _calibration_holdout(options, dynamic_io, precisions, log, heldout_inputs)
-    # What to export instead when no exporter takes the dynamic axes, and the warning that says so.
-    fallbacks: list[_Fallback] = [] if dynamic_io is io else [_Fallback(io, static_batch_warning, "a dynamic batch")]
-    seq_reason = None
-    if not (options.static_seq or declared_shapes):
-        seq_io, seq_reason = _with_default_seq(dynamic_io, reference, dynamic, log, (
-            eval_set[0] if eval_set is not None else None, heldout_inputs, holdout.heldout if holdout else None,
-            *(options.calibration.samples or ())))
-        if seq_io is not dynamic_io:
-            fallbacks.insert(0, _Fallback(dynamic_io, static_seq_warning, "a dynamic sequence axis"))
-            dynamic_io = seq_io
+    seq_rows = (eval_set[0] if eval_set is not None else None, heldout_inputs, holdout.heldout if holdout else None,
+                *(options.calibration.samples or ()))
+    dynamic_io, fallbacks, seq_reason = _with_fallbacks(io, dynamic_io, options, declared_shapes, reference,
+                                                        dynamic, log, seq_rows)
     # Assemble every pipeline before running anything: a mis-assembled build fails now.
-    prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
-    apply_pass_options(prefix.passes, options.pass_options)
+    prefix = _prefix_pipeline(options)
     plan = plan_variants(precisions, target, options, engine=reason is None)
     next_step = None if reason is None else split_next_step(out, reason, options.trt)
     staging = make_staging(out)
-    report = Report(target=target.name, model=options.model_name or model_type)
-    if not options.benchmark.enabled and options.benchmark.batch is not None:
-        report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
-    for warning in warnings:
-        _warn(warning, report, log)
-    if static_reason is not None:
-        _warn(static_batch_warning(static_reason), report, log)
-    if seq_reason is not None:
-        _warn(static_seq_warning(seq_reason), report, log)
-    if holdout_warning is not None:
-        _warn(holdout_warning, report, log)
+    report = _new_report(target, options, model_type, log, [
+        *warnings, *([static_batch_warning(static_reason)] if static_reason is not None else []),
+        *([static_seq_warning(seq_reason)] if seq_reason is not None else []),
+        *([holdout_warning] if holdout_warning is not None else [])])
     golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
-    from optpipe.build_log import LogCapture
-
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
     try:
         ctx = _context(model, dynamic_io, options, target, staging, log)
@@ -523,6 +494,67 @@ def _with_default_seq(io: ModelIO, reference: Any, dynamic: Sequence[DynamicDim 
         kept.append(DynamicArg(io.batch_dim))  # the default batch
     seq = _model_inputs(examples, io.names, [*kept, DynamicArg(dim, axes)])
     return replace(seq, outputs=io.outputs), None
+
+
+def _reference(model: Any, io: ModelIO, output_names: Sequence[str] | None) -> tuple[Any, ModelIO, Any]:
+    """The model ready for inference, ``io`` with its outputs named, and the PyTorch runner that is the reference."""
+    from optpipe.runtime import TorchRunner
+
+    model = _inference_module(model, io.names)
+    outputs = _model_outputs(model, io, output_names)
+    return model, replace(io, outputs=outputs), TorchRunner(model, io.names, outputs)
+
+
+def _check_against_model(options: BuildOptions, io: ModelIO) -> None:
+    """Options that name the model's outputs or shapes, checked before any work (one line each, exit 2)."""
+    if options.benchmark.enabled and options.benchmark.batch is not None:
+        check_benchmark_batch(options.benchmark.batch, io.specs, io.dims)
+    options.tolerances.check_outputs(io.outputs)
+    options.output_kinds.check_outputs(io.outputs)
+
+
+def _precisions(options: BuildOptions, target: Target) -> tuple[str, ...]:
+    """The variants to build: the user's, or under ``auto`` the target's candidates (the fastest that passes wins)."""
+    if not options.auto:
+        return options.precisions
+    from optpipe.precision.accuracy import auto_precisions
+
+    return auto_precisions(target.name, fuse=options.fuse != "off")
+
+
+def _prefix_pipeline(options: BuildOptions) -> Pipeline:
+    """Export and simplify, shared by every variant, with the user's pass options applied."""
+    from optpipe.passes.export_onnx import ExportConfig, ExportOnnx
+    from optpipe.passes.simplify import SimplifyOnnx
+
+    prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
+    apply_pass_options(prefix.passes, options.pass_options)
+    return prefix
+
+
+def _new_report(target: Target, options: BuildOptions, model_type: str, log: Callable[[str], None],
+                warnings: Sequence[str]) -> Report:
+    """The build's report, with what was found before any pass ran (logged and recorded)."""
+    report = Report(target=target.name, model=options.model_name or model_type)
+    if not options.benchmark.enabled and options.benchmark.batch is not None:
+        report.warnings.append(f"--batch {options.benchmark.batch} is ignored: --no-benchmark skips the benchmark")
+    for warning in warnings:
+        _warn(warning, report, log)
+    return report
+
+
+def _with_fallbacks(io: ModelIO, dynamic_io: ModelIO, options: BuildOptions, declared_shapes: bool,
+                    reference: Any, dynamic: Sequence[DynamicDim | DynamicArg], log: Callable[[str], None],
+                    seq_rows: Sequence[Any]) -> tuple[ModelIO, list[_Fallback], str | None]:
+    """The inputs to export (default dynamic batch, then a default dynamic sequence axis on token inputs),
+    what to export instead when no exporter takes those axes, and why the sequence axis stays static."""
+    fallbacks = [] if dynamic_io is io else [_Fallback(io, static_batch_warning, "a dynamic batch")]
+    if options.static_seq or declared_shapes:
+        return dynamic_io, fallbacks, None
+    seq_io, seq_reason = _with_default_seq(dynamic_io, reference, dynamic, log, seq_rows)
+    if seq_io is not dynamic_io:
+        fallbacks.insert(0, _Fallback(dynamic_io, static_seq_warning, "a dynamic sequence axis"))
+    return seq_io, fallbacks, seq_reason
 
 
 @dataclass(frozen=True)
