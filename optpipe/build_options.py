@@ -38,10 +38,10 @@ TARGETS = ("cpu", "tensorrt")
 EXPORTERS = ("auto", "dynamo", "torchscript")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 #: Tolerance fields (those of :class:`optpipe.parity.Tolerance`); the ``min_*`` ones are fractions.
-TOLERANCE_FIELDS = ("atol", "max_nrmse", "min_cosine", "min_decision", "min_row_cosine", "min_top1", "min_top1_all",
-                    "rtol", "top1_margin")
-FRACTION_FIELDS = frozenset({"min_cosine", "min_decision", "min_row_cosine", "min_top1", "min_top1_all",
-                             "top1_margin"})
+TOLERANCE_FIELDS = ("atol", "max_nrmse", "min_cosine", "min_decision", "min_logit_cosine", "min_row_cosine",
+                    "min_top1", "min_top1_all", "rtol", "top1_margin")
+FRACTION_FIELDS = frozenset({"min_cosine", "min_decision", "min_logit_cosine", "min_row_cosine", "min_top1",
+                             "min_top1_all", "top1_margin"})
 #: TensorRT option keys (fields of the engine-trt pass's Config); the pass checks their values.
 TRT_KEYS = ("builder_optimization_level", "workspace_bytes", "timing_cache", "hardware_compatibility",
             "version_compatible")

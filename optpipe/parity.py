@@ -43,6 +43,9 @@ class Tolerance:
     min_decision: float | None = None
     # regression: RMSE over the rows / the reference's standard deviation over the rows (R^2 = 1 - NRMSE^2)
     max_nrmse: float | None = None
+    # logits only: the cosine bar for class scores (None: min_cosine). Their top-1 gates judge the decision;
+    # the cosine only has to catch scores that drifted as a whole (see DEFAULT_TOLERANCES)
+    min_logit_cosine: float | None = None
 
     def with_overrides(self, overrides: Mapping[str, float]) -> Tolerance:
         known = {f.name for f in fields(self)}
@@ -65,10 +68,15 @@ _INT8_KIND_BARS = {"min_top1_all": 0.6, "min_decision": 0.98, "max_nrmse": 0.2}
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
     "fp16": Tolerance(min_cosine=0.999, min_top1=0.99, min_row_cosine=0.995, top1_margin=0.05, **_FP16_KIND_BARS),
-    # INT8: 95% top-1 agreement over decided rows (issue 9's bar for INT8 on real photos), with cosine 0.99.
-    "int8": Tolerance(min_cosine=0.99, min_top1=0.95, min_row_cosine=0.98, top1_margin=0.05, **_INT8_KIND_BARS),
+    # INT8: 95% top-1 agreement over decided rows (issue 9's bar for INT8 on real photos), with cosine 0.99;
+    # class scores (logits) at cosine 0.98, as their top-1 gates judge the decision. Measured (EfficientNet-Lite0,
+    # 1,300 labelled ImageNet val images never calibrated on): per-channel static INT8 at logit cosine 0.985-0.987
+    # on rows the guard never saw scores +0.15 top-1 points vs FP32 (98.1% agreement), while ONNX Runtime's plain
+    # per-tensor recipe (cosine 0.913) loses 2.9 points: 0.98 keeps the first and still rejects the second.
+    "int8": Tolerance(min_cosine=0.99, min_top1=0.95, min_row_cosine=0.98, top1_margin=0.05, min_logit_cosine=0.98,
+                      **_INT8_KIND_BARS),
     "int8-dynamic": Tolerance(min_cosine=0.99, min_top1=0.95, min_row_cosine=0.98, top1_margin=0.05,
-                              **_INT8_KIND_BARS),
+                              min_logit_cosine=0.98, **_INT8_KIND_BARS),
 }
 
 
@@ -264,8 +272,11 @@ def judge_output(
 
     kind = kinds.get(name) or infer_kind(name, np.asarray(references[0]))
     cosine_gate = None if kind == "regression" else tolerance.min_cosine
+    if kind == "logits" and tolerance.min_logit_cosine is not None:
+        cosine_gate = tolerance.min_logit_cosine
     parity = compare_output(references, results,
-                            replace(tolerance, min_top1=None, min_row_cosine=None, min_cosine=cosine_gate))
+                            replace(tolerance, min_top1=None, min_row_cosine=None, min_cosine=cosine_gate,
+                                    min_logit_cosine=None))
     bars = GateBars(min_top1=tolerance.min_top1, min_top1_all=tolerance.min_top1_all,
                     top1_margin=tolerance.top1_margin, min_decision=tolerance.min_decision,
                     min_row_cosine=tolerance.min_row_cosine, max_nrmse=tolerance.max_nrmse)

@@ -309,7 +309,7 @@ def test_batch_with_no_benchmark_is_ignored_with_a_warning(tmp_path: Path) -> No
     [
         ("*:bogus=1",
          "unknown tolerance field 'bogus' for output '*'; expected one of atol, max_nrmse, min_cosine, min_decision, "
-         "min_row_cosine, min_top1, min_top1_all, rtol, top1_margin"),
+         "min_logit_cosine, min_row_cosine, min_top1, min_top1_all, rtol, top1_margin"),
         ("*:atol=nan", "must be a finite number"),
         ("logits:min_cosine=inf", "must be a finite number"),
     ],

@@ -311,3 +311,39 @@ def test_int8_regressor_with_intercept_and_outlier_is_rejected_and_its_centred_t
         assert report["result"] == "FAILED"
     else:
         assert record["r2"] > 0.95 and report["result"] == "PASSED"
+
+
+# --- class scores: the INT8 cosine bar for logits (min_logit_cosine 0.98) ------------------------------------
+
+
+def _confident_scores(noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """64 rows of 100 class scores, each with a clear winner (+6), and a copy with Gaussian noise of ``noise``.
+
+    The noise never changes a row's top class at the levels used here (checked by the callers), so only the
+    cosine can tell the copies apart: 0.14 gives about 0.985 (what real INT8 EfficientNet-Lite0 logits reach on
+    rows the guard never saw), 0.35 about 0.85 (scores drifted as a whole, as ORT's per-tensor recipe at 0.913).
+    """
+    rng = np.random.default_rng(7)
+    ref = rng.normal(0.0, 0.5, size=(64, 100))
+    ref[np.arange(64), rng.integers(0, 100, size=64)] += 6.0
+    return ref, ref + rng.normal(0.0, noise, size=ref.shape)
+
+
+@pytest.mark.parametrize("precision", ("int8", "int8-dynamic"))
+def test_int8_class_scores_at_cosine_0_985_with_every_decision_kept_pass(precision: str) -> None:
+    # The twin of the rejection below: the measured INT8 case. Before min_logit_cosine this was REJECTED at
+    # cosine < 0.99 although labels showed INT8 as accurate as FP32 (a wrong REJECT).
+    ref, got = _confident_scores(0.14)
+    assert 0.98 < _cosine(ref, got) < 0.99 and (ref.argmax(1) == got.argmax(1)).all()
+    record = _verdict("output_0", ref, got, precision, {"output_0": Producer("linear", None)})
+    assert record["kind"] == "logits" and _passed(record), record
+
+
+@pytest.mark.parametrize("precision", ("int8", "int8-dynamic", "fp16"))
+def test_class_scores_that_drifted_as_a_whole_are_rejected_even_with_every_decision_kept(precision: str) -> None:
+    ref, got = _confident_scores(0.35 if precision != "fp16" else 0.14)
+    assert _cosine(ref, got) < 0.98 or precision == "fp16"
+    assert (ref.argmax(1) == got.argmax(1)).all()  # top-1 alone would pass them
+    record = _verdict("output_0", ref, got, precision, {"output_0": Producer("linear", None)})
+    assert record["kind"] == "logits" and _rejected(record), record
+    assert any("cosine" in failure for failure in record["failures"])
