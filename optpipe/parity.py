@@ -54,7 +54,12 @@ class Tolerance:
             raise UserInputError(
                 f"unknown tolerance field(s) {', '.join(sorted(unknown))}; expected one of {', '.join(sorted(known))}"
             )
-        return replace(self, **overrides)
+        changed = replace(self, **overrides)
+        if "min_cosine" in overrides and "min_logit_cosine" not in overrides:
+            # A cosine bar the user set is theirs for every output, class scores included: the logits
+            # default must never lower it silently (a wrong PASS).
+            changed = replace(changed, min_logit_cosine=None)
+        return changed
 
 
 # Per precision: FP16 rounds to about 1e-3 relative, INT8 to about 1e-2, so FP16's bars are the stricter.

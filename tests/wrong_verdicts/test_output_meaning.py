@@ -347,3 +347,15 @@ def test_class_scores_that_drifted_as_a_whole_are_rejected_even_with_every_decis
     record = _verdict("output_0", ref, got, precision, {"output_0": Producer("linear", None)})
     assert record["kind"] == "logits" and _rejected(record), record
     assert any("cosine" in failure for failure in record["failures"])
+
+
+@pytest.mark.parametrize("overrides", [{"*": {"min_cosine": 0.995}}, {"output_0": {"min_cosine": 0.995}}])
+def test_a_cosine_bar_the_user_set_applies_to_class_scores_too(overrides: dict) -> None:
+    # The logits default (0.98) must never lower a bar the user raised: cosine 0.985 fails their 0.995.
+    ref, got = _confident_scores(0.14)
+    kinds = resolve_kinds({"output_0": ref}, None, {"output_0": Producer("linear", None)})
+    record = judge_output("output_0", [ref], [got], tolerance_for("int8", "output_0", overrides), kinds)
+    assert record["kind"] == "logits" and _rejected(record), record
+    twin = judge_output("output_0", [ref], [got], tolerance_for("int8", "output_0", {"*": {"min_cosine": 0.98}}),
+                        kinds)
+    assert _passed(twin), twin
