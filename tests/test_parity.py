@@ -89,3 +89,16 @@ def test_one_value_per_sample_is_compared_over_the_batch() -> None:
     wrong = compare_output([ref], [-ref], tolerance_for("int8", "regression"))
     assert wrong.cosine == pytest.approx(-1.0)
     assert not wrong.passed
+
+
+def test_the_option_parser_knows_every_tolerance_field() -> None:
+    # build_options restates Tolerance's field names (parity imports build_options, so it cannot derive them):
+    # a field added to one and not the other would be unsettable or, worse, silently unchecked.
+    from dataclasses import fields
+
+    from optpipe.build_options import FRACTION_FIELDS, TOLERANCE_FIELDS
+    from optpipe.parity import Tolerance
+
+    names = {f.name for f in fields(Tolerance)}
+    assert set(TOLERANCE_FIELDS) == names
+    assert {n for n in names if n.startswith("min_")} | {"top1_margin"} == FRACTION_FIELDS
