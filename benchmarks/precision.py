@@ -3,7 +3,7 @@
 For each sample model this builds the three variants for the CPU target (with
 the model file's calibration and labelled eval data, so the accuracy guard and
 accuracy gate run as in a real build), then times every variant's engine,
-and PyTorch eager, side by side with :func:`optpipe.timing.interleaved_latency`
+and PyTorch eager, side by side with :func:`optpipe.runtime.timing.interleaved_latency`
 at a realistic batch: latencies from separate runs on a noisy 2-core machine
 are not comparable, ratios of medians from one interleaved run are. Prints the
 ratios and accuracy deltas and writes ``benchmarks/results/precision.json``.
@@ -33,11 +33,11 @@ MODELS = {
 def bench_model(name: str, batch: int, rounds: int, work: Path,
                 precisions: tuple[str, ...] = ("fp32", "fp16", "int8")) -> dict[str, Any]:
     """Build ``precisions`` (fp32 first) for one sample model and time them interleaved at ``batch``."""
-    from optpipe.builder import build
-    from optpipe.golden import resize_batch
-    from optpipe.prepared_model import prepare_model
-    from optpipe.runtime import OrtRunner, TorchRunner
-    from optpipe.timing import interleaved_latency, summarize
+    from optpipe.builder.run import build
+    from optpipe.compare.golden import resize_batch
+    from optpipe.model.prepared import prepare_model
+    from optpipe.runtime.runners import OrtRunner, TorchRunner
+    from optpipe.runtime.timing import interleaved_latency, summarize
 
     spec = f"{ROOT / 'sample_models' / name}.py:{MODELS[name]}"
     prepared = prepare_model(spec, weights=ROOT / "sample_models" / "weights" / f"{name}.safetensors",
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated; fp32 must be one")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision.json")
     args = parser.parse_args()
-    from optpipe.report import environment
+    from optpipe.report.build_report import environment
 
     results: dict[str, Any] = {"environment": environment(), "models": {}}
     with tempfile.TemporaryDirectory(prefix="optpipe-bench-") as tmp:

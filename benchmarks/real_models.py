@@ -15,7 +15,7 @@ optpipe: agreement with FP32 PyTorch on the real rows (top-1 over all rows and o
 the rows FP32 decides, side by side; for embeddings per-row cosine min/mean and
 whether each sentence's paraphrase is still its nearest neighbour), and latency at
 batch 1 and 8 with 1 thread against PyTorch eager and against the same build's ONNX
-Runtime FP32 artifact, the three interleaved in one run (:func:`optpipe.timing.budgeted_latency`).
+Runtime FP32 artifact, the three interleaved in one run (:func:`optpipe.runtime.timing.budgeted_latency`).
 
 Ground truth (:mod:`ground_truth`): EfficientNet-Lite0's ImageNet top-1 against the
 labels of ILSVRC2012 val images (``--imagenet DIR``), and a sentiment probe on
@@ -94,8 +94,8 @@ def load_module(path: Path) -> Any:
 def accuracy(name: str, reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     """Top-1 agreement (CNN) or per-row cosine and paraphrase retrieval (embeddings), vs FP32 PyTorch."""
     if name == "efficientnet_lite0":
-        from optpipe.output_kinds import decided_rows
-        from optpipe.parity import DEFAULT_TOLERANCES
+        from optpipe.compare.output_kinds import decided_rows
+        from optpipe.compare.parity import DEFAULT_TOLERANCES
 
         margin = DEFAULT_TOLERANCES["int8"].top1_margin or 0.0
         agree = reference.argmax(1) == got.argmax(1)
@@ -135,7 +135,7 @@ def time_batch(module: Any, artifact: Path, fp32_artifact: Path | None, feed: di
     import torch
     from ground_truth import eager_runner, session_runner
 
-    from optpipe.timing import budgeted_latency
+    from optpipe.runtime.timing import budgeted_latency
 
     torch.set_num_threads(1)
     runners = {"ort": session_runner(artifact, 1), "torch": eager_runner(module)}
@@ -253,7 +253,7 @@ def real_lengths_bench(name: str, module: Any, dynamic: Path, static: Path, seco
     import onnxruntime as ort
     import torch
 
-    from optpipe.timing import budgeted_latency
+    from optpipe.runtime.timing import budgeted_latency
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1

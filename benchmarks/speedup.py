@@ -2,7 +2,7 @@
 
 For every sample model: build it with optpipe (fp32, cpu target, dynamic
 batch), then time the ONNX Runtime artifact and PyTorch eager side by side in
-one process, interleaved in shuffled blocks with warm-up (optpipe.timing), at
+one process, interleaved in shuffled blocks with warm-up (optpipe.runtime.timing), at
 batch 1 and batch 32 with the same thread count. Prints the ratio of medians
 and writes the figures as JSON.
 
@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 import optpipe
-from optpipe.golden import resize_batch
-from optpipe.prepared_model import prepare_model
-from optpipe.report import environment
-from optpipe.runtime import OrtRunner, TorchRunner
-from optpipe.tensor_spec import DynamicDim
-from optpipe.timing import interleaved_latency, summarize
+from optpipe.compare.golden import resize_batch
+from optpipe.core.tensor_spec import DynamicDim
+from optpipe.model.prepared import prepare_model
+from optpipe.report.build_report import environment
+from optpipe.runtime.runners import OrtRunner, TorchRunner
+from optpipe.runtime.timing import interleaved_latency, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {

@@ -8,7 +8,7 @@ outside optpipe:
 * accuracy: per-row cosine against FP32 PyTorch over the 40 held-out real sentences, each fed alone at
   its own length (no padding), min and mean;
 * speed: batch 1, 1 thread, every sentence at its own length, the engine and PyTorch eager fed the same
-  rows, interleaved in one run (:func:`optpipe.timing.budgeted_latency`): median ms and the ratio.
+  rows, interleaved in one run (:func:`optpipe.runtime.timing.budgeted_latency`): median ms and the ratio.
 
 Run::
 
@@ -60,7 +60,7 @@ def measure(build: Path, seconds: float) -> dict[str, Any]:
     import minilm
     import torch
 
-    from optpipe.timing import budgeted_latency
+    from optpipe.runtime.timing import budgeted_latency
 
     torch.set_num_threads(1)
     report = json.loads((build / "report.json").read_text())

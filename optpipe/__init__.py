@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from optpipe.errors import (
+from optpipe.core.errors import (
     EnvironmentUnavailable,
     MissingDependency,
     OptpipeError,
     PassError,
     UserInputError,
 )
-from optpipe.tensor_spec import DynamicDim, TensorSpec
+from optpipe.core.tensor_spec import DynamicDim, TensorSpec
 
 if TYPE_CHECKING:  # the typed signature, for type checkers and IDEs; imported lazily at run time
-    from optpipe.builder import build
+    from optpipe.builder.run import build
 
 __version__ = "0.1.0"
 
@@ -35,12 +35,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``optpipe.build`` is :func:`optpipe.builder.build` (keyword-only, typed), imported on first use.
+    """``optpipe.build`` is :func:`optpipe.builder.run.build` (keyword-only, typed), imported on first use.
 
     So ``import optpipe`` stays cheap: numpy, ONNX and torch load only when a build starts.
     """
     if name == "build":
-        from optpipe.builder import build
+        from optpipe.builder.run import build
 
         return build
     raise AttributeError(f"module 'optpipe' has no attribute '{name}'")

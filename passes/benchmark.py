@@ -1,9 +1,9 @@
 """Measure every engine of a build against ONE PyTorch eager baseline, in one run.
 
 The build runs this once, after every variant was built and validated
-(:mod:`optpipe.build_plan`): all engines and PyTorch eager get the same inputs,
+(:mod:`optpipe.builder.plan`): all engines and PyTorch eager get the same inputs,
 thread count and batch, their calls are interleaved in shuffled blocks with
-settle calls after each switch (see :mod:`optpipe.timing`), and each speedup is
+settle calls after each switch (see :mod:`optpipe.runtime.timing`), and each speedup is
 the baseline's median over the engine's. Timed each beside its own PyTorch run,
 variants got different denominators on a loaded machine (PyTorch's median moved
 330-455 ms between variants of one build) and selection could pick the slower
@@ -24,14 +24,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.build_record import BenchmarkRecord
-from optpipe.errors import UserInputError
-from optpipe.golden import resize_batch
-from optpipe.memory import RssSampler, current_rss_bytes, mib
-from optpipe.pass_base import BuildContext, Pass, PassResult
-from optpipe.runtime import TorchRunner
-from optpipe.timing import budgeted_blocks, drift, drift_warning, interleaved_latency, stability_warning, summarize
+from optpipe.compare.golden import resize_batch
+from optpipe.core.artifact import Artifact, ArtifactKind
+from optpipe.core.errors import UserInputError
+from optpipe.core.memory import RssSampler, current_rss_bytes, mib
+from optpipe.core.records import BenchmarkRecord
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.runtime.runners import TorchRunner
+from optpipe.runtime.timing import (
+    budgeted_blocks,
+    drift,
+    drift_warning,
+    interleaved_latency,
+    stability_warning,
+    summarize,
+)
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,8 @@ class BenchmarkPass(Pass):
         }  # fmt: skip
 
     def _serving_feeds(self, ctx: BuildContext) -> list[tuple[str, int, dict[str, Any]]]:
-        """The real-length feeds (:func:`~optpipe.seq_default.serving_feeds`) when a token axis is dynamic."""
-        from optpipe.seq_default import serving_feeds, token_axes
+        """The real-length feeds (:func:`~optpipe.model.default_seq.serving_feeds`) when a token axis is dynamic."""
+        from optpipe.model.default_seq import serving_feeds, token_axes
 
         if not self.config.serving or ctx.golden is None:
             return []

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.onnx_utils import load_onnx, non_standard_ops, onnx_files
-from optpipe.pass_base import BuildContext, Pass, PassResult
-from optpipe.report import package_version
-from optpipe.runtime import ort_session_options
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.core.machine import package_version
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.onnx.utils import load_onnx, non_standard_ops, onnx_files
+from optpipe.runtime.runners import ort_session_options
 
 ENGINE_SUFFIX = ".ort-cpu.onnx"
 

@@ -5,7 +5,7 @@ network is parsed strongly typed and no precision builder flags exist (TensorRT
 11 removed them). The pass writes ``<precision>/model.plan`` and the
 ``model.plan.json`` sidecar that records which TensorRT version and GPU built
 it, so a later load on the wrong machine is refused with a reason. The work is
-done by :func:`optpipe.tensorrt.engine.build_engine`; this module maps build
+done by :func:`optpipe.runtime.tensorrt.engine.build_engine`; this module maps build
 options onto it and the result onto an artifact and report metrics.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.build_options import BuildOptions, TensorRTOptions
-from optpipe.errors import UserInputError
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.builder.options import BuildOptions, TensorRTOptions
+from optpipe.core.artifact import Artifact, ArtifactKind
+from optpipe.core.errors import UserInputError
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 
 PLAN_NAME = "model.plan"
 # Sidecar fields copied into the report: what built the plan decides where it can run.
@@ -55,7 +55,7 @@ class TrtEngineConfig:
     version_compatible: bool = False
 
     def __post_init__(self) -> None:
-        from optpipe.tensorrt.metadata import HARDWARE_LEVELS
+        from optpipe.runtime.tensorrt.metadata import HARDWARE_LEVELS
 
         if not 0 <= self.builder_optimization_level <= 5:
             raise UserInputError(
@@ -90,7 +90,7 @@ class TrtEnginePass(Pass):
         return cls(TrtEngineConfig.from_options(options.trt))
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
-        from optpipe.tensorrt.engine import build_engine
+        from optpipe.runtime.tensorrt.engine import build_engine
 
         assert artifact.path is not None
         plan = ctx.path(artifact.precision, PLAN_NAME)

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.errors import UserInputError, full_message, summary_line
-from optpipe.onnx_utils import load_onnx, onnx_files, rename_outputs
-from optpipe.pass_base import BuildContext, Pass, PassResult
-from optpipe.progress import Elapsed
-from optpipe.tensor_spec import TensorSpec
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.core.errors import UserInputError, full_message, summary_line
+from optpipe.core.progress import Elapsed
+from optpipe.core.tensor_spec import TensorSpec
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.onnx.utils import load_onnx, onnx_files, rename_outputs
 
 EXPORTERS = ("dynamo", "torchscript")
 
@@ -84,7 +84,7 @@ def _dynamic_shapes(specs: tuple[TensorSpec, ...], ctx: BuildContext) -> dict[st
 
 def _call_arguments(ctx: BuildContext) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
     """Module, positional and keyword arguments to export with: inputs bound by name are exported as keywords."""
-    from optpipe.input_binding import KeywordInputs
+    from optpipe.model.input_binding import KeywordInputs
 
     if isinstance(ctx.model, KeywordInputs):
         return ctx.model.module, (), ctx.model.keywords(ctx.example_inputs)
@@ -111,7 +111,7 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
                 input_names=names,
                 dynamic_shapes=dynamic,
                 opset_version=opset,
-            )  # no output_names: torch renames into a clash with internal values (optpipe.onnx_utils)
+            )  # no output_names: torch renames into a clash with internal values (optpipe.onnx.utils)
             assert program is not None
             program.save(str(path))  # one file for small models, external data above 2 GB
             _name_outputs(path, list(ctx.output_names))
@@ -150,7 +150,7 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
     This is a coarse check for broken graphs (a frozen batch, wrong outputs),
     not the parity gate: the validate pass applies the real tolerances.
     """
-    from optpipe.runtime import OrtRunner
+    from optpipe.runtime.runners import OrtRunner
 
     if ctx.golden is None:
         return
@@ -209,7 +209,7 @@ def check_dynamic_axes(path: Path, ctx: BuildContext) -> None:
     """
     import onnx
 
-    from optpipe.runtime import OrtRunner, TorchRunner
+    from optpipe.runtime.runners import OrtRunner, TorchRunner
 
     declared = _declared_axes(ctx)
     if not declared or ctx.golden is None or not ctx.golden.cases:

@@ -5,7 +5,7 @@ file runs on ONNX Runtime's CPU provider, which is where it is checked (CPU
 FP16 checks accuracy, not speed: on AVX2 ORT inserts Casts). Nodes that would
 overflow FP16 (|x| > 65504, observed on calibration and golden inputs) stay in
 FP32 with the reason recorded; if the converted model still fails the gate,
-:func:`~optpipe.precision.localize.guarded_quantize` keeps the worst nodes in
+:func:`~optpipe.precision.guard.localize.guarded_quantize` keeps the worst nodes in
 FP32 as well, up to a limit.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.build_options import BuildOptions
-from optpipe.errors import UserInputError
-from optpipe.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
+from optpipe.builder.options import BuildOptions
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.core.errors import UserInputError
+from optpipe.infra.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 
 #: Calibration samples read for the FP16 overflow check (it exposes every tensor, so it is costly).
@@ -76,7 +76,7 @@ class Fp16Pass(Pass):
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.precision import VariantSkipped
-        from optpipe.precision.gate import gate_runtime_note
+        from optpipe.precision.guard.gate import gate_runtime_note
 
         assert artifact.path is not None
         config = self.config
@@ -121,7 +121,7 @@ class Fp16Pass(Pass):
         return pass_support.guard_code_modules()
 
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
-        """The samples (by content) and tolerances the output depends on (optpipe.cache)."""
+        """The samples (by content) and tolerances the output depends on (optpipe.cache.store)."""
         return pass_support.precision_facts(ctx, *self._samples(ctx))
 
     def _samples(self, ctx: BuildContext) -> tuple[list[dict[str, np.ndarray]], str]:

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.build_options import FUSE_AUTO, FUSE_MODEL_TYPES, FUSE_OFF, BuildOptions
-from optpipe.errors import UserInputError
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.builder.options import FUSE_AUTO, FUSE_MODEL_TYPES, FUSE_OFF, BuildOptions
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.core.errors import UserInputError
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 
 #: The contrib ops the optimizer writes when it fuses (counted to decide whether anything fused).
 FUSED_OPS: tuple[str, ...] = (

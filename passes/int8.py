@@ -8,7 +8,7 @@ the target (``Target.qdq_style``): ``cpu`` is ONNX Runtime's fast U8S8 form,
 
 Naive static INT8 is often useless on real models, so the candidate is
 checked by the accuracy gate (the validate pass's tolerances, on the golden
-data) and, when it fails, :func:`~optpipe.precision.localize.guarded_quantize`
+data) and, when it fails, :func:`~optpipe.precision.guard.localize.guarded_quantize`
 keeps the worst nodes in FP32 and rebuilds, up to a limit. The report shows
 the per-layer error table, the kept nodes with their PyTorch module paths and
 every iteration. Calibration data is required: without it the build is
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.build_options import BuildOptions
-from optpipe.errors import UserInputError
-from optpipe.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
+from optpipe.builder.options import BuildOptions
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.core.errors import UserInputError
+from optpipe.infra.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
-from optpipe.precision.pass_support import IN_MEMORY
+from optpipe.precision.names import IN_MEMORY
 
 METHODS = ("minmax", "entropy", "percentile")
 STYLES = ("cpu", "tensorrt")
@@ -149,7 +149,7 @@ class Int8Pass(Pass):
         return [n for n in mask_softmax_nodes(_graph.load_model(src)) if n not in self.config.exclude_nodes]
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
-        from optpipe.precision.gate import gate_runtime_note
+        from optpipe.precision.guard.gate import gate_runtime_note
 
         assert artifact.path is not None
         config = self.config
@@ -222,7 +222,7 @@ class Int8Pass(Pass):
         return pass_support.guard_code_modules()
 
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
-        """What the output depends on outside the config (optpipe.cache); the seeded ranges are not:
+        """What the output depends on outside the config (optpipe.cache.store); the seeded ranges are not:
         a calibration cache is reused only when its model/data/method key matches, so it changes no output."""
         from optpipe.precision.static_quantize import cpu_needs_reduce_range
 

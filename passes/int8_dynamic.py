@@ -4,7 +4,7 @@ ONNX Runtime's ``quantize_dynamic`` (see :mod:`optpipe.precision.dynamic_quantiz
 int8 per-channel weights, activations quantized at run time, no calibration
 data. It goes through the same accuracy gate (the ``int8-dynamic`` tolerances,
 the same as ``int8``'s, on the golden data) and the same guard
-(:func:`~optpipe.precision.localize.guarded_quantize`): when the gate fails the
+(:func:`~optpipe.precision.guard.localize.guarded_quantize`): when the gate fails the
 worst nodes stay FP32 and the model is rebuilt, up to ``--guard-max-keep``.
 TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.build_options import BuildOptions
-from optpipe.errors import UserInputError
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.builder.options import BuildOptions
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.core.errors import UserInputError
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 
 PRECISION = "int8-dynamic"
@@ -92,7 +92,7 @@ class Int8DynamicPass(Pass):
         from pathlib import Path
 
         from optpipe.precision.dynamic_quantize import quantizable_nodes, quantize_int8_dynamic
-        from optpipe.precision.gate import gate_runtime_note
+        from optpipe.precision.guard.gate import gate_runtime_note
 
         assert artifact.path is not None
         config = self.config

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.errors import UserInputError
-from optpipe.op_profile import profile_onnx
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.core.artifact import Artifact, ArtifactKind
+from optpipe.core.errors import UserInputError
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.precision.node_modules import node_module_paths
+from optpipe.runtime.op_profile import profile_onnx
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ProfilePass(Pass):
         # the simplified model, then the exported one: the exporter's module scopes can be lost on the way
         sources += [ctx.work_dir / "model.onnx", ctx.work_dir / "model.export.onnx"]
         if ctx.target.name == "tensorrt":
-            from optpipe.tensorrt.layer_profile import profile_engine
+            from optpipe.runtime.tensorrt.layer_timing import profile_engine
 
             runner = ctx.target.runner(artifact, ctx.threads)
             try:

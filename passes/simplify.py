@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.onnx_utils import load_onnx, non_standard_ops, onnx_files
-from optpipe.pass_base import BuildContext, Pass, PassResult
-from optpipe.runtime import OrtRunner
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.onnx.utils import load_onnx, non_standard_ops, onnx_files
+from optpipe.runtime.runners import OrtRunner
 
 
 @dataclass(frozen=True)

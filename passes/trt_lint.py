@@ -5,10 +5,10 @@ machine. A model TensorRT's parser will refuse (an op it lacks, a
 ``com.microsoft`` op, uint8 or asymmetric QDQ, a dynamic axis without a
 profile) must stop the build *here*, next to the stage that caused it, with
 the node and the fix, instead of failing on the GPU box hours later. The
-rules live in :mod:`optpipe.tensorrt.lint`; this pass only feeds it the
+rules live in :mod:`optpipe.runtime.tensorrt.lint`; this pass only feeds it the
 build's optimization profiles and turns its findings into a report entry.
 
-Errors raise :class:`~optpipe.errors.UserInputError` (exit 2) listing every
+Errors raise :class:`~optpipe.core.errors.UserInputError` (exit 2) listing every
 problem; warnings go to the report and the build goes on.
 """
 
@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.errors import UserInputError
-from optpipe.pass_base import BuildContext, Pass, PassResult
-from optpipe.tensor_spec import DynamicDim, TensorSpec
+from optpipe.core.artifact import Artifact, ArtifactKind
+from optpipe.core.errors import UserInputError
+from optpipe.core.tensor_spec import DynamicDim, TensorSpec
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,13 @@ def lint_profiles(input_specs: Sequence[TensorSpec], dynamic: Sequence[DynamicDi
 
     Both keyings are given: per axis name (``batch``, ``seq``) and per input
     (full min/opt/max shapes resolved from the input specs, exactly as
-    :func:`~optpipe.tensorrt.engine.build_engine` resolves them). So the lint
+    :func:`~optpipe.runtime.tensorrt.engine.build_engine` resolves them). So the lint
     accepts precisely what the builder will be given, even when the exporter
     named an axis differently from ``--dynamic``. When the specs cannot be
     resolved (a dynamic axis without bounds), only the axis names are given and
     the lint reports the uncovered axis with its fix.
     """
-    from optpipe.tensorrt.profiles import resolve_input_shapes
+    from optpipe.runtime.tensorrt.shape_profiles import resolve_input_shapes
 
     profiles: dict[str, Any] = {dim.axis_name: dim for dim in dynamic}
     try:
@@ -66,7 +66,7 @@ class TrtLintPass(Pass):
     Config = TrtLintConfig
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
-        from optpipe.tensorrt.lint import format_problems, lint_model, load_support_table
+        from optpipe.runtime.tensorrt.lint import format_problems, lint_model, load_support_table
 
         assert artifact.path is not None
         problems = lint_model(artifact.path, profiles=lint_profiles(ctx.input_specs, ctx.dynamic))

@@ -2,7 +2,7 @@
 
 Runs the engine on every golden case (the example batch, other batch sizes
 when the batch is dynamic, held-out data when the model provides it) and
-compares each output with :mod:`optpipe.parity`: on all rows, and on the guard
+compares each output with :mod:`optpipe.compare.parity`: on all rows, and on the guard
 rows and the test rows alone (the test rows were never seen by the accuracy
 guard, so a variant that fails on them fails here). A failing gate does not raise:
 the artifact is kept and the report says which output failed and why (exit 1).
@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from optpipe.artifact import Artifact, ArtifactKind
-from optpipe.errors import UserInputError
-from optpipe.parity import validate_outputs
-from optpipe.pass_base import BuildContext, Pass, PassResult
+from optpipe.compare.parity import validate_outputs
+from optpipe.core.artifact import Artifact, ArtifactKind
+from optpipe.core.errors import UserInputError
+from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ValidatePass(Pass):
     @classmethod
     def code_modules(cls) -> tuple[ModuleType, ...]:
         """The verdict's code (part of a reused validation's key): a changed gate never reuses an old verdict."""
-        from optpipe import golden, output_kinds, parity
+        from optpipe.compare import golden, output_kinds, parity
 
         return (parity, output_kinds, golden)
 

@@ -38,11 +38,11 @@ def build_context(
     import numpy as np
     import torch
 
-    from optpipe.golden import make_golden
-    from optpipe.input_parsing import DynamicArg, resolve_input_specs
-    from optpipe.pass_base import BuildContext
-    from optpipe.runtime import TorchRunner
-    from optpipe.target import get_target
+    from optpipe.compare.golden import make_golden
+    from optpipe.infra.pass_base import BuildContext
+    from optpipe.model.input_parsing import DynamicArg, resolve_input_specs
+    from optpipe.runtime.runners import TorchRunner
+    from optpipe.runtime.target import get_target
 
     arrays = {k: np.asarray(v) for k, v in examples.items()}
     dynamic = [DynamicArg(batch)] if batch is not None else []  # type: ignore[arg-type]
@@ -65,7 +65,7 @@ def build_context(
 
 def torch_artifact(ctx: object) -> object:
     """The source artifact a build starts from."""
-    from optpipe.artifact import Artifact, ArtifactKind
+    from optpipe.core.artifact import Artifact, ArtifactKind
 
     return Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs, ())  # type: ignore[attr-defined]
 
@@ -80,8 +80,8 @@ def _isolated_pass_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def trt_usable() -> bool:
     """TensorRT importable and a CUDA GPU present (what the gpu-marked tests need)."""
-    from optpipe.errors import EnvironmentUnavailable
-    from optpipe.tensorrt.engine import check_trt_available
+    from optpipe.core.errors import EnvironmentUnavailable
+    from optpipe.runtime.tensorrt.engine import check_trt_available
 
     try:
         check_trt_available()

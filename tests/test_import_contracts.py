@@ -1,6 +1,7 @@
 """The import-linter contracts in pyproject.toml: they hold, and they catch what they forbid.
 
-Layers read top-down (cli -> build -> passes -> precision | tensorrt -> core) and
+Layers read top-down (cli -> matrix -> builder -> report -> passes -> cache | precision ->
+model -> infra -> compare -> runtime -> onnx -> core) and
 no package's modules import each other in a cycle. ``lint-imports`` runs on the
 package as pip installs it: ``passes/`` is ``optpipe/passes/`` there
 (``[tool.setuptools] package-dir``), and import-linter finds subpackages by
@@ -64,13 +65,14 @@ def test_the_contracts_hold(layout: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "forbidden", "contract"),
     [
-        ("optpipe/tensor_spec.py", "import optpipe.cli", "cli -> build -> passes"),
-        ("optpipe/target.py", "import optpipe.passes.engine_ort", "cli -> build -> passes"),
-        ("optpipe/cache.py", "import optpipe.precision.calib_data", "cli -> build -> passes"),
-        ("optpipe/precision/gate.py", "import optpipe.passes.validate", "cli -> build -> passes"),
-        ("optpipe/precision/localize.py", "import optpipe.tensorrt.lint", "cli -> build -> passes"),
-        ("optpipe/passes/validate.py", "import optpipe.builder", "cli -> build -> passes"),
-        ("optpipe/progress.py", "import optpipe.parity", "no import cycles"),
+        ("optpipe/core/tensor_spec.py", "import optpipe.cli.main", "cli -> matrix -> builder"),
+        ("optpipe/runtime/target.py", "import optpipe.passes.engine_ort", "cli -> matrix -> builder"),
+        ("optpipe/cache/store.py", "import optpipe.report.build_report", "cli -> matrix -> builder"),
+        ("optpipe/cache/store.py", "import optpipe.precision.calib_data", "cli -> matrix -> builder"),
+        ("optpipe/precision/guard/gate.py", "import optpipe.passes.validate", "cli -> matrix -> builder"),
+        ("optpipe/compare/parity.py", "import optpipe.infra.pass_base", "cli -> matrix -> builder"),
+        ("optpipe/passes/validate.py", "import optpipe.builder.run", "cli -> matrix -> builder"),
+        ("optpipe/core/safe_output.py", "import optpipe.core.console", "no import cycles"),
     ],
 )
 def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, forbidden: str, contract: str) -> None:

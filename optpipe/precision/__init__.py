@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from optpipe.errors import VariantSkipped
+from optpipe.core.errors import VariantSkipped
 
 __all__ = ["VariantSkipped"]

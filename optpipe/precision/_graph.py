@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from optpipe.artifact import umask_value
-from optpipe.errors import UserInputError
-from optpipe.tensor_spec import TensorSpec
+from optpipe.core.artifact import umask_value
+from optpipe.core.errors import UserInputError
+from optpipe.core.tensor_spec import TensorSpec
 
 if TYPE_CHECKING:
     import onnxruntime as ort

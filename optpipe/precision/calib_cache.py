@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optpipe.errors import UserInputError
-from optpipe.safe_output import write_output
+from optpipe.core.errors import UserInputError
+from optpipe.core.safe_output import write_output
 
 FORMAT = "optpipe-calib-cache/1"
 
@@ -112,7 +112,7 @@ def check_cache_file(path: Path) -> None:
     A corrupt file is refused rather than silently recalibrated over: the user
     named it, so it may hold ranges they mean to reuse (or point at the wrong file).
     """
-    from optpipe.safe_output import output_refusal
+    from optpipe.core.safe_output import output_refusal
 
     path = Path(path)
     reason = output_refusal(path)

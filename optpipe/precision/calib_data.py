@@ -31,7 +31,7 @@ model input order, or a bare array for a single-input model. Torch tensors are
 accepted. A sample array whose rank is one less than the model's gets a
 leading batch axis of 1 (datasets usually yield unbatched items).
 
-Validation (each failure is one :class:`~optpipe.errors.UserInputError` line):
+Validation (each failure is one :class:`~optpipe.core.errors.UserInputError` line):
 missing or unexpected input names (listed with the model's names), wrong rank
 or a static dimension that differs, a dtype of another kind (float data for
 an int input or the reverse: this is almost always a preprocessing bug, so it
@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.errors import UserInputError, first_line
-from optpipe.tensor_spec import TensorSpec
+from optpipe.core.errors import UserInputError, first_line
+from optpipe.core.tensor_spec import TensorSpec
 
 Sample = dict[str, np.ndarray]
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import onnx
 
+from optpipe.core.scratch_dir import scratch_cwd
 from optpipe.precision import _graph
 from optpipe.precision.static_quantize import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
-from optpipe.scratch_dir import scratch_cwd
 
 #: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it; Gather: only
 #: of a constant table, an embedding).

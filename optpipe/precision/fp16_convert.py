@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from optpipe.errors import UserInputError
+from optpipe.core.errors import UserInputError
 from optpipe.precision import _graph
 
 FP16_MAX = 65504.0

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optpipe.build_record import HoldoutRecord
-from optpipe.tensor_spec import TensorSpec
+from optpipe.core.records import HoldoutRecord
+from optpipe.core.tensor_spec import TensorSpec
 
 #: Aim: at least this many real rows judged by every gate, when the data allows.
 TARGET_ROWS = 32
@@ -122,7 +122,7 @@ def without_rows(samples: Sequence[dict[str, np.ndarray]], rows: dict[str, np.nd
     Why: ``eval_data()`` rows judge and score, never steer. A model file whose calibration data
     shares rows with its eval data would calibrate on the rows its verdict and accuracy are measured on.
     """
-    from optpipe.output_kinds import row_keys
+    from optpipe.compare.output_kinds import row_keys
 
     if not rows:
         return list(samples), 0

@@ -1,7 +1,7 @@
 """What the guarded precision passes (``fp16``, ``int8``, ``int8-dynamic``) share.
 
 Option parsing (the guard flags, where calibration data comes from), sample
-loading once per build, running :func:`~optpipe.precision.localize.guarded_quantize`
+loading once per build, running :func:`~optpipe.precision.guard.localize.guarded_quantize`
 behind the accuracy gate and the guard's part of the report. Each pass keeps
 what is its own: its Config (the documented options), its builder options, its
 status names and its metrics. Heavy modules (onnx, onnxruntime) are imported
@@ -17,14 +17,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from optpipe.build_options import DEFAULT_GUARD_SECONDS, IN_MEMORY
-from optpipe.errors import UserInputError
+from optpipe.core.errors import UserInputError
+from optpipe.precision.names import DEFAULT_GUARD_SECONDS, IN_MEMORY
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from optpipe.pass_base import BuildContext
-    from optpipe.precision.localize import GuardResult
+    from optpipe.infra.pass_base import BuildContext
+    from optpipe.precision.guard.localize import GuardResult
 
 
 Samples = list[dict[str, "np.ndarray"]]
@@ -80,18 +80,9 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
 
 def guard_code_modules() -> tuple[ModuleType, ...]:
     """The modules whose code decides a guarded precision pass's output (its ``code_modules``)."""
-    from optpipe import output_kinds, parity
-    from optpipe.precision import (
-        _graph,
-        bias_correction,
-        calib_cache,
-        calib_data,
-        fp16_convert,
-        gate,
-        localize,
-        sensitivity,
-        static_quantize,
-    )
+    from optpipe.compare import output_kinds, parity
+    from optpipe.precision import _graph, bias_correction, calib_cache, calib_data, fp16_convert, static_quantize
+    from optpipe.precision.guard import gate, localize, sensitivity
 
     this = sys.modules[__name__]
     return (static_quantize, bias_correction, fp16_convert, localize, sensitivity, gate, calib_cache, calib_data,
@@ -141,8 +132,8 @@ def run_guard(
     ``builder`` goes to ``guarded_quantize`` (precision, its options, quantize).
     Returns the guard's result and the gate's parity records.
     """
-    from optpipe.precision.gate import make_gate
-    from optpipe.precision.localize import guarded_quantize
+    from optpipe.precision.guard.gate import make_gate
+    from optpipe.precision.guard.localize import guarded_quantize
 
     gate, gate_log = make_gate(ctx, gate_name, dict(config.tolerances), level, dict(config.output_kinds))
     result = guarded_quantize(
@@ -198,8 +189,8 @@ def guard_report(
     name the nodes kept in FP32 and, when the gate still fails, the limit,
     followed by ``advice``.
     """
-    from optpipe.precision.gate import export_module_paths, guard_record, kept_rows, layer_rows
-    from optpipe.precision.localize import per_layer_errors
+    from optpipe.precision.guard.gate import export_module_paths, guard_record, kept_rows, layer_rows
+    from optpipe.precision.guard.localize import per_layer_errors
 
     assert result.path is not None
     table = result.table or (

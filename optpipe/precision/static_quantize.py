@@ -33,8 +33,9 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from optpipe.artifact import sha256_file
-from optpipe.errors import EnvironmentUnavailable, UserInputError
+from optpipe.core.artifact import sha256_file
+from optpipe.core.errors import EnvironmentUnavailable, UserInputError
+from optpipe.core.scratch_dir import scratch_cwd
 from optpipe.precision import _graph
 from optpipe.precision.bias_correction import BiasCorrection, correct_biases, measure_means
 from optpipe.precision.calib_cache import (
@@ -46,7 +47,6 @@ from optpipe.precision.calib_cache import (
     validate_ranges,
 )
 from optpipe.precision.calib_data import check_sample_count, data_fingerprint
-from optpipe.scratch_dir import scratch_cwd
 
 Style = Literal["cpu", "tensorrt"]
 Method = Literal["minmax", "entropy", "percentile"]

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from corpus import MODELS
 from test_hostile_inputs import assert_one_error_line
 
-from optpipe.build_dir import (
+from optpipe.builder.out_dir import (
     LOCK_PREFIX,
     STAGING_MARKER,
     STAGING_PREFIX,
@@ -27,8 +27,8 @@ from optpipe.build_dir import (
     publish,
     publish_lock,
 )
-from optpipe.cli import main
-from optpipe.errors import UserInputError
+from optpipe.cli.main import main
+from optpipe.core.errors import UserInputError
 
 M = f"{MODELS}:Mlp"
 
@@ -247,7 +247,7 @@ def test_int8_model_and_calibration_cache_files_honour_the_umask(tmp_path: Path)
 # --- case 3: the cache never follows a symlink out of itself -------------------------------------
 
 def test_a_symlinked_cache_tmp_is_not_cleaned_through(tmp_path: Path) -> None:
-    from optpipe.cache import CACHE_FORMAT
+    from optpipe.cache.store import CACHE_FORMAT
 
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -267,7 +267,7 @@ def test_a_symlinked_cache_tmp_is_not_cleaned_through(tmp_path: Path) -> None:
 
 
 def test_a_symlinked_cache_entry_is_corrupt_and_its_target_untouched(tmp_path: Path) -> None:
-    from optpipe.cache import iter_entries
+    from optpipe.cache.store import iter_entries
 
     cache = tmp_path / "cache"
     args = ["build", M, "--input", "x:2x4", "--no-benchmark", "--cache-dir", str(cache)]

@@ -2,7 +2,7 @@
 absent, the old build intact, or the complete new build, and a rebuild and ``optpipe verify`` pass.
 
 The build is paused at a point with the ``OPTPIPE_TEST_PAUSE=POINT:DIR`` hook of
-:mod:`optpipe.build_dir` (it creates ``DIR/POINT.reached`` and waits), then killed. Two racing
+:mod:`optpipe.builder.out_dir` (it creates ``DIR/POINT.reached`` and waits), then killed. Two racing
 builds to one --out use the same hook: exactly one is published, the other exits 2 saying why.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 from corpus import MODELS
 
-from optpipe.build_dir import LOCK_PREFIX, PAUSE_ENV, STAGING_PREFIX
-from optpipe.cli import main
+from optpipe.builder.out_dir import LOCK_PREFIX, PAUSE_ENV, STAGING_PREFIX
+from optpipe.cli.main import main
 
 BUILD = ["build", f"{MODELS}:Mlp", "--input", "x:2x4", "--no-benchmark", "--threads", "1"]
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from corpus import MODELS, PWNED, make_corpus
 
-from optpipe.cli import main
+from optpipe.cli.main import main
 
 M = f"{MODELS}:Mlp"
 X = ("--input", "x:2x4")

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optpipe.cli import main
-from optpipe.errors import UserInputError
-from optpipe.input_parsing import parse_dynamic, parse_input
+from optpipe.cli.main import main
+from optpipe.core.errors import UserInputError
+from optpipe.model.input_parsing import parse_dynamic, parse_input
 
 MISSING_MODEL = "/nonexistent/optpipe-hostile/model.py:Net"
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

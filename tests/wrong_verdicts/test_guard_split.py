@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 import optpipe
-from optpipe.golden import ROLE_GUARD, ROLE_SHAPE, ROLE_TEST, GoldenData, make_golden, real_row_sets
+from optpipe.compare.golden import ROLE_GUARD, ROLE_SHAPE, ROLE_TEST, GoldenData, make_golden, real_row_sets
+from optpipe.core.tensor_spec import TensorSpec
 from optpipe.precision.holdout import split_rows
-from optpipe.tensor_spec import TensorSpec
 
 ROWS = 128
 FEATURES = 8
@@ -138,11 +138,11 @@ def test_split_is_disjoint_deterministic_and_both_sets_judge() -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: one plain Gemm file
 def test_eval_rows_never_reach_the_guard_gate_or_its_samples(tmp_path: Path) -> None:
-    from optpipe.pass_base import BuildContext
+    from optpipe.infra.pass_base import BuildContext
     from optpipe.precision import pass_support
-    from optpipe.precision.gate import make_gate
-    from optpipe.runtime import OrtRunner, TorchRunner
-    from optpipe.target import get_target
+    from optpipe.precision.guard.gate import make_gate
+    from optpipe.runtime.runners import OrtRunner, TorchRunner
+    from optpipe.runtime.target import get_target
 
     model = Mlp().eval()
     example = {"input_0": _rows(2, seed=7)}
@@ -162,7 +162,7 @@ def test_eval_rows_never_reach_the_guard_gate_or_its_samples(tmp_path: Path) -> 
     samples = pass_support.golden_inputs(ctx)
     assert not any(np.isin(s["input_0"], evaluation).any() for s in samples)
     # The verdict does see them, and reports both figures.
-    from optpipe.parity import validate_outputs
+    from optpipe.compare.parity import validate_outputs
 
     verdict = validate_outputs(OrtRunner(onnx_path), ctx, "fp32", {})
     assert verdict["rows"] == {ROLE_SHAPE: 2, ROLE_GUARD: 0, ROLE_TEST: 24}
@@ -192,7 +192,7 @@ def test_golden_roles_survive_save_and_load_and_old_layouts_read(tmp_path: Path)
 
 
 def _reference(model: nn.Module) -> Any:
-    from optpipe.runtime import TorchRunner
+    from optpipe.runtime.runners import TorchRunner
 
     return TorchRunner(model, ("input_0",), ("output_0",))
 

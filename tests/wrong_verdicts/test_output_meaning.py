@@ -1,8 +1,8 @@
 """Wrong verdicts of issue 17 (items 2, 4, 5): outputs judged by what they mean, and unjudged is not passed.
 
 Each case is a reference/candidate pair fed to the real judgement code
-(:func:`optpipe.parity.judge_output`, with kinds from :func:`optpipe.output_kinds.resolve_kinds`
-and, where the evidence is a graph, :func:`optpipe.output_producers.output_producers` on a real
+(:func:`optpipe.compare.parity.judge_output`, with kinds from :func:`optpipe.compare.output_kinds.resolve_kinds`
+and, where the evidence is a graph, :func:`optpipe.onnx.producers.output_producers` on a real
 exported ONNX file), or a real build through the CLI. Each must be REJECTED (or UNJUDGED) and has a
 twin that must PASS. On the code before issue 17 every one of them PASSED.
 """
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from optpipe.cli import main
-from optpipe.errors import EXIT_GATE_FAILED, EXIT_OK
-from optpipe.output_kinds import resolve_kinds
-from optpipe.output_producers import Producer, output_producers
-from optpipe.parity import judge_output, tolerance_for
+from optpipe.cli.main import main
+from optpipe.compare.output_kinds import resolve_kinds
+from optpipe.compare.parity import judge_output, tolerance_for
+from optpipe.core.errors import EXIT_GATE_FAILED, EXIT_OK
+from optpipe.onnx.producers import Producer, output_producers
 
 REDUCED = ("fp16", "int8", "int8-dynamic")
 

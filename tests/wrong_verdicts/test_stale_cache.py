@@ -222,7 +222,7 @@ def test_a_cache_reused_across_in_process_builds_sees_a_model_changed_in_place(t
     example tuple could reuse the first's id, so a model whose weights were loaded in place kept its old
     identity, every pass hit, and the old artifact was published as PASSED. The twin (nothing changed) hits.
     """
-    from optpipe.cache import PassCache
+    from optpipe.cache.store import PassCache
 
     cache = PassCache(tmp_path / "cache")
     model = _Tiny().eval()
@@ -249,12 +249,12 @@ def _golden_facts_after_swap(same_references: bool = False) -> tuple[Any, Any]:
     """
     from optpipe.passes.simplify import SimplifyOnnx
 
-    from optpipe.artifact import Artifact, ArtifactKind
-    from optpipe.cache import _Keyer
-    from optpipe.golden import GoldenCase, GoldenData
-    from optpipe.pass_base import BuildContext
-    from optpipe.target import get_target
-    from optpipe.tensor_spec import TensorSpec
+    from optpipe.cache.store import _Keyer
+    from optpipe.compare.golden import GoldenCase, GoldenData
+    from optpipe.core.artifact import Artifact, ArtifactKind
+    from optpipe.core.tensor_spec import TensorSpec
+    from optpipe.infra.pass_base import BuildContext
+    from optpipe.runtime.target import get_target
 
     specs = (TensorSpec("x", (2, 4), "float32"),)
     ctx = BuildContext(Path("."), get_target("cpu"), specs, ("y",))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from optpipe.cli import main
-from optpipe.errors import EXIT_OK, EXIT_UNJUDGED
+from optpipe.cli.main import main
+from optpipe.core.errors import EXIT_OK, EXIT_UNJUDGED
 
 MODEL = textwrap.dedent(
     '''
@@ -88,8 +88,8 @@ def test_two_rows_are_unjudged_exit_4_allowed_with_the_flag_and_judged_when_the_
 
 
 def test_config_file_key_reaches_the_build_as_the_flag_does(tmp_path: Path) -> None:
-    from optpipe.cli import build
-    from optpipe.config_file import load_build_file
+    from optpipe.cli.main import build
+    from optpipe.matrix.config_file import load_build_file
 
     config = tmp_path / "optpipe.toml"
     config.write_text('require_judged = false\n\n[[model]]\nname = "net"\nspec = "net.py:Net"\nout = "o"\n')

@@ -1,0 +1,1 @@
+"""The content-addressed pass cache, the model identity it keys on, the reference cache and cache care."""

@@ -1,0 +1,1 @@
+"""The ``optpipe`` command line: thin click commands over the library."""

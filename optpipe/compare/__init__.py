@@ -1,0 +1,1 @@
+"""Golden data, parity and the gates that judge each output by what it means."""

@@ -1,0 +1,1 @@
+"""ONNX graph utilities: loading with clear errors, inspection, what produces each output."""

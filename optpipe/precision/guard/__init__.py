@@ -1,0 +1,1 @@
+"""The accuracy guard: find the nodes that break a low-precision model and keep them in FP32."""

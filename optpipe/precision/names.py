@@ -1,0 +1,8 @@
+"""Names and defaults the precision passes share with the options that set them (no numpy: the CLI reads them)."""
+
+from __future__ import annotations
+
+#: ``calib_data`` text when the samples were passed in memory (to ``build()`` or by the model file).
+IN_MEMORY = "<in-memory>"
+#: The guard's time budget per variant, in seconds, unless the build says otherwise.
+DEFAULT_GUARD_SECONDS = 60.0

@@ -1,0 +1,1 @@
+"""TensorRT: engines through Polygraphy, shape profiles, layer timing, the CPU-side lint."""

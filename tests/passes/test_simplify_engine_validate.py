@@ -1,0 +1,107 @@
+"""simplify, engine-ort, validate and benchmark passes on one exported toy model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from conftest import build_context, torch_artifact
+from optpipe.passes.benchmark import BenchmarkConfig, BenchmarkPass
+from optpipe.passes.engine_ort import OrtEnginePass
+from optpipe.passes.export_onnx import ExportOnnx
+from optpipe.passes.simplify import SimplifyOnnx
+from optpipe.passes.validate import ValidateConfig, ValidatePass
+
+from optpipe.compare.golden import GoldenCase
+from optpipe.core.artifact import ArtifactKind
+from optpipe.core.errors import PassError
+from optpipe.core.tensor_spec import DynamicDim
+
+
+@pytest.fixture()
+def exported(tmp_path: Path, toy: ModuleType) -> tuple[Any, Any]:
+    ctx = build_context(
+        tmp_path, toy.TinyNet().eval(), {"x": toy.example_inputs()[0].numpy()}, ("logits",),
+        DynamicDim("batch", 1, 4, 8),
+    )
+    return ctx, ExportOnnx()(torch_artifact(ctx), ctx).artifact
+
+
+def test_simplify_keeps_portable_equivalent_model(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    result = SimplifyOnnx()(artifact, ctx)
+    assert result.artifact.path.name == "model.onnx"
+    assert result.metrics["nodes_after"] <= result.metrics["nodes_before"]
+    domains = {node.domain for node in onnx.load(str(result.artifact.path)).graph.node}
+    assert domains <= {"", "ai.onnx"}
+
+
+def test_simplify_twice_is_a_no_op(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    once = SimplifyOnnx()(artifact, ctx).artifact
+    twice = SimplifyOnnx()(once, ctx)
+    assert twice.modified is False
+
+
+def test_engine_is_runtime_specific_file(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    engine = OrtEnginePass()(artifact, ctx)
+    assert engine.artifact.kind is ArtifactKind.ENGINE
+    assert engine.artifact.path.name == "model.ort-cpu.onnx"
+    assert engine.metrics["runtime"] == "onnxruntime"
+
+
+def test_validate_passes_at_every_batch_size(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    engine = OrtEnginePass()(artifact, ctx).artifact
+    parity = ValidatePass()(engine, ctx).metrics["parity"]
+    assert parity["passed"], parity["failures"]
+    assert [c["batch"] for c in parity["cases"]] == [2, 1, 3]
+    assert parity["outputs"]["logits"]["max_abs"] < 1e-4
+    assert parity["outputs"]["logits"]["samples"] == 6
+
+
+def test_validate_reports_a_wrong_reference_as_a_failed_gate(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    engine = OrtEnginePass()(artifact, ctx).artifact
+    case = ctx.golden.cases[0]
+    ctx.golden.cases[0] = GoldenCase(case.name, case.inputs, {"logits": case.outputs["logits"] + 1.0})
+    parity = ValidatePass()(engine, ctx).metrics["parity"]
+    assert not parity["passed"]
+    assert any("element-wise" in f for f in parity["failures"])
+
+
+def test_validate_refuses_tolerance_for_unknown_output(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    engine = OrtEnginePass()(artifact, ctx).artifact
+    with pytest.raises(PassError, match="unknown output\\(s\\) probs; the outputs are logits"):
+        ValidatePass(ValidateConfig(tolerances={"probs": {"min_cosine": 0.9}}))(engine, ctx)
+
+
+def test_benchmark_reports_latency_and_speedup(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    engine = OrtEnginePass()(artifact, ctx).artifact
+    metrics = BenchmarkPass(BenchmarkConfig(batch=4, warmup=1, rounds=2, iters_per_round=3))(engine, ctx).metrics
+    latency = metrics["latency"]
+    assert latency["batch"] == 4 and latency["iterations"] == 6
+    assert latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
+    assert latency["throughput"] == pytest.approx(4 / (latency["p50_ms"] / 1e3))
+    assert metrics["speedup_vs_torch"] == pytest.approx(metrics["torch_latency"]["p50_ms"] / latency["p50_ms"])
+
+
+def test_benchmark_refuses_zero_batch(exported: tuple[Any, Any]) -> None:
+    ctx, artifact = exported
+    engine = OrtEnginePass()(artifact, ctx).artifact
+    with pytest.raises(PassError, match="batch must be >= 1"):
+        BenchmarkPass(BenchmarkConfig(batch=0))(engine, ctx)
+
+
+def test_golden_inputs_are_real_rows(exported: tuple[Any, Any]) -> None:
+    ctx, _ = exported
+    example = ctx.golden.case("example").inputs["x"]
+    batch3 = ctx.golden.case("batch3").inputs["x"]
+    np.testing.assert_array_equal(batch3[2], example[0])

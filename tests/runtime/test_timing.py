@@ -1,0 +1,51 @@
+"""The benchmark's time budget and its stability warning (no latency is asserted)."""
+
+from __future__ import annotations
+
+import time
+
+from optpipe.runtime.timing import MIN_BLOCK_CALLS, budgeted_blocks, budgeted_latency, stability_warning
+
+
+def _sleeper(seconds: float):  # type: ignore[no-untyped-def]
+    def call() -> None:
+        time.sleep(seconds)
+
+    return call
+
+
+def test_budget_stops_once_every_runtime_has_its_seconds_and_calls() -> None:
+    calls = {"fast": _sleeper(0.001), "slow": _sleeper(0.01)}
+    times = budgeted_latency(calls, seconds=0.1, warmup=1, min_calls=5, progress=lambda *_: None)
+    for name in calls:
+        assert len(times[name]) >= 5
+        assert sum(times[name]) >= 100.0
+    # Budgeted, not counted: the fast call got many more timed calls than the slow one.
+    assert len(times["fast"]) > len(times["slow"])
+
+
+def test_min_calls_wins_over_a_tiny_budget() -> None:
+    times = budgeted_latency({"x": _sleeper(0.005)}, seconds=0.001, warmup=0, min_calls=7, progress=lambda *_: None)
+    assert len(times["x"]) >= 7
+
+
+def test_stability_warning_on_a_wide_spread_only() -> None:
+    steady = [10.0] * 50 + [10.5] * 50
+    assert stability_warning("engine", steady) is None
+    noisy = [10.0] * 80 + [30.0] * 20
+    warning = stability_warning("torch", noisy)
+    assert warning is not None and "torch" in warning and "p90/p50" in warning
+    assert stability_warning("x", [1.0]) is None
+
+
+def test_blocks_stay_interleaved_to_the_end_and_are_sized_by_time() -> None:
+    calls = {"fast": _sleeper(0.001), "slow": _sleeper(0.01), "baseline": _sleeper(0.003)}
+    timed = budgeted_blocks(calls, seconds=0.1, warmup=2, min_calls=5, blocks=4, progress=lambda *_: None)
+    rounds = {name: len(runs) for name, runs in timed.items()}
+    assert len(set(rounds.values())) == 1  # every runtime ran in every round: one run, not one after another
+    for runs in timed.values():
+        assert all(len(block) >= MIN_BLOCK_CALLS for block in runs)
+    # Blocks hold about the same time, so the fast call's blocks hold more calls than the slow one's.
+    assert len(timed["fast"][-1]) > len(timed["slow"][-1])
+    flat = budgeted_latency(calls, seconds=0.05, warmup=1, min_calls=5, progress=lambda *_: None)
+    assert set(flat) == set(calls) and all(len(v) >= 5 for v in flat.values())
