@@ -2,7 +2,7 @@
 
 An executor takes the matrix's :class:`~optpipe.matrix.tasks.ModelTask` list and
 returns one :class:`~optpipe.matrix.tasks.ModelResult` per task, in order; every
-executor builds a model with the same runner, :func:`optpipe.cli.main.run_model`
+executor builds a model with the same runner, :func:`optpipe.cli.build.run_model`
 (passed in: this layer sits below the command line). The
 default, :class:`InProcessExecutor`, is today's sequential loop of
 ``optpipe build -c``. ``--executor ray`` / ``ray:auto`` / ``ray://HOST:PORT``

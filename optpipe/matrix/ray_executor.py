@@ -7,7 +7,7 @@ the optional extra ``optpipe[ray]``.
 
 Design:
 
-* One Ray task per model: :func:`optpipe.cli.main.run_model`, the function the
+* One Ray task per model: :func:`optpipe.cli.build.run_model`, the function the
   in-process executor calls (shipped to the worker by name). The task carries the model's resolved build
   parameters; the files they name (model file, weights, calibration data,
   output and cache directories) travel *by path*, so they must be on a

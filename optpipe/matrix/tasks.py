@@ -4,7 +4,7 @@ Why a module of its own: ``optpipe build -c FILE`` builds several models, and
 where they are built (this process, one after the other; or a Ray cluster,
 see :mod:`optpipe.matrix.ray_executor`) must not change what a model's build does
 or how the whole matrix is reported. So a model build is one function,
-:func:`optpipe.cli.main.run_model` (over :func:`invoke_model`), that every executor calls with a picklable
+:func:`optpipe.cli.build.run_model` (over :func:`invoke_model`), that every executor calls with a picklable
 :class:`ModelTask` and that returns a typed :class:`ModelResult`; the
 summary (console table, one JSON document, one JUnit file, the worst exit
 code) is made from those records here, whichever executor ran them.
@@ -195,7 +195,7 @@ ProgressCallback = Callable[[MatrixCounts], None]
 
 
 class ModelRunner(Protocol):
-    """Builds one model: :func:`optpipe.cli.main.run_model` (a module-level function, so Ray can ship it by name)."""
+    """Builds one model: :func:`optpipe.cli.build.run_model` (module-level, so Ray can ship it by name)."""
 
     def __call__(self, task: ModelTask, *, capture: bool = False) -> ModelResult: ...
 
@@ -238,7 +238,7 @@ def invoke_model(command: Any, task: ModelTask, *, capture: bool = False) -> Mod
     printing it (a cluster worker's output would otherwise interleave with
     other models'). With ``--json`` the model's own report JSON is not
     printed: the matrix prints one document. The command is passed in (by
-    :func:`optpipe.cli.main.run_model`) because the library sits below the
+    :func:`optpipe.cli.build.run_model`) because the library sits below the
     command line; once the build takes one typed options record, this calls
     the library instead.
     """

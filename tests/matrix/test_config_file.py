@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from optpipe.builder.options import BuildOptions
-from optpipe.cli.main import build as build_command
+from optpipe.cli.build import build as build_command
 from optpipe.cli.main import main
 from optpipe.matrix.config_file import ConfigError, load_build_file, worst_exit_code
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from optpipe.cli.main import build_many, main
+from optpipe.cli.build_many import build_many
+from optpipe.cli.main import main
 from optpipe.core.errors import EnvironmentUnavailable, MissingDependency, UserInputError
 from optpipe.matrix.executors import InProcessExecutor, get_executor
 from optpipe.matrix.ray_executor import BENCH_RESOURCE, ClusterShape, RayExecutor, import_ray, task_options

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from optpipe.cli.main import build_many, main
+from optpipe.cli.build_many import build_many
+from optpipe.cli.main import main
 from optpipe.matrix.ray_executor import BENCH_RESOURCE, RayExecutor
 from optpipe.matrix.tasks import MatrixResult
 

@@ -88,7 +88,7 @@ def test_two_rows_are_unjudged_exit_4_allowed_with_the_flag_and_judged_when_the_
 
 
 def test_config_file_key_reaches_the_build_as_the_flag_does(tmp_path: Path) -> None:
-    from optpipe.cli.main import build
+    from optpipe.cli.build import build
     from optpipe.matrix.config_file import load_build_file
 
     config = tmp_path / "optpipe.toml"

@@ -1,0 +1,285 @@
+"""``optpipe build``: compile a model (or every model of a config file) into a verified artifact."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from optpipe.cli.errors import EXIT_CODES_HELP, reports_errors
+from optpipe.cli.help import BuildCommand
+from optpipe.cli.options import (
+    PrecisionsType,
+    ToleranceType,
+    measure_options,
+    precision_build_options,
+    sweep_budget_options,
+    trt_build_options,
+    writable_file,
+)
+from optpipe.core.errors import (
+    EXIT_USAGE,
+)
+from optpipe.core.value_checks import WholeIntRange
+from optpipe.matrix.config_file import CONFIG_META, JSON_SINK
+from optpipe.report.junit import junit_on_error
+
+if TYPE_CHECKING:
+    from optpipe.builder.options import BuildOptions, TensorRTOptions
+    from optpipe.core.records import VariantResult
+    from optpipe.matrix.tasks import ModelResult, ModelTask
+
+
+def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared: Any) -> BuildOptions:
+    """The options with the model file's calibration and eval data where the flags gave none."""
+    from dataclasses import replace
+
+    from optpipe.builder.options import CalibrationSource, EvalOptions
+    from optpipe.builder.selection import load_eval_npz
+
+    calibration, evaluation = options.calibration, options.eval
+    if not opts.get("calib_data") and prepared.calibration:
+        calibration = CalibrationSource.parse(prepared.calibration, calibration.synthetic, calibration.method,
+                                              calibration.cache)
+    if getattr(prepared, "input_ranges", None):  # --input LOW..HIGH: synthetic calibration draws integers there
+        calibration = replace(calibration, input_ranges=CalibrationSource.parse(
+            input_ranges=prepared.input_ranges).input_ranges)
+    if opts.get("eval_data") is not None:
+        evaluation = EvalOptions(load_eval_npz(opts["eval_data"], prepared.input_names), str(opts["eval_data"]),
+                                 evaluation.max_accuracy_drop)
+    elif prepared.eval_set is not None:
+        evaluation = EvalOptions(prepared.eval_set, "from eval_data() in the model file", evaluation.max_accuracy_drop)
+    return replace(options, calibration=calibration, eval=evaluation)
+
+
+@click.command(cls=BuildCommand, epilog=EXIT_CODES_HELP)
+@click.argument("model", required=False)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Output directory (required unless a config file sets out).")
+@click.option("--weights", type=click.Path(path_type=Path), help="State dict: .pt/.pth (weights only) or .safetensors.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE[:LOW..HIGH]]",
+              help="Example input, e.g. x:2x3x224x224 or ids:2x128:int64:0..1000. Repeat per input, in "
+              "forward() order. Default: example_inputs() in the model's file.")
+@click.option("--dynamic", "dynamics", multiple=True, metavar="NAME=MIN:OPT:MAX[@INPUT.AXIS,...]",
+              help="Dynamic dimension; batch=1:8:32 makes axis 0 of every input dynamic. Default: a dynamic "
+              "batch (axis 0 of every input, 1 to 64) when the model can vary it.")
+@click.option("--static-batch", is_flag=True,
+              help="Keep axis 0 at the example's batch size (the artifact then accepts only that batch).")
+@click.option("--static-seq", is_flag=True,
+              help="Keep token inputs (input_ids, attention_mask, integer NxL inputs) at the example's length. "
+              "Default: their axis 1 is dynamic, from the data's shortest real length to the model's position "
+              "limit.")
+@click.option("--sweep", is_flag=True,
+              help="Also time batch 1..max x threads 1..cores for every variant and PyTorch eager (report.json "
+              "'sweep', report.html); as `optpipe sweep DIR` does after a build.")
+@click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
+@click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
+              help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
+              "data); or 'auto': build the target's "
+              "candidates and select the fastest that passes its gates.")
+@click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
+@click.option("--tolerance", "tolerances", type=ToleranceType(), multiple=True, metavar="OUTPUT:FIELD=VALUE",
+              help="Override a parity gate, e.g. logits:min_cosine=0.995 ('*' = every output); atol/rtol >= 0, "
+              "min_cosine/min_row_cosine/min_top1/top1_margin in [0, 1] (top1_margin: top-1 counts rows whose "
+              "reference top class leads by at least this probability; default 0.05).")
+@click.option("--threads", type=WholeIntRange(min=1),
+              help="Threads for ONNX Runtime and PyTorch (default: all cores).")
+@click.option("--batch", "benchmark_batch", type=WholeIntRange(min=1),
+              help="Batch size to benchmark at (default: the example's). Must be within the dynamic batch "
+              "range, or equal the example's batch when the batch is static; ignored with a warning under "
+              "--no-benchmark.")
+@click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
+@click.option("--exporter", default="auto", show_default=True, type=click.Choice(["auto", "dynamo", "torchscript"]))
+@click.option("--fuse", default="auto", show_default=True, metavar="auto|off|MODEL_TYPE",
+              help="[cpu] Transformer fusions (ONNX Runtime's transformer optimizer) for --precision auto's fused "
+              "variants (fp32+fused, int8-dynamic+fused): 'auto' detects a BERT-like graph, 'off' builds none, or "
+              "the optimizer's model type (bert, gpt2, vit, ...).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
+@click.option("--no-strict-weights", is_flag=True, help="Allow missing/unexpected keys in --weights.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a fully pickled model (.pt/.pth). Unpickling runs code from the file: "
+              "only for files you trust.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary.")
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Build the [[model]] entries of a TOML file (options as keys; flags given here override "
+              "the file). MODEL then selects one entry by name or spec.")
+@click.option("--executor", metavar="EXECUTOR",
+              help="Where -c FILE's models are built: in-process (default, one after the other), ray (a local "
+              "Ray started for the run), ray:auto or ray://HOST:PORT (an existing Ray cluster; needs "
+              "optpipe[ray]).")
+@click.option("--no-cache", is_flag=True, help="Do not reuse or store pass outputs in the build cache.")
+@click.option("--rebench", is_flag=True,
+              help="Measure validation and latency again, even when the cache holds a measurement of the same "
+              "artifact, golden data, runtime versions and host.")
+@click.option("--require-judged/--allow-unjudged", "require_judged", default=True, show_default=True,
+              help="A gate that cannot judge (fewer than 20 rows where the model decides, a regression output "
+              "that does not vary) makes the result UNJUDGED, exit 4 (default), never a pass; "
+              "--allow-unjudged accepts such a variant (exit 0), listing the unjudged gates.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Build cache directory (default: $OPTPIPE_CACHE_DIR or ~/.cache/optpipe).")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", callback=writable_file,
+              help="Also write JUnit XML: one test case per parity gate (per variant and output).")
+@click.option("--opset", type=WholeIntRange(min=7), metavar="N",
+              help="ONNX opset to export (default: the exporter's). report.json records the opset written; an "
+              "exporter that cannot convert to N keeps its own, and that is a warning.")
+@click.option("--profile", is_flag=True, default=None,
+              help="Also profile each engine per op type and node on the golden inputs (ONNX Runtime's profiler; "
+              "TensorRT's per-layer profiler on a GPU machine): in report.json, the console and report.html.")
+@click.option("--mlflow", "mlflow_uri", is_flag=False, flag_value="", default=None, metavar="[TRACKING_URI]",
+              help="Log the build to an MLflow run (parameters, metrics per variant, report files, the selected "
+              "artifact): at TRACKING_URI, or MLflow's default ($MLFLOW_TRACKING_URI) when none is given. Nested "
+              "in an active run. Needs pip install 'optpipe[mlflow]'.")
+@trt_build_options
+@precision_build_options
+@measure_options
+@sweep_budget_options
+@reports_errors
+@junit_on_error
+def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
+          static_batch: bool, static_seq: bool, sweep: bool, sweep_seconds: float | None,
+          latency_budget: float | None, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...],
+          output_names: str | None, tolerances: tuple[tuple[str, str, float], ...], threads: int | None,
+          benchmark_batch: int | None,
+          no_benchmark: bool, exporter: str, fuse: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
+          as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
+          junit: Path | None,
+          trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
+          profile: bool | None = None, opset: int | None = None,
+          pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
+    """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
+    from optpipe.core.value_checks import check_environment
+
+    check_environment()  # OPTPIPE_* variables: before any work, named in the error
+    if config_file is not None:
+        from optpipe.matrix.config_file import run_build_file
+
+        sys.exit(run_build_file(click.get_current_context(), config_file, model, run_model))
+    if executor is not None:
+        raise click.UsageError("--executor builds the models of a config file: give -c FILE")
+    if model is None:
+        raise click.UsageError("Missing argument 'MODEL' (or give a config file with -c FILE).")
+    if out_dir is None:
+        raise click.UsageError("Missing option '--out'.")
+    if trt_options and target != "tensorrt":
+        raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
+                               "--target tensorrt")
+    from optpipe.builder.precheck import precheck_build
+
+    precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
+    _check_output_files(model, out_dir, weights, junit, precision_opts, cache_dir, mlflow_uri)
+    if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
+        from optpipe.report.mlflow_log import check_tracking_uri, import_mlflow
+
+        import_mlflow()
+        check_tracking_uri(mlflow_uri)  # an unreachable server or an SQLite path at a directory: now, in one line
+    from optpipe.builder.options import parse_build_options
+    from optpipe.core.console import info
+    from optpipe.model.prepared import prepare_model
+
+    if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
+        pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
+    # Every option is checked here, before the model file is even loaded.
+    options = parse_build_options(
+        target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
+        model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
+        trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
+        static_seq=static_seq, sweep=sweep, sweep_seconds=sweep_seconds, latency_budget=latency_budget,
+        rebench=rebench, require_judged=require_judged, fuse=fuse,
+        **{k: v for k, v in precision_opts.items() if k != "eval_data"},
+    )  # fmt: skip
+    log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
+    prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
+                             output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
+    options = _with_model_file_data(options, precision_opts, prepared)
+    from optpipe.builder.run import build_with_options
+    from optpipe.cache.store import PassCache
+
+    instruments = [] if no_cache else [PassCache(cache_dir, log=log)]
+    report = build_with_options(prepared.module, prepared.example_inputs, options, out_dir=out_dir,
+                                input_names=prepared.input_names, output_names=prepared.output_names,
+                                dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
+                                instruments=instruments, provenance=_provenance(model, weights, prepared),
+                                warnings=prepared.warnings, declared_shapes=bool(inputs))
+    if not no_cache:
+        from optpipe.cache.admin import enforce_cap
+
+        enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
+    _publish_result(report, out_dir, as_json, mlflow_uri, junit)
+    sys.exit(report.exit_code)
+
+
+def _check_output_files(model: str, out_dir: Path, weights: Path | None, junit: Path | None,
+                        precision_opts: dict[str, Any], cache_dir: Path | None, mlflow_uri: str | None) -> None:
+    """--junit, --calib-cache, the group's --log-file, MLflow's local store: no input, not in --out or the cache."""
+    from optpipe.builder.precheck import check_outputs
+
+    context = click.get_current_context()
+    calib = precision_opts.get("calib_data")
+    outputs = {"--junit": junit, "--calib-cache": precision_opts.get("calib_cache"),
+               "--log-file": context.find_root().params.get("log_file")}
+    check_outputs(model, out_dirs=[out_dir], outputs=outputs, cache_dir=cache_dir, mlflow_uri=mlflow_uri,
+                  inputs=[weights, precision_opts.get("eval_data"), calib if calib and Path(calib).exists() else None,
+                          context.meta.get(CONFIG_META)])
+
+
+def _publish_result(report: Any, out_dir: Path, as_json: bool, mlflow_uri: str | None, junit: Path | None) -> None:
+    """After a build: the summary or JSON on stdout, then the MLflow run and the JUnit file when asked for."""
+    from optpipe.core.console import echo_result, info
+
+    sink = click.get_current_context().meta.get(JSON_SINK)
+    if as_json and sink is not None:  # -c FILE --json: one document for every model, printed by config_file
+        sink.append(report.to_dict())
+    elif as_json:
+        click.echo(report.to_json())
+    else:
+        echo_result(report.summary())
+        _echo_profiles(report.variants)
+        if report.sweep:
+            from optpipe.builder.sweep import console_lines
+
+            for line in console_lines(report.sweep):
+                click.echo(line)
+        click.echo(f"report: {out_dir / 'report.json'} (and report.html)")
+    if mlflow_uri is not None:
+        from optpipe.report.mlflow_log import MlflowTarget, log_report
+
+        run_id = log_report(report.to_dict(), out_dir, MlflowTarget(tracking_uri=mlflow_uri or None))
+        info(f"mlflow: logged run {run_id}")
+    if junit is not None:
+        from optpipe.report.junit import report_suite, write_junit
+
+        try:
+            write_junit(junit, [report_suite(report.to_dict())])
+        except OSError as error:  # printed, not raised: junit_on_error would try the same write again
+            click.echo(f"optpipe: error: cannot write --junit {junit}: {error.strerror or error}", err=True)
+            sys.exit(EXIT_USAGE)
+
+
+def _provenance(spec: str, weights: Path | None, prepared: Any) -> Any:
+    """The command line and the model's files, for report.json's provenance."""
+    from optpipe.report.provenance import ProvenanceInputs, cli_invocation
+
+    source = getattr(prepared.source_module, "__file__", None)
+    if source is None and spec.endswith(".pt2"):
+        source = spec  # a torch.export program: the file is the model
+    return ProvenanceInputs(cli_invocation(), str(weights) if weights else None, source)
+
+
+def _echo_profiles(variants: list[VariantResult]) -> None:
+    """The per-op profile of each variant that has one (``--profile``)."""
+    from optpipe.runtime.op_profile import OpProfile
+
+    for variant in variants:
+        if variant.profile:
+            click.echo(f"  {variant.precision}:")
+            click.echo(OpProfile.from_dict(variant.profile).format())
+
+
+def run_model(task: ModelTask, *, capture: bool = False) -> ModelResult:
+    """Build one model of a matrix with this ``build`` command (the runner of every executor, Ray included)."""
+    from optpipe.matrix.tasks import invoke_model
+
+    return invoke_model(build, task, capture=capture)
