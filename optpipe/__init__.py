@@ -17,8 +17,9 @@ from optpipe.core.errors import (
 )
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
 
-if TYPE_CHECKING:  # the typed signature, for type checkers and IDEs; imported lazily at run time
+if TYPE_CHECKING:  # the typed signatures, for type checkers and IDEs; imported lazily at run time
     from optpipe.builder.run import build
+    from optpipe.cli.build_many import build_many
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "TensorSpec",
     "UserInputError",
     "build",
+    "build_many",
 ]
 
 
@@ -43,4 +45,8 @@ def __getattr__(name: str) -> Any:
         from optpipe.builder.run import build
 
         return build
+    if name == "build_many":  # the models of config files (``optpipe build -c``), by any executor
+        from optpipe.cli.build_many import build_many
+
+        return build_many
     raise AttributeError(f"module 'optpipe' has no attribute '{name}'")
