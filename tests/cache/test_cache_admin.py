@@ -116,6 +116,7 @@ def test_a_hit_marks_the_entry_used_and_pruned_entries_are_rebuilt(
     assert all(time.time() - e.last_used < 3600 for e in cache_info(cache).entries)  # hits refreshed
 
 
+@pytest.mark.slow
 def test_build_keeps_the_cache_under_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = Path(__file__).parents[1] / "fixtures" / "models" / "toy_models.py"
     args = ["build", f"{model}:TinyNet", "--no-benchmark", "--cache-dir", str(tmp_path / "cache")]

@@ -78,6 +78,7 @@ def test_an_unreachable_mlflow_server_fails_before_the_build(tmp_path: Path) -> 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_sqlite_tracking_uri_at_a_directory_fails_at_once(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     out = tmp_path / "out"
@@ -96,6 +97,7 @@ def test_mlflow_local_store_inside_out_is_refused_before_work(tmp_path: Path) ->
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_large_eval_set_is_a_few_reference_cache_entries_with_progress(tmp_path: Path) -> None:
     import numpy as np
 

@@ -28,6 +28,7 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_cli_build_records_files_command_times_and_commit(
         tmp_path: Path, toy: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,6 +65,7 @@ def _cosine(ref: Path, low: Path, samples: list[dict[str, np.ndarray]]) -> float
     return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["tensorrt", "cpu"])
 def test_guard_localises_and_repairs_outlier_layer(outlier_model: Path, tmp_path: Path, style: str) -> None:
     calib, held_out = _data(outlier_model, 0), _data(outlier_model, 1)
