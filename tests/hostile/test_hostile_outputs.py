@@ -83,6 +83,7 @@ def test_a_log_fifo_nobody_reads_does_not_hang(tmp_path: Path) -> None:
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+@pytest.mark.slow
 def test_a_config_fifo_nobody_writes_is_one_line(tmp_path: Path) -> None:
     fifo = tmp_path / "optpipe.toml"
     os.mkfifo(fifo)
@@ -132,6 +133,7 @@ def test_an_output_that_is_an_input_or_inside_out_or_cache_is_refused_before_wor
     assert all(p.read_bytes() == data for p, data in before.items())  # the inputs are untouched
 
 
+@pytest.mark.slow
 def test_a_config_junit_under_a_regular_file_fails_before_building(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a directory")
     config = tmp_path / "optpipe.toml"
@@ -164,6 +166,7 @@ def test_two_outs_spelled_differently_are_one_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "outd").exists()
 
 
+@pytest.mark.slow
 def test_an_unknown_model_among_20000_is_one_short_line(tmp_path: Path) -> None:
     config = tmp_path / "optpipe.toml"
     config.write_text("".join(f'[[model]]\nname = "m{i}"\nspec = "m.py:M"\nout = "o{i}"\n' for i in range(20000)))

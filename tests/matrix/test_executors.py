@@ -108,6 +108,7 @@ def test_matrix_summary_json_table_and_junit(tmp_path: Path) -> None:
     assert suites[1].find("testcase/error") is not None
 
 
+@pytest.mark.slow
 def test_build_many_in_process_keeps_going_after_a_failed_model(tmp_path: Path) -> None:
     config = tmp_path / "optpipe.toml"
     config.write_text(WINE)

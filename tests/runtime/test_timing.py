@@ -31,6 +31,7 @@ def test_min_calls_wins_over_a_tiny_budget() -> None:
     assert len(times["x"]) >= 7
 
 
+@pytest.mark.slow
 def test_stability_warning_on_a_wide_spread_only() -> None:
     steady = [10.0] * 50 + [10.5] * 50
     assert stability_warning("engine", steady) is None

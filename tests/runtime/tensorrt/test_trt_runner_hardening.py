@@ -94,6 +94,7 @@ def test_cuda_torch_baseline_runs_on_the_gpu(toy: ModuleType) -> None:
     model.to("cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_trt_runner_close_frees_context_and_engine(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT is not installed")
