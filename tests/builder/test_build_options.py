@@ -209,6 +209,7 @@ def test_output_kind_for_an_unknown_output_is_refused_before_any_work(toy: objec
 # --- typed records: one reader and one writer of report.json ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_round_trips_through_the_one_reader(toy: object, tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = optpipe.build(toy.TinyNet(), toy.example_inputs(), out_dir=out, output_names=("logits",),  # type: ignore[attr-defined]

@@ -24,6 +24,8 @@ from optpipe.builder.split_finish import read_split_build
 from optpipe.cli.main import main
 from optpipe.core.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
 
+pytestmark = pytest.mark.slow  # every test here builds a model (or reads the module-scoped split build)
+
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = [
     str(ROOT / "sample_models" / "digits_cnn.py") + ":DigitsCNN",
@@ -68,7 +70,6 @@ def split_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
     return out, result
 
 
-@pytest.mark.slow
 def test_split_build_exits_3_and_says_how_to_finish(split_dir: tuple[Path, Result]) -> None:
     out, result = split_dir
     assert result.exit_code == EXIT_ENVIRONMENT, result.output
@@ -77,7 +78,6 @@ def test_split_build_exits_3_and_says_how_to_finish(split_dir: tuple[Path, Resul
     assert "pip wheel --no-deps" in result.output and "optpipe[tensorrt] @ git+" in result.output
 
 
-@pytest.mark.slow
 def test_split_directory_is_complete_and_resumable(split_dir: tuple[Path, Result]) -> None:
     out, _ = split_dir
     report = json.loads((out / "report.json").read_text())
@@ -105,7 +105,6 @@ def test_split_directory_is_complete_and_resumable(split_dir: tuple[Path, Result
     assert split.build.inputs[0].shape == ("batch", 1, 8, 8)
 
 
-@pytest.mark.slow
 def test_engine_on_this_machine_exits_3_and_changes_nothing(split_dir: tuple[Path, Result]) -> None:
     out, _ = split_dir
     before = (out / "report.json").read_bytes()
@@ -117,7 +116,6 @@ def test_engine_on_this_machine_exits_3_and_changes_nothing(split_dir: tuple[Pat
     assert (out / "report.json").read_bytes() == before
 
 
-@pytest.mark.slow
 def test_engine_refuses_a_directory_with_missing_golden_data(
     split_dir: tuple[Path, Result], tmp_path: Path
 ) -> None:
@@ -131,7 +129,6 @@ def test_engine_refuses_a_directory_with_missing_golden_data(
     assert "golden" in result.output
 
 
-@pytest.mark.slow
 def test_verify_on_a_split_build_says_parity_needs_the_gpu_machine(split_dir: tuple[Path, Result]) -> None:
     out, _ = split_dir
     assert (out / "manifest.json").is_file()
@@ -147,7 +144,6 @@ def test_verify_on_a_split_build_says_parity_needs_the_gpu_machine(split_dir: tu
     assert hashes_only.exit_code == EXIT_OK, hashes_only.output
 
 
-@pytest.mark.slow
 def test_verify_on_a_split_build_still_fails_on_a_changed_file(
     split_dir: tuple[Path, Result], tmp_path: Path
 ) -> None:
@@ -161,7 +157,6 @@ def test_verify_on_a_split_build_still_fails_on_a_changed_file(
     assert "changed file: model.onnx" in result.output
 
 
-@pytest.mark.slow
 def test_finished_report_keeps_cpu_stage_records_and_manifest_lists_every_file(
     split_dir: tuple[Path, Result], tmp_path: Path
 ) -> None:
@@ -188,7 +183,6 @@ def test_finished_report_keeps_cpu_stage_records_and_manifest_lists_every_file(
     assert {"model.onnx", "report.json", "report.html", "golden/example.npz"} <= listed
 
 
-@pytest.mark.slow
 @needs_no_trt
 def test_build_stops_at_the_lint_on_an_op_tensorrt_lacks(tmp_path: Path) -> None:
     model = tmp_path / "det_model.py"
@@ -202,7 +196,6 @@ def test_build_stops_at_the_lint_on_an_op_tensorrt_lacks(tmp_path: Path) -> None
     assert not list(tmp_path.glob(".optpipe-partial-*"))
 
 
-@pytest.mark.slow
 def test_tensorrt_options_need_the_tensorrt_target(tmp_path: Path) -> None:
     result = run("build", *DIGITS, "--out", str(tmp_path / "o"), "--opt-level", "4")
     assert result.exit_code == EXIT_USAGE
@@ -226,7 +219,6 @@ def trt_gpu() -> None:
         pytest.skip(f"no usable TensorRT/CUDA GPU: {exc}")
 
 
-@pytest.mark.slow
 @pytest.mark.gpu
 def test_one_machine_tensorrt_build_validates_and_times(trt_gpu: None, tmp_path: Path) -> None:
     out = tmp_path / "trt"
@@ -249,7 +241,6 @@ def test_one_machine_tensorrt_build_validates_and_times(trt_gpu: None, tmp_path:
     assert run("verify", str(out)).exit_code == EXIT_OK
 
 
-@pytest.mark.slow
 @pytest.mark.gpu
 def test_split_directory_finished_by_optpipe_engine(trt_gpu: None, tmp_path: Path) -> None:
     out = tmp_path / "split"

@@ -96,6 +96,7 @@ def test_guard_localises_and_repairs_outlier_layer(outlier_model: Path, tmp_path
     assert _cosine(outlier_model, result.path, held_out) >= 0.99
 
 
+@pytest.mark.slow
 def test_guard_noop_when_gate_passes(outlier_model: Path, tmp_path: Path) -> None:
     calib = _data(outlier_model, 0)
     result = guarded_quantize(outlier_model, tmp_path / "g.onnx", calib, lambda path: True)
