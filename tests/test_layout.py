@@ -3,9 +3,9 @@
 tests/<pkg>/ holds the tests of optpipe/<pkg> (tests/passes/ those of the top-level passes/ package), so
 a reader finds a module's tests by its path. tests/hostile/ and tests/wrong_verdicts/ are cross-cutting
 suites; tests/fixtures/ holds the models and files tests load. The fast loop leaves out every test marked
-``slow``; what keeps it fast is checked statically here: a module-scoped fixture that builds a model runs
-once for the first test that asks for it (a function-scoped one for every test), so only slow tests may ask
-for one.
+``slow``; what keeps it fast is checked statically here: a module-scoped fixture that builds or exports a
+model runs for the first test that asks for it (a function-scoped one for every test), so only slow tests
+may ask for one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 CROSS_CUTTING = {"hostile", "wrong_verdicts"}
 NOT_TESTS = {"fixtures", "__pycache__"}
-BUILD_CALLS = {"build", "build_with_options", "build_many"}  # optpipe.build and what runs a whole build
+BUILD_CALLS = {"build", "build_with_options", "build_many", "export"}  # optpipe.build, a whole build, an export
 CLI_BUILDS = {"build", "sweep", "engine", "verify"}  # CLI commands that export/build a model
 
 
@@ -80,14 +80,24 @@ def _calls_a_build(node: ast.AST, helpers: dict[str, ast.FunctionDef], seen: fro
     return False
 
 
+def _marks_the_file_slow(statement: ast.stmt) -> bool:
+    """``pytestmark = pytest.mark.slow`` or a ``pytestmark`` list that holds it."""
+    if not (isinstance(statement, ast.Assign) and ast.unparse(statement.targets[0]) == "pytestmark"):
+        return False
+    value = statement.value
+    marks = value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value]
+    return any(ast.unparse(mark) == "pytest.mark.slow" for mark in marks)
+
+
 def _is_fixture(function: ast.FunctionDef) -> bool:
     return any(ast.unparse(d).split("(")[0].endswith("fixture") for d in function.decorator_list)
 
 
 def _fast_tests_using_a_building_fixture(name: str, source: str) -> list[str]:
-    """Tests of this file, not marked slow, that ask for a fixture which builds a model (or asks for one that does)."""
+    """Tests of this file, not marked slow, that ask for a fixture which builds or exports a model (or for one that
+    asks for such a fixture)."""
     tree = ast.parse(source)
-    if any(isinstance(n, ast.Assign) and ast.unparse(n).startswith("pytestmark = pytest.mark.slow") for n in tree.body):
+    if any(_marks_the_file_slow(n) for n in tree.body):
         return []
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
     helpers = {f.name: f for f in functions}
@@ -111,7 +121,7 @@ def test_only_slow_tests_use_a_fixture_that_builds() -> None:
         for path in _test_files()
         for line in _fast_tests_using_a_building_fixture(str(path.relative_to(TESTS)), path.read_text())
     ]
-    assert not offenders, "mark these @pytest.mark.slow (the fixture builds a model):\n" + "\n".join(offenders)
+    assert not offenders, "mark these slow (the fixture builds or exports a model):\n" + "\n".join(offenders)
 
 
 def test_the_building_fixture_check_sees_a_building_fixture() -> None:
@@ -134,5 +144,5 @@ def test_the_building_fixture_check_sees_a_building_fixture() -> None:
     )
     offenders = _fast_tests_using_a_building_fixture("probe.py", source)
     assert offenders == ["probe.py::test_reads_it uses ['built']", "probe.py::test_reads_a_copy uses ['copied']"]
-    all_slow = "import pytest\npytestmark = pytest.mark.slow\n" + source
-    assert _fast_tests_using_a_building_fixture("probe.py", all_slow) == []
+    for marks in ("pytest.mark.slow", "[pytest.mark.gpu, pytest.mark.slow]"):
+        assert _fast_tests_using_a_building_fixture("probe.py", f"import pytest\npytestmark = {marks}\n" + source) == []

@@ -13,6 +13,8 @@ from optpipe.precision.calib_data import synthetic_samples
 from optpipe.precision.guard.localize import guarded_quantize, per_layer_errors
 from optpipe.precision.static_quantize import quantize_int8
 
+pytestmark = pytest.mark.slow  # every test here reads the module-scoped exported outlier model
+
 
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -65,7 +67,6 @@ def _cosine(ref: Path, low: Path, samples: list[dict[str, np.ndarray]]) -> float
     return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("style", ["tensorrt", "cpu"])
 def test_guard_localises_and_repairs_outlier_layer(outlier_model: Path, tmp_path: Path, style: str) -> None:
     calib, held_out = _data(outlier_model, 0), _data(outlier_model, 1)
@@ -96,7 +97,6 @@ def test_guard_localises_and_repairs_outlier_layer(outlier_model: Path, tmp_path
     assert _cosine(outlier_model, result.path, held_out) >= 0.99
 
 
-@pytest.mark.slow
 def test_guard_noop_when_gate_passes(outlier_model: Path, tmp_path: Path) -> None:
     calib = _data(outlier_model, 0)
     result = guarded_quantize(outlier_model, tmp_path / "g.onnx", calib, lambda path: True)
