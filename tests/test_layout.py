@@ -14,7 +14,7 @@ import ast
 from collections import Counter
 from pathlib import Path
 
-import tomllib
+import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -49,10 +49,9 @@ def test_test_file_names_are_unique() -> None:
     assert not list(TESTS.rglob("__init__.py"))
 
 
-def test_slow_marker_is_registered() -> None:
-    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert any(marker.split(":")[0].strip() == "slow" for marker in options["markers"])
-    assert "not slow" not in options.get("addopts", ""), "plain `pytest` must still run every test"
+def test_slow_marker_is_registered(pytestconfig: pytest.Config) -> None:
+    assert any(marker.split(":")[0].strip() == "slow" for marker in pytestconfig.getini("markers"))
+    assert "slow" not in " ".join(pytestconfig.getini("addopts")), "plain `pytest` must still run every test"
 
 
 def _marked_slow(decorators: list[ast.expr]) -> bool:
@@ -122,6 +121,22 @@ def test_only_slow_tests_use_a_fixture_that_builds() -> None:
         for line in _fast_tests_using_a_building_fixture(str(path.relative_to(TESTS)), path.read_text())
     ]
     assert not offenders, "mark these slow (the fixture builds or exports a model):\n" + "\n".join(offenders)
+
+
+def _builds_at_import(source: str) -> bool:
+    """A statement outside every function that builds: it would run at collection, for the fast loop too."""
+    body = ast.parse(source).body
+    helpers = {n.name: n for n in body if isinstance(n, ast.FunctionDef)}
+    top = [n for n in body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    return any(_calls_a_build(statement, helpers) for statement in top)
+
+
+def test_no_test_file_builds_when_it_is_imported() -> None:
+    offenders = [str(p.relative_to(TESTS)) for p in _test_files() if _builds_at_import(p.read_text())]
+    assert not offenders, f"these build a model at import (collection) time: {offenders}"
+    assert _builds_at_import("import optpipe\nREPORT = optpipe.build(None, ())\n")
+    in_a_function = "import optpipe\nBUILD = ['build', 'm.py:Net']\ndef f():\n    optpipe.build(None, ())\n"
+    assert not _builds_at_import(in_a_function)
 
 
 def test_the_building_fixture_check_sees_a_building_fixture() -> None:
