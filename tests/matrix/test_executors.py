@@ -15,7 +15,7 @@ from optpipe.core.errors import EnvironmentUnavailable, MissingDependency, UserI
 from optpipe.matrix.executors import InProcessExecutor, get_executor
 from optpipe.matrix.ray_executor import BENCH_RESOURCE, ClusterShape, RayExecutor, import_ray, task_options
 from optpipe.matrix.tasks import MatrixResult, ModelResult, ModelTask, NodeInfo, VariantOutcome, write_matrix_junit
-from tests.report.test_html_report import sample_report
+from tests.report.test_html import sample_report
 
 ROOT = Path(__file__).resolve().parents[2]
 WINE = f"""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from optpipe.report.junit import error_suite, report_suite, write_junit
-from tests.report.test_html_report import sample_report
+from tests.report.test_html import sample_report
 
 
 def test_one_case_per_variant_and_output(tmp_path: Path) -> None:
