@@ -107,6 +107,7 @@ def test_calibration_data_matches_inputs(name: str) -> None:
         assert np.isfinite(arr).all()
 
 
+@pytest.mark.slow
 def test_model_modules_do_not_import_sklearn() -> None:
     # scikit-learn is a test/training dependency only: building a sample model must not need it.
     code = (
@@ -119,6 +120,7 @@ def test_model_modules_do_not_import_sklearn() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_text_encoder_onnx_export_has_dynamic_batch(tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     mod, model = _trained("text_encoder", "TinyTextEncoder")

@@ -122,6 +122,7 @@ def test_config_file_errors_name_the_file_and_the_field(tmp_path: Path, body: st
 # --- parity: the CLI and the config file make the same BuildOptions ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_flags_and_config_file_produce_the_same_build_options(tmp_path: Path) -> None:
     flags = ["--precision", "fp32", "--tolerance", "logits:min_cosine=0.999", "--tolerance", "*:atol=0.01",
              "--threads", "1", "--no-benchmark", "--exporter", "torchscript", "--guard-max-keep", "0.25",
@@ -208,6 +209,7 @@ def test_output_kind_for_an_unknown_output_is_refused_before_any_work(toy: objec
 # --- typed records: one reader and one writer of report.json ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_round_trips_through_the_one_reader(toy: object, tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = optpipe.build(toy.TinyNet(), toy.example_inputs(), out_dir=out, output_names=("logits",),  # type: ignore[attr-defined]

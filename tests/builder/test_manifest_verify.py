@@ -42,6 +42,7 @@ def verify(directory: Path) -> Any:
     return CliRunner().invoke(main, ["verify", str(directory)])
 
 
+@pytest.mark.slow
 def test_manifest_lists_every_file_with_hash_and_reproducibility(build_dir: Path) -> None:
     manifest = json.loads((build_dir / MANIFEST).read_text())
     listed = {entry["path"] for entry in manifest["files"]}
@@ -70,12 +71,14 @@ def test_reproducibility_table() -> None:
     assert reproducibility("fp16/metadata.json")[0] is True
 
 
+@pytest.mark.slow
 def test_verify_passes_on_a_fresh_build(build_dir: Path) -> None:
     result = verify(build_dir)
     assert result.exit_code == 0, result.output
     assert "fp32     parity pass" in result.output
 
 
+@pytest.mark.slow
 def test_verify_names_a_file_with_one_flipped_byte(build_dir: Path) -> None:
     engine = build_dir / "fp32" / "model.ort-cpu.onnx"
     data = bytearray(engine.read_bytes())
@@ -86,6 +89,7 @@ def test_verify_names_a_file_with_one_flipped_byte(build_dir: Path) -> None:
     assert "changed file: fp32/model.ort-cpu.onnx" in result.output
 
 
+@pytest.mark.slow
 def test_verify_names_a_missing_file_and_notes_extra_ones(build_dir: Path) -> None:
     (build_dir / "golden" / "batch1.npz").unlink()
     (build_dir / "ci-log.txt").write_text("added by CI")
@@ -95,6 +99,7 @@ def test_verify_names_a_missing_file_and_notes_extra_ones(build_dir: Path) -> No
     assert "file not in the manifest: ci-log.txt" in result.output
 
 
+@pytest.mark.slow
 def test_verify_reruns_parity_with_the_saved_tolerances(build_dir: Path) -> None:
     report = json.loads((build_dir / "report.json").read_text())
     report["build"]["tolerances"] = {"*": {"atol": 1e-12, "rtol": 0.0}}
@@ -111,6 +116,7 @@ def test_verify_a_directory_that_is_not_a_build(tmp_path: Path) -> None:
     assert verify(tmp_path / "missing").exit_code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("files", "message"), [
     ("model.onnx", "'files' must be a list, got str"),
     ([1, 2], "files[0] must be an object"),

@@ -91,6 +91,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"out": out, "report": report(out), "output": result.output}
 
 
+@pytest.mark.slow
 def test_multi_precision_accuracy(digits: dict[str, Any]) -> None:
     data = digits["report"]
     assert data["accuracy"]["torch_fp32"]["samples"] == 450
@@ -139,6 +140,7 @@ def test_int8_without_calibration_data_is_refused(tmp_path: Path) -> None:
     _one_line_error(result, "--synthetic-calib")
 
 
+@pytest.mark.slow
 def test_synthetic_calibration_is_flagged_and_few_samples_warn(tmp_path: Path) -> None:
     out = tmp_path / "o"
     result = cli("build", f"{TOY}:TinyNet", "--out", str(out), "--precision", "int8", "--no-benchmark",
@@ -151,6 +153,7 @@ def test_synthetic_calibration_is_flagged_and_few_samples_warn(tmp_path: Path) -
     assert "SYNTHETIC" in result.output
 
 
+@pytest.mark.slow
 def test_nothing_quantizable_is_skipped(tmp_path: Path, models: Path) -> None:
     out = tmp_path / "o"
     calib = tmp_path / "calib.npz"
@@ -167,6 +170,7 @@ def test_nothing_quantizable_is_skipped(tmp_path: Path, models: Path) -> None:
     assert "skipped" in result.output
 
 
+@pytest.mark.slow
 def test_guard_repairs_outlier_model(tmp_path: Path, models: Path) -> None:
     out = tmp_path / "o"
     # Limit 3 of 4 quantizable nodes: keeping conv3 alone is not enough in the cpu style, because the
@@ -185,6 +189,7 @@ def test_guard_repairs_outlier_model(tmp_path: Path, models: Path) -> None:
     assert any("kept" in w and kept[0] in w for w in data["warnings"])
 
 
+@pytest.mark.slow
 def test_tensorrt_qdq_rules(tmp_path: Path, models: Path) -> None:
     """A tensorrt build stops after the CPU stages (exit 3); its int8 ONNX follows TensorRT's Q/DQ rules."""
     out = tmp_path / "o"
@@ -210,6 +215,7 @@ def test_tensorrt_qdq_rules(tmp_path: Path, models: Path) -> None:
     assert metrics["style"] == "tensorrt" and "optimisation disabled" in metrics["gate_runtime"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arrays", "match"),
     [
@@ -252,6 +258,7 @@ def test_a_failing_eval_run_is_a_user_error() -> None:
         score(infer, ({"x": np.zeros((2, 4), np.float32)}, np.zeros(2, np.int64)), "y", 2, False)
 
 
+@pytest.mark.slow
 def test_every_requested_variant_skipped_builds_fp32_as_the_fallback(tmp_path: Path, models: Path) -> None:
     out, calib = tmp_path / "o", tmp_path / "calib.npz"
     np.savez(calib, x=np.ones((8, 4), np.float32))
@@ -269,6 +276,7 @@ def test_every_requested_variant_skipped_builds_fp32_as_the_fallback(tmp_path: P
     assert "FAILED" not in result.output
 
 
+@pytest.mark.slow
 def test_skip_reason_points_at_fp32_only_when_it_is_built(tmp_path: Path, models: Path) -> None:
     out, calib = tmp_path / "o", tmp_path / "calib.npz"
     np.savez(calib, x=np.ones((8, 4), np.float32))

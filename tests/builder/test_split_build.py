@@ -24,6 +24,8 @@ from optpipe.builder.split_finish import read_split_build
 from optpipe.cli.main import main
 from optpipe.core.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, EnvironmentUnavailable
 
+pytestmark = pytest.mark.slow  # every test here builds a model (or reads the module-scoped split build)
+
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = [
     str(ROOT / "sample_models" / "digits_cnn.py") + ":DigitsCNN",

@@ -64,6 +64,7 @@ def _points(sweep: dict, runtime: str) -> list[dict]:
     return [p for p in sweep["points"] if p["runtime"] == runtime]
 
 
+@pytest.mark.slow
 def test_optpipe_sweep_records_every_point_and_the_best_batch_within_the_budget(built: tuple[Path, str]) -> None:
     out, spec = built
     result = CliRunner().invoke(main, ["sweep", str(out), "--model", spec, "--sweep-seconds", "0.02",
@@ -89,6 +90,7 @@ def test_optpipe_sweep_records_every_point_and_the_best_batch_within_the_budget(
     assert verified.exit_code == 0, verified.output  # the manifest was updated to the new report files
 
 
+@pytest.mark.slow
 def test_a_budget_no_point_meets_is_said_not_guessed(built: tuple[Path, str]) -> None:
     out, _spec = built
     result = CliRunner().invoke(main, ["sweep", str(out), "--sweep-seconds", "0.01", "--latency-budget", "1e-6"])
@@ -98,6 +100,7 @@ def test_a_budget_no_point_meets_is_said_not_guessed(built: tuple[Path, str]) ->
     assert not _points(sweep, "torch") and "not given" in sweep["baseline_note"]
 
 
+@pytest.mark.slow
 def test_sweep_refuses_a_build_changed_since(built: tuple[Path, str], tmp_path: Path) -> None:
     out, _spec = built
     copy = tmp_path / "copy"
@@ -109,6 +112,7 @@ def test_sweep_refuses_a_build_changed_since(built: tuple[Path, str], tmp_path: 
     assert result.exit_code == 2 and "changed since it was built" in result.output
 
 
+@pytest.mark.slow
 def test_build_sweep_runs_after_the_build(tmp_path: Path) -> None:
     x = torch.randn(2, 6)
     report = optpipe.build(torch.nn.Linear(6, 3), (x,), out_dir=tmp_path / "b", benchmark=False, sweep=True,
@@ -118,6 +122,7 @@ def test_build_sweep_runs_after_the_build(tmp_path: Path) -> None:
     assert sweep["best"] is not None and sweep["best_speedup_vs_torch"] > 0
 
 
+@pytest.mark.slow
 def test_default_build_does_not_sweep(tmp_path: Path) -> None:
     optpipe.build(torch.nn.Linear(6, 3), (torch.randn(2, 6),), out_dir=tmp_path / "b", benchmark=False)
     assert json.loads((tmp_path / "b" / "report.json").read_text())["sweep"] is None

@@ -49,6 +49,7 @@ def statuses(report: Any) -> dict[str, str]:
     return {record.name: record.status for record in report.passes}
 
 
+@pytest.mark.slow
 def test_warm_rebuild_reuses_every_cacheable_pass(digits: Any, tmp_path: Path) -> None:
     cold = build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
     assert set(statuses(cold).values()) == {"ok"}
@@ -65,6 +66,7 @@ def test_warm_rebuild_reuses_every_cacheable_pass(digits: Any, tmp_path: Path) -
     assert verify_build(tmp_path / "b").passed
 
 
+@pytest.mark.slow
 def test_config_change_reruns_only_downstream(digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import optpipe.passes.engine_ort as engine_ort
 
@@ -84,6 +86,7 @@ def _entry_with(cache_dir: Path, name: str) -> Path:
     return next(e for e in iter_entries(cache_dir) if (e / "files" / name).is_file())
 
 
+@pytest.mark.slow
 def test_corrupted_entry_is_detected_discarded_and_rebuilt(digits: Any, tmp_path: Path) -> None:
     build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
     stored = _entry_with(tmp_path / "cache", "model.onnx") / "files" / "model.onnx"
@@ -100,6 +103,7 @@ def test_corrupted_entry_is_detected_discarded_and_rebuilt(digits: Any, tmp_path
     assert statuses(again)["simplify"] == "cached" and not again.warnings
 
 
+@pytest.mark.slow
 def test_unusable_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache directory should be")
@@ -109,6 +113,7 @@ def test_unusable_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> Non
     assert any("cannot be used" in w and "without the cache" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only directory")
 def test_read_only_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> None:
     cache_dir = tmp_path / "ro"
@@ -121,6 +126,7 @@ def test_read_only_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> No
     assert report.passed and any("without the cache" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_read_only_filesystem_cache_dir_warns_and_builds(digits: Any, tmp_path: Path) -> None:
     """As root a chmod does not stop writes; a read-only mount does (root only, where mount works)."""
     mount_point = tmp_path / "ro-mount"
@@ -139,6 +145,7 @@ def test_read_only_filesystem_cache_dir_warns_and_builds(digits: Any, tmp_path: 
     assert any("without the cache" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_full_cache_dir_warns_and_builds(digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import optpipe.cache.store
 
@@ -153,6 +160,7 @@ def test_full_cache_dir_warns_and_builds(digits: Any, tmp_path: Path, monkeypatc
     assert list((tmp_path / "cache" / "v1" / "tmp").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_only_complete_entries(
     digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,6 +193,7 @@ def test_killed_build_leaves_only_complete_entries(
     assert report.passed
 
 
+@pytest.mark.slow
 def test_two_concurrent_builds_share_one_cache(tmp_path: Path) -> None:
     env = dict(os.environ, OPTPIPE_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     command = [str(Path(sys.executable).parent / "optpipe"), "build", SPEC, "--weights", str(WEIGHTS),
@@ -224,6 +233,7 @@ def records(report: Any) -> dict[tuple[str, str], Any]:
     return {(record.name, record.variant): record for record in report.passes}
 
 
+@pytest.mark.slow
 def test_precision_passes_are_cached_and_replay_metrics_and_files(digits: Any, tmp_path: Path) -> None:
     cold = build_precision(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
     assert {r.status for r in cold.passes} == {"ok"}
@@ -243,6 +253,7 @@ def test_precision_passes_are_cached_and_replay_metrics_and_files(digits: Any, t
     assert verify_build(tmp_path / "b", parity=False).passed
 
 
+@pytest.mark.slow
 def test_a_skipped_variant_is_cached_and_skipped_again(tmp_path: Path) -> None:
     """A pass that found nothing to lower is a result too: a warm rebuild replays the skip, not the pass."""
     import torch
@@ -268,6 +279,7 @@ def test_a_skipped_variant_is_cached_and_skipped_again(tmp_path: Path) -> None:
     assert warm.passed and cold.passed
 
 
+@pytest.mark.slow
 def test_precision_pass_keys_cover_data_tolerances_and_method(digits: Any, tmp_path: Path) -> None:
     from optpipe.core.tensor_spec import TensorSpec
     from optpipe.precision.calib_data import load_samples
@@ -295,6 +307,7 @@ def test_precision_pass_keys_cover_data_tolerances_and_method(digits: Any, tmp_p
                                 "validate": "ok"}
 
 
+@pytest.mark.slow
 def test_int8_calib_cache_file_is_written_on_a_cache_hit(digits: Any, tmp_path: Path) -> None:
     user_cache = tmp_path / "ranges.json"
     build_precision(digits, tmp_path / "a", PassCache(tmp_path / "cache"), precisions=("int8",),
@@ -313,6 +326,7 @@ def _rewrite_record(entry: Path, change: Any) -> None:
     record_path.write_text(json.dumps(change(record)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [
     lambda record: [1, 2],
     lambda record: {k: v for k, v in record.items() if k != "result"},
@@ -332,6 +346,7 @@ def test_malformed_record_is_a_corrupt_entry(digits: Any, tmp_path: Path, change
     assert statuses(again)["simplify"] == "cached" and not again.warnings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", ["deleted-abs", "deleted-dotdot", "file-abs", "file-dotdot", "artifact-abs"])
 def test_record_paths_outside_the_build_are_refused(digits: Any, tmp_path: Path, field: str) -> None:
     build(digits, tmp_path / "a", PassCache(tmp_path / "cache"))
@@ -363,6 +378,7 @@ def test_record_paths_outside_the_build_are_refused(digits: Any, tmp_path: Path,
     assert any("corrupted" in w and "leaves the build directory" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_unexpected_cache_failure_disables_the_cache(
     digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

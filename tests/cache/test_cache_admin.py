@@ -40,6 +40,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory, toy: ModuleType) -> Path:
     return root / "cache"
 
 
+@pytest.mark.slow
 def test_reference_outputs_are_listed_and_pruned_like_pass_entries(toy: ModuleType, tmp_path: Path) -> None:
     _build(toy, tmp_path / "out", tmp_path / "cache")
     names = [e.pass_name for e in cache_info(tmp_path / "cache").entries]
@@ -63,6 +64,7 @@ def _age(cache: Path, pass_name: str, days: float) -> None:
     os.utime(entry.path, (stamp, stamp))
 
 
+@pytest.mark.slow
 def test_info_lists_entries_size_and_use(cache: Path) -> None:
     info = cache_info(cache)
     assert sorted(e.pass_name for e in info.entries) == ["engine-ort", "export", "simplify", "validate"]
@@ -72,6 +74,7 @@ def test_info_lists_entries_size_and_use(cache: Path) -> None:
     assert "entries: 4" in text and "least recently used" in text and "(export)" in text
 
 
+@pytest.mark.slow
 def test_prune_older_than_removes_only_old_entries(cache: Path) -> None:
     _age(cache, "export", 10)
     _age(cache, "simplify", 2)
@@ -80,6 +83,7 @@ def test_prune_older_than_removes_only_old_entries(cache: Path) -> None:
     assert sorted(e.pass_name for e in cache_info(cache).entries) == ["engine-ort", "simplify", "validate"]
 
 
+@pytest.mark.slow
 def test_prune_max_size_evicts_least_recently_used_first(cache: Path) -> None:
     _age(cache, "simplify", 3)
     _age(cache, "engine-ort", 2)
@@ -90,6 +94,7 @@ def test_prune_max_size_evicts_least_recently_used_first(cache: Path) -> None:
     assert sorted(e.pass_name for e in cache_info(cache).entries) == ["engine-ort", "export", "validate"]
 
 
+@pytest.mark.slow
 def test_an_entry_locked_by_a_build_is_never_evicted(cache: Path) -> None:
     entry = next(e for e in cache_info(cache).entries if e.pass_name == "export")
     lock = cache / "v1" / "locks" / f"{entry.key}.lock"
@@ -104,6 +109,7 @@ def test_an_entry_locked_by_a_build_is_never_evicted(cache: Path) -> None:
     assert "1 in use by a running build were left alone" in result.summary()
 
 
+@pytest.mark.slow
 def test_a_hit_marks_the_entry_used_and_pruned_entries_are_rebuilt(
         cache: Path, toy: ModuleType, tmp_path: Path) -> None:
     for name, days in (("export", 30), ("simplify", 29), ("engine-ort", 31)):
@@ -116,6 +122,7 @@ def test_a_hit_marks_the_entry_used_and_pruned_entries_are_rebuilt(
     assert all(time.time() - e.last_used < 3600 for e in cache_info(cache).entries)  # hits refreshed
 
 
+@pytest.mark.slow
 def test_build_keeps_the_cache_under_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = Path(__file__).parents[1] / "fixtures" / "models" / "toy_models.py"
     args = ["build", f"{model}:TinyNet", "--no-benchmark", "--cache-dir", str(tmp_path / "cache")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -33,6 +34,7 @@ def _status(report: dict, name: str) -> list[str]:
     return [p["status"] for p in report["passes"] if p["name"] == name]
 
 
+@pytest.mark.slow
 def test_unchanged_rebuild_reuses_measurements_and_says_when_and_where(tmp_path: Path) -> None:
     cold = _build(tmp_path, "cold", Net())
     assert _status(cold, "validate") == ["ok"] and _status(cold, "benchmark") == ["ok"]
@@ -45,6 +47,7 @@ def test_unchanged_rebuild_reuses_measurements_and_says_when_and_where(tmp_path:
     assert warm["variants"][0]["parity"] == cold["variants"][0]["parity"]
 
 
+@pytest.mark.slow
 def test_rebench_measures_again(tmp_path: Path) -> None:
     _build(tmp_path, "cold", Net())
     again = _build(tmp_path, "again", Net(), rebench=True)
@@ -52,6 +55,7 @@ def test_rebench_measures_again(tmp_path: Path) -> None:
     assert again["build"]["options"]["rebench"] is True
 
 
+@pytest.mark.slow
 def test_changed_weights_or_threads_measure_again(tmp_path: Path) -> None:
     _build(tmp_path, "cold", Net())
     other = Net()
@@ -63,6 +67,7 @@ def test_changed_weights_or_threads_measure_again(tmp_path: Path) -> None:
     assert _status(threads, "benchmark") == ["ok"]
 
 
+@pytest.mark.slow
 def test_build_benchmark_is_one_cached_record_keyed_by_what_was_timed(tmp_path: Path) -> None:
     cold = _build(tmp_path, "cold", Net(), precisions=("fp32", "fp16"))
     assert "cached" not in cold["benchmark"] and _status(cold, "benchmark") == ["ok"]

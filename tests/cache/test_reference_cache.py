@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from optpipe.cache.reference import KIND, CachedReference
@@ -94,6 +95,7 @@ def test_an_unusable_cache_directory_still_computes(tmp_path: Path) -> None:
     assert model.calls == 1 and out["y"].shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_a_warm_build_does_not_run_pytorch_for_its_golden_data(tmp_path: Path) -> None:
     from optpipe.builder.run import build
 

@@ -66,6 +66,7 @@ def test_sample_models_build_and_pass(tmp_path: Path, spec: str, weights: str) -
     assert "result: PASSED (exit 0)" in output
 
 
+@pytest.mark.slow
 def test_input_flags_and_dynamic_artifact_runs_at_two_batch_sizes(tmp_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -128,6 +129,7 @@ def test_input_of_wrong_rank_or_dtype(tmp_path: Path, flag: str) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_model_no_exporter_can_handle(tmp_path: Path) -> None:
     code, output = run(
         "build", f"{TOY_MODELS}:IntBatch", "--input", "x:2x3", "--dynamic", "batch=1:2:8", "--out", str(tmp_path / "o")
@@ -147,6 +149,7 @@ def test_unwritable_output_directory(tmp_path: Path) -> None:
     assert_one_line_error(output, "cannot write the output directory")
 
 
+@pytest.mark.slow
 def test_existing_output_directory_needs_overwrite_and_is_replaced_whole(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -170,6 +173,7 @@ def test_existing_output_directory_needs_overwrite_and_is_replaced_whole(tmp_pat
     assert (out / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, toy: object) -> None:
     import optpipe
 
@@ -187,6 +191,7 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, to
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_gate_failure_exits_1_and_keeps_artifacts(tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, output = run(
@@ -211,6 +216,7 @@ def test_malformed_tolerance_flag(tmp_path: Path) -> None:
     assert "OUTPUT:FIELD=VALUE" in output
 
 
+@pytest.mark.slow
 def test_inspect_and_passes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--no-benchmark")[0] == 0
@@ -232,6 +238,7 @@ def test_help_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_torch_export_program_builds(tmp_path: Path, toy: object) -> None:
     program = torch.export.export(toy.TinyNet().eval(), toy.example_inputs())  # type: ignore[attr-defined]
     torch.export.save(program, str(tmp_path / "tiny.pt2"))
@@ -266,6 +273,7 @@ def test_junit_path_that_cannot_be_written_is_refused_before_any_work(tmp_path: 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_junit_write_failing_after_the_build_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import optpipe.report.junit
 
@@ -295,6 +303,7 @@ def test_benchmark_batch_the_artifact_cannot_take_is_refused_before_any_work(
     assert not (tmp_path / "o").exists() and "export" not in output
 
 
+@pytest.mark.slow
 def test_batch_with_no_benchmark_is_ignored_with_a_warning(tmp_path: Path) -> None:
     out = tmp_path / "o"
     code, output = run("build", f"{TOY_MODELS}:TinyNet", "--out", str(out), "--batch", "8", "--no-benchmark",
@@ -329,6 +338,7 @@ def test_tolerance_for_an_unknown_output_is_refused_before_export(tmp_path: Path
     assert "export" not in output and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_duplicate_precisions_build_and_record_one_variant(tmp_path: Path) -> None:
     out = tmp_path / "o"
     code, output = run(

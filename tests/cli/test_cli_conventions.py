@@ -41,12 +41,14 @@ def quiet_and_verbose(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     return logs
 
 
+@pytest.mark.slow
 def test_quiet_hides_progress_but_not_the_result(quiet_and_verbose: dict[str, str]) -> None:
     assert "-> export" in quiet_and_verbose["normal"]
     assert "-> export" not in quiet_and_verbose["quiet"]
     assert "result: PASSED (exit 0)" in quiet_and_verbose["quiet"]
 
 
+@pytest.mark.slow
 def test_log_file_gets_every_message_with_timestamps(quiet_and_verbose: dict[str, str]) -> None:
     text = quiet_and_verbose["file"]
     assert "-> export" not in quiet_and_verbose["logged"]  # -q on the console...
@@ -80,6 +82,7 @@ def test_verdict_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch: 
     assert "\x1b[" not in CliRunner().invoke(show, color=True).output
 
 
+@pytest.mark.slow
 def test_library_prints_nothing_unless_logging_is_configured(tmp_path: Path, toy: object,
                                                               capfd: pytest.CaptureFixture[str],
                                                               caplog: pytest.LogCaptureFixture) -> None:
@@ -131,6 +134,7 @@ def test_passes_lists_each_pass_options_with_types_and_defaults() -> None:
 
 
 # torch 2.13's dynamo exporter converts down to 17, but not to 12: it then keeps its own opset 18
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter, written, warned", [("torchscript", 12, False), ("dynamo", 18, True)])
 def test_opset_is_recorded_and_a_changed_one_warns(tmp_path: Path, exporter: str, written: int,
                                                    warned: bool) -> None:
@@ -148,6 +152,7 @@ def test_opset_is_recorded_and_a_changed_one_warns(tmp_path: Path, exporter: str
         assert "wrote opset 18" in changed[0] and "warning: opset 12 was requested" in result.output
 
 
+@pytest.mark.slow
 def test_config_file_json_prints_one_document(tmp_path: Path) -> None:
     import json
 

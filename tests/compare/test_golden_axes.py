@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from optpipe.cli.main import main
@@ -38,6 +39,7 @@ def _build(tmp_path: Path, model: str, *args: str) -> tuple[int, str, Path]:
     return result.exit_code, result.output, out
 
 
+@pytest.mark.slow
 def test_sequence_axis_validated_at_min_opt_max(tmp_path: Path) -> None:
     code, output, out = _build(tmp_path, "CacheLM", "--dynamic", "batch=1:2:4",
                                "--dynamic", "seq=4:16:32@input_ids.1,attention_mask.1")  # fmt: skip
@@ -50,6 +52,7 @@ def test_sequence_axis_validated_at_min_opt_max(tmp_path: Path) -> None:
     assert report["variants"][0]["passed"] is True
 
 
+@pytest.mark.slow
 def test_frozen_sequence_length_is_caught(tmp_path: Path) -> None:
     code, output, _ = _build(tmp_path, "FrozenSeq", "--input", "input_ids:2x8:int64:0..1000",
                              "--dynamic", "seq=4:8:16@input_ids.1")  # fmt: skip

@@ -168,6 +168,7 @@ MODEL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_build_infers_embedding_and_records_the_kind(tmp_path: Path) -> None:
     (tmp_path / "emb.py").write_text(MODEL)
     out = tmp_path / "out"

@@ -46,6 +46,7 @@ def test_top1_not_reported_on_tied_logits() -> None:
     assert parity.top1_agreement == 1.0 and parity.top1_note == "1 of 2 rows left out: their reference scores tie"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "expected"), [("ZeroHead", "all zeros"),
                                                  ("ConstantHead", "does not depend on the input")])
 def test_build_warns_on_meaningless_reference(tmp_path: Path, model: str, expected: str) -> None:

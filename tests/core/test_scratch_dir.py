@@ -57,6 +57,7 @@ def test_symbolic_shape_failure_leaves_working_directory_unchanged(tmp_path: Pat
     assert Path.cwd() == cwd
 
 
+@pytest.mark.slow
 def test_int8_build_with_guard_leaves_working_directory_unchanged(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cwd = tmp_path / "user-cwd"

@@ -19,6 +19,7 @@ BUILD = ["build", M, "--input", "x:2x4", "--no-benchmark", "--threads", "1"]
 OPTPIPE = str(Path(sys.executable).parent / "optpipe")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", ["[]", "null"])
 def test_a_corrupt_reference_cache_record_is_discarded_not_fatal(tmp_path: Path, record: str) -> None:
     """Two real processes: a model loaded twice in one process is not the same module for the cache key."""
@@ -55,6 +56,7 @@ def eval_data():
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["(x, np.arange(40) % 3)", "x"], ids=["labelled", "inputs-only"])
 def test_nan_rows_in_eval_data_are_dropped_with_one_warning(tmp_path: Path, form: str) -> None:
     model = tmp_path / "nan_eval.py"
@@ -67,6 +69,7 @@ def test_nan_rows_in_eval_data_are_dropped_with_one_warning(tmp_path: Path, form
     assert json.loads((out / "report.json").read_text())["warnings"] == [warnings[0].split(": ", 2)[2]]
 
 
+@pytest.mark.slow
 def test_an_unreachable_mlflow_server_fails_before_the_build(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     out = tmp_path / "out"
@@ -78,6 +81,7 @@ def test_an_unreachable_mlflow_server_fails_before_the_build(tmp_path: Path) -> 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_sqlite_tracking_uri_at_a_directory_fails_at_once(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     out = tmp_path / "out"
@@ -96,6 +100,7 @@ def test_mlflow_local_store_inside_out_is_refused_before_work(tmp_path: Path) ->
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_large_eval_set_is_a_few_reference_cache_entries_with_progress(tmp_path: Path) -> None:
     import numpy as np
 

@@ -56,6 +56,7 @@ def build_copy(built: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_an_untouched_build_verifies(build_copy: Path) -> None:
     code, output = _cli("verify", str(build_copy))
     assert code == 0, output
@@ -63,6 +64,7 @@ def test_an_untouched_build_verifies(build_copy: Path) -> None:
 
 # --- case 9: the manifest protects itself ------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", ["dtype", "version", "hash-removed"])
 def test_an_edited_manifest_fails_verify(build_copy: Path, edit: str) -> None:
     path = build_copy / "manifest.json"
@@ -83,6 +85,7 @@ def test_an_edited_manifest_fails_verify(build_copy: Path, edit: str) -> None:
 
 # --- case 8: golden data that numpy cannot read is named ---------------------------------------
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_golden_data_names_the_file(build_copy: Path) -> None:
     golden = build_copy / "golden" / "example.npz"
     data = bytearray(golden.read_bytes())
@@ -93,6 +96,7 @@ def test_a_flipped_byte_in_golden_data_names_the_file(build_copy: Path) -> None:
     assert "changed file: golden/example.npz" in output and "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_an_extra_garbage_golden_file_is_named(build_copy: Path) -> None:
     (build_copy / "golden" / "zzz.npz").write_bytes(b"not an npz")
     code, output = _cli("verify", str(build_copy))
@@ -100,6 +104,7 @@ def test_an_extra_garbage_golden_file_is_named(build_copy: Path) -> None:
     assert "zzz.npz" in output and "cannot be read" in output and "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_a_truncated_golden_file_is_named(build_copy: Path) -> None:
     golden = build_copy / "golden" / "example.npz"
     golden.write_bytes(golden.read_bytes()[:100])
@@ -109,6 +114,7 @@ def test_a_truncated_golden_file_is_named(build_copy: Path) -> None:
 
 # --- case 10: verify rejects artifacts that are symlinks ---------------------------------------
 
+@pytest.mark.slow
 def test_an_artifact_symlinked_to_a_copy_outside_fails(build_copy: Path, tmp_path: Path) -> None:
     artifact = next(build_copy.glob("fp32/*.onnx"))
     outside = tmp_path / "outside.onnx"
@@ -134,6 +140,7 @@ def test_overwrite_refuses_a_project_directory(tmp_path: Path, monkeypatch: pyte
     assert sorted(p.name for p in project.iterdir()) == ["README.md", "model.py"]
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_an_earlier_build(build_copy: Path) -> None:
     before = (build_copy / "manifest.json").read_bytes()
     code, output = _cli("build", M, "--input", "x:2x4", "--out", str(build_copy), "--overwrite", "--no-benchmark")
@@ -143,6 +150,7 @@ def test_overwrite_replaces_an_earlier_build(build_copy: Path) -> None:
     assert _cli("verify", str(build_copy))[0] == 0
 
 
+@pytest.mark.slow
 def test_a_symlinked_out_is_judged_and_replaced_as_its_target(build_copy: Path, tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(build_copy)
@@ -246,6 +254,7 @@ def test_int8_model_and_calibration_cache_files_honour_the_umask(tmp_path: Path)
 
 # --- case 3: the cache never follows a symlink out of itself -------------------------------------
 
+@pytest.mark.slow
 def test_a_symlinked_cache_tmp_is_not_cleaned_through(tmp_path: Path) -> None:
     from optpipe.cache.store import CACHE_FORMAT
 
@@ -266,6 +275,7 @@ def test_a_symlinked_cache_tmp_is_not_cleaned_through(tmp_path: Path) -> None:
     assert "symbolic link" in output  # the cache says why it was not used
 
 
+@pytest.mark.slow
 def test_a_symlinked_cache_entry_is_corrupt_and_its_target_untouched(tmp_path: Path) -> None:
     from optpipe.cache.store import iter_entries
 
@@ -290,6 +300,7 @@ def test_a_symlinked_cache_entry_is_corrupt_and_its_target_untouched(tmp_path: P
 
 # --- issue 21: profile holds verify's line; verify judges report.json's tolerances like --tolerance ---
 
+@pytest.mark.slow
 def test_profile_of_a_build_whose_engine_was_deleted_is_one_line(build_copy: Path) -> None:
     report = json.loads((build_copy / "report.json").read_text())
     (build_copy / report["variants"][0]["artifact"]).unlink()
@@ -298,6 +309,7 @@ def test_profile_of_a_build_whose_engine_was_deleted_is_one_line(build_copy: Pat
     assert_one_error_line(output, "does not match its manifest")
 
 
+@pytest.mark.slow
 def test_profile_does_not_follow_a_symlinked_golden_outside_the_build(build_copy: Path, tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     shutil.move(str(build_copy / "golden"), outside)
@@ -307,6 +319,7 @@ def test_profile_does_not_follow_a_symlinked_golden_outside_the_build(build_copy
     assert_one_error_line(output, "does not match its manifest")
 
 
+@pytest.mark.slow
 def test_verify_judges_report_tolerances_by_the_flag_rules(build_copy: Path) -> None:
     path = build_copy / "report.json"
     report = json.loads(path.read_text())

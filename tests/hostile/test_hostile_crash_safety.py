@@ -22,6 +22,8 @@ from corpus import MODELS
 from optpipe.builder.out_dir import LOCK_PREFIX, PAUSE_ENV, STAGING_PREFIX
 from optpipe.cli.main import main
 
+pytestmark = pytest.mark.slow  # every test here builds or exports a model
+
 BUILD = ["build", f"{MODELS}:Mlp", "--input", "x:2x4", "--no-benchmark", "--threads", "1"]
 
 

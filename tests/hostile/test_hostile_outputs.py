@@ -28,6 +28,7 @@ def _is_char_device(path: str) -> bool:
     return stat.S_ISCHR(os.stat(path).st_mode)
 
 
+@pytest.mark.slow
 def test_junit_through_a_symlink_to_dev_null_keeps_link_and_device(tmp_path: Path) -> None:
     link = tmp_path / "junit.xml"
     link.symlink_to("/dev/null")
@@ -37,6 +38,7 @@ def test_junit_through_a_symlink_to_dev_null_keeps_link_and_device(tmp_path: Pat
     assert _is_char_device("/dev/null")
 
 
+@pytest.mark.slow
 def test_junit_into_a_fifo_is_written_to_its_reader(tmp_path: Path) -> None:
     fifo = tmp_path / "junit.fifo"
     os.mkfifo(fifo)
@@ -50,6 +52,7 @@ def test_junit_into_a_fifo_is_written_to_its_reader(tmp_path: Path) -> None:
     assert received and b"<testsuites" in received[0]
 
 
+@pytest.mark.slow
 def test_a_log_file_on_a_full_device_is_one_warning(tmp_path: Path) -> None:
     full = tmp_path / "build.log"
     full.symlink_to("/dev/full")
@@ -60,6 +63,7 @@ def test_a_log_file_on_a_full_device_is_one_warning(tmp_path: Path) -> None:
     assert full.is_symlink() and _is_char_device("/dev/full")
 
 
+@pytest.mark.slow
 def test_a_log_file_in_a_missing_directory_is_created(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "deep" / "build.log"
     code, output = run_cli("--log-file", str(log), *BUILD, "--out", str(tmp_path / "out"))
@@ -67,6 +71,7 @@ def test_a_log_file_in_a_missing_directory_is_created(tmp_path: Path) -> None:
     assert "optpipe: building" in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_log_fifo_nobody_reads_does_not_hang(tmp_path: Path) -> None:
     """A real process (a hang must end the test, not the suite): one warning after the bounded wait."""
     fifo = tmp_path / "log.fifo"
@@ -78,6 +83,7 @@ def test_a_log_fifo_nobody_reads_does_not_hang(tmp_path: Path) -> None:
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+@pytest.mark.slow
 def test_a_config_fifo_nobody_writes_is_one_line(tmp_path: Path) -> None:
     fifo = tmp_path / "optpipe.toml"
     os.mkfifo(fifo)
@@ -127,6 +133,7 @@ def test_an_output_that_is_an_input_or_inside_out_or_cache_is_refused_before_wor
     assert all(p.read_bytes() == data for p, data in before.items())  # the inputs are untouched
 
 
+@pytest.mark.slow
 def test_a_config_junit_under_a_regular_file_fails_before_building(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a directory")
     config = tmp_path / "optpipe.toml"
@@ -159,6 +166,7 @@ def test_two_outs_spelled_differently_are_one_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "outd").exists()
 
 
+@pytest.mark.slow
 def test_an_unknown_model_among_20000_is_one_short_line(tmp_path: Path) -> None:
     config = tmp_path / "optpipe.toml"
     config.write_text("".join(f'[[model]]\nname = "m{i}"\nspec = "m.py:M"\nout = "o{i}"\n' for i in range(20000)))
@@ -168,6 +176,7 @@ def test_an_unknown_model_among_20000_is_one_short_line(tmp_path: Path) -> None:
     assert len(output) < 1000 and "and 19980 more" in output  # before: a 149,000-character line
 
 
+@pytest.mark.slow
 def test_a_junit_on_a_full_device_is_one_error_after_the_summary(tmp_path: Path) -> None:
     """The artifact side of a full disk: the published build's summary, then ONE clear error (exit 2)."""
     full = tmp_path / "junit.xml"

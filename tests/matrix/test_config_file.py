@@ -51,6 +51,7 @@ def parse(path: Path) -> list[dict[str, object]]:
     return [m.params for m in load_build_file(path, build_command, ctx).models]
 
 
+@pytest.mark.slow
 def test_two_models_build_into_their_own_directories(tmp_path: Path) -> None:
     config = write(tmp_path, TWO_MODELS)
     junit = tmp_path / "junit.xml"
@@ -65,6 +66,7 @@ def test_two_models_build_into_their_own_directories(tmp_path: Path) -> None:
     assert 'tests="3"' in junit.read_text()  # digits: 1 output; wine: 2 outputs
 
 
+@pytest.mark.slow
 def test_model_argument_selects_one_entry_and_cli_flags_override(tmp_path: Path) -> None:
     config = write(tmp_path, TWO_MODELS)
     result = CliRunner().invoke(main, ["build", "-c", str(config), "wine", "--no-cache", "--out",
@@ -205,6 +207,7 @@ def test_malformed_pass_tables_name_the_field_path(tmp_path: Path, change: str, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_pass_tables_reach_the_build_and_command_line_flags_win(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import optpipe.builder.run
@@ -229,6 +232,7 @@ def test_pass_tables_reach_the_build_and_command_line_flags_win(tmp_path: Path,
     assert report["passed"]
 
 
+@pytest.mark.slow
 def test_build_applies_and_checks_pass_options(tmp_path: Path) -> None:
     from optpipe.builder.run import build
     from optpipe.core.errors import UserInputError
@@ -305,6 +309,7 @@ def test_tensorrt_flag_on_the_command_line_for_a_cpu_model_fails_before_any_buil
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_usage_error_of_one_model_is_reported_and_the_others_are_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ from optpipe.core.errors import EnvironmentUnavailable, MissingDependency, UserI
 from optpipe.matrix.executors import InProcessExecutor, get_executor
 from optpipe.matrix.ray_executor import BENCH_RESOURCE, ClusterShape, RayExecutor, import_ray, task_options
 from optpipe.matrix.tasks import MatrixResult, ModelResult, ModelTask, NodeInfo, VariantOutcome, write_matrix_junit
-from tests.report.test_html_report import sample_report
+from tests.report.test_html import sample_report
 
 ROOT = Path(__file__).resolve().parents[2]
 WINE = f"""
@@ -109,6 +109,7 @@ def test_matrix_summary_json_table_and_junit(tmp_path: Path) -> None:
     assert suites[1].find("testcase/error") is not None
 
 
+@pytest.mark.slow
 def test_build_many_in_process_keeps_going_after_a_failed_model(tmp_path: Path) -> None:
     config = tmp_path / "optpipe.toml"
     config.write_text(WINE)

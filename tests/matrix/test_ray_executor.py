@@ -30,8 +30,11 @@ from optpipe.matrix.tasks import MatrixResult
 
 # ray (and its grpc) is imported when the first test here runs, not at collection: a gRPC runtime loaded
 # at collection time lives through every other test module of the session (their forks included).
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                                reason="ray is not installed (pip install 'optpipe[ray]')")
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                       reason="ray is not installed (pip install 'optpipe[ray]')"),
+    pytest.mark.slow,  # a Ray cluster starts, and every test here builds sample models on it
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = {

@@ -43,6 +43,7 @@ def test_wrapper_passes_mask_to_attention_mask() -> None:
     assert torch.count_nonzero(out["last_hidden_state"]) == 0  # the zero mask reached attention_mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inputs", [[], ["--input", "input_ids:2x16:int64:0..1000",
                                          "--input", "attention_mask:2x16:int64:0..2"]])
 def test_build_binds_by_name_and_exports_keyword_inputs(tmp_path: Path, inputs: list[str]) -> None:

@@ -18,6 +18,7 @@ from optpipe.core.tensor_spec import DynamicDim
 BATCH = DynamicDim("batch", 1, 4, 8)
 
 
+@pytest.mark.slow
 def test_dynamo_export_with_dynamic_batch(tmp_path: Path, toy: ModuleType) -> None:
     ctx = build_context(tmp_path, toy.TinyNet().eval(), {"x": toy.example_inputs()[0].numpy()}, ("logits",), BATCH)
     result = ExportOnnx()(torch_artifact(ctx), ctx)
@@ -31,6 +32,7 @@ def test_dynamo_export_with_dynamic_batch(tmp_path: Path, toy: ModuleType) -> No
     assert not result.metrics["external_data"]
 
 
+@pytest.mark.slow
 def test_falls_back_to_torchscript_and_says_why(tmp_path: Path, toy: ModuleType) -> None:
     ctx = build_context(tmp_path, toy.Branchy(), {"x": torch.randn(2, 3).numpy()}, ("y",), BATCH)
     result = ExportOnnx()(torch_artifact(ctx), ctx)
@@ -40,6 +42,7 @@ def test_falls_back_to_torchscript_and_says_why(tmp_path: Path, toy: ModuleType)
     assert result.warnings and "used TorchScript" in result.warnings[0]
 
 
+@pytest.mark.slow
 def test_frozen_batch_is_caught_and_both_errors_reported(tmp_path: Path, toy: ModuleType) -> None:
     ctx = build_context(tmp_path, toy.IntBatch(), {"x": torch.randn(2, 3).numpy()}, ("y",), BATCH)
     expected = r"no exporter could export the model: dynamo: .*batch 1.* torchscript: "
@@ -48,6 +51,7 @@ def test_frozen_batch_is_caught_and_both_errors_reported(tmp_path: Path, toy: Mo
     assert info.value.exit_code == 2
 
 
+@pytest.mark.slow
 def test_same_model_with_static_batch_exports(tmp_path: Path, toy: ModuleType) -> None:
     ctx = build_context(tmp_path, toy.IntBatch(), {"x": torch.randn(2, 3).numpy()}, ("y",))
     result = ExportOnnx(ExportConfig(exporter="dynamo"))(torch_artifact(ctx), ctx)

@@ -136,6 +136,7 @@ def test_fused_variants_are_cpu_only_and_optional() -> None:
     assert parse_build_options(precisions="int8-dynamic+fused", fuse="bert").fuse == "bert"
 
 
+@pytest.mark.slow
 def test_build_ships_a_fused_variant_beside_the_unfused_one(tmp_path: Path) -> None:
     from optpipe.builder.run import build
 

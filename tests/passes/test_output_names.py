@@ -8,6 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import onnx
+import pytest
 import torch
 
 import optpipe
@@ -44,6 +45,7 @@ def _examples() -> dict[str, torch.Tensor]:
     return {"input_ids": torch.randint(0, 1000, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
 
 
+@pytest.mark.slow
 def test_dict_output_keys_become_onnx_names(tmp_path: Path) -> None:
     report = optpipe.build(_dict_model(), _examples(), out_dir=tmp_path / "out", benchmark=False,
                            log=lambda message: None)  # fmt: skip
@@ -55,6 +57,7 @@ def test_dict_output_keys_become_onnx_names(tmp_path: Path) -> None:
     assert set(data["variants"][0]["parity"]["outputs"]) == {"last_hidden_state", "pooled"}
 
 
+@pytest.mark.slow
 def test_user_names_win(tmp_path: Path) -> None:
     report = optpipe.build(_dict_model(), _examples(), out_dir=tmp_path / "out", benchmark=False,
                            output_names=["h", "p"], log=lambda message: None)  # fmt: skip

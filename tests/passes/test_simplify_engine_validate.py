@@ -21,6 +21,8 @@ from optpipe.core.artifact import ArtifactKind
 from optpipe.core.errors import PassError
 from optpipe.core.tensor_spec import DynamicDim
 
+pytestmark = pytest.mark.slow  # every test here builds or exports a model
+
 
 @pytest.fixture()
 def exported(tmp_path: Path, toy: ModuleType) -> tuple[Any, Any]:

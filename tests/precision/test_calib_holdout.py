@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -52,6 +53,7 @@ def test_rows_of_different_lengths_are_not_split() -> None:
     assert split_rows(samples, specs) is None
 
 
+@pytest.mark.slow
 def test_build_judges_held_out_calibration_rows_and_records_the_split(tmp_path: Path) -> None:
     # Before: golden data was the 2 example rows (and copies); the 128 calibration rows were never judged.
     rows = _rows(128)

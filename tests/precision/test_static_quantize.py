@@ -129,6 +129,7 @@ def test_tensorrt_style_follows_rules(cnn: Path, tmp_path: Path) -> None:
     assert _cosine(cnn, result.path, _samples(8, seed=1), emulate=True) > 0.99
 
 
+@pytest.mark.slow
 def test_entropy_ranges_differ_from_minmax(tmp_path: Path) -> None:
     # a heavy-tailed input: entropy should clip the tail, minmax keeps it
     rng = np.random.default_rng(3)

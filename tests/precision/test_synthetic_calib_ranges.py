@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -37,6 +38,7 @@ def _token_model() -> torch.nn.Module:
     return load_file_module(MODELS).TokenClassifier().eval()
 
 
+@pytest.mark.slow
 def test_language_model_int8_from_example_range(tmp_path: Path) -> None:
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, 1000, (4, 16)))
     report = optpipe.build(_token_model(), {"input_ids": ids}, out_dir=tmp_path / "out", precisions=["int8"],
@@ -51,6 +53,7 @@ def test_language_model_int8_from_example_range(tmp_path: Path) -> None:
     assert int8["passed"], int8["failures"]  # calibrated on ids {0, 1} it fails: cosine well below 0.99
 
 
+@pytest.mark.slow
 def test_cli_records_the_declared_range(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [

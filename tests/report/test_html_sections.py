@@ -18,7 +18,7 @@ import pytest
 
 from optpipe.report.html import render_html
 from optpipe.report.html_sections import unstable_timings
-from tests.report.test_html_report import sample_report
+from tests.report.test_html import sample_report
 
 PROFILE = {
     "runtime": "onnxruntime-cpu", "runs": 20, "total_ms": 10.0,

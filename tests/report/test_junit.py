@@ -5,8 +5,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from optpipe.report.junit import error_suite, report_suite, write_junit
-from tests.report.test_html_report import sample_report
+from tests.report.test_html import sample_report
 
 
 def test_one_case_per_variant_and_output(tmp_path: Path) -> None:
@@ -65,6 +67,7 @@ def test_single_model_build_error_still_writes_junit(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_config_file_junit_carries_each_models_error(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

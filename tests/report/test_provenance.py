@@ -28,6 +28,7 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_cli_build_records_files_command_times_and_commit(
         tmp_path: Path, toy: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,6 +61,7 @@ def test_cli_build_records_files_command_times_and_commit(
     assert git_record(model_file).dirty is True  # an uncommitted edit is visible
 
 
+@pytest.mark.slow
 def test_api_build_records_the_call(tmp_path: Path, toy: ModuleType) -> None:
     report = optpipe.build(toy.TinyNet().eval(), toy.example_inputs(), out_dir=tmp_path / "api",
                            output_names=["logits"], benchmark=False, log=lambda m: None)

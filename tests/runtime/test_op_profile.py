@@ -24,6 +24,7 @@ def profiled(tmp_path_factory: pytest.TempPathFactory, toy: ModuleType) -> Any:
                          output_names=["logits"], profile=True, log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_build_profile_is_in_the_report(profiled: Any) -> None:
     data = json.loads((profiled.out_dir / "report.json").read_text())
     profile = data["variants"][0]["profile"]
@@ -38,6 +39,7 @@ def test_build_profile_is_in_the_report(profiled: Any) -> None:
     assert [(p["name"], p["variant"]) for p in data["passes"]][-2:] == [("profile", "fp32"), ("benchmark", "build")]
 
 
+@pytest.mark.slow
 def test_benchmark_reports_host_memory(profiled: Any) -> None:
     memory = profiled.variants[0]["memory"]
     assert memory["peak_rss_mb"] > 10  # a Python process with torch and ORT loaded
@@ -45,6 +47,7 @@ def test_benchmark_reports_host_memory(profiled: Any) -> None:
     assert profiled.metrics()["fp32.peak_rss_mb"] == memory["peak_rss_mb"]
 
 
+@pytest.mark.slow
 def test_profile_command_prints_and_does_not_modify_the_build(profiled: Any) -> None:
     out: Path = profiled.out_dir
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -56,6 +59,7 @@ def test_profile_command_prints_and_does_not_modify_the_build(profiled: Any) -> 
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_profile_command_errors_are_one_line_exit_2(profiled: Any, tmp_path: Path) -> None:
     missing = CliRunner().invoke(main, ["profile", str(tmp_path)])
     assert missing.exit_code == 2 and "not a build directory" in missing.output

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from optpipe.runtime.timing import MIN_BLOCK_CALLS, budgeted_blocks, budgeted_latency, stability_warning
 
 
@@ -29,6 +31,7 @@ def test_min_calls_wins_over_a_tiny_budget() -> None:
     assert len(times["x"]) >= 7
 
 
+@pytest.mark.slow
 def test_stability_warning_on_a_wide_spread_only() -> None:
     steady = [10.0] * 50 + [10.5] * 50
     assert stability_warning("engine", steady) is None
@@ -38,6 +41,7 @@ def test_stability_warning_on_a_wide_spread_only() -> None:
     assert stability_warning("x", [1.0]) is None
 
 
+@pytest.mark.slow
 def test_blocks_stay_interleaved_to_the_end_and_are_sized_by_time() -> None:
     calls = {"fast": _sleeper(0.001), "slow": _sleeper(0.01), "baseline": _sleeper(0.003)}
     timed = budgeted_blocks(calls, seconds=0.1, warmup=2, min_calls=5, blocks=4, progress=lambda *_: None)

@@ -77,6 +77,7 @@ def _int8(data: dict[str, Any]) -> dict[str, Any]:
     return next(v for v in data["variants"] if v["precision"] == "int8")
 
 
+@pytest.mark.slow
 def test_outlier_only_in_test_rows_is_rejected_with_the_test_row_reason(tmp_path: Path) -> None:
     # Before: the guard's gate judged every golden row, kept nodes in FP32 until those rows passed, and
     # validate judged the same rows again: PASSED, with no figure on rows the guard never saw.
@@ -94,6 +95,7 @@ def test_outlier_only_in_test_rows_is_rejected_with_the_test_row_reason(tmp_path
     assert int8["passes"]["int8"]["kept_nodes"] == []  # the guard was satisfied on its rows: nothing kept
 
 
+@pytest.mark.slow
 def test_twin_whose_test_rows_agree_passes_and_records_the_split(tmp_path: Path) -> None:
     calib = _rows(ROWS)  # the same model; no row carries the outlier
     data = _build(tmp_path, calib)
@@ -110,6 +112,7 @@ def test_twin_whose_test_rows_agree_passes_and_records_the_split(tmp_path: Path)
     assert holdout["test_indices"] == _test_indices(calib).tolist()
 
 
+@pytest.mark.slow
 def test_eval_data_outliers_are_judged_never_steered(tmp_path: Path) -> None:
     # eval_data() rows are test rows only: the guard cannot tune on them, the verdict sees them.
     calib = _rows(ROWS)
@@ -206,6 +209,7 @@ def test_tiny_held_out_sets_go_to_test_rows(held: int) -> None:
     assert guard == 0 or guard >= MIN_GUARD_ROWS
 
 
+@pytest.mark.slow
 def test_calibration_rows_that_are_eval_rows_are_never_calibrated_on(tmp_path: Path) -> None:
     # Before: a model file whose calibration data shares rows with eval_data() calibrated on them (and
     # held some out as guard rows): the rows that score the build steered it.

@@ -292,6 +292,7 @@ def _build(tmp_path: Path, source: str, *flags: str) -> tuple[int, dict, str]:
     return result.exit_code, report, result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("outlier", "intercept", "expected"), [(True, 1000.0, EXIT_GATE_FAILED),
                                                                  (False, 0.0, EXIT_OK)])
 def test_int8_regressor_with_intercept_and_outlier_is_rejected_and_its_centred_twin_passes(

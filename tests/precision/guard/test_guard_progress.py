@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import optpipe
+
+pytestmark = pytest.mark.slow  # every test here builds or exports a model
 
 TOY = Path(__file__).resolve().parents[2] / "fixtures" / "models" / "toy_models.py"
 

@@ -273,6 +273,7 @@ def trt_gpu() -> None:
 PROFILE = [DynamicDim("batch", 1, 2, 4)]
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_build_and_run_matches_onnxruntime(trt_gpu: None, tmp_path: Path) -> None:
     import onnxruntime as ort
@@ -299,6 +300,7 @@ def test_build_and_run_matches_onnxruntime(trt_gpu: None, tmp_path: Path) -> Non
         assert runner.memory["gpu_total_bytes"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_timing_cache_round_trip_and_stale_cache(trt_gpu: None, tmp_path: Path) -> None:
     onnx_path = small_model(tmp_path)

@@ -51,6 +51,7 @@ class ClosingCpuTarget(CpuTarget):
         return ClosableOrtRunner(artifact.path, threads=threads)
 
 
+@pytest.mark.slow
 def test_validate_and_benchmark_close_their_runner(engine: tuple[Any, Any]) -> None:
     ctx, artifact = engine
     ctx = dataclasses.replace(ctx, target=ClosingCpuTarget())
@@ -61,6 +62,7 @@ def test_validate_and_benchmark_close_their_runner(engine: tuple[Any, Any]) -> N
     assert len(ClosableOrtRunner.closed) == 1  # the ORT runner has no time_inference: not a GPU runner
 
 
+@pytest.mark.slow
 def test_benchmark_says_the_torch_baseline_ran_on_the_cpu(engine: tuple[Any, Any]) -> None:
     ctx, artifact = engine
     metrics = BenchmarkPass(FAST)(artifact, ctx).metrics
@@ -92,6 +94,7 @@ def test_cuda_torch_baseline_runs_on_the_gpu(toy: ModuleType) -> None:
     model.to("cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_trt_runner_close_frees_context_and_engine(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT is not installed")

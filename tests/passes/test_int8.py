@@ -72,6 +72,7 @@ def test_calib_cache_in_an_unwritable_place_is_refused_up_front(tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_calib_cache_is_written_only_after_the_build_is_published(tmp_path: Path) -> None:
     root = tmp_path
     cache, out = root / "ranges.json", root / "out"
@@ -90,6 +91,7 @@ def test_calib_cache_is_written_only_after_the_build_is_published(tmp_path: Path
     assert not list(root.glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_corrupt_ranges_of_the_previous_build_are_recalibrated_with_a_warning(tmp_path: Path) -> None:
     out = tmp_path / "out"
     _build_int8(tmp_path, out)

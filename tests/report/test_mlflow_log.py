@@ -49,6 +49,7 @@ def _runs(uri: str, name: str) -> list[Any]:
     return client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
 
 
+@pytest.mark.slow
 def test_build_logs_params_metrics_tags_and_artifacts(built: tuple[Any, str]) -> None:
     report, uri = built
     (run,) = _runs(uri, "tiny")
@@ -77,6 +78,7 @@ def test_build_logs_params_metrics_tags_and_artifacts(built: tuple[Any, str]) ->
     assert json.loads(Path(local).read_text())["variants"][0]["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_logs_nested_inside_an_active_run(built: tuple[Any, str]) -> None:
     report, uri = built
     mlflow.set_tracking_uri(uri)
@@ -91,6 +93,7 @@ def test_logs_nested_inside_an_active_run(built: tuple[Any, str]) -> None:
     assert MlflowClient(uri).get_run(parent.info.run_id).data.params == {"job_param": "kept"}
 
 
+@pytest.mark.slow
 def test_cli_mlflow_option_logs_the_build(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from optpipe.cli.main import main
 
@@ -106,6 +109,7 @@ def test_cli_mlflow_option_logs_the_build(tmp_path: Path, store: str, monkeypatc
     assert "fp32.cosine_min.logits" in runs[0].data.metrics and "fp32.p50_ms" not in runs[0].data.metrics
 
 
+@pytest.mark.slow
 def test_unreachable_store_is_exit_3_after_the_build(built: tuple[Any, str], tmp_path: Path) -> None:
     report, _uri = built
     blocker = tmp_path / "file"

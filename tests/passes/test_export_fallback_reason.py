@@ -48,6 +48,7 @@ def test_full_message_keeps_every_line() -> None:
     assert "index: 0 Got: 1 Expected: 2" in text and "Please fix" in text
 
 
+@pytest.mark.slow
 def test_frozen_batch_fallback_reason_is_whole(tmp_path: Path) -> None:
     example = torch.randn(1, 4, 8).numpy()
     ctx = build_context(tmp_path, Attention().eval(), {"x": example}, ("y",), DynamicDim("batch", 1, 4, 8))

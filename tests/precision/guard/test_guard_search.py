@@ -105,6 +105,7 @@ def test_time_budget_stops_the_guard_with_the_reason(chain, tmp_path: Path) -> N
     assert result.path is not None  # the best model so far (the only one) is still reported
 
 
+@pytest.mark.slow
 def test_int8_ranges_are_calibrated_once_across_guard_rounds(
     chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:

@@ -67,6 +67,7 @@ def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_token_inputs_get_a_dynamic_seq_axis_from_real_lengths_and_the_position_limit(tmp_path: Path) -> None:
     out = tmp_path / "b"
     report = optpipe.build(TinyEncoder(), _tokens([5, 9]), out_dir=out, benchmark=False)
@@ -86,6 +87,7 @@ def test_token_inputs_get_a_dynamic_seq_axis_from_real_lengths_and_the_position_
         assert got.shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_calibration_rows_set_the_shortest_length(tmp_path: Path) -> None:
     calib = {k: v.numpy() for k, v in _tokens([2, 3, 12, 14]).items()}
     out = tmp_path / "b"
@@ -94,6 +96,7 @@ def test_calibration_rows_set_the_shortest_length(tmp_path: Path) -> None:
     assert seq["min"] == 2 and seq["max"] == POSITIONS
 
 
+@pytest.mark.slow
 def test_static_seq_opts_out(tmp_path: Path) -> None:
     out = tmp_path / "b"
     optpipe.build(TinyEncoder(), _tokens([5, 9]), out_dir=out, benchmark=False, static_seq=True)
@@ -103,6 +106,7 @@ def test_static_seq_opts_out(tmp_path: Path) -> None:
     assert not any("sequence" in w for w in data["warnings"])
 
 
+@pytest.mark.slow
 def test_a_declared_axis_wins_over_the_default(tmp_path: Path) -> None:
     out = tmp_path / "b"
     declared = DynamicArg(DynamicDim("len", 4, 8, 16), (("input_ids", 1), ("attention_mask", 1)))
@@ -112,6 +116,7 @@ def test_a_declared_axis_wins_over_the_default(tmp_path: Path) -> None:
     assert not any(d["name"] == "seq" for d in data["build"]["dynamic"])
 
 
+@pytest.mark.slow
 def test_input_shapes_declared_on_the_command_line_stay_static(tmp_path: Path) -> None:
     model_file = tmp_path / "tok.py"
     model_file.write_text(
@@ -127,6 +132,7 @@ def test_input_shapes_declared_on_the_command_line_stay_static(tmp_path: Path) -
     assert _report(out)["build"]["inputs"][0]["shape"] == ["batch", 12]
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_vary_its_length_is_exported_static_with_one_warning(tmp_path: Path) -> None:
     out = tmp_path / "b"
     report = optpipe.build(FixedLength(), _tokens([5, 9]), out_dir=out, benchmark=False)
@@ -170,6 +176,7 @@ def test_position_limit_reads_a_config_attribute() -> None:
     assert position_limit(nn.Linear(2, 2)) is None
 
 
+@pytest.mark.slow
 def test_benchmark_times_the_data_real_lengths_beside_eager(tmp_path: Path) -> None:
     out = tmp_path / "b"
     report = optpipe.build(TinyEncoder(), _tokens([5, 9]), out_dir=out, bench_seconds=0.05, warmup=1, iterations=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 from optpipe.core.records import VariantResult
 from optpipe.report.build_report import Report
 from optpipe.report.metrics import flat_metrics
-from tests.report.test_html_report import sample_report
+from tests.report.test_html import sample_report
 
 
 def test_flat_keys_per_variant_output_and_torch() -> None:

@@ -78,6 +78,7 @@ def _heldout_rows(report: dict) -> int:
     return sum(c["batch"] for c in cases if c["name"].startswith("heldout"))
 
 
+@pytest.mark.slow
 def test_inputs_only_dict_is_used_as_unlabelled_rows(tmp_path: Path) -> None:
     # Before: `inputs, labels = eval_data()` on a one-key dict stopped the build (exit 2, not enough values).
     body = 'return {"x": np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)}'
@@ -87,6 +88,7 @@ def test_inputs_only_dict_is_used_as_unlabelled_rows(tmp_path: Path) -> None:
     assert not [w for w in report["warnings"] if "eval_data" in w]
 
 
+@pytest.mark.slow
 def test_inputs_only_tuple_in_forward_order_is_not_ignored(tmp_path: Path) -> None:
     # Before: (input_ids, attention_mask) was read as (inputs, labels) and silently dropped.
     code, output, report = _build(tmp_path, TWO_INPUTS, "Pair")
@@ -95,6 +97,7 @@ def test_inputs_only_tuple_in_forward_order_is_not_ignored(tmp_path: Path) -> No
     assert report["accuracy"] is None if "accuracy" in report else True  # unlabelled: no task accuracy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", ['return "not data"', "raise RuntimeError('needs a dataset path')",
                                   "return np.zeros((3, 7), np.float32)"])
 def test_unusable_eval_data_is_one_warning_and_the_build_goes_on(tmp_path: Path, body: str) -> None:

@@ -86,6 +86,7 @@ def test_tensorrt_target_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_builds_without_calibration_data_and_passes_the_gate(tmp_path: Path) -> None:
     report = _build(tmp_path, Mlp())  # no calib_data, no synthetic_calib: none needed
     variant = _variant(report)
@@ -101,6 +102,7 @@ def test_builds_without_calibration_data_and_passes_the_gate(tmp_path: Path) -> 
     assert not (report.out_dir / "int8-dynamic" / "calibration.json").exists()
 
 
+@pytest.mark.slow
 def test_guard_keeps_the_outlier_layer(tmp_path: Path) -> None:
     report = _build(tmp_path, OutlierMlp(), guard_max_keep=0.5)
     variant = _variant(report)
@@ -114,6 +116,7 @@ def test_guard_keeps_the_outlier_layer(tmp_path: Path) -> None:
     assert ops["MatMulInteger"] == 1, ops  # fc1 is still quantized
 
 
+@pytest.mark.slow
 def test_no_guard_reports_the_failure(tmp_path: Path) -> None:
     report = _build(tmp_path, OutlierMlp(), no_guard=True)
     variant = _variant(report)
@@ -180,6 +183,7 @@ def test_embedding_table_is_quantized(tmp_path: Path) -> None:
     assert gather not in kept.quantized_nodes and kept.status == "quantized"  # the Linear still is
 
 
+@pytest.mark.slow
 def test_guard_keeps_an_embedding_table_the_gate_rejects(tmp_path: Path) -> None:
     report = build(Embedder(outlier=400.0), _embedder_inputs(), out_dir=tmp_path / "out", precisions=("int8-dynamic",),
                    output_names=("y",), benchmark=False, log=lambda _m: None, pass_options=PINNED)  # fmt: skip
@@ -214,6 +218,7 @@ class DeepOutlierMlp(nn.Module):
         return x
 
 
+@pytest.mark.slow
 def test_guard_says_in_one_line_why_it_cannot_reach_the_asked_tolerance(tmp_path: Path) -> None:
     report = _build(tmp_path, DeepOutlierMlp(), tolerances={"*": {"min_row_cosine": 0.99}}, guard_seconds=600)
     variant = _variant(report)

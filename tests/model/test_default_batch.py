@@ -46,6 +46,7 @@ def _artifact(out: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_default_batch_is_dynamic_and_the_artifact_runs_at_other_batches(tmp_path: Path) -> None:
     x = torch.randn(2, 6)
     report = optpipe.build(Linear(), (x,), out_dir=tmp_path / "b", benchmark=False)
@@ -59,6 +60,7 @@ def test_default_batch_is_dynamic_and_the_artifact_runs_at_other_batches(tmp_pat
         assert got.shape == (batch, 3)
 
 
+@pytest.mark.slow
 def test_static_batch_opts_out(tmp_path: Path) -> None:
     report = optpipe.build(Linear(), (torch.randn(2, 6),), out_dir=tmp_path / "s", benchmark=False,
                            static_batch=True)
@@ -70,6 +72,7 @@ def test_static_batch_opts_out(tmp_path: Path) -> None:
     assert not data["warnings"]
 
 
+@pytest.mark.slow
 def test_a_declared_batch_wins_over_the_default(tmp_path: Path) -> None:
     report = optpipe.build(Linear(), (torch.randn(2, 6),), out_dir=tmp_path / "d", benchmark=False,
                            dynamic=[optpipe.DynamicDim("batch", 1, 4, 8)])
@@ -78,6 +81,7 @@ def test_a_declared_batch_wins_over_the_default(tmp_path: Path) -> None:
     assert data["build"]["dynamic"] == [{"name": "batch", "min": 1, "opt": 4, "max": 8}]
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_vary_its_batch_builds_static_with_one_warning(tmp_path: Path) -> None:
     report = optpipe.build(FixedBatch(), (torch.randn(2, 6),), out_dir=tmp_path / "f", benchmark=False)
     data = json.loads((tmp_path / "f" / "report.json").read_text())
@@ -88,6 +92,7 @@ def test_a_model_that_cannot_vary_its_batch_builds_static_with_one_warning(tmp_p
     assert len(batch_warnings) == 1 and "fails at batch 1" in batch_warnings[0]
 
 
+@pytest.mark.slow
 def test_an_export_that_cannot_keep_the_batch_dynamic_falls_back_to_static(tmp_path: Path) -> None:
     report = optpipe.build(BatchBranch(), (torch.randn(2, 6),), out_dir=tmp_path / "x", benchmark=False)
     data = json.loads((tmp_path / "x" / "report.json").read_text())

@@ -33,6 +33,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_every_variant_shares_one_baseline_measured_once(built: Path) -> None:
     report = json.loads((built / "report.json").read_text())
     bench = report["benchmark"]
@@ -53,6 +54,7 @@ def test_every_variant_shares_one_baseline_measured_once(built: Path) -> None:
     assert names.index("benchmark") > max(i for i, n in enumerate(names) if n == "validate")
 
 
+@pytest.mark.slow
 def test_selection_follows_the_same_run_medians(built: Path) -> None:
     report = read_report(built / "report.json")
     assert report.benchmark is not None
@@ -66,6 +68,7 @@ def test_selection_follows_the_same_run_medians(built: Path) -> None:
         b.latency["p50_ms"] / a.latency["p50_ms"])  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_benchmark_record_round_trips_through_the_one_reader(built: Path) -> None:
     report = read_report(built / "report.json")
     assert isinstance(report.benchmark, BenchmarkRecord)
@@ -76,6 +79,7 @@ def test_benchmark_record_round_trips_through_the_one_reader(built: Path) -> Non
     assert set(report.benchmark.spread) >= {"fp32", "int8-dynamic", "torch"}
 
 
+@pytest.mark.slow
 def test_no_benchmark_records_no_run(tmp_path: Path) -> None:
     toy = load_file_module(TOY_MODELS)
     report = optpipe.build(toy.TinyNet(), toy.example_inputs(), out_dir=tmp_path / "o", benchmark=False)

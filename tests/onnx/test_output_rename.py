@@ -27,6 +27,7 @@ class Embedder(torch.nn.Module):
         return self.proj(self.embedding(ids).mean(1))
 
 
+@pytest.mark.slow
 def test_an_output_named_like_an_internal_value_exports_with_dynamo(tmp_path: Path) -> None:
     """torch's own output_names gave "Duplicate definition of name (embedding)" and a TorchScript fallback."""
     from optpipe.builder.run import build

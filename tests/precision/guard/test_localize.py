@@ -13,6 +13,8 @@ from optpipe.precision.calib_data import synthetic_samples
 from optpipe.precision.guard.localize import guarded_quantize, per_layer_errors
 from optpipe.precision.static_quantize import quantize_int8
 
+pytestmark = pytest.mark.slow  # every test here reads the module-scoped exported outlier model
+
 
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

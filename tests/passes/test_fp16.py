@@ -19,6 +19,7 @@ def test_from_options() -> None:
         Fp16Pass.from_options(opts(guard_max_keep=-1))
 
 
+@pytest.mark.slow
 def test_fp16_pass_on_tiny_net(tmp_path: Path, toy: object) -> None:
     import torch
     from conftest import build_context, torch_artifact
