@@ -34,7 +34,7 @@ class TrtLintConfig:
     warnings_as_errors: bool = False
 
 
-def lint_profiles(input_specs: Sequence[TensorSpec], dynamic: Sequence[DynamicDim]) -> dict[str, Any]:
+def lint_shape_profiles(input_specs: Sequence[TensorSpec], dynamic: Sequence[DynamicDim]) -> dict[str, Any]:
     """The profiles the engine will be built with, in the form ``lint_model`` accepts.
 
     Both keyings are given: per axis name (``batch``, ``seq``) and per input
@@ -69,7 +69,7 @@ class TrtLintPass(Pass):
         from optpipe.runtime.tensorrt.lint import format_problems, lint_model, load_support_table
 
         assert artifact.path is not None
-        problems = lint_model(artifact.path, profiles=lint_profiles(ctx.input_specs, ctx.dynamic))
+        problems = lint_model(artifact.path, profiles=lint_shape_profiles(ctx.input_specs, ctx.dynamic))
         blocking = [
             p for p in problems if p.severity == "error" or self.config.warnings_as_errors
         ]

@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from optpipe.core.errors import UserInputError
+from optpipe.onnx.shapes import graph_inputs
 from optpipe.runtime.tensorrt.shape_profiles import ProfilesArg, normalize_profiles
 
 Severity = Literal["error", "warning"]
@@ -504,13 +505,9 @@ def _check_dynamic_inputs(graph: onnx.GraphProto, profiles: ProfilesArg) -> list
         norm = normalize_profiles(profiles)
     except UserInputError as exc:
         return [LintProblem("profile-invalid", "error", None, str(exc), "fix the profile bounds.")]
-    initializers = {i.name for i in graph.initializer}
     problems = []
-    for vi in graph.input:
-        if vi.name in initializers:
-            continue  # IR < 4 style: initializers listed as inputs are not runtime inputs
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
+    for vi in graph_inputs(graph):  # IR < 4 style initializers listed as inputs are not runtime inputs
+        if vi.shape is None:
             problems.append(
                 LintProblem(
                     "dynamic-rank",
@@ -521,10 +518,10 @@ def _check_dynamic_inputs(graph: onnx.GraphProto, profiles: ProfilesArg) -> list
                 )
             )
             continue
-        for index, dim in enumerate(tt.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
+        for index, dim in enumerate(vi.shape):
+            if isinstance(dim, int) and dim > 0:
                 continue
-            param = dim.dim_param or None
+            param = dim if isinstance(dim, str) and dim else None
             if norm.covers(vi.name, index, param):
                 continue
             name = f"'{param}'" if param else "(unnamed)"

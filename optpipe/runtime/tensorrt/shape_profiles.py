@@ -18,11 +18,13 @@ Profiles are accepted in two forms:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from optpipe.core.errors import UserInputError
 from optpipe.core.tensor_spec import Dim, DynamicDim, TensorSpec
+from optpipe.onnx.shapes import graph_inputs
 
 Shape = tuple[int, ...]
 ProfilesArg = Sequence[DynamicDim] | Mapping[str, object] | None
@@ -152,3 +154,89 @@ def _dim_bounds(input_name: str, index: int, dim: Dim, norm: NormalizedProfiles)
         f"input '{input_name}' axis {index} is dynamic {label} but no optimization profile gives its "
         f"min/opt/max; add one, e.g. DynamicDim('{name or BATCH_AXIS}', 1, 8, 32)"
     )
+
+
+class ParsedDynamic(Protocol):
+    """One parsed ``--dynamic`` option (``optpipe.model.input_parsing.DynamicArg``, a layer above)."""
+
+    @property
+    def dim(self) -> DynamicDim: ...
+
+    @property
+    def axes(self) -> tuple[tuple[str, int], ...] | None: ...
+
+    def describe(self) -> str: ...
+
+
+def shape_profiles_for_lint(
+    model: Any, dynamics: Sequence[str], parse: Callable[[str], ParsedDynamic]
+) -> dict[str, Any] | None:
+    """``optpipe lint --dynamic`` values (parsed by ``parse``) as shape profiles of ``model`` (an ``onnx.ModelProto``).
+
+    ``parse`` is the CLI's ``--dynamic`` parser, which lives in a layer above this one; each value is
+    parsed and checked in turn, so the first bad value is the one reported.
+    Like the build's ``lint_shape_profiles``: per axis name (``batch`` also covers an unnamed axis 0; a
+    bare name covers the axes the model names so) and per input (full min/opt/max shapes, where every
+    dynamic axis of the input has bounds), so ``NAME=...@INPUT.AXIS`` covers that axis whatever the
+    exporter called it. An unknown input, an axis out of range or static, or a bare name the model
+    never uses is a UserInputError listing what the model has.
+    """
+    if not dynamics:
+        return None
+    shapes = _declared_shapes(model)
+    named = sorted({d for dims in shapes.values() for d in dims if isinstance(d, str) and d})
+    explicit: dict[tuple[str, int], str] = {}
+    dims = []
+    for text in dynamics:
+        arg = parse(text)
+        dims.append(arg.dim)
+        explicit.update(_explicit_axes(text, arg, shapes, named))
+    profiles: dict[str, Any] = {dim.axis_name: dim for dim in dims}
+    for input_name, input_dims in shapes.items():
+        spec = TensorSpec(input_name, tuple(explicit.get((input_name, i), d) for i, d in enumerate(input_dims)),
+                          "float32")
+        try:
+            profiles.update(resolve_input_shapes([spec], dims))
+        except UserInputError:
+            continue  # an axis without bounds: the lint reports it by name, with its fix
+    return profiles
+
+
+def _declared_shapes(model: Any) -> dict[str, list[int | str]]:
+    """Each shaped input's dims: a positive size, else the axis name ('' when unnamed).
+
+    An input without a shape is left out: the lint reports it (dynamic-rank).
+    """
+    return {
+        value.name: [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else "") for d in value.shape]
+        for value in graph_inputs(model.graph)
+        if value.shape is not None
+    }
+
+
+def _explicit_axes(
+    text: str, arg: ParsedDynamic, shapes: Mapping[str, list[int | str]], named: list[str]
+) -> dict[tuple[str, int], str]:
+    """The ``(input, axis)`` pairs ``arg`` (written ``text``) names, checked against the model's inputs."""
+    name = arg.dim.axis_name
+    if arg.axes is None:
+        if name != BATCH_AXIS and name not in named:
+            raise UserInputError(
+                f"--dynamic '{text}': the model has no axis named '{name}' (its named dynamic axes: "
+                f"{', '.join(named) or 'none'}); for an unnamed axis give it, e.g. "
+                f"{arg.describe()}@INPUT.AXIS")
+        return {}
+    explicit: dict[tuple[str, int], str] = {}
+    for input_name, axis in arg.axes:
+        if input_name not in shapes:
+            raise UserInputError(f"--dynamic '{text}': the model has no input '{input_name}'; its inputs "
+                                 f"are: {', '.join(shapes) or 'none'}")
+        rank = len(shapes[input_name])
+        dynamic_axes = [str(i) for i, d in enumerate(shapes[input_name]) if isinstance(d, str)]
+        if axis >= rank or not isinstance(shapes[input_name][axis], str):
+            what = (f"input '{input_name}' has rank {rank}" if axis >= rank
+                    else f"axis {axis} of input '{input_name}' is static ({shapes[input_name][axis]})")
+            raise UserInputError(f"--dynamic '{text}': {what}; its dynamic axes are: "
+                                 f"{', '.join(dynamic_axes) or 'none'}")
+        explicit[(input_name, axis)] = name
+    return explicit
