@@ -281,8 +281,7 @@ class _Session:
             ctx.model.to(self.restore_model)
         for precision, runner in self.self_timed.items():
             self.gpu_memory[precision] = dict(getattr(runner, "memory", None) or {})
-            if callable(getattr(runner, "close", None)):
-                runner.close()
+            runner.close()
 
 
 def _infer_call(runner: Any, feed: dict[str, Any]) -> Callable[[], object]:

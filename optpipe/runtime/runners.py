@@ -8,19 +8,39 @@ Validation and benchmarking are runtime-agnostic; they only need
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+_R = TypeVar("_R", bound="Runner")
+
 
 class Runner(Protocol):
-    """Runs one compiled artifact on named numpy inputs."""
+    """Runs one compiled artifact on named numpy inputs, and frees what it holds on ``close()``.
+
+    Every caller releases a runner the same way: ``close()`` (idempotent), or ``with runner:``.
+    Runners whose resources go away with the object (an ONNX Runtime session, an eager model)
+    close as a no-op, so a caller never asks which kind of runner it holds. Concrete runners
+    subclass this protocol to inherit the context-manager methods.
+    """
 
     output_names: tuple[str, ...]
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once and return the outputs by name."""
         ...
+
+    def close(self) -> None:
+        """Free what the runner holds beyond the Python object (GPU memory); safe to call twice."""
+        ...
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 def ort_session_options(threads: int | None, level: str = "all", log_level: int = 3) -> Any:
@@ -46,7 +66,7 @@ def ort_session_options(threads: int | None, level: str = "all", log_level: int 
     return options
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     """ONNX Runtime on the CPU execution provider."""
 
     def __init__(self, path: Path, threads: int | None = None, level: str = "all", log_level: int = 3) -> None:
@@ -64,8 +84,11 @@ class OrtRunner:
         values = self.session.run(None, {name: feed[name] for name in self.input_names})
         return dict(zip(self.output_names, values, strict=True))
 
+    def close(self) -> None:
+        """Nothing to free early: ONNX Runtime has no session release; the session goes with this runner."""
 
-class TorchRunner:
+
+class TorchRunner(Runner):
     """PyTorch eager, the reference and the latency baseline."""
 
     def __init__(self, model: Any, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
@@ -80,6 +103,9 @@ class TorchRunner:
         with torch.inference_mode():
             result = self.model(*args)
         return dict(zip(self.output_names, flatten_outputs(result), strict=True))
+
+    def close(self) -> None:
+        """Nothing to free: the model belongs to the caller (the build keeps using it)."""
 
 
 def flatten_outputs(result: Any) -> list[np.ndarray]:

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ import numpy as np
 from optpipe.core.artifact import sha256_file, write_bytes_atomic
 from optpipe.core.errors import EnvironmentUnavailable, MissingDependency, UserInputError
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.runtime.runners import Runner
 from optpipe.runtime.tensorrt.metadata import (
     HARDWARE_LEVELS,
     SIDECAR_SCHEMA,
@@ -430,13 +430,13 @@ def load_engine(plan_path: str | Path) -> LoadedEngine:
     return LoadedEngine(engine=engine, metadata=metadata, plan_path=plan_path, warnings=warnings)
 
 
-class TrtEngineRunner:
+class TrtEngineRunner(Runner):
     """Runs one engine through ``polygraphy.backend.trt.TrtRunner``; outputs, timing, GPU memory.
 
     Why a wrapper: the pipeline needs outputs to compare with ONNX Runtime, latency
     measured after the GPU finished (``TrtRunner.infer`` synchronises its CUDA stream
     before returning), and the GPU memory the engine takes. Matches optpipe's
-    ``Runner`` protocol (``output_names``, ``infer``); the context is created on first
+    ``Runner`` protocol (``output_names``, ``infer``, ``close``); the context is created on first
     use, or explicitly with ``with TrtEngineRunner(plan) as r:``; ``close()`` frees it.
     ``source`` is a plan path (checked with :func:`load_engine`) or a :class:`LoadedEngine`.
     """
@@ -486,14 +486,6 @@ class TrtEngineRunner:
             "gpu_total_bytes": int(total),
             "gpu_free_bytes": int(free_after),
         }
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Free the execution context and its GPU buffers, and the engine when this runner loaded it.
