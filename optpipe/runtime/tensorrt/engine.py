@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,7 +45,7 @@ from optpipe.runtime.tensorrt.metadata import (
     verify_plan_file,
     write_json,
 )
-from optpipe.runtime.tensorrt.shape_profiles import ProfilesArg, resolve_input_shapes
+from optpipe.runtime.tensorrt.shape_profiles import ProfilesArg, Shape, resolve_input_shapes
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,26 @@ def _prepare_timing_cache(timing_cache: Path | None, machine: dict[str, Any]) ->
     return None, [message]
 
 
+@dataclass(frozen=True)
+class _BuildSettings:
+    """The :func:`build_engine` options that reach TensorRT's builder config and the sidecar."""
+
+    builder_optimization_level: int
+    workspace_bytes: int | None
+    hardware_compatibility: str | None
+    version_compatible: bool
+
+    def recorded(self) -> dict[str, Any]:
+        """The sidecar's ``build_options``: what a reader needs to rebuild the same plan."""
+        return {
+            "builder_optimization_level": self.builder_optimization_level,
+            "workspace_bytes": self.workspace_bytes,
+            "hardware_compatibility": (self.hardware_compatibility or "none").lower(),
+            "version_compatible": bool(self.version_compatible),
+            "strongly_typed": True,
+        }
+
+
 def build_engine(
     onnx_path: str | Path,
     plan_path: str | Path,
@@ -307,57 +327,22 @@ def build_engine(
     Raises UserInputError for a model TensorRT rejects, EnvironmentUnavailable without TensorRT/GPU.
     """
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    settings = _BuildSettings(builder_optimization_level, workspace_bytes, hardware_compatibility, version_compatible)
     if not onnx_path.is_file():
         raise UserInputError(f"ONNX model not found: {onnx_path}")
     if not 0 <= builder_optimization_level <= 5:
         raise UserInputError(f"builder_optimization_level must be 0..5, got {builder_optimization_level}")
     shapes = resolve_input_shapes(input_specs, profiles)  # fail on the CPU side before touching the GPU
     check_trt_available()
-    trt = _import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-    from polygraphy.exception import PolygraphyException
-
     machine = collect_device_info()
-    hw_level = _hardware_level(trt, hardware_compatibility)
+    hw_level = _hardware_level(_import_tensorrt(), hardware_compatibility)
     load_cache, warnings = _prepare_timing_cache(timing_cache, machine)
-
-    profile = Profile()
-    for name, triple in shapes.items():
-        profile.add(name, **profile_add_kwargs(*triple))
-    parser_flags = None
-    if hw_level is not None or version_compatible:
-        # Polygraphy's CreateConfig asks for this: the InstanceNorm plugin is not portable.
-        parser_flags = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
-    network = NetworkFromOnnxPath(str(onnx_path), **network_kwargs(parser_flags))
-    config = CreateConfig(
-        **config_kwargs(
-            profiles=[profile],
-            builder_optimization_level=builder_optimization_level,
-            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)} if workspace_bytes else None,
-            load_timing_cache=load_cache,
-            hardware_compatibility_level=hw_level,
-            version_compatible=version_compatible,
-        )
-    )
-    build = EngineBytesFromNetwork(network, **engine_bytes_kwargs(config, timing_cache))
-    try:
-        serialized = build()
-    except PolygraphyException as exc:
-        raise UserInputError(f"TensorRT could not build an engine from {onnx_path}: {exc}") from exc
-    data = bytes(serialized)
+    data = _serialized_plan(onnx_path, shapes, settings, hw_level, load_cache=load_cache, timing_cache=timing_cache)
 
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(plan_path, data)
     if timing_cache is not None and timing_cache.exists():
-        write_json(
-            timing_cache_sidecar(timing_cache),
-            {
-                "tensorrt_version": machine["tensorrt_version"],
-                "compute_capability": machine["compute_capability"],
-                "gpu_name": machine["gpu_name"],
-                "sha256": sha256_file(timing_cache),
-            },
-        )
+        _write_timing_cache_sidecar(timing_cache, machine)
     metadata = EngineMetadata(
         plan_path=str(plan_path),
         plan_sha256=hashlib.sha256(data).hexdigest(),
@@ -369,19 +354,70 @@ def build_engine(
         cuda_runtime_version=machine["cuda_runtime_version"],
         cuda_driver_version=machine["cuda_driver_version"],
         profiles={n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()},
-        build_options={
-            "builder_optimization_level": builder_optimization_level,
-            "workspace_bytes": workspace_bytes,
-            "hardware_compatibility": (hardware_compatibility or "none").lower(),
-            "version_compatible": bool(version_compatible),
-            "strongly_typed": True,
-        },
+        build_options=settings.recorded(),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         timing_cache=str(timing_cache) if timing_cache else None,
         warnings=tuple(warnings),
     )
     write_json(sidecar_path(plan_path), metadata.to_dict())
     return metadata
+
+
+def _serialized_plan(
+    onnx_path: Path,
+    shapes: Mapping[str, tuple[Shape, Shape, Shape]],
+    settings: _BuildSettings,
+    hw_level: Any,
+    *,
+    load_cache: str | None,
+    timing_cache: Path | None,
+) -> bytes:
+    """Build the plan with Polygraphy: one shape profile, the ONNX parsed strongly typed.
+
+    ``load_cache`` is the timing cache to start from (None: a fresh one); ``timing_cache`` where it is written.
+    """
+    trt = _import_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+    from polygraphy.exception import PolygraphyException
+
+    shape_profile = Profile()
+    for name, triple in shapes.items():
+        shape_profile.add(name, **profile_add_kwargs(*triple))
+    parser_flags = None
+    if hw_level is not None or settings.version_compatible:
+        # Polygraphy's CreateConfig asks for this: the InstanceNorm plugin is not portable.
+        parser_flags = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
+    network = NetworkFromOnnxPath(str(onnx_path), **network_kwargs(parser_flags))
+    workspace = settings.workspace_bytes
+    config = CreateConfig(
+        **config_kwargs(
+            profiles=[shape_profile],
+            builder_optimization_level=settings.builder_optimization_level,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace)} if workspace else None,
+            load_timing_cache=load_cache,
+            hardware_compatibility_level=hw_level,
+            version_compatible=settings.version_compatible,
+        )
+    )
+    build = EngineBytesFromNetwork(network, **engine_bytes_kwargs(config, timing_cache))
+    try:
+        serialized = build()
+    except PolygraphyException as exc:
+        raise UserInputError(f"TensorRT could not build an engine from {onnx_path}: {exc}") from exc
+    return bytes(serialized)
+
+
+def _write_timing_cache_sidecar(timing_cache: Path, machine: Mapping[str, Any]) -> None:
+    """Record who wrote the timing cache, so a later build on another GPU or TensorRT sets it aside."""
+    write_json(
+        timing_cache_sidecar(timing_cache),
+        {
+            "tensorrt_version": machine["tensorrt_version"],
+            "compute_capability": machine["compute_capability"],
+            "gpu_name": machine["gpu_name"],
+            "sha256": sha256_file(timing_cache),
+        },
+    )
 
 
 @dataclass
