@@ -156,10 +156,8 @@ def quantize_int8(
         final_ranges, cache_hit = _resolve_ranges(
             pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings
         )
-        known = {t for n in pre.graph.node for t in [*n.input, *n.output]}
-        unknown = sorted(set(final_ranges) - known)
-        if ranges is not None and unknown:
-            raise UserInputError(f"ranges name tensors not in the model: {unknown[:5]}")
+        if ranges is not None:
+            _check_ranges_name_tensors(pre, final_ranges)
 
         if reduce_range is None:
             reduce_range = style == "cpu" and cpu_needs_reduce_range()
@@ -183,6 +181,14 @@ def quantize_int8(
         bias_correction=correction.to_dict() if correction is not None else None,
         guard_base=sum(1 for n in pre.graph.node if n.op_type in quantized_types),
     )  # fmt: skip
+
+
+def _check_ranges_name_tensors(model: onnx.ModelProto, ranges: Ranges) -> None:
+    """Refuse user-given ranges for tensors the model does not have (a typo would silently calibrate nothing)."""
+    known = {t for n in model.graph.node for t in [*n.input, *n.output]}
+    unknown = sorted(set(ranges) - known)
+    if unknown:
+        raise UserInputError(f"ranges name tensors not in the model: {unknown[:5]}")
 
 
 def style_op_types(style: str) -> frozenset[str]:
