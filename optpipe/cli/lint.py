@@ -46,8 +46,8 @@ def lint(onnx_file: Path, target: str, dynamics: tuple[str, ...], as_json: bool)
     from optpipe.runtime.tensorrt.shape_profiles import shape_profiles_for_lint
 
     model = load_onnx(onnx_file)
-    profiles = shape_profiles_for_lint(model, dynamics, lambda text: parse_dynamic(text, bare_names=True))
-    problems = lint_model(model, profiles=profiles)
+    shape_profiles = shape_profiles_for_lint(model, dynamics, lambda text: parse_dynamic(text, bare_names=True))
+    problems = lint_model(model, shape_profiles=shape_profiles)
     problems.sort(key=lambda p: p.severity != "error")
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in problems], indent=2))

@@ -45,7 +45,7 @@ from optpipe.runtime.tensorrt.metadata import (
     verify_plan_file,
     write_json,
 )
-from optpipe.runtime.tensorrt.shape_profiles import ProfilesArg, Shape, resolve_input_shapes
+from optpipe.runtime.tensorrt.shape_profiles import Shape, ShapeProfilesArg, resolve_input_shapes
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class EngineMetadata:
 # default" for all of them (checked against polygraphy/backend/trt/{loader,config,profile,runner}.py).
 
 
-def profile_add_kwargs(low: Sequence[int], opt: Sequence[int], high: Sequence[int]) -> dict[str, Any]:
+def shape_profile_add_kwargs(low: Sequence[int], opt: Sequence[int], high: Sequence[int]) -> dict[str, Any]:
     """Keyword arguments of ``Profile.add(name, ...)`` for one input's min/opt/max shapes."""
     return {"min": tuple(low), "opt": tuple(opt), "max": tuple(high)}
 
@@ -311,7 +311,7 @@ def build_engine(
     onnx_path: str | Path,
     plan_path: str | Path,
     *,
-    profiles: ProfilesArg,
+    shape_profiles: ShapeProfilesArg,
     input_specs: Sequence[TensorSpec],
     builder_optimization_level: int = 3,
     workspace_bytes: int | None = None,
@@ -321,7 +321,7 @@ def build_engine(
 ) -> EngineMetadata:
     """Parse ``onnx_path`` strongly typed, build a plan, write it and its sidecar atomically.
 
-    ``profiles`` give min/opt/max for the dynamic axes of ``input_specs`` (one optimization
+    ``shape_profiles`` give min/opt/max for the dynamic axes of ``input_specs`` (one optimization
     profile). ``timing_cache`` is loaded when it was written by this TensorRT version on this
     GPU, otherwise set aside with a warning; the cache is (re)written after the build.
     Raises UserInputError for a model TensorRT rejects, EnvironmentUnavailable without TensorRT/GPU.
@@ -332,7 +332,7 @@ def build_engine(
         raise UserInputError(f"ONNX model not found: {onnx_path}")
     if not 0 <= builder_optimization_level <= 5:
         raise UserInputError(f"builder_optimization_level must be 0..5, got {builder_optimization_level}")
-    shapes = resolve_input_shapes(input_specs, profiles)  # fail on the CPU side before touching the GPU
+    shapes = resolve_input_shapes(input_specs, shape_profiles)  # fail on the CPU side before touching the GPU
     check_trt_available()
     machine = collect_device_info()
     hw_level = _hardware_level(_import_tensorrt(), hardware_compatibility)
@@ -382,7 +382,7 @@ def _serialized_plan(
 
     shape_profile = Profile()
     for name, triple in shapes.items():
-        shape_profile.add(name, **profile_add_kwargs(*triple))
+        shape_profile.add(name, **shape_profile_add_kwargs(*triple))
     parser_flags = None
     if hw_level is not None or settings.version_compatible:
         # Polygraphy's CreateConfig asks for this: the InstanceNorm plugin is not portable.

@@ -30,7 +30,7 @@ from onnx import numpy_helper
 
 from optpipe.core.errors import UserInputError
 from optpipe.onnx.shapes import graph_inputs
-from optpipe.runtime.tensorrt.shape_profiles import ProfilesArg, normalize_profiles
+from optpipe.runtime.tensorrt.shape_profiles import ShapeProfilesArg, normalize_shape_profiles
 
 Severity = Literal["error", "warning"]
 
@@ -170,7 +170,7 @@ def _iter_graphs(graph: onnx.GraphProto, outer: _Graph | None = None) -> Iterato
 def lint_model(
     model: onnx.ModelProto | str | Path,
     *,
-    profiles: ProfilesArg = None,
+    shape_profiles: ShapeProfilesArg = None,
     table: dict[str, Any] | None = None,
 ) -> list[LintProblem]:
     """Check an ONNX model against TensorRT's documented ONNX support; returns all problems found.
@@ -192,7 +192,7 @@ def lint_model(
         problems += _check_int64(g)
     for func in proto.functions:
         problems += _check_ops(func.node, table, local_functions)
-    problems += _check_dynamic_inputs(proto.graph, profiles)
+    problems += _check_dynamic_inputs(proto.graph, shape_profiles)
     return problems
 
 
@@ -500,9 +500,9 @@ def _check_int64(g: _Graph) -> list[LintProblem]:
     return problems
 
 
-def _check_dynamic_inputs(graph: onnx.GraphProto, profiles: ProfilesArg) -> list[LintProblem]:
+def _check_dynamic_inputs(graph: onnx.GraphProto, shape_profiles: ShapeProfilesArg) -> list[LintProblem]:
     try:
-        norm = normalize_profiles(profiles)
+        norm = normalize_shape_profiles(shape_profiles)
     except UserInputError as exc:
         return [LintProblem("profile-invalid", "error", None, str(exc), "fix the profile bounds.")]
     problems = []

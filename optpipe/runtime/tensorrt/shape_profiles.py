@@ -1,9 +1,9 @@
-"""Optimization profiles: turning named dynamic axes into TensorRT min/opt/max shapes.
+"""Shape profiles (TensorRT optimization profiles): turning named dynamic axes into min/opt/max shapes.
 
 TensorRT needs, for every input with a dynamic dimension, a concrete
 (min, opt, max) shape triple in an optimization profile; a missing one is a
 build-time failure on the GPU machine, long after the CPU stages finished. This
-module resolves profiles from optpipe's :class:`~optpipe.core.tensor_spec.DynamicDim`
+module resolves shape profiles from optpipe's :class:`~optpipe.core.tensor_spec.DynamicDim`
 list on the CPU, so both the lint and the engine builder share one rule and the
 error appears before any GPU is involved.
 
@@ -27,13 +27,13 @@ from optpipe.core.tensor_spec import Dim, DynamicDim, TensorSpec
 from optpipe.onnx.shapes import graph_inputs
 
 Shape = tuple[int, ...]
-ProfilesArg = Sequence[DynamicDim] | Mapping[str, object] | None
+ShapeProfilesArg = Sequence[DynamicDim] | Mapping[str, object] | None
 
 BATCH_AXIS = "batch"
 
 
 @dataclass(frozen=True)
-class NormalizedProfiles:
+class NormalizedShapeProfiles:
     """Profiles split by how they are keyed: per named axis, or per input (full shapes)."""
 
     axes: dict[str, tuple[int, int, int]]
@@ -83,14 +83,14 @@ def validate_bounds(label: str, low: int, opt: int, high: int) -> list[str]:
     return reasons
 
 
-def normalize_profiles(profiles: ProfilesArg) -> NormalizedProfiles:
-    """Bring every accepted profile form into :class:`NormalizedProfiles` (raises UserInputError)."""
+def normalize_shape_profiles(shape_profiles: ShapeProfilesArg) -> NormalizedShapeProfiles:
+    """Bring every accepted profile form into :class:`NormalizedShapeProfiles` (raises UserInputError)."""
     axes: dict[str, tuple[int, int, int]] = {}
     inputs: dict[str, tuple[Shape, Shape, Shape]] = {}
-    if profiles is None:
-        return NormalizedProfiles(axes, inputs)
-    if isinstance(profiles, Mapping):
-        for key, value in profiles.items():
+    if shape_profiles is None:
+        return NormalizedShapeProfiles(axes, inputs)
+    if isinstance(shape_profiles, Mapping):
+        for key, value in shape_profiles.items():
             key = str(key)
             is_shapes = (
                 isinstance(value, Sequence)
@@ -102,7 +102,7 @@ def normalize_profiles(profiles: ProfilesArg) -> NormalizedProfiles:
             else:
                 axes[key] = _int_triple(key, value)
     else:
-        for dim in profiles:
+        for dim in shape_profiles:
             if not isinstance(dim, DynamicDim):
                 raise UserInputError(f"profiles must be DynamicDim entries, got {dim!r}")
             axes[dim.axis_name] = (dim.min, dim.opt, dim.max)
@@ -112,18 +112,18 @@ def normalize_profiles(profiles: ProfilesArg) -> NormalizedProfiles:
             problems += validate_bounds(f"input '{name}' axis {i}", a, b, c)
     if problems:
         raise UserInputError("invalid optimization profile: " + "; ".join(problems))
-    return NormalizedProfiles(axes, inputs)
+    return NormalizedShapeProfiles(axes, inputs)
 
 
 def resolve_input_shapes(
-    input_specs: Sequence[TensorSpec], profiles: ProfilesArg
+    input_specs: Sequence[TensorSpec], shape_profiles: ShapeProfilesArg
 ) -> dict[str, tuple[Shape, Shape, Shape]]:
     """Concrete (min, opt, max) shapes for every input, as Polygraphy's ``Profile.add`` wants.
 
     Static inputs get the same shape three times, so the profile is complete.
     Raises UserInputError naming the input and axis when a dynamic axis has no bounds.
     """
-    norm = normalize_profiles(profiles)
+    norm = normalize_shape_profiles(shape_profiles)
     result: dict[str, tuple[Shape, Shape, Shape]] = {}
     for spec in input_specs:
         if spec.name in norm.inputs:
@@ -141,7 +141,7 @@ def resolve_input_shapes(
     return result
 
 
-def _dim_bounds(input_name: str, index: int, dim: Dim, norm: NormalizedProfiles) -> tuple[int, int, int]:
+def _dim_bounds(input_name: str, index: int, dim: Dim, norm: NormalizedShapeProfiles) -> tuple[int, int, int]:
     if isinstance(dim, int) and dim >= 0:
         return (dim, dim, dim)
     name = dim if isinstance(dim, str) and dim else None
@@ -191,15 +191,15 @@ def shape_profiles_for_lint(
         arg = parse(text)
         dims.append(arg.dim)
         explicit.update(_explicit_axes(text, arg, shapes, named))
-    profiles: dict[str, Any] = {dim.axis_name: dim for dim in dims}
+    shape_profiles: dict[str, Any] = {dim.axis_name: dim for dim in dims}
     for input_name, input_dims in shapes.items():
         spec = TensorSpec(input_name, tuple(explicit.get((input_name, i), d) for i, d in enumerate(input_dims)),
                           "float32")
         try:
-            profiles.update(resolve_input_shapes([spec], dims))
+            shape_profiles.update(resolve_input_shapes([spec], dims))
         except UserInputError:
             continue  # an axis without bounds: the lint reports it by name, with its fix
-    return profiles
+    return shape_profiles
 
 
 def _declared_shapes(model: Any) -> dict[str, list[int | str]]:
