@@ -36,7 +36,7 @@ import onnx
 from optpipe.core.artifact import sha256_file
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
 from optpipe.core.scratch_dir import scratch_cwd
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 from optpipe.precision.bias_correction import BiasCorrection, correct_biases, measure_means
 from optpipe.precision.calib_cache import (
     CacheKey,
@@ -174,7 +174,7 @@ def quantize_int8(
             warnings.append("the quantizer quantized no node (no ranges for their inputs?)")
             return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded,
                               final_ranges, warnings, cache_hit)  # fmt: skip
-        _graph.save_atomic(quantized_model, dst)
+        onnx_graph.save_atomic(quantized_model, dst)
     quantized_types = style_op_types(style)
     return Int8Result(
         "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
@@ -299,7 +299,7 @@ def _prepare(
 
     Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
     """
-    source = _graph.load_model(src)
+    source = onnx_graph.load_model(src)
     pre_path = tmp / "pre.onnx"
     warnings = _pre_processed(src, pre_path)
     pre = onnx.load(str(pre_path))

@@ -1,4 +1,4 @@
-"""ONNX helpers shared by the precision modules (internal).
+"""ONNX graph helpers shared by the precision modules and the passes that lower precision.
 
 The precision passes all need the same three things: the input specs of a
 model file, a way to run a model with intermediate tensors exposed as graph
