@@ -209,17 +209,18 @@ def check_dynamic_axes(path: Path, ctx: BuildContext) -> None:
     """
     import onnx
 
+    from optpipe.onnx.shapes import graph_inputs
     from optpipe.runtime.runners import OrtRunner, TorchRunner
 
     declared = _declared_axes(ctx)
     if not declared or ctx.golden is None or not ctx.golden.cases:
         return
-    graph_inputs = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.input}
+    shapes = {v.name: v.shape or () for v in graph_inputs(onnx.load(str(path), load_external_data=False).graph)}
     example = ctx.golden.cases[0].inputs
     for name, places in declared.items():
         for input_name, axis in places:
-            dims = graph_inputs[input_name].type.tensor_type.shape.dim if input_name in graph_inputs else []
-            if axis >= len(dims) or dims[axis].HasField("dim_value"):
+            dims = shapes.get(input_name, ())
+            if axis >= len(dims) or isinstance(dims[axis], int):
                 raise RuntimeError(f"dynamic axis '{name}' ({input_name}.{axis}) is static in the exported model")
         size = _second_size(name, int(example[places[0][0]].shape[places[0][1]]), ctx)
         if size is None:
