@@ -161,7 +161,7 @@ class EngineMetadata:
     compute_capability: str
     cuda_runtime_version: str
     cuda_driver_version: str
-    profiles: dict[str, dict[str, list[int]]]
+    shape_profiles: dict[str, dict[str, list[int]]]  # written as "profiles": the sidecar's schema is kept
     build_options: dict[str, Any]
     built_at: str
     timing_cache: str | None = None
@@ -179,7 +179,7 @@ class EngineMetadata:
             "compute_capability": self.compute_capability,
             "cuda_runtime_version": self.cuda_runtime_version,
             "cuda_driver_version": self.cuda_driver_version,
-            "profiles": self.profiles,
+            "profiles": self.shape_profiles,
             "build_options": self.build_options,
             "built_at": self.built_at,
             "timing_cache": self.timing_cache,
@@ -353,7 +353,7 @@ def build_engine(
         compute_capability=machine["compute_capability"],
         cuda_runtime_version=machine["cuda_runtime_version"],
         cuda_driver_version=machine["cuda_driver_version"],
-        profiles={n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()},
+        shape_profiles={n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()},
         build_options=settings.recorded(),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         timing_cache=str(timing_cache) if timing_cache else None,
