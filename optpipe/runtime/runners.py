@@ -19,10 +19,10 @@ _R = TypeVar("_R", bound="Runner")
 class Runner(Protocol):
     """Runs one compiled artifact on named numpy inputs, and frees what it holds on ``close()``.
 
-    Every caller releases a runner the same way: ``close()`` (idempotent), or ``with runner:``.
-    Runners whose resources go away with the object (an ONNX Runtime session, an eager model)
-    close as a no-op, so a caller never asks which kind of runner it holds. Concrete runners
-    subclass this protocol to inherit the context-manager methods.
+    Every caller releases a runner the same way: ``close()`` (idempotent), or ``with runner:``,
+    so a caller never asks which kind of runner it holds. A runner holding nothing of its own
+    (PyTorch eager: the model is the caller's) closes as a no-op. Concrete runners subclass this
+    protocol to inherit the context-manager methods.
     """
 
     output_names: tuple[str, ...]
@@ -72,7 +72,7 @@ class OrtRunner(Runner):
     def __init__(self, path: Path, threads: int | None = None, level: str = "all", log_level: int = 3) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(
+        self.session: Any = ort.InferenceSession(
             str(path),
             sess_options=ort_session_options(threads, level, log_level),
             providers=["CPUExecutionProvider"],
@@ -85,7 +85,8 @@ class OrtRunner(Runner):
         return dict(zip(self.output_names, values, strict=True))
 
     def close(self) -> None:
-        """Nothing to free early: ONNX Runtime has no session release; the session goes with this runner."""
+        """Drop the session, so ONNX Runtime frees it (and the model it holds) now, not when this runner goes."""
+        self.session = None
 
 
 class TorchRunner(Runner):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -29,3 +30,10 @@ def test_ort_and_torch_runners_close_the_same_way(tmp_path: Path) -> None:
             assert entered is runner
             np.testing.assert_array_equal(entered.infer(feed)["y"], [0.0, 2.0])
         runner.close()  # idempotent: a second close after the with-block is harmless
+
+
+def test_closing_an_ort_runner_frees_its_session_now(tmp_path: Path) -> None:
+    runner = OrtRunner(_relu_onnx(tmp_path / "m.onnx"))
+    session = weakref.ref(runner.session)
+    runner.close()
+    assert session() is None  # freed at close(), while the runner object is still alive
