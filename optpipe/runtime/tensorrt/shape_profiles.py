@@ -175,11 +175,11 @@ def shape_profiles_for_lint(
 
     ``parse`` is the CLI's ``--dynamic`` parser, which lives in a layer above this one; each value is
     parsed and checked in turn, so the first bad value is the one reported.
-    Like the build's ``lint_shape_profiles``: per axis name (``batch`` also covers an unnamed axis 0; a
-    bare name covers the axes the model names so) and per input (full min/opt/max shapes, where every
-    dynamic axis of the input has bounds), so ``NAME=...@INPUT.AXIS`` covers that axis whatever the
-    exporter called it. An unknown input, an axis out of range or static, or a bare name the model
-    never uses is a UserInputError listing what the model has.
+    Like the build's ``optpipe.passes.trt_lint.lint_shape_profiles``: per axis name (``batch`` also
+    covers an unnamed axis 0; a bare name covers the axes the model names so) and per input (full
+    min/opt/max shapes, where every dynamic axis of the input has bounds), so ``NAME=...@INPUT.AXIS``
+    covers that axis whatever the exporter called it. An unknown input, an axis out of range or static,
+    or a bare name the model never uses is a UserInputError listing what the model has.
     """
     if not dynamics:
         return None
