@@ -246,7 +246,7 @@ class _Session:
         self.restore_model: Any = None
         for precision, artifact in engines.items():
             before = current_rss_bytes()
-            runner: Any = ctx.target.runner(artifact, ctx.threads)  # Any: GPU runners add time_inference/close
+            runner: Any = ctx.target.runner(artifact, ctx.threads)  # Any: GPU runners add time_inference
             loaded = current_rss_bytes()
             self.memory[precision] = {
                 "engine_load_mb": mib(loaded - before) if loaded is not None and before else None}
@@ -281,8 +281,7 @@ class _Session:
             ctx.model.to(self.restore_model)
         for precision, runner in self.self_timed.items():
             self.gpu_memory[precision] = dict(getattr(runner, "memory", None) or {})
-            if callable(getattr(runner, "close", None)):
-                runner.close()
+            runner.close()
 
 
 def _infer_call(runner: Any, feed: dict[str, Any]) -> Callable[[], object]:

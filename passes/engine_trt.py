@@ -101,7 +101,7 @@ class TrtEnginePass(Pass):
         metadata = build_engine(
             artifact.path,
             plan,
-            profiles=list(ctx.dynamic),
+            shape_profiles=list(ctx.dynamic),
             input_specs=ctx.input_specs,
             builder_optimization_level=self.config.builder_optimization_level,
             workspace_bytes=self.config.workspace_bytes,

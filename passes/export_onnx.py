@@ -82,31 +82,40 @@ def _dynamic_shapes(specs: tuple[TensorSpec, ...], ctx: BuildContext) -> dict[st
     return shapes if dims else None
 
 
-def _call_arguments(ctx: BuildContext) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
+@dataclass(frozen=True)
+class _ExportCall:
+    """What ``torch.onnx.export`` is called with: the module, its positional and its keyword arguments."""
+
+    module: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None
+
+
+def _call_arguments(ctx: BuildContext) -> _ExportCall:
     """Module, positional and keyword arguments to export with: inputs bound by name are exported as keywords."""
     from optpipe.model.input_binding import KeywordInputs
 
     if isinstance(ctx.model, KeywordInputs):
-        return ctx.model.module, (), ctx.model.keywords(ctx.example_inputs)
-    return ctx.model, tuple(ctx.example_inputs), None
+        return _ExportCall(ctx.model.module, (), ctx.model.keywords(ctx.example_inputs))
+    return _ExportCall(ctx.model, tuple(ctx.example_inputs), None)
 
 
 def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> None:
     import torch
 
     names = [spec.name for spec in ctx.input_specs]
-    model, args, kwargs = _call_arguments(ctx)
+    call = _call_arguments(ctx)
     with _quiet_exporter():
         if exporter == "dynamo":
             shapes = _dynamic_shapes(ctx.input_specs, ctx)
             # dynamic_shapes is keyed by forward()'s parameter names: by name for keyword inputs, else positional.
             dynamic: Any = None
             if shapes:
-                dynamic = shapes if kwargs else tuple(shapes[name] for name in names)
+                dynamic = shapes if call.kwargs else tuple(shapes[name] for name in names)
             program = torch.onnx.export(
-                model,
-                args,
-                kwargs=kwargs,
+                call.module,
+                call.args,
+                kwargs=call.kwargs,
                 dynamo=True,
                 input_names=names,
                 dynamic_shapes=dynamic,
@@ -121,10 +130,10 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
                 for spec in ctx.input_specs
             }
             torch.onnx.export(
-                model,
-                args,
+                call.module,
+                call.args,
                 str(path),
-                kwargs=kwargs,
+                kwargs=call.kwargs,
                 dynamo=False,
                 input_names=names,
                 output_names=list(ctx.output_names),
@@ -209,17 +218,18 @@ def check_dynamic_axes(path: Path, ctx: BuildContext) -> None:
     """
     import onnx
 
+    from optpipe.onnx.shapes import graph_inputs
     from optpipe.runtime.runners import OrtRunner, TorchRunner
 
     declared = _declared_axes(ctx)
     if not declared or ctx.golden is None or not ctx.golden.cases:
         return
-    graph_inputs = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.input}
+    shapes = {v.name: v.shape or () for v in graph_inputs(onnx.load(str(path), load_external_data=False).graph)}
     example = ctx.golden.cases[0].inputs
     for name, places in declared.items():
         for input_name, axis in places:
-            dims = graph_inputs[input_name].type.tensor_type.shape.dim if input_name in graph_inputs else []
-            if axis >= len(dims) or dims[axis].HasField("dim_value"):
+            dims = shapes.get(input_name, ())
+            if axis >= len(dims) or isinstance(dims[axis], int):
                 raise RuntimeError(f"dynamic axis '{name}' ({input_name}.{axis}) is static in the exported model")
         size = _second_size(name, int(example[places[0][0]].shape[places[0][1]]), ctx)
         if size is None:

@@ -140,7 +140,7 @@ class FuseTransformerPass(Pass):
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         import onnx
 
-        from optpipe.precision import _graph
+        from optpipe.precision import onnx_graph
 
         assert artifact.path is not None
         src = Path(artifact.path)
@@ -158,7 +158,7 @@ class FuseTransformerPass(Pass):
         if not fused:
             return self._unchanged(artifact, metrics, f"ONNX Runtime's '{model_type}' optimizer fused nothing")
         dst = ctx.path(artifact.precision, "fused.onnx")
-        _graph.save_atomic(fused_model, dst)
+        onnx_graph.save_atomic(fused_model, dst)
         metrics["nodes"] = {"before": len(model.graph.node), "after": len(fused_model.graph.node)}
         out = artifact.derive(path=dst, sha256=sha256_files([dst]), producer="fuse-transformer/ort")
         return PassResult(out, modified=True, metrics=metrics)

@@ -143,10 +143,10 @@ class Int8Pass(Pass):
         """Known-fragile nodes to keep in FP32 from the start (cpu style only), not already excluded."""
         if self.config.style != "cpu" or not self.config.exclude_fragile:
             return []
-        from optpipe.precision import _graph
+        from optpipe.precision import onnx_graph
         from optpipe.precision.fragile import mask_softmax_nodes
 
-        return [n for n in mask_softmax_nodes(_graph.load_model(src)) if n not in self.config.exclude_nodes]
+        return [n for n in mask_softmax_nodes(onnx_graph.load_model(src)) if n not in self.config.exclude_nodes]
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.precision.guard.gate import gate_runtime_note

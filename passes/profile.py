@@ -50,11 +50,11 @@ class ProfilePass(Pass):
         # the simplified model, then the exported one: the exporter's module scopes can be lost on the way
         sources += [ctx.work_dir / "model.onnx", ctx.work_dir / "model.export.onnx"]
         if ctx.target.name == "tensorrt":
-            from optpipe.runtime.tensorrt.layer_timing import profile_engine
+            from optpipe.runtime.tensorrt.layer_timing import engine_layer_timing
 
             runner = ctx.target.runner(artifact, ctx.threads)
             try:
-                profile = profile_engine(runner, feeds, node_module_paths(sources), runs=self.config.runs,
+                profile = engine_layer_timing(runner, feeds, node_module_paths(sources), runs=self.config.runs,
                                          top=self.config.top)
             finally:
                 getattr(runner, "close", lambda: None)()

@@ -71,7 +71,7 @@ class SimplifyOnnx(Pass):
         # One session alive at a time: the input model's outputs first, then the simplified model's.
         before = OrtRunner(artifact.path, threads=ctx.threads, level="basic")
         expected_all = [before.infer(case.inputs) for case in ctx.golden.cases]
-        del before
+        before.close()
         after = OrtRunner(path, threads=ctx.threads, level="basic")
         for case, expected in zip(ctx.golden.cases, expected_all, strict=True):
             got = after.infer(case.inputs)

@@ -34,8 +34,8 @@ class TrtLintConfig:
     warnings_as_errors: bool = False
 
 
-def lint_profiles(input_specs: Sequence[TensorSpec], dynamic: Sequence[DynamicDim]) -> dict[str, Any]:
-    """The profiles the engine will be built with, in the form ``lint_model`` accepts.
+def lint_shape_profiles(input_specs: Sequence[TensorSpec], dynamic: Sequence[DynamicDim]) -> dict[str, Any]:
+    """The shape profiles the engine will be built with, in the form ``lint_model`` accepts.
 
     Both keyings are given: per axis name (``batch``, ``seq``) and per input
     (full min/opt/max shapes resolved from the input specs, exactly as
@@ -47,13 +47,13 @@ def lint_profiles(input_specs: Sequence[TensorSpec], dynamic: Sequence[DynamicDi
     """
     from optpipe.runtime.tensorrt.shape_profiles import resolve_input_shapes
 
-    profiles: dict[str, Any] = {dim.axis_name: dim for dim in dynamic}
+    shape_profiles: dict[str, Any] = {dim.axis_name: dim for dim in dynamic}
     try:
         shapes = resolve_input_shapes(input_specs, list(dynamic))
     except UserInputError:
-        return profiles
-    profiles.update(shapes)
-    return profiles
+        return shape_profiles
+    shape_profiles.update(shapes)
+    return shape_profiles
 
 
 class TrtLintPass(Pass):
@@ -69,7 +69,7 @@ class TrtLintPass(Pass):
         from optpipe.runtime.tensorrt.lint import format_problems, lint_model, load_support_table
 
         assert artifact.path is not None
-        problems = lint_model(artifact.path, profiles=lint_profiles(ctx.input_specs, ctx.dynamic))
+        problems = lint_model(artifact.path, shape_profiles=lint_shape_profiles(ctx.input_specs, ctx.dynamic))
         blocking = [
             p for p in problems if p.severity == "error" or self.config.warnings_as_errors
         ]

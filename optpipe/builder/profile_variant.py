@@ -73,10 +73,10 @@ def profile_variant(directory: Path, variant: VariantResult, target: str, runs: 
     artifact = directory / variant.artifact
     if target == "tensorrt":
         from optpipe.runtime.tensorrt.engine import TrtEngineRunner
-        from optpipe.runtime.tensorrt.layer_timing import profile_engine
+        from optpipe.runtime.tensorrt.layer_timing import engine_layer_timing
 
         with TrtEngineRunner(artifact) as runner:
-            profile = profile_engine(runner, feeds, node_module_paths(sources), runs=runs)
+            profile = engine_layer_timing(runner, feeds, node_module_paths(sources), runs=runs)
     elif target == "cpu":
         paths = node_module_paths([artifact, *sources])
         profile = profile_onnx(artifact, feeds, paths=paths, runs=runs, threads=threads)

@@ -29,7 +29,7 @@ from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.errors import UserInputError
 from optpipe.core.tensor_spec import TensorSpec
 from optpipe.report.build_report import Report
-from optpipe.runtime.runners import TorchRunner
+from optpipe.runtime.runners import Runner, TorchRunner
 from optpipe.runtime.timing import budgeted_blocks
 
 SWEEP_VERSION = 1
@@ -124,7 +124,7 @@ def sweep_feed(example: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
     return resize_axes(dict(example), axes, int(seq["opt"])), int(seq["opt"])
 
 
-def measure_grid(engine: Callable[[int], Any], torch_model: Any, feed: Mapping[str, np.ndarray],
+def measure_grid(engine: Callable[[int], Runner], torch_model: Any, feed: Mapping[str, np.ndarray],
                  grid: tuple[tuple[int, ...], tuple[int, ...]], variant: str, seconds: float,
                  log: Callable[[str], None]) -> list[SweepPoint]:
     """Every point of ``grid`` (batches, threads): the engine (``engine(threads)`` makes a runner) and PyTorch.
@@ -151,8 +151,7 @@ def measure_grid(engine: Callable[[int], Any], torch_model: Any, feed: Mapping[s
                 points.extend(_point(name, batch, threads, blocks) for name, blocks in timed.items())
                 log(f"[sweep] batch {batch}, {threads} thread(s): " + ", ".join(
                     f"{p.runtime} p50 {p.p50_ms:.2f} ms" for p in points[-len(timed):]))
-            if callable(getattr(runner, "close", None)):
-                runner.close()
+            runner.close()
     finally:
         torch.set_num_threads(previous)
     return points

@@ -57,6 +57,10 @@ class CachedReference:
         self.ctx = ctx
         self.hits = 0
 
+    def close(self) -> None:
+        """Close the wrapped runner (the one way every runner is released)."""
+        self.runner.close()
+
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.cache.usable(self.ctx):
             return dict(self.runner.infer(feed))

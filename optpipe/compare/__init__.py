@@ -1,1 +1,1 @@
-"""Golden data, parity and the gates that judge each output by what it means."""
+"""Golden data, parity, task accuracy on labelled data, and the gates that judge each output by what it means."""

@@ -1,1 +1,1 @@
-"""ONNX graph utilities: loading with clear errors, inspection, what produces each output."""
+"""ONNX graph utilities: loading with clear errors, the graph-shape reader, inspection, output producers."""

@@ -17,39 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from optpipe.core.errors import UserInputError, first_line
+from optpipe.onnx.shapes import GraphValue, graph_inputs, graph_outputs
 
 DEFAULT_DOMAIN = "ai.onnx"
 
 
-def _dtype_name(elem_type: int) -> str:
-    """numpy-style name for an ONNX element type (``float32``, ``int64``, ...)."""
-    import onnx
-
-    if elem_type == 0:
-        return "undefined"
-    try:
-        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    except Exception:
-        return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
-
-
-def _value_info(value: Any) -> dict[str, Any]:
+def _value_info(value: GraphValue) -> dict[str, Any]:
     """Name, shape (``int`` / ``str`` dim_param / ``None`` unknown) and dtype of a graph input/output."""
-    kind = value.type.WhichOneof("value")
-    if kind != "tensor_type":
-        return {"name": value.name, "shape": None, "dtype": kind or "unknown"}
-    tensor_type = value.type.tensor_type
-    shape: list[int | str | None] | None = None
-    if tensor_type.HasField("shape"):
-        shape = []
-        for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
-                shape.append(int(dim.dim_value))
-            elif dim.HasField("dim_param"):
-                shape.append(str(dim.dim_param))
-            else:
-                shape.append(None)
-    return {"name": value.name, "shape": shape, "dtype": _dtype_name(tensor_type.elem_type)}
+    shape = None if value.shape is None else list(value.shape)
+    return {"name": value.name, "shape": shape, "dtype": value.dtype}
 
 
 def _initializer_bytes(tensor: Any) -> int:
@@ -128,7 +104,6 @@ def inspect_onnx(path: str | Path) -> dict[str, Any]:
         raise UserInputError(f"{path} is not a valid ONNX model: it has no graph (empty or not ONNX)")
 
     graph = model.graph
-    initializer_names = {t.name for t in graph.initializer}
     nodes = _walk_nodes(graph)
     histogram: Counter[str] = Counter()
     domains: Counter[str] = Counter()
@@ -150,8 +125,8 @@ def inspect_onnx(path: str | Path) -> dict[str, Any]:
         "producer": " ".join(p for p in (model.producer_name, model.producer_version) if p),
         "opsets": {(o.domain or DEFAULT_DOMAIN): int(o.version) for o in model.opset_import},
         # Initializers listed as graph inputs (old exporters) are weights, not user inputs.
-        "inputs": [_value_info(v) for v in graph.input if v.name not in initializer_names],
-        "outputs": [_value_info(v) for v in graph.output],
+        "inputs": [_value_info(v) for v in graph_inputs(graph)],
+        "outputs": [_value_info(v) for v in graph_outputs(graph)],
         "num_nodes": len(nodes),
         "op_histogram": dict(sorted(histogram.items(), key=lambda item: (-item[1], item[0]))),
         "op_domains": dict(sorted(domains.items(), key=lambda item: (-item[1], item[0]))),

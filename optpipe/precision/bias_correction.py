@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 
 _OPS = ("Conv", "Gemm")
 
@@ -94,7 +94,7 @@ def input_means(
     """Per-channel (axis 1) means of each tensor over ``samples``: (FP32, after 8-bit rounding with its range)."""
     sums: dict[str, list[np.ndarray]] = {}
     counts: dict[str, int] = {}
-    for values in _graph.run_exposed(model, list(tensors), samples):
+    for values in onnx_graph.run_exposed(model, list(tensors), samples):
         for name, value in values.items():
             if value.ndim < 2 or not np.issubdtype(value.dtype, np.floating):
                 continue

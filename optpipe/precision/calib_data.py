@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from optpipe.core.data_cast import cast_to_model_dtype
 from optpipe.core.errors import UserInputError, first_line
 from optpipe.core.tensor_spec import TensorSpec
 
@@ -64,7 +65,6 @@ Sample = dict[str, np.ndarray]
 #: few hundred; 64 is the floor below which we warn.
 MIN_SAMPLES: dict[str, int] = {"minmax": 16, "entropy": 64, "percentile": 64}
 
-_KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "c": "complex"}
 
 
 def load_samples(
@@ -465,35 +465,10 @@ def _validate_array(arr: np.ndarray, spec: TensorSpec, index: int, shared_batch:
             )
     if arr.size == 0:
         raise UserInputError(f"{where}: the array is empty (shape {tuple(arr.shape)})")
-    arr = _cast(arr, np.dtype(spec.dtype), where)
+    arr = cast_to_model_dtype(arr, np.dtype(spec.dtype), where)
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():
             what = "NaN" if np.isnan(arr).any() else "Inf"
             raise UserInputError(f"{where} contains {what} ({int((~finite).sum())} value(s))")
     return np.ascontiguousarray(arr)
-
-
-def _cast(arr: np.ndarray, target: np.dtype, where: str) -> np.ndarray:
-    if arr.dtype == target:
-        return arr
-    src_kind = "i" if arr.dtype.kind == "u" else arr.dtype.kind
-    dst_kind = "i" if target.kind == "u" else target.kind
-    if src_kind != dst_kind:
-        raise UserInputError(
-            f"{where}: dtype {arr.dtype} but the model expects {target} "
-            f"({_KIND_NAMES.get(arr.dtype.kind, arr.dtype.kind)} data for a "
-            f"{_KIND_NAMES.get(target.kind, target.kind)} input is refused: convert it deliberately)"
-        )
-    if dst_kind == "i":
-        info = np.iinfo(target)
-        if arr.min() < info.min or arr.max() > info.max:
-            raise UserInputError(f"{where}: values do not fit the model's dtype {target}")
-        return arr.astype(target)
-    if dst_kind == "f":
-        with np.errstate(over="ignore"):
-            cast = arr.astype(target)
-        if np.isfinite(arr).all() and not np.isfinite(cast).all():
-            raise UserInputError(f"{where}: values overflow the model's dtype {target}")
-        return cast
-    return arr.astype(target)

@@ -33,7 +33,7 @@ from pathlib import Path
 import onnx
 
 from optpipe.core.scratch_dir import scratch_cwd
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 from optpipe.precision.static_quantize import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
 
 #: Op types handed to ``quantize_dynamic`` (Attention: ORT's contrib op, when a graph has it; Gather: only
@@ -123,5 +123,5 @@ def quantize_int8_dynamic(
         if not quantized:
             warnings.append("the dynamic quantizer quantized no node")
             return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)
-        _graph.save_atomic(quantized_model, dst)
+        onnx_graph.save_atomic(quantized_model, dst)
     return Int8Result("quantized", dst, "cpu", METHOD, quantized, quantizable, excluded, {}, warnings)

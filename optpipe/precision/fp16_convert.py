@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from optpipe.core.errors import UserInputError
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 
 FP16_MAX = 65504.0
 
@@ -66,7 +66,7 @@ def find_overflow(
     if samples:
         names = [out for node in model.graph.node for out in node.output if out]
         names += [i.name for i in model.graph.input]
-        for values in _graph.run_exposed(model, names, samples):
+        for values in onnx_graph.run_exposed(model, names, samples):
             for name, arr in values.items():
                 if arr.dtype.kind == "f" and arr.size:
                     peak = float(np.max(np.abs(arr)))
@@ -100,7 +100,7 @@ def convert_fp16(
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     src, dst = Path(src), Path(dst)
-    model = _graph.load_model(src)
+    model = onnx_graph.load_model(src)
     nodes = list(model.graph.node)
     names = {n.name for n in nodes}
     if any(not n.name for n in nodes):
@@ -137,7 +137,7 @@ def convert_fp16(
         node_block_list=sorted(kept),
     )
     _remove_fp16_round_trips(converted)
-    _graph.save_atomic(converted, dst)
+    onnx_graph.save_atomic(converted, dst)
 
     if calib_samples:
         warnings.extend(_check_outputs_finite(converted, calib_samples))
@@ -200,7 +200,7 @@ def _remove_fp16_round_trips(model: onnx.ModelProto) -> int:
 
 def _check_outputs_finite(model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
     """Warn when the FP16 model still yields Inf/NaN where FP32 inputs were finite."""
-    sess = _graph.session(model)
+    sess = onnx_graph.session(model)
     names = [o.name for o in sess.get_outputs()]
     for index, sample in enumerate(samples):
         for name, value in zip(names, sess.run(None, dict(sample)), strict=True):

@@ -81,12 +81,14 @@ def precision_facts(ctx: BuildContext, samples: Sequence[Mapping[str, np.ndarray
 def guard_code_modules() -> tuple[ModuleType, ...]:
     """The modules whose code decides a guarded precision pass's output (its ``code_modules``)."""
     from optpipe.compare import output_kinds, parity
-    from optpipe.precision import _graph, bias_correction, calib_cache, calib_data, fp16_convert, static_quantize
+    from optpipe.core import data_cast
+    from optpipe.onnx import shapes
+    from optpipe.precision import bias_correction, calib_cache, calib_data, fp16_convert, onnx_graph, static_quantize
     from optpipe.precision.guard import gate, localize, sensitivity
 
     this = sys.modules[__name__]
     return (static_quantize, bias_correction, fp16_convert, localize, sensitivity, gate, calib_cache, calib_data,
-            _graph, this, parity, output_kinds)  # fmt: skip
+            onnx_graph, shapes, data_cast, this, parity, output_kinds)  # fmt: skip
 
 
 def golden_inputs(ctx: BuildContext) -> Samples:

@@ -36,7 +36,7 @@ import onnx
 from optpipe.core.artifact import sha256_file
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
 from optpipe.core.scratch_dir import scratch_cwd
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 from optpipe.precision.bias_correction import BiasCorrection, correct_biases, measure_means
 from optpipe.precision.calib_cache import (
     CacheKey,
@@ -156,10 +156,8 @@ def quantize_int8(
         final_ranges, cache_hit = _resolve_ranges(
             pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings
         )
-        known = {t for n in pre.graph.node for t in [*n.input, *n.output]}
-        unknown = sorted(set(final_ranges) - known)
-        if ranges is not None and unknown:
-            raise UserInputError(f"ranges name tensors not in the model: {unknown[:5]}")
+        if ranges is not None:
+            _check_ranges_name_tensors(pre, final_ranges)
 
         if reduce_range is None:
             reduce_range = style == "cpu" and cpu_needs_reduce_range()
@@ -176,13 +174,21 @@ def quantize_int8(
             warnings.append("the quantizer quantized no node (no ranges for their inputs?)")
             return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded,
                               final_ranges, warnings, cache_hit)  # fmt: skip
-        _graph.save_atomic(quantized_model, dst)
+        onnx_graph.save_atomic(quantized_model, dst)
     quantized_types = style_op_types(style)
     return Int8Result(
         "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
         bias_correction=correction.to_dict() if correction is not None else None,
         guard_base=sum(1 for n in pre.graph.node if n.op_type in quantized_types),
     )  # fmt: skip
+
+
+def _check_ranges_name_tensors(model: onnx.ModelProto, ranges: Ranges) -> None:
+    """Refuse user-given ranges for tensors the model does not have (a typo would silently calibrate nothing)."""
+    known = {t for n in model.graph.node for t in [*n.input, *n.output]}
+    unknown = sorted(set(ranges) - known)
+    if unknown:
+        raise UserInputError(f"ranges name tensors not in the model: {unknown[:5]}")
 
 
 def style_op_types(style: str) -> frozenset[str]:
@@ -293,7 +299,7 @@ def _prepare(
 
     Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
     """
-    source = _graph.load_model(src)
+    source = onnx_graph.load_model(src)
     pre_path = tmp / "pre.onnx"
     warnings = _pre_processed(src, pre_path)
     pre = onnx.load(str(pre_path))

@@ -8,19 +8,39 @@ Validation and benchmarking are runtime-agnostic; they only need
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+_R = TypeVar("_R", bound="Runner")
+
 
 class Runner(Protocol):
-    """Runs one compiled artifact on named numpy inputs."""
+    """Runs one compiled artifact on named numpy inputs, and frees what it holds on ``close()``.
+
+    Every caller releases a runner the same way: ``close()`` (idempotent), or ``with runner:``,
+    so a caller never asks which kind of runner it holds. A runner holding nothing of its own
+    (PyTorch eager: the model is the caller's) closes as a no-op. Concrete runners subclass this
+    protocol to inherit the context-manager methods.
+    """
 
     output_names: tuple[str, ...]
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once and return the outputs by name."""
         ...
+
+    def close(self) -> None:
+        """Free what the runner holds beyond the Python object (GPU memory); safe to call twice."""
+        ...
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 def ort_session_options(threads: int | None, level: str = "all", log_level: int = 3) -> Any:
@@ -46,13 +66,13 @@ def ort_session_options(threads: int | None, level: str = "all", log_level: int 
     return options
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     """ONNX Runtime on the CPU execution provider."""
 
     def __init__(self, path: Path, threads: int | None = None, level: str = "all", log_level: int = 3) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(
+        self.session: Any = ort.InferenceSession(
             str(path),
             sess_options=ort_session_options(threads, level, log_level),
             providers=["CPUExecutionProvider"],
@@ -64,8 +84,12 @@ class OrtRunner:
         values = self.session.run(None, {name: feed[name] for name in self.input_names})
         return dict(zip(self.output_names, values, strict=True))
 
+    def close(self) -> None:
+        """Drop the session, so ONNX Runtime frees it (and the model it holds) now, not when this runner goes."""
+        self.session = None
 
-class TorchRunner:
+
+class TorchRunner(Runner):
     """PyTorch eager, the reference and the latency baseline."""
 
     def __init__(self, model: Any, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
@@ -80,6 +104,9 @@ class TorchRunner:
         with torch.inference_mode():
             result = self.model(*args)
         return dict(zip(self.output_names, flatten_outputs(result), strict=True))
+
+    def close(self) -> None:
+        """Nothing to free: the model belongs to the caller (the build keeps using it)."""
 
 
 def flatten_outputs(result: Any) -> list[np.ndarray]:

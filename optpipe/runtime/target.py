@@ -59,7 +59,7 @@ class CpuTarget(Target):
 
 
 #: Target name -> (module, class). Data, so choosing a target imports only that target's module.
-TARGETS: dict[str, tuple[str, str]] = {
+TARGET_CLASSES: dict[str, tuple[str, str]] = {
     "cpu": ("optpipe.runtime.target", "CpuTarget"),
     "tensorrt": ("optpipe.runtime.tensorrt.target", "TensorRTTarget"),
 }
@@ -68,8 +68,8 @@ TARGETS: dict[str, tuple[str, str]] = {
 def get_target(name: str) -> Target:
     """Look a target up by name; unknown names list the known ones."""
     try:
-        module, cls = TARGETS[name]
+        module, cls = TARGET_CLASSES[name]
     except KeyError:
-        raise UserInputError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)}") from None
+        raise UserInputError(f"unknown target '{name}'; choose one of: {', '.join(TARGET_CLASSES)}") from None
     target: Target = getattr(importlib.import_module(module), cls)()
     return target

@@ -238,7 +238,7 @@ def test_bad_eval_data_is_one_line_before_any_work(tmp_path: Path, arrays: dict[
 
 
 def test_eval_data_of_the_same_kind_is_cast_and_integer_float_labels_accepted(tmp_path: Path) -> None:
-    from optpipe.builder.selection import check_eval_set
+    from optpipe.compare.task_accuracy import check_eval_set
     from optpipe.core.tensor_spec import TensorSpec
 
     spec = TensorSpec("x", ("batch", 1, 8, 8), "float32")
@@ -248,7 +248,7 @@ def test_eval_data_of_the_same_kind_is_cast_and_integer_float_labels_accepted(tm
 
 
 def test_a_failing_eval_run_is_a_user_error() -> None:
-    from optpipe.builder.selection import score
+    from optpipe.compare.task_accuracy import score
     from optpipe.core.errors import UserInputError
 
     def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

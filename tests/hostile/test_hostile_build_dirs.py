@@ -235,8 +235,8 @@ def test_int8_model_and_calibration_cache_files_honour_the_umask(tmp_path: Path)
     import onnx
     from onnx import TensorProto, helper
 
-    from optpipe.precision._graph import save_atomic
     from optpipe.precision.calib_cache import CacheKey, save_ranges
+    from optpipe.precision.onnx_graph import save_atomic
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

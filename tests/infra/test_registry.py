@@ -8,7 +8,7 @@ from optpipe.builder.options import parse_build_options
 from optpipe.core.errors import UserInputError
 from optpipe.infra.pass_base import Pass
 from optpipe.infra.registry import PASSES, engine_pass, pass_class, pre_engine_passes
-from optpipe.runtime.target import TARGETS, CpuTarget, Target, get_target
+from optpipe.runtime.target import TARGET_CLASSES, CpuTarget, Target, get_target
 
 
 @pytest.mark.parametrize("name", sorted(PASSES))
@@ -18,7 +18,7 @@ def test_every_registered_pass_resolves_to_a_pass_of_that_name(name: str) -> Non
     assert cls.name == name
 
 
-@pytest.mark.parametrize("name", sorted(TARGETS))
+@pytest.mark.parametrize("name", sorted(TARGET_CLASSES))
 def test_every_target_resolves_and_names_registered_passes(name: str) -> None:
     target = get_target(name)
     assert isinstance(target, Target) and target.name == name

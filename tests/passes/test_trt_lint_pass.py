@@ -16,7 +16,7 @@ import pytest
 from conftest import trt_usable
 from onnx import TensorProto, helper, numpy_helper
 from optpipe.passes.engine_trt import TrtEngineConfig, TrtEnginePass
-from optpipe.passes.trt_lint import TrtLintConfig, TrtLintPass, lint_profiles
+from optpipe.passes.trt_lint import TrtLintConfig, TrtLintPass, lint_shape_profiles
 
 from optpipe.builder.options import TensorRTOptions, parse_build_options
 from optpipe.builder.run import variant_passes
@@ -108,7 +108,7 @@ def test_profile_resolved_from_specs_covers_an_axis_the_exporter_named_different
     # same per-input shapes the engine builder will get, so it does not cry wolf.
     path = save(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="relu")], ["s0", 3])
     specs = (TensorSpec("x", ("batch", 3), "float32"),)
-    profiles = lint_profiles(specs, (DynamicDim("batch", 1, 4, 8),))
+    profiles = lint_shape_profiles(specs, (DynamicDim("batch", 1, 4, 8),))
     assert profiles["x"] == ((1, 3), (4, 3), (8, 3))
     ctx = ctx_for(tmp_path, ("batch", 3), (DynamicDim("batch", 1, 4, 8),))
     result = TrtLintPass()(onnx_artifact(path, ("batch", 3)), ctx)

@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 from optpipe.precision.guard.localize import GuardResult, LayerError
 
 #: Rows of the per-layer table kept in the report (worst contribution first); a
@@ -74,7 +74,7 @@ def export_module_paths(work_dir: Path) -> dict[str, str]:
         except Exception:  # a missing or odd export file only costs the module column
             continue
         for node in model.graph.node:
-            module = _graph.module_path(node)
+            module = onnx_graph.module_path(node)
             if module:
                 paths.setdefault(node.name, module)
     return paths
@@ -106,13 +106,13 @@ def kept_rows(
 ) -> list[dict[str, Any]]:
     """Each node the guard kept in higher precision, with its op type and PyTorch module path."""
     modules = modules or {}
-    model: onnx.ModelProto = _graph.load_model(src)
+    model: onnx.ModelProto = onnx_graph.load_model(src)
     nodes = {n.name: n for n in model.graph.node}
     by_name = {entry.node: entry for entry in table}
     rows = []
     for name in kept:
         node = nodes.get(name)
-        module = _graph.module_path(node) if node is not None else ""
+        module = onnx_graph.module_path(node) if node is not None else ""
         if not module and name in by_name:
             module = by_name[name].module_path
         module = module or modules.get(name, "")

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from optpipe.core.errors import UserInputError
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 from optpipe.precision.fp16_convert import convert_fp16
 from optpipe.precision.guard.sensitivity import output_sensitivity
 from optpipe.precision.static_quantize import quantize_int8
@@ -158,17 +158,17 @@ def per_layer_errors(
     """
     if not samples:
         raise UserInputError("per-layer error analysis needs at least one sample")
-    fp32 = _graph.load_model(Path(fp32_path))
-    lowp = _graph.load_model(Path(lowp_path))
+    fp32 = onnx_graph.load_model(Path(fp32_path))
+    lowp = onnx_graph.load_model(Path(lowp_path))
     mapping = tensor_map(fp32, lowp)
-    fp_types = _graph.float_tensor_types(fp32)
-    mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in _graph.FLOAT_TYPES}
-    used = _graph.single_rows(fp32, samples, max_samples)
+    fp_types = onnx_graph.float_tensor_types(fp32)
+    mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in onnx_graph.FLOAT_TYPES}
+    used = onnx_graph.single_rows(fp32, samples, max_samples)
 
     stats = {name: _Stats() for name in mapping}
     low_names = list(dict.fromkeys(mapping.values()))
-    fp_iter = _graph.run_exposed(fp32, list(mapping), used)
-    low_iter = _graph.run_exposed(lowp, low_names, used)
+    fp_iter = onnx_graph.run_exposed(fp32, list(mapping), used)
+    low_iter = onnx_graph.run_exposed(lowp, low_names, used)
     for ref_values, low_values in zip(fp_iter, low_iter, strict=True):
         for name, low_name in mapping.items():
             if name in ref_values and low_name in low_values:
@@ -252,7 +252,7 @@ def by_output_sensitivity(
     head = [e for e in table if e.contribution > 0 and not set(e.nodes) <= done][:candidates]
     if len(head) < 2 or not samples:
         return list(table)
-    gains = output_sensitivity(fp32, _graph.load_model(Path(lowp_path)), samples, [e.nodes for e in head])
+    gains = output_sensitivity(fp32, onnx_graph.load_model(Path(lowp_path)), samples, [e.nodes for e in head])
     gain = {id(e): g for e, g in zip(head, gains, strict=True) if g is not None and g > 0}
     order = sorted((e for e in head if id(e) in gain), key=lambda e: gain[id(e)], reverse=True)
     ranked = iter(order + [e for e in head if id(e) not in gain])
@@ -264,7 +264,7 @@ def _module_path(nodes: Mapping[str, onnx.NodeProto], names: Sequence[str]) -> s
     """Module path of the first node in ``names`` that has one (folded Relus have none, their Conv does)."""
     for name in names:
         if name in nodes:
-            path = _graph.module_path(nodes[name])
+            path = onnx_graph.module_path(nodes[name])
             if path:
                 return path
     return ""
@@ -351,7 +351,7 @@ def guarded_quantize(
     ``min_keep``: the fewest nodes the fraction allows (a floor on the limit, never above the quantizable count).
     """
     src, dst = Path(src), Path(dst)
-    fp32 = _graph.load_model(src)
+    fp32 = onnx_graph.load_model(src)
     # Any: the options are forwarded as keyword arguments to quantize_int8 / convert_fp16, which check them.
     opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
@@ -426,7 +426,7 @@ class _Search:
                 return path
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
             table = by_output_sensitivity(
-                table, self.fp32, path, _graph.single_rows(self.fp32, self.samples, self.localize_samples),
+                table, self.fp32, path, onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples),
                 kept=[*self.kept, *self.user_kept],
             )
             self.first_table = self.first_table or table

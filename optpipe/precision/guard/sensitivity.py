@@ -24,12 +24,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 
 
 def _float_outputs(model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
     """Every sample's float outputs, flattened into one vector per sample."""
-    sess = _graph.session(model)
+    sess = onnx_graph.session(model)
     feed = {i.name for i in sess.get_inputs()}
     out: list[np.ndarray] = []
     for sample in samples:

@@ -21,11 +21,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ import numpy as np
 from optpipe.core.artifact import sha256_file, write_bytes_atomic
 from optpipe.core.errors import EnvironmentUnavailable, MissingDependency, UserInputError
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.runtime.runners import Runner
 from optpipe.runtime.tensorrt.metadata import (
     HARDWARE_LEVELS,
     SIDECAR_SCHEMA,
@@ -45,7 +45,7 @@ from optpipe.runtime.tensorrt.metadata import (
     verify_plan_file,
     write_json,
 )
-from optpipe.runtime.tensorrt.shape_profiles import ProfilesArg, resolve_input_shapes
+from optpipe.runtime.tensorrt.shape_profiles import Shape, ShapeProfilesArg, resolve_input_shapes
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class EngineMetadata:
     compute_capability: str
     cuda_runtime_version: str
     cuda_driver_version: str
-    profiles: dict[str, dict[str, list[int]]]
+    shape_profiles: dict[str, dict[str, list[int]]]  # written as "profiles": the sidecar's schema is kept
     build_options: dict[str, Any]
     built_at: str
     timing_cache: str | None = None
@@ -179,7 +179,7 @@ class EngineMetadata:
             "compute_capability": self.compute_capability,
             "cuda_runtime_version": self.cuda_runtime_version,
             "cuda_driver_version": self.cuda_driver_version,
-            "profiles": self.profiles,
+            "profiles": self.shape_profiles,
             "build_options": self.build_options,
             "built_at": self.built_at,
             "timing_cache": self.timing_cache,
@@ -193,7 +193,7 @@ class EngineMetadata:
 # default" for all of them (checked against polygraphy/backend/trt/{loader,config,profile,runner}.py).
 
 
-def profile_add_kwargs(low: Sequence[int], opt: Sequence[int], high: Sequence[int]) -> dict[str, Any]:
+def shape_profile_add_kwargs(low: Sequence[int], opt: Sequence[int], high: Sequence[int]) -> dict[str, Any]:
     """Keyword arguments of ``Profile.add(name, ...)`` for one input's min/opt/max shapes."""
     return {"min": tuple(low), "opt": tuple(opt), "max": tuple(high)}
 
@@ -287,11 +287,31 @@ def _prepare_timing_cache(timing_cache: Path | None, machine: dict[str, Any]) ->
     return None, [message]
 
 
+@dataclass(frozen=True)
+class _BuildSettings:
+    """The :func:`build_engine` options that reach TensorRT's builder config and the sidecar."""
+
+    builder_optimization_level: int
+    workspace_bytes: int | None
+    hardware_compatibility: str | None
+    version_compatible: bool
+
+    def recorded(self) -> dict[str, Any]:
+        """The sidecar's ``build_options``: what a reader needs to rebuild the same plan."""
+        return {
+            "builder_optimization_level": self.builder_optimization_level,
+            "workspace_bytes": self.workspace_bytes,
+            "hardware_compatibility": (self.hardware_compatibility or "none").lower(),
+            "version_compatible": bool(self.version_compatible),
+            "strongly_typed": True,
+        }
+
+
 def build_engine(
     onnx_path: str | Path,
     plan_path: str | Path,
     *,
-    profiles: ProfilesArg,
+    shape_profiles: ShapeProfilesArg,
     input_specs: Sequence[TensorSpec],
     builder_optimization_level: int = 3,
     workspace_bytes: int | None = None,
@@ -301,63 +321,28 @@ def build_engine(
 ) -> EngineMetadata:
     """Parse ``onnx_path`` strongly typed, build a plan, write it and its sidecar atomically.
 
-    ``profiles`` give min/opt/max for the dynamic axes of ``input_specs`` (one optimization
+    ``shape_profiles`` give min/opt/max for the dynamic axes of ``input_specs`` (one optimization
     profile). ``timing_cache`` is loaded when it was written by this TensorRT version on this
     GPU, otherwise set aside with a warning; the cache is (re)written after the build.
     Raises UserInputError for a model TensorRT rejects, EnvironmentUnavailable without TensorRT/GPU.
     """
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    settings = _BuildSettings(builder_optimization_level, workspace_bytes, hardware_compatibility, version_compatible)
     if not onnx_path.is_file():
         raise UserInputError(f"ONNX model not found: {onnx_path}")
     if not 0 <= builder_optimization_level <= 5:
         raise UserInputError(f"builder_optimization_level must be 0..5, got {builder_optimization_level}")
-    shapes = resolve_input_shapes(input_specs, profiles)  # fail on the CPU side before touching the GPU
+    shapes = resolve_input_shapes(input_specs, shape_profiles)  # fail on the CPU side before touching the GPU
     check_trt_available()
-    trt = _import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-    from polygraphy.exception import PolygraphyException
-
     machine = collect_device_info()
-    hw_level = _hardware_level(trt, hardware_compatibility)
+    hw_level = _hardware_level(_import_tensorrt(), hardware_compatibility)
     load_cache, warnings = _prepare_timing_cache(timing_cache, machine)
-
-    profile = Profile()
-    for name, triple in shapes.items():
-        profile.add(name, **profile_add_kwargs(*triple))
-    parser_flags = None
-    if hw_level is not None or version_compatible:
-        # Polygraphy's CreateConfig asks for this: the InstanceNorm plugin is not portable.
-        parser_flags = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
-    network = NetworkFromOnnxPath(str(onnx_path), **network_kwargs(parser_flags))
-    config = CreateConfig(
-        **config_kwargs(
-            profiles=[profile],
-            builder_optimization_level=builder_optimization_level,
-            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)} if workspace_bytes else None,
-            load_timing_cache=load_cache,
-            hardware_compatibility_level=hw_level,
-            version_compatible=version_compatible,
-        )
-    )
-    build = EngineBytesFromNetwork(network, **engine_bytes_kwargs(config, timing_cache))
-    try:
-        serialized = build()
-    except PolygraphyException as exc:
-        raise UserInputError(f"TensorRT could not build an engine from {onnx_path}: {exc}") from exc
-    data = bytes(serialized)
+    data = _serialized_plan(onnx_path, shapes, settings, hw_level, load_cache=load_cache, timing_cache=timing_cache)
 
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(plan_path, data)
     if timing_cache is not None and timing_cache.exists():
-        write_json(
-            timing_cache_sidecar(timing_cache),
-            {
-                "tensorrt_version": machine["tensorrt_version"],
-                "compute_capability": machine["compute_capability"],
-                "gpu_name": machine["gpu_name"],
-                "sha256": sha256_file(timing_cache),
-            },
-        )
+        _write_timing_cache_sidecar(timing_cache, machine)
     metadata = EngineMetadata(
         plan_path=str(plan_path),
         plan_sha256=hashlib.sha256(data).hexdigest(),
@@ -368,20 +353,71 @@ def build_engine(
         compute_capability=machine["compute_capability"],
         cuda_runtime_version=machine["cuda_runtime_version"],
         cuda_driver_version=machine["cuda_driver_version"],
-        profiles={n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()},
-        build_options={
-            "builder_optimization_level": builder_optimization_level,
-            "workspace_bytes": workspace_bytes,
-            "hardware_compatibility": (hardware_compatibility or "none").lower(),
-            "version_compatible": bool(version_compatible),
-            "strongly_typed": True,
-        },
+        shape_profiles={n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()},
+        build_options=settings.recorded(),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         timing_cache=str(timing_cache) if timing_cache else None,
         warnings=tuple(warnings),
     )
     write_json(sidecar_path(plan_path), metadata.to_dict())
     return metadata
+
+
+def _serialized_plan(
+    onnx_path: Path,
+    shapes: Mapping[str, tuple[Shape, Shape, Shape]],
+    settings: _BuildSettings,
+    hw_level: Any,
+    *,
+    load_cache: str | None,
+    timing_cache: Path | None,
+) -> bytes:
+    """Build the plan with Polygraphy: one shape profile, the ONNX parsed strongly typed.
+
+    ``load_cache`` is the timing cache to start from (None: a fresh one); ``timing_cache`` where it is written.
+    """
+    trt = _import_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+    from polygraphy.exception import PolygraphyException
+
+    shape_profile = Profile()
+    for name, triple in shapes.items():
+        shape_profile.add(name, **shape_profile_add_kwargs(*triple))
+    parser_flags = None
+    if hw_level is not None or settings.version_compatible:
+        # Polygraphy's CreateConfig asks for this: the InstanceNorm plugin is not portable.
+        parser_flags = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
+    network = NetworkFromOnnxPath(str(onnx_path), **network_kwargs(parser_flags))
+    workspace = settings.workspace_bytes
+    config = CreateConfig(
+        **config_kwargs(
+            profiles=[shape_profile],
+            builder_optimization_level=settings.builder_optimization_level,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace)} if workspace else None,
+            load_timing_cache=load_cache,
+            hardware_compatibility_level=hw_level,
+            version_compatible=settings.version_compatible,
+        )
+    )
+    build = EngineBytesFromNetwork(network, **engine_bytes_kwargs(config, timing_cache))
+    try:
+        serialized = build()
+    except PolygraphyException as exc:
+        raise UserInputError(f"TensorRT could not build an engine from {onnx_path}: {exc}") from exc
+    return bytes(serialized)
+
+
+def _write_timing_cache_sidecar(timing_cache: Path, machine: Mapping[str, Any]) -> None:
+    """Record who wrote the timing cache, so a later build on another GPU or TensorRT sets it aside."""
+    write_json(
+        timing_cache_sidecar(timing_cache),
+        {
+            "tensorrt_version": machine["tensorrt_version"],
+            "compute_capability": machine["compute_capability"],
+            "gpu_name": machine["gpu_name"],
+            "sha256": sha256_file(timing_cache),
+        },
+    )
 
 
 @dataclass
@@ -430,13 +466,13 @@ def load_engine(plan_path: str | Path) -> LoadedEngine:
     return LoadedEngine(engine=engine, metadata=metadata, plan_path=plan_path, warnings=warnings)
 
 
-class TrtEngineRunner:
+class TrtEngineRunner(Runner):
     """Runs one engine through ``polygraphy.backend.trt.TrtRunner``; outputs, timing, GPU memory.
 
     Why a wrapper: the pipeline needs outputs to compare with ONNX Runtime, latency
     measured after the GPU finished (``TrtRunner.infer`` synchronises its CUDA stream
     before returning), and the GPU memory the engine takes. Matches optpipe's
-    ``Runner`` protocol (``output_names``, ``infer``); the context is created on first
+    ``Runner`` protocol (``output_names``, ``infer``, ``close``); the context is created on first
     use, or explicitly with ``with TrtEngineRunner(plan) as r:``; ``close()`` frees it.
     ``source`` is a plan path (checked with :func:`load_engine`) or a :class:`LoadedEngine`.
     """
@@ -486,14 +522,6 @@ class TrtEngineRunner:
             "gpu_total_bytes": int(total),
             "gpu_free_bytes": int(free_after),
         }
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Free the execution context and its GPU buffers, and the engine when this runner loaded it.

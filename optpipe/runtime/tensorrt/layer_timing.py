@@ -35,9 +35,10 @@ def layer_name_node(layer: str) -> str:
     return first.strip("{}[]() ") or layer
 
 
-def profile_engine(runner: Any, feeds: Sequence[Mapping[str, Any]], paths: Mapping[str, str],
+def engine_layer_timing(runner: Any, feeds: Sequence[Mapping[str, Any]], paths: Mapping[str, str],
                    runs: int = 20, top: int = 15) -> OpProfile:
-    """Per-layer time of the engine behind ``runner`` (a :class:`~optpipe.runtime.tensorrt.engine.TrtEngineRunner`)."""
+    """Per-layer time of the engine behind ``runner`` (a :class:`~optpipe.runtime.tensorrt.engine.TrtEngineRunner`),
+    summarised in the op profiler's record so ``--profile`` reports both runtimes alike."""
     from optpipe.runtime.tensorrt.engine import _import_tensorrt
 
     trt = _import_tensorrt("the TensorRT per-layer profile")

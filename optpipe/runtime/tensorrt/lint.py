@@ -29,7 +29,8 @@ import onnx
 from onnx import numpy_helper
 
 from optpipe.core.errors import UserInputError
-from optpipe.runtime.tensorrt.shape_profiles import ProfilesArg, normalize_profiles
+from optpipe.onnx.shapes import graph_inputs
+from optpipe.runtime.tensorrt.shape_profiles import ShapeProfilesArg, normalize_shape_profiles
 
 Severity = Literal["error", "warning"]
 
@@ -169,7 +170,7 @@ def _iter_graphs(graph: onnx.GraphProto, outer: _Graph | None = None) -> Iterato
 def lint_model(
     model: onnx.ModelProto | str | Path,
     *,
-    profiles: ProfilesArg = None,
+    shape_profiles: ShapeProfilesArg = None,
     table: dict[str, Any] | None = None,
 ) -> list[LintProblem]:
     """Check an ONNX model against TensorRT's documented ONNX support; returns all problems found.
@@ -191,7 +192,7 @@ def lint_model(
         problems += _check_int64(g)
     for func in proto.functions:
         problems += _check_ops(func.node, table, local_functions)
-    problems += _check_dynamic_inputs(proto.graph, profiles)
+    problems += _check_dynamic_inputs(proto.graph, shape_profiles)
     return problems
 
 
@@ -499,18 +500,14 @@ def _check_int64(g: _Graph) -> list[LintProblem]:
     return problems
 
 
-def _check_dynamic_inputs(graph: onnx.GraphProto, profiles: ProfilesArg) -> list[LintProblem]:
+def _check_dynamic_inputs(graph: onnx.GraphProto, shape_profiles: ShapeProfilesArg) -> list[LintProblem]:
     try:
-        norm = normalize_profiles(profiles)
+        norm = normalize_shape_profiles(shape_profiles)
     except UserInputError as exc:
         return [LintProblem("profile-invalid", "error", None, str(exc), "fix the profile bounds.")]
-    initializers = {i.name for i in graph.initializer}
     problems = []
-    for vi in graph.input:
-        if vi.name in initializers:
-            continue  # IR < 4 style: initializers listed as inputs are not runtime inputs
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
+    for vi in graph_inputs(graph):  # IR < 4 style initializers listed as inputs are not runtime inputs
+        if vi.shape is None:
             problems.append(
                 LintProblem(
                     "dynamic-rank",
@@ -521,10 +518,10 @@ def _check_dynamic_inputs(graph: onnx.GraphProto, profiles: ProfilesArg) -> list
                 )
             )
             continue
-        for index, dim in enumerate(tt.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
+        for index, dim in enumerate(vi.shape):
+            if isinstance(dim, int) and dim > 0:
                 continue
-            param = dim.dim_param or None
+            param = dim if isinstance(dim, str) and dim else None
             if norm.covers(vi.name, index, param):
                 continue
             name = f"'{param}'" if param else "(unnamed)"

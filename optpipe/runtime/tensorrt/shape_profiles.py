@@ -1,9 +1,9 @@
-"""Optimization profiles: turning named dynamic axes into TensorRT min/opt/max shapes.
+"""Shape profiles (TensorRT optimization profiles): turning named dynamic axes into min/opt/max shapes.
 
 TensorRT needs, for every input with a dynamic dimension, a concrete
 (min, opt, max) shape triple in an optimization profile; a missing one is a
 build-time failure on the GPU machine, long after the CPU stages finished. This
-module resolves profiles from optpipe's :class:`~optpipe.core.tensor_spec.DynamicDim`
+module resolves shape profiles from optpipe's :class:`~optpipe.core.tensor_spec.DynamicDim`
 list on the CPU, so both the lint and the engine builder share one rule and the
 error appears before any GPU is involved.
 
@@ -18,20 +18,22 @@ Profiles are accepted in two forms:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from optpipe.core.errors import UserInputError
 from optpipe.core.tensor_spec import Dim, DynamicDim, TensorSpec
+from optpipe.onnx.shapes import graph_inputs
 
 Shape = tuple[int, ...]
-ProfilesArg = Sequence[DynamicDim] | Mapping[str, object] | None
+ShapeProfilesArg = Sequence[DynamicDim] | Mapping[str, object] | None
 
 BATCH_AXIS = "batch"
 
 
 @dataclass(frozen=True)
-class NormalizedProfiles:
+class NormalizedShapeProfiles:
     """Profiles split by how they are keyed: per named axis, or per input (full shapes)."""
 
     axes: dict[str, tuple[int, int, int]]
@@ -81,14 +83,14 @@ def validate_bounds(label: str, low: int, opt: int, high: int) -> list[str]:
     return reasons
 
 
-def normalize_profiles(profiles: ProfilesArg) -> NormalizedProfiles:
-    """Bring every accepted profile form into :class:`NormalizedProfiles` (raises UserInputError)."""
+def normalize_shape_profiles(shape_profiles: ShapeProfilesArg) -> NormalizedShapeProfiles:
+    """Bring every accepted profile form into :class:`NormalizedShapeProfiles` (raises UserInputError)."""
     axes: dict[str, tuple[int, int, int]] = {}
     inputs: dict[str, tuple[Shape, Shape, Shape]] = {}
-    if profiles is None:
-        return NormalizedProfiles(axes, inputs)
-    if isinstance(profiles, Mapping):
-        for key, value in profiles.items():
+    if shape_profiles is None:
+        return NormalizedShapeProfiles(axes, inputs)
+    if isinstance(shape_profiles, Mapping):
+        for key, value in shape_profiles.items():
             key = str(key)
             is_shapes = (
                 isinstance(value, Sequence)
@@ -100,7 +102,7 @@ def normalize_profiles(profiles: ProfilesArg) -> NormalizedProfiles:
             else:
                 axes[key] = _int_triple(key, value)
     else:
-        for dim in profiles:
+        for dim in shape_profiles:
             if not isinstance(dim, DynamicDim):
                 raise UserInputError(f"profiles must be DynamicDim entries, got {dim!r}")
             axes[dim.axis_name] = (dim.min, dim.opt, dim.max)
@@ -110,18 +112,18 @@ def normalize_profiles(profiles: ProfilesArg) -> NormalizedProfiles:
             problems += validate_bounds(f"input '{name}' axis {i}", a, b, c)
     if problems:
         raise UserInputError("invalid optimization profile: " + "; ".join(problems))
-    return NormalizedProfiles(axes, inputs)
+    return NormalizedShapeProfiles(axes, inputs)
 
 
 def resolve_input_shapes(
-    input_specs: Sequence[TensorSpec], profiles: ProfilesArg
+    input_specs: Sequence[TensorSpec], shape_profiles: ShapeProfilesArg
 ) -> dict[str, tuple[Shape, Shape, Shape]]:
     """Concrete (min, opt, max) shapes for every input, as Polygraphy's ``Profile.add`` wants.
 
     Static inputs get the same shape three times, so the profile is complete.
     Raises UserInputError naming the input and axis when a dynamic axis has no bounds.
     """
-    norm = normalize_profiles(profiles)
+    norm = normalize_shape_profiles(shape_profiles)
     result: dict[str, tuple[Shape, Shape, Shape]] = {}
     for spec in input_specs:
         if spec.name in norm.inputs:
@@ -139,7 +141,7 @@ def resolve_input_shapes(
     return result
 
 
-def _dim_bounds(input_name: str, index: int, dim: Dim, norm: NormalizedProfiles) -> tuple[int, int, int]:
+def _dim_bounds(input_name: str, index: int, dim: Dim, norm: NormalizedShapeProfiles) -> tuple[int, int, int]:
     if isinstance(dim, int) and dim >= 0:
         return (dim, dim, dim)
     name = dim if isinstance(dim, str) and dim else None
@@ -152,3 +154,89 @@ def _dim_bounds(input_name: str, index: int, dim: Dim, norm: NormalizedProfiles)
         f"input '{input_name}' axis {index} is dynamic {label} but no optimization profile gives its "
         f"min/opt/max; add one, e.g. DynamicDim('{name or BATCH_AXIS}', 1, 8, 32)"
     )
+
+
+class ParsedDynamic(Protocol):
+    """One parsed ``--dynamic`` option (``optpipe.model.input_parsing.DynamicArg``, a layer above)."""
+
+    @property
+    def dim(self) -> DynamicDim: ...
+
+    @property
+    def axes(self) -> tuple[tuple[str, int], ...] | None: ...
+
+    def describe(self) -> str: ...
+
+
+def shape_profiles_for_lint(
+    model: Any, dynamics: Sequence[str], parse: Callable[[str], ParsedDynamic]
+) -> dict[str, Any] | None:
+    """``optpipe lint --dynamic`` values (parsed by ``parse``) as shape profiles of ``model`` (an ``onnx.ModelProto``).
+
+    ``parse`` is the CLI's ``--dynamic`` parser, which lives in a layer above this one; each value is
+    parsed and checked in turn, so the first bad value is the one reported.
+    Like the build's ``optpipe.passes.trt_lint.lint_shape_profiles``: per axis name (``batch`` also
+    covers an unnamed axis 0; a bare name covers the axes the model names so) and per input (full
+    min/opt/max shapes, where every dynamic axis of the input has bounds), so ``NAME=...@INPUT.AXIS``
+    covers that axis whatever the exporter called it. An unknown input, an axis out of range or static,
+    or a bare name the model never uses is a UserInputError listing what the model has.
+    """
+    if not dynamics:
+        return None
+    shapes = _declared_shapes(model)
+    named = sorted({d for dims in shapes.values() for d in dims if isinstance(d, str) and d})
+    explicit: dict[tuple[str, int], str] = {}
+    dims = []
+    for text in dynamics:
+        arg = parse(text)
+        dims.append(arg.dim)
+        explicit.update(_explicit_axes(text, arg, shapes, named))
+    shape_profiles: dict[str, Any] = {dim.axis_name: dim for dim in dims}
+    for input_name, input_dims in shapes.items():
+        spec = TensorSpec(input_name, tuple(explicit.get((input_name, i), d) for i, d in enumerate(input_dims)),
+                          "float32")
+        try:
+            shape_profiles.update(resolve_input_shapes([spec], dims))
+        except UserInputError:
+            continue  # an axis without bounds: the lint reports it by name, with its fix
+    return shape_profiles
+
+
+def _declared_shapes(model: Any) -> dict[str, list[int | str]]:
+    """Each shaped input's dims: a positive size, else the axis name ('' when unnamed).
+
+    An input without a shape is left out: the lint reports it (dynamic-rank).
+    """
+    return {
+        value.name: [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else "") for d in value.shape]
+        for value in graph_inputs(model.graph)
+        if value.shape is not None
+    }
+
+
+def _explicit_axes(
+    text: str, arg: ParsedDynamic, shapes: Mapping[str, list[int | str]], named: list[str]
+) -> dict[tuple[str, int], str]:
+    """The ``(input, axis)`` pairs ``arg`` (written ``text``) names, checked against the model's inputs."""
+    name = arg.dim.axis_name
+    if arg.axes is None:
+        if name != BATCH_AXIS and name not in named:
+            raise UserInputError(
+                f"--dynamic '{text}': the model has no axis named '{name}' (its named dynamic axes: "
+                f"{', '.join(named) or 'none'}); for an unnamed axis give it, e.g. "
+                f"{arg.describe()}@INPUT.AXIS")
+        return {}
+    explicit: dict[tuple[str, int], str] = {}
+    for input_name, axis in arg.axes:
+        if input_name not in shapes:
+            raise UserInputError(f"--dynamic '{text}': the model has no input '{input_name}'; its inputs "
+                                 f"are: {', '.join(shapes) or 'none'}")
+        rank = len(shapes[input_name])
+        dynamic_axes = [str(i) for i, d in enumerate(shapes[input_name]) if isinstance(d, str)]
+        if axis >= rank or not isinstance(shapes[input_name][axis], str):
+            what = (f"input '{input_name}' has rank {rank}" if axis >= rank
+                    else f"axis {axis} of input '{input_name}' is static ({shapes[input_name][axis]})")
+            raise UserInputError(f"--dynamic '{text}': {what}; its dynamic axes are: "
+                                 f"{', '.join(dynamic_axes) or 'none'}")
+        explicit[(input_name, axis)] = name
+    return explicit

@@ -26,7 +26,7 @@ class TensorRTTarget(Target):
 
     def runner(self, artifact: Artifact, threads: int | None) -> Runner:
         assert artifact.path is not None
-        return TrtEngineRunner(artifact.path)  # a Runner structurally (output_names, infer)
+        return TrtEngineRunner(artifact.path)
 
     def check_available(self) -> None:
         check_trt_available()

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optpipe.precision import _graph
+from optpipe.precision import onnx_graph
 from optpipe.precision.calib_data import synthetic_samples
 from optpipe.precision.guard.localize import guarded_quantize, per_layer_errors
 from optpipe.precision.static_quantize import quantize_int8
@@ -56,7 +56,7 @@ def outlier_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _data(path: Path, seed: int) -> list[dict[str, np.ndarray]]:
-    return synthetic_samples(_graph.input_specs(path), 16, seed, dynamic_dims={"batch": 2})
+    return synthetic_samples(onnx_graph.input_specs(path), 16, seed, dynamic_dims={"batch": 2})
 
 
 def _cosine(ref: Path, low: Path, samples: list[dict[str, np.ndarray]]) -> float:

@@ -99,7 +99,7 @@ def test_engine_bytes_from_network_accepts_our_kwargs(tmp_path: Path) -> None:
 
 
 def test_profile_add_accepts_our_kwargs() -> None:
-    kwargs = trt_engine.profile_add_kwargs((1, 3), (8, 3), (64, 3))
+    kwargs = trt_engine.shape_profile_add_kwargs((1, 3), (8, 3), (64, 3))
     assert_accepts(Profile.add, kwargs)
     profile = Profile()  # pure Python: no TensorRT needed to fill it
     profile.add("x", **kwargs)

@@ -221,16 +221,16 @@ def test_missing_tensorrt_is_environment_error_exit_3(tmp_path: Path) -> None:
     onnx_path = small_model(tmp_path)
     with pytest.raises(EnvironmentUnavailable):
         trt_engine.build_engine(
-            onnx_path, tmp_path / "m.plan", profiles=[DynamicDim("batch", 1, 2, 4)], input_specs=SPECS
+            onnx_path, tmp_path / "m.plan", shape_profiles=[DynamicDim("batch", 1, 2, 4)], input_specs=SPECS
         )
     assert not (tmp_path / "m.plan").exists()
 
 
 def test_build_engine_rejects_missing_profile_before_tensorrt(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="no optimization profile"):
-        trt_engine.build_engine(small_model(tmp_path), tmp_path / "m.plan", profiles=None, input_specs=SPECS)
+        trt_engine.build_engine(small_model(tmp_path), tmp_path / "m.plan", shape_profiles=None, input_specs=SPECS)
     with pytest.raises(UserInputError, match="not found"):
-        trt_engine.build_engine(tmp_path / "nope.onnx", tmp_path / "m.plan", profiles=None, input_specs=SPECS)
+        trt_engine.build_engine(tmp_path / "nope.onnx", tmp_path / "m.plan", shape_profiles=None, input_specs=SPECS)
 
 
 # --------------------------------------------------------------------------- GPU: real TensorRT
@@ -280,7 +280,7 @@ def test_build_and_run_matches_onnxruntime(trt_gpu: None, tmp_path: Path) -> Non
 
     onnx_path = small_model(tmp_path)
     plan = tmp_path / "small.plan"
-    metadata = trt_engine.build_engine(onnx_path, plan, profiles=PROFILE, input_specs=SPECS)
+    metadata = trt_engine.build_engine(onnx_path, plan, shape_profiles=PROFILE, input_specs=SPECS)
     side = json.loads(sidecar_path(plan).read_text())
     assert side["plan_sha256"] == sha256_file(plan) == metadata.plan_sha256
     assert side["onnx_sha256"] == sha256_file(onnx_path)
@@ -306,13 +306,13 @@ def test_timing_cache_round_trip_and_stale_cache(trt_gpu: None, tmp_path: Path) 
     onnx_path = small_model(tmp_path)
     cache = tmp_path / "timing.cache"
     trt_engine.build_engine(
-        onnx_path, tmp_path / "a.plan", profiles=PROFILE, input_specs=SPECS, timing_cache=cache
+        onnx_path, tmp_path / "a.plan", shape_profiles=PROFILE, input_specs=SPECS, timing_cache=cache
     )
     assert cache.exists() and timing_cache_sidecar(cache).exists()
     machine = trt_engine.collect_device_info()
     assert timing_cache_problem(cache, machine) is None
     second = trt_engine.build_engine(
-        onnx_path, tmp_path / "b.plan", profiles=PROFILE, input_specs=SPECS, timing_cache=cache
+        onnx_path, tmp_path / "b.plan", shape_profiles=PROFILE, input_specs=SPECS, timing_cache=cache
     )
     assert second.warnings == ()  # the cache was reused
 
@@ -321,7 +321,7 @@ def test_timing_cache_round_trip_and_stale_cache(trt_gpu: None, tmp_path: Path) 
         {**json.loads(timing_cache_sidecar(cache).read_text()), "tensorrt_version": "0.0.1"},
     )
     third = trt_engine.build_engine(
-        onnx_path, tmp_path / "c.plan", profiles=PROFILE, input_specs=SPECS, timing_cache=cache
+        onnx_path, tmp_path / "c.plan", shape_profiles=PROFILE, input_specs=SPECS, timing_cache=cache
     )
     assert any("TensorRT 0.0.1" in w for w in third.warnings)
     assert (tmp_path / "timing.cache.stale").exists() and cache.exists()
@@ -330,7 +330,7 @@ def test_timing_cache_round_trip_and_stale_cache(trt_gpu: None, tmp_path: Path) 
 @pytest.mark.gpu
 def test_load_engine_refuses_engine_from_other_tensorrt(trt_gpu: None, tmp_path: Path) -> None:
     plan = tmp_path / "small.plan"
-    trt_engine.build_engine(small_model(tmp_path), plan, profiles=PROFILE, input_specs=SPECS)
+    trt_engine.build_engine(small_model(tmp_path), plan, shape_profiles=PROFILE, input_specs=SPECS)
     loaded = trt_engine.load_engine(plan)
     assert loaded.engine is not None
     side = json.loads(sidecar_path(plan).read_text())

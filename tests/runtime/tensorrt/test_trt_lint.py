@@ -237,16 +237,16 @@ def test_dynamic_dim_without_profile() -> None:
     [[DynamicDim("batch", 1, 4, 8)], {"batch": (1, 4, 8)}, {"x": [[1, 3], [4, 3], [8, 3]]}],
 )
 def test_dynamic_dim_with_profile(profiles: object) -> None:
-    assert lint_model(dynamic_model(), profiles=profiles) == []  # type: ignore[arg-type]
+    assert lint_model(dynamic_model(), shape_profiles=profiles) == []  # type: ignore[arg-type]
 
 
 def test_profile_for_other_axis_does_not_cover() -> None:
-    problems = lint_model(dynamic_model(), profiles=[DynamicDim("seq", 1, 4, 8)])
+    problems = lint_model(dynamic_model(), shape_profiles=[DynamicDim("seq", 1, 4, 8)])
     assert only(problems, "dynamic-dim-no-profile").node == "x"
 
 
 def test_invalid_profile_bounds() -> None:
-    problems = lint_model(dynamic_model(), profiles=[DynamicDim("batch", 8, 4, 1)])
+    problems = lint_model(dynamic_model(), shape_profiles=[DynamicDim("batch", 8, 4, 1)])
     assert "profile-invalid" in [p.code for p in problems]
 
 

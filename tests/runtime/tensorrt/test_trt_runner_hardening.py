@@ -109,7 +109,7 @@ def test_trt_runner_close_frees_context_and_engine(tmp_path: Path) -> None:
     import numpy as np
 
     plan = tmp_path / "small.plan"
-    trt_engine.build_engine(small_model(tmp_path), plan, profiles=PROFILE, input_specs=SPECS)
+    trt_engine.build_engine(small_model(tmp_path), plan, shape_profiles=PROFILE, input_specs=SPECS)
     runner = trt_engine.TrtEngineRunner(plan)
     runner.infer({"x": np.zeros((1, 3, 8, 8), np.float32)})
     assert runner.memory["gpu_total_bytes"] > 0

@@ -1,4 +1,4 @@
-"""ONNX helpers shared by the precision modules (internal).
+"""ONNX graph helpers shared by the precision modules and the passes that lower precision.
 
 The precision passes all need the same three things: the input specs of a
 model file, a way to run a model with intermediate tensors exposed as graph
@@ -22,6 +22,7 @@ from onnx import TensorProto, helper
 from optpipe.core.artifact import umask_value
 from optpipe.core.errors import UserInputError
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.onnx.shapes import graph_inputs
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -40,22 +41,18 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 
 def input_specs(model: onnx.ModelProto | Path) -> list[TensorSpec]:
-    """The real inputs of a model (graph inputs that are not initializers)."""
+    """The real inputs of a model (graph inputs that are not initializers).
+
+    An axis with no name gets one (``INPUT_dimI``), so every dynamic axis can be bound by name.
+    """
     proto = load_model(model) if isinstance(model, Path) else model
-    inits = {init.name for init in proto.graph.initializer}
     specs = []
-    for value in proto.graph.input:
-        if value.name in inits:
-            continue
-        ttype = value.type.tensor_type
-        shape: list[int | str] = []
-        for i, dim in enumerate(ttype.shape.dim):
-            if dim.HasField("dim_value"):
-                shape.append(int(dim.dim_value))
-            else:
-                shape.append(dim.dim_param or f"{value.name}_dim{i}")
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
-        specs.append(TensorSpec(value.name, tuple(shape), dtype))
+    for value in graph_inputs(proto.graph):
+        shape = tuple(
+            dim if isinstance(dim, int) else (dim or f"{value.name}_dim{i}")
+            for i, dim in enumerate(value.shape or ())
+        )
+        specs.append(TensorSpec(value.name, shape, value.dtype))
     return specs
 
 
