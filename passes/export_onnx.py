@@ -27,17 +27,21 @@ from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError, full_message, summary_line
 from optpipe.core.progress import Elapsed
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.onnx.utils import load_onnx, onnx_files, rename_outputs
 
 EXPORTERS = ("dynamo", "torchscript")
+#: ``--exporter``: ``auto`` tries the exporters in order; or one of them.
+EXPORTER_CHOICES = ("auto", *EXPORTERS)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """Options of the export pass."""
 
-    exporter: str = "auto"  # "auto" = dynamo, then TorchScript on failure; or "dynamo" / "torchscript"
+    exporter: str = option("auto", help='"auto" = dynamo, then TorchScript on failure; or "dynamo" / "torchscript"',
+                           choices=EXPORTER_CHOICES, flags=("exporter",))
     opset: int | None = None  # None = the exporter's default (20 for dynamo in torch 2.13)
 
 
@@ -316,7 +320,7 @@ class ExportOnnx(Pass):
     def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
         if ctx.model is None:
             raise UserInputError("the export pass needs a PyTorch model in the build context")
-        if self.config.exporter not in ("auto", *EXPORTERS):
+        if self.config.exporter not in EXPORTER_CHOICES:
             raise UserInputError(f"unknown exporter '{self.config.exporter}'; use auto, dynamo or torchscript")
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
