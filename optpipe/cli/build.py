@@ -26,6 +26,7 @@ from optpipe.core.errors import (
 from optpipe.core.value_checks import WholeIntRange
 from optpipe.matrix.config_file import CONFIG_META, JSON_SINK
 from optpipe.report.junit import junit_on_error
+from optpipe.runtime.target import TARGETS
 
 if TYPE_CHECKING:
     from optpipe.builder.options import BuildOptions, TensorRTOptions
@@ -75,7 +76,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @click.option("--sweep", is_flag=True,
               help="Also time batch 1..max x threads 1..cores for every variant and PyTorch eager (report.json "
               "'sweep', report.html); as `optpipe sweep DIR` does after a build.")
-@click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
+@click.option("--target", default="cpu", show_default=True, type=click.Choice(tuple(TARGETS)))
 @click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
               "data); or 'auto': build the target's "

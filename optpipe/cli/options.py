@@ -13,6 +13,8 @@ from optpipe.core.errors import (
     UserInputError,
 )
 from optpipe.core.value_checks import FiniteFloatRange, WholeIntRange
+from optpipe.precision.names import CALIB_METHODS
+from optpipe.runtime.tensorrt.metadata import HARDWARE_LEVELS
 
 
 class PrecisionsType(click.ParamType):
@@ -76,7 +78,8 @@ def writable_file(ctx: click.Context, param: click.Parameter, value: Path | None
     return value
 
 
-HARDWARE_COMPAT_LEVELS = ("ampere_plus", "same_compute_capability")
+#: ``--hardware-compat``: the engine pass's portable hardware levels (its default, "none", is the flag left off).
+HARDWARE_COMPAT_LEVELS = tuple(level for level in HARDWARE_LEVELS if level != "none")
 
 
 def trt_build_options(func: F) -> F:
@@ -143,7 +146,7 @@ def precision_build_options(func: F) -> F:
                      "FILE.py:NAME. Default: calibration_data() in the model file."),
         click.option("--synthetic-calib", is_flag=True,
                      help="[int8] Calibrate on random inputs when there is no data (flagged in the report)."),
-        click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax",
                      show_default=True, help="[int8] How activation ranges are computed."),
         click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
                      help="[int8] Calibration cache (JSON ranges keyed by model and data hashes): reused when "
