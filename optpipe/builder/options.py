@@ -475,15 +475,9 @@ def parse_build_options(
     from optpipe.infra.pass_options import check_pass_options
 
     per_pass = check_pass_options(pass_options)  # a typo fails now, before anything runs
-    parsed_tolerances = Tolerances.parse(tolerances)
-    if "tolerances" in per_pass.get("validate", {}):
-        parsed_tolerances = parsed_tolerances.merged(Tolerances.parse(per_pass["validate"]["tolerances"]))
-    kinds = OutputKinds.parse(output_kinds)
-    if "output_kinds" in per_pass.get("validate", {}):  # the precision gates judge by them too
-        kinds = OutputKinds(kinds.items + OutputKinds.parse(per_pass["validate"]["output_kinds"]).items)
-    trt_options = TensorRTOptions.parse(trt)
-    if per_pass.get("engine-trt"):  # recorded in report.json, so `optpipe engine` uses them too
-        trt_options = TensorRTOptions.parse(per_pass["engine-trt"]).over(trt_options)
+    parsed_tolerances, kinds, trt_options = _with_pass_tables(per_pass, Tolerances.parse(tolerances),
+                                                              OutputKinds.parse(output_kinds),
+                                                              TensorRTOptions.parse(trt))
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise UserInputError(f"--threads must be >= 1, got {threads}")
     return BuildOptions(
@@ -512,6 +506,23 @@ def parse_build_options(
         require_judged=_flag("require_judged", require_judged),
         fuse=_choice("--fuse value", fuse, FUSE_CHOICES),
     )
+
+
+def _with_pass_tables(per_pass: Mapping[str, Mapping[str, Any]], tolerances: Tolerances, kinds: OutputKinds,
+                      trt: TensorRTOptions) -> tuple[Tolerances, OutputKinds, TensorRTOptions]:
+    """The options that pass tables also set, with those tables on top (checked ``pass_options``).
+
+    ``validate``'s tolerances and output kinds reach the precision gates too, which judge by them;
+    ``engine-trt``'s fields are recorded in report.json, so ``optpipe engine`` uses them as well.
+    """
+    validate = per_pass.get("validate", {})
+    if "tolerances" in validate:
+        tolerances = tolerances.merged(Tolerances.parse(validate["tolerances"]))
+    if "output_kinds" in validate:
+        kinds = OutputKinds(kinds.items + OutputKinds.parse(validate["output_kinds"]).items)
+    if per_pass.get("engine-trt"):
+        trt = TensorRTOptions.parse(per_pass["engine-trt"]).over(trt)
+    return tolerances, kinds, trt
 
 
 def _benchmark_options(enabled: bool, batch: int | None, seconds: float | None, warmup: int | None,
