@@ -132,17 +132,16 @@ def build(
 ) -> Report:
     """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
 
-    ``example_inputs``: tensors in ``forward()`` order, or a dict name -> tensor. ``dynamic``: ``DynamicDim`` values
-    or :class:`~optpipe.model.input_parsing.DynamicArg` values (default: a dynamic batch 1..64 when the model can vary
-    it, a dynamic ``seq`` axis on token inputs). The other keywords are ``optpipe build``'s flags with the same
-    names and defaults (``precisions`` is ``--precision``, ``benchmark=False`` ``--no-benchmark``; ``optpipe build --help``; tests/builder/test_option_table.py proves they agree), checked
-    by :func:`~optpipe.builder.options.parse_build_options` before anything runs; an unknown keyword is a
-    TypeError naming the closest one. API only: ``calib_data``/``eval_data`` may be samples in memory,
-    ``trt`` = :data:`~optpipe.builder.options.TRT_KEYS`, ``pass_options`` = {pass: {Config field: value}}
-    (``optpipe passes``), ``mlflow`` (True, a URI or an MlflowTarget), ``provenance``.
-
-    Raises :class:`~optpipe.core.errors.OptpipeError` for user and environment errors; a failed parity
-    gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``, or 4 when unjudged).
+    ``example_inputs``: tensors in ``forward()`` order, or a dict name -> tensor. ``dynamic``: ``DynamicDim`` or
+    :class:`~optpipe.model.input_parsing.DynamicArg` values (default: a dynamic batch 1..64 when the model can vary
+    it, a dynamic ``seq`` axis on token inputs). The other keywords are ``optpipe build``'s flags, same names and
+    defaults (``precisions`` is ``--precision``, ``benchmark=False`` ``--no-benchmark``; test_option_table.py
+    proves they agree), checked by :func:`~optpipe.builder.options.parse_build_options` before anything runs;
+    an unknown keyword is a TypeError naming the closest one. API only: ``calib_data``/``eval_data`` may be
+    samples in memory, ``trt`` = :data:`~optpipe.builder.options.TRT_KEYS`, ``pass_options`` = {pass: {Config
+    field: value}} (``optpipe passes``), ``mlflow`` (True, a URI or an MlflowTarget), ``provenance``. Raises
+    :class:`~optpipe.core.errors.OptpipeError` for user and environment errors; a failed parity gate is *not* an
+    exception but ``report.passed is False`` (``report.exit_code`` 1, or 4 when unjudged).
     """
     check_environment()  # the OPTPIPE_* variables too, named in the error
     options = parse_build_options(**_parser_arguments(locals()))  # every option checked, before any work

@@ -148,7 +148,7 @@ def run_guard(
         max_keep_fraction=config.max_keep_fraction,
         max_keep=None if (config.guard if guard is None else guard) else 0,
         localize_samples=config.localize_samples,
-        seconds=config.guard_seconds,
+        guard_seconds=config.guard_seconds,
         on_round=guard_progress(ctx, gate_name, gate_log),
         **builder,
     )
