@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError, full_message, summary_line
 from optpipe.core.progress import Elapsed
@@ -154,6 +152,8 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
     This is a coarse check for broken graphs (a frozen batch, wrong outputs),
     not the parity gate: the validate pass applies the real tolerances.
     """
+    import numpy as np
+
     from optpipe.runtime.runners import OrtRunner
 
     if ctx.golden is None:
@@ -211,6 +211,7 @@ def check_dynamic_axes(path: Path, ctx: BuildContext) -> None:
     (so the other one is tried); a model that itself cannot run at the second size is the user's
     error.
     """
+    import numpy as np
     import onnx
 
     from optpipe.runtime.runners import OrtRunner, TorchRunner

@@ -26,6 +26,7 @@ from optpipe.core.errors import (
 )
 from optpipe.core.value_checks import WholeIntRange
 from optpipe.matrix.config_file import CONFIG_META, JSON_SINK
+from optpipe.passes.export_onnx import EXPORTER_CHOICES
 from optpipe.report.junit import junit_on_error
 from optpipe.runtime.target import TARGETS
 
@@ -94,7 +95,7 @@ def _with_model_file_data(options: BuildOptions, flags: BuildFlags, prepared: An
               "range, or equal the example's batch when the batch is static; ignored with a warning under "
               "--no-benchmark.")
 @click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
-@click.option("--exporter", default="auto", show_default=True, type=click.Choice(["auto", "dynamo", "torchscript"]))
+@click.option("--exporter", default="auto", show_default=True, type=click.Choice(EXPORTER_CHOICES))
 @click.option("--fuse", default="auto", show_default=True, metavar="auto|off|MODEL_TYPE",
               help="[cpu] Transformer fusions (ONNX Runtime's transformer optimizer) for --precision auto's fused "
               "variants (fp32+fused, int8-dynamic+fused): 'auto' detects a BERT-like graph, 'off' builds none, or "

@@ -249,3 +249,15 @@ def test_the_checker_reports_each_kind_of_mismatch() -> None:
 def test_a_declared_default_outside_its_choices_is_refused() -> None:
     with pytest.raises(ValueError, match="not one of its choices"):
         option("kl", help="", choices=("minmax",))
+
+
+def test_the_help_texts_that_list_choices_list_the_constants() -> None:
+    """``--output-kind`` and ``--precision`` name their choices in prose (the CLI stays light: no numpy at import)."""
+    from optpipe.compare.output_kinds import KINDS
+    from optpipe.core.precisions import PRECISIONS
+
+    params = {p.name: p for p in build_command.params}
+    kinds_help = params["output_kinds"].help or ""  # type: ignore[attr-defined]
+    assert f"{', '.join(KINDS[:-1])} or {KINDS[-1]}" in kinds_help
+    precision_help = params["precision"].help or ""  # type: ignore[attr-defined]
+    assert f"{', '.join(PRECISIONS)} (cpu target" in precision_help
