@@ -29,6 +29,7 @@ from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.errors import UserInputError
 from optpipe.core.memory import RssSampler, current_rss_bytes, mib
 from optpipe.core.records import BenchmarkRecord
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.runtime.runners import TorchRunner
 from optpipe.runtime.timing import (
@@ -45,10 +46,11 @@ from optpipe.runtime.timing import (
 class BenchmarkConfig:
     """Options of the benchmark pass."""
 
-    batch: int | None = None  # None = the example's batch size
-    warmup: int = 5  # untimed calls per runtime first
-    seconds: float = 2.0  # timed seconds per runtime (a budget, as trtexec's --duration)
-    min_calls: int = 10  # fewest timed calls per runtime, even past the budget
+    batch: int | None = option(None, help="None = the example's batch size", flags=("benchmark_batch",))
+    warmup: int = option(5, help="untimed calls per runtime first", flags=("warmup",))
+    seconds: float = option(2.0, help="timed seconds per runtime (a budget, as trtexec's --duration)",
+                            flags=("bench_seconds",))
+    min_calls: int = option(10, help="fewest timed calls per runtime, even past the budget", flags=("iterations",))
     # A fixed count instead of the budget (both set): rounds x iters_per_round timed calls per runtime.
     rounds: int | None = None
     iters_per_round: int | None = None

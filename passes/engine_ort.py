@@ -15,18 +15,22 @@ from typing import Any
 
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.machine import package_version
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.onnx.utils import load_onnx, non_standard_ops, onnx_files
 from optpipe.runtime.runners import ort_session_options
 
 ENGINE_SUFFIX = ".ort-cpu.onnx"
+#: The offline optimisation levels ONNX Runtime saves in the file.
+LEVELS = ("basic", "extended")
 
 
 @dataclass(frozen=True)
 class OrtEngineConfig:
     """Options of the ONNX Runtime engine pass."""
 
-    level: str = "extended"  # offline optimisation level saved in the file: basic | extended
+    level: str = option("extended", help="offline optimisation level saved in the file: basic | extended",
+                        choices=LEVELS)
 
 
 class OrtEnginePass(Pass):

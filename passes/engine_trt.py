@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optpipe.builder.options import BuildOptions, TensorRTOptions
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.errors import UserInputError
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.runtime.tensorrt.metadata import HARDWARE_LEVELS
 
 PLAN_NAME = "model.plan"
 # Sidecar fields copied into the report: what built the plan decides where it can run.
@@ -41,22 +42,25 @@ REPORTED_METADATA = (
 class TrtEngineConfig:
     """Options of the TensorRT engine pass (the ``--opt-level`` ... options of ``optpipe build``)."""
 
-    # 0..5: higher searches more tactics (slower build, possibly faster engine); TensorRT's default is 3.
-    builder_optimization_level: int = 3
-    # Cap on the builder's scratch memory (MemoryPoolType.WORKSPACE); None = TensorRT's default (the GPU).
-    workspace_bytes: int | None = None
-    # File that keeps kernel timings between builds; loaded only when written by the same TensorRT
-    # version on the same compute capability (else moved aside), rewritten after each build.
-    timing_cache: str | None = None
-    # "none", "ampere_plus" (runs on any GPU with compute capability >= 8.0) or
-    # "same_compute_capability"; portable engines may be slower.
-    hardware_compatibility: str = "none"
-    # Let later TensorRT releases of the same major version run the plan (may be slower).
-    version_compatible: bool = False
+    builder_optimization_level: int = option(
+        3, help="0..5: higher searches more tactics (slower build, possibly faster engine); TensorRT's default is 3.",
+        flags=("opt_level",))
+    workspace_bytes: int | None = option(
+        None, help="Cap on the builder's scratch memory (MemoryPoolType.WORKSPACE); None = TensorRT's default (the "
+        "GPU).", flags=("workspace",))
+    timing_cache: str | None = option(
+        None, help="File that keeps kernel timings between builds; loaded only when written by the same TensorRT "
+        "version on the same compute capability (else moved aside), rewritten after each build.",
+        flags=("timing_cache",))
+    hardware_compatibility: str = option(
+        "none", help='"none", "ampere_plus" (runs on any GPU with compute capability >= 8.0) or '
+        '"same_compute_capability"; portable engines may be slower.', choices=HARDWARE_LEVELS,
+        flags=("hardware_compat",))
+    version_compatible: bool = option(
+        False, help="Let later TensorRT releases of the same major version run the plan (may be slower).",
+        flags=("version_compatible",))
 
     def __post_init__(self) -> None:
-        from optpipe.runtime.tensorrt.metadata import HARDWARE_LEVELS
-
         if not 0 <= self.builder_optimization_level <= 5:
             raise UserInputError(
                 f"TensorRT builder optimization level must be 0..5, got {self.builder_optimization_level}"
@@ -69,11 +73,6 @@ class TrtEngineConfig:
                 f"got '{self.hardware_compatibility}'"
             )
 
-    @classmethod
-    def from_options(cls, trt: TensorRTOptions) -> TrtEngineConfig:
-        """The config from a build's TensorRT options (unset ones keep the defaults), checked here."""
-        return cls(**trt.set_values())
-
 
 class TrtEnginePass(Pass):
     """ONNX -> TensorRT plan (kind ``engine``), parsed strongly typed with one optimization profile."""
@@ -83,11 +82,6 @@ class TrtEnginePass(Pass):
     input_kind = ArtifactKind.ONNX
     output_kind = ArtifactKind.ENGINE
     Config = TrtEngineConfig
-
-    @classmethod
-    def from_options(cls, options: BuildOptions) -> TrtEnginePass:
-        """The pass configured from a build's TensorRT options (see :meth:`TrtEngineConfig.from_options`)."""
-        return cls(TrtEngineConfig.from_options(options.trt))
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.runtime.tensorrt.engine import build_engine

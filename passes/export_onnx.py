@@ -21,23 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError, full_message, summary_line
 from optpipe.core.progress import Elapsed
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.onnx.utils import load_onnx, onnx_files, rename_outputs
 
 EXPORTERS = ("dynamo", "torchscript")
+#: ``--exporter``: ``auto`` tries the exporters in order; or one of them.
+EXPORTER_CHOICES = ("auto", *EXPORTERS)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """Options of the export pass."""
 
-    exporter: str = "auto"  # "auto" = dynamo, then TorchScript on failure; or "dynamo" / "torchscript"
+    exporter: str = option("auto", help='"auto" = dynamo, then TorchScript on failure; or "dynamo" / "torchscript"',
+                           choices=EXPORTER_CHOICES, flags=("exporter",))
     opset: int | None = None  # None = the exporter's default (20 for dynamo in torch 2.13)
 
 
@@ -159,6 +161,8 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
     This is a coarse check for broken graphs (a frozen batch, wrong outputs),
     not the parity gate: the validate pass applies the real tolerances.
     """
+    import numpy as np
+
     from optpipe.runtime.runners import OrtRunner
 
     if ctx.golden is None:
@@ -216,6 +220,7 @@ def check_dynamic_axes(path: Path, ctx: BuildContext) -> None:
     (so the other one is tried); a model that itself cannot run at the second size is the user's
     error.
     """
+    import numpy as np
     import onnx
 
     from optpipe.onnx.shapes import graph_inputs
@@ -326,7 +331,7 @@ class ExportOnnx(Pass):
     def requires(self, artifact: Artifact, ctx: BuildContext) -> None:
         if ctx.model is None:
             raise UserInputError("the export pass needs a PyTorch model in the build context")
-        if self.config.exporter not in ("auto", *EXPORTERS):
+        if self.config.exporter not in EXPORTER_CHOICES:
             raise UserInputError(f"unknown exporter '{self.config.exporter}'; use auto, dynamo or torchscript")
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.builder.options import BuildOptions
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 
@@ -40,9 +40,9 @@ class Fp16Config(pass_support.GuardedConfig):
     keep_io_types: bool = True
     # ONNX node names to keep in FP32 from the start.
     node_block_list: tuple[str, ...] = ()
-    # Calibration data (same forms as --calib-data) scanned for FP16 overflow besides the golden
-    # inputs; "<in-memory>" = options["calib_data"]; None = golden inputs only.
-    calib_data: str | None = None
+    calib_data: str | None = option(
+        None, help="Calibration data (same forms as --calib-data) scanned for FP16 overflow besides the golden "
+        'inputs; "<in-memory>" = options["calib_data"]; None = golden inputs only.', flags=("calib_data",))
     # The calibration samples themselves when calib_data is "<in-memory>" (build(calib_data=...) or the
     # model file's calibration_data()); keyed by content through cache_facts, so not in config_dict().
     samples: Any = field(default=None, compare=False, repr=False, metadata=NOT_IN_KEY)
@@ -60,19 +60,6 @@ class Fp16Pass(Pass):
     # Deterministic given its input, config and cache_facts() (the samples by content, the gate's
     # tolerances, the helper code), so a rebuild that changes none of them reuses it.
     cacheable = True
-
-    @classmethod
-    def from_options(cls, options: BuildOptions) -> Fp16Pass:
-        """The pass for a build's options."""
-        return cls(
-            Fp16Config(
-                node_block_list=options.guard.fp16_block,
-                calib_data=options.calibration.source,
-                samples=options.calibration.samples,
-                **options.gate_fields(),
-                **options.guard.config_fields(),
-            )
-        )
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.precision import VariantSkipped

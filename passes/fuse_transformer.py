@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optpipe.builder.options import FUSE_AUTO, FUSE_MODEL_TYPES, FUSE_OFF, BuildOptions
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
@@ -40,6 +39,12 @@ FUSED_OPS: tuple[str, ...] = (
     "RotaryEmbedding", "GroupQueryAttention",
 )  # fmt: skip
 MS_DOMAIN = "com.microsoft"
+#: ``--fuse``: detect the model type (default), no fused variants, or ONNX Runtime's optimizer model type.
+FUSE_AUTO = "auto"
+FUSE_OFF = "off"
+FUSE_MODEL_TYPES = ("bert", "bart", "gpt2", "t5", "vit", "clip", "swin", "unet", "phi", "conformer")
+#: Every ``--fuse`` value.
+FUSE_CHOICES = (FUSE_AUTO, FUSE_OFF, *FUSE_MODEL_TYPES)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class FuseTransformerConfig:
     def __post_init__(self) -> None:
         if self.model_type not in (FUSE_AUTO, *FUSE_MODEL_TYPES):
             raise UserInputError(f"unknown fusion model type '{self.model_type}'; choose one of: "
-                                 f"{', '.join((FUSE_AUTO, FUSE_OFF, *FUSE_MODEL_TYPES))}")
+                                 f"{', '.join(FUSE_CHOICES)}")
         if self.num_heads < 0 or self.hidden_size < 0:
             raise UserInputError("fuse-transformer: num_heads and hidden_size must be >= 0 (0 = from the graph)")
 
@@ -125,17 +130,6 @@ class FuseTransformerPass(Pass):
     Config = FuseTransformerConfig
     uses = ("onnx", "onnxruntime")
     cacheable = True  # deterministic given the input graph and the config
-
-    @classmethod
-    def from_options(cls, options: BuildOptions, target: Any) -> FuseTransformerPass:
-        """The pass of a fused variant: refuses a target that is not ONNX Runtime CPU, before any export."""
-        if str(getattr(target, "qdq_style", "cpu")) != "cpu":
-            name = getattr(target, "name", target)
-            raise UserInputError(f"fused variants are for the cpu target only: target '{name}' needs portable ONNX "
-                                 "(the fused ops are ONNX Runtime contrib ops)")
-        if options.fuse == FUSE_OFF:
-            raise UserInputError("fused variants are turned off (--fuse off)")
-        return cls(FuseTransformerConfig(model_type=options.fuse, skip_when_unchanged=True))
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         import onnx

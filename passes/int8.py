@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.builder.options import BuildOptions
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
-from optpipe.precision.names import IN_MEMORY
+from optpipe.precision.names import CALIB_METHODS
 
-METHODS = ("minmax", "entropy", "percentile")
 STYLES = ("cpu", "tensorrt")
 CACHE_NAME = "calibration.json"  # the ranges, in the build directory's int8/ folder
 SYNTHETIC_WARNING = (
@@ -50,21 +49,21 @@ class Int8Config(pass_support.GuardedConfig):
     for TensorRT, also Add, Mul, Softmax... for ORT's CPU style.
     """
 
-    # Q/DQ style: "cpu" (ONNX Runtime U8S8, output quantization) or "tensorrt" (symmetric
-    # int8 on the inputs of Conv/Gemm/MatMul). build() takes it from the target.
-    style: str = "cpu"
-    # Calibration method: minmax, entropy (2048-bin KL search) or percentile (99.999% of |x|).
-    method: str = "minmax"
-    # Calibration data: .npz, a directory of .npy/.npz, or FILE.py:NAME; "<in-memory>" means
-    # build options carry the samples themselves (options["calib_data"]). None: no data.
-    calib_data: str | None = None
-    # Calibrate on random inputs when there is no data (the report flags it loudly).
-    synthetic: bool = False
+    style: str = option("cpu", help='Q/DQ style: "cpu" (ONNX Runtime U8S8, output quantization) or "tensorrt" '
+                        "(symmetric int8 on the inputs of Conv/Gemm/MatMul). build() takes it from the target.",
+                        choices=STYLES)
+    method: str = option("minmax", help="Calibration method: minmax, entropy (2048-bin KL search) or percentile "
+                         "(99.999% of |x|).", choices=CALIB_METHODS, flags=("calib_method",))
+    calib_data: str | None = option(
+        None, help='Calibration data: .npz, a directory of .npy/.npz, or FILE.py:NAME; "<in-memory>" means build '
+        'options carry the samples themselves (options["calib_data"]). None: no data.', flags=("calib_data",))
+    synthetic: bool = option(False, help="Calibrate on random inputs when there is no data (the report flags it "
+                             "loudly).", flags=("synthetic_calib",))
     synthetic_count: int = 32
     # At most this many samples are read (calibration cost grows linearly with them).
     max_samples: int = 512
-    # A user calibration cache (JSON): reused when its model/data/method key matches, else rewritten.
-    cache_file: str | None = None
+    cache_file: str | None = option(None, help="A user calibration cache (JSON): reused when its model/data/method "
+                                    "key matches, else rewritten.", flags=("calib_cache",))
     percentile: float = 99.999
     # 7-bit weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> True).
     reduce_range: bool | None = None
@@ -108,36 +107,6 @@ class Int8Pass(Pass):
     # tolerances, the Q/DQ style, this CPU's reduce_range decision, the helper code).
     cacheable = True
 
-    @classmethod
-    def from_options(cls, options: BuildOptions, target: Any) -> Int8Pass:
-        """The pass for a build's options: refuses a build without calibration data now, before any export."""
-        style = str(getattr(target, "qdq_style", "cpu"))
-        if style not in STYLES:
-            raise UserInputError(f"target '{getattr(target, 'name', target)}' has unknown Q/DQ style '{style}'")
-        calib = options.calibration
-        if calib.source is None and not calib.synthetic:
-            raise UserInputError(
-                "INT8 needs calibration data: pass --calib-data FILE.npz (input-name keys), a directory "
-                "of .npy/.npz files or FILE.py:NAME, define calibration_data() in the model file, or "
-                "--synthetic-calib to calibrate on random inputs (not recommended)"
-            )
-        source = calib.source
-        if source and source != IN_MEMORY and ".py:" not in source and not Path(source).exists():
-            raise UserInputError(f"calibration data '{source}' does not exist")
-        config = Int8Config(
-            style=style,
-            method=calib.method,
-            calib_data=source,
-            synthetic=calib.synthetic and source is None,
-            cache_file=calib.cache,
-            exclude_nodes=options.guard.int8_exclude,
-            samples=calib.samples,
-            **options.gate_fields(),
-            previous_build=options.out_dir,
-            input_ranges=calib.ranges_dict(),
-            **options.guard.config_fields(),
-        )
-        return cls(config)
 
     def _fragile(self, src: Path) -> list[str]:
         """Known-fragile nodes to keep in FP32 from the start (cpu style only), not already excluded."""

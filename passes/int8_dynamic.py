@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from optpipe.builder.options import BuildOptions
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.core.errors import UserInputError
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.precision import pass_support
 
@@ -70,23 +68,6 @@ class Int8DynamicPass(Pass):
         reduce_range = self.config.reduce_range
         facts["reduce_range"] = cpu_needs_reduce_range() if reduce_range is None else reduce_range
         return facts
-
-    @classmethod
-    def from_options(cls, options: BuildOptions, target: Any) -> Int8DynamicPass:
-        """The pass for a build's options: refuses the tensorrt target now, before any export runs."""
-        if str(getattr(target, "qdq_style", "cpu")) != "cpu":
-            raise UserInputError(
-                f"--precision int8-dynamic is for the cpu target only: target "
-                f"'{getattr(target, 'name', target)}' needs explicit Q/DQ INT8 (TensorRT cannot run ONNX "
-                "Runtime's DynamicQuantizeLinear/MatMulInteger ops); use --precision int8 with --calib-data"
-            )
-        return cls(
-            Int8DynamicConfig(
-                exclude_nodes=options.guard.int8_exclude,
-                **options.gate_fields(),
-                **options.guard.config_fields(),
-            )
-        )
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from pathlib import Path

@@ -11,12 +11,13 @@ An engine that cannot even run a case fails the gate with that error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 
 from optpipe.compare.parity import validate_outputs
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.errors import UserInputError
+from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 
 
@@ -24,11 +25,12 @@ from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 class ValidateConfig:
     """Options of the validate pass."""
 
-    # Per-output overrides of the precision's default tolerance, e.g.
-    # {"logits": {"min_cosine": 0.995}, "*": {"atol": 1e-3}}.
-    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
-    # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
-    output_kinds: dict[str, str] = field(default_factory=dict)
+    tolerances: dict[str, dict[str, float]] = option(
+        help="Per-output overrides of the precision's default tolerance, e.g. "
+        '{"logits": {"min_cosine": 0.995}, "*": {"atol": 1e-3}}.', default_factory=dict, flags=("tolerances",))
+    output_kinds: dict[str, str] = option(
+        help='What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.',
+        default_factory=dict, flags=("output_kinds",))
 
 
 class ValidatePass(Pass):

@@ -24,23 +24,21 @@ from typing import Any, ParamSpec, TypeVar
 
 from optpipe.core.errors import UserInputError
 from optpipe.core.precisions import AUTO, FUSED_PRECISIONS, PRECISIONS
-from optpipe.precision.names import DEFAULT_GUARD_SECONDS, IN_MEMORY
+from optpipe.passes.engine_trt import TrtEngineConfig
+from optpipe.passes.export_onnx import EXPORTER_CHOICES
+from optpipe.passes.fuse_transformer import FUSE_AUTO, FUSE_CHOICES
+from optpipe.precision.names import CALIB_METHODS, DEFAULT_GUARD_SECONDS, IN_MEMORY
+from optpipe.runtime.target import TARGETS
 
-#: ``--fuse``: detect the model type (default), no fused variants, or ONNX Runtime's optimizer model type.
-FUSE_AUTO = "auto"
-FUSE_OFF = "off"
-FUSE_MODEL_TYPES = ("bert", "bart", "gpt2", "t5", "vit", "clip", "swin", "unet", "phi", "conformer")
-TARGETS = ("cpu", "tensorrt")
-EXPORTERS = ("auto", "dynamo", "torchscript")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+#: ``--target``: the registered targets' names.
+TARGET_NAMES = tuple(TARGETS)
 #: Tolerance fields (those of :class:`optpipe.compare.parity.Tolerance`); the ``min_*`` ones are fractions.
 TOLERANCE_FIELDS = ("atol", "max_nrmse", "min_cosine", "min_decision", "min_logit_cosine", "min_row_cosine",
                     "min_top1", "min_top1_all", "rtol", "top1_margin")
 FRACTION_FIELDS = frozenset({"min_cosine", "min_decision", "min_logit_cosine", "min_row_cosine", "min_top1",
                              "min_top1_all", "top1_margin"})
-#: TensorRT option keys (fields of the engine-trt pass's Config); the pass checks their values.
-TRT_KEYS = ("builder_optimization_level", "workspace_bytes", "timing_cache", "hardware_compatibility",
-            "version_compatible")
+#: TensorRT option keys: the fields of the engine-trt pass's Config, which checks their values.
+TRT_KEYS = tuple(f.name for f in dataclasses.fields(TrtEngineConfig))
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -238,18 +236,13 @@ class GuardOptions:
     fp16_block: tuple[str, ...] = ()  # ONNX node names the fp16 pass keeps in FP32
     # --guard-seconds: the guard's time budget; when spent it reports the best variant so far and why it
     # stopped. None: no budget (the node limit alone ends the search; the Python API only).
-    seconds: float | None = DEFAULT_GUARD_SECONDS
+    guard_seconds: float | None = DEFAULT_GUARD_SECONDS
 
     def __post_init__(self) -> None:
         fraction = self.max_keep_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
             raise UserInputError(f"--guard-max-keep must be a fraction in [0, 1], got {fraction}")
-        _check_positive("--guard-seconds", self.seconds)
-
-    def config_fields(self) -> dict[str, Any]:
-        """``guard``, ``max_keep_fraction`` and ``guard_seconds`` for a precision pass's Config."""
-        return {"guard": self.enabled, "max_keep_fraction": float(self.max_keep_fraction),
-                "guard_seconds": None if self.seconds is None else float(self.seconds)}
+        _check_positive("--guard-seconds", self.guard_seconds)
 
 
 def _check_positive(flag: str, value: float | None, integer: bool = False, minimum: float = 0.0) -> None:
@@ -410,7 +403,7 @@ class BuildOptions:
                             "input_ranges": {k: list(v) for k, v in self.calibration.ranges_dict().items()}},
             "guard": {"enabled": self.guard.enabled, "max_keep_fraction": self.guard.max_keep_fraction,
                       "int8_exclude": list(self.guard.int8_exclude), "fp16_block": list(self.guard.fp16_block),
-                      "seconds": self.guard.seconds},
+                      "seconds": self.guard.guard_seconds},
             "benchmark": {"enabled": self.benchmark.enabled, "batch": self.benchmark.batch,
                           "seconds": self.benchmark.seconds, "warmup": self.benchmark.warmup,
                           "min_calls": self.benchmark.min_calls},
@@ -482,21 +475,15 @@ def parse_build_options(
     from optpipe.infra.pass_options import check_pass_options
 
     per_pass = check_pass_options(pass_options)  # a typo fails now, before anything runs
-    parsed_tolerances = Tolerances.parse(tolerances)
-    if "tolerances" in per_pass.get("validate", {}):
-        parsed_tolerances = parsed_tolerances.merged(Tolerances.parse(per_pass["validate"]["tolerances"]))
-    kinds = OutputKinds.parse(output_kinds)
-    if "output_kinds" in per_pass.get("validate", {}):  # the precision gates judge by them too
-        kinds = OutputKinds(kinds.items + OutputKinds.parse(per_pass["validate"]["output_kinds"]).items)
-    trt_options = TensorRTOptions.parse(trt)
-    if per_pass.get("engine-trt"):  # recorded in report.json, so `optpipe engine` uses them too
-        trt_options = TensorRTOptions.parse(per_pass["engine-trt"]).over(trt_options)
+    parsed_tolerances, kinds, trt_options = _with_pass_tables(per_pass, Tolerances.parse(tolerances),
+                                                              OutputKinds.parse(output_kinds),
+                                                              TensorRTOptions.parse(trt))
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise UserInputError(f"--threads must be >= 1, got {threads}")
     return BuildOptions(
-        target=_choice("target", target, TARGETS),
+        target=_choice("target", target, TARGET_NAMES),
         precisions=parse_precisions(precisions),
-        exporter=_choice("exporter", exporter, EXPORTERS),
+        exporter=_choice("exporter", exporter, EXPORTER_CHOICES),
         threads=threads,
         overwrite=bool(overwrite),
         model_name=model_name,
@@ -517,8 +504,25 @@ def parse_build_options(
                            latency_budget),
         rebench=_flag("rebench", rebench),
         require_judged=_flag("require_judged", require_judged),
-        fuse=_choice("--fuse value", fuse, (FUSE_AUTO, FUSE_OFF, *FUSE_MODEL_TYPES)),
+        fuse=_choice("--fuse value", fuse, FUSE_CHOICES),
     )
+
+
+def _with_pass_tables(per_pass: Mapping[str, Mapping[str, Any]], tolerances: Tolerances, kinds: OutputKinds,
+                      trt: TensorRTOptions) -> tuple[Tolerances, OutputKinds, TensorRTOptions]:
+    """The options that pass tables also set, with those tables on top (checked ``pass_options``).
+
+    ``validate``'s tolerances and output kinds reach the precision gates too, which judge by them;
+    ``engine-trt``'s fields are recorded in report.json, so ``optpipe engine`` uses them as well.
+    """
+    validate = per_pass.get("validate", {})
+    if "tolerances" in validate:
+        tolerances = tolerances.merged(Tolerances.parse(validate["tolerances"]))
+    if "output_kinds" in validate:
+        kinds = OutputKinds(kinds.items + OutputKinds.parse(validate["output_kinds"]).items)
+    if per_pass.get("engine-trt"):
+        trt = TensorRTOptions.parse(per_pass["engine-trt"]).over(trt)
+    return tolerances, kinds, trt
 
 
 def _benchmark_options(enabled: bool, batch: int | None, seconds: float | None, warmup: int | None,

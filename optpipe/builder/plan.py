@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from optpipe.builder import pass_configs
 from optpipe.builder.options import BuildOptions
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.errors import PassError, UserInputError
@@ -54,17 +55,11 @@ def precision_pass(precision: str, target: Target, options: BuildOptions) -> Pas
     if precision == "fp32":
         return None
     if precision == "fp16":
-        from optpipe.passes.fp16 import Fp16Pass
-
-        return Fp16Pass.from_options(options)
+        return pass_configs.fp16_pass(options)
     if precision == "int8":
-        from optpipe.passes.int8 import Int8Pass
-
-        return Int8Pass.from_options(options, target)
+        return pass_configs.int8_pass(options, target)
     if precision == "int8-dynamic":
-        from optpipe.passes.int8_dynamic import Int8DynamicPass
-
-        return Int8DynamicPass.from_options(options, target)
+        return pass_configs.int8_dynamic_pass(options, target)
     raise UserInputError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
 
 
@@ -75,20 +70,18 @@ def variant_passes(precision: str, target: Target, options: BuildOptions, engine
     The benchmark is not a step of a variant: :func:`run_plan` times every built engine in one run
     (:func:`benchmark_step`).
     """
-    from optpipe.infra.registry import engine_pass, pre_engine_passes
+    from optpipe.infra.registry import pre_engine_passes
     from optpipe.passes.validate import ValidateConfig, ValidatePass
 
     passes: list[Pass] = []
     if lower and precision.endswith(FUSED_SUFFIX):  # a fused variant: fusions first, then its precision
-        from optpipe.passes.fuse_transformer import FuseTransformerPass
-
-        passes.append(FuseTransformerPass.from_options(options, target))
+        passes.append(pass_configs.fuse_transformer_pass(options, target))
     lowering = precision_pass(base_precision(precision), target, options) if lower else None
     if lowering is not None:
         passes.append(lowering)
     passes.extend(pre_engine_passes(target))
     if engine:
-        passes.append(engine_pass(target, options))
+        passes.append(pass_configs.engine_pass(target, options))
         passes.append(ValidatePass(ValidateConfig(**options.gate_fields())))
         if options.profile:  # its own session: the profiler's overhead is never in the benchmark's timings
             from optpipe.passes.profile import ProfilePass

@@ -132,38 +132,16 @@ def build(
 ) -> Report:
     """Compile ``model`` for ``target`` and return the report (also written to ``out_dir/report.json``).
 
-    ``example_inputs`` is a tuple of tensors in ``forward()`` order, or a dict name -> tensor.
-    ``dynamic``: ``DynamicDim("batch", 1, 8, 32)`` makes axis 0 of every input dynamic; a
-    :class:`~optpipe.model.input_parsing.DynamicArg` names other axes. Without one on axis 0 the batch is dynamic
-    from 1 to 64 when the model can vary it (else static, with a warning); ``static_batch=True`` keeps the
-    example's batch. Token inputs (integer rank-2, or named ``input_ids``/``attention_mask``/...) get a dynamic
-    ``seq`` axis 1 unless ``static_seq=True`` or a declared dimension names it (:mod:`optpipe.model.default_seq`).
-    ``sweep=True`` also times batch x threads (:mod:`optpipe.builder.sweep`; ``sweep_seconds`` per point and runtime,
-    ``latency_budget`` in ms for the recommended batch). With a :class:`~optpipe.cache.store.PassCache` instrument,
-    validation and benchmark results measured under exactly the same conditions are reused (marked
-    ``cached``); ``rebench=True`` measures
-    again. ``fuse`` (cpu target): ``"auto"`` adds transformer-fused twins (``fp32+fused``,
-    ``int8-dynamic+fused``) to ``--precision auto`` when the graph has attention, ``"off"`` none, or ONNX
-    Runtime's optimizer model type (``"bert"``, ``"gpt2"``...). ``tolerances`` maps an output (or
-    ``*``) to :class:`~optpipe.compare.parity.Tolerance` fields; ``output_kinds`` to what it means
-    (``logits``, ``multilabel``, ``embedding``, ``regression``, ``generic``; default inferred).
-    ``bench_seconds`` / ``warmup`` / ``iterations``: the benchmark's time budget per runtime, untimed calls,
-    fewest timed calls;
-    ``guard_seconds``: the guard's budget per variant (default 60 s). ``calib_data``: a path (.npz, a
-    directory, ``FILE.py:NAME``) or the samples; ``eval_data``: ``(inputs, labels)``; ``input_ranges``:
-    integer input -> ``(low, high)`` for synthetic calibration. ``int8_exclude`` / ``fp16_block``: ONNX
-    nodes kept in FP32 from the start;
-    ``trt``: TensorRT options (:data:`~optpipe.builder.options.TRT_KEYS`). ``pass_options``: pass name
-    (``optpipe passes``) -> fields of its Config, e.g. ``{"simplify": {"atol": 1e-3}}``, over the values the
-    other arguments set. Every option is checked by :func:`~optpipe.builder.options.parse_build_options`
-    before anything runs; an unknown keyword is a TypeError naming the closest valid one. ``profile``
-    also profiles each engine per op. ``mlflow`` (True, a tracking URI or an MlflowTarget) logs the
-    build to an MLflow run. ``provenance``: how the build was asked for (default: this call).
-    ``require_judged`` (default True): a gate that cannot judge (too few decided rows) makes the result
-    UNJUDGED (``report.exit_code == 4``), never a pass; False accepts it (the unjudged gates are listed).
-
-    Raises :class:`~optpipe.core.errors.OptpipeError` for user and environment errors; a failed parity
-    gate is *not* an exception but ``report.passed is False`` (``report.exit_code == 1``, or 4 when unjudged).
+    ``example_inputs``: tensors in ``forward()`` order, or a dict name -> tensor. ``dynamic``: ``DynamicDim`` or
+    :class:`~optpipe.model.input_parsing.DynamicArg` values (default: a dynamic batch 1..64 when the model can vary
+    it, a dynamic ``seq`` axis on token inputs). The other keywords are ``optpipe build``'s flags, same names and
+    defaults (``precisions`` is ``--precision``, ``benchmark=False`` ``--no-benchmark``; test_option_table.py
+    proves they agree), checked by :func:`~optpipe.builder.options.parse_build_options` before anything runs;
+    an unknown keyword is a TypeError naming the closest one. API only: ``calib_data``/``eval_data`` may be
+    samples in memory, ``trt`` = :data:`~optpipe.builder.options.TRT_KEYS`, ``pass_options`` = {pass: {Config
+    field: value}} (``optpipe passes``), ``mlflow`` (True, a URI or an MlflowTarget), ``provenance``. Raises
+    :class:`~optpipe.core.errors.OptpipeError` for user and environment errors; a failed parity gate is *not* an
+    exception but ``report.passed is False`` (``report.exit_code`` 1, or 4 when unjudged).
     """
     check_environment()  # the OPTPIPE_* variables too, named in the error
     options = parse_build_options(**_parser_arguments(locals()))  # every option checked, before any work

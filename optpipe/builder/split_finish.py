@@ -65,9 +65,9 @@ def split_next_step(out_dir: str | Path, reason: str, trt: TensorRTOptions) -> s
     ``--opt-level`` or ``--hardware-compat`` fails here rather than after the
     directory was copied to the GPU machine.
     """
-    from optpipe.passes.engine_trt import TrtEngineConfig
+    from optpipe.builder.pass_configs import trt_engine_config
 
-    TrtEngineConfig.from_options(trt)
+    trt_engine_config(trt)
     reason = reason.rstrip(".")
     return (
         f"copy {out_dir} to a machine with an NVIDIA GPU, install TensorRT there with: {INSTALL_HINT}, "

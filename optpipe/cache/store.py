@@ -33,7 +33,7 @@ pass name, code (its file and the helper modules it names in
 distributions in ``Pass.uses``, the target, input specs, dynamic dims, output
 names, golden data and ``Pass.cache_facts(ctx)``. The build's other options are
 deliberately *not* in the key: a pass receives everything it reads through its
-``Config`` (``from_options``), so its config is its key, and a file named by a
+``Config`` (filled by ``optpipe.builder.pass_configs``), so its config is its key, and a file named by a
 config field is keyed by its content. Putting every option in every key would
 make, say, a TensorRT timing cache that changes after each build invalidate the
 export.

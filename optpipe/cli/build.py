@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from optpipe.cli.build_flags import BuildFlags, bundled_flags
 from optpipe.cli.errors import EXIT_CODES_HELP, reports_errors
 from optpipe.cli.help import BuildCommand
 from optpipe.cli.options import (
@@ -25,15 +26,17 @@ from optpipe.core.errors import (
 )
 from optpipe.core.value_checks import WholeIntRange
 from optpipe.matrix.config_file import CONFIG_META, JSON_SINK
+from optpipe.passes.export_onnx import EXPORTER_CHOICES
 from optpipe.report.junit import junit_on_error
+from optpipe.runtime.target import TARGETS
 
 if TYPE_CHECKING:
-    from optpipe.builder.options import BuildOptions, TensorRTOptions
+    from optpipe.builder.options import BuildOptions
     from optpipe.core.records import VariantResult
     from optpipe.matrix.tasks import ModelResult, ModelTask
 
 
-def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared: Any) -> BuildOptions:
+def _with_model_file_data(options: BuildOptions, flags: BuildFlags, prepared: Any) -> BuildOptions:
     """The options with the model file's calibration and eval data where the flags gave none."""
     from dataclasses import replace
 
@@ -41,14 +44,14 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
     from optpipe.builder.selection import load_eval_npz
 
     calibration, evaluation = options.calibration, options.eval
-    if not opts.get("calib_data") and prepared.calibration:
+    if not flags.calib_data and prepared.calibration:
         calibration = CalibrationSource.parse(prepared.calibration, calibration.synthetic, calibration.method,
                                               calibration.cache)
     if getattr(prepared, "input_ranges", None):  # --input LOW..HIGH: synthetic calibration draws integers there
         calibration = replace(calibration, input_ranges=CalibrationSource.parse(
             input_ranges=prepared.input_ranges).input_ranges)
-    if opts.get("eval_data") is not None:
-        evaluation = EvalOptions(load_eval_npz(opts["eval_data"], prepared.input_names), str(opts["eval_data"]),
+    if flags.eval_data is not None:
+        evaluation = EvalOptions(load_eval_npz(flags.eval_data, prepared.input_names), str(flags.eval_data),
                                  evaluation.max_accuracy_drop)
     elif prepared.eval_set is not None:
         evaluation = EvalOptions(prepared.eval_set, "from eval_data() in the model file", evaluation.max_accuracy_drop)
@@ -75,7 +78,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @click.option("--sweep", is_flag=True,
               help="Also time batch 1..max x threads 1..cores for every variant and PyTorch eager (report.json "
               "'sweep', report.html); as `optpipe sweep DIR` does after a build.")
-@click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]))
+@click.option("--target", default="cpu", show_default=True, type=click.Choice(tuple(TARGETS)))
 @click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
               "data); or 'auto': build the target's "
@@ -92,7 +95,7 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
               "range, or equal the example's batch when the batch is static; ignored with a warning under "
               "--no-benchmark.")
 @click.option("--no-benchmark", is_flag=True, help="Skip latency measurement.")
-@click.option("--exporter", default="auto", show_default=True, type=click.Choice(["auto", "dynamo", "torchscript"]))
+@click.option("--exporter", default="auto", show_default=True, type=click.Choice(EXPORTER_CHOICES))
 @click.option("--fuse", default="auto", show_default=True, metavar="auto|off|MODEL_TYPE",
               help="[cpu] Transformer fusions (ONNX Runtime's transformer optimizer) for --precision auto's fused "
               "variants (fp32+fused, int8-dynamic+fused): 'auto' detects a BERT-like graph, 'off' builds none, or "
@@ -138,90 +141,73 @@ def _with_model_file_data(options: BuildOptions, opts: dict[str, Any], prepared:
 @sweep_budget_options
 @reports_errors
 @junit_on_error
-def build(model: str, out_dir: Path, weights: Path | None, inputs: tuple[str, ...], dynamics: tuple[str, ...],
-          static_batch: bool, static_seq: bool, sweep: bool, sweep_seconds: float | None,
-          latency_budget: float | None, rebench: bool, require_judged: bool, target: str, precision: tuple[str, ...],
-          output_names: str | None, tolerances: tuple[tuple[str, str, float], ...], threads: int | None,
-          benchmark_batch: int | None,
-          no_benchmark: bool, exporter: str, fuse: str, overwrite: bool, no_strict_weights: bool, trust_pickle: bool,
-          as_json: bool, config_file: Path | None, executor: str | None, no_cache: bool, cache_dir: Path | None,
-          junit: Path | None,
-          trt_options: TensorRTOptions, precision_opts: dict[str, Any], mlflow_uri: str | None = None,
-          profile: bool | None = None, opset: int | None = None,
-          pass_options: dict[str, dict[str, Any]] | None = None) -> None:  # set by a config file's passes tables
+@bundled_flags
+def build(flags: BuildFlags) -> None:
     """Compile MODEL (path/to/file.py:NAME, package.module:NAME or a .pt2 program), or the models of -c FILE."""
     from optpipe.core.value_checks import check_environment
 
     check_environment()  # OPTPIPE_* variables: before any work, named in the error
-    if config_file is not None:
+    if flags.config_file is not None:
         from optpipe.matrix.config_file import run_build_file
 
-        sys.exit(run_build_file(click.get_current_context(), config_file, model, run_model))
-    if executor is not None:
+        sys.exit(run_build_file(click.get_current_context(), flags.config_file, flags.model, run_model))
+    if flags.executor is not None:
         raise click.UsageError("--executor builds the models of a config file: give -c FILE")
-    if model is None:
+    if flags.model is None:
         raise click.UsageError("Missing argument 'MODEL' (or give a config file with -c FILE).")
-    if out_dir is None:
+    if flags.out_dir is None:
         raise click.UsageError("Missing option '--out'.")
-    if trt_options and target != "tensorrt":
+    model, out_dir = flags.model, flags.out_dir
+    if flags.trt_options and flags.target != "tensorrt":
         raise click.UsageError("the [tensorrt] options (--opt-level, --timing-cache, ...) need "
                                "--target tensorrt")
     from optpipe.builder.precheck import precheck_build
 
-    precheck_build(model, out_dir=out_dir, overwrite=overwrite, weights=weights, dynamics=dynamics, inputs=inputs)
-    _check_output_files(model, out_dir, weights, junit, precision_opts, cache_dir, mlflow_uri)
-    if mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
+    precheck_build(model, out_dir=out_dir, overwrite=flags.overwrite, weights=flags.weights, dynamics=flags.dynamics,
+                   inputs=flags.inputs)
+    _check_output_files(flags, model, out_dir)
+    if flags.mlflow_uri is not None:  # a missing optpipe[mlflow] fails now, not after the build
         from optpipe.report.mlflow_log import check_tracking_uri, import_mlflow
 
         import_mlflow()
-        check_tracking_uri(mlflow_uri)  # an unreachable server or an SQLite path at a directory: now, in one line
+        check_tracking_uri(flags.mlflow_uri)  # an unreachable server or an SQLite path at a directory: now
     from optpipe.builder.options import parse_build_options
     from optpipe.core.console import info
     from optpipe.model.prepared import prepare_model
 
-    if opset is not None:  # the export pass's own option, as a config file's [passes.export] would set it
-        pass_options = {**(pass_options or {}), "export": {**(pass_options or {}).get("export", {}), "opset": opset}}
-    # Every option is checked here, before the model file is even loaded.
-    options = parse_build_options(
-        target=target, precisions=precision, exporter=exporter, threads=threads, overwrite=overwrite,
-        model_name=model, tolerances=tolerances, benchmark=not no_benchmark, benchmark_batch=benchmark_batch,
-        trt=trt_options, pass_options=pass_options, profile=bool(profile), static_batch=static_batch,
-        static_seq=static_seq, sweep=sweep, sweep_seconds=sweep_seconds, latency_budget=latency_budget,
-        rebench=rebench, require_judged=require_judged, fuse=fuse,
-        **{k: v for k, v in precision_opts.items() if k != "eval_data"},
-    )  # fmt: skip
+    options = parse_build_options(**flags.parser_arguments())  # every option checked, before the model loads
     log: Callable[[str], None] = info  # progress to stderr through the optpipe logger (-q/-v, --log-file)
-    prepared = prepare_model(model, weights=weights, inputs=inputs, dynamics=dynamics,
-                             output_names=output_names, strict=not no_strict_weights, trust_pickle=trust_pickle)
-    options = _with_model_file_data(options, precision_opts, prepared)
+    prepared = prepare_model(model, weights=flags.weights, inputs=flags.inputs, dynamics=flags.dynamics,
+                             output_names=flags.output_names, strict=not flags.no_strict_weights,
+                             trust_pickle=flags.trust_pickle)
+    options = _with_model_file_data(options, flags, prepared)
     from optpipe.builder.run import build_with_options
     from optpipe.cache.store import PassCache
 
-    instruments = [] if no_cache else [PassCache(cache_dir, log=log)]
+    instruments = [] if flags.no_cache else [PassCache(flags.cache_dir, log=log)]
     report = build_with_options(prepared.module, prepared.example_inputs, options, out_dir=out_dir,
                                 input_names=prepared.input_names, output_names=prepared.output_names,
                                 dynamic=prepared.dynamic, heldout_inputs=prepared.heldout_inputs, log=log,
-                                instruments=instruments, provenance=_provenance(model, weights, prepared),
-                                warnings=prepared.warnings, declared_shapes=bool(inputs))
-    if not no_cache:
+                                instruments=instruments, provenance=_provenance(model, flags.weights, prepared),
+                                warnings=prepared.warnings, declared_shapes=bool(flags.inputs))
+    if not flags.no_cache:
         from optpipe.cache.admin import enforce_cap
 
         enforce_cap(instruments[0].root, log)  # $OPTPIPE_CACHE_MAX_SIZE, least recently used first
-    _publish_result(report, out_dir, as_json, mlflow_uri, junit)
+    _publish_result(report, out_dir, flags.as_json, flags.mlflow_uri, flags.junit)
     sys.exit(report.exit_code)
 
 
-def _check_output_files(model: str, out_dir: Path, weights: Path | None, junit: Path | None,
-                        precision_opts: dict[str, Any], cache_dir: Path | None, mlflow_uri: str | None) -> None:
+def _check_output_files(flags: BuildFlags, model: str, out_dir: Path) -> None:
     """--junit, --calib-cache, the group's --log-file, MLflow's local store: no input, not in --out or the cache."""
     from optpipe.builder.precheck import check_outputs
 
     context = click.get_current_context()
-    calib = precision_opts.get("calib_data")
-    outputs = {"--junit": junit, "--calib-cache": precision_opts.get("calib_cache"),
+    calib = flags.calib_data
+    outputs = {"--junit": flags.junit, "--calib-cache": flags.calib_cache,
                "--log-file": context.find_root().params.get("log_file")}
-    check_outputs(model, out_dirs=[out_dir], outputs=outputs, cache_dir=cache_dir, mlflow_uri=mlflow_uri,
-                  inputs=[weights, precision_opts.get("eval_data"), calib if calib and Path(calib).exists() else None,
+    check_outputs(model, out_dirs=[out_dir], outputs=outputs, cache_dir=flags.cache_dir, mlflow_uri=flags.mlflow_uri,
+                  inputs=[flags.weights, flags.eval_data, calib if calib and Path(calib).exists() else None,
                           context.meta.get(CONFIG_META)])
 
 

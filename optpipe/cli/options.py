@@ -13,6 +13,8 @@ from optpipe.core.errors import (
     UserInputError,
 )
 from optpipe.core.value_checks import FiniteFloatRange, WholeIntRange
+from optpipe.precision.names import CALIB_METHODS
+from optpipe.runtime.tensorrt.metadata import HARDWARE_LEVELS
 
 
 class PrecisionsType(click.ParamType):
@@ -76,7 +78,8 @@ def writable_file(ctx: click.Context, param: click.Parameter, value: Path | None
     return value
 
 
-HARDWARE_COMPAT_LEVELS = ("ampere_plus", "same_compute_capability")
+#: ``--hardware-compat``: the engine pass's portable hardware levels (its default, "none", is the flag left off).
+HARDWARE_COMPAT_LEVELS = tuple(level for level in HARDWARE_LEVELS if level != "none")
 
 
 def trt_build_options(func: F) -> F:
@@ -124,26 +127,14 @@ def trt_build_options(func: F) -> F:
 
 
 def precision_build_options(func: F) -> F:
-    """Add the calibration, accuracy-guard and eval options, passed on as one ``precision_opts`` dict."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, calib_data: str | None, synthetic_calib: bool, calib_method: str,
-                calib_cache: Path | None, eval_data: Path | None, max_accuracy_drop: float | None,
-                guard_max_keep: float | None, no_guard: bool, **kwargs: Any) -> Any:
-        kwargs["precision_opts"] = {
-            "calib_data": calib_data, "synthetic_calib": synthetic_calib, "calib_method": calib_method,
-            "calib_cache": calib_cache, "eval_data": eval_data,
-            "max_accuracy_drop": max_accuracy_drop, "guard_max_keep": guard_max_keep, "no_guard": no_guard,
-        }  # fmt: skip
-        return func(*args, **kwargs)
-
+    """Add the calibration, accuracy-guard and eval options (fields of :class:`~optpipe.cli.build_flags.BuildFlags`)."""
     options = [
         click.option("--calib-data", metavar="SOURCE",
                      help="[int8] Calibration inputs: FILE.npz (input-name keys), a directory of .npy/.npz, or "
                      "FILE.py:NAME. Default: calibration_data() in the model file."),
         click.option("--synthetic-calib", is_flag=True,
                      help="[int8] Calibrate on random inputs when there is no data (flagged in the report)."),
-        click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax",
                      show_default=True, help="[int8] How activation ranges are computed."),
         click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
                      help="[int8] Calibration cache (JSON ranges keyed by model and data hashes): reused when "
@@ -160,8 +151,8 @@ def precision_build_options(func: F) -> F:
                      help="[fp16/int8] Do not keep failing nodes in FP32; just report the gate."),
     ]
     for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
+        func = option(func)
+    return func
 
 
 def sweep_budget_options(func: F) -> F:
@@ -179,21 +170,7 @@ def sweep_budget_options(func: F) -> F:
 
 
 def measure_options(func: F) -> F:
-    """Add output kinds, the guard's time budget and the benchmark's budget, merged into ``precision_opts``.
-
-    Apply below :func:`precision_build_options` (which creates ``precision_opts``); the keys are
-    :func:`~optpipe.builder.options.parse_build_options` keywords.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, output_kinds: tuple[tuple[str, str], ...], guard_seconds: float | None,
-                bench_seconds: float | None, warmup: int | None, iterations: int | None, **kwargs: Any) -> Any:
-        kwargs["precision_opts"] = {
-            **kwargs.get("precision_opts", {}), "output_kinds": output_kinds, "guard_seconds": guard_seconds,
-            "bench_seconds": bench_seconds, "warmup": warmup, "iterations": iterations,
-        }  # fmt: skip
-        return func(*args, **kwargs)
-
+    """Add output kinds, the guard's time budget and the benchmark's budget (fields of ``BuildFlags``)."""
     options = [
         click.option("--output-kind", "output_kinds", type=OutputKindType(), multiple=True, metavar="NAME=KIND",
                      help="What an output means: logits, multilabel, embedding, regression or generic ('*' = every "
@@ -210,5 +187,5 @@ def measure_options(func: F) -> F:
                      help="Fewest timed calls per runtime, even past --bench-seconds (default 10)."),
     ]
     for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
+        func = option(func)
+    return func

@@ -3,8 +3,9 @@
 The options are the fields of the pass's frozen ``Config`` dataclass, the
 same names a config file's ``[passes.<name>]`` table and
 ``build(pass_options=...)`` accept, so this listing is generated from the
-code and cannot drift from it. A field's comment in the source is its
-documentation; the type is shown as written in the annotation.
+code and cannot drift from it. A field's documentation is the help declared
+with it (:func:`optpipe.infra.declared_options.option`), else its comment in
+the source; the type is shown as written in the annotation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from typing import Any
 
 from optpipe.core.errors import UserInputError
+from optpipe.infra.declared_options import option_doc
 from optpipe.infra.registry import PASSES, pass_class
 
 
@@ -53,7 +55,11 @@ def describe_pass(name: str) -> str:
     comments = _field_comments(config)
     for field in fields:
         text = f"    {field.name}: {field.type} = {_default(field)}"
-        if field.name in comments:
-            text += f"  # {comments[field.name]}"
+        doc = option_doc(field)
+        help_text = doc.help if doc is not None else comments.get(field.name)
+        if help_text:
+            text += f"  # {help_text}"
+        if doc is not None and doc.choices:
+            text += f" (one of: {', '.join(doc.choices)})"
         lines.append(text)
     return "\n".join(lines)

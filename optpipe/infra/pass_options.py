@@ -6,55 +6,57 @@ field of every pass, by the pass's name in :data:`optpipe.infra.registry.PASSES`
 They are checked (pass name, field name, value type against the dataclass
 field's annotation) before anything runs, and applied with
 ``dataclasses.replace`` when the pipelines are assembled, so they win over
-the values the flags set. A pass that this build does not run (``int8`` in an
-fp32 build) may be named: its options are checked and then unused, which lets
-a config file set defaults for every model.
+the values the flags set. A field's choices and the flags that set it are
+declared on the field (:func:`optpipe.infra.declared_options.option`). A
+pass that this build does not run (``int8`` in an fp32 build) may be named:
+its options are checked and then unused, which lets a config file set
+defaults for every model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from optpipe.core.errors import UserInputError
+from optpipe.infra.declared_options import OptionDoc, option_doc
 from optpipe.infra.registry import PASSES, pass_class
 
-# (pass, field) -> allowed values, for string fields with a fixed set of choices.
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("export", "exporter"): ("auto", "dynamo", "torchscript"),
-    ("int8", "method"): ("minmax", "entropy", "percentile"),
-    ("int8", "style"): ("cpu", "tensorrt"),
-    ("engine-ort", "level"): ("basic", "extended"),
-    ("engine-trt", "hardware_compatibility"): ("none", "ampere_plus", "same_compute_capability"),
-}
 
-# Build flag (click parameter name) -> the (pass, field) pairs it sets. A config file uses this to
-# apply its precedence rule (command line > model table > top level) across the two spellings.
-FLAG_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "exporter": (("export", "exporter"),),
-    "calib_method": (("int8", "method"),),
-    "calib_data": (("int8", "calib_data"), ("fp16", "calib_data")),
-    "synthetic_calib": (("int8", "synthetic"),),
-    "calib_cache": (("int8", "cache_file"),),
-    "no_guard": (("int8", "guard"), ("fp16", "guard"), ("int8-dynamic", "guard")),
-    "guard_max_keep": (("int8", "max_keep_fraction"), ("fp16", "max_keep_fraction"),
-                       ("int8-dynamic", "max_keep_fraction")),
-    "benchmark_batch": (("benchmark", "batch"),),
-    "bench_seconds": (("benchmark", "seconds"),),
-    "warmup": (("benchmark", "warmup"),),
-    "iterations": (("benchmark", "min_calls"),),
-    "tolerances": (("validate", "tolerances"),),
-    "output_kinds": (("validate", "output_kinds"),),
-    "guard_seconds": (("int8", "guard_seconds"), ("fp16", "guard_seconds"), ("int8-dynamic", "guard_seconds")),
-    "timing_cache": (("engine-trt", "timing_cache"),),
-    "opt_level": (("engine-trt", "builder_optimization_level"),),
-    "workspace": (("engine-trt", "workspace_bytes"),),
-    "hardware_compat": (("engine-trt", "hardware_compatibility"),),
-    "version_compatible": (("engine-trt", "version_compatible"),),
-}
+@functools.cache
+def declared_options() -> dict[tuple[str, str], OptionDoc]:
+    """(pass, field) -> the field's :class:`OptionDoc`, for every Config field declared with ``option()``."""
+    found: dict[tuple[str, str], OptionDoc] = {}
+    for name in PASSES:
+        for field in dataclasses.fields(pass_class(name).Config):
+            doc = option_doc(field)
+            if doc is not None:
+                found[(name, field.name)] = doc
+    return found
+
+
+def field_choices(name: str, field: str) -> tuple[str, ...]:
+    """The values pass ``name``'s Config field takes, as declared on it (empty: any of its type)."""
+    doc = declared_options().get((name, field))
+    return doc.choices if doc is not None else ()
+
+
+@functools.cache
+def flag_fields() -> dict[str, tuple[tuple[str, str], ...]]:
+    """Build flag (click parameter name) -> the (pass, field) pairs it sets, read from the declarations.
+
+    A config file uses this to apply its precedence rule (command line > model table > top level)
+    across the two spellings (``calib_method = ...`` and ``[passes.int8] method = ...``).
+    """
+    flags: dict[str, list[tuple[str, str]]] = {}
+    for pair, doc in declared_options().items():
+        for flag in doc.flags:
+            flags.setdefault(flag, []).append(pair)
+    return {flag: tuple(pairs) for flag, pairs in flags.items()}
 
 
 def config_fields(name: str) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def check_pass_options(
             except TypeError:
                 raise UserInputError(f"{where}.{name}.{field}: expected {type_text(fields[field])}, got {value!r}; "
                                      f"options of pass '{name}': {valid}") from None
-            choices = CHOICES.get((name, field))
+            choices = field_choices(name, field)
             if choices and converted not in choices:
                 raise UserInputError(f"{where}.{name}.{field}: expected one of {', '.join(choices)}, got {value!r}")
             out[field] = converted

@@ -10,7 +10,7 @@ that key into a configured pass here.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from optpipe.infra.pass_base import Pass
@@ -39,21 +39,12 @@ def pass_class(name: str) -> type[Pass]:
     return found
 
 
-def engine_pass(target: Target, options: Any = None) -> Pass:
-    """The pass that turns a portable ONNX artifact into ``target``'s engine.
+def engine_pass(target: Target) -> Pass:
+    """The pass that turns a portable ONNX artifact into ``target``'s engine, with its default Config.
 
-    ``options`` are the build's :class:`~optpipe.builder.options.BuildOptions`
-    (typed ``Any`` so this module, which build_options' pass-option checks use,
-    does not import it back): a pass that reads any (``from_options``, e.g. the
-    TensorRT options) gets them into its frozen config; the others, or any pass
-    when ``options`` is None, take their default config.
+    A build's options reach its Config through :func:`optpipe.builder.pass_configs.engine_pass`.
     """
-    cls = pass_class(target.engine_pass_name)
-    from_options = getattr(cls, "from_options", None)
-    if from_options is not None and options is not None:
-        configured: Pass = from_options(options)
-        return configured
-    return cls()
+    return pass_class(target.engine_pass_name)()
 
 
 def pre_engine_passes(target: Target) -> list[Pass]:

@@ -26,7 +26,7 @@ path) and reach ``build(pass_options=...)``.
 Precedence: an option given on the command line > the model's table > the
 top-level defaults > the option's default. A flag and the pass field it sets
 (``calib_method`` and ``passes.int8.method``, ``exporter`` and
-``passes.export.exporter``...; :data:`optpipe.infra.pass_options.FLAG_FIELDS`) are
+``passes.export.exporter``...; :func:`optpipe.infra.pass_options.flag_fields`) are
 one option for this rule: a flag on the command line beats both spellings in
 the file, a model's ``calib_method`` beats a top-level ``[passes.int8]
 method``, and setting both spellings in the same table is an error. Relative
@@ -261,7 +261,7 @@ PASS_PATH_FIELDS = frozenset({("int8", "calib_data"), ("fp16", "calib_data"), ("
 
 def _pass_tables(value: Any, where: str, base: Path, flags: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """A ``passes`` table, checked against each pass's Config; ``flags`` are the table's other keys."""
-    from optpipe.infra.pass_options import FLAG_FIELDS, check_pass_options
+    from optpipe.infra.pass_options import check_pass_options, flag_fields
 
     where = f"{where}.passes"
     if not isinstance(value, dict):
@@ -282,16 +282,16 @@ def _pass_tables(value: Any, where: str, base: Path, flags: Mapping[str, Any]) -
                 elif key != "calib_data" or (base / text).exists():  # calib_data may be "<in-memory>"
                     fields[key] = _relative_path(text, base)
             for flag in flags:
-                if (name, key) in FLAG_FIELDS.get(flag, ()):
+                if (name, key) in flag_fields().get(flag, ()):
                     raise ConfigError(f"{where}.{name}.{key}: also set by '{flag}' in the same table; keep one")
     return checked
 
 
 def _without_flags(pass_options: Mapping[str, Mapping[str, Any]], flags: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``pass_options`` minus the fields that the given flags set (a more specific source set them)."""
-    from optpipe.infra.pass_options import FLAG_FIELDS
+    from optpipe.infra.pass_options import flag_fields
 
-    covered = {pair for flag in flags for pair in FLAG_FIELDS.get(flag, ())}
+    covered = {pair for flag in flags for pair in flag_fields().get(flag, ())}
     return {name: {k: v for k, v in fields.items() if (name, k) not in covered}
             for name, fields in pass_options.items()}
 

@@ -6,3 +6,5 @@ from __future__ import annotations
 IN_MEMORY = "<in-memory>"
 #: The guard's time budget per variant, in seconds, unless the build says otherwise.
 DEFAULT_GUARD_SECONDS = 60.0
+#: ``--calib-method``: how INT8 calibration computes activation ranges.
+CALIB_METHODS = ("minmax", "entropy", "percentile")

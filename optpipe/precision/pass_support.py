@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from optpipe.core.errors import UserInputError
+from optpipe.infra.declared_options import option
 from optpipe.precision.names import DEFAULT_GUARD_SECONDS, IN_MEMORY
 
 if TYPE_CHECKING:
@@ -34,18 +35,21 @@ Samples = list[dict[str, "np.ndarray"]]
 class GuardedConfig:
     """The accuracy-guard fields every precision pass's Config has (fp16, int8, int8-dynamic inherit them)."""
 
-    # The accuracy guard: keep the worst nodes in FP32 until the gate passes.
-    guard: bool = True
-    # Most nodes the guard may keep, as a fraction of the nodes the pass lowers (at least 1).
-    max_keep_fraction: float = 0.1
+    guard: bool = option(True, help="The accuracy guard: keep the worst nodes in FP32 until the gate passes.",
+                         flags=("no_guard",))
+    max_keep_fraction: float = option(
+        0.1, help="Most nodes the guard may keep, as a fraction of the nodes the pass lowers (at least 1).",
+        flags=("guard_max_keep",))
     # Samples (golden cases) the per-layer error analysis runs on.
     localize_samples: int = 8
     # The accuracy gate's tolerance overrides ({output or "*": {field: value}}): the build's --tolerance.
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
     # What each output means ({output or "*": kind}, --output-kind): the gates that fit it; others inferred.
     output_kinds: dict[str, str] = field(default_factory=dict)
-    # The guard's time budget in seconds (--guard-seconds, default 60); None: no budget.
-    guard_seconds: float | None = DEFAULT_GUARD_SECONDS
+    guard_seconds: float | None = option(
+        DEFAULT_GUARD_SECONDS, help="The guard's time budget in seconds (--guard-seconds, default 60); None: no "
+        "budget.",
+        flags=("guard_seconds",))
 
 
 def calib_data(config: Any) -> Any:
@@ -146,7 +150,7 @@ def run_guard(
         max_keep_fraction=config.max_keep_fraction,
         max_keep=None if (config.guard if guard is None else guard) else 0,
         localize_samples=config.localize_samples,
-        seconds=config.guard_seconds,
+        guard_seconds=config.guard_seconds,
         on_round=guard_progress(ctx, gate_name, gate_log),
         **builder,
     )

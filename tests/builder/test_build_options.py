@@ -18,6 +18,7 @@ from optpipe.builder.options import (
     Tolerances,
     parse_build_options,
 )
+from optpipe.builder.pass_configs import guard_fields
 from optpipe.cli.main import main
 from optpipe.core.errors import UserInputError
 from optpipe.core.records import BuildRecord, PassStatus, VariantResult, VariantStatus
@@ -184,7 +185,7 @@ def test_output_kinds_and_budgets_are_typed_and_checked_once() -> None:
                                   iterations=3)
     assert options.output_kinds == OutputKinds((("emb", "embedding"),))
     assert options.output_kinds == parse_build_options(output_kinds=("emb=embedding",)).output_kinds
-    assert options.guard.seconds == 30 and options.guard.config_fields()["guard_seconds"] == 30.0
+    assert options.guard.guard_seconds == 30 and guard_fields(options)["guard_seconds"] == 30.0
     assert (options.benchmark.seconds, options.benchmark.warmup, options.benchmark.min_calls) == (0.5, 0, 3)
     assert options.gate_fields() == {"tolerances": {}, "output_kinds": {"emb": "embedding"}}
     assert parse_build_options().benchmark == BenchmarkOptions()  # flags left out keep the default budget
@@ -254,19 +255,18 @@ def test_precision_passes_carry_the_gate_tolerances_in_their_config_and_samples_
     import dataclasses
 
     import numpy as np
-    from optpipe.passes.fp16 import Fp16Pass
-    from optpipe.passes.int8 import Int8Pass
 
+    from optpipe.builder.pass_configs import fp16_pass, int8_pass
     from optpipe.infra.pass_base import BuildContext
     from optpipe.runtime.target import get_target
 
     samples = [{"x": np.zeros((1, 1, 8, 8), np.float32)}]
     options = parse_build_options(tolerances={"logits": {"min_cosine": 0.9}}, calib_data=samples)
-    for pass_ in (Int8Pass.from_options(options, get_target("cpu")), Fp16Pass.from_options(options)):
+    for pass_ in (int8_pass(options, get_target("cpu")), fp16_pass(options)):
         key = pass_.config_dict()
         assert key["tolerances"] == {"logits": {"min_cosine": 0.9}} and key["calib_data"] == "<in-memory>"
         assert "samples" not in key and pass_.config.samples is samples  # keyed by content in cache_facts
-    other = Int8Pass.from_options(parse_build_options(tolerances={"logits": {"min_cosine": 0.8}}, calib_data=samples),
+    other = int8_pass(parse_build_options(tolerances={"logits": {"min_cosine": 0.8}}, calib_data=samples),
                                   get_target("cpu"))
-    assert other.config_dict() != Int8Pass.from_options(options, get_target("cpu")).config_dict()
+    assert other.config_dict() != int8_pass(options, get_target("cpu")).config_dict()
     assert "options" not in {f.name for f in dataclasses.fields(BuildContext)}  # nothing to read besides the Config

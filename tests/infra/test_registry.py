@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from optpipe.builder.options import parse_build_options
+from optpipe.builder.pass_configs import engine_pass as configured_engine_pass
 from optpipe.core.errors import UserInputError
 from optpipe.infra.pass_base import Pass
 from optpipe.infra.registry import PASSES, engine_pass, pass_class, pre_engine_passes
@@ -29,9 +30,9 @@ def test_every_target_resolves_and_names_registered_passes(name: str) -> None:
 
 def test_engine_pass_gets_the_build_options_into_its_config() -> None:
     options = parse_build_options(trt={"builder_optimization_level": 5})
-    trt = engine_pass(get_target("tensorrt"), options)
+    trt = configured_engine_pass(get_target("tensorrt"), options)
     assert trt.config.builder_optimization_level == 5
-    assert engine_pass(CpuTarget(), options).config_dict() == {"level": "extended"}
+    assert configured_engine_pass(CpuTarget(), options).config_dict() == {"level": "extended"}
 
 
 def test_unknown_target_names_the_known_ones() -> None:

@@ -9,14 +9,15 @@ import pytest
 from optpipe.passes.fp16 import Fp16Config, Fp16Pass
 
 from optpipe.builder.options import parse_build_options as opts
+from optpipe.builder.pass_configs import fp16_pass
 from optpipe.core.errors import UserInputError
 
 
 def test_from_options() -> None:
-    assert Fp16Pass.from_options(opts()).config == Fp16Config()
-    assert Fp16Pass.from_options(opts(calib_data=Path("c.npz"), no_guard=True)).config.calib_data == "c.npz"
+    assert fp16_pass(opts()).config == Fp16Config()
+    assert fp16_pass(opts(calib_data=Path("c.npz"), no_guard=True)).config.calib_data == "c.npz"
     with pytest.raises(UserInputError, match="guard-max-keep"):
-        Fp16Pass.from_options(opts(guard_max_keep=-1))
+        fp16_pass(opts(guard_max_keep=-1))
 
 
 @pytest.mark.slow

@@ -7,34 +7,35 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from optpipe.passes.int8 import Int8Config, Int8Pass
+from optpipe.passes.int8 import Int8Config
 
 from optpipe.builder.options import parse_build_options as opts
+from optpipe.builder.pass_configs import int8_pass
 from optpipe.core.errors import UserInputError
 from optpipe.runtime.target import get_target
 
 
 def test_style_follows_target() -> None:
-    assert Int8Pass.from_options(opts(calib_data=__file__), get_target("cpu")).config.style == "cpu"
-    assert Int8Pass.from_options(opts(synthetic_calib=True), get_target("tensorrt")).config.style == "tensorrt"
+    assert int8_pass(opts(calib_data=__file__), get_target("cpu")).config.style == "cpu"
+    assert int8_pass(opts(synthetic_calib=True), get_target("tensorrt")).config.style == "tensorrt"
 
 
 def test_refused_without_data() -> None:
     with pytest.raises(UserInputError, match="--synthetic-calib"):
-        Int8Pass.from_options(opts(), get_target("cpu"))
+        int8_pass(opts(), get_target("cpu"))
 
 
 def test_bad_options() -> None:
     with pytest.raises(UserInputError, match="calibration method"):
-        Int8Pass.from_options(opts(synthetic_calib=True, calib_method="kl"), get_target("cpu"))
+        int8_pass(opts(synthetic_calib=True, calib_method="kl"), get_target("cpu"))
     with pytest.raises(UserInputError, match="does not exist"):
-        Int8Pass.from_options(opts(calib_data="/no/such.npz"), get_target("cpu"))
+        int8_pass(opts(calib_data="/no/such.npz"), get_target("cpu"))
     with pytest.raises(UserInputError, match="guard-max-keep"):
-        Int8Pass.from_options(opts(synthetic_calib=True, guard_max_keep=2), get_target("cpu"))
+        int8_pass(opts(synthetic_calib=True, guard_max_keep=2), get_target("cpu"))
 
 
 def test_in_memory_data_and_no_guard() -> None:
-    config = Int8Pass.from_options(opts(calib_data={"x": []}, no_guard=True), get_target("cpu")).config
+    config = int8_pass(opts(calib_data={"x": []}, no_guard=True), get_target("cpu")).config
     assert config == Int8Config(calib_data="<in-memory>", guard=False)
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from optpipe.passes.int8_dynamic import Int8DynamicPass
 from torch import nn
 
 from optpipe.builder.options import parse_build_options
+from optpipe.builder.pass_configs import int8_dynamic_pass
 from optpipe.builder.run import PRECISIONS, build
 from optpipe.builder.selection import auto_precisions
 from optpipe.compare.parity import DEFAULT_TOLERANCES
@@ -80,7 +80,7 @@ def test_wired_everywhere() -> None:
 
 def test_tensorrt_target_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="explicit Q/DQ"):
-        Int8DynamicPass.from_options(parse_build_options(), get_target("tensorrt"))
+        int8_dynamic_pass(parse_build_options(), get_target("tensorrt"))
     with pytest.raises(UserInputError, match="explicit Q/DQ"):  # at assembly, before any export
         _build(tmp_path, Mlp(), target="tensorrt")
     assert not (tmp_path / "out").exists()

@@ -19,6 +19,7 @@ from optpipe.passes.engine_trt import TrtEngineConfig, TrtEnginePass
 from optpipe.passes.trt_lint import TrtLintConfig, TrtLintPass, lint_shape_profiles
 
 from optpipe.builder.options import TensorRTOptions, parse_build_options
+from optpipe.builder.pass_configs import engine_pass, trt_engine_config
 from optpipe.builder.run import variant_passes
 from optpipe.builder.split_finish import split_next_step
 from optpipe.core.artifact import Artifact, ArtifactKind
@@ -161,16 +162,16 @@ def test_tensorrt_target_lints_before_its_engine() -> None:
 )
 def test_bad_engine_options_are_refused_before_building(trt: dict[str, object], match: str) -> None:
     with pytest.raises(UserInputError, match=match):
-        TrtEngineConfig.from_options(TensorRTOptions.parse(trt))
+        trt_engine_config(TensorRTOptions.parse(trt))
     with pytest.raises(UserInputError, match=match):  # a split build checks them on the CPU machine
         split_next_step("out", "no TensorRT", TensorRTOptions.parse(trt))
 
 
 def test_engine_config_from_options_keeps_defaults_for_missing_values() -> None:
     trt = TensorRTOptions.parse({"timing_cache": Path("c.bin"), "workspace_bytes": None})
-    config = TrtEngineConfig.from_options(trt)
+    config = trt_engine_config(trt)
     assert config == TrtEngineConfig(timing_cache="c.bin")
-    assert TrtEnginePass.from_options(parse_build_options()).config == TrtEngineConfig()
+    assert engine_pass(TensorRTTarget(), parse_build_options()).config == TrtEngineConfig()
 
 
 def test_split_next_step_says_how_to_finish() -> None:

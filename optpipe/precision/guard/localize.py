@@ -319,7 +319,7 @@ def guarded_quantize(
     max_keep: int | None = None,
     localize_samples: int = 8,
     quantize: Callable[[list[str]], Any] | None = None,
-    seconds: float | None = None,
+    guard_seconds: float | None = None,
     on_round: Callable[[int, int, bool], None] | None = None,
     eligible: Callable[[onnx.ModelProto], Collection[str]] | None = None,
     min_keep: int = 1,
@@ -332,7 +332,7 @@ def guarded_quantize(
     yet kept (each with its folded nodes; 1, 2, 4... groups in successive
     rounds, the last step bisected once the gate passes, see :class:`_Search`)
     are kept in FP32 - INT8 ``exclude_nodes`` or FP16 ``node_block_list`` - and
-    the model rebuilt. ``seconds`` bounds the search: when spent, the last model
+    the model rebuilt. ``guard_seconds`` (``--guard-seconds``) bounds the search: when spent, the last model
     built is returned with ``stopped`` saying so. When the top-ranked node
     is already kept, the error must enter through its inputs (ORT's CPU style
     quantizes producers' outputs too), so their producers are kept next.
@@ -363,7 +363,7 @@ def guarded_quantize(
     floor = max(1, min(min_keep, quantizable))
     limit = max_keep if max_keep is not None else max(floor, math.ceil(max_keep_fraction * quantizable))
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
-                     None if seconds is None else time.monotonic() + seconds, on_round,
+                     None if guard_seconds is None else time.monotonic() + guard_seconds, on_round,
                      None if eligible is None else frozenset(eligible(fp32)))
     path = search.run(path)
     if path is None:  # everything quantizable is now kept: the FP32 model is the answer

@@ -99,7 +99,7 @@ def test_time_budget_stops_the_guard_with_the_reason(chain, tmp_path: Path) -> N
     src, weights, samples = chain
     lowering = _NoisyLowering(weights, tmp_path / "low.onnx")
     result = guarded_quantize(src, tmp_path / "low.onnx", samples, _cosine_gate(src, samples, 0.999),
-                              quantize=lowering, max_keep_fraction=1.0, seconds=1e-6)  # fmt: skip
+                              quantize=lowering, max_keep_fraction=1.0, guard_seconds=1e-6)  # fmt: skip
     assert not result.passed and result.iterations == 1
     assert "time budget" in result.stopped
     assert result.path is not None  # the best model so far (the only one) is still reported
