@@ -16,12 +16,12 @@ from optpipe.core.errors import (
     UserInputError,
 )
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
+from optpipe.core.version import __version__ as __version__
 
 if TYPE_CHECKING:  # the typed signatures, for type checkers and IDEs; imported lazily at run time
     from optpipe.builder.run import build
     from optpipe.cli.build_many import build_many
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DynamicDim",

@@ -28,9 +28,15 @@ def _test_files() -> list[Path]:
     return sorted(p for p in TESTS.rglob("test_*.py") if not NOT_TESTS & set(p.relative_to(TESTS).parts))
 
 
+# A test folder named like an uninstalled package shadows it: pytest puts tests/runtime on sys.path, so a
+# tests/runtime/trt folder made `import tensorrt` succeed as an empty namespace package.
+ALIASES = {("runtime", "trt"): ("runtime", "tensorrt")}
+
+
 def _package_for(test_dir: Path) -> Path:
-    """tests/passes -> passes/; tests/runtime/tensorrt -> optpipe/runtime/tensorrt."""
+    """tests/passes -> passes/; tests/runtime/trt -> optpipe/runtime/tensorrt (see ALIASES)."""
     parts = test_dir.relative_to(TESTS).parts
+    parts = ALIASES.get(parts, parts)
     return ROOT.joinpath(*parts) if parts[0] == "passes" else ROOT.joinpath("optpipe", *parts)
 
 
@@ -40,6 +46,13 @@ def test_every_test_folder_mirrors_a_package() -> None:
     assert mirrored, "no package test folders found"
     missing = sorted(str(f.relative_to(TESTS)) for f in mirrored if not (_package_for(f) / "__init__.py").is_file())
     assert not missing, f"test folders without a package of the same path: {missing}"
+
+
+def test_no_test_folder_shadows_an_importable_name() -> None:
+    """A folder under tests/ named like a package the tests import (tensorrt, onnx...) must not be a bare name
+    that an import could resolve to when the real package is absent."""
+    shadowing = sorted(str(p.relative_to(TESTS)) for p in TESTS.rglob("*") if p.is_dir() and p.name == "tensorrt")
+    assert not shadowing, f"test folders that shadow the tensorrt package: {shadowing}"
 
 
 def test_test_file_names_are_unique() -> None:

@@ -32,9 +32,10 @@ def test_license_is_an_spdx_expression_matching_the_license_file() -> None:
 def test_version_is_written_once() -> None:
     data = _pyproject()
     assert "version" not in data["project"] and "version" in data["project"]["dynamic"]
-    assert data["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "optpipe.__version__"}
+    assert data["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "optpipe.core.version.__version__"}
     # the installed metadata (pip install -e .) reads the same value
     assert importlib.metadata.version("optpipe") == optpipe.__version__
+    assert optpipe.__version__ is optpipe.core.version.__version__  # the root re-exports the one value
 
 
 def test_installed_metadata_carries_license_and_classifiers() -> None:

@@ -28,10 +28,10 @@ from optpipe.passes.engine_trt import TrtEngineConfig
 from optpipe.passes.export_onnx import EXPORTER_CHOICES
 from optpipe.passes.fuse_transformer import FUSE_AUTO, FUSE_CHOICES
 from optpipe.precision.names import CALIB_METHODS, DEFAULT_GUARD_SECONDS, IN_MEMORY
-from optpipe.runtime.target import TARGETS
+from optpipe.runtime.target import TARGET_CLASSES
 
 #: ``--target``: the registered targets' names.
-TARGET_NAMES = tuple(TARGETS)
+TARGET_NAMES = tuple(TARGET_CLASSES)
 #: Tolerance fields (those of :class:`optpipe.compare.parity.Tolerance`); the ``min_*`` ones are fractions.
 TOLERANCE_FIELDS = ("atol", "max_nrmse", "min_cosine", "min_decision", "min_logit_cosine", "min_row_cosine",
                     "min_top1", "min_top1_all", "rtol", "top1_margin")

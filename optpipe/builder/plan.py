@@ -197,7 +197,7 @@ class PlanRun:
     report: Report
     instruments: Sequence[Instrument]
     source: Callable[[str], Artifact]  # the input artifact of a variant, by precision
-    accuracy: Any = None  # an optpipe.builder.selection.AccuracyCheck, or None
+    accuracy: Any = None  # an optpipe.compare.task_accuracy.AccuracyCheck, or None
     runner: Callable[[Artifact], Any] | None = None  # the runner the accuracy check uses
     engines: dict[str, Artifact] = field(default_factory=dict)  # each variant's built engine, for the benchmark
     require_judged: bool = True  # a gate that could not judge fails the variant's verdict (UNJUDGED), not passes

@@ -262,7 +262,7 @@ def _checked_eval_set(options: BuildOptions, io: ModelIO, precisions: Sequence[s
             raise UserInputError("--max-accuracy-drop needs labelled eval data: --eval-data FILE.npz or eval_data() "
                                  "in the model file")
         return None
-    from optpipe.builder.selection import check_eval_set
+    from optpipe.compare.task_accuracy import check_eval_set
 
     eval_inputs, eval_labels = options.eval.data
     return check_eval_set(eval_inputs, eval_labels, list(io.names), str(options.eval.origin or "eval_data"),
@@ -599,7 +599,8 @@ def _warn(warning: str, report: Report, log: Callable[[str], None]) -> None:
 def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
                     instruments: Sequence[Instrument], extra: tuple[Any, ...], capture: Any) -> None:
     """Run the plan after the shared prefix, then record the report, report.html and manifest.json in staging."""
-    from optpipe.builder.selection import AccuracyCheck, select_variant
+    from optpipe.builder.selection import select_variant
+    from optpipe.compare.task_accuracy import AccuracyCheck
     from optpipe.precision.holdout import SEED
 
     options, precisions, reference, eval_set, next_step, provenance, started, holdout = extra

@@ -9,11 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# The task-accuracy names below stay importable here until builder/run.py and cli/build.py (another
-# change in flight) import them from optpipe.compare.task_accuracy.
-from optpipe.compare.task_accuracy import AccuracyCheck as AccuracyCheck
-from optpipe.compare.task_accuracy import check_eval_set as check_eval_set
-from optpipe.compare.task_accuracy import load_eval_npz as load_eval_npz
 from optpipe.core.precisions import FUSED_PRECISIONS, base_precision
 from optpipe.core.records import PassStatus, VariantResult, VariantStatus
 

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from optpipe import __version__
 from optpipe.builder.options import BenchmarkOptions, BuildOptions, OutputKinds, TensorRTOptions, Tolerances
 from optpipe.builder.plan import (
     BuildPlan,
@@ -42,6 +41,7 @@ from optpipe.core.console import info
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
 from optpipe.core.records import BuildRecord, VariantStatus
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.core.version import __version__
 from optpipe.infra.pass_base import BuildContext
 from optpipe.infra.pipeline import Pipeline
 from optpipe.onnx.utils import onnx_files

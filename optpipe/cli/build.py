@@ -28,7 +28,7 @@ from optpipe.core.value_checks import WholeIntRange
 from optpipe.matrix.config_file import CONFIG_META, JSON_SINK
 from optpipe.passes.export_onnx import EXPORTER_CHOICES
 from optpipe.report.junit import junit_on_error
-from optpipe.runtime.target import TARGETS
+from optpipe.runtime.target import TARGET_CLASSES
 
 if TYPE_CHECKING:
     from optpipe.builder.options import BuildOptions
@@ -41,7 +41,7 @@ def _with_model_file_data(options: BuildOptions, flags: BuildFlags, prepared: An
     from dataclasses import replace
 
     from optpipe.builder.options import CalibrationSource, EvalOptions
-    from optpipe.builder.selection import load_eval_npz
+    from optpipe.compare.task_accuracy import load_eval_npz
 
     calibration, evaluation = options.calibration, options.eval
     if not flags.calib_data and prepared.calibration:
@@ -78,7 +78,7 @@ def _with_model_file_data(options: BuildOptions, flags: BuildFlags, prepared: An
 @click.option("--sweep", is_flag=True,
               help="Also time batch 1..max x threads 1..cores for every variant and PyTorch eager (report.json "
               "'sweep', report.html); as `optpipe sweep DIR` does after a build.")
-@click.option("--target", default="cpu", show_default=True, type=click.Choice(tuple(TARGETS)))
+@click.option("--target", default="cpu", show_default=True, type=click.Choice(tuple(TARGET_CLASSES)))
 @click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
               help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
               "data); or 'auto': build the target's "

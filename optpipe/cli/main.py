@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from optpipe import __version__
 from optpipe.cli.build import build
 from optpipe.cli.cache import cache_group
 from optpipe.cli.engine import engine
@@ -25,6 +24,7 @@ from optpipe.cli.passes import list_passes
 from optpipe.cli.profile import profile_command
 from optpipe.cli.sweep import sweep
 from optpipe.cli.verify import verify
+from optpipe.core.version import __version__
 
 
 def _log_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:

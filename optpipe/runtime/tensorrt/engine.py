@@ -188,7 +188,7 @@ class EngineMetadata:
 
 
 # The keyword arguments optpipe passes to Polygraphy, built in one place each, so the real calls
-# and tests/runtime/tensorrt/test_trt_api_contract.py (which checks every key against Polygraphy's signatures,
+# and tests/runtime/trt/test_trt_api_contract.py (which checks every key against Polygraphy's signatures,
 # without TensorRT) cannot drift apart. Every key is always present; None means "Polygraphy's
 # default" for all of them (checked against polygraphy/backend/trt/{loader,config,profile,runner}.py).
 
@@ -241,7 +241,7 @@ def engine_bytes_kwargs(config: Any, timing_cache: Path | None) -> dict[str, Any
 TIMED_INFER_KWARGS: dict[str, Any] = {"check_inputs": False, "copy_outputs_to_host": False}
 
 # TensorRT names optpipe uses directly (not through Polygraphy), as dotted paths from the
-# ``tensorrt`` module or from an ``ICudaEngine`` ("engine."). tests/runtime/tensorrt/test_trt_api_contract.py
+# ``tensorrt`` module or from an ``ICudaEngine`` ("engine."). tests/runtime/trt/test_trt_api_contract.py
 # resolves each one against the installed TensorRT (gpu-marked: TensorRT is needed for that).
 TRT_NAMES_USED: tuple[str, ...] = (
     "OnnxParserFlag.NATIVE_INSTANCENORM",
