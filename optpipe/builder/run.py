@@ -330,13 +330,14 @@ def build_with_options(
         ctx.golden = _golden(reference, dynamic_io, golden_rows)
         log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
         onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
-                                    fallbacks, (reference, golden_rows))
+                                    fallbacks, _GoldenSource(reference, golden_rows))
         ctx.output_producers = dict(output_producers(onnx_artifact.path))  # evidence for each output's kind
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
-        _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments],
-                        (options, precisions, reference, eval_set, next_step, provenance, started, holdout), capture)
+        record = _RecordInputs(options, tuple(precisions), reference, eval_set, next_step, provenance, started, holdout)
+        _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments], record,
+                        capture)
         publish(staging, out, out_seen)
     except BaseException as error:
         capture.stop()
@@ -546,7 +547,7 @@ class _Fallback:
 
 
 def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments: Sequence[Instrument],
-                fallbacks: Sequence[_Fallback], golden_source: tuple[Any, Any]) -> Artifact:
+                fallbacks: Sequence[_Fallback], golden_source: _GoldenSource) -> Artifact:
     """Export and simplify once. ``fallbacks``: the inputs with fewer dynamic axes to export instead, in order,
     each with its warning; ``golden_source``: the reference and held-out rows to make their golden data.
 
@@ -576,7 +577,7 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
                 _warn(fallback.warning(f"no exporter could export it with {fallback.dropped} ({failed.error})"),
                       report, ctx.log)
                 ctx.input_specs, ctx.dynamic = io.specs, io.dims
-                golden = _golden(golden_source[0], io, golden_source[1])
+                golden = _golden(golden_source.reference, io, golden_source.rows)
                 ctx.golden = _without_calibration_rows(golden)
                 source = replace(source, inputs=io.specs)
     finally:
@@ -596,14 +597,37 @@ def _warn(warning: str, report: Report, log: Callable[[str], None]) -> None:
     report.warnings.append(warning)
 
 
+@dataclass(frozen=True)
+class _GoldenSource:
+    """What golden data is made from again when an export falls back to fewer dynamic axes."""
+
+    reference: Any  # the PyTorch reference runner
+    rows: Any  # the held-out real rows (compare.golden.real_row_sets)
+
+
+@dataclass(frozen=True)
+class _RecordInputs:
+    """What recording a build needs besides its context: the options and the facts gathered before the plan ran."""
+
+    options: BuildOptions
+    precisions: tuple[str, ...]
+    reference: Any  # the PyTorch reference runner (task accuracy compares against it)
+    eval_set: Any  # labelled eval data, or None
+    next_step: Any  # a split build's next step, or None
+    provenance: Any
+    started: Any
+    holdout: Any  # the calibration rows held out for parity, or None
+
+
 def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
-                    instruments: Sequence[Instrument], extra: tuple[Any, ...], capture: Any) -> None:
+                    instruments: Sequence[Instrument], record: _RecordInputs, capture: Any) -> None:
     """Run the plan after the shared prefix, then record the report, report.html and manifest.json in staging."""
     from optpipe.builder.selection import select_variant
     from optpipe.compare.task_accuracy import AccuracyCheck
     from optpipe.precision.holdout import SEED
 
-    options, precisions, reference, eval_set, next_step, provenance, started, holdout = extra
+    options, precisions, reference, eval_set = record.options, record.precisions, record.reference, record.eval_set
+    next_step, provenance, started, holdout = record.next_step, record.provenance, record.started, record.holdout
     accuracy = None
     if eval_set is not None and plan.engine:
         assert ctx.golden is not None
