@@ -113,6 +113,8 @@ def default_seq_dim(example_length: int, lengths: np.ndarray, limit: int | None)
     if lengths.size == 0:
         return DynamicDim(SEQ, 1, example_length, high)
     low = int(min(lengths.min(), example_length))
+    if low >= high:  # every known row is as long as the limit: a one-value range is no axis (torch refuses it)
+        low = 1
     opt = int(np.clip(round(float(np.median(lengths))), low, high))
     return DynamicDim(SEQ, max(1, low), max(1, opt), high)
 
