@@ -11,6 +11,7 @@ may ask for one.
 from __future__ import annotations
 
 import ast
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -48,11 +49,19 @@ def test_every_test_folder_mirrors_a_package() -> None:
     assert not missing, f"test folders without a package of the same path: {missing}"
 
 
-def test_no_test_folder_shadows_an_importable_name() -> None:
-    """A folder under tests/ named like a package the tests import (tensorrt, onnx...) must not be a bare name
-    that an import could resolve to when the real package is absent."""
-    shadowing = sorted(str(p.relative_to(TESTS)) for p in TESTS.rglob("*") if p.is_dir() and p.name == "tensorrt")
-    assert not shadowing, f"test folders that shadow the tensorrt package: {shadowing}"
+def _probed_packages() -> set[str]:
+    """The packages the tests probe for before using them (``importorskip("X")``, ``find_spec("X")``)."""
+    probe = re.compile(r"""(?:importorskip|find_spec)\(\s*["']([A-Za-z_][\w.]*)["']""")
+    return {name.split(".")[0] for path in _test_files() for name in probe.findall(path.read_text(encoding="utf-8"))}
+
+
+def test_no_test_folder_shadows_a_probed_package() -> None:
+    """A test folder named like a package the tests probe for resolves that import when the package is absent
+    (pytest puts the folder's parent on sys.path): the probe then passes and the test fails instead of skipping."""
+    probed = _probed_packages()
+    assert "tensorrt" in probed  # the probes are found (the TensorRT tests skip through them)
+    shadowing = sorted(str(p.relative_to(TESTS)) for p in TESTS.rglob("*") if p.is_dir() and p.name in probed)
+    assert not shadowing, f"test folders named like a probed package: {shadowing}"
 
 
 def test_test_file_names_are_unique() -> None:

@@ -17,7 +17,7 @@ def list_passes(names: tuple[str, ...], verbose: bool) -> None:
 
     The options go in a config file's [passes.NAME] table or build(pass_options={NAME: {...}}).
     """
-    from optpipe.infra.registry import PASSES
+    from optpipe.infra.registry import PASSES, pass_class
 
     if names or verbose:
         from optpipe.cli.pass_help import describe_pass
@@ -25,7 +25,7 @@ def list_passes(names: tuple[str, ...], verbose: bool) -> None:
         click.echo("\n\n".join(describe_pass(name) for name in (names or tuple(PASSES))))
         return
     width = max(len(name) for name in PASSES)
-    for name, (module, cls) in PASSES.items():
-        pass_cls = getattr(__import__(f"optpipe.passes.{module}", fromlist=[cls]), cls)
+    for name in PASSES:
+        pass_cls = pass_class(name)
         kinds = f"{pass_cls.input_kind.value}->{pass_cls.output_kind.value}"
         click.echo(f"{name:<{width}}  {kinds:<14}  {pass_cls.description}")
