@@ -24,6 +24,42 @@ def load_onnx(path: Path, load_external_data: bool = True) -> Any:
         raise UserInputError(f"{path} is not a valid ONNX model: {type(error).__name__}: {error}") from None
 
 
+#: Weights above this many bytes go to an external data file next to the model (protobuf refuses a
+#: message over 2 GiB; the margin leaves room for the graph itself).
+EXTERNAL_DATA_ABOVE = 1_800_000_000
+
+
+def initializer_bytes(model: Any) -> int:
+    """Bytes of the model's initializers held in memory (external ones not loaded count as 0)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        total += len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
+    return total
+
+
+def save_onnx(model: Any, path: Path, *, external_above: int = EXTERNAL_DATA_ABOVE) -> list[Path]:
+    """Save ``model`` at ``path``; weights go to ``<name>.data`` beside it when they exceed ``external_above``.
+
+    Why one function: every pass that writes a model must handle models over protobuf's 2 GiB limit
+    the same way, and a reader (manifest, cache, verify) finds the data file through the model's own
+    ``location`` entries. Returns the files written (the model first). When the weights go external,
+    onnx moves them out of ``model`` in place: the object no longer holds them after the call.
+    """
+    import onnx
+
+    data_name = f"{path.name}.data"
+    data_path = path.parent / data_name
+    external = initializer_bytes(model) > external_above
+    if data_path.exists():
+        data_path.unlink()  # save_model appends to an existing data file
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        return [path, data_path]
+    onnx.save_model(model, str(path))
+    return [path]
+
+
 def non_standard_ops(model: Any) -> Counter[str]:
     """``domain::op`` counts of nodes outside the standard ONNX domains."""
     return Counter(
