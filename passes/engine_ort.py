@@ -17,7 +17,7 @@ from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.machine import package_version
 from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.utils import load_onnx, non_standard_ops, onnx_files
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, non_standard_ops, onnx_bytes, onnx_files
 from optpipe.runtime.runners import ort_session_options
 
 ENGINE_SUFFIX = ".ort-cpu.onnx"
@@ -31,6 +31,8 @@ class OrtEngineConfig:
 
     level: str = option("extended", help="offline optimisation level saved in the file: basic | extended",
                         choices=LEVELS)
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
 class OrtEnginePass(Pass):
@@ -51,6 +53,12 @@ class OrtEnginePass(Pass):
         path = ctx.path(artifact.precision, "model" + ENGINE_SUFFIX)
         options = ort_session_options(ctx.threads, self.config.level)
         options.optimized_model_filepath = str(path)
+        data = path.parent / f"{path.name}.data"
+        data.unlink(missing_ok=True)  # ORT appends to an existing file
+        if onnx_bytes(artifact.path) > self.config.external_data_above:  # ORT's own external-data path
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data.name)
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             "1024")
         ort.InferenceSession(str(artifact.path), sess_options=options, providers=["CPUExecutionProvider"])
         optimized = load_onnx(path, load_external_data=False)
         metrics: dict[str, Any] = {

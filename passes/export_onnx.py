@@ -27,7 +27,7 @@ from optpipe.core.progress import Elapsed
 from optpipe.core.tensor_spec import TensorSpec
 from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.utils import load_onnx, onnx_files, rename_outputs
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, onnx_bytes, onnx_files, rename_outputs, save_onnx
 
 EXPORTERS = ("dynamo", "torchscript")
 #: ``--exporter``: ``auto`` tries the exporters in order; or one of them.
@@ -41,6 +41,8 @@ class ExportConfig:
     exporter: str = option("auto", help='"auto" = dynamo, then TorchScript on failure; or "dynamo" / "torchscript"',
                            choices=EXPORTER_CHOICES, flags=("exporter",))
     opset: int | None = None  # None = the exporter's default (20 for dynamo in torch 2.13)
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
 @contextlib.contextmanager
@@ -102,7 +104,7 @@ def _call_arguments(ctx: BuildContext) -> _ExportCall:
     return _ExportCall(ctx.model, tuple(ctx.example_inputs), None)
 
 
-def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> None:
+def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None, external_above: int) -> None:
     import torch
 
     names = [spec.name for spec in ctx.input_specs]
@@ -125,7 +127,7 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
             )  # no output_names: torch renames into a clash with internal values (optpipe.onnx.utils)
             assert program is not None
             program.save(str(path))  # one file for small models, external data above 2 GB
-            _name_outputs(path, list(ctx.output_names))
+            _finish_file(path, list(ctx.output_names), external_above)
         else:
             dynamic_axes = {
                 spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)}
@@ -142,17 +144,32 @@ def _export(exporter: str, path: Path, ctx: BuildContext, opset: int | None) -> 
                 dynamic_axes={k: v for k, v in dynamic_axes.items() if v} or None,
                 opset_version=opset or 17,
             )
+            _finish_file(path, None, external_above)
 
 
-def _name_outputs(path: Path, names: list[str]) -> None:
-    """Give the exported graph's outputs the build's names (external weights stay where they are)."""
+def _finish_file(path: Path, names: list[str] | None, external_above: int) -> None:
+    """Give the graph's outputs ``names`` (dynamo) and store its weights as every optpipe model is stored.
+
+    The exporters decide external data themselves (above 2 GB; TorchScript one file per tensor);
+    :func:`~optpipe.onnx.utils.save_onnx` puts the weights in one ``<name>.data`` above
+    ``external_above``. A file already laid out so is renamed without reading its weights.
+    """
     import onnx
 
+    files = onnx_files(path)
+    data = path.parent / f"{path.name}.data"
+    laid_out = files == ([path, data] if onnx_bytes(path) > external_above else [path])
     model = onnx.load(str(path), load_external_data=False)
-    if [output.name for output in model.graph.output] == names:
+    rename = names is not None and [output.name for output in model.graph.output] != names
+    if laid_out and not rename:
         return
-    rename_outputs(model, names)
-    onnx.save(model, str(path))
+    if not laid_out:
+        model = onnx.load(str(path))
+        for stale in files[1:]:
+            stale.unlink()
+    if names is not None and rename:
+        rename_outputs(model, names)
+    save_onnx(model, path, external_above=external_above)
 
 
 def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol: float = 1e-2) -> None:
@@ -344,7 +361,7 @@ class ExportOnnx(Pass):
                 stale.unlink()
             try:
                 with Elapsed(f"export ({exporter})"), _interrupts_noticed() as interrupted:  # ticker on a terminal
-                    _export(exporter, path, ctx, self.config.opset)
+                    _export(exporter, path, ctx, self.config.opset, self.config.external_data_above)
                     check_against_golden(path, ctx)
                     check_dynamic_axes(path, ctx)
             except SystemExit as error:

@@ -22,6 +22,7 @@ from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError
 from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, onnx_files
 from optpipe.precision import pass_support
 
 #: Calibration samples read for the FP16 overflow check (it exposes every tensor, so it is costly).
@@ -46,6 +47,8 @@ class Fp16Config(pass_support.GuardedConfig):
     # The calibration samples themselves when calib_data is "<in-memory>" (build(calib_data=...) or the
     # model file's calibration_data()); keyed by content through cache_facts, so not in config_dict().
     samples: Any = field(default=None, compare=False, repr=False, metadata=NOT_IN_KEY)
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
 class Fp16Pass(Pass):
@@ -73,6 +76,7 @@ class Fp16Pass(Pass):
         fp16_options: dict[str, object] = {
             "keep_io_types": config.keep_io_types,
             "node_block_list": list(config.node_block_list),
+            "external_above": config.external_data_above,
         }
         result, gate_log = pass_support.run_guard(
             ctx, src, dst, samples, config, gate_name="fp16", level="all", precision="fp16", fp16_options=fp16_options
@@ -99,7 +103,7 @@ class Fp16Pass(Pass):
             "range_samples": len(samples),
             **guard_metrics,
         }
-        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision="fp16", producer="fp16")
+        out = artifact.derive(path=dst, sha256=sha256_files(onnx_files(dst)), precision="fp16", producer="fp16")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
 
     @classmethod

@@ -31,6 +31,7 @@ from typing import Any
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE
 
 #: The contrib ops the optimizer writes when it fuses (counted to decide whether anything fused).
 FUSED_OPS: tuple[str, ...] = (
@@ -59,6 +60,8 @@ class FuseTransformerConfig:
     hidden_size: int = 0
     # In a fused variant, a graph with nothing to fuse skips the variant (it would be the unfused one again).
     skip_when_unchanged: bool = False
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
     def __post_init__(self) -> None:
         if self.model_type not in (FUSE_AUTO, *FUSE_MODEL_TYPES):
@@ -152,9 +155,9 @@ class FuseTransformerPass(Pass):
         if not fused:
             return self._unchanged(artifact, metrics, f"ONNX Runtime's '{model_type}' optimizer fused nothing")
         dst = ctx.path(artifact.precision, "fused.onnx")
-        onnx_graph.save_atomic(fused_model, dst)
+        files = onnx_graph.save_atomic(fused_model, dst, self.config.external_data_above)
         metrics["nodes"] = {"before": len(model.graph.node), "after": len(fused_model.graph.node)}
-        out = artifact.derive(path=dst, sha256=sha256_files([dst]), producer="fuse-transformer/ort")
+        out = artifact.derive(path=dst, sha256=sha256_files(files), producer="fuse-transformer/ort")
         return PassResult(out, modified=True, metrics=metrics)
 
     def _unchanged(self, artifact: Artifact, metrics: dict[str, Any], why: str) -> PassResult:

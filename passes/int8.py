@@ -29,6 +29,7 @@ from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError
 from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import NOT_IN_KEY, BuildContext, Pass, PassResult
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, onnx_files
 from optpipe.precision import pass_support
 from optpipe.precision.names import CALIB_METHODS
 
@@ -84,6 +85,8 @@ class Int8Config(pass_support.GuardedConfig):
     # Declared ranges of integer inputs ({name: (low, high)}, --input ...:LOW..HIGH) synthetic calibration
     # draws from; inputs not named use the example's range.
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
 def _integer_ranges(ctx: BuildContext, config: Int8Config) -> dict[str, Any]:
@@ -139,6 +142,7 @@ class Int8Pass(Pass):
             "reduce_range": config.reduce_range,
             "exclude_nodes": [*config.exclude_nodes, *fragile],
             "bias_correction": config.bias_correction,
+            "external_above": config.external_data_above,
         }
         level = "none" if config.style == "tensorrt" else "all"
         result, gate_log = pass_support.run_guard(
@@ -179,7 +183,7 @@ class Int8Pass(Pass):
         warnings.extend(guard_warnings)
         out = artifact.derive(
             path=dst,
-            sha256=sha256_files([dst]),
+            sha256=sha256_files(onnx_files(dst)),
             precision="int8",
             producer=f"int8/{config.style}/{config.method}",
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, onnx_files
 from optpipe.precision import pass_support
 
 PRECISION = "int8-dynamic"
@@ -38,6 +39,8 @@ class Int8DynamicConfig(pass_support.GuardedConfig):
     reduce_range: bool | None = None
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
 class Int8DynamicPass(Pass):
@@ -85,7 +88,8 @@ class Int8DynamicPass(Pass):
         samples = pass_support.golden_inputs(ctx)
 
         def quantize(keep: list[str]) -> Any:
-            return quantize_int8_dynamic(src, dst, exclude_nodes=keep, reduce_range=config.reduce_range)
+            return quantize_int8_dynamic(src, dst, exclude_nodes=keep, reduce_range=config.reduce_range,
+                                         external_above=config.external_data_above)
 
         result, gate_log = pass_support.run_guard(
             ctx,
@@ -114,5 +118,6 @@ class Int8DynamicPass(Pass):
         status = "quantized" if result.passed else "gate_failed"
         metrics.update(status=status, **pass_support.quantized_counts(result), **guard_metrics)
         warnings.extend(guard_warnings)
-        out = artifact.derive(path=dst, sha256=sha256_files([dst]), precision=variant, producer="int8/dynamic")
+        out = artifact.derive(path=dst, sha256=sha256_files(onnx_files(dst)), precision=variant,
+                              producer="int8/dynamic")
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)

@@ -15,7 +15,7 @@ import numpy as np
 
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.utils import load_onnx, non_standard_ops, onnx_files
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, non_standard_ops, save_onnx
 from optpipe.runtime.runners import OrtRunner
 
 
@@ -25,6 +25,8 @@ class SimplifyConfig:
 
     atol: float = 1e-4  # element-wise equivalence tolerance between input and simplified model
     rtol: float = 1e-3
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
 class SimplifyOnnx(Pass):
@@ -39,7 +41,6 @@ class SimplifyOnnx(Pass):
     cacheable = True
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
-        import onnx
         import onnxslim
 
         assert artifact.path is not None
@@ -48,15 +49,15 @@ class SimplifyOnnx(Pass):
         slimmed = onnxslim.slim(original)
         del original  # one model in memory at a time (a transformer's is hundreds of MB with its copies)
         path = ctx.path("model.onnx")
-        onnx.save(slimmed, str(path), save_as_external_data=slimmed.ByteSize() > 2**31 - 1)
+        files = save_onnx(slimmed, path, external_above=self.config.external_data_above)
         metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
         del slimmed
         problem = self._problem(artifact, path, ctx)
         if problem is not None:
-            path.unlink()
+            for file in files:
+                file.unlink()
             metrics["kept_input_because"] = problem
             return PassResult(artifact, modified=False, metrics=metrics, warnings=[f"simplify skipped: {problem}"])
-        files = onnx_files(path)
         result = artifact.derive(path=path, sha256=sha256_files(files), producer="simplify/onnxslim")
         return PassResult(result, modified=metrics["nodes_before"] != metrics["nodes_after"], metrics=metrics)
 

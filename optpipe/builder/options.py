@@ -24,6 +24,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from optpipe.core.errors import UserInputError
 from optpipe.core.precisions import AUTO, FUSED_PRECISIONS, PRECISIONS
+from optpipe.core.value_checks import parse_size
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE
 from optpipe.passes.engine_trt import TrtEngineConfig
 from optpipe.passes.export_onnx import EXPORTER_CHOICES
 from optpipe.passes.fuse_transformer import FUSE_AUTO, FUSE_CHOICES
@@ -374,6 +376,9 @@ class BuildOptions:
     require_judged: bool = True
     # --fuse: the cpu target's fused variants under auto: "auto" (detect), "off", or an ORT optimizer model type
     fuse: str = FUSE_AUTO
+    # --external-data-above: every model file keeps its weights in ``<file>.data`` above this many bytes
+    # (protobuf refuses a model over 2 GiB; 0 = always, so a test can prove the external-data path)
+    external_data_above: int = EXTERNAL_DATA_ABOVE
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
@@ -417,6 +422,7 @@ class BuildOptions:
             "rebench": self.rebench,
             "require_judged": self.require_judged,
             "fuse": self.fuse,
+            "external_data_above": self.external_data_above,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
         }
 
@@ -466,6 +472,7 @@ def parse_build_options(
     rebench: bool = False,
     require_judged: bool = True,
     fuse: str = FUSE_AUTO,
+    external_data_above: int | str | None = None,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -505,7 +512,17 @@ def parse_build_options(
         rebench=_flag("rebench", rebench),
         require_judged=_flag("require_judged", require_judged),
         fuse=_choice("--fuse value", fuse, FUSE_CHOICES),
+        external_data_above=_external_data_above(external_data_above),
     )
+
+
+def _external_data_above(value: int | str | None) -> int:
+    """``--external-data-above``: a size (``2GB``, ``500M``, ``0``) or a byte count; None = the 1.8 GB default."""
+    if value is None:
+        return EXTERNAL_DATA_ABOVE
+    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+        raise UserInputError(f"--external-data-above must be a size >= 0 (e.g. 0, 500MB, 2GB), got {value!r}")
+    return value if isinstance(value, int) else parse_size(str(value))
 
 
 def _with_pass_tables(per_pass: Mapping[str, Mapping[str, Any]], tolerances: Tolerances, kinds: OutputKinds,

@@ -9,6 +9,8 @@ pass cannot serve).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,19 @@ def fuse_transformer_pass(options: BuildOptions, target: Any) -> FuseTransformer
     if options.fuse == FUSE_OFF:
         raise UserInputError("fused variants are turned off (--fuse off)")
     return FuseTransformerPass(FuseTransformerConfig(model_type=options.fuse, skip_when_unchanged=True))
+
+
+def store_weights(passes: Sequence[Pass], options: BuildOptions) -> None:
+    """Give every pass that writes a model the build's ``--external-data-above`` (its Config field of that name).
+
+    Why one loop and not one argument per pass: export, simplify, fuse, each precision and the ORT engine all
+    write model files, and a pass added later that declares the field gets the build's value without an edit
+    here. The field is in each pass's config, so in its cache key: the same weights stored in one file or
+    two are different artifacts, and a cache hit must hand back the files this build asked for.
+    """
+    for pass_ in passes:
+        if any(f.name == "external_data_above" for f in dataclasses.fields(pass_.config)):
+            pass_.config = dataclasses.replace(pass_.config, external_data_above=options.external_data_above)
 
 
 def trt_engine_config(trt: TensorRTOptions) -> TrtEngineConfig:

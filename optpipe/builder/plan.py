@@ -147,6 +147,7 @@ def plan_variants(precisions: Sequence[str], target: Target, options: BuildOptio
         pipeline = Pipeline(variant_passes("fp32", target, options, engine), variant="fp32")
         plan.fallback = VariantPlan("fp32", pipeline, fallback=True)
     for pipeline in plan.pipelines():
+        pass_configs.store_weights(pipeline.passes, options)
         apply_pass_options(pipeline.passes, options.pass_options)
     return plan
 

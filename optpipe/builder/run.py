@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from optpipe.builder import pass_configs
 from optpipe.builder.options import (
     PRECISIONS,
     BuildOptions,
@@ -127,6 +128,7 @@ def build(
     rebench: bool = False,
     require_judged: bool = True,
     fuse: str = "auto",
+    external_data_above: int | str | None = None,
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -508,6 +510,7 @@ def _prefix_pipeline(options: BuildOptions) -> Pipeline:
     from optpipe.passes.simplify import SimplifyOnnx
 
     prefix = Pipeline([ExportOnnx(ExportConfig(exporter=options.exporter)), SimplifyOnnx()], variant="shared")
+    pass_configs.store_weights(prefix.passes, options)
     apply_pass_options(prefix.passes, options.pass_options)
     return prefix
 

@@ -100,6 +100,9 @@ def _with_model_file_data(options: BuildOptions, flags: BuildFlags, prepared: An
               help="[cpu] Transformer fusions (ONNX Runtime's transformer optimizer) for --precision auto's fused "
               "variants (fp32+fused, int8-dynamic+fused): 'auto' detects a BERT-like graph, 'off' builds none, or "
               "the optimizer's model type (bert, gpt2, vit, ...).")
+@click.option("--external-data-above", default=None, metavar="SIZE",
+              help="Keep every model file's weights in an external <file>.data beside it above SIZE (default "
+              "1.8GB: protobuf refuses a model over 2 GiB; 0 = always).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
 @click.option("--no-strict-weights", is_flag=True, help="Allow missing/unexpected keys in --weights.")
 @click.option("--trust-pickle", is_flag=True,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from optpipe.core.artifact import sha256_file, sha256_files
 from optpipe.core.errors import UserInputError
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -37,27 +40,89 @@ def initializer_bytes(model: Any) -> int:
     return total
 
 
+def holds_external_references(model: Any) -> bool:
+    """True when some initializer points at an external data file instead of holding its bytes."""
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def save_onnx(model: Any, path: Path, *, external_above: int = EXTERNAL_DATA_ABOVE) -> list[Path]:
     """Save ``model`` at ``path``; weights go to ``<name>.data`` beside it when they exceed ``external_above``.
 
     Why one function: every pass that writes a model must handle models over protobuf's 2 GiB limit
     the same way, and a reader (manifest, cache, verify) finds the data file through the model's own
-    ``location`` entries. Returns the files written (the model first). When the weights go external,
-    onnx moves them out of ``model`` in place: the object no longer holds them after the call.
+    ``location`` entries. Returns the model's files (the model first). ``external_above=0`` always
+    writes external data (how a test proves the path on a small model); tensors under 1 KiB stay
+    inline, so a model with no larger tensor is one file.
+
+    Both files are written in a temporary folder beside ``path`` and renamed into place, data file
+    first: a crash never leaves a finished-looking model next to a truncated data file. A stale
+    ``<name>.data`` from an earlier save is removed when the model is now one file. ``model`` still
+    holds its weights after the call (onnx moves them out while writing; they are read back).
+    A model loaded without its weights, all in ``<name>.data`` beside ``path``, is saved as a graph
+    that keeps referring to that file (:func:`_save_graph_only`).
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_path = path.parent / f"{path.name}.data"
+    if holds_external_references(model):
+        return _save_graph_only(model, path, data_path)
+    external = initializer_bytes(model) > external_above
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp") as tmp:
+        staged = Path(tmp) / path.name
+        staged_data = Path(tmp) / data_path.name
+        if external:
+            onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_path.name, size_threshold=1024)
+            load_external_data_for_model(model, tmp)
+        else:
+            onnx.save_model(model, str(staged))
+        if staged_data.is_file():
+            os.replace(staged_data, data_path)
+        else:
+            data_path.unlink(missing_ok=True)
+        os.replace(staged, path)
+    return [path, data_path] if data_path.is_file() else [path]
+
+
+def _save_graph_only(model: Any, path: Path, data_path: Path) -> list[Path]:
+    """Rewrite ``path`` for a model loaded without its weights, which stay in ``data_path`` as they are.
+
+    Why: renaming a graph output of a 2 GB model should not read and write 2 GB. Only a model whose
+    every external tensor lives in ``<name>.data`` beside ``path`` qualifies: any other location would
+    be left behind by this save, or deleted under the model by a later one.
     """
     import onnx
 
-    data_name = f"{path.name}.data"
-    data_path = path.parent / data_name
-    external = initializer_bytes(model) > external_above
-    if data_path.exists():
-        data_path.unlink()  # save_model appends to an existing data file
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        return [path, data_path]
-    onnx.save_model(model, str(path))
-    return [path]
+    locations = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
+                 if entry.key == "location"}  # fmt: skip
+    if locations != {data_path.name} or not data_path.is_file():
+        raise ValueError(f"saving {path.name}: the model refers to external data in {sorted(locations)}, not in "
+                         f"an existing {data_path.name}; load it with load_external_data=True first")
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp") as tmp:
+        staged = Path(tmp) / path.name
+        onnx.save_model(model, str(staged))
+        os.replace(staged, path)
+    return [path, data_path]
+
+
+def model_sha256(path: Path) -> str:
+    """sha256 of what an ONNX file computes with: the file alone, or every file when its weights are external.
+
+    Why: two models with external weights can share a byte-identical ``.onnx`` (the same graph) and
+    differ only in their data file; a cache keyed on the ``.onnx`` alone would hand one the other's result.
+    """
+    files = onnx_files(path)
+    return sha256_file(path) if len(files) == 1 else sha256_files(files)
+
+
+def onnx_bytes(path: Path) -> int:
+    """Bytes of an ONNX file plus its external data files (what a pass writing its successor would hold)."""
+    return sum(file.stat().st_size for file in onnx_files(path))
 
 
 def non_standard_ops(model: Any) -> Counter[str]:

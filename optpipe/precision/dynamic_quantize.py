@@ -33,6 +33,7 @@ from pathlib import Path
 import onnx
 
 from optpipe.core.scratch_dir import scratch_cwd
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, onnx_bytes
 from optpipe.precision import onnx_graph
 from optpipe.precision.static_quantize import Int8Result, _nothing_left, _prepare, cpu_needs_reduce_range
 
@@ -80,6 +81,7 @@ def quantize_int8_dynamic(
     *,
     exclude_nodes: Sequence[str] = (),
     reduce_range: bool | None = None,
+    external_above: int = EXTERNAL_DATA_ABOVE,
 ) -> Int8Result:
     """Quantize ``src`` dynamically to ``dst``; ``exclude_nodes`` (names in ``src``) stay FP32.
 
@@ -87,14 +89,15 @@ def quantize_int8_dynamic(
     static path does (x86 without VNNI saturates U8S8 products). Returns an
     :class:`~optpipe.precision.static_quantize.Int8Result` with ``method="dynamic"`` and
     no ranges; ``status="nothing_quantizable"`` (nothing written) when no
-    MatMul/Gemm with a constant weight is left to quantize.
+    MatMul/Gemm with a constant weight is left to quantize. ``external_above``: the quantizer's files
+    and ``dst`` keep their weights in an external data file above that many bytes (needed over 2 GB).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src).absolute(), Path(dst).absolute()  # absolute: the quantizer runs in a scratch cwd
     with tempfile.TemporaryDirectory(prefix="optpipe-int8dyn-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
-        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes)
+        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes, external_above)
         quantizable = quantizable_nodes(pre)
         nothing = _nothing_left("cpu", METHOD, quantizable, excluded, warnings,
                                 "the model has no MatMul/Gemm with a constant weight")  # fmt: skip
@@ -117,11 +120,12 @@ def quantize_int8_dynamic(
             # DefaultTensorType: shape inference cannot type the outputs of ORT's fused contrib ops
             # (SkipLayerNormalization, BiasGelu...), so a fused graph needs the default.
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+            use_external_data_format=onnx_bytes(pre_path) > external_above,
         )
         quantized_model = onnx.load(str(out_path))
         quantized = _quantized_nodes(quantized_model)
         if not quantized:
             warnings.append("the dynamic quantizer quantized no node")
             return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)
-        onnx_graph.save_atomic(quantized_model, dst)
+        onnx_graph.save_atomic(quantized_model, dst, external_above)
     return Int8Result("quantized", dst, "cpu", METHOD, quantized, quantizable, excluded, {}, warnings)

@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from optpipe.core.errors import UserInputError
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE
 from optpipe.precision import onnx_graph
 
 FP16_MAX = 65504.0
@@ -90,12 +91,14 @@ def convert_fp16(
     node_block_list: Sequence[str] = (),
     keep_io_types: bool = True,
     calib_samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    external_above: int = EXTERNAL_DATA_ABOVE,
 ) -> Fp16Result:
     """Convert ``src`` to FP16 at ``dst``; nodes that would overflow stay FP32.
 
     Without ``calib_samples`` only initializers and Constants are range-checked:
     activations cannot be known without data, and a warning says so.
-    ``keep_io_types`` keeps FP32 inputs/outputs so callers feed the same data.
+    ``keep_io_types`` keeps FP32 inputs/outputs so callers feed the same data. ``dst`` keeps its
+    weights in an external data file above ``external_above`` bytes (:func:`optpipe.onnx.utils.save_onnx`).
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -137,7 +140,7 @@ def convert_fp16(
         node_block_list=sorted(kept),
     )
     _remove_fp16_round_trips(converted)
-    onnx_graph.save_atomic(converted, dst)
+    onnx_graph.save_atomic(converted, dst, external_above)
 
     if calib_samples:
         warnings.extend(_check_outputs_finite(converted, calib_samples))

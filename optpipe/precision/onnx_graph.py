@@ -8,8 +8,8 @@ outputs, and atomic writes so a crash never leaves a valid-looking artifact.
 from __future__ import annotations
 
 import ast
+import contextlib
 import itertools
-import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from optpipe.core.artifact import umask_value
 from optpipe.core.errors import UserInputError
 from optpipe.core.tensor_spec import TensorSpec
 from optpipe.onnx.shapes import graph_inputs
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, initializer_bytes, save_onnx
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -56,29 +56,42 @@ def input_specs(model: onnx.ModelProto | Path) -> list[TensorSpec]:
     return specs
 
 
-def save_atomic(model: onnx.ModelProto, dst: Path) -> None:
-    """Write ``model`` to ``dst`` via a temporary name in the same folder and a rename.
+def save_atomic(model: onnx.ModelProto, dst: Path, external_above: int = EXTERNAL_DATA_ABOVE) -> list[Path]:
+    """Write ``model`` to ``dst`` (and its external data above ``external_above`` bytes) atomically.
 
-    A crash mid-write leaves only a ``.tmp`` file, never a truncated ``dst``
-    that a later step would take for a finished artifact.
+    :func:`optpipe.onnx.utils.save_onnx` writes through temporary names and renames, so a crash
+    never leaves a truncated ``dst`` that a later step would take for a finished artifact.
+    Returns the files written, the model first.
     """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~umask_value())  # mkstemp makes 0600; artifacts are read by other users
-        onnx.save(model, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return save_onnx(model, Path(dst), external_above=external_above)
+
+
+def too_large_for_protobuf(model: onnx.ModelProto) -> bool:
+    """True when ``model`` cannot be serialised in one message (its weights alone near protobuf's 2 GiB).
+
+    ``ModelProto.ByteSize()`` cannot say so: it serialises, and fails, on such a model.
+    """
+    return initializer_bytes(model) > EXTERNAL_DATA_ABOVE
+
+
+@contextlib.contextmanager
+def on_disk(model: onnx.ModelProto) -> Iterator[Path]:
+    """``model`` saved (external data when large) in a temporary folder, for tools that need a path."""
+    with tempfile.TemporaryDirectory(prefix="optpipe-model-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_onnx(model, path)
+        yield path
 
 
 def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every typed tensor (after shape inference), by name."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        if too_large_for_protobuf(model):  # shape inference on a message > 2 GiB fails: the path form streams
+            with on_disk(model) as path:
+                onnx.shape_inference.infer_shapes_path(str(path), str(path.with_suffix(".inferred.onnx")))
+                inferred = onnx.load(str(path.with_suffix(".inferred.onnx")), load_external_data=False)
+        else:
+            inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # inference is best-effort here; untyped tensors are simply skipped
         inferred = model
     types: dict[str, int] = {}
@@ -113,6 +126,9 @@ def session(model: onnx.ModelProto, *, optimize: bool = False) -> ort.InferenceS
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if too_large_for_protobuf(model):  # no bytes form over 2 GiB: ORT reads the file and its external data
+        with on_disk(model) as path:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

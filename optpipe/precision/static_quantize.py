@@ -33,9 +33,9 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from optpipe.core.artifact import sha256_file
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
 from optpipe.core.scratch_dir import scratch_cwd
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, model_sha256, onnx_bytes, onnx_files
 from optpipe.precision import onnx_graph
 from optpipe.precision.bias_correction import BiasCorrection, correct_biases, measure_means
 from optpipe.precision.calib_cache import (
@@ -116,6 +116,7 @@ def quantize_int8(
     percentile: float = 99.999,
     reduce_range: bool | None = None,
     bias_correction: bool = True,
+    external_above: int = EXTERNAL_DATA_ABOVE,
 ) -> Int8Result:
     """Quantize ``src`` to a Q/DQ model at ``dst``.
 
@@ -134,6 +135,9 @@ def quantize_int8(
 
     ``bias_correction``: shift Conv/Gemm biases so each quantized layer keeps its FP32 output mean
     (:mod:`optpipe.precision.bias_correction`); needs ``samples``, skipped with a warning without them.
+
+    ``external_above``: the quantizer's files and ``dst`` keep their weights in an external data file
+    when the model's bytes exceed it (:func:`optpipe.onnx.utils.save_onnx`; needed over 2 GB).
     """
     _check_style_and_method(style, method)
     # Absolute paths: the quantizer runs in a scratch working directory (it writes files into the current one).
@@ -143,7 +147,7 @@ def quantize_int8(
 
     with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
-        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes)
+        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes, external_above)
         quantizable = [n.name for n in pre.graph.node if n.op_type in COMPUTE_OPS]
         nothing = _nothing_left(style, method, quantizable, excluded, warnings,
                                 f"the model has no {'/'.join(COMPUTE_OPS)} node")  # fmt: skip
@@ -152,7 +156,7 @@ def quantize_int8(
 
         op_types = list(COMPUTE_OPS) if style == "tensorrt" else None
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
-        key = CacheKey(sha256_file(src), data_fingerprint(samples) if samples else "", method, params)
+        key = CacheKey(model_sha256(src), data_fingerprint(samples) if samples else "", method, params)
         final_ranges, cache_hit = _resolve_ranges(
             pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings
         )
@@ -163,18 +167,20 @@ def quantize_int8(
             reduce_range = style == "cpu" and cpu_needs_reduce_range()
         correction = None
         if bias_correction:
-            correction = _correct_biases(pre_path, pre, samples, final_ranges, excluded, style, reduce_range, key)
+            correction = _correct_biases(pre_path, pre, samples, final_ranges, excluded, style, reduce_range, key,
+                                         external_above)
             if correction is None:
                 warnings.append("bias correction skipped: it needs calibration samples (ranges alone were given)")
         out_path = tmp / "quantized.onnx"
-        _run_quantizer(pre_path, out_path, tmp, final_ranges, style, method, excluded, reduce_range)
+        _run_quantizer(pre_path, out_path, tmp, final_ranges, style, method, excluded, reduce_range,
+                       external=onnx_bytes(pre_path) > external_above)
         quantized_model = onnx.load(str(out_path))
         quantized = _quantized_nodes(quantized_model)
         if not quantized:
             warnings.append("the quantizer quantized no node (no ranges for their inputs?)")
             return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded,
                               final_ranges, warnings, cache_hit)  # fmt: skip
-        onnx_graph.save_atomic(quantized_model, dst)
+        onnx_graph.save_atomic(quantized_model, dst, external_above)
     quantized_types = style_op_types(style)
     return Int8Result(
         "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
@@ -236,6 +242,7 @@ def compute_ranges(
             list(op_types) if op_types else None,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=enum,
+            use_external_data_format=onnx_bytes(Path(model_path)) > EXTERNAL_DATA_ABOVE,  # over 2 GB
             extra_options=extra,
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
@@ -293,15 +300,16 @@ class _Reader:
 
 
 def _prepare(
-    src: Path, tmp: Path, exclude_nodes: Sequence[str]
+    src: Path, tmp: Path, exclude_nodes: Sequence[str], external_above: int = EXTERNAL_DATA_ABOVE
 ) -> tuple[Path, onnx.ModelProto, list[str], list[str]]:
     """Pre-process ``src`` into ``tmp/pre.onnx``, the quantizers' input, and map ``exclude_nodes`` onto it.
 
     Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
+    ``pre.onnx`` keeps its weights in ``pre.onnx.data`` when ``src`` is larger than ``external_above``.
     """
     source = onnx_graph.load_model(src)
     pre_path = tmp / "pre.onnx"
-    warnings = _pre_processed(src, pre_path)
+    warnings = _pre_processed(src, pre_path, onnx_bytes(src) > external_above)
     pre = onnx.load(str(pre_path))
     return pre_path, pre, _map_exclusions(source, pre, exclude_nodes, src), warnings
 
@@ -326,7 +334,15 @@ _PRE_CACHE_SIZE = 2
 _PRE_CLEANUP: list[object] = []  # the atexit hook, registered with the first entry
 
 
-def _pre_processed(src: Path, dst: Path) -> list[str]:
+def _copy_model(src: Path, dst: Path) -> None:
+    """Copy an ONNX file and its external data file (same names: its ``location`` entries stay valid)."""
+    import shutil
+
+    for file in onnx_files(src):
+        shutil.copyfile(file, dst.parent / file.name.replace(src.name, dst.name, 1))
+
+
+def _pre_processed(src: Path, dst: Path, external: bool = False) -> list[str]:
     """``quant_pre_process(src)`` copied to ``dst``, computed once per source file content in this process.
 
     Why: pre-processing (symbolic shape inference and ORT's optimizer) is the slow part of a
@@ -336,14 +352,14 @@ def _pre_processed(src: Path, dst: Path) -> list[str]:
     """
     import shutil
 
-    key = sha256_file(src)
+    key = f"{model_sha256(src)}:{external}"
     hit = _PRE_CACHE.get(key)
     if hit is not None and hit[0].is_file():
-        shutil.copyfile(hit[0], dst)
+        _copy_model(hit[0], dst)
         return list(hit[1])
-    warnings = _pre_process(src, dst)
-    keep = Path(tempfile.mkdtemp(prefix="optpipe-pre-")) / "pre.onnx"
-    shutil.copyfile(dst, keep)
+    warnings = _pre_process(src, dst, external)
+    keep = Path(tempfile.mkdtemp(prefix="optpipe-pre-")) / dst.name
+    _copy_model(dst, keep)
     while len(_PRE_CACHE) >= _PRE_CACHE_SIZE:
         old, _ = _PRE_CACHE.pop(next(iter(_PRE_CACHE)))
         shutil.rmtree(old.parent, ignore_errors=True)
@@ -361,16 +377,21 @@ def _drop_pre_cache() -> None:
     _PRE_CACHE.clear()
 
 
-def _pre_process(src: Path, dst: Path) -> list[str]:
-    """ORT's quant_pre_process; symbolic shape inference crashes on some graphs, so retry without it."""
+def _pre_process(src: Path, dst: Path, external: bool = False) -> list[str]:
+    """ORT's quant_pre_process; symbolic shape inference crashes on some graphs, so retry without it.
+
+    ``external``: write ``dst``'s weights to ``<dst>.data`` (over 2 GB protobuf cannot hold them).
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    storage = {"save_as_external_data": external, "all_tensors_to_one_file": True,
+               "external_data_location": f"{dst.name}.data"}
     try:
-        quant_pre_process(str(src), str(dst))
+        quant_pre_process(str(src), str(dst), **storage)
         return []
     except Exception as first:  # symbolic shape inference fails with assorted errors on transformer graphs
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **storage)
         except Exception as exc:  # give the user the cause in one line
             raise UserInputError(f"quantization pre-processing of '{src}' failed: {exc}") from exc
         return [f"symbolic shape inference failed ({type(first).__name__}); pre-processed without it"]
@@ -467,6 +488,7 @@ def _correct_biases(
     style: str,
     reduce_range: bool,
     key: CacheKey,
+    external_above: int = EXTERNAL_DATA_ABOVE,
 ) -> BiasCorrection | None:
     """Bias-correct ``pre`` and rewrite ``pre_path``; None when there are no samples to measure means on."""
     if not samples:
@@ -481,7 +503,7 @@ def _correct_biases(
     correction = correct_biases(pre, samples, ranges, excluded=excluded, style=style,
                                 reduce_range=reduce_range, means=means)  # fmt: skip
     if correction.nodes:
-        onnx.save(pre, str(pre_path))
+        onnx_graph.save_atomic(pre, pre_path, external_above)
     return correction
 
 
@@ -494,7 +516,11 @@ def _run_quantizer(
     method: str,
     excluded: list[str],
     reduce_range: bool,
+    *,
+    external: bool = False,
 ) -> None:
+    """ORT's ``quantize_static`` on ``pre_path`` with the given ranges; ``external``: write ``out_path``'s
+    weights to an external data file (ORT's ``use_external_data_format``, needed over 2 GB)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
@@ -546,6 +572,7 @@ def _run_quantizer(
         calibrate_method=enum,
         extra_options=extra,
         calibration_cache_path=str(cache_path),
+        use_external_data_format=external,
     )
 
 
