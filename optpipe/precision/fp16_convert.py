@@ -133,8 +133,10 @@ def convert_fp16(
                 )
                 break
 
+    large = onnx_graph.too_large_for_protobuf(model)  # ORT's in-memory shape inference fails over 2 GiB
     converted = convert_float_to_float16(
-        model,
+        onnx_graph.inferred_through_file(model) if large else model,
+        disable_shape_infer=large,
         keep_io_types=keep_io_types,
         op_block_list=sorted(blocked_ops),
         node_block_list=sorted(kept),

@@ -83,13 +83,27 @@ def on_disk(model: onnx.ModelProto) -> Iterator[Path]:
         yield path
 
 
+def inferred_through_file(model: onnx.ModelProto, *, weights: bool = True) -> onnx.ModelProto:
+    """``model`` with ONNX shape inference's value_info, inferred from a file (the form that works over 2 GiB).
+
+    ``weights=False`` returns the inferred graph without its weights (enough to read types).
+    """
+    with on_disk(model) as path:
+        inferred_path = path.with_name("inferred.onnx")
+        onnx.shape_inference.infer_shapes_path(str(path), str(inferred_path))
+        inferred = onnx.load(str(inferred_path), load_external_data=False)
+        if weights:  # the inferred file refers to the temporary model.onnx.data: read it while it exists
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(inferred, str(path.parent))
+        return inferred
+
+
 def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every typed tensor (after shape inference), by name."""
     try:
-        if too_large_for_protobuf(model):  # shape inference on a message > 2 GiB fails: the path form streams
-            with on_disk(model) as path:
-                onnx.shape_inference.infer_shapes_path(str(path), str(path.with_suffix(".inferred.onnx")))
-                inferred = onnx.load(str(path.with_suffix(".inferred.onnx")), load_external_data=False)
+        if too_large_for_protobuf(model):  # shape inference on a message > 2 GiB fails: the path form works
+            inferred = inferred_through_file(model, weights=False)
         else:
             inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # inference is best-effort here; untyped tensors are simply skipped

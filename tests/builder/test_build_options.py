@@ -270,3 +270,54 @@ def test_precision_passes_carry_the_gate_tolerances_in_their_config_and_samples_
                                   get_target("cpu"))
     assert other.config_dict() != int8_pass(options, get_target("cpu")).config_dict()
     assert "options" not in {f.name for f in dataclasses.fields(BuildContext)}  # nothing to read besides the Config
+
+
+# --- --external-data-above -----------------------------------------------------------------------------------------
+
+#: The passes that write a model file: each must get the build's --external-data-above.
+MODEL_WRITERS = {"export", "simplify", "fuse-transformer", "fp16", "int8", "int8-dynamic", "engine-ort"}
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 1_800_000_000), ("0", 0), (0, 0), ("500MB", 500_000_000),
+                                                 ("2GiB", 2 * 1024**3), (4096, 4096)])
+def test_external_data_above_takes_a_size(given: object, expected: int) -> None:
+    from optpipe.builder.options import parse_build_options
+
+    assert parse_build_options(external_data_above=given).external_data_above == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["lots", -1, True])
+def test_external_data_above_refuses_what_is_not_a_size(given: object) -> None:
+    from optpipe.builder.options import parse_build_options
+
+    with pytest.raises(UserInputError, match="size"):
+        parse_build_options(external_data_above=given)  # type: ignore[arg-type]
+
+
+def test_cli_refuses_a_bad_external_data_size_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["build", f"{TOY_MODELS}:TinyNet", "--out", str(out),
+                                       "--external-data-above", "lots"])
+    assert result.exit_code == 2, result.output
+    assert "'lots' is not a size" in result.output and "Traceback" not in result.output and not out.exists()
+
+
+def test_external_data_above_reaches_every_model_writing_pass_and_its_cache_key() -> None:
+    """The decision: the threshold is in each writer's config, so in its cache key (the files differ)."""
+    from optpipe.builder.options import parse_build_options
+    from optpipe.builder.plan import plan_variants
+    from optpipe.builder.run import _prefix_pipeline
+    from optpipe.runtime.target import get_target
+
+    options = parse_build_options(precisions=["fp32", "fp16", "int8", "int8-dynamic", "int8-dynamic+fused"],
+                                  calib_data=__file__, external_data_above="0")
+    plan = plan_variants(options.precisions, get_target("cpu"), options, engine=True)
+    passes = [*_prefix_pipeline(options).passes, *(p for pipeline in plan.pipelines() for p in pipeline.passes)]
+    writers = {p.name for p in passes if "external_data_above" in p.config_dict()}
+    assert writers == MODEL_WRITERS
+    assert all(p.config_dict()["external_data_above"] == 0 for p in passes if p.name in writers)
+    default = parse_build_options(calib_data=__file__)
+    assert {p.config_dict()["external_data_above"] for p in _prefix_pipeline(default).passes} == {1_800_000_000}
+    # A per-pass table still wins for its own pass (as every pass option does).
+    tabled = parse_build_options(external_data_above="0", pass_options={"simplify": {"external_data_above": 7}})
+    assert [p.config.external_data_above for p in _prefix_pipeline(tabled).passes] == [0, 7]

@@ -91,3 +91,21 @@ def test_corrupt_model_is_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="cannot read ONNX model"):
         convert_fp16(bad, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_model_over_the_protobuf_limit_converts_like_a_small_one(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over 2 GiB, ORT's converter cannot infer shapes in memory; the file form must give the same model.
+
+    The limit lowered to 0 sends this small model down that path; the overflow scan (every tensor exposed)
+    and the finite-output check run their sessions from a file too.
+    """
+    from optpipe.precision import onnx_graph
+
+    src = _mlp(tmp_path / "m.onnx", big_scale=1e5)
+    samples = _samples()
+    small = convert_fp16(src, tmp_path / "small" / "m16.onnx", calib_samples=samples)
+    monkeypatch.setattr(onnx_graph, "EXTERNAL_DATA_ABOVE", 0)
+    large = convert_fp16(src, tmp_path / "large" / "m16.onnx", calib_samples=samples, external_above=0)
+    assert large.kept_fp32 == small.kept_fp32 and "scale_mul" in large.kept_fp32
+    np.testing.assert_array_equal(_run(large.path, samples), _run(small.path, samples))

@@ -268,9 +268,9 @@ def test_pre_processing_runs_once_per_source(tmp_path: Path, monkeypatch: pytest
     calls: list[str] = []
     real = static_quantize._pre_process
 
-    def counting(source: Path, dst: Path) -> list[str]:
+    def counting(source: Path, dst: Path, external: bool = False) -> list[str]:
         calls.append(str(source))
-        return real(source, dst)
+        return real(source, dst, external)
 
     monkeypatch.setattr(static_quantize, "_pre_process", counting)
     first = quantize_int8(src, tmp_path / "a.onnx", _samples(4))
@@ -283,3 +283,36 @@ def test_pre_processing_runs_once_per_source(tmp_path: Path, monkeypatch: pytest
     onnx.save(other, str(tmp_path / "other.onnx"))
     quantize_int8(tmp_path / "other.onnx", tmp_path / "c.onnx", _samples(4))
     assert len(calls) == 2
+
+
+def test_models_that_differ_only_in_their_data_file_are_quantized_apart(tmp_path: Path) -> None:
+    """External weights: two byte-identical .onnx files with different .data files are different models.
+
+    The pre-processing cache (and the calibration key) once hashed the .onnx alone: the second model was
+    quantized from the first one's pre-processed weights, an artifact that computes another model's function.
+    """
+    from optpipe.onnx.utils import save_onnx
+    from optpipe.precision.dynamic_quantize import quantize_int8_dynamic
+
+    models = []
+    for seed in (0, 1):
+        model = onnx.load(str(_cnn(tmp_path / f"plain{seed}.onnx")))
+        weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        rng = np.random.default_rng(seed + 10)
+        for init in [i for i in model.graph.initializer if weights[i.name].nbytes > 1024]:  # the external ones
+            init.CopyFrom(numpy_helper.from_array((rng.standard_normal(weights[init.name].shape) * 0.3)
+                                                  .astype(np.float32), init.name))
+        path = tmp_path / f"m{seed}" / "model.onnx"
+        save_onnx(model, path, external_above=0)
+        models.append(path)
+    assert models[0].read_bytes() == models[1].read_bytes()
+    samples = _samples(2)
+    for index, src in enumerate(models):
+        dst = tmp_path / f"q{index}" / "model.onnx"
+        result = quantize_int8_dynamic(src, dst, external_above=0)
+        assert result.path == dst and (dst.parent / "model.onnx.data").is_file()
+        assert _cosine(src, dst, samples) > 0.99
+    static = [quantize_int8(src, tmp_path / f"s{i}" / "model.onnx", samples, external_above=0).path
+              for i, src in enumerate(models)]
+    assert all(path is not None and (path.parent / "model.onnx.data").is_file() for path in static)
+    assert _cosine(models[1], static[1], samples) > 0.99  # type: ignore[arg-type]
