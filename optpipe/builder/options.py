@@ -485,13 +485,11 @@ def parse_build_options(
     parsed_tolerances, kinds, trt_options = _with_pass_tables(per_pass, Tolerances.parse(tolerances),
                                                               OutputKinds.parse(output_kinds),
                                                               TensorRTOptions.parse(trt))
-    if threads is not None and (isinstance(threads, bool) or threads < 1):
-        raise UserInputError(f"--threads must be >= 1, got {threads}")
     return BuildOptions(
         target=_choice("target", target, TARGET_NAMES),
         precisions=parse_precisions(precisions),
         exporter=_choice("exporter", exporter, EXPORTER_CHOICES),
-        threads=threads,
+        threads=_threads(threads),
         overwrite=bool(overwrite),
         model_name=model_name,
         tolerances=parsed_tolerances,
@@ -514,6 +512,13 @@ def parse_build_options(
         fuse=_choice("--fuse value", fuse, FUSE_CHOICES),
         external_data_above=_external_data_above(external_data_above),
     )
+
+
+def _threads(threads: int | None) -> int | None:
+    """``--threads``: None (ONNX Runtime's default) or a count >= 1."""
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise UserInputError(f"--threads must be >= 1, got {threads}")
+    return threads
 
 
 def _external_data_above(value: int | str | None) -> int:

@@ -135,16 +135,13 @@ def quantize_int8(
 
     ``bias_correction``: shift Conv/Gemm biases so each quantized layer keeps its FP32 output mean
     (:mod:`optpipe.precision.bias_correction`); needs ``samples``, skipped with a warning without them.
-
-    ``external_above``: the quantizer's files and ``dst`` keep their weights in an external data file
-    when the model's bytes exceed it (:func:`optpipe.onnx.utils.save_onnx`; needed over 2 GB).
+    ``external_above``: files of more bytes keep their weights in a ``.data`` file (needed over 2 GB).
     """
     _check_style_and_method(style, method)
     # Absolute paths: the quantizer runs in a scratch working directory (it writes files into the current one).
     src, dst = Path(src).absolute(), Path(dst).absolute()
     cache_dir = Path(cache_dir).absolute() if cache_dir is not None else None
     cache_file = Path(cache_file).absolute() if cache_file is not None else None
-
     with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
         pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes, external_above)
@@ -153,7 +150,6 @@ def quantize_int8(
                                 f"the model has no {'/'.join(COMPUTE_OPS)} node")  # fmt: skip
         if nothing is not None:
             return nothing
-
         op_types = list(COMPUTE_OPS) if style == "tensorrt" else None
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
         key = CacheKey(model_sha256(src), data_fingerprint(samples) if samples else "", method, params)
@@ -162,7 +158,6 @@ def quantize_int8(
         )
         if ranges is not None:
             _check_ranges_name_tensors(pre, final_ranges)
-
         if reduce_range is None:
             reduce_range = style == "cpu" and cpu_needs_reduce_range()
         correction = None
