@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
+from optpipe.core.errors import summary_line
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, non_standard_ops, save_onnx
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, initializer_bytes, load_onnx, non_standard_ops, save_onnx
 from optpipe.runtime.runners import OrtRunner
 
 
@@ -46,7 +47,15 @@ class SimplifyOnnx(Pass):
         assert artifact.path is not None
         original = load_onnx(artifact.path)
         before = len(original.graph.node)
-        slimmed = onnxslim.slim(original)
+        weights = initializer_bytes(original)
+        try:
+            slimmed = onnxslim.slim(original)
+        except Exception as error:  # over 2 GB a third-party step may serialise the whole model: keep the input
+            if weights <= EXTERNAL_DATA_ABOVE:
+                raise
+            failure = f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
+            return PassResult(artifact, modified=False, metrics={"nodes_before": before, "kept_input_because": failure},
+                              warnings=[f"simplify skipped: {failure}"])
         del original  # one model in memory at a time (a transformer's is hundreds of MB with its copies)
         path = ctx.path("model.onnx")
         files = save_onnx(slimmed, path, external_above=self.config.external_data_above)
