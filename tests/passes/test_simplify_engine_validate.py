@@ -107,3 +107,40 @@ def test_golden_inputs_are_real_rows(exported: tuple[Any, Any]) -> None:
     example = ctx.golden.case("example").inputs["x"]
     batch3 = ctx.golden.case("batch3").inputs["x"]
     np.testing.assert_array_equal(batch3[2], example[0])
+
+
+def test_onnxslim_failing_on_a_model_over_the_limit_keeps_the_input_with_a_warning(
+        exported: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over 2 GB a third-party step may serialise the whole model and fail: never the build's failure.
+
+    The limit is lowered to 0 so the toy counts as large; onnxslim is made to fail as it does on a
+    ModelProto over 2 GiB ("Failed to serialize proto"). Under the limit the same failure still fails the pass.
+    """
+    import onnxslim
+    from optpipe.passes import simplify
+
+    ctx, artifact = exported
+
+    def fails(model: Any) -> Any:
+        raise ValueError("Failed to serialize proto")
+
+    monkeypatch.setattr(onnxslim, "slim", fails)
+    with pytest.raises(PassError, match="Failed to serialize proto"):
+        SimplifyOnnx()(artifact, ctx)
+    monkeypatch.setattr(simplify, "EXTERNAL_DATA_ABOVE", 0)
+    result = SimplifyOnnx()(artifact, ctx)
+    assert result.artifact is artifact and result.modified is False
+    assert result.warnings and "onnxslim failed on this" in result.warnings[0]
+    assert "Failed to serialize proto" in result.metrics["kept_input_because"]
+
+
+def test_the_engine_keeps_its_weights_beside_it_above_the_threshold(exported: tuple[Any, Any]) -> None:
+    """ORT writes its optimized model's initializers to model.ort-cpu.onnx.data (its own external-data path)."""
+    from optpipe.passes.engine_ort import OrtEngineConfig
+
+    ctx, artifact = exported
+    engine = OrtEnginePass(OrtEngineConfig(external_data_above=0))(artifact, ctx)
+    data = engine.artifact.path.parent / "model.ort-cpu.onnx.data"
+    assert data.is_file() and data.stat().st_size > 0
+    single = OrtEnginePass()(artifact, ctx)
+    assert not data.exists() and single.artifact.sha256 != engine.artifact.sha256
