@@ -32,6 +32,7 @@ import numpy as np
 from optpipe.core.artifact import sha256_file, write_bytes_atomic
 from optpipe.core.errors import EnvironmentUnavailable, MissingDependency, UserInputError
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.onnx.utils import model_sha256
 from optpipe.runtime.runners import Runner
 from optpipe.runtime.tensorrt.metadata import (
     HARDWARE_LEVELS,
@@ -347,7 +348,7 @@ def build_engine(
         plan_path=str(plan_path),
         plan_sha256=hashlib.sha256(data).hexdigest(),
         plan_size=len(data),
-        onnx_sha256=sha256_file(onnx_path),
+        onnx_sha256=model_sha256(Path(onnx_path)),  # its .data file too, when the weights are external
         tensorrt_version=machine["tensorrt_version"],
         gpu_name=machine["gpu_name"],
         compute_capability=machine["compute_capability"],
