@@ -9,6 +9,7 @@ otherwise the pass keeps its input and says why (``modified`` is False).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,22 @@ class SimplifyConfig:
     external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
+def _slim_without_shape_inference(path: Path, weights: int, error: Exception) -> tuple[Any, str]:
+    """onnxslim again on a model over 2 GB, without its shape inference; (model or None, why it failed).
+
+    Why: onnxslim 0.1's shape inference falls back to ``ModelProto.ByteSize()`` when ORT's symbolic
+    inference fails, and that serialises the whole model, which protobuf refuses over 2 GiB
+    ("Failed to serialize proto"). Its constant folding and fusions do not need the inferred shapes.
+    """
+    import onnxslim
+
+    first = f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
+    try:
+        return onnxslim.slim(load_onnx(path), no_shape_infer=True), first
+    except Exception as again:
+        return None, f"{first}, and again without its shape inference ({summary_line(again)})"
+
+
 class SimplifyOnnx(Pass):
     """ONNX -> ONNX with onnxslim; falls back to the input when the result is not equivalent."""
 
@@ -48,18 +65,24 @@ class SimplifyOnnx(Pass):
         original = load_onnx(artifact.path)
         before = len(original.graph.node)
         weights = initializer_bytes(original)
+        retried = ""
         try:
             slimmed = onnxslim.slim(original)
-        except Exception as error:  # over 2 GB a third-party step may serialise the whole model: keep the input
+        except Exception as error:  # over 2 GB a third-party step may serialise the whole model
             if weights <= EXTERNAL_DATA_ABOVE:
                 raise
-            failure = f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
-            return PassResult(artifact, modified=False, metrics={"nodes_before": before, "kept_input_because": failure},
-                              warnings=[f"simplify skipped: {failure}"])
+            original = None  # freed before the retry reads the model again
+            slimmed, failure = _slim_without_shape_inference(artifact.path, weights, error)
+            if slimmed is None:  # keep the input, say why: never the build's failure
+                return PassResult(artifact, modified=False, warnings=[f"simplify skipped: {failure}"],
+                                  metrics={"nodes_before": before, "kept_input_because": failure})
+            retried = failure
         del original  # one model in memory at a time (a transformer's is hundreds of MB with its copies)
         path = ctx.path("model.onnx")
         files = save_onnx(slimmed, path, external_above=self.config.external_data_above)
         metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
+        if retried:
+            metrics["without_shape_inference"] = retried
         del slimmed
         problem = self._problem(artifact, path, ctx)
         if problem is not None:

@@ -109,29 +109,41 @@ def test_golden_inputs_are_real_rows(exported: tuple[Any, Any]) -> None:
     np.testing.assert_array_equal(batch3[2], example[0])
 
 
-def test_onnxslim_failing_on_a_model_over_the_limit_keeps_the_input_with_a_warning(
+def test_onnxslim_failing_on_a_model_over_the_limit_retries_then_keeps_the_input(
         exported: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Over 2 GB a third-party step may serialise the whole model and fail: never the build's failure.
 
-    The limit is lowered to 0 so the toy counts as large; onnxslim is made to fail as it does on a
-    ModelProto over 2 GiB ("Failed to serialize proto"). Under the limit the same failure still fails the pass.
+    The limit is lowered to 0 so the toy counts as large; onnxslim is made to fail as its shape inference
+    does on a ModelProto over 2 GiB ("Failed to serialize proto"): the pass slims again without it, and
+    when that fails too keeps its input with the reason. Under the limit the failure still fails the pass.
     """
     import onnxslim
     from optpipe.passes import simplify
 
     ctx, artifact = exported
 
-    def fails(model: Any) -> Any:
+    real = onnxslim.slim
+
+    def fails_with_shape_inference(model: Any, **options: Any) -> Any:
+        if not options.get("no_shape_infer"):
+            raise ValueError("Failed to serialize proto")
+        return real(model, **options)
+
+    def fails(model: Any, **options: Any) -> Any:
         raise ValueError("Failed to serialize proto")
 
-    monkeypatch.setattr(onnxslim, "slim", fails)
+    monkeypatch.setattr(onnxslim, "slim", fails_with_shape_inference)
     with pytest.raises(PassError, match="Failed to serialize proto"):
         SimplifyOnnx()(artifact, ctx)
     monkeypatch.setattr(simplify, "EXTERNAL_DATA_ABOVE", 0)
+    retried = SimplifyOnnx()(artifact, ctx)  # over the limit: onnxslim again without its shape inference
+    assert retried.artifact.path.name == "model.onnx" and not retried.warnings
+    assert "Failed to serialize proto" in retried.metrics["without_shape_inference"]
+    monkeypatch.setattr(onnxslim, "slim", fails)
     result = SimplifyOnnx()(artifact, ctx)
     assert result.artifact is artifact and result.modified is False
     assert result.warnings and "onnxslim failed on this" in result.warnings[0]
-    assert "Failed to serialize proto" in result.metrics["kept_input_because"]
+    assert "again without its shape inference" in result.metrics["kept_input_because"]
 
 
 def test_the_engine_keeps_its_weights_beside_it_above_the_threshold(exported: tuple[Any, Any]) -> None:
