@@ -32,7 +32,8 @@ def test_engine_pass_gets_the_build_options_into_its_config() -> None:
     options = parse_build_options(trt={"builder_optimization_level": 5})
     trt = configured_engine_pass(get_target("tensorrt"), options)
     assert trt.config.builder_optimization_level == 5
-    assert configured_engine_pass(CpuTarget(), options).config_dict() == {"level": "extended"}
+    assert configured_engine_pass(CpuTarget(), options).config_dict() == {"level": "extended",
+                                                                   "external_data_above": 1_800_000_000}
 
 
 def test_unknown_target_names_the_known_ones() -> None:
