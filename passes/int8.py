@@ -84,6 +84,9 @@ class Int8Config(pass_support.GuardedConfig):
     # Declared ranges of integer inputs ({name: (low, high)}, --input ...:LOW..HIGH) synthetic calibration
     # draws from; inputs not named use the example's range.
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # The most activation bytes calibration may hold at once (the build's memory plan, --max-rss; None: the
+    # default chunks). Chunked calibration computes the same ranges, so it is not in the cache key.
+    calib_bytes: int | None = field(default=None, metadata=NOT_IN_KEY)
 
 
 def _integer_ranges(ctx: BuildContext, config: Int8Config) -> dict[str, Any]:
@@ -139,6 +142,7 @@ class Int8Pass(Pass):
             "reduce_range": config.reduce_range,
             "exclude_nodes": [*config.exclude_nodes, *fragile],
             "bias_correction": config.bias_correction,
+            "calib_bytes": config.calib_bytes,
         }
         level = "none" if config.style == "tensorrt" else "all"
         result, gate_log = pass_support.run_guard(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from optpipe.builder.memory_budget import plan_record
 from optpipe.builder.options import (
     PRECISIONS,
     BuildOptions,
@@ -45,6 +46,7 @@ from optpipe.compare.golden import RealRows, make_golden, output_kinds_of, real_
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.console import info
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
+from optpipe.core.memory import RssSampler, max_rss_bytes
 from optpipe.core.records import BuildRecord
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
 from optpipe.core.value_checks import check_environment
@@ -68,6 +70,9 @@ from optpipe.runtime.target import Target, get_target
 
 if TYPE_CHECKING:
     from optpipe.report.provenance import ProvenanceInputs
+
+#: How often the whole build's resident set is sampled (s); each pass samples its own more often.
+BUILD_RSS_INTERVAL_S = 0.02
 
 __all__ = ["PRECISIONS", "ProgressInstrument", "build", "build_with_options", "variant_passes"]
 
@@ -127,6 +132,7 @@ def build(
     rebench: bool = False,
     require_judged: bool = True,
     fuse: str = "auto",
+    max_rss: str | int | None = None,
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -305,6 +311,8 @@ def build_with_options(
     reason = _unavailable_reason(target)
     model_type = type(model).__name__
     model, io, reference = _reference(model, io, output_names)
+    memory = _memory_plan(model, options, precisions)  # a build that cannot fit is refused before any work
+    options = replace(options, calib_bytes=memory.calib_bytes)
     dynamic_io, static_reason = _with_default_batch(io, options, reference, dynamic)
     _check_against_model(options, dynamic_io)
     eval_set = _checked_eval_set(options, io, precisions)
@@ -324,6 +332,8 @@ def build_with_options(
         *([holdout_warning] if holdout_warning is not None else [])])
     golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
+    sampler = RssSampler(BUILD_RSS_INTERVAL_S).start()  # the build's peak RSS (each pass has its own)
+    report.memory = plan_record(memory, None, None)
     try:
         ctx = _context(model, dynamic_io, options, target, staging, log)
         reference = cached_reference(reference, instruments, ctx)  # outputs only: the benchmark times its own
@@ -335,11 +345,13 @@ def build_with_options(
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
-        record = _RecordInputs(options, tuple(precisions), reference, eval_set, next_step, provenance, started, holdout)
+        record = _RecordInputs(options, tuple(precisions), reference, eval_set, next_step, provenance, started, holdout,
+                               lambda: plan_record(memory, sampler.stop(), max_rss_bytes()))
         _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments], record,
                         capture)
         publish(staging, out, out_seen)
     except BaseException as error:
+        sampler.stop()
         capture.stop()
         discard(staging)
         _raise_if_disk_full(error, out)
@@ -347,6 +359,14 @@ def build_with_options(
     report.out_dir = out
     _write_back_calib_cache(options, out, log)
     return report
+
+
+def _memory_plan(model: Any, options: BuildOptions, precisions: Sequence[str]) -> Any:
+    """The build's memory plan (:mod:`optpipe.builder.memory_budget`): refused when it cannot fit its limit."""
+    from optpipe.builder.memory_budget import plan_memory
+    from optpipe.core.precisions import base_precision
+
+    return plan_memory(model, options.max_rss, calibrates=any(base_precision(p) == "int8" for p in precisions))
 
 
 def _raise_if_disk_full(error: BaseException, out: Path) -> None:
@@ -617,6 +637,7 @@ class _RecordInputs:
     provenance: Any
     started: Any
     holdout: Any  # the calibration rows held out for parity, or None
+    memory: Callable[[], Any]  # report.memory, with the peaks measured until it is called
 
 
 def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
@@ -661,6 +682,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
     from optpipe.report.provenance import provenance_record
 
     report.provenance = provenance_record(ctx.model, provenance, started)
+    report.memory = record.memory()
     report.write(ctx.work_dir / "report.json")
     from optpipe.report.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 

@@ -73,6 +73,7 @@ class BuildFlags:
     profile: bool | None = None
     opset: int | None = None
     pass_options: dict[str, dict[str, Any]] | None = None  # set by a config file's passes tables
+    max_rss: str | None = None
 
     def parser_arguments(self) -> dict[str, Any]:
         """The :func:`~optpipe.builder.options.parse_build_options` keywords these flags set."""
@@ -84,7 +85,7 @@ class BuildFlags:
                 "static_seq", "sweep", "sweep_seconds", "latency_budget", "rebench", "require_judged", "fuse",
                 "calib_data", "synthetic_calib", "calib_method", "calib_cache", "max_accuracy_drop",
                 "guard_max_keep", "no_guard", "output_kinds", "guard_seconds", "bench_seconds", "warmup",
-                "iterations")  # fmt: skip
+                "iterations", "max_rss")  # fmt: skip
         return {**{name: getattr(self, name) for name in same}, "model_name": self.model,
                 "precisions": self.precision, "benchmark": not self.no_benchmark, "trt": self.trt_options,
                 "pass_options": pass_options, "profile": bool(self.profile)}

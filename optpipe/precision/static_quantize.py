@@ -116,6 +116,7 @@ def quantize_int8(
     percentile: float = 99.999,
     reduce_range: bool | None = None,
     bias_correction: bool = True,
+    calib_bytes: int | None = None,
 ) -> Int8Result:
     """Quantize ``src`` to a Q/DQ model at ``dst``.
 
@@ -134,6 +135,7 @@ def quantize_int8(
 
     ``bias_correction``: shift Conv/Gemm biases so each quantized layer keeps its FP32 output mean
     (:mod:`optpipe.precision.bias_correction`); needs ``samples``, skipped with a warning without them.
+    ``calib_bytes``: the most activation bytes calibration may hold at once (:func:`compute_ranges`).
     """
     _check_style_and_method(style, method)
     # Absolute paths: the quantizer runs in a scratch working directory (it writes files into the current one).
@@ -154,7 +156,7 @@ def quantize_int8(
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
         key = CacheKey(sha256_file(src), data_fingerprint(samples) if samples else "", method, params)
         final_ranges, cache_hit = _resolve_ranges(
-            pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings
+            pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings, calib_bytes
         )
         if ranges is not None:
             _check_ranges_name_tensors(pre, final_ranges)
@@ -211,6 +213,7 @@ def compute_ranges(
     *,
     op_types: Sequence[str] | None = None,
     percentile: float = 99.999,
+    calib_bytes: int | None = None,
 ) -> Ranges:
     """Calibrate ``model_path`` on ``samples``: tensor name -> (low, high).
 
@@ -218,6 +221,15 @@ def compute_ranges(
     TensorRT recipe); with ORT's default 128 bins the search has one candidate
     and returns the MinMax range. Percentile clips symmetric |x| at
     ``percentile``.
+
+    Memory: ONNX Runtime's histogram calibrators add every activation as a graph output and hold
+    each one for every sample before building the histograms (BERT-base: ~15 MB a row, gigabytes for a
+    hundred rows). Here a histogram is built from the same values, a few tensors at a time: each chunk
+    of tensors holds at most ``calib_bytes`` (default :data:`HISTOGRAM_CHUNK_BYTES`) of activations, and
+    since each tensor's histogram sees all of its values in one call, the ranges are exactly those of one
+    unchunked call (tests/precision/test_static_quantize.py). MinMax reduces each activation to its
+    min and max inside the graph; it runs :data:`MINMAX_ROWS` samples at a time (one with ``calib_bytes``)
+    and merges by min/max, which is exact too.
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
@@ -230,6 +242,7 @@ def compute_ranges(
         extra = {"num_bins": 2048, "num_quantized_bins": 128}
     elif method == "percentile":
         extra = {"num_bins": 2048, "percentile": percentile, "symmetric": True}
+    rows = list(samples)
     with tempfile.TemporaryDirectory(prefix="optpipe-calib-") as tmp:
         calibrator = create_calibrator(
             Path(model_path),
@@ -238,22 +251,74 @@ def compute_ranges(
             calibrate_method=enum,
             extra_options=extra,
         )
+        calibrator.model = None  # the session holds the augmented graph; the proto's weights are not needed again
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             if method == "minmax":
-                # 8 samples at a time: MinMax merges each chunk's ranges and drops its activations, instead of
-                # holding every sample's activations at once (80 images x a CNN's activations is gigabytes).
-                # (ORT's own max_intermediate_outputs drops the chunks without merging them in 1.32.)
-                for start in range(0, len(samples), 8):
-                    calibrator.collect_data(_Reader(list(samples)[start : start + 8]))
+                # A few samples at a time: MinMax merges each chunk's ranges and drops its activations, instead
+                # of holding every sample's outputs at once. (ORT's own max_intermediate_outputs drops the
+                # chunks without merging them in 1.32.)
+                step = 1 if calib_bytes is not None else MINMAX_ROWS
+                for start in range(0, len(rows), step):
+                    calibrator.collect_data(_Reader(rows[start : start + step]))
                 data = calibrator.calibrate_tensors_range
             else:
-                calibrator.collect_data(_Reader(samples))
+                _collect_histograms(calibrator, rows, calib_bytes or HISTOGRAM_CHUNK_BYTES)
                 data = calibrator.compute_data()
+        del calibrator  # its session, before the temporary folder with the augmented model goes
     out: Ranges = {}
     for name, tensor_data in data.items():
         lo, hi = tensor_data.range_value
         out[name] = (float(np.min(lo)), float(np.max(hi)))
     return out
+
+
+#: Samples per MinMax calibration run (each holds only per-tensor minima and maxima).
+MINMAX_ROWS = 8
+#: Activation bytes one chunk of a histogram calibration holds, over every sample, by default.
+HISTOGRAM_CHUNK_BYTES = 512 << 20
+
+
+def _collect_histograms(calibrator: object, rows: Sequence[Mapping[str, np.ndarray]], budget: int) -> None:
+    """Feed ORT's histogram collector the calibration tensors in chunks that hold at most ``budget`` bytes.
+
+    The tensor sizes are read from one run on the first row; a chunk's run over every row fetches only
+    its tensors (ONNX Runtime computes what they need), and the collector, which keeps one histogram per
+    tensor, gets each tensor's values from every row in a single call, as an unchunked run gives them.
+    """
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    session = calibrator.infer_session  # type: ignore[attr-defined]
+    feed_names = {i.name for i in session.get_inputs()}
+    names = sorted(calibrator.tensors_to_calibrate)  # type: ignore[attr-defined]
+    feeds = [{k: v for k, v in row.items() if k in feed_names} for row in rows]
+    first = session.run(names, feeds[0])
+    sizes = [int(np.asarray(value).nbytes) * len(feeds) for value in first]
+    del first
+    calibrator.collector = HistogramCollector(  # type: ignore[attr-defined]
+        method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,  # type: ignore[attr-defined]
+        num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,  # type: ignore[attr-defined]
+        scenario=calibrator.scenario)  # type: ignore[attr-defined]
+    for chunk in _byte_chunks(names, sizes, budget):
+        values: dict[str, list[np.ndarray]] = {name: [] for name in chunk}
+        for feed in feeds:
+            for name, value in zip(chunk, session.run(chunk, feed), strict=True):
+                values[name].append(value)
+        calibrator.collector.collect(values)  # type: ignore[attr-defined]
+        del values
+
+
+def _byte_chunks(names: Sequence[str], sizes: Sequence[int], budget: int) -> list[list[str]]:
+    """``names`` in order, grouped so that each group's ``sizes`` sum to at most ``budget`` (one name at least)."""
+    chunks: list[list[str]] = []
+    held = 0
+    for name, size in zip(names, sizes, strict=True):
+        if chunks and held + size <= budget:
+            chunks[-1].append(name)
+            held += size
+        else:
+            chunks.append([name])
+            held = size
+    return chunks
 
 
 REDUCE_RANGE_ENV = "OPTPIPE_INT8_REDUCE_RANGE"
@@ -416,6 +481,7 @@ def _resolve_ranges(
     op_types: list[str] | None,
     percentile: float,
     warnings: list[str],
+    calib_bytes: int | None = None,
 ) -> tuple[Ranges, bool]:
     if ranges is not None:
         return validate_ranges(dict(ranges), "ranges"), False
@@ -445,7 +511,8 @@ def _resolve_ranges(
     if warning:
         warnings.append(warning)
     method: Method = key.method  # type: ignore[assignment]  # the key was built from a validated Method
-    computed = compute_ranges(pre_path, samples, method, op_types=op_types, percentile=percentile)
+    computed = compute_ranges(pre_path, samples, method, op_types=op_types, percentile=percentile,
+                              calib_bytes=calib_bytes)
     if store is not None:
         store.store(key, computed)
     if cache_file is not None:

@@ -283,3 +283,47 @@ def test_pre_processing_runs_once_per_source(tmp_path: Path, monkeypatch: pytest
     onnx.save(other, str(tmp_path / "other.onnx"))
     quantize_int8(tmp_path / "other.onnx", tmp_path / "c.onnx", _samples(4))
     assert len(calls) == 2
+
+
+def _ort_ranges(model: Path, samples: list[dict[str, np.ndarray]], method: str, tmp: Path) -> dict[str, tuple]:
+    """ONNX Runtime's own calibration, unchunked: every sample's activations held at once, as ORT does it."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from optpipe.precision.static_quantize import _Reader
+
+    enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+    extra = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+             "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True}}[method]
+    calibrator = create_calibrator(model, None, augmented_model_path=str(tmp / f"{method}.onnx"),
+                                   calibrate_method=enum, extra_options=extra)
+    with contextlib.redirect_stdout(io.StringIO()):
+        calibrator.collect_data(_Reader(samples))
+        data = calibrator.compute_data()
+    return {name: (float(np.min(d.range_value[0])), float(np.max(d.range_value[1]))) for name, d in data.items()}
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_chunked_calibration_computes_exactly_the_unchunked_ranges(cnn: Path, tmp_path: Path, method: str) -> None:
+    """A budget of one byte calibrates one tensor (histograms) or one sample (minmax) per run: same ranges."""
+    from optpipe.precision.static_quantize import compute_ranges
+
+    samples = _samples(12)
+    reference = _ort_ranges(cnn, samples, method, tmp_path)
+    chunked = compute_ranges(cnn, samples, method, calib_bytes=1)  # type: ignore[arg-type]
+    default = compute_ranges(cnn, samples, method)  # type: ignore[arg-type]
+    assert len(reference) >= 6
+    assert chunked == reference
+    assert default == reference
+
+
+def test_byte_chunks_hold_at_most_the_budget_and_every_name_once() -> None:
+    from optpipe.precision.static_quantize import _byte_chunks
+
+    names, sizes = ["a", "b", "c", "d", "e"], [40, 30, 50, 10, 100]
+    assert _byte_chunks(names, sizes, 80) == [["a", "b"], ["c", "d"], ["e"]]  # "e" alone is over: one name
+    assert _byte_chunks(names, sizes, 1) == [[n] for n in names]
+    assert _byte_chunks(names, sizes, 10**9) == [names]
