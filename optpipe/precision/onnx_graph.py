@@ -149,8 +149,8 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str], types: Mapping[st
             del outputs[-1]
 
 
-def session(model: onnx.ModelProto, *, optimize: bool = False) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session on an in-memory model.
+def session(model: onnx.ModelProto | str, *, optimize: bool = False) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on an in-memory model (or a model file).
 
     Optimisation is off by default: these sessions inspect tensors, and graph
     fusion would change which tensors exist and how they are computed.
@@ -161,22 +161,52 @@ def session(model: onnx.ModelProto, *, optimize: bool = False) -> ort.InferenceS
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class ExposedSession:
+    """An ONNX Runtime session on ``model`` that also outputs the intermediate tensors ``names``.
+
+    Made eagerly, so the caller may drop (or :func:`skeleton`) its model once this exists: the
+    session holds its own copy of the weights, and the guard's per-layer analysis keeps only the
+    graph for its ranking.
+    """
+
+    def __init__(self, model: onnx.ModelProto, names: Sequence[str], *, consume: bool = False) -> None:
+        """``consume``: ``model`` is not used again by the caller, so its weights may move to a file.
+
+        Then the session is made from a temporary file whose weights are external data: ONNX Runtime
+        reads them from the file instead of from a serialised copy of the model (a session made from
+        bytes peaked at 3x the weights on top of the model itself).
+        """
+        types = float_tensor_types(model)
+        self.wanted = [n for n in names if n in types]
+        with with_outputs(model, self.wanted, types) as exposed:
+            if consume:
+                with tempfile.TemporaryDirectory(prefix="optpipe-exposed-") as tmp:
+                    path = os.path.join(tmp, "exposed.onnx")
+                    onnx.save_model(exposed, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                                    location="exposed.onnx.data", size_threshold=1024)
+                    self.session = session(path)
+            else:
+                self.session = session(exposed)
+        self.out_names = [o.name for o in self.session.get_outputs()]
+        self.feed_names = {i.name for i in self.session.get_inputs()}
+
+    def run(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """Yield ``{tensor name: value}`` for the exposed names on each sample."""
+        wanted = set(self.wanted)
+        for sample in samples:
+            values = self.session.run(None, {k: v for k, v in sample.items() if k in self.feed_names})
+            yield {n: np.asarray(v) for n, v in zip(self.out_names, values, strict=True) if n in wanted}
 
 
 def run_exposed(
     model: onnx.ModelProto, names: Sequence[str], samples: Iterable[Mapping[str, np.ndarray]]
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{tensor name: value}`` for ``names`` on each sample (one session for all)."""
-    types = float_tensor_types(model)
-    wanted = [n for n in names if n in types]
-    with with_outputs(model, wanted, types) as exposed:
-        sess = session(exposed)
-    out_names = [o.name for o in sess.get_outputs()]
-    feed_names = {i.name for i in sess.get_inputs()}
-    for sample in samples:
-        values = sess.run(None, {k: v for k, v in sample.items() if k in feed_names})
-        yield {n: np.asarray(v) for n, v in zip(out_names, values, strict=True) if n in wanted}
+    yield from ExposedSession(model, names).run(samples)
 
 
 def module_path(node: onnx.NodeProto) -> str:

@@ -35,6 +35,7 @@ import onnx
 
 from optpipe.core.artifact import sha256_file
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
+from optpipe.core.memory import release_free_heap
 from optpipe.core.scratch_dir import scratch_cwd
 from optpipe.precision import onnx_graph
 from optpipe.precision.bias_correction import BiasCorrection, correct_biases, measure_means
@@ -168,6 +169,9 @@ def quantize_int8(
             correction = _correct_biases(pre_path, pre, samples, final_ranges, excluded, style, reduce_range, key)
             if correction is None:
                 warnings.append("bias correction skipped: it needs calibration samples (ranges alone were given)")
+        guard_base = sum(1 for n in pre.graph.node if n.op_type in style_op_types(style))
+        del pre  # the quantizer loads its own copy from pre_path: one copy of the weights, not two
+        release_free_heap()
         out_path = tmp / "quantized.onnx"
         _run_quantizer(pre_path, out_path, tmp, final_ranges, style, method, excluded, reduce_range)
         quantized_model = onnx.load(str(out_path))
@@ -177,11 +181,9 @@ def quantize_int8(
             return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded,
                               final_ranges, warnings, cache_hit)  # fmt: skip
         onnx_graph.save_atomic(quantized_model, dst)
-    quantized_types = style_op_types(style)
     return Int8Result(
         "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
-        bias_correction=correction.to_dict() if correction is not None else None,
-        guard_base=sum(1 for n in pre.graph.node if n.op_type in quantized_types),
+        bias_correction=correction.to_dict() if correction is not None else None, guard_base=guard_base,
     )  # fmt: skip
 
 
@@ -364,11 +366,10 @@ def _prepare(
 
     Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
     """
-    source = onnx_graph.load_model(src)
-    pre_path = tmp / "pre.onnx"
+    pre_path = tmp / "pre.onnx"  # the source is not held while pre-processing (the step that peaks)
     warnings = _pre_processed(src, pre_path)
     pre = onnx.load(str(pre_path))
-    return pre_path, pre, _map_exclusions(source, pre, exclude_nodes, src), warnings
+    return pre_path, pre, _map_exclusions(onnx_graph.load_model(src), pre, exclude_nodes, src), warnings
 
 
 def _nothing_left(
@@ -427,18 +428,45 @@ def _drop_pre_cache() -> None:
 
 
 def _pre_process(src: Path, dst: Path) -> list[str]:
-    """ORT's quant_pre_process; symbolic shape inference crashes on some graphs, so retry without it."""
+    """ORT's quant_pre_process; symbolic shape inference crashes on some graphs, so retry without it.
+
+    Memory: ``quant_pre_process`` holds the model, its symbolic-shape copy and ONNX Runtime's
+    optimizer session at once (7.8x the weights at its peak on a 4-layer BERT, BERT-base's build
+    peaked here). It runs on a copy of ``src`` whose weights are external data (:func:`_externalized`),
+    so its in-memory models are the graph alone and ONNX Runtime reads the weights from the file; the
+    result is read back and written inline to ``dst``: the same nodes, shapes and weights as the
+    pre-processing of ``src`` itself (tests/precision/test_static_quantize.py).
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst))
-        return []
-    except Exception as first:  # symbolic shape inference fails with assorted errors on transformer graphs
+    with tempfile.TemporaryDirectory(prefix="optpipe-pre-", dir=dst.parent) as tmp_text:
+        tmp = Path(tmp_text)
+        light, out = _externalized(src, tmp), tmp / "pre.onnx"
+        external = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                    "external_data_location": "pre.onnx.data"}
+        failed = None
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-        except Exception as exc:  # give the user the cause in one line
-            raise UserInputError(f"quantization pre-processing of '{src}' failed: {exc}") from exc
-        return [f"symbolic shape inference failed ({type(first).__name__}); pre-processed without it"]
+            quant_pre_process(str(light), str(out), **external)
+        except Exception as first:  # symbolic shape inference fails with assorted errors on transformer graphs
+            failed = type(first).__name__  # retried below, not in here: the traceback holds the failed copies
+        if failed is not None:
+            release_free_heap()
+            try:
+                quant_pre_process(str(light), str(out), skip_symbolic_shape=True, **external)
+            except Exception as exc:  # give the user the cause in one line
+                raise UserInputError(f"quantization pre-processing of '{src}' failed: {exc}") from exc
+        onnx.save(onnx.load(str(out)), str(dst))  # inline again: the quantizers and the cache read one file
+    release_free_heap()
+    return [] if failed is None else [f"symbolic shape inference failed ({failed}); pre-processed without it"]
+
+
+def _externalized(src: Path, folder: Path) -> Path:
+    """A copy of ``src`` in ``folder`` whose tensors over 1 KB are external data (``source.onnx.data``)."""
+    model = onnx_graph.load_model(src)  # a missing or corrupt file: one line
+    path = folder / "source.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="source.onnx.data", size_threshold=1024)
+    return path
 
 
 def _map_exclusions(
@@ -511,8 +539,10 @@ def _resolve_ranges(
     if warning:
         warnings.append(warning)
     method: Method = key.method  # type: ignore[assignment]  # the key was built from a validated Method
+    release_free_heap()  # calibration loads the model twice more (its own copy and a session)
     computed = compute_ranges(pre_path, samples, method, op_types=op_types, percentile=percentile,
                               calib_bytes=calib_bytes)
+    release_free_heap()  # the calibrator's model and session
     if store is not None:
         store.store(key, computed)
     if cache_file is not None:
@@ -541,7 +571,7 @@ def _correct_biases(
     cache_key = (key.model_sha256, key.data_sha256, style, hash(tuple(sorted(ranges.items()))))
     means = _MEANS_CACHE.get(cache_key)
     if means is None:
-        means = measure_means(pre, samples, ranges, style)
+        means = measure_means(pre, samples, ranges, style, pre_path)  # pre_path holds pre as it is now
         while len(_MEANS_CACHE) >= 2:
             _MEANS_CACHE.pop(next(iter(_MEANS_CACHE)))
         _MEANS_CACHE[cache_key] = means

@@ -327,3 +327,24 @@ def test_byte_chunks_hold_at_most_the_budget_and_every_name_once() -> None:
     assert _byte_chunks(names, sizes, 80) == [["a", "b"], ["c", "d"], ["e"]]  # "e" alone is over: one name
     assert _byte_chunks(names, sizes, 1) == [[n] for n in names]
     assert _byte_chunks(names, sizes, 10**9) == [names]
+
+
+def _same_model(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    """Same nodes, inputs, outputs, shapes and weights (the bytes differ only in how tensors are written)."""
+    assert a.graph.node == b.graph.node and a.graph.value_info == b.graph.value_info
+    assert a.graph.input == b.graph.input and a.graph.output == b.graph.output
+    first = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    second = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_pre_processing_with_external_weights_makes_the_same_model(cnn: Path, tmp_path: Path) -> None:
+    """The quantizers' input is what ORT's quant_pre_process makes of the source itself (its weights inline)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from optpipe.precision.static_quantize import _pre_process
+
+    quant_pre_process(str(cnn), str(tmp_path / "direct.onnx"))
+    assert _pre_process(cnn, tmp_path / "ours.onnx") == []
+    assert not (tmp_path / "ours.onnx.data").exists()  # one self-contained file, as before
+    _same_model(onnx.load(str(tmp_path / "direct.onnx")), onnx.load(str(tmp_path / "ours.onnx")))

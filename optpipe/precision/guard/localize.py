@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from optpipe.core.errors import UserInputError
+from optpipe.core.memory import release_free_heap
 from optpipe.precision import onnx_graph
 from optpipe.precision.fp16_convert import convert_fp16
 from optpipe.precision.guard.sensitivity import output_sensitivity
@@ -158,18 +159,22 @@ def per_layer_errors(
     """
     if not samples:
         raise UserInputError("per-layer error analysis needs at least one sample")
-    fp32 = onnx_graph.load_model(Path(fp32_path))
-    lowp = onnx_graph.load_model(Path(lowp_path))
+    # Memory: each model's weights are dropped once its session exists (the session has its own copy);
+    # the ranking needs the FP32 graph alone. Both models with their sessions held 7x the weights.
+    release_free_heap()  # what the quantizer freed goes back first: these sessions are the pass's largest step
+    fp32 = onnx_graph.skeleton(onnx_graph.load_model(Path(fp32_path)))
+    lowp = onnx_graph.skeleton(onnx_graph.load_model(Path(lowp_path)))
     mapping = tensor_map(fp32, lowp)
     fp_types = onnx_graph.float_tensor_types(fp32)
     mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in onnx_graph.FLOAT_TYPES}
     used = onnx_graph.single_rows(fp32, samples, max_samples)
+    del lowp
 
     stats = {name: _Stats() for name in mapping}
     low_names = list(dict.fromkeys(mapping.values()))
-    fp_iter = onnx_graph.run_exposed(fp32, list(mapping), used)
-    low_iter = onnx_graph.run_exposed(lowp, low_names, used)
-    for ref_values, low_values in zip(fp_iter, low_iter, strict=True):
+    fp_run = onnx_graph.ExposedSession(onnx_graph.load_model(Path(fp32_path)), list(mapping), consume=True)
+    low_run = onnx_graph.ExposedSession(onnx_graph.load_model(Path(lowp_path)), low_names, consume=True)
+    for ref_values, low_values in zip(fp_run.run(used), low_run.run(used), strict=True):
         for name, low_name in mapping.items():
             if name in ref_values and low_name in low_values:
                 stats[name].add(ref_values[name], low_values[low_name])
