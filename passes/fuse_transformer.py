@@ -138,7 +138,7 @@ class FuseTransformerPass(Pass):
 
         assert artifact.path is not None
         src = Path(artifact.path)
-        model = onnx.load(str(src))
+        model = onnx_graph.skeleton(onnx.load(str(src)))  # the graph alone: not held beside the optimizer's copies
         before = op_counts(model)
         model_type = self.config.model_type
         if model_type == FUSE_AUTO:

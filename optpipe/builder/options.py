@@ -511,8 +511,7 @@ def parse_build_options(
         static_seq=_flag("static_seq", static_seq),
         sweep=SweepOptions(_flag("sweep", sweep), SweepOptions.seconds if sweep_seconds is None else sweep_seconds,
                            latency_budget),
-        rebench=_flag("rebench", rebench),
-        require_judged=_flag("require_judged", require_judged),
+        rebench=_flag("rebench", rebench), require_judged=_flag("require_judged", require_judged),
         fuse=_choice("--fuse value", fuse, FUSE_CHOICES),
         max_rss=_size("--max-rss", max_rss),
     )

@@ -301,18 +301,15 @@ def build_with_options(
     from optpipe.builder.split_finish import split_next_step
     from optpipe.report.provenance import utc_now
 
-    started = utc_now()
-    out = Path(out_dir)
+    started, out = utc_now(), Path(out_dir)
     options = replace(options, out_dir=str(out))  # int8 reuses the ranges of a previous build there
     target = get_target(options.target)
     precisions = _precisions(options, target)
     io = _model_inputs(example_inputs, input_names, dynamic)
     out_seen = check_out_dir(out, options.overwrite)  # publish() refuses if another build changed it meanwhile
-    reason = _unavailable_reason(target)
-    model_type = type(model).__name__
+    reason, model_type = _unavailable_reason(target), type(model).__name__
     model, io, reference = _reference(model, io, output_names)
-    memory = _memory_plan(model, options, precisions)  # a build that cannot fit is refused before any work
-    options = replace(options, calib_bytes=memory.calib_bytes)
+    options, memory = _memory_plan(model, options, precisions)  # one that cannot fit is refused before any work
     dynamic_io, static_reason = _with_default_batch(io, options, reference, dynamic)
     _check_against_model(options, dynamic_io)
     eval_set = _checked_eval_set(options, io, precisions)
@@ -333,7 +330,6 @@ def build_with_options(
     golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
     sampler = RssSampler(BUILD_RSS_INTERVAL_S).start()  # the build's peak RSS (each pass has its own)
-    report.memory = plan_record(memory, None, None)
     try:
         ctx = _context(model, dynamic_io, options, target, staging, log)
         reference = cached_reference(reference, instruments, ctx)  # outputs only: the benchmark times its own
@@ -361,12 +357,14 @@ def build_with_options(
     return report
 
 
-def _memory_plan(model: Any, options: BuildOptions, precisions: Sequence[str]) -> Any:
-    """The build's memory plan (:mod:`optpipe.builder.memory_budget`): refused when it cannot fit its limit."""
+def _memory_plan(model: Any, options: BuildOptions, precisions: Sequence[str]) -> tuple[BuildOptions, Any]:
+    """The build's memory plan (:mod:`optpipe.builder.memory_budget`; refused when it cannot fit its limit) and
+    the options with its calibration chunking."""
     from optpipe.builder.memory_budget import plan_memory
     from optpipe.core.precisions import base_precision
 
-    return plan_memory(model, options.max_rss, calibrates=any(base_precision(p) == "int8" for p in precisions))
+    plan = plan_memory(model, options.max_rss, calibrates=any(base_precision(p) == "int8" for p in precisions))
+    return replace(options, calib_bytes=plan.calib_bytes), plan
 
 
 def _raise_if_disk_full(error: BaseException, out: Path) -> None:

@@ -143,7 +143,6 @@ def quantize_int8(
     src, dst = Path(src).absolute(), Path(dst).absolute()
     cache_dir = Path(cache_dir).absolute() if cache_dir is not None else None
     cache_file = Path(cache_file).absolute() if cache_file is not None else None
-
     with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
         pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes)
@@ -152,7 +151,6 @@ def quantize_int8(
                                 f"the model has no {'/'.join(COMPUTE_OPS)} node")  # fmt: skip
         if nothing is not None:
             return nothing
-
         op_types = list(COMPUTE_OPS) if style == "tensorrt" else None
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
         key = CacheKey(sha256_file(src), data_fingerprint(samples) if samples else "", method, params)
@@ -161,7 +159,6 @@ def quantize_int8(
         )
         if ranges is not None:
             _check_ranges_name_tensors(pre, final_ranges)
-
         if reduce_range is None:
             reduce_range = style == "cpu" and cpu_needs_reduce_range()
         correction = None
