@@ -31,6 +31,7 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
+@pytest.mark.slow
 def test_skeleton_keeps_shapes_and_types_but_not_the_weights(encoder: onnx.ModelProto) -> None:
     light = onnx_graph.skeleton(encoder)
     assert light.ByteSize() < encoder.ByteSize() / 10
@@ -39,6 +40,7 @@ def test_skeleton_keeps_shapes_and_types_but_not_the_weights(encoder: onnx.Model
     assert {t.name: (t.data_type, list(t.dims)) for t in light.graph.initializer} == dims
 
 
+@pytest.mark.slow
 def test_types_from_the_skeleton_equal_those_of_the_whole_model(encoder: onnx.ModelProto) -> None:
     """The weightless inference must type every tensor as inference on the model with its weights does."""
     whole = onnx.shape_inference.infer_shapes(encoder)
@@ -49,6 +51,7 @@ def test_types_from_the_skeleton_equal_those_of_the_whole_model(encoder: onnx.Mo
     assert onnx_graph.float_tensor_types(encoder) == expected
 
 
+@pytest.mark.slow
 def test_run_exposed_leaves_the_model_as_it_was(encoder: onnx.ModelProto) -> None:
     before = encoder.SerializeToString()
     names = [n.output[0] for n in encoder.graph.node if n.op_type == "MatMul"][:3]
