@@ -24,6 +24,7 @@ from optpipe.core.errors import UserInputError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 DIGITS = f"{SAMPLES / 'digits_cnn.py'}:DigitsCNN"
+DIGITS_WEIGHTS = str(SAMPLES / "weights" / "digits_cnn.safetensors")
 
 
 class _Tied(torch.nn.Module):
@@ -96,8 +97,8 @@ def test_a_build_records_peak_rss_per_pass_and_chunks_calibration_under_a_tight_
     report.json has every pass's wall time and peak RSS, the build's peak and the limit (also in report.html)."""
     out = tmp_path / "out"
     limit = str((estimate_peak(0) + estimate_peak(0, chunked=True)) // 2)  # bytes: the digits CNN weighs ~0
-    result = CliRunner().invoke(main, ["build", DIGITS, "--out", str(out), "--precision", "int8", "--no-benchmark",
-                                       "--max-rss", limit])
+    result = CliRunner().invoke(main, ["build", DIGITS, "--weights", DIGITS_WEIGHTS, "--out", str(out),
+                                       "--precision", "int8", "--no-benchmark", "--max-rss", limit])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     memory = report["memory"]
