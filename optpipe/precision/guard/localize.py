@@ -356,7 +356,9 @@ def guarded_quantize(
     ``min_keep``: the fewest nodes the fraction allows (a floor on the limit, never above the quantizable count).
     """
     src, dst = Path(src), Path(dst)
-    fp32 = onnx_graph.load_model(src)
+    # The graph alone for the whole search (names, producers, eligibility); the weights are loaded again only
+    # where the output sensitivity runs the FP32 model, so they are not held beside every rebuild.
+    fp32 = onnx_graph.skeleton(onnx_graph.load_model(src))
     # Any: the options are forwarded as keyword arguments to quantize_int8 / convert_fp16, which check them.
     opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
@@ -431,7 +433,8 @@ class _Search:
                 return path
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
             table = by_output_sensitivity(
-                table, self.fp32, path, onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples),
+                table, onnx_graph.load_model(self.src), path,
+                onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples),
                 kept=[*self.kept, *self.user_kept],
             )
             self.first_table = self.first_table or table
