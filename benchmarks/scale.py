@@ -58,7 +58,8 @@ MODELS = {
 }
 
 # The build runs under this wrapper, which reads its peak RSS from RUSAGE_CHILDREN: Linux carries the
-# high-water RSS of a forking process into its child's ru_maxrss across exec (benchmarks/real_models.py).
+# high-water RSS of a forking process into its child's ru_maxrss across exec (benchmarks/real_models.py has
+# the same wrapper; that file cannot be imported by name beside the real_models/ folder).
 _PEAK_WRAPPER = (
     "import resource, subprocess, sys\n"
     "code = subprocess.call(sys.argv[2:])\n"
