@@ -404,6 +404,7 @@ class _Search:
         self.passed = False
         self.stopped = ""
         self.producer = {out: node.name for node in fp32.graph.node for out in node.output}
+        self.nodes = {node.name: node for node in fp32.graph.node}  # once: each group looked up nodes anew (N x groups)
         self.constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
         self.eligible = eligible  # None: every node may be kept
 
@@ -456,7 +457,7 @@ class _Search:
         added = 0
         # A group (a node and the nodes folded into it) is kept whole, so the limit may be overshot by one group.
         while len(groups) < step and len(self.kept) + added < self.limit:
-            chosen = _next_nodes(table, taken, self.producer, self.constant, self.fp32, self.eligible)
+            chosen = _next_nodes(table, taken, self.producer, self.constant, self.nodes, self.eligible)
             if not chosen:
                 break
             groups.append(chosen)
@@ -516,10 +517,10 @@ def _next_nodes(
     kept: set[str],
     producer: Mapping[str, str],
     constant: set[str],
-    fp32: onnx.ModelProto,
+    fp32: onnx.ModelProto | Mapping[str, onnx.NodeProto],
     eligible: frozenset[str] | None = None,
 ) -> list[str]:
-    nodes = {node.name: node for node in fp32.graph.node}
+    nodes = fp32 if isinstance(fp32, Mapping) else {node.name: node for node in fp32.graph.node}
     for entry in table:
         if entry.contribution <= 0:
             break
