@@ -363,10 +363,17 @@ def _prepare(
 
     Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
     """
+    if not Path(src).is_file():  # a corrupt one is refused by the first load (onnx_graph.load_model)
+        raise UserInputError(f"ONNX model '{src}' does not exist")
     pre_path = tmp / "pre.onnx"  # the source is not held while pre-processing (the step that peaks)
     warnings = _pre_processed(src, pre_path)
     pre = onnx.load(str(pre_path))
-    return pre_path, pre, _map_exclusions(onnx_graph.load_model(src), pre, exclude_nodes, src), warnings
+    pre_names = {n.name for n in pre.graph.node}
+    # The source is read again only when a name to exclude is not in the pre-processed graph (ORT renamed
+    # or fused it): reading it costs twice its weights at once.
+    source = (onnx_graph.skeleton(onnx_graph.load_model(src)) if any(n not in pre_names for n in exclude_nodes)
+              else onnx.ModelProto())
+    return pre_path, pre, _map_exclusions(source, pre, exclude_nodes, src), warnings
 
 
 def _nothing_left(
