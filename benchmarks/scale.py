@@ -160,7 +160,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, entry in results["models"].items():
         if not entry.get("passes"):
             continue
-        lines += ["", f"{name}, per pass:", "", "| pass | variant | status | seconds | peak RSS (MB) |",
+        lines += ["", f"{name}, per pass:", "", "| pass | variant | status | seconds | peak RSS (MiB) |",
                   "|---|---|---|---|---|"]
         lines += [f"| {p['name']} | {p['variant']} | {p['status']} | {p['seconds']:.1f} | {_mib(p['peak_rss_mb'])} |"
                   for p in entry["passes"]]

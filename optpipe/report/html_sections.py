@@ -141,7 +141,7 @@ def profile_section(report: Mapping[str, Any]) -> str:
 
 
 def _mb(value: Any) -> str:
-    """A size in MB without decimals, or a dash when it was not measured."""
+    """A size in MiB without decimals, or a dash when it was not measured."""
     return f"{float(value):.0f}" if isinstance(value, int | float) else "–"
 
 
@@ -150,9 +150,9 @@ def _memory_line(memory: Mapping[str, Any]) -> str:
     if memory.get("peak_rss_mb") is None:
         return ""
     calib = f"; calibration {memory['calib_rows']} row per run" if memory.get("calib_rows") else ""
-    text = (f"Build peak RSS {_mb(memory['peak_rss_mb'])} MB (process {_mb(memory.get('process_peak_rss_mb'))} "
-            f"MB); estimated before the build: {_mb(memory.get('estimate_mb'))} MB from "
-            f"{_mb(memory.get('weights_mb'))} MB of FP32 weights, limit {_mb(memory.get('limit_mb'))} MB "
+    text = (f"Build peak RSS {_mb(memory['peak_rss_mb'])} MiB (process {_mb(memory.get('process_peak_rss_mb'))} "
+            f"MiB); estimated before the build: {_mb(memory.get('estimate_mb'))} MiB from "
+            f"{_mb(memory.get('weights_mb'))} MiB of FP32 weights, limit {_mb(memory.get('limit_mb'))} MiB "
             f"({memory.get('limit_source') or 'none'}){calib}.")
     return f"<p class='muted small'>{_e(text)}</p>"
 
@@ -177,4 +177,4 @@ def pass_table(report: Mapping[str, Any]) -> str:
                     f"<td>{_e(record.get('status'))}</td><td class=num>{float(record.get('seconds') or 0):.2f}</td>"
                     f"<td class=num>{rss}</td></tr>")
     return (f"{line}<table><thead><tr><th>pass</th><th>variant</th><th>status</th><th>seconds</th>"
-            f"<th>peak RSS (MB)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"<th>peak RSS (MiB)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")

@@ -110,4 +110,4 @@ def test_a_build_records_peak_rss_per_pass_and_chunks_calibration_under_a_tight_
     for record in report["passes"]:
         assert record["seconds"] >= 0 and 0 < record["peak_rss_mb"] <= memory["process_peak_rss_mb"] + 1
     html = (out / "report.html").read_text()
-    assert "peak RSS (MB)" in html and f"Build peak RSS {memory['peak_rss_mb']:.0f} MB" in html
+    assert "peak RSS (MiB)" in html and f"Build peak RSS {memory['peak_rss_mb']:.0f} MiB" in html
