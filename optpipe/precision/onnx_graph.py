@@ -76,6 +76,20 @@ def save_atomic(model: onnx.ModelProto, dst: Path) -> None:
         raise
 
 
+def externalized_copy(src: Path, folder: Path) -> Path:
+    """A copy of ``src`` in ``folder`` whose tensors over 1 KB are external data (``source.onnx.data``).
+
+    Why: a third-party step that loads a model file several times over (ONNX Runtime's quantization
+    pre-processing, its transformer optimizer) then holds the graph alone where it does not need the
+    weights, and reads them from the file where it does: the same model, fewer copies in memory.
+    """
+    model = load_model(src)  # a missing or corrupt file: one line
+    path = Path(folder) / "source.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="source.onnx.data", size_threshold=1024)
+    return path
+
+
 def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every typed tensor (after shape inference), by name.
 

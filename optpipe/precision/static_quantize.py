@@ -436,7 +436,8 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
 
     Memory: ``quant_pre_process`` holds the model, its symbolic-shape copy and ONNX Runtime's
     optimizer session at once (7.8x the weights at its peak on a 4-layer BERT, BERT-base's build
-    peaked here). It runs on a copy of ``src`` whose weights are external data (:func:`_externalized`),
+    peaked here). It runs on a copy of ``src`` whose weights are external data
+    (:func:`~optpipe.precision.onnx_graph.externalized_copy`),
     so its in-memory models are the graph alone and ONNX Runtime reads the weights from the file; the
     result is read back and written inline to ``dst``: the same nodes, shapes and weights as the
     pre-processing of ``src`` itself (tests/precision/test_static_quantize.py).
@@ -445,7 +446,7 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
 
     with tempfile.TemporaryDirectory(prefix="optpipe-pre-", dir=dst.parent) as tmp_text:
         tmp = Path(tmp_text)
-        light, out = _externalized(src, tmp), tmp / "pre.onnx"
+        light, out = onnx_graph.externalized_copy(src, tmp), tmp / "pre.onnx"
         external = {"save_as_external_data": True, "all_tensors_to_one_file": True,
                     "external_data_location": "pre.onnx.data"}
         failed = None
@@ -462,15 +463,6 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
         onnx.save(onnx.load(str(out)), str(dst))  # inline again: the quantizers and the cache read one file
     release_free_heap()
     return [] if failed is None else [f"symbolic shape inference failed ({failed}); pre-processed without it"]
-
-
-def _externalized(src: Path, folder: Path) -> Path:
-    """A copy of ``src`` in ``folder`` whose tensors over 1 KB are external data (``source.onnx.data``)."""
-    model = onnx_graph.load_model(src)  # a missing or corrupt file: one line
-    path = folder / "source.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="source.onnx.data", size_threshold=1024)
-    return path
 
 
 def _map_exclusions(
