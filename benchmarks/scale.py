@@ -10,7 +10,7 @@ Models (random seeded weights, since no model hub is reachable; same code paths 
 
 Each build is a cold ``optpipe build`` subprocess (an empty build cache), then ``optpipe verify`` on its
 directory. Recorded: wall seconds, the build process's peak RSS (its own ``ru_maxrss``, read by a
-wrapper: see :data:`_PEAK_WRAPPER`), each pass's wall seconds and peak RSS from report.json, every
+wrapper: see :data:`PEAK_WRAPPER`), each pass's wall seconds and peak RSS from report.json, every
 variant's verdict and artifact size, the exit codes, and the RSS target of issue 20
 (3 x FP32 weights + 1.5 GB). Run one model per command through the shared lock; results accumulate::
 
@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from peak_rss import PEAK_WRAPPER
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTPIPE = Path(sys.executable).parent / "optpipe"
@@ -57,17 +59,6 @@ MODELS = {
                             ("--precision", "fp32,int8-dynamic,int4-weight"), default=False),
 }
 
-# The build runs under this wrapper, which reads its peak RSS from RUSAGE_CHILDREN: Linux carries the
-# high-water RSS of a forking process into its child's ru_maxrss across exec (benchmarks/real_models.py has
-# the same wrapper; that file cannot be imported by name beside the real_models/ folder).
-_PEAK_WRAPPER = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.call(sys.argv[2:])\n"
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-    "sys.exit(code)\n"
-)
-
-
 def run_build(model: ScaleModel, out: Path, cache: Path, extra: list[str], log: Path) -> dict[str, Any]:
     """One cold ``optpipe build`` subprocess: wall seconds, peak RSS (MiB, the build's own), exit code."""
     command = [str(OPTPIPE), "build", model.spec, "--out", str(out), "--overwrite", "--cache-dir", str(cache),
@@ -76,7 +67,7 @@ def run_build(model: ScaleModel, out: Path, cache: Path, extra: list[str], log: 
     peak_file = log.with_suffix(".peak_kib")
     start = time.perf_counter()
     with open(log, "w") as handle:
-        status = subprocess.call([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *command],
+        status = subprocess.call([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), *command],
                                  stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     wall = time.perf_counter() - start
     peak_kib = int(peak_file.read_text()) if peak_file.is_file() else 0
