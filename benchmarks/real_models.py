@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from peak_rss import PEAK_WRAPPER
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -53,18 +54,6 @@ OPTPIPE = Path(sys.executable).parent / "optpipe"
 DEFAULT_IMAGENET = ROOT / "benchmarks" / "data" / "acuity-dataset" / "ILSVRC2012_VAL_SET"
 
 
-# The build runs under this small wrapper, and its peak RSS is read from RUSAGE_CHILDREN there.
-# Reading ru_maxrss of our own child would be wrong: Linux carries the high-water RSS of the process
-# that forks (this harness, which has loaded torch and both models) into the child's ru_maxrss across
-# exec, so the first run reported MiniLM's build at 8.5 GiB while /usr/bin/time measured 1.4 GiB.
-_PEAK_WRAPPER = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.call(sys.argv[2:])\n"
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-    "sys.exit(code)\n"
-)
-
-
 def run_build(spec: str, out: Path, cache: Path, extra: list[str], log: Path) -> dict[str, Any]:
     """One ``optpipe build`` as a subprocess: wall seconds, peak RSS (MiB, the build's own), exit code."""
     command = [str(OPTPIPE), "build", spec, "--out", str(out), "--overwrite", "--precision", "auto",
@@ -73,7 +62,7 @@ def run_build(spec: str, out: Path, cache: Path, extra: list[str], log: Path) ->
     peak_file = log.with_suffix(".peak_kib")
     start = time.perf_counter()
     with open(log, "w") as handle:
-        status = subprocess.call([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *command],
+        status = subprocess.call([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), *command],
                                  stdout=handle, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     wall = time.perf_counter() - start
     peak_kib = int(peak_file.read_text()) if peak_file.is_file() else 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ class FuseTransformerPass(Pass):
 
         assert artifact.path is not None
         src = Path(artifact.path)
-        model = onnx.load(str(src))
+        model = onnx_graph.skeleton(onnx.load(str(src)))  # the graph alone: not held beside the optimizer's copies
         before = op_counts(model)
         model_type = self.config.model_type
         if model_type == FUSE_AUTO:
@@ -149,7 +150,12 @@ class FuseTransformerPass(Pass):
         metrics: dict[str, Any] = {"model_type": model_type or None, "ops_before": before}
         if not model_type:
             return self._unchanged(artifact, metrics, "no attention (Softmax over a MatMul of two activations) found")
-        fused_model = run_optimizer(src, model_type, self.config.num_heads, self.config.hidden_size)
+        with tempfile.TemporaryDirectory(prefix="optpipe-fuse-") as tmp:
+            # The optimizer reads its input twice (once for the graph alone); external weights make that one
+            # read of the graph, not of the model (the fused model is the same: its weights are loaded after).
+            light = onnx_graph.externalized_copy(src, Path(tmp))
+            fused_model = run_optimizer(light, model_type, self.config.num_heads, self.config.hidden_size)
+            onnx.load_external_data_for_model(fused_model, tmp)  # before the temporary folder goes
         fused = fused_counts(fused_model)
         metrics.update(ops_after=op_counts(fused_model), fused=fused)
         if not fused:

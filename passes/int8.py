@@ -87,6 +87,9 @@ class Int8Config(pass_support.GuardedConfig):
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
     external_data_above: int = EXTERNAL_DATA_ABOVE
+    # The most activation bytes calibration may hold at once (the build's memory plan, --max-rss; None: the
+    # default chunks). Chunked calibration computes the same ranges, so it is not in the cache key.
+    calib_bytes: int | None = field(default=None, metadata=NOT_IN_KEY)
 
 
 def _integer_ranges(ctx: BuildContext, config: Int8Config) -> dict[str, Any]:
@@ -143,6 +146,7 @@ class Int8Pass(Pass):
             "exclude_nodes": [*config.exclude_nodes, *fragile],
             "bias_correction": config.bias_correction,
             "external_above": config.external_data_above,
+            "calib_bytes": config.calib_bytes,
         }
         level = "none" if config.style == "tensorrt" else "all"
         result, gate_log = pass_support.run_guard(

@@ -381,9 +381,16 @@ class BuildOptions:
     external_data_above: int = EXTERNAL_DATA_ABOVE
     # {pass name: {Config field: value}}, checked; applied over the values the options above set.
     pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # --max-rss SIZE in bytes: the most memory the build may use; refused before any work when its estimate
+    # (optpipe.builder.memory_budget) exceeds it, calibration chunked when only that makes it fit. None: the
+    # machine's available memory is the limit of the up-front check.
+    max_rss: int | None = None
     # The build's output directory (set by the build, not parsed): int8 may reuse the ranges of the
     # previous build there. Not an option of the build's result, so not compared.
     out_dir: str | None = field(default=None, compare=False)
+    # Activation bytes a calibration run may hold (set by the build's memory plan, not parsed; None: the
+    # default chunks). Chunked calibration computes the same ranges, so it is not compared either.
+    calib_bytes: int | None = field(default=None, compare=False)
 
     def gate_fields(self) -> dict[str, Any]:
         """``tolerances`` and ``output_kinds`` for a pass whose gate judges parity (precision, validate)."""
@@ -424,6 +431,7 @@ class BuildOptions:
             "fuse": self.fuse,
             "external_data_above": self.external_data_above,
             "pass_options": {k: dict(v) for k, v in self.pass_options.items()},
+            "max_rss": self.max_rss,
         }
 
 
@@ -473,6 +481,7 @@ def parse_build_options(
     require_judged: bool = True,
     fuse: str = FUSE_AUTO,
     external_data_above: int | str | None = None,
+    max_rss: str | int | None = None,
 ) -> BuildOptions:
     """The one parser: keyword arguments (as ``optpipe.build`` and the CLI name them) -> :class:`BuildOptions`.
 
@@ -507,10 +516,10 @@ def parse_build_options(
         static_seq=_flag("static_seq", static_seq),
         sweep=SweepOptions(_flag("sweep", sweep), SweepOptions.seconds if sweep_seconds is None else sweep_seconds,
                            latency_budget),
-        rebench=_flag("rebench", rebench),
-        require_judged=_flag("require_judged", require_judged),
+        rebench=_flag("rebench", rebench), require_judged=_flag("require_judged", require_judged),
         fuse=_choice("--fuse value", fuse, FUSE_CHOICES),
         external_data_above=_external_data_above(external_data_above),
+        max_rss=_size("--max-rss", max_rss),
     )
 
 
@@ -528,6 +537,18 @@ def _external_data_above(value: int | str | None) -> int:
     if isinstance(value, bool) or (isinstance(value, int) and value < 0):
         raise UserInputError(f"--external-data-above must be a size >= 0 (e.g. 0, 500MB, 2GB), got {value!r}")
     return value if isinstance(value, int) else parse_size(str(value))
+
+
+def _size(name: str, value: str | int | None) -> int | None:
+    """A size option (``10GB``, ``1.5GiB``, bytes as an int) in bytes; at least 1 MB."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UserInputError(f"{name} must be a size such as 6GB, got {value!r}")
+    size = value if isinstance(value, int) else parse_size(value.strip())
+    if size < 1_000_000:
+        raise UserInputError(f"{name} must be at least 1MB, got {value!r}")
+    return size
 
 
 def _with_pass_tables(per_pass: Mapping[str, Mapping[str, Any]], tolerances: Tolerances, kinds: OutputKinds,

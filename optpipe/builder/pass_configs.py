@@ -59,7 +59,8 @@ def int8_pass(options: BuildOptions, target: Any) -> Int8Pass:
     return Int8Pass(Int8Config(
         style=style, method=calib.method, calib_data=source, synthetic=calib.synthetic and source is None,
         cache_file=calib.cache, exclude_nodes=options.guard.int8_exclude, samples=calib.samples,
-        previous_build=options.out_dir, input_ranges=calib.ranges_dict(), **guard_fields(options),
+        previous_build=options.out_dir, input_ranges=calib.ranges_dict(), calib_bytes=options.calib_bytes,
+        **guard_fields(options),
     ))  # fmt: skip
 
 

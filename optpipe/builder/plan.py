@@ -23,12 +23,13 @@ from optpipe.builder import pass_configs
 from optpipe.builder.options import BuildOptions
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.errors import PassError, UserInputError
+from optpipe.core.memory import RssSampler, mib
 from optpipe.core.precisions import FUSED_SUFFIX, PRECISIONS, base_precision
 from optpipe.core.records import CachedMeasurement, PassStatus, VariantResult, VariantStatus
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
 from optpipe.infra.pass_base import BuildContext, Pass
 from optpipe.infra.pass_options import apply_pass_options
-from optpipe.infra.pipeline import Instrument, PassRecord, Pipeline
+from optpipe.infra.pipeline import PASS_RSS_INTERVAL_S, Instrument, PassRecord, Pipeline
 from optpipe.report.build_report import Report
 from optpipe.runtime.target import Target
 
@@ -258,10 +259,12 @@ def benchmark_variants(plan: BuildPlan, run: PlanRun, results: list[VariantResul
 
     run.ctx.log(f"[benchmark] {', '.join(engines)} and PyTorch eager, interleaved in one run")
     started = time.perf_counter()
-    record, memory = _measure_or_reuse(plan.benchmark, engines, run)
+    with RssSampler(PASS_RSS_INTERVAL_S) as sampler:
+        record, memory = _measure_or_reuse(plan.benchmark, engines, run)
     status = PassStatus.CACHED if record.cached is not None else PassStatus.OK
     run.report.passes.append(PassRecord("benchmark", "build", time.perf_counter() - started, status,
-                                        metrics=record.to_dict(), warnings=list(record.warnings)))
+                                        metrics=record.to_dict(), warnings=list(record.warnings),
+                                        peak_rss_mb=mib(sampler.peak)))
     run.report.benchmark = record
     run.report.baseline = record.baseline
     made = {"benchmark": record.cached} if record.cached is not None else {}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from optpipe.builder import pass_configs
+from optpipe.builder.memory_budget import plan_record
 from optpipe.builder.options import (
     PRECISIONS,
     BuildOptions,
@@ -46,6 +47,7 @@ from optpipe.compare.golden import RealRows, make_golden, output_kinds_of, real_
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.console import info
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
+from optpipe.core.memory import RssSampler, max_rss_bytes
 from optpipe.core.records import BuildRecord
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
 from optpipe.core.value_checks import check_environment
@@ -69,6 +71,9 @@ from optpipe.runtime.target import Target, get_target
 
 if TYPE_CHECKING:
     from optpipe.report.provenance import ProvenanceInputs
+
+#: How often the whole build's resident set is sampled (s); each pass samples its own more often.
+BUILD_RSS_INTERVAL_S = 0.02
 
 __all__ = ["PRECISIONS", "ProgressInstrument", "build", "build_with_options", "variant_passes"]
 
@@ -129,6 +134,7 @@ def build(
     require_judged: bool = True,
     fuse: str = "auto",
     external_data_above: int | str | None = None,
+    max_rss: str | int | None = None,
     mlflow: Any = None,
     provenance: ProvenanceInputs | None = None,
 ) -> Report:
@@ -297,16 +303,15 @@ def build_with_options(
     from optpipe.builder.split_finish import split_next_step
     from optpipe.report.provenance import utc_now
 
-    started = utc_now()
-    out = Path(out_dir)
+    started, out = utc_now(), Path(out_dir)
     options = replace(options, out_dir=str(out))  # int8 reuses the ranges of a previous build there
     target = get_target(options.target)
     precisions = _precisions(options, target)
     io = _model_inputs(example_inputs, input_names, dynamic)
     out_seen = check_out_dir(out, options.overwrite)  # publish() refuses if another build changed it meanwhile
-    reason = _unavailable_reason(target)
-    model_type = type(model).__name__
+    reason, model_type = _unavailable_reason(target), type(model).__name__
     model, io, reference = _reference(model, io, output_names)
+    options, memory = _memory_plan(model, options, precisions)  # one that cannot fit is refused before any work
     dynamic_io, static_reason = _with_default_batch(io, options, reference, dynamic)
     _check_against_model(options, dynamic_io)
     eval_set = _checked_eval_set(options, io, precisions)
@@ -326,6 +331,7 @@ def build_with_options(
         *([holdout_warning] if holdout_warning is not None else [])])
     golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
+    sampler = RssSampler(BUILD_RSS_INTERVAL_S).start()  # the build's peak RSS (each pass has its own)
     try:
         ctx = _context(model, dynamic_io, options, target, staging, log)
         reference = cached_reference(reference, instruments, ctx)  # outputs only: the benchmark times its own
@@ -337,11 +343,13 @@ def build_with_options(
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
-        record = _RecordInputs(options, tuple(precisions), reference, eval_set, next_step, provenance, started, holdout)
+        record = _RecordInputs(options, tuple(precisions), reference, eval_set, next_step, provenance, started, holdout,
+                               lambda: plan_record(memory, sampler.stop(), max_rss_bytes()))
         _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments], record,
                         capture)
         publish(staging, out, out_seen)
     except BaseException as error:
+        sampler.stop()
         capture.stop()
         discard(staging)
         _raise_if_disk_full(error, out)
@@ -349,6 +357,16 @@ def build_with_options(
     report.out_dir = out
     _write_back_calib_cache(options, out, log)
     return report
+
+
+def _memory_plan(model: Any, options: BuildOptions, precisions: Sequence[str]) -> tuple[BuildOptions, Any]:
+    """The build's memory plan (:mod:`optpipe.builder.memory_budget`; refused when it cannot fit its limit) and
+    the options with its calibration chunking."""
+    from optpipe.builder.memory_budget import plan_memory
+    from optpipe.core.precisions import base_precision
+
+    plan = plan_memory(model, options.max_rss, calibrates=any(base_precision(p) == "int8" for p in precisions))
+    return replace(options, calib_bytes=plan.calib_bytes), plan
 
 
 def _raise_if_disk_full(error: BaseException, out: Path) -> None:
@@ -620,6 +638,7 @@ class _RecordInputs:
     provenance: Any
     started: Any
     holdout: Any  # the calibration rows held out for parity, or None
+    memory: Callable[[], Any]  # report.memory, with the peaks measured until it is called
 
 
 def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, ctx: BuildContext, report: Report,
@@ -664,6 +683,7 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
     from optpipe.report.provenance import provenance_record
 
     report.provenance = provenance_record(ctx.model, provenance, started)
+    report.memory = record.memory()
     report.write(ctx.work_dir / "report.json")
     from optpipe.report.manifest import finish_build_dir  # report.html, then manifest.json listing every file
 

@@ -131,6 +131,10 @@ def _with_model_file_data(options: BuildOptions, flags: BuildFlags, prepared: An
 @click.option("--opset", type=WholeIntRange(min=7), metavar="N",
               help="ONNX opset to export (default: the exporter's). report.json records the opset written; an "
               "exporter that cannot convert to N keeps its own, and that is a warning.")
+@click.option("--max-rss", "max_rss", metavar="SIZE",
+              help="The most memory the build may use (e.g. 6GB): estimated from the model's weights before any "
+              "work (3 x FP32 weights + 1.5 GB), refused at once (exit 2) when it cannot fit, calibration "
+              "chunked when only that makes it fit. Default: the memory this machine has available.")
 @click.option("--profile", is_flag=True, default=None,
               help="Also profile each engine per op type and node on the golden inputs (ONNX Runtime's profiler; "
               "TensorRT's per-layer profiler on a GPU machine): in report.json, the console and report.html.")

@@ -74,6 +74,7 @@ class BuildFlags:
     opset: int | None = None
     external_data_above: str | None = None
     pass_options: dict[str, dict[str, Any]] | None = None  # set by a config file's passes tables
+    max_rss: str | None = None
 
     def parser_arguments(self) -> dict[str, Any]:
         """The :func:`~optpipe.builder.options.parse_build_options` keywords these flags set."""
@@ -85,7 +86,7 @@ class BuildFlags:
                 "static_seq", "sweep", "sweep_seconds", "latency_budget", "rebench", "require_judged", "fuse",
                 "calib_data", "synthetic_calib", "calib_method", "calib_cache", "max_accuracy_drop",
                 "guard_max_keep", "no_guard", "output_kinds", "guard_seconds", "bench_seconds", "warmup",
-                "iterations", "external_data_above")  # fmt: skip
+                "iterations", "external_data_above", "max_rss")  # fmt: skip
         return {**{name: getattr(self, name) for name in same}, "model_name": self.model,
                 "precisions": self.precision, "benchmark": not self.no_benchmark, "trt": self.trt_options,
                 "pass_options": pass_options, "profile": bool(self.profile)}

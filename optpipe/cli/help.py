@@ -14,7 +14,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Model and inputs", ("out_dir", "weights", "inputs", "dynamics", "output_names", "no_strict_weights",
                           "trust_pickle", "exporter", "opset")),
     ("Precision and calibration", ("target", "precision", "calib_data", "synthetic_calib", "calib_method",
-                                   "calib_cache", "guard_max_keep", "no_guard", "guard_seconds")),
+                                   "calib_cache", "guard_max_keep", "no_guard", "guard_seconds", "max_rss")),
     ("Gates", ("tolerances", "output_kinds", "require_judged", "eval_data", "max_accuracy_drop")),
     ("Benchmark and profile", ("threads", "benchmark_batch", "no_benchmark", "bench_seconds", "warmup", "iterations",
                                "profile")),

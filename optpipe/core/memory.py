@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 from types import TracebackType
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -61,6 +62,31 @@ def current_rss_bytes() -> int | None:
         return None
 
 
+def available_memory_bytes() -> int | None:
+    """Memory this process could still fill: what the kernel calls available plus what the process holds.
+
+    ``MemAvailable`` (``/proc/meminfo``) without swap, capped by the cgroup's ``memory.max`` when one is set
+    (a container's limit is lower than the machine's memory); None where neither can be read.
+    """
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    held = current_rss_bytes() or 0
+    total = available + held if available is not None else None
+    try:
+        limit_text = Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+        if limit_text.isdigit():
+            total = min(total, int(limit_text)) if total is not None else int(limit_text)
+    except OSError:
+        pass
+    return total
+
+
 def max_rss_bytes() -> int | None:
     """Peak RSS of the process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     try:
@@ -89,15 +115,26 @@ class RssSampler:
         if now is not None and (self.peak is None or now > self.peak):
             self.peak = now
 
-    def __enter__(self) -> RssSampler:
+    def start(self) -> RssSampler:
+        """Start sampling (what ``with`` does); :meth:`stop` ends it."""
         self._thread.start()
         return self
 
+    def stop(self) -> int | None:
+        """Stop sampling (idempotent) and return the peak (bytes; None where /proc is missing)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join()
+            self._sample()
+        return self.peak
+
+    def __enter__(self) -> RssSampler:
+        return self.start()
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+        self.stop()
 
 
 def mib(value: int | None) -> float | None:

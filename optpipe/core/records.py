@@ -375,3 +375,44 @@ class BuildRecord(_JsonRecord):
             row_split=RowSplitRecord.from_dict(data["row_split"]) if data.get("row_split") else None,
             extra=cls._unknown(data),
         )
+
+
+@dataclass(frozen=True)
+class MemoryRecord(_JsonRecord):
+    """``report.memory``: the build's memory, next to each pass's ``peak_rss_mb`` in ``report.passes``.
+
+    ``peak_rss_mb`` is the highest resident set sampled while the build ran (the model was loaded before);
+    ``process_peak_rss_mb`` the process's own peak so far (``ru_maxrss``: what ``/usr/bin/time -v`` reports
+    for a CLI build). ``estimate_mb`` is the up-front estimate the build was checked against ``limit_mb``
+    with (``limit_source``: ``--max-rss`` or the memory this machine had available), from
+    ``weights_mb`` (the model's FP32 weights). ``calib_rows``: rows per calibration run when the budget
+    made calibration run in smaller chunks (None: the default chunking).
+    """
+
+    weights_mb: float
+    estimate_mb: float
+    limit_mb: float | None = None
+    limit_source: str = ""
+    peak_rss_mb: float | None = None
+    process_peak_rss_mb: float | None = None
+    calib_rows: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"weights_mb": self.weights_mb, "estimate_mb": self.estimate_mb,
+                               "limit_mb": self.limit_mb, "limit_source": self.limit_source,
+                               "peak_rss_mb": self.peak_rss_mb, "process_peak_rss_mb": self.process_peak_rss_mb}
+        return self._finish(out, calib_rows=self.calib_rows)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemoryRecord:
+        """Read the memory record; raises KeyError/TypeError/ValueError when malformed."""
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        return cls(weights_mb=float(data["weights_mb"]), estimate_mb=float(data["estimate_mb"]),
+                   limit_mb=number("limit_mb"), limit_source=str(data.get("limit_source") or ""),
+                   peak_rss_mb=number("peak_rss_mb"), process_peak_rss_mb=number("process_peak_rss_mb"),
+                   calib_rows=int(data["calib_rows"]) if data.get("calib_rows") is not None else None,
+                   extra=cls._unknown(data))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -77,11 +78,16 @@ def measure_means(
     samples: Sequence[Mapping[str, np.ndarray]],
     ranges: Mapping[str, tuple[float, float]],
     style: str,
+    path: Path | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """:func:`input_means` of the inputs of every node that may be corrected (whatever is excluded later)."""
+    """:func:`input_means` of the inputs of every node that may be corrected (whatever is excluded later).
+
+    ``path``: a file holding ``model`` as it is now; the session is then made from a copy loaded from it
+    (:class:`~optpipe.precision.onnx_graph.ExposedSession` ``consume``), not from ``model`` itself.
+    """
     activation = onnx.TensorProto.INT8 if style == "tensorrt" else onnx.TensorProto.UINT8
     tensors = list(dict.fromkeys(n.input[0] for n in candidates(model, (), ranges)))
-    return input_means(model, tensors, samples, ranges, activation)
+    return input_means(model, tensors, samples, ranges, activation, path)
 
 
 def input_means(
@@ -90,11 +96,14 @@ def input_means(
     samples: Sequence[Mapping[str, np.ndarray]],
     ranges: Mapping[str, tuple[float, float]],
     activation_type: int,
+    path: Path | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel (axis 1) means of each tensor over ``samples``: (FP32, after 8-bit rounding with its range)."""
     sums: dict[str, list[np.ndarray]] = {}
     counts: dict[str, int] = {}
-    for values in onnx_graph.run_exposed(model, list(tensors), samples):
+    runner = (onnx_graph.ExposedSession(onnx_graph.load_model(path), list(tensors), consume=True) if path is not None
+              else onnx_graph.ExposedSession(model, list(tensors)))
+    for values in runner.run(samples):
         for name, value in values.items():
             if value.ndim < 2 or not np.issubdtype(value.dtype, np.floating):
                 continue

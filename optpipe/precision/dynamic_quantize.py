@@ -108,6 +108,7 @@ def quantize_int8_dynamic(
         gemms = {n.name for n in pre.graph.node if n.op_type == "Gemm"}
         # ORT renames a Gemm to "<name>_MatMul" when it rewrites it, before nodes_to_exclude applies.
         ort_excluded = [*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)]
+        del pre  # the quantizer loads its own copy from pre_path: one copy of the weights, not two
         out_path = tmp / "quantized.onnx"
         quantize_dynamic(
             pre_path,

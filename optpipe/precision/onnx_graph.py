@@ -99,13 +99,29 @@ def inferred_through_file(model: onnx.ModelProto, *, weights: bool = True) -> on
         return inferred
 
 
+def externalized_copy(src: Path, folder: Path) -> Path:
+    """A copy of ``src`` in ``folder`` whose tensors over 1 KB are external data (``source.onnx.data``).
+
+    Why: a third-party step that loads a model file several times over (ONNX Runtime's quantization
+    pre-processing, its transformer optimizer) then holds the graph alone where it does not need the
+    weights, and reads them from the file where it does: the same model, fewer copies in memory.
+    """
+    model = load_model(src)  # a missing or corrupt file: one line
+    path = Path(folder) / "source.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="source.onnx.data", size_threshold=1024)
+    return path
+
+
 def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every typed tensor (after shape inference), by name."""
+    """Element type of every typed tensor (after shape inference), by name.
+
+    Inferred on :func:`skeleton` (the graph without its large weights): ``infer_shapes`` returns a
+    whole new model, so on the model itself it held two more copies of the weights at once
+    (BERT-base: 0.9 GB) to read a few bytes of types.
+    """
     try:
-        if too_large_for_protobuf(model):  # shape inference on a message > 2 GiB fails: the path form works
-            inferred = inferred_through_file(model, weights=False)
-        else:
-            inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     except Exception:  # inference is best-effort here; untyped tensors are simply skipped
         inferred = model
     types: dict[str, int] = {}
@@ -115,21 +131,63 @@ def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def with_outputs(model: onnx.ModelProto, names: Iterable[str], types: Mapping[str, int]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph also outputs ``names`` (typed from ``types``)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    existing = {o.name for o in exposed.graph.output}
+#: Initializers with more elements than this lose their data in :func:`skeleton` (shape tensors, scales and
+#: axes that shape inference reads are far smaller).
+SKELETON_MAX_ELEMENTS = 1024
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the data of its large float initializers (their names, types and shapes kept).
+
+    Why: what the graph computes and each tensor's type depend on the initializers' shapes, not on
+    the weights; a copy without them costs kilobytes instead of the model's size.
+    """
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.name = model.graph.name
+    for name in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(graph, name).extend(getattr(model.graph, name))
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_TYPES and _elements(tensor) > SKELETON_MAX_ELEMENTS:
+            graph.initializer.append(onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
+                                                      dims=list(tensor.dims)))
+        else:
+            graph.initializer.append(tensor)
+    return light
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= int(dim)
+    return count
+
+
+@contextlib.contextmanager
+def with_outputs(model: onnx.ModelProto, names: Iterable[str], types: Mapping[str, int]) -> Iterator[onnx.ModelProto]:
+    """``model`` whose graph also outputs ``names`` (typed from ``types``) while the ``with`` block runs.
+
+    The outputs are appended in place and removed afterwards: a copy of the model (the way this was
+    done before) held one more copy of its weights while the session was made.
+    """
+    outputs = model.graph.output
+    count = len(outputs)
+    existing = {o.name for o in outputs}
     for name in names:
-        if name in existing:
-            continue
-        exposed.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
-        existing.add(name)
-    return exposed
+        if name not in existing:
+            outputs.append(helper.make_tensor_value_info(name, types[name], None))
+            existing.add(name)
+    try:
+        yield model
+    finally:
+        while len(outputs) > count:
+            del outputs[-1]
 
 
-def session(model: onnx.ModelProto, *, optimize: bool = False) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session on an in-memory model.
+def session(model: onnx.ModelProto | str, *, optimize: bool = False) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on an in-memory model (or a model file).
 
     Optimisation is off by default: these sessions inspect tensors, and graph
     fusion would change which tensors exist and how they are computed.
@@ -140,24 +198,56 @@ def session(model: onnx.ModelProto, *, optimize: bool = False) -> ort.InferenceS
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if isinstance(model, str):
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     if too_large_for_protobuf(model):  # no bytes form over 2 GiB: ORT reads the file and its external data
         with on_disk(model) as path:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+class ExposedSession:
+    """An ONNX Runtime session on ``model`` that also outputs the intermediate tensors ``names``.
+
+    Made eagerly, so the caller may drop (or :func:`skeleton`) its model once this exists: the
+    session holds its own copy of the weights, and the guard's per-layer analysis keeps only the
+    graph for its ranking.
+    """
+
+    def __init__(self, model: onnx.ModelProto, names: Sequence[str], *, consume: bool = False) -> None:
+        """``consume``: ``model`` is not used again by the caller, so its weights may move to a file.
+
+        Then the session is made from a temporary file whose weights are external data: ONNX Runtime
+        reads them from the file instead of from a serialised copy of the model (a session made from
+        bytes peaked at 3x the weights on top of the model itself).
+        """
+        types = float_tensor_types(model)
+        self.wanted = [n for n in names if n in types]
+        with with_outputs(model, self.wanted, types) as exposed:
+            if consume:
+                with tempfile.TemporaryDirectory(prefix="optpipe-exposed-") as tmp:
+                    path = str(Path(tmp) / "exposed.onnx")
+                    onnx.save_model(exposed, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                                    location="exposed.onnx.data", size_threshold=1024)
+                    self.session = session(path)
+            else:
+                self.session = session(exposed)
+        self.out_names = [o.name for o in self.session.get_outputs()]
+        self.feed_names = {i.name for i in self.session.get_inputs()}
+
+    def run(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """Yield ``{tensor name: value}`` for the exposed names on each sample."""
+        wanted = set(self.wanted)
+        for sample in samples:
+            values = self.session.run(None, {k: v for k, v in sample.items() if k in self.feed_names})
+            yield {n: np.asarray(v) for n, v in zip(self.out_names, values, strict=True) if n in wanted}
+
+
 def run_exposed(
     model: onnx.ModelProto, names: Sequence[str], samples: Iterable[Mapping[str, np.ndarray]]
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{tensor name: value}`` for ``names`` on each sample (one session for all)."""
-    types = float_tensor_types(model)
-    wanted = [n for n in names if n in types]
-    sess = session(with_outputs(model, wanted, types))
-    out_names = [o.name for o in sess.get_outputs()]
-    feed_names = {i.name for i in sess.get_inputs()}
-    for sample in samples:
-        values = sess.run(None, {k: v for k, v in sample.items() if k in feed_names})
-        yield {n: np.asarray(v) for n, v in zip(out_names, values, strict=True) if n in wanted}
+    yield from ExposedSession(model, names).run(samples)
 
 
 def module_path(node: onnx.NodeProto) -> str:

@@ -34,8 +34,9 @@ import numpy as np
 import onnx
 
 from optpipe.core.errors import EnvironmentUnavailable, UserInputError
+from optpipe.core.memory import release_free_heap
 from optpipe.core.scratch_dir import scratch_cwd
-from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, model_sha256, onnx_bytes, onnx_files
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, model_sha256, onnx_bytes, onnx_files, save_onnx
 from optpipe.precision import onnx_graph
 from optpipe.precision.bias_correction import BiasCorrection, correct_biases, measure_means
 from optpipe.precision.calib_cache import (
@@ -117,6 +118,7 @@ def quantize_int8(
     reduce_range: bool | None = None,
     bias_correction: bool = True,
     external_above: int = EXTERNAL_DATA_ABOVE,
+    calib_bytes: int | None = None,
 ) -> Int8Result:
     """Quantize ``src`` to a Q/DQ model at ``dst``.
 
@@ -136,6 +138,7 @@ def quantize_int8(
     ``bias_correction``: shift Conv/Gemm biases so each quantized layer keeps its FP32 output mean
     (:mod:`optpipe.precision.bias_correction`); needs ``samples``, skipped with a warning without them.
     ``external_above``: files of more bytes keep their weights in a ``.data`` file (needed over 2 GB).
+    ``calib_bytes``: the most activation bytes calibration may hold at once (:func:`compute_ranges`).
     """
     _check_style_and_method(style, method)
     # Absolute paths: the quantizer runs in a scratch working directory (it writes files into the current one).
@@ -154,7 +157,7 @@ def quantize_int8(
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
         key = CacheKey(model_sha256(src), data_fingerprint(samples) if samples else "", method, params)
         final_ranges, cache_hit = _resolve_ranges(
-            pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings
+            pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings, calib_bytes
         )
         if ranges is not None:
             _check_ranges_name_tensors(pre, final_ranges)
@@ -166,6 +169,9 @@ def quantize_int8(
                                          external_above)
             if correction is None:
                 warnings.append("bias correction skipped: it needs calibration samples (ranges alone were given)")
+        guard_base = sum(1 for n in pre.graph.node if n.op_type in style_op_types(style))
+        del pre  # the quantizer loads its own copy from pre_path: one copy of the weights, not two
+        release_free_heap()
         out_path = tmp / "quantized.onnx"
         _run_quantizer(pre_path, out_path, tmp, final_ranges, style, method, excluded, reduce_range,
                        external=onnx_bytes(pre_path) > external_above)
@@ -176,11 +182,9 @@ def quantize_int8(
             return Int8Result("nothing_quantizable", None, style, method, [], quantizable, excluded,
                               final_ranges, warnings, cache_hit)  # fmt: skip
         onnx_graph.save_atomic(quantized_model, dst, external_above)
-    quantized_types = style_op_types(style)
     return Int8Result(
         "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
-        bias_correction=correction.to_dict() if correction is not None else None,
-        guard_base=sum(1 for n in pre.graph.node if n.op_type in quantized_types),
+        bias_correction=correction.to_dict() if correction is not None else None, guard_base=guard_base,
     )  # fmt: skip
 
 
@@ -212,6 +216,7 @@ def compute_ranges(
     *,
     op_types: Sequence[str] | None = None,
     percentile: float = 99.999,
+    calib_bytes: int | None = None,
 ) -> Ranges:
     """Calibrate ``model_path`` on ``samples``: tensor name -> (low, high).
 
@@ -219,6 +224,15 @@ def compute_ranges(
     TensorRT recipe); with ORT's default 128 bins the search has one candidate
     and returns the MinMax range. Percentile clips symmetric |x| at
     ``percentile``.
+
+    Memory: ONNX Runtime's histogram calibrators add every activation as a graph output and hold
+    each one for every sample before building the histograms (BERT-base: ~15 MB a row, gigabytes for a
+    hundred rows). Here a histogram is built from the same values, a few tensors at a time: each chunk
+    of tensors holds at most ``calib_bytes`` (default :data:`HISTOGRAM_CHUNK_BYTES`) of activations, and
+    since each tensor's histogram sees all of its values in one call, the ranges are exactly those of one
+    unchunked call (tests/precision/test_static_quantize.py). MinMax reduces each activation to its
+    min and max inside the graph; it runs :data:`MINMAX_ROWS` samples at a time (one with ``calib_bytes``)
+    and merges by min/max, which is exact too.
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
@@ -231,6 +245,7 @@ def compute_ranges(
         extra = {"num_bins": 2048, "num_quantized_bins": 128}
     elif method == "percentile":
         extra = {"num_bins": 2048, "percentile": percentile, "symmetric": True}
+    rows = list(samples)
     with tempfile.TemporaryDirectory(prefix="optpipe-calib-") as tmp:
         calibrator = create_calibrator(
             Path(model_path),
@@ -240,22 +255,74 @@ def compute_ranges(
             use_external_data_format=onnx_bytes(Path(model_path)) > EXTERNAL_DATA_ABOVE,  # over 2 GB
             extra_options=extra,
         )
+        calibrator.model = None  # the session holds the augmented graph; the proto's weights are not needed again
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             if method == "minmax":
-                # 8 samples at a time: MinMax merges each chunk's ranges and drops its activations, instead of
-                # holding every sample's activations at once (80 images x a CNN's activations is gigabytes).
-                # (ORT's own max_intermediate_outputs drops the chunks without merging them in 1.32.)
-                for start in range(0, len(samples), 8):
-                    calibrator.collect_data(_Reader(list(samples)[start : start + 8]))
+                # A few samples at a time: MinMax merges each chunk's ranges and drops its activations, instead
+                # of holding every sample's outputs at once. (ORT's own max_intermediate_outputs drops the
+                # chunks without merging them in 1.32.)
+                step = 1 if calib_bytes is not None else MINMAX_ROWS
+                for start in range(0, len(rows), step):
+                    calibrator.collect_data(_Reader(rows[start : start + step]))
                 data = calibrator.calibrate_tensors_range
             else:
-                calibrator.collect_data(_Reader(samples))
+                _collect_histograms(calibrator, rows, calib_bytes or HISTOGRAM_CHUNK_BYTES)
                 data = calibrator.compute_data()
+        del calibrator  # its session, before the temporary folder with the augmented model goes
     out: Ranges = {}
     for name, tensor_data in data.items():
         lo, hi = tensor_data.range_value
         out[name] = (float(np.min(lo)), float(np.max(hi)))
     return out
+
+
+#: Samples per MinMax calibration run (each holds only per-tensor minima and maxima).
+MINMAX_ROWS = 8
+#: Activation bytes one chunk of a histogram calibration holds, over every sample, by default.
+HISTOGRAM_CHUNK_BYTES = 512 << 20
+
+
+def _collect_histograms(calibrator: object, rows: Sequence[Mapping[str, np.ndarray]], budget: int) -> None:
+    """Feed ORT's histogram collector the calibration tensors in chunks that hold at most ``budget`` bytes.
+
+    The tensor sizes are read from one run on the first row; a chunk's run over every row fetches only
+    its tensors (ONNX Runtime computes what they need), and the collector, which keeps one histogram per
+    tensor, gets each tensor's values from every row in a single call, as an unchunked run gives them.
+    """
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    session = calibrator.infer_session  # type: ignore[attr-defined]
+    feed_names = {i.name for i in session.get_inputs()}
+    names = sorted(calibrator.tensors_to_calibrate)  # type: ignore[attr-defined]
+    feeds = [{k: v for k, v in row.items() if k in feed_names} for row in rows]
+    first = session.run(names, feeds[0])
+    sizes = [int(np.asarray(value).nbytes) * len(feeds) for value in first]
+    del first
+    calibrator.collector = HistogramCollector(  # type: ignore[attr-defined]
+        method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,  # type: ignore[attr-defined]
+        num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,  # type: ignore[attr-defined]
+        scenario=calibrator.scenario)  # type: ignore[attr-defined]
+    for chunk in _byte_chunks(names, sizes, budget):
+        values: dict[str, list[np.ndarray]] = {name: [] for name in chunk}
+        for feed in feeds:
+            for name, value in zip(chunk, session.run(chunk, feed), strict=True):
+                values[name].append(value)
+        calibrator.collector.collect(values)  # type: ignore[attr-defined]
+        del values
+
+
+def _byte_chunks(names: Sequence[str], sizes: Sequence[int], budget: int) -> list[list[str]]:
+    """``names`` in order, grouped so that each group's ``sizes`` sum to at most ``budget`` (one name at least)."""
+    chunks: list[list[str]] = []
+    held = 0
+    for name, size in zip(names, sizes, strict=True):
+        if chunks and held + size <= budget:
+            chunks[-1].append(name)
+            held += size
+        else:
+            chunks.append([name])
+            held = size
+    return chunks
 
 
 REDUCE_RANGE_ENV = "OPTPIPE_INT8_REDUCE_RANGE"
@@ -302,10 +369,16 @@ def _prepare(
     Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
     ``pre.onnx`` keeps its weights in ``pre.onnx.data`` when ``src`` is larger than ``external_above``.
     """
-    source = onnx_graph.load_model(src)
-    pre_path = tmp / "pre.onnx"
+    if not Path(src).is_file():  # a corrupt one is refused by the first load (onnx_graph.load_model)
+        raise UserInputError(f"ONNX model '{src}' does not exist")
+    pre_path = tmp / "pre.onnx"  # the source is not held while pre-processing (the step that peaks)
     warnings = _pre_processed(src, pre_path, onnx_bytes(src) > external_above)
     pre = onnx.load(str(pre_path))
+    pre_names = {n.name for n in pre.graph.node}
+    # The source is read again only when a name to exclude is not in the pre-processed graph (ORT renamed
+    # or fused it): reading it costs twice its weights at once.
+    source = (onnx_graph.skeleton(onnx_graph.load_model(src)) if any(n not in pre_names for n in exclude_nodes)
+              else onnx.ModelProto())
     return pre_path, pre, _map_exclusions(source, pre, exclude_nodes, src), warnings
 
 
@@ -375,21 +448,37 @@ def _drop_pre_cache() -> None:
 def _pre_process(src: Path, dst: Path, external: bool = False) -> list[str]:
     """ORT's quant_pre_process; symbolic shape inference crashes on some graphs, so retry without it.
 
-    ``external``: write ``dst``'s weights to ``<dst>.data`` (over 2 GB protobuf cannot hold them).
+    Memory: ``quant_pre_process`` holds the model, its symbolic-shape copy and ONNX Runtime's
+    optimizer session at once (7.8x the weights at its peak on a 4-layer BERT, BERT-base's build
+    peaked here). It runs on a copy of ``src`` whose weights are external data
+    (:func:`~optpipe.precision.onnx_graph.externalized_copy`),
+    so its in-memory models are the graph alone and ONNX Runtime reads the weights from the file; the
+    result is read back and written inline to ``dst``: the same nodes, shapes and weights as the
+    pre-processing of ``src`` itself (tests/precision/test_static_quantize.py). ``external``: ``dst``
+    keeps its weights in ``<dst>.data`` (over 2 GB protobuf cannot hold them inline).
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    storage = {"save_as_external_data": external, "all_tensors_to_one_file": True,
-               "external_data_location": f"{dst.name}.data"}
-    try:
-        quant_pre_process(str(src), str(dst), **storage)
-        return []
-    except Exception as first:  # symbolic shape inference fails with assorted errors on transformer graphs
+    with tempfile.TemporaryDirectory(prefix="optpipe-pre-", dir=dst.parent) as tmp_text:
+        tmp = Path(tmp_text)
+        light, out = onnx_graph.externalized_copy(src, tmp), tmp / "pre.onnx"
+        storage = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                   "external_data_location": "pre.onnx.data"}
+        failed = None
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **storage)
-        except Exception as exc:  # give the user the cause in one line
-            raise UserInputError(f"quantization pre-processing of '{src}' failed: {exc}") from exc
-        return [f"symbolic shape inference failed ({type(first).__name__}); pre-processed without it"]
+            quant_pre_process(str(light), str(out), **storage)
+        except Exception as first:  # symbolic shape inference fails with assorted errors on transformer graphs
+            failed = type(first).__name__  # retried below, not in here: the traceback holds the failed copies
+        if failed is not None:
+            release_free_heap()
+            try:
+                quant_pre_process(str(light), str(out), skip_symbolic_shape=True, **storage)
+            except Exception as exc:  # give the user the cause in one line
+                raise UserInputError(f"quantization pre-processing of '{src}' failed: {exc}") from exc
+        # inline again unless too large: the quantizers and the cache read one file
+        save_onnx(onnx.load(str(out)), dst, external_above=0 if external else EXTERNAL_DATA_ABOVE)
+    release_free_heap()
+    return [] if failed is None else [f"symbolic shape inference failed ({failed}); pre-processed without it"]
 
 
 def _map_exclusions(
@@ -432,6 +521,7 @@ def _resolve_ranges(
     op_types: list[str] | None,
     percentile: float,
     warnings: list[str],
+    calib_bytes: int | None = None,
 ) -> tuple[Ranges, bool]:
     if ranges is not None:
         return validate_ranges(dict(ranges), "ranges"), False
@@ -461,7 +551,10 @@ def _resolve_ranges(
     if warning:
         warnings.append(warning)
     method: Method = key.method  # type: ignore[assignment]  # the key was built from a validated Method
-    computed = compute_ranges(pre_path, samples, method, op_types=op_types, percentile=percentile)
+    release_free_heap()  # calibration loads the model twice more (its own copy and a session)
+    computed = compute_ranges(pre_path, samples, method, op_types=op_types, percentile=percentile,
+                              calib_bytes=calib_bytes)
+    release_free_heap()  # the calibrator's model and session
     if store is not None:
         store.store(key, computed)
     if cache_file is not None:
@@ -491,7 +584,7 @@ def _correct_biases(
     cache_key = (key.model_sha256, key.data_sha256, style, hash(tuple(sorted(ranges.items()))))
     means = _MEANS_CACHE.get(cache_key)
     if means is None:
-        means = measure_means(pre, samples, ranges, style)
+        means = measure_means(pre, samples, ranges, style, pre_path)  # pre_path holds pre as it is now
         while len(_MEANS_CACHE) >= 2:
             _MEANS_CACHE.pop(next(iter(_MEANS_CACHE)))
         _MEANS_CACHE[cache_key] = means

@@ -19,7 +19,14 @@ from typing import Any
 from optpipe.core.artifact import write_bytes_atomic
 from optpipe.core.errors import EXIT_ENVIRONMENT, EXIT_GATE_FAILED, EXIT_OK, EXIT_UNJUDGED
 from optpipe.core.machine import cpu_name, package_version
-from optpipe.core.records import BenchmarkRecord, BuildRecord, PassStatus, VariantResult, VariantStatus
+from optpipe.core.records import (
+    BenchmarkRecord,
+    BuildRecord,
+    MemoryRecord,
+    PassStatus,
+    VariantResult,
+    VariantStatus,
+)
 from optpipe.infra.pipeline import PassRecord
 
 SCHEMA = "optpipe.report/1"
@@ -60,6 +67,7 @@ class Report:
     build: BuildRecord | None = None
     provenance: dict[str, Any] | None = None  # files, call, times, versions (optpipe.report.provenance)
     sweep: dict[str, Any] | None = None  # batch x threads latency/throughput (optpipe.builder.sweep, versioned)
+    memory: MemoryRecord | None = None  # the build's peak RSS, its up-front estimate and limit (per pass: passes)
     environment: dict[str, Any] = field(default_factory=environment)
     out_dir: Path | None = None
 
@@ -114,6 +122,7 @@ class Report:
             "build": self.build.to_dict() if self.build is not None else None,
             "provenance": self.provenance,
             "sweep": self.sweep,
+            "memory": self.memory.to_dict() if self.memory is not None else None,
         }
 
     def to_json(self) -> str:
@@ -146,6 +155,7 @@ class Report:
             build=BuildRecord.from_dict(build) if isinstance(build, Mapping) else None,
             provenance=data.get("provenance"),
             sweep=dict(data["sweep"]) if isinstance(data.get("sweep"), Mapping) else None,
+            memory=MemoryRecord.from_dict(data["memory"]) if isinstance(data.get("memory"), Mapping) else None,
             environment=dict(data.get("environment") or {}),
         )
 

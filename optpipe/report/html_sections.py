@@ -138,3 +138,43 @@ def profile_section(report: Mapping[str, Any]) -> str:
     return ("<section id=profile><h2>Where the time goes (per-op profile)</h2><p class='muted small'>Profiler "
             "time per node over the golden inputs; the profiler adds overhead per node, so read shares, not "
             "latency.</p>" + "".join(blocks) + "</section>")
+
+
+def _mb(value: Any) -> str:
+    """A size in MiB without decimals, or a dash when it was not measured."""
+    return f"{float(value):.0f}" if isinstance(value, int | float) else "–"
+
+
+def _memory_line(memory: Mapping[str, Any]) -> str:
+    """The build's peak RSS, the estimate it was checked with before any work, and the limit."""
+    if memory.get("peak_rss_mb") is None:
+        return ""
+    calib = f"; calibration {memory['calib_rows']} row per run" if memory.get("calib_rows") else ""
+    text = (f"Build peak RSS {_mb(memory['peak_rss_mb'])} MiB (process {_mb(memory.get('process_peak_rss_mb'))} "
+            f"MiB); estimated before the build: {_mb(memory.get('estimate_mb'))} MiB from "
+            f"{_mb(memory.get('weights_mb'))} MiB of FP32 weights, limit {_mb(memory.get('limit_mb'))} MiB "
+            f"({memory.get('limit_source') or 'none'}){calib}.")
+    return f"<p class='muted small'>{_e(text)}</p>"
+
+
+def pass_table(report: Mapping[str, Any]) -> str:
+    """Every pass with its wall time and the process's peak RSS while it ran, after the build's memory line.
+
+    Why a table beside the timeline: which step costs what memory is what a user of a large model needs
+    to see first (issue 20); the peak is process-wide, so the highest row (bold) is the step to look at.
+    """
+    passes = report.get("passes") or []
+    line = _memory_line(report.get("memory") or {})
+    if not passes:
+        return line
+    peak = max((float(p.get("peak_rss_mb") or 0) for p in passes), default=0.0)
+    rows = []
+    for record in passes:
+        rss = _mb(record.get("peak_rss_mb"))
+        if peak and record.get("peak_rss_mb") == peak:
+            rss = f"<b>{rss}</b>"
+        rows.append(f"<tr><td>{_e(record.get('name'))}</td><td>{_e(record.get('variant'))}</td>"
+                    f"<td>{_e(record.get('status'))}</td><td class=num>{float(record.get('seconds') or 0):.2f}</td>"
+                    f"<td class=num>{rss}</td></tr>")
+    return (f"{line}<table><thead><tr><th>pass</th><th>variant</th><th>status</th><th>seconds</th>"
+            f"<th>peak RSS (MiB)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")

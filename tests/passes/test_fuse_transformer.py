@@ -109,6 +109,23 @@ def test_fuses_a_bert_layer_and_keeps_its_outputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_pass_fuses_exactly_what_the_optimizer_makes_of_the_model_itself(tmp_path: Path) -> None:
+    """The optimizer runs on a copy with external weights (less memory): the same graph and weights result."""
+    from onnx import numpy_helper
+    from optpipe.passes.fuse_transformer import run_optimizer
+
+    artifact = _export(TinyBert(), _feeds(), tmp_path / "bert.onnx")
+    ours = onnx.load(str(FuseTransformerPass()(artifact, _ctx(tmp_path)).artifact.path))
+    direct = run_optimizer(Path(artifact.path), "bert", 0, 0)
+    assert [(n.op_type, list(n.input), list(n.output)) for n in ours.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in direct.graph.node]
+    weights = {t.name: numpy_helper.to_array(t) for t in direct.graph.initializer}
+    assert {t.name for t in ours.graph.initializer} == set(weights)
+    assert all(np.array_equal(numpy_helper.to_array(t), weights[t.name]) for t in ours.graph.initializer)
+    assert not list(tmp_path.glob("build/**/*.data"))  # the fused model is one self-contained file
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_a_cnn_is_left_alone_and_its_fused_variant_skipped(tmp_path: Path) -> None:
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     artifact = _export(SmallCnn(), feeds, tmp_path / "cnn.onnx")

@@ -316,3 +316,68 @@ def test_models_that_differ_only_in_their_data_file_are_quantized_apart(tmp_path
               for i, src in enumerate(models)]
     assert all(path is not None and (path.parent / "model.onnx.data").is_file() for path in static)
     assert _cosine(models[1], static[1], samples) > 0.99  # type: ignore[arg-type]
+
+
+def _ort_ranges(model: Path, samples: list[dict[str, np.ndarray]], method: str, tmp: Path) -> dict[str, tuple]:
+    """ONNX Runtime's own calibration, unchunked: every sample's activations held at once, as ORT does it."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from optpipe.precision.static_quantize import _Reader
+
+    enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+    extra = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+             "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True}}[method]
+    calibrator = create_calibrator(model, None, augmented_model_path=str(tmp / f"{method}.onnx"),
+                                   calibrate_method=enum, extra_options=extra)
+    with contextlib.redirect_stdout(io.StringIO()):
+        calibrator.collect_data(_Reader(samples))
+        data = calibrator.compute_data()
+    return {name: (float(np.min(d.range_value[0])), float(np.max(d.range_value[1]))) for name, d in data.items()}
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_chunked_calibration_computes_exactly_the_unchunked_ranges(cnn: Path, tmp_path: Path, method: str) -> None:
+    """A budget of one byte calibrates one tensor (histograms) or one sample (minmax) per run: same ranges."""
+    from optpipe.precision.static_quantize import compute_ranges
+
+    samples = _samples(12)
+    reference = _ort_ranges(cnn, samples, method, tmp_path)
+    chunked = compute_ranges(cnn, samples, method, calib_bytes=1)  # type: ignore[arg-type]
+    default = compute_ranges(cnn, samples, method)  # type: ignore[arg-type]
+    assert len(reference) >= 6
+    assert chunked == reference
+    assert default == reference
+
+
+def test_byte_chunks_hold_at_most_the_budget_and_every_name_once() -> None:
+    from optpipe.precision.static_quantize import _byte_chunks
+
+    names, sizes = ["a", "b", "c", "d", "e"], [40, 30, 50, 10, 100]
+    assert _byte_chunks(names, sizes, 80) == [["a", "b"], ["c", "d"], ["e"]]  # "e" alone is over: one name
+    assert _byte_chunks(names, sizes, 1) == [[n] for n in names]
+    assert _byte_chunks(names, sizes, 10**9) == [names]
+
+
+def _same_model(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    """Same nodes, inputs, outputs, shapes and weights (the bytes differ only in how tensors are written)."""
+    assert a.graph.node == b.graph.node and a.graph.value_info == b.graph.value_info
+    assert a.graph.input == b.graph.input and a.graph.output == b.graph.output
+    first = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    second = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_pre_processing_with_external_weights_makes_the_same_model(cnn: Path, tmp_path: Path) -> None:
+    """The quantizers' input is what ORT's quant_pre_process makes of the source itself (its weights inline)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from optpipe.precision.static_quantize import _pre_process
+
+    quant_pre_process(str(cnn), str(tmp_path / "direct.onnx"))
+    assert _pre_process(cnn, tmp_path / "ours.onnx") == []
+    assert not (tmp_path / "ours.onnx.data").exists()  # one self-contained file, as before
+    _same_model(onnx.load(str(tmp_path / "direct.onnx")), onnx.load(str(tmp_path / "ours.onnx")))

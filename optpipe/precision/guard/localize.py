@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from optpipe.core.errors import UserInputError
+from optpipe.core.memory import release_free_heap
 from optpipe.precision import onnx_graph
 from optpipe.precision.fp16_convert import convert_fp16
 from optpipe.precision.guard.sensitivity import output_sensitivity
@@ -158,18 +159,22 @@ def per_layer_errors(
     """
     if not samples:
         raise UserInputError("per-layer error analysis needs at least one sample")
-    fp32 = onnx_graph.load_model(Path(fp32_path))
-    lowp = onnx_graph.load_model(Path(lowp_path))
+    # Memory: each model's weights are dropped once its session exists (the session has its own copy);
+    # the ranking needs the FP32 graph alone. Both models with their sessions held 7x the weights.
+    release_free_heap()  # what the quantizer freed goes back first: these sessions are the pass's largest step
+    fp32 = onnx_graph.skeleton(onnx_graph.load_model(Path(fp32_path)))
+    lowp = onnx_graph.skeleton(onnx_graph.load_model(Path(lowp_path)))
     mapping = tensor_map(fp32, lowp)
     fp_types = onnx_graph.float_tensor_types(fp32)
     mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in onnx_graph.FLOAT_TYPES}
     used = onnx_graph.single_rows(fp32, samples, max_samples)
+    del lowp
 
     stats = {name: _Stats() for name in mapping}
     low_names = list(dict.fromkeys(mapping.values()))
-    fp_iter = onnx_graph.run_exposed(fp32, list(mapping), used)
-    low_iter = onnx_graph.run_exposed(lowp, low_names, used)
-    for ref_values, low_values in zip(fp_iter, low_iter, strict=True):
+    fp_run = onnx_graph.ExposedSession(onnx_graph.load_model(Path(fp32_path)), list(mapping), consume=True)
+    low_run = onnx_graph.ExposedSession(onnx_graph.load_model(Path(lowp_path)), low_names, consume=True)
+    for ref_values, low_values in zip(fp_run.run(used), low_run.run(used), strict=True):
         for name, low_name in mapping.items():
             if name in ref_values and low_name in low_values:
                 stats[name].add(ref_values[name], low_values[low_name])
@@ -351,7 +356,9 @@ def guarded_quantize(
     ``min_keep``: the fewest nodes the fraction allows (a floor on the limit, never above the quantizable count).
     """
     src, dst = Path(src), Path(dst)
-    fp32 = onnx_graph.load_model(src)
+    # The graph alone for the whole search (names, producers, eligibility); the weights are loaded again only
+    # where the output sensitivity runs the FP32 model, so they are not held beside every rebuild.
+    fp32 = onnx_graph.skeleton(onnx_graph.load_model(src))
     # Any: the options are forwarded as keyword arguments to quantize_int8 / convert_fp16, which check them.
     opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))
@@ -397,6 +404,7 @@ class _Search:
         self.passed = False
         self.stopped = ""
         self.producer = {out: node.name for node in fp32.graph.node for out in node.output}
+        self.nodes = {node.name: node for node in fp32.graph.node}  # once: each group looked up nodes anew (N x groups)
         self.constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
         self.eligible = eligible  # None: every node may be kept
 
@@ -426,7 +434,8 @@ class _Search:
                 return path
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
             table = by_output_sensitivity(
-                table, self.fp32, path, onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples),
+                table, onnx_graph.load_model(self.src), path,
+                onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples),
                 kept=[*self.kept, *self.user_kept],
             )
             self.first_table = self.first_table or table
@@ -448,7 +457,7 @@ class _Search:
         added = 0
         # A group (a node and the nodes folded into it) is kept whole, so the limit may be overshot by one group.
         while len(groups) < step and len(self.kept) + added < self.limit:
-            chosen = _next_nodes(table, taken, self.producer, self.constant, self.fp32, self.eligible)
+            chosen = _next_nodes(table, taken, self.producer, self.constant, self.nodes, self.eligible)
             if not chosen:
                 break
             groups.append(chosen)
@@ -508,10 +517,10 @@ def _next_nodes(
     kept: set[str],
     producer: Mapping[str, str],
     constant: set[str],
-    fp32: onnx.ModelProto,
+    fp32: onnx.ModelProto | Mapping[str, onnx.NodeProto],
     eligible: frozenset[str] | None = None,
 ) -> list[str]:
-    nodes = {node.name: node for node in fp32.graph.node}
+    nodes = fp32 if isinstance(fp32, Mapping) else {node.name: node for node in fp32.graph.node}
     for entry in table:
         if entry.contribution <= 0:
             break
