@@ -155,17 +155,27 @@ def build(
     options = parse_build_options(**_parser_arguments(locals()))  # every option checked, before any work
     tracking = _mlflow_target(mlflow)  # a missing optpipe[mlflow] fails now, not after the build
     if provenance is None:  # how this build was asked for: the arguments given (arrays by type)
-        from optpipe.report.provenance import ProvenanceInputs, api_invocation
-
-        provenance = ProvenanceInputs(invocation=api_invocation(model, _given_arguments(locals())))
+        provenance = _api_provenance(model, _given_arguments(locals()))
     report = build_with_options(model, example_inputs, options, out_dir=out_dir, input_names=input_names,
                                 output_names=output_names, dynamic=dynamic, heldout_inputs=heldout_inputs,
                                 log=log, instruments=instruments, provenance=provenance)
+    _log_to_mlflow(report, tracking)
+    return report
+
+
+def _api_provenance(model: Any, given: Mapping[str, Any]) -> ProvenanceInputs:
+    """Provenance of a build asked for through the Python API: the arguments given (arrays by type)."""
+    from optpipe.report.provenance import ProvenanceInputs, api_invocation
+
+    return ProvenanceInputs(invocation=api_invocation(model, given))
+
+
+def _log_to_mlflow(report: Report, tracking: Any) -> None:
+    """Log the finished build to MLflow when asked (``mlflow=``); nothing otherwise."""
     if tracking is not None and report.out_dir is not None:
         from optpipe.report.mlflow_log import log_report
 
         log_report(report.to_dict(), report.out_dir, tracking)
-    return report
 
 
 def _parser_arguments(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -143,8 +143,7 @@ def quantize_int8(
     _check_style_and_method(style, method)
     # Absolute paths: the quantizer runs in a scratch working directory (it writes files into the current one).
     src, dst = Path(src).absolute(), Path(dst).absolute()
-    cache_dir = Path(cache_dir).absolute() if cache_dir is not None else None
-    cache_file = Path(cache_file).absolute() if cache_file is not None else None
+    cache_dir, cache_file = _absolute(cache_dir), _absolute(cache_file)
     with tempfile.TemporaryDirectory(prefix="optpipe-int8-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
         pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes, external_above)
@@ -161,14 +160,11 @@ def quantize_int8(
         )
         if ranges is not None:
             _check_ranges_name_tensors(pre, final_ranges)
-        if reduce_range is None:
-            reduce_range = style == "cpu" and cpu_needs_reduce_range()
-        correction = None
-        if bias_correction:
-            correction = _correct_biases(pre_path, pre, samples, final_ranges, excluded, style, reduce_range, key,
-                                         external_above)
-            if correction is None:
-                warnings.append("bias correction skipped: it needs calibration samples (ranges alone were given)")
+        reduce_range = (style == "cpu" and cpu_needs_reduce_range()) if reduce_range is None else reduce_range
+        correction = (_correct_biases(pre_path, pre, samples, final_ranges, excluded, style, reduce_range, key,
+                                      external_above) if bias_correction else None)
+        if bias_correction and correction is None:
+            warnings.append("bias correction skipped: it needs calibration samples (ranges alone were given)")
         guard_base = sum(1 for n in pre.graph.node if n.op_type in style_op_types(style))
         del pre  # the quantizer loads its own copy from pre_path: one copy of the weights, not two
         release_free_heap()
@@ -359,6 +355,11 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         item = next(self._iter, None)
         return dict(item) if item is not None else None
+
+
+def _absolute(path: Path | None) -> Path | None:
+    """``path`` made absolute (the quantizer runs in a scratch working directory), or None."""
+    return Path(path).absolute() if path is not None else None
 
 
 def _prepare(
