@@ -60,7 +60,7 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
         for v in others:
             rejected[v["precision"]] = f"slower: {describe(v)} vs {describe(best)}"
     else:
-        order = {"int8": 0, "int8-dynamic": 0, "fp16": 1, "fp32": 2}
+        order = {"int4-weight": 0, "int8": 0, "int8-dynamic": 0, "fp16": 1, "fp32": 2}
         best = min(passing, key=lambda v: order.get(base_precision(v["precision"]), 3))
         reason = (
             f"only {best['precision']} passed" if len(passing) == 1

@@ -1,0 +1,212 @@
+"""Weight-only INT4 for the CPU target (ONNX Runtime's ``MatMulNBits``), ``--precision int4-weight``.
+
+Why weight-only: a transformer's size and its memory traffic are its MatMul weights; storing them as
+4-bit blocks (one scale, and a zero point unless symmetric, per ``block_size`` values along K) shrinks
+each one about 6-7x, and ONNX Runtime's CPU ``MatMulNBits`` kernel reads them packed. Activations
+stay float (``accuracy_level`` 4 lets the kernel quantize them to int8 on the fly for speed), so no
+calibration data is needed and nothing depends on the range of inputs seen.
+
+Only MatMul nodes with a constant 2-D float weight are quantized (activation x activation MatMuls,
+attention scores, stay FP32). ONNX Runtime's quantizer only rewrites MatMul, so a Gemm with a
+constant weight (a Linear on 2-D input) is first rewritten here into MatMul (+ Add of its bias): the
+MatMul keeps the Gemm's name and the Add writes the Gemm's output, so the guard's node names and
+tensor names still refer to the FP32 model. Embedding tables (Gather) stay FP32: ONNX Runtime's
+4-bit Gather needs opset 21, which it forces onto the whole model ("may not be a valid model").
+
+The graph uses the ``com.microsoft`` contrib op, which only ONNX Runtime runs; TensorRT would need
+the same weights as a blocked ``DequantizeLinear`` (INT4) -> ``MatMul`` (see :data:`TENSORRT_NEEDS`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from optpipe.core.errors import UserInputError
+from optpipe.onnx.utils import save_onnx
+from optpipe.precision import onnx_graph
+from optpipe.precision.static_quantize import Int8Result, _nothing_left
+
+#: The block sizes ONNX Runtime's CPU MatMulNBits kernels take (a power of two >= 16).
+BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128)
+#: ``accuracy_level`` values of MatMulNBits: 0 unset (the kernel's default, fp32 compute), 1 fp32, 2 fp16,
+#: 3 bf16, 4 int8 (activations quantized per block at run time).
+ACCURACY_LEVELS: tuple[int, ...] = (0, 1, 2, 3, 4)
+#: The op ORT's quantizer writes for a quantized MatMul.
+NBITS_OP = "MatMulNBits"
+#: The ``method`` recorded in results (no calibration ranges).
+METHOD = "weight-only-int4"
+#: What TensorRT 11 would need instead of MatMulNBits, said by the plan and the lint.
+TENSORRT_NEEDS = (
+    "TensorRT 11 would need weight-only INT4 as standard ONNX: each weight an INT4 initializer behind a "
+    "blocked DequantizeLinear (block_size along K, zero point 0, FP16/FP32 scales) feeding a MatMul, "
+    "in a strongly typed network; ONNX Runtime's MatMulNBits is a com.microsoft op TensorRT does not parse"
+)
+
+
+@dataclass(frozen=True)
+class Int4Options:
+    """How weights are quantized: ``block_size`` per scale, ``symmetric`` (no zero point), ``accuracy_level``."""
+
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int = 4
+
+    def check(self) -> None:
+        """Refuse, in one line, values ONNX Runtime's CPU kernels do not take."""
+        if self.block_size not in BLOCK_SIZES:
+            raise UserInputError(f"int4-weight block_size must be one of {', '.join(map(str, BLOCK_SIZES))}, "
+                                 f"got {self.block_size}")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise UserInputError(f"int4-weight accuracy_level must be one of "
+                                 f"{', '.join(map(str, ACCURACY_LEVELS))}, got {self.accuracy_level}")
+
+
+def _constant_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Float initializers of rank 2, by name: the weights MatMulNBits can hold."""
+    return {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+
+
+def _gemm_rewritable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
+    """A Gemm ``A @ B (+ C)`` with a constant 2-D weight and no transposed A or alpha: one MatMul (+ Add)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return (node.op_type == "Gemm" and len(node.input) >= 2 and node.input[1] in weights
+            and attrs.get("transA", 0) == 0 and float(attrs.get("alpha", 1.0)) == 1.0)  # fmt: skip
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes ``int4-weight`` quantizes: MatMul (or rewritable Gemm) with a constant 2-D float weight."""
+    weights = _constant_weights(model)
+    return [n.name for n in model.graph.node if _gemm_rewritable(n, weights)
+            or (n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in weights)]  # fmt: skip
+
+
+def gemms_to_matmuls(model: onnx.ModelProto, skip: Sequence[str] = ()) -> int:
+    """Rewrite each rewritable Gemm not in ``skip`` into MatMul (named as the Gemm) + Add (writing its output).
+
+    In place; returns how many were rewritten. A transposed weight gets its own transposed copy, and
+    ``beta`` is folded into a copy of the bias, so a weight shared with another node is never changed.
+    """
+    weights = _constant_weights(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in model.graph.node:
+        if node.name in skip or not _gemm_rewritable(node, weights):
+            nodes.append(node)
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            array = numpy_helper.to_array(weights[weight]).T
+            weight = f"{weight}_transposed_{node.name}"
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), weight))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        beta = float(attrs.get("beta", 1.0))
+        if bias and beta != 1.0:
+            if bias not in inits:
+                nodes.append(node)  # a computed bias scaled by beta: leave this Gemm alone
+                continue
+            scaled = numpy_helper.to_array(inits[bias]) * np.float32(beta)
+            bias = f"{bias}_beta_{node.name}"
+            model.graph.initializer.append(numpy_helper.from_array(scaled.astype(np.float32), bias))
+        product = f"{node.output[0]}_matmul" if bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
+        if bias:
+            nodes.append(onnx.helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}_bias"))
+        count += 1
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    return count
+
+
+def quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """The MatMulNBits nodes of a quantized model."""
+    return [n.name for n in model.graph.node if n.op_type == NBITS_OP]
+
+
+def quantize_int4_weight(
+    src: Path, dst: Path, *, exclude_nodes: Sequence[str] = (), options: Int4Options = Int4Options()
+) -> Int8Result:
+    """Quantize the constant MatMul weights of ``src`` to 4-bit blocks at ``dst``; ``exclude_nodes`` stay FP32.
+
+    Node names are ``src``'s (there is no pre-processing: the quantizer needs only the initializers).
+    Returns an :class:`~optpipe.precision.static_quantize.Int8Result` with ``method="weight-only-int4"``
+    and no ranges; ``status="nothing_quantizable"`` (nothing written) when no constant-weight
+    MatMul/Gemm is left. ``dst`` is written through :func:`optpipe.onnx.utils.save_onnx`, so a
+    model whose weights stay over 1.8 GB gets its ``model.onnx.data`` beside it.
+    """
+    options.check()
+    nbits = _quantizer_module()
+    model = onnx_graph.load_model(Path(src))
+    quantizable = quantizable_nodes(model)
+    excluded = [n for n in dict.fromkeys(exclude_nodes) if n in set(quantizable)]
+    warnings = [f"int4-weight: exclude node '{n}' is not a quantizable MatMul/Gemm; ignored"
+                for n in dict.fromkeys(exclude_nodes) if n not in set(quantizable)]  # fmt: skip
+    nothing = _nothing_left("cpu", METHOD, quantizable, excluded, warnings,
+                            "the model has no MatMul/Gemm with a constant 2-D weight")  # fmt: skip
+    if nothing is not None:
+        return nothing
+    gemms_to_matmuls(model, skip=excluded)
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=options.symmetric,
+                                          accuracy_level=options.accuracy_level or None,
+                                          op_types_to_quantize=("MatMul",))  # fmt: skip
+    quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=list(excluded), algo_config=config)
+    quantizer.process()
+    out = quantizer.model.model
+    done = [name.removesuffix("_Q4") for name in quantized_nodes(out)]
+    if not done:
+        warnings.append("the MatMulNBits quantizer quantized no node")
+        return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)
+    save_replacing(out, Path(dst))
+    return Int8Result("quantized", Path(dst), "cpu", METHOD, done, quantizable, excluded, {}, warnings)
+
+
+def _quantizer_module() -> Any:
+    """ONNX Runtime's ``matmul_nbits_quantizer``, imported without its side effect on the process's logging.
+
+    Why: the module calls ``logging.basicConfig(level=INFO)`` when imported, which would print every
+    library's INFO records (and its own line per node) for the rest of the build; the root logger's
+    handlers and level are put back, and its own logger is kept to warnings.
+    """
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization import matmul_nbits_quantizer
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
+    return matmul_nbits_quantizer
+
+
+def save_replacing(model: onnx.ModelProto, dst: Path) -> None:
+    """Write ``model`` at ``dst`` with :func:`~optpipe.onnx.utils.save_onnx` in a scratch folder beside it, then rename.
+
+    Why not a temporary file name: an external data file is named after its model (``model.onnx.data``)
+    and the model records that name, so both are written under their final names in the scratch folder
+    and moved in; a data file left by an earlier, larger model at ``dst`` is removed.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    try:
+        written = save_onnx(model, scratch / dst.name)
+        stale = dst.parent / f"{dst.name}.data"
+        if stale.exists() and all(f.name != stale.name for f in written):
+            stale.unlink()
+        for file in reversed(written):  # the data file first: the model is never there without it
+            os.replace(file, dst.parent / file.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
