@@ -121,7 +121,7 @@ class Int4WeightPass(Pass):
 
 def tensorrt_refusal(target: object) -> str:
     """The one line that refuses int4-weight for a TensorRT target, saying what TensorRT 11 would need."""
-    from optpipe.precision.weight_only_quantize import TENSORRT_NEEDS
+    from optpipe.runtime.tensorrt.lint import INT4_WEIGHT_NEEDS
 
-    return (f"--precision int4-weight is for the cpu target only (target '{target}'): {TENSORRT_NEEDS}; "
+    return (f"--precision int4-weight is for the cpu target only (target '{target}'): {INT4_WEIGHT_NEEDS}; "
             "optpipe does not write that form yet, so build int4-weight with --target cpu or use int8 here")

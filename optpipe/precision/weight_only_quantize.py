@@ -14,7 +14,8 @@ tensor names still refer to the FP32 model. Embedding tables (Gather) stay FP32:
 4-bit Gather needs opset 21, which it forces onto the whole model ("may not be a valid model").
 
 The graph uses the ``com.microsoft`` contrib op, which only ONNX Runtime runs; TensorRT would need
-the same weights as a blocked ``DequantizeLinear`` (INT4) -> ``MatMul`` (see :data:`TENSORRT_NEEDS`).
+the same weights as a blocked ``DequantizeLinear`` (INT4) -> ``MatMul``
+(:data:`optpipe.runtime.tensorrt.lint.INT4_WEIGHT_NEEDS`, which the plan's refusal and ``optpipe lint`` print).
 """
 
 from __future__ import annotations
@@ -45,12 +46,6 @@ ACCURACY_LEVELS: tuple[int, ...] = (0, 1, 2, 3, 4)
 NBITS_OP = "MatMulNBits"
 #: The ``method`` recorded in results (no calibration ranges).
 METHOD = "weight-only-int4"
-#: What TensorRT 11 would need instead of MatMulNBits, said by the plan and the lint.
-TENSORRT_NEEDS = (
-    "TensorRT 11 would need weight-only INT4 as standard ONNX: each weight an INT4 initializer behind a "
-    "blocked DequantizeLinear (block_size along K, zero point 0, FP16/FP32 scales) feeding a MatMul, "
-    "in a strongly typed network; ONNX Runtime's MatMulNBits is a com.microsoft op TensorRT does not parse"
-)
 
 
 @dataclass(frozen=True)
