@@ -22,7 +22,7 @@ from optpipe.infra.registry import PASSES
 from optpipe.runtime.target import get_target
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fuse_transformer import TinyBert  # noqa: E402  (a 1-layer BERT written out, shared with the fusion tests)
+from test_fuse_transformer import TinyBert  # a 1-layer BERT written out, shared with the fusion tests
 
 
 class Mlp(nn.Module):
@@ -85,8 +85,9 @@ def test_a_small_transformer_builds_smaller_and_passes_the_gate(tmp_path: Path) 
     model = onnx.load(str(report.out_dir / variant["onnx"]))
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["MatMulNBits"] == 6, ops
-    assert {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"} \
-        == {16}
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    blocks = {a.i for n in nbits for a in n.attribute if a.name == "block_size"}
+    assert blocks == {16}
     # the embeddings stay FP32 (35 % of this tiny model); the six weight matrices shrink about 6x
     assert variant["size_bytes"] < 0.5 * fp32["size_bytes"] and variant["onnx_size_bytes"] > 0
 

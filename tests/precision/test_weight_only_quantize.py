@@ -24,7 +24,7 @@ K, N, OUT = 64, 48, 10
 
 
 def _model(path: Path) -> Path:
-    """x (B, K) -> MatMul(W1) -> Relu -> Gemm(W2 transposed, bias, beta 0.5) -> y; plus an activation x activation MatMul."""
+    """x (B, K) -> MatMul(W1) -> Relu -> Gemm(W2 transposed, bias, beta 0.5), then an activation x activation MatMul."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((K, N)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((OUT, N)).astype(np.float32), "w2")  # (N_out, K) for transB
