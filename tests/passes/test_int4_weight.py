@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import torch
 from torch import nn
 
 from optpipe.builder.options import parse_build_options
@@ -23,17 +22,7 @@ from optpipe.runtime.target import get_target
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_fuse_transformer import TinyBert  # a 1-layer BERT written out, shared with the fusion tests
-
-
-class Mlp(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
+from test_int8_dynamic import Mlp  # Linear -> ReLU -> Linear, 32 -> 64 -> 10, seeded
 
 
 def _build(tmp_path: Path, model: nn.Module, **kwargs: Any) -> Any:

@@ -10,6 +10,7 @@ Mlp, cosine 0.997) must pass untouched.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,8 @@ from torch import nn
 
 from optpipe.builder.run import build
 
-
-class Mlp(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
+sys.path.insert(0, str(Path(__file__).parent.parent / "passes"))
+from test_int8_dynamic import Mlp  # Linear -> ReLU -> Linear, 32 -> 64 -> 10, seeded: the twin
 
 
 class OutlierWeightMlp(Mlp):
