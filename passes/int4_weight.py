@@ -43,6 +43,8 @@ class Int4WeightConfig(pass_support.GuardedConfig):
     symmetric: bool = option(False, help="Symmetric blocks (no zero points): smaller, usually less accurate.")
     accuracy_level: int = option(4, help="MatMulNBits accuracy_level: 4 quantizes activations to int8 per block "
                                  "at run time (fastest on CPU), 1 computes in FP32, 0 leaves it to the kernel.")
+    embeddings: bool = option(False, help="Also quantize embedding tables (a Gather of a constant matrix) to 4-bit "
+                              "blocks along the hidden axis; ONNX Runtime then raises the model's opset to 21.")
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
 
@@ -52,7 +54,8 @@ class Int4WeightConfig(pass_support.GuardedConfig):
 
     def int4_options(self) -> Int4Options:
         """The quantizer's options."""
-        return Int4Options(block_size=self.block_size, symmetric=self.symmetric, accuracy_level=self.accuracy_level)
+        return Int4Options(block_size=self.block_size, symmetric=self.symmetric, accuracy_level=self.accuracy_level,
+                           embeddings=self.embeddings)
 
 
 class Int4WeightPass(Pass):
@@ -98,12 +101,13 @@ class Int4WeightPass(Pass):
         result, gate_log = pass_support.run_guard(
             ctx, src, dst, samples, config, gate_name=PRECISION, level="all", guard=config.guard and bool(samples),
             int8_options={"exclude_nodes": list(config.exclude_nodes)}, quantize=quantize,
-            eligible=quantizable_nodes, min_keep=MIN_KEEP,
+            eligible=lambda model: quantizable_nodes(model, config.embeddings), min_keep=MIN_KEEP,
         )  # fmt: skip
         first = result.results[0] if result.results else None
         warnings: list[str] = list(first.warnings) if first is not None else []
         metrics: dict[str, Any] = {"style": "cpu", "method": "weight-only-int4", "block_size": config.block_size,
                                    "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
+                                   "embeddings": config.embeddings,
                                    "gate_runtime": gate_runtime_note("cpu")}  # fmt: skip
         if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int4-weight
             pass_support.skip_nothing_quantizable(PRECISION, result, metrics)

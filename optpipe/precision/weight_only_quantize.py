@@ -35,6 +35,7 @@ from onnx import numpy_helper
 from optpipe.core.errors import UserInputError
 from optpipe.onnx.utils import save_onnx
 from optpipe.precision import onnx_graph
+from optpipe.precision.dynamic_quantize import embedding_tables
 from optpipe.precision.static_quantize import Int8Result, _nothing_left
 
 #: The block sizes ONNX Runtime's CPU MatMulNBits kernels take (a power of two >= 16).
@@ -44,6 +45,8 @@ BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128)
 ACCURACY_LEVELS: tuple[int, ...] = (0, 1, 2, 3, 4)
 #: The op ORT's quantizer writes for a quantized MatMul.
 NBITS_OP = "MatMulNBits"
+#: The op it writes for a quantized embedding Gather (``Int4Options.embeddings``).
+GATHER_OP = "GatherBlockQuantized"
 #: The ``method`` recorded in results (no calibration ranges).
 METHOD = "weight-only-int4"
 
@@ -55,6 +58,7 @@ class Int4Options:
     block_size: int = 32
     symmetric: bool = False
     accuracy_level: int = 4
+    embeddings: bool = False  # also the embedding tables (GatherBlockQuantized; the model's opset becomes >= 21)
 
     def check(self) -> None:
         """Refuse, in one line, values ONNX Runtime's CPU kernels do not take."""
@@ -78,11 +82,27 @@ def _gemm_rewritable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto])
             and attrs.get("transA", 0) == 0 and float(attrs.get("alpha", 1.0)) == 1.0)  # fmt: skip
 
 
-def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes ``int4-weight`` quantizes: MatMul (or rewritable Gemm) with a constant 2-D float weight."""
+def quantizable_nodes(model: onnx.ModelProto, embeddings: bool = False) -> list[str]:
+    """Nodes ``int4-weight`` quantizes: MatMul (or rewritable Gemm) with a constant 2-D float weight.
+
+    With ``embeddings``, also each Gather of an embedding table (a constant 2-D float matrix).
+    """
     weights = _constant_weights(model)
-    return [n.name for n in model.graph.node if _gemm_rewritable(n, weights)
+    tables = _embedding_gathers(model) if embeddings else set()
+    return [n.name for n in model.graph.node if _gemm_rewritable(n, weights) or n.name in tables
             or (n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in weights)]  # fmt: skip
+
+
+def _embedding_gathers(model: onnx.ModelProto) -> set[str]:
+    """Gathers that read rows of an embedding table, unless the opset bump to 21 would change an op's meaning.
+
+    ONNX Runtime's 4-bit Gather needs opset 21 and raises the model's opset to it; GroupNormalization is
+    the op whose meaning changed (per-group to per-channel scale), so a model with it keeps its tables FP32.
+    """
+    if any(n.op_type == "GroupNormalization" for n in model.graph.node):
+        return set()
+    tables = embedding_tables(model)
+    return {n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables}
 
 
 def gemms_to_matmuls(model: onnx.ModelProto, skip: Sequence[str] = ()) -> int:
@@ -125,8 +145,8 @@ def gemms_to_matmuls(model: onnx.ModelProto, skip: Sequence[str] = ()) -> int:
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
-    """The MatMulNBits nodes of a quantized model."""
-    return [n.name for n in model.graph.node if n.op_type == NBITS_OP]
+    """The MatMulNBits (and 4-bit Gather) nodes of a quantized model."""
+    return [n.name for n in model.graph.node if n.op_type in (NBITS_OP, GATHER_OP)]
 
 
 def quantize_int4_weight(
@@ -143,7 +163,8 @@ def quantize_int4_weight(
     options.check()
     nbits = _quantizer_module()
     model = onnx_graph.load_model(Path(src))
-    quantizable = quantizable_nodes(model)
+    opset = _default_opset(model)  # before the quantizer, which may raise it in place
+    quantizable = quantizable_nodes(model, options.embeddings)
     excluded = [n for n in dict.fromkeys(exclude_nodes) if n in set(quantizable)]
     warnings = [f"int4-weight: exclude node '{n}' is not a quantizable MatMul/Gemm; ignored"
                 for n in dict.fromkeys(exclude_nodes) if n not in set(quantizable)]  # fmt: skip
@@ -152,13 +173,20 @@ def quantize_int4_weight(
     if nothing is not None:
         return nothing
     gemms_to_matmuls(model, skip=excluded)
-    config = nbits.DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=options.symmetric,
-                                          accuracy_level=options.accuracy_level or None,
-                                          op_types_to_quantize=("MatMul",))  # fmt: skip
-    quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=list(excluded), algo_config=config)
+    # ORT's quantizer takes every MatMul/Gather of an initializer (shape lookups, N-D weights too): only the nodes
+    # counted here (which the guard can keep) are let through.
+    others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in set(quantizable)]
+    config = nbits.DefaultWeightOnlyQuantConfig(
+        block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level or None,
+        op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
+        quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=[*excluded, *others], algo_config=config)
     quantizer.process()
     out = quantizer.model.model
     done = [name.removesuffix("_Q4") for name in quantized_nodes(out)]
+    if any(n.op_type == GATHER_OP for n in out.graph.node) and opset < _default_opset(out):
+        warnings.append(f"int4-weight: embedding tables quantized; the model's opset raised from {opset} to "
+                        f"{_default_opset(out)} (ONNX Runtime's 4-bit Gather needs 21)")
     if not done:
         warnings.append("the MatMulNBits quantizer quantized no node")
         return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)
@@ -183,8 +211,14 @@ def _quantizer_module() -> Any:
         for handler in [h for h in root.handlers if h not in handlers]:
             root.removeHandler(handler)
         root.setLevel(level)
-    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
+    # ERROR: its one warning (the opset raised to 21 for a 4-bit Gather) is recorded as a build warning instead.
+    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.ERROR)
     return matmul_nbits_quantizer
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def save_replacing(model: onnx.ModelProto, dst: Path) -> None:

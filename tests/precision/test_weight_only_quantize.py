@@ -103,6 +103,36 @@ def test_gemm_rewrite_computes_the_same(tmp_path: Path) -> None:
     np.testing.assert_allclose(_run(tmp_path / "r.onnx", x), _run(src, x), rtol=1e-4, atol=1e-3)
 
 
+def test_embedding_tables_only_with_the_option(tmp_path: Path) -> None:
+    """A Gather of a float table becomes GatherBlockQuantized; a Gather of an int64 constant (a shape lookup) never."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((100, 64)).astype(np.float32), "table")
+    dims = numpy_helper.from_array(np.array([7, 9], np.int64), "dims")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Gather", ["dims", "pick"], ["d"], name="lookup"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")]
+    w = numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+                                           helper.make_tensor_value_info("pick", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8]),
+                               helper.make_tensor_value_info("d", TensorProto.INT64, [])], [table, dims, w])
+    src = tmp_path / "e.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(src))
+    assert quantizable_nodes(onnx.load(str(src))) == ["proj"]
+    assert quantize_int4_weight(src, tmp_path / "q.onnx").quantized_nodes == ["proj"]
+    result = quantize_int4_weight(src, tmp_path / "qe.onnx", options=Int4Options(embeddings=True))
+    assert sorted(result.quantized_nodes) == ["embed", "proj"]
+    assert any("opset raised from 20 to 21" in w for w in result.warnings), result.warnings
+    ops = _ops(tmp_path / "qe.onnx")
+    assert ops["GatherBlockQuantized"] == 1 and ops["Gather"] == 1 and ops["MatMulNBits"] == 1, ops
+    ids = np.array([3, 50, 99], np.int64)
+    run = ort.InferenceSession(str(tmp_path / "qe.onnx"), providers=["CPUExecutionProvider"])
+    low, dim = run.run(None, {"ids": ids, "pick": np.array(1, np.int64)})
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"ids": ids,
+                                                                                      "pick": np.array(1, np.int64)})
+    assert int(dim) == 9 and _cosine(ref[0], low) > 0.98
+
+
 def test_bad_options_are_refused_in_one_line() -> None:
     with pytest.raises(UserInputError, match="block_size must be one of 16, 32, 64, 128, got 8"):
         Int4Options(block_size=8).check()
