@@ -21,7 +21,7 @@ from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.onnx.utils import onnx_files
 from optpipe.precision import pass_support
-from optpipe.precision.weight_only_quantize import Int4Options
+from optpipe.precision.int4_options import ALGORITHMS, Int4Options
 
 PRECISION = "int4-weight"
 #: The fewest nodes the guard may keep, as for dynamic INT8 (a kept node costs one FP32 MatMul, nothing else).
@@ -45,6 +45,9 @@ class Int4WeightConfig(pass_support.GuardedConfig):
                                  "at run time (fastest on CPU), 1 computes in FP32, 0 leaves it to the kernel.")
     embeddings: bool = option(False, help="Also quantize embedding tables (a Gather of a constant matrix) to 4-bit "
                               "blocks along the hidden axis; ONNX Runtime then raises the model's opset to 21.")
+    algorithm: str = option("default", help="default: round each block to nearest; hqq: Half-Quadratic "
+                            "Quantization fits each block's scale and zero point (no data; MatMul weights only, "
+                            "asymmetric, the kernel's default accuracy level).", choices=ALGORITHMS)
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
 
@@ -55,7 +58,7 @@ class Int4WeightConfig(pass_support.GuardedConfig):
     def int4_options(self) -> Int4Options:
         """The quantizer's options."""
         return Int4Options(block_size=self.block_size, symmetric=self.symmetric, accuracy_level=self.accuracy_level,
-                           embeddings=self.embeddings)
+                           embeddings=self.embeddings, algorithm=self.algorithm)
 
 
 class Int4WeightPass(Pass):
@@ -107,7 +110,7 @@ class Int4WeightPass(Pass):
         warnings: list[str] = list(first.warnings) if first is not None else []
         metrics: dict[str, Any] = {"style": "cpu", "method": "weight-only-int4", "block_size": config.block_size,
                                    "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
-                                   "embeddings": config.embeddings,
+                                   "embeddings": config.embeddings, "algorithm": config.algorithm,
                                    "gate_runtime": gate_runtime_note("cpu")}  # fmt: skip
         if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int4-weight
             pass_support.skip_nothing_quantizable(PRECISION, result, metrics)

@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,42 +31,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from optpipe.core.errors import UserInputError
 from optpipe.onnx.utils import save_onnx
 from optpipe.precision import onnx_graph
 from optpipe.precision.dynamic_quantize import embedding_tables
+from optpipe.precision.int4_options import Int4Options
 from optpipe.precision.static_quantize import Int8Result, _nothing_left
 
-#: The block sizes ONNX Runtime's CPU MatMulNBits kernels take (a power of two >= 16).
-BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128)
-#: ``accuracy_level`` values of MatMulNBits: 0 unset (the kernel's default, fp32 compute), 1 fp32, 2 fp16,
-#: 3 bf16, 4 int8 (activations quantized per block at run time).
-ACCURACY_LEVELS: tuple[int, ...] = (0, 1, 2, 3, 4)
 #: The op ORT's quantizer writes for a quantized MatMul.
 NBITS_OP = "MatMulNBits"
 #: The op it writes for a quantized embedding Gather (``Int4Options.embeddings``).
 GATHER_OP = "GatherBlockQuantized"
 #: The ``method`` recorded in results (no calibration ranges).
 METHOD = "weight-only-int4"
-
-
-@dataclass(frozen=True)
-class Int4Options:
-    """How weights are quantized: ``block_size`` per scale, ``symmetric`` (no zero point), ``accuracy_level``."""
-
-    block_size: int = 32
-    symmetric: bool = False
-    accuracy_level: int = 4
-    embeddings: bool = False  # also the embedding tables (GatherBlockQuantized; the model's opset becomes >= 21)
-
-    def check(self) -> None:
-        """Refuse, in one line, values ONNX Runtime's CPU kernels do not take."""
-        if self.block_size not in BLOCK_SIZES:
-            raise UserInputError(f"int4-weight block_size must be one of {', '.join(map(str, BLOCK_SIZES))}, "
-                                 f"got {self.block_size}")
-        if self.accuracy_level not in ACCURACY_LEVELS:
-            raise UserInputError(f"int4-weight accuracy_level must be one of "
-                                 f"{', '.join(map(str, ACCURACY_LEVELS))}, got {self.accuracy_level}")
 
 
 def _constant_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -150,7 +125,7 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int4_weight(
-    src: Path, dst: Path, *, exclude_nodes: Sequence[str] = (), options: Int4Options = Int4Options()
+    src: Path, dst: Path, *, exclude_nodes: Sequence[str] = (), options: Int4Options | None = None
 ) -> Int8Result:
     """Quantize the constant MatMul weights of ``src`` to 4-bit blocks at ``dst``; ``exclude_nodes`` stay FP32.
 
@@ -160,6 +135,7 @@ def quantize_int4_weight(
     MatMul/Gemm is left. ``dst`` is written through :func:`optpipe.onnx.utils.save_onnx`, so a
     model whose weights stay over 1.8 GB gets its ``model.onnx.data`` beside it.
     """
+    options = options or Int4Options()
     options.check()
     nbits = _quantizer_module()
     model = onnx_graph.load_model(Path(src))
@@ -176,10 +152,7 @@ def quantize_int4_weight(
     # ORT's quantizer takes every MatMul/Gather of an initializer (shape lookups, N-D weights too): only the nodes
     # counted here (which the guard can keep) are let through.
     others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in set(quantizable)]
-    config = nbits.DefaultWeightOnlyQuantConfig(
-        block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level or None,
-        op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
-        quant_axes=(("MatMul", 0), ("Gather", 1)))
+    config = _algo_config(nbits, options)
     quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=[*excluded, *others], algo_config=config)
     quantizer.process()
     out = quantizer.model.model
@@ -192,6 +165,16 @@ def quantize_int4_weight(
         return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)
     save_replacing(out, Path(dst))
     return Int8Result("quantized", Path(dst), "cpu", METHOD, done, quantizable, excluded, {}, warnings)
+
+
+def _algo_config(nbits: Any, options: Int4Options) -> Any:
+    """ONNX Runtime's weight-only config for ``options`` (HQQ writes no accuracy_level: the kernel's default)."""
+    if options.algorithm == "hqq":
+        return nbits.HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4, op_types_to_quantize=("MatMul",))
+    return nbits.DefaultWeightOnlyQuantConfig(
+        block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level or None,
+        op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
+        quant_axes=(("MatMul", 0), ("Gather", 1)))
 
 
 def _quantizer_module() -> Any:
