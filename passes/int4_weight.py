@@ -36,8 +36,8 @@ class Int4WeightConfig(pass_support.GuardedConfig):
     ``max_keep_fraction`` counts the quantizable (MatMul/Gemm) nodes.
     """
 
-    # 32, not ORT's 128: a block's rounding step is its range / 15, and a smaller block has a smaller range, so
-    # the error is lower; it costs 0.11 bytes per weight more (0.64 vs 0.53 with FP32 scales and zero points).
+    # 32, not ORT's 128: measured on the BERT-base scale model (README, "Weight-only INT4"), embedding cosine
+    # 0.985 vs 0.976 at 1.11x vs 1.15x fp32's speed, for 0.64 bytes per weight vs 0.53 (scales, zero points).
     block_size: int = option(32, help="Weights per scale (and zero point) along K: one of 16, 32, 64, 128; "
                              "smaller is more accurate and a little larger.")
     symmetric: bool = option(False, help="Symmetric blocks (no zero points): smaller, usually less accurate.")
