@@ -20,6 +20,7 @@ from optpipe.infra.pass_base import Pass
 from optpipe.passes.engine_trt import TrtEngineConfig, TrtEnginePass
 from optpipe.passes.fp16 import Fp16Config, Fp16Pass
 from optpipe.passes.fuse_transformer import FUSE_OFF, FuseTransformerConfig, FuseTransformerPass
+from optpipe.passes.int4_weight import Int4WeightConfig, Int4WeightPass, tensorrt_refusal
 from optpipe.passes.int8 import STYLES, Int8Config, Int8Pass
 from optpipe.passes.int8_dynamic import Int8DynamicConfig, Int8DynamicPass
 from optpipe.precision.names import IN_MEMORY
@@ -73,6 +74,13 @@ def int8_dynamic_pass(options: BuildOptions, target: Any) -> Int8DynamicPass:
             "Runtime's DynamicQuantizeLinear/MatMulInteger ops); use --precision int8 with --calib-data"
         )
     return Int8DynamicPass(Int8DynamicConfig(exclude_nodes=options.guard.int8_exclude, **guard_fields(options)))
+
+
+def int4_weight_pass(options: BuildOptions, target: Any) -> Int4WeightPass:
+    """The int4-weight pass: refuses the tensorrt target now, in one line that says what TensorRT 11 would need."""
+    if str(getattr(target, "qdq_style", "cpu")) != "cpu":
+        raise UserInputError(tensorrt_refusal(getattr(target, "name", target)))
+    return Int4WeightPass(Int4WeightConfig(**guard_fields(options)))
 
 
 def fuse_transformer_pass(options: BuildOptions, target: Any) -> FuseTransformerPass:

@@ -31,6 +31,7 @@ from optpipe.infra.pass_base import BuildContext, Pass
 from optpipe.infra.pass_options import apply_pass_options
 from optpipe.infra.pipeline import PASS_RSS_INTERVAL_S, Instrument, PassRecord, Pipeline
 from optpipe.report.build_report import Report
+from optpipe.report.metrics import artifact_size
 from optpipe.runtime.target import Target
 
 
@@ -61,6 +62,8 @@ def precision_pass(precision: str, target: Target, options: BuildOptions) -> Pas
         return pass_configs.int8_pass(options, target)
     if precision == "int8-dynamic":
         return pass_configs.int8_dynamic_pass(options, target)
+    if precision == "int4-weight":
+        return pass_configs.int4_weight_pass(options, target)
     raise UserInputError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
 
 
@@ -170,11 +173,15 @@ def variant_result(precision: str, final: Artifact, records: Sequence[PassRecord
     bench = metrics.get("benchmark", {})
     engine = final.kind is ArtifactKind.ENGINE
     onnx_path = final.extra.get("source_onnx") if engine else final.path
+    artifact = _relative(final.path, root) if engine else None
+    onnx = _relative(Path(str(onnx_path)), root) if onnx_path else None
     return VariantResult(
         precision=precision,
         status=VariantStatus.BUILT if engine_built else VariantStatus.PENDING,
-        artifact=_relative(final.path, root) if engine else None,
-        onnx=_relative(Path(str(onnx_path)), root) if onnx_path else None,
+        artifact=artifact,
+        onnx=onnx,
+        size_bytes=artifact_size(root, artifact),
+        onnx_size_bytes=artifact_size(root, onnx),
         passed=bool(parity and parity["passed"]) and not (unjudged and require_judged),
         failures=tuple(parity["failures"]) if parity else (),
         unjudged=unjudged,

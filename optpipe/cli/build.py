@@ -80,8 +80,8 @@ def _with_model_file_data(options: BuildOptions, flags: BuildFlags, prepared: An
               "'sweep', report.html); as `optpipe sweep DIR` does after a build.")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(tuple(TARGET_CLASSES)))
 @click.option("--precision", "precision", type=PrecisionsType(), default="fp32", show_default=True,
-              help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic (cpu target: no calibration "
-              "data); or 'auto': build the target's "
+              help="Comma-separated precisions to build: fp32, fp16, int8, int8-dynamic, int4-weight (cpu target: no "
+              "calibration data); or 'auto': build the target's "
               "candidates and select the fastest that passes its gates.")
 @click.option("--output-names", help="Comma-separated output names (default: OUTPUT_NAMES in the model file).")
 @click.option("--tolerance", "tolerances", type=ToleranceType(), multiple=True, metavar="OUTPUT:FIELD=VALUE",

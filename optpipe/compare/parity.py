@@ -94,6 +94,10 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
                       **_INT8_KIND_BARS),
     "int8-dynamic": Tolerance(min_cosine=0.99, min_top1=0.95, min_row_cosine=0.98, top1_margin=0.05,
                               min_logit_cosine=0.98, **_INT8_KIND_BARS),
+    # Weight-only INT4: judged as the other lossy precisions, by INT8's bars (its weights round to 1 part in 15
+    # per block, coarser than INT8's 1 in 255, so the same bars make it prove more, never less).
+    "int4-weight": Tolerance(min_cosine=0.99, min_top1=0.95, min_row_cosine=0.98, top1_margin=0.05,
+                             min_logit_cosine=0.98, **_INT8_KIND_BARS),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
 AUTO = "auto"
 #: A variant name's suffix for the cpu target's transformer-fused variants (``int8-dynamic+fused``).
 FUSED_SUFFIX = "+fused"

@@ -88,6 +88,11 @@ class CachedMeasurement:
         return cls(data.get("measured_at"), data.get("host"), str(data["key"]))
 
 
+def _optional_int(value: Any) -> int | None:
+    """An integer field read from JSON (None when absent)."""
+    return None if value is None else int(value)
+
+
 @dataclass(frozen=True)
 class VariantResult(_JsonRecord):
     """One entry of ``report.variants``."""
@@ -115,6 +120,9 @@ class VariantResult(_JsonRecord):
     # Gates that could not judge (optpipe.compare.output_kinds). Never a pass: the variant's verdict is "unjudged"
     # (passed False) unless the build allowed it (--allow-unjudged: passed True, these kept as the record).
     unjudged: tuple[str, ...] = ()
+    # Bytes on disk of the engine artifact and of the variant's ONNX, each with its external data files.
+    size_bytes: int | None = None
+    onnx_size_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     @property
@@ -156,7 +164,8 @@ class VariantResult(_JsonRecord):
             "unjudged": list(self.unjudged),
         }
         return self._finish(out, fallback=True if self.fallback else None, reason=self.reason, accuracy=self.accuracy,
-                            cached={k: v.to_dict() for k, v in self.cached.items()} or None)
+                            cached={k: v.to_dict() for k, v in self.cached.items()} or None,
+                            size_bytes=self.size_bytes, onnx_size_bytes=self.onnx_size_bytes)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
@@ -182,6 +191,8 @@ class VariantResult(_JsonRecord):
             accuracy=data.get("accuracy"),
             cached={str(k): CachedMeasurement.from_dict(v) for k, v in (data.get("cached") or {}).items()},
             unjudged=tuple(str(u) for u in data.get("unjudged") or ()),
+            size_bytes=_optional_int(data.get("size_bytes")),
+            onnx_size_bytes=_optional_int(data.get("onnx_size_bytes")),
             extra={k: v for k, v in cls._unknown(data).items() if k != "verdict"},
         )
 

@@ -23,6 +23,7 @@ PASSES: dict[str, tuple[str, str]] = {
     "int8": ("int8", "Int8Pass"),
     "fuse-transformer": ("fuse_transformer", "FuseTransformerPass"),
     "int8-dynamic": ("int8_dynamic", "Int8DynamicPass"),
+    "int4-weight": ("int4_weight", "Int4WeightPass"),
     "engine-ort": ("engine_ort", "OrtEnginePass"),
     "trt-lint": ("trt_lint", "TrtLintPass"),
     "engine-trt": ("engine_trt", "TrtEnginePass"),

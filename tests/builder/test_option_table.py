@@ -130,7 +130,8 @@ def test_every_flag_that_sets_a_pass_field_is_declared_on_that_field() -> None:
                           "guard_max_keep", "benchmark_batch", "bench_seconds", "warmup", "iterations",
                           "tolerances", "output_kinds", "guard_seconds", "timing_cache", "opt_level", "workspace",
                           "hardware_compat", "version_compatible"}
-    assert set(flags["no_guard"]) == {("int8", "guard"), ("fp16", "guard"), ("int8-dynamic", "guard")}
+    assert set(flags["no_guard"]) == {("int8", "guard"), ("fp16", "guard"), ("int8-dynamic", "guard"),
+                                      ("int4-weight", "guard")}
     trt_fields = {field for pairs in flags.values() for pass_name, field in pairs if pass_name == "engine-trt"}
     assert trt_fields == set(TRT_KEYS)  # build(trt={...}) takes exactly the engine pass's fields
 
@@ -154,12 +155,13 @@ def test_every_pass_field_is_a_config_file_key_with_its_default(name: str) -> No
 
 def test_the_builder_fills_each_pass_field_with_its_declared_default() -> None:
     """A default build gives every flag-set pass field its declared default (the flag's default is the pass's)."""
-    from optpipe.builder.pass_configs import engine_pass, fp16_pass, int8_dynamic_pass, int8_pass
+    from optpipe.builder.pass_configs import engine_pass, fp16_pass, int4_weight_pass, int8_dynamic_pass, int8_pass
     from optpipe.runtime.target import get_target
 
     options = parse_build_options(calib_data=__file__)  # int8 refuses a build without data
     built = {"int8": int8_pass(options, get_target("cpu")).config, "fp16": fp16_pass(options).config,
              "int8-dynamic": int8_dynamic_pass(options, get_target("cpu")).config,
+             "int4-weight": int4_weight_pass(options, get_target("cpu")).config,
              "engine-trt": engine_pass(get_target("tensorrt"), options).config}
     for flag, pairs in flag_fields().items():
         for name, field in pairs:

@@ -47,6 +47,16 @@ _EXOTIC_QUANT_TYPES: dict[int, str] = {
     _T.FLOAT4E2M1: "FP4 Q/DQ needs compute capability >= 10.0 (Blackwell)",
 }
 
+#: What TensorRT 11 would need for ONNX Runtime's weight-only INT4 (``--precision int4-weight``): the plan's
+#: refusal and this lint say it in the same words.
+INT4_WEIGHT_NEEDS = (
+    "TensorRT 11 would need weight-only INT4 as standard ONNX: each weight an INT4 initializer behind a "
+    "blocked DequantizeLinear (block_size along K, zero point 0, FP16/FP32 scales) feeding a MatMul, "
+    "in a strongly typed network; ONNX Runtime's MatMulNBits is a com.microsoft op TensorRT does not parse"
+)
+#: ONNX Runtime's weight-only ops (contrib domain), which :data:`INT4_WEIGHT_NEEDS` explains.
+_ORT_WEIGHT_ONLY_OPS = frozenset({"MatMulNBits", "GatherBlockQuantized"})
+
 # Which input of which op is a weight, and the per-channel axis TensorRT wants there:
 # the output-channel axis of the weight in ONNX layout.
 #   Conv W: (C_out, C_in/g, k...)            -> axis 0
@@ -246,6 +256,15 @@ def _check_ops(
         label = _node_label(node)
         if (node.domain, node.op_type) in local_functions:
             continue  # the TensorRT parser inlines model-local functions
+        if node.domain not in STANDARD_DOMAINS and node.op_type in _ORT_WEIGHT_ONLY_OPS:
+            problems.append(
+                LintProblem("ort-weight-only-int4", "error", label,
+                            f"{node.op_type} is ONNX Runtime's weight-only INT4 op (domain '{node.domain}'); "
+                            f"{INT4_WEIGHT_NEEDS}.",
+                            "build --precision int4-weight for the cpu target only; for TensorRT use --precision "
+                            "fp16 or int8 (explicit Q/DQ).")
+            )  # fmt: skip
+            continue
         if node.domain not in STANDARD_DOMAINS:
             problems.append(
                 LintProblem(

@@ -125,6 +125,19 @@ def test_com_microsoft_op() -> None:
     assert problem.node == "fused" and "com.microsoft" in problem.message
 
 
+def test_ort_weight_only_int4_says_what_tensorrt_11_would_need() -> None:
+    """``--precision int4-weight``'s MatMulNBits: an error that names the standard-ONNX form TensorRT parses."""
+    node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], name="fc_Q4", domain="com.microsoft",
+                            K=32, N=2, bits=4, block_size=32)  # fmt: skip
+    model = make([node], [vi("x", [2, 32])], [vi("y", None)],
+                 [init("w", np.zeros((2, 1, 16), np.uint8)), init("s", np.ones((2, 1), np.float32))],
+                 domains=["com.microsoft"])  # fmt: skip
+    problem = only(lint_model(model), "ort-weight-only-int4")
+    assert problem.node == "fc_Q4" and problem.severity == "error"
+    assert "TensorRT 11 would need" in problem.message and "blocked DequantizeLinear" in problem.message
+    assert "cpu target" in problem.fix
+
+
 def test_nonzero_zero_point() -> None:
     problems = lint_model(conv_qdq_model(zp_value=3))
     assert {p.node for p in problems if p.code == "qdq-zero-point"} == {"q_x", "dq_x"}
