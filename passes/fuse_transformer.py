@@ -129,8 +129,9 @@ def attention_geometry(model: Any) -> tuple[int, int]:
 
     for reshape in (n for n in model.graph.node if n.op_type == "Reshape"):
         concat = parent(reshape, 1, "Concat")
-        tail = [values.get(i) for i in concat.input[-2:]] if concat is not None and len(concat.input) == 4 else []
-        if len(tail) != 2 or any(t is None or t.size != 1 for t in tail) or int(tail[1].item()) <= 0:
+        found = [values.get(i) for i in concat.input[-2:]] if concat is not None and len(concat.input) == 4 else []
+        tail = [t for t in found if t is not None and t.size == 1]
+        if len(tail) != 2 or int(tail[1].item()) <= 0:
             continue
         heads, head_dim = int(tail[0].item()), int(tail[1].item())
         add = parent(reshape, 0, "Add")
@@ -176,7 +177,7 @@ def run_optimizer(src: Any, model_type: str, num_heads: int, hidden_size: int) -
 
 
 def _rewrite_masks(model: Any) -> dict[str, Any]:
-    """Rewrite ``model``'s index-built attention masks in place (:mod:`optpipe.onnx.attention_mask`); the report's record."""
+    """Rewrite ``model``'s index-built attention masks in place (:mod:`optpipe.onnx.attention_mask`); its record."""
     from optpipe.onnx.attention_mask import rewrite_attention_masks
 
     done = rewrite_attention_masks(model)

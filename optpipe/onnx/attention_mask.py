@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
@@ -174,11 +173,9 @@ def _replacement(where: onnx.NodeProto, mask: str, fill: np.ndarray, model: onnx
     dtype = helper.np_dtype_to_tensor_dtype(fill.dtype)
     one, low = f"{tag}/mask_one", f"{tag}/mask_fill"
     axis1, axis2, same = f"{tag}/axis1", f"{tag}/axis2", f"{tag}/same_shape"
-    model.graph.initializer.extend([
-        numpy_helper.from_array(np.array(1, fill.dtype), one), numpy_helper.from_array(fill.reshape(()), low),
-        numpy_helper.from_array(np.array([1], np.int64), axis1), numpy_helper.from_array(np.array([2], np.int64), axis2),
-        numpy_helper.from_array(np.array([1], np.int64), same),
-    ])  # fmt: skip
+    constants = ((one, np.array(1, fill.dtype)), (low, fill.reshape(())), (axis1, np.array([1], np.int64)),
+                 (axis2, np.array([2], np.int64)), (same, np.array([1], np.int64)))  # fmt: skip
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants)
     u1, u2, expand, cast, pad, padded = (f"{tag}/{s}" for s in ("unsqueeze1", "unsqueeze2", "expand", "cast", "pad",
                                                                "padded"))  # fmt: skip
     return [

@@ -57,8 +57,9 @@ def _switch(model: onnx.ModelProto, index: int, tag: str) -> str:
     return out
 
 
-def emulated(fp32: onnx.ModelProto, lowp: onnx.ModelProto, candidates: Sequence[str]) -> tuple[onnx.ModelProto,
-                                                                                                   list[str]]:  # fmt: skip
+def emulated(
+    fp32: onnx.ModelProto, lowp: onnx.ModelProto, candidates: Sequence[str]
+) -> tuple[onnx.ModelProto, list[str]]:
     """``fp32`` with ``candidates`` (MatMuls, embedding Gathers) switchable to their dynamic INT8 emulation.
 
     Returns the model (a bool input ``SWITCHES`` of one entry per emulated node: True = quantized) and the

@@ -355,8 +355,9 @@ def guarded_quantize(
     nearest eligible producers instead. None: every node is eligible.
     ``min_keep``: the fewest nodes the fraction allows (a floor on the limit, never above the quantizable count).
     ``output_gains(fp32, built model path, rows, candidates) -> {node: gain}``: the output error each eligible
-    candidate removes when kept in FP32 (e.g. :func:`~optpipe.precision.guard.dynamic_sensitivity.dynamic_output_gains`);
-    when given, each round keeps the eligible nodes of largest positive gain first, then follows the table.
+    candidate removes when kept in FP32 (dynamic INT8:
+    :func:`~optpipe.precision.guard.dynamic_sensitivity.dynamic_output_gains`); when given, each round keeps the
+    eligible nodes of largest positive gain first, then follows the table.
     """
     src, dst = Path(src), Path(dst)
     fp32 = onnx_graph.load_model(src)
@@ -459,7 +460,7 @@ class _Search:
         return sorted((n for n, g in gains.items() if g > 0), key=lambda n: gains[n], reverse=True)
 
     def _next_groups(self, table: Sequence[LayerError], step: int, by_gain: Sequence[str] = ()) -> list[list[str]]:
-        """Up to ``step`` next node groups: ``by_gain``'s nodes first, then the table's ranking, within the keep limit."""
+        """Up to ``step`` next node groups, ``by_gain``'s nodes first, then the table's ranking, within the limit."""
         groups: list[list[str]] = []
         taken = set(self.kept) | set(self.user_kept)
         added = 0

@@ -40,8 +40,9 @@ def _model() -> onnx.ModelProto:
         helper.make_node("MatMul", ["g", "mix"], ["c"], name="mm_mix"),
         helper.make_node("Add", ["h", "c"], ["y"], name="residual"),
     ]
-    graph = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, WIDTH])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, WIDTH])], inits)  # fmt: skip
+    value = helper.make_tensor_value_info
+    x, y = value("x", TensorProto.FLOAT, [None, WIDTH]), value("y", TensorProto.FLOAT, [None, WIDTH])
+    graph = helper.make_graph(nodes, "branches", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model
