@@ -73,7 +73,7 @@ def _scores_model(condition: str) -> onnx.ModelProto:
     return model
 
 
-def _padded_masks() -> list[np.ndarray]:
+def padded_masks() -> list[np.ndarray]:
     rows = []
     for length in (3, 8):
         mask = np.ones((3, length), np.int64)
@@ -98,7 +98,7 @@ def test_an_index_built_padding_mask_is_rewritten_exactly() -> None:
     ops = [n.op_type for n in model.graph.node]
     assert "GatherND" not in ops and "And" not in ops  # the index chain is gone
     assert ops.count("Unsqueeze") == 2 and "Expand" in ops and "Sub" in ops  # the chain ORT's FusionAttention knows
-    for mask in _padded_masks():
+    for mask in padded_masks():
         np.testing.assert_array_equal(_run(model, mask), _run(original, mask))
 
 
@@ -126,7 +126,7 @@ def test_a_transformers_bert_mask_is_found_and_rewritten_exactly(tmp_path: Path)
     assert len(done.rewritten) == 1 and done.mask_input == "attention_mask", done.skipped
     rewritten, unfused = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
                           for m in (model, original))  # fmt: skip
-    for mask in _padded_masks():
+    for mask in padded_masks():
         ids = np.random.default_rng(mask.size).integers(1, 99, mask.shape).astype(np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask}
         np.testing.assert_array_equal(rewritten.run(None, feeds)[0], unfused.run(None, feeds)[0])

@@ -150,3 +150,26 @@ def test_build_ships_a_fused_variant_beside_the_unfused_one(tmp_path: Path) -> N
     assert any(n.op_type == "SkipLayerNormalization" for n in engine.graph.node)
     plain = next(v for v in report.variants if v["precision"] == "fp32")
     assert plain["artifact"] != fused["artifact"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_attention_fuses_on_a_transformers_bert_and_still_masks_padding(tmp_path: Path) -> None:
+    """transformers 5's BertModel, exported by dynamo: Attention fuses (after the mask rewrite), and padded rows
+    (right and left padding, several lengths) give what the unfused graph gives."""
+    pytest.importorskip("transformers")
+    from tests.onnx.test_attention_mask import export_tiny_bert, padded_masks
+
+    path = export_tiny_bert(tmp_path / "bert.onnx")
+    artifact = Artifact(ArtifactKind.ONNX, path, "0" * 64, (), (), precision="fp32+fused")
+    result = FuseTransformerPass()(artifact, _ctx(tmp_path))
+    assert result.metrics["mask_rewrite"]["rewritten"] == 1
+    assert result.metrics["fused"].get("Attention") == 2, result.metrics["fused"]  # one per layer
+    assert result.metrics["fused"].get("SkipLayerNormalization") == 4
+    assert "Softmax" not in result.metrics["ops_after"]
+    for mask in padded_masks():
+        ids = np.random.default_rng(mask.size).integers(1, 99, mask.shape).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        np.testing.assert_allclose(_run(result.artifact.path, feeds), _run(path, feeds), atol=1e-5)
+        unmasked = _run(result.artifact.path, {**feeds, "attention_mask": np.ones_like(mask)})
+        assert not np.allclose(unmasked, _run(path, feeds), atol=1e-3)  # padding really is masked
