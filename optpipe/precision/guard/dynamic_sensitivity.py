@@ -49,11 +49,11 @@ def _dequantized_weights(lowp: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def _switch(model: onnx.ModelProto, index: int, tag: str) -> str:
-    """A bool scalar: element ``index`` of the switches input."""
+def _switch(model: onnx.ModelProto, index: int, tag: str, added: list[onnx.NodeProto]) -> str:
+    """A bool scalar: element ``index`` of the switches input (its Gather appended to ``added``)."""
     at, out = f"{tag}/switch_at", f"{tag}/switch"
     model.graph.initializer.append(numpy_helper.from_array(np.array(index, np.int64), at))
-    model.graph.node.append(helper.make_node("Gather", [SWITCHES, at], [out], name=out))
+    added.append(helper.make_node("Gather", [SWITCHES, at], [out], name=out))
     return out
 
 
@@ -70,35 +70,48 @@ def emulated(
     weights = _dequantized_weights(lowp)
     by_name = {n.name: n for n in model.graph.node}
     done: list[str] = []
-    appended: list[onnx.NodeProto] = []
+    added: list[onnx.NodeProto] = []
     for name in candidates:
         node = by_name.get(name)
         slot = 0 if node is not None and node.op_type == "Gather" else 1
         if node is None or node.op_type not in ("MatMul", "Gather") or node.input[slot] not in weights:
             continue
         tag = f"__optpipe_emulate/{len(done)}"
-        before = len(model.graph.node)
-        switch = _switch(model, len(done), tag)
+        switch = _switch(model, len(done), tag, added)
         deq = f"{tag}/weight"
         model.graph.initializer.append(numpy_helper.from_array(weights[node.input[slot]], deq))
-        weight = f"{tag}/weight_used"
-        model.graph.node.append(helper.make_node("Where", [switch, deq, node.input[slot]], [weight], name=weight))
-        if node.op_type == "MatMul":  # the activation as the integer kernel sees it
-            x = node.input[0]
-            q, s, z, x_deq, x_used = (f"{tag}/{k}" for k in ("xq", "xs", "xz", "xdq", "x_used"))
-            model.graph.node.extend([
-                helper.make_node("DynamicQuantizeLinear", [x], [q, s, z], name=q),
-                helper.make_node("DequantizeLinear", [q, s, z], [x_deq], name=x_deq),
-                helper.make_node("Where", [switch, x_deq, x], [x_used], name=x_used),
-            ])  # fmt: skip
-            node.input[0] = x_used
-        node.input[slot] = weight
-        appended.extend(model.graph.node[before:])
-        del model.graph.node[before:]
+        added.extend(_emulate_gather(node, deq, switch, tag) if slot == 0 else _emulate_matmul(node, deq, switch, tag))
         done.append(name)
-    _insert_before_users(model, appended)
+    _insert_before_users(model, added)
     model.graph.input.append(helper.make_tensor_value_info(SWITCHES, onnx.TensorProto.BOOL, [len(done)]))
     return model, done
+
+
+def _emulate_gather(node: onnx.NodeProto, deq: str, switch: str, tag: str) -> list[onnx.NodeProto]:
+    """The gathered rows of the dequantized table or of the FP32 one (selecting rows, not a 47 MB table)."""
+    rows, fp32_rows = f"{tag}/rows", f"{tag}/fp32_rows"
+    new = [helper.make_node("Gather", [deq, node.input[1]], [rows], name=rows, axis=_axis(node)),
+           helper.make_node("Where", [switch, rows, fp32_rows], [node.output[0]], name=f"{tag}/select")]  # fmt: skip
+    node.output[0] = fp32_rows
+    return new
+
+
+def _emulate_matmul(node: onnx.NodeProto, deq: str, switch: str, tag: str) -> list[onnx.NodeProto]:
+    """The activation as the integer kernel sees it (DynamicQuantizeLinear), the weight as the quantizer wrote it."""
+    x = node.input[0]
+    q, s, z, x_deq, x_used, weight = (f"{tag}/{k}" for k in ("xq", "xs", "xz", "xdq", "x_used", "weight_used"))
+    new = [
+        helper.make_node("Where", [switch, deq, node.input[1]], [weight], name=weight),
+        helper.make_node("DynamicQuantizeLinear", [x], [q, s, z], name=q),
+        helper.make_node("DequantizeLinear", [q, s, z], [x_deq], name=x_deq),
+        helper.make_node("Where", [switch, x_deq, x], [x_used], name=x_used),
+    ]
+    node.input[0], node.input[1] = x_used, weight
+    return new
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 0)
 
 
 def _insert_before_users(model: onnx.ModelProto, new_nodes: list[onnx.NodeProto]) -> None:
