@@ -147,18 +147,36 @@ def attention_geometry(model: Any) -> tuple[int, int]:
     return 0, 0
 
 
-def run_optimizer(src: Any, model_type: str, num_heads: int, hidden_size: int) -> Any:
+def shape_inference_works(model: Any) -> bool:
+    """Whether ONNX Runtime's symbolic shape inference (the optimizer's) gets through ``model``.
+
+    Why: without it the optimizer skips every SkipLayerNormalization ("symbolic shape inference failed").
+    On all-MiniLM-L6-v2's dynamo graph it fails in the pooling head (a Clip after an opset-18 ReduceL2),
+    far from the encoder, and 12 residual + LayerNorm pairs stayed unfused.
+    """
+    from onnxruntime.transformers.shape_infer_helper import SymbolicShapeInferenceHelper
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return bool(SymbolicShapeInferenceHelper(model).infer({"batch_size": 4, "seq_len": 7}))
+    except Exception:  # the inference raises whatever its op handlers raise (TypeError, KeyError, AssertionError...)
+        return False
+
+
+def run_optimizer(src: Any, model_type: str, num_heads: int, hidden_size: int, *, shape_inference: bool = True) -> Any:
     """ONNX Runtime's transformer optimizer on ``src`` (a path or a ModelProto; its fusions only), quietly.
 
     The attention mask stays the raw 2-D mask (``use_raw_attention_mask``): the optimizer's BERT default
     turns it into one "valid length" per row, which assumes right padding and would attend to the padding
-    of a left-padded row.
+    of a left-padded row. ``shape_inference`` False: fuse residual + LayerNorm without the optimizer's
+    shape check (for a graph its inference fails on; the fused variant's gates judge the result).
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions(model_type)
     options.use_raw_attention_mask(True)
+    options.enable_shape_inference = shape_inference
 
     sink = io.StringIO()
     loggers = [logging.getLogger(name) for name in ("onnxruntime.transformers", "")]
@@ -222,7 +240,8 @@ class FuseTransformerPass(Pass):
         heads, hidden = self.config.num_heads, self.config.hidden_size
         if not heads or not hidden:
             heads, hidden = attention_geometry(model)
-        fused_model = run_optimizer(model, model_type, heads, hidden)
+        metrics["shape_inference"] = shape_inference_works(model)
+        fused_model = run_optimizer(model, model_type, heads, hidden, shape_inference=metrics["shape_inference"])
         fused = fused_counts(fused_model)
         metrics.update(ops_after=op_counts(fused_model), fused=fused)
         if not fused:
