@@ -11,7 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from optpipe.passes.fuse_transformer import FuseTransformerConfig, FuseTransformerPass, detect_model_type
+from optpipe.passes.fuse_transformer import (
+    FuseTransformerConfig,
+    FuseTransformerPass,
+    detect_model_type,
+    shape_inference_works,
+)
 from torch import nn
 
 from optpipe.builder.options import parse_build_options
@@ -57,6 +62,16 @@ class TinyBert(nn.Module):
         return self.ln2(self.down(nn.functional.gelu(self.up(x))) + x)
 
 
+class PooledTinyBert(TinyBert):
+    """TinyBert with sentence-transformers' head: mean pooling over real tokens, then L2 normalisation."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = super().forward(input_ids, attention_mask)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
 class SmallCnn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -76,9 +91,10 @@ def _feeds() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: a fast, plain graph
-def _export(model: nn.Module, feeds: dict[str, np.ndarray], path: Path) -> Artifact:
-    torch.onnx.export(model, tuple(torch.from_numpy(v) for v in feeds.values()), str(path),
-                      input_names=list(feeds), output_names=["y"], dynamo=False, opset_version=17)  # fmt: skip
+def _export(model: nn.Module, feeds: dict[str, np.ndarray], path: Path, opset: int = 17) -> Artifact:
+    axes = {name: {0: "batch", 1: "seq"} for name in feeds} if opset != 17 else None
+    torch.onnx.export(model, tuple(torch.from_numpy(v) for v in feeds.values()), str(path), input_names=list(feeds),
+                      output_names=["y"], dynamo=False, opset_version=opset, dynamic_axes=axes)  # fmt: skip
     specs = tuple(TensorSpec(k, v.shape, str(v.dtype)) for k, v in feeds.items())
     return Artifact(ArtifactKind.ONNX, path, "0" * 64, specs, (TensorSpec("y", (), "float32"),), precision="fp32+fused")
 
@@ -106,6 +122,19 @@ def test_fuses_a_bert_layer_and_keeps_its_outputs(tmp_path: Path) -> None:
     assert result.metrics["ops_before"]["LayerNormalization"] > after.get("LayerNormalization", 0)
     assert result.artifact.path == tmp_path / "build" / "fp32+fused" / "fused.onnx"
     np.testing.assert_allclose(_run(result.artifact.path, feeds), _run(artifact.path, feeds), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_residual_layernorm_fuses_when_ort_shape_inference_fails_on_the_head(tmp_path: Path) -> None:
+    """The opset-18 normalisation head (ReduceL2 -> Clip -> Expand) stops ONNX Runtime's symbolic shape inference,
+    which made the optimizer skip every SkipLayerNormalization (all-MiniLM-L6-v2: 0 of 12)."""
+    feeds = _feeds()
+    artifact = _export(PooledTinyBert(), feeds, tmp_path / "pooled.onnx", opset=18)
+    assert not shape_inference_works(onnx.load(str(artifact.path)))
+    result = FuseTransformerPass()(artifact, _ctx(tmp_path))
+    assert result.metrics["shape_inference"] is False
+    assert result.metrics["fused"].get("SkipLayerNormalization", 0) == 2, result.metrics["fused"]
+    np.testing.assert_allclose(_run(result.artifact.path, feeds), _run(artifact.path, feeds), atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
