@@ -102,16 +102,6 @@ def detect_model_type(model: Any) -> str | None:
     return None
 
 
-def _constant_values(model: Any) -> dict[str, Any]:
-    from onnx import numpy_helper
-
-    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
 def attention_geometry(model: Any) -> tuple[int, int]:
     """(num_heads, hidden_size) of the first attention block, (0, 0) when the graph does not say.
 
@@ -120,7 +110,9 @@ def attention_geometry(model: Any) -> tuple[int, int]:
     ``-1, head_dim``, so the optimizer gives up on Attention ("Failed to detect num_heads"). The heads are
     then the Q projection's output width (its weight's second dimension) over ``head_dim``.
     """
-    values = _constant_values(model)
+    from optpipe.onnx.attention_mask import constant_values
+
+    values = constant_values(model)
     producer = {o: n for n in model.graph.node for o in n.output}
 
     def parent(node: Any, index: int, *types: str) -> Any:

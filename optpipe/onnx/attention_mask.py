@@ -47,7 +47,8 @@ class _Candidate:
     fill: np.ndarray  # the Where's fill value (a scalar of the scores' dtype)
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant outputs of ``model``, as arrays."""
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -63,7 +64,7 @@ def _scalar(values: dict[str, np.ndarray], name: str) -> np.ndarray | None:
 def _candidates(model: onnx.ModelProto) -> Iterator[_Candidate]:
     """``Where(cond, 0, low)`` nodes added to attention scores right before a Softmax, once each."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    values = _constants(model)
+    values = constant_values(model)
     seen: set[str] = set()
     for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
         add = producer.get(softmax.input[0])
