@@ -27,6 +27,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
@@ -105,9 +106,74 @@ def detect_model_type(model: Any) -> str | None:
     return None
 
 
-def run_optimizer(src: Path, model_type: str, num_heads: int, hidden_size: int) -> Any:
-    """ONNX Runtime's transformer optimizer on ``src`` (its fusions only), its log kept off the console."""
+def attention_geometry(model: Any) -> tuple[int, int]:
+    """(num_heads, hidden_size) of the first attention block, (0, 0) when the graph does not say.
+
+    Why: ONNX Runtime reads them from the Q Reshape's shape ``(0, 0, heads, head_dim)``; transformers 5
+    reshapes to ``(*input_shape, -1, head_dim)``, which the dynamo exporter writes as a Concat ending in
+    ``-1, head_dim``, so the optimizer gives up on Attention ("Failed to detect num_heads"). The heads are
+    then the Q projection's output width (its weight's second dimension) over ``head_dim``.
+    """
+    from optpipe.onnx.attention_mask import constant_values
+
+    values = constant_values(model)
+    dims = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def parent(node: Any, index: int, *types: str) -> Any:
+        found = producer.get(node.input[index]) if index < len(node.input) else None
+        return found if found is not None and found.op_type in types else None
+
+    for reshape in (n for n in model.graph.node if n.op_type == "Reshape"):
+        concat = parent(reshape, 1, "Concat")
+        found = [values.get(i) for i in concat.input[-2:]] if concat is not None and len(concat.input) == 4 else []
+        tail = [t for t in found if t is not None and t.size == 1]
+        if len(tail) != 2 or int(tail[1].item()) <= 0:
+            continue
+        heads, head_dim = int(tail[0].item()), int(tail[1].item())
+        add = parent(reshape, 0, "Add")
+        matmul = (parent(add, 0, "MatMul") or parent(add, 1, "MatMul")) if add is not None else None
+        weight = dims.get(matmul.input[1]) if matmul is not None else None  # its shape only: weights may be external
+        if weight is None or len(weight) != 2:
+            continue
+        hidden = int(weight[1])
+        if heads <= 0 and hidden % head_dim == 0:
+            heads = hidden // head_dim
+        if heads > 0 and heads * head_dim == hidden:
+            return heads, hidden
+    return 0, 0
+
+
+def shape_inference_works(model: Any) -> bool:
+    """Whether ONNX Runtime's symbolic shape inference (the optimizer's) gets through ``model``.
+
+    Why: without it the optimizer skips every SkipLayerNormalization ("symbolic shape inference failed").
+    On all-MiniLM-L6-v2's dynamo graph it fails in the pooling head (a Clip after an opset-18 ReduceL2),
+    far from the encoder, and 12 residual + LayerNorm pairs stayed unfused.
+    """
+    from onnxruntime.transformers.shape_infer_helper import SymbolicShapeInferenceHelper
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return bool(SymbolicShapeInferenceHelper(model).infer({"batch_size": 4, "seq_len": 7}))
+    except Exception:  # the inference raises whatever its op handlers raise (TypeError, KeyError, AssertionError...)
+        return False
+
+
+def run_optimizer(src: Any, model_type: str, num_heads: int, hidden_size: int, *, shape_inference: bool = True) -> Any:
+    """ONNX Runtime's transformer optimizer on ``src`` (a path or a ModelProto; its fusions only), quietly.
+
+    The attention mask stays the raw 2-D mask (``use_raw_attention_mask``): the optimizer's BERT default
+    turns it into one "valid length" per row, which assumes right padding and would attend to the padding
+    of a left-padded row. ``shape_inference`` False: fuse residual + LayerNorm without the optimizer's
+    shape check (for a graph its inference fails on; the fused variant's gates judge the result).
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions(model_type)
+    options.use_raw_attention_mask(True)
+    options.enable_shape_inference = shape_inference
 
     sink = io.StringIO()
     loggers = [logging.getLogger(name) for name in ("onnxruntime.transformers", "")]
@@ -116,12 +182,21 @@ def run_optimizer(src: Path, model_type: str, num_heads: int, hidden_size: int) 
         for logger in loggers:
             logger.setLevel(logging.ERROR)  # "symbolic shape inference failed" is expected on dynamo graphs
         with contextlib.redirect_stdout(sink):
-            optimizer = optimize_model(str(src), model_type=model_type, num_heads=num_heads,
-                                       hidden_size=hidden_size, opt_level=0, use_gpu=False)  # fmt: skip
+            optimizer = optimize_model(src if not isinstance(src, Path) else str(src), model_type=model_type,
+                                       num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False,
+                                       optimization_options=options)  # fmt: skip
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     return optimizer.model
+
+
+def _rewrite_masks(model: Any) -> dict[str, Any]:
+    """Rewrite ``model``'s index-built attention masks in place (:mod:`optpipe.onnx.attention_mask`); its record."""
+    from optpipe.onnx.attention_mask import rewrite_attention_masks
+
+    done = rewrite_attention_masks(model)
+    return {"rewritten": len(done.rewritten), "mask_input": done.mask_input, "skipped": list(done.skipped)}
 
 
 class FuseTransformerPass(Pass):
@@ -134,6 +209,13 @@ class FuseTransformerPass(Pass):
     Config = FuseTransformerConfig
     uses = ("onnx", "onnxruntime")
     cacheable = True  # deterministic given the input graph and the config
+
+    @classmethod
+    def code_modules(cls) -> tuple[ModuleType, ...]:
+        """The mask rewrite decides which attention blocks fuse (part of the cache key)."""
+        from optpipe.onnx import attention_mask
+
+        return (attention_mask,)
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         import onnx
@@ -150,11 +232,21 @@ class FuseTransformerPass(Pass):
         metrics: dict[str, Any] = {"model_type": model_type or None, "ops_before": before}
         if not model_type:
             return self._unchanged(artifact, metrics, "no attention (Softmax over a MatMul of two activations) found")
+        nodes_before = len(model.graph.node)
         with tempfile.TemporaryDirectory(prefix="optpipe-fuse-") as tmp:
             # The optimizer reads its input twice (once for the graph alone); external weights make that one
             # read of the graph, not of the model (the fused model is the same: its weights are loaded after).
+            # The mask rewrite and the geometry read small constants only, which stay inline in the copy.
             light = onnx_graph.externalized_copy(src, Path(tmp))
-            fused_model = run_optimizer(light, model_type, self.config.num_heads, self.config.hidden_size)
+            graph = onnx.load(str(light), load_external_data=False)
+            metrics["mask_rewrite"] = _rewrite_masks(graph)
+            heads, hidden = self.config.num_heads, self.config.hidden_size
+            if not heads or not hidden:
+                heads, hidden = attention_geometry(graph)
+            metrics["shape_inference"] = shape_inference_works(graph)
+            onnx.save(graph, str(light))  # the rewritten graph; its weights stay in the copy's data file
+            del graph
+            fused_model = run_optimizer(light, model_type, heads, hidden, shape_inference=metrics["shape_inference"])
             onnx.load_external_data_for_model(fused_model, tmp)  # before the temporary folder goes
         fused = fused_counts(fused_model)
         metrics.update(ops_after=op_counts(fused_model), fused=fused)
@@ -162,7 +254,7 @@ class FuseTransformerPass(Pass):
             return self._unchanged(artifact, metrics, f"ONNX Runtime's '{model_type}' optimizer fused nothing")
         dst = ctx.path(artifact.precision, "fused.onnx")
         files = onnx_graph.save_atomic(fused_model, dst, self.config.external_data_above)
-        metrics["nodes"] = {"before": len(model.graph.node), "after": len(fused_model.graph.node)}
+        metrics["nodes"] = {"before": nodes_before, "after": len(fused_model.graph.node)}
         out = artifact.derive(path=dst, sha256=sha256_files(files), producer="fuse-transformer/ort")
         return PassResult(out, modified=True, metrics=metrics)
 

@@ -60,8 +60,9 @@ class Int8DynamicPass(Pass):
     def code_modules(cls) -> tuple[ModuleType, ...]:
         """The quantizer, guard and gate helpers that decide the output (part of the cache key)."""
         from optpipe.precision import dynamic_quantize
+        from optpipe.precision.guard import dynamic_sensitivity
 
-        return (*pass_support.guard_code_modules(), dynamic_quantize)
+        return (*pass_support.guard_code_modules(), dynamic_quantize, dynamic_sensitivity)
 
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
         """What the output depends on outside the config: the golden inputs and the 7-bit weight choice."""
@@ -76,6 +77,7 @@ class Int8DynamicPass(Pass):
         from pathlib import Path
 
         from optpipe.precision.dynamic_quantize import quantizable_nodes, quantize_int8_dynamic
+        from optpipe.precision.guard.dynamic_sensitivity import dynamic_output_gains
         from optpipe.precision.guard.gate import gate_runtime_note
 
         assert artifact.path is not None
@@ -104,6 +106,7 @@ class Int8DynamicPass(Pass):
             quantize=quantize,
             eligible=quantizable_nodes,  # of the FP32 model the guard loaded: keeping anything else changes nothing
             min_keep=MIN_KEEP,
+            output_gains=dynamic_output_gains,  # no Q/DQ to bypass: rank by the output error of an emulation
         )
         first = result.results[0] if result.results else None
         warnings: list[str] = list(first.warnings) if first is not None else []

@@ -11,7 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from optpipe.passes.fuse_transformer import FuseTransformerConfig, FuseTransformerPass, detect_model_type
+from optpipe.passes.fuse_transformer import (
+    FuseTransformerConfig,
+    FuseTransformerPass,
+    detect_model_type,
+    shape_inference_works,
+)
 from torch import nn
 
 from optpipe.builder.options import parse_build_options
@@ -57,6 +62,16 @@ class TinyBert(nn.Module):
         return self.ln2(self.down(nn.functional.gelu(self.up(x))) + x)
 
 
+class PooledTinyBert(TinyBert):
+    """TinyBert with sentence-transformers' head: mean pooling over real tokens, then L2 normalisation."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = super().forward(input_ids, attention_mask)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
 class SmallCnn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -76,9 +91,10 @@ def _feeds() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: a fast, plain graph
-def _export(model: nn.Module, feeds: dict[str, np.ndarray], path: Path) -> Artifact:
-    torch.onnx.export(model, tuple(torch.from_numpy(v) for v in feeds.values()), str(path),
-                      input_names=list(feeds), output_names=["y"], dynamo=False, opset_version=17)  # fmt: skip
+def _export(model: nn.Module, feeds: dict[str, np.ndarray], path: Path, opset: int = 17) -> Artifact:
+    axes = {name: {0: "batch", 1: "seq"} for name in feeds} if opset != 17 else None
+    torch.onnx.export(model, tuple(torch.from_numpy(v) for v in feeds.values()), str(path), input_names=list(feeds),
+                      output_names=["y"], dynamo=False, opset_version=opset, dynamic_axes=axes)  # fmt: skip
     specs = tuple(TensorSpec(k, v.shape, str(v.dtype)) for k, v in feeds.items())
     return Artifact(ArtifactKind.ONNX, path, "0" * 64, specs, (TensorSpec("y", (), "float32"),), precision="fp32+fused")
 
@@ -126,6 +142,19 @@ def test_the_pass_fuses_exactly_what_the_optimizer_makes_of_the_model_itself(tmp
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_residual_layernorm_fuses_when_ort_shape_inference_fails_on_the_head(tmp_path: Path) -> None:
+    """The opset-18 normalisation head (ReduceL2 -> Clip -> Expand) stops ONNX Runtime's symbolic shape inference,
+    which made the optimizer skip every SkipLayerNormalization (all-MiniLM-L6-v2: 0 of 12)."""
+    feeds = _feeds()
+    artifact = _export(PooledTinyBert(), feeds, tmp_path / "pooled.onnx", opset=18)
+    assert not shape_inference_works(onnx.load(str(artifact.path)))
+    result = FuseTransformerPass()(artifact, _ctx(tmp_path))
+    assert result.metrics["shape_inference"] is False
+    assert result.metrics["fused"].get("SkipLayerNormalization", 0) == 2, result.metrics["fused"]
+    np.testing.assert_allclose(_run(result.artifact.path, feeds), _run(artifact.path, feeds), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_a_cnn_is_left_alone_and_its_fused_variant_skipped(tmp_path: Path) -> None:
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     artifact = _export(SmallCnn(), feeds, tmp_path / "cnn.onnx")
@@ -167,3 +196,26 @@ def test_build_ships_a_fused_variant_beside_the_unfused_one(tmp_path: Path) -> N
     assert any(n.op_type == "SkipLayerNormalization" for n in engine.graph.node)
     plain = next(v for v in report.variants if v["precision"] == "fp32")
     assert plain["artifact"] != fused["artifact"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_attention_fuses_on_a_transformers_bert_and_still_masks_padding(tmp_path: Path) -> None:
+    """transformers 5's BertModel, exported by dynamo: Attention fuses (after the mask rewrite), and padded rows
+    (right and left padding, several lengths) give what the unfused graph gives."""
+    pytest.importorskip("transformers")
+    from tests.onnx.test_attention_mask import export_tiny_bert, padded_masks
+
+    path = export_tiny_bert(tmp_path / "bert.onnx")
+    artifact = Artifact(ArtifactKind.ONNX, path, "0" * 64, (), (), precision="fp32+fused")
+    result = FuseTransformerPass()(artifact, _ctx(tmp_path))
+    assert result.metrics["mask_rewrite"]["rewritten"] == 1
+    assert result.metrics["fused"].get("Attention") == 2, result.metrics["fused"]  # one per layer
+    assert result.metrics["fused"].get("SkipLayerNormalization") == 4
+    assert "Softmax" not in result.metrics["ops_after"]
+    for mask in padded_masks():
+        ids = np.random.default_rng(mask.size).integers(1, 99, mask.shape).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        np.testing.assert_allclose(_run(result.artifact.path, feeds), _run(path, feeds), atol=1e-5)
+        unmasked = _run(result.artifact.path, {**feeds, "attention_mask": np.ones_like(mask)})
+        assert not np.allclose(unmasked, _run(path, feeds), atol=1e-3)  # padding really is masked

@@ -231,3 +231,39 @@ def test_without_rows_drops_exactly_the_eval_rows() -> None:
     kept, dropped = without_rows(samples, {"input_0": evaluation})
     assert dropped == 3 and len(kept) == 2
     np.testing.assert_array_equal(np.concatenate([s["input_0"] for s in kept]), rows)
+
+
+class BlindFeatureMlp(Mlp):
+    """Mlp whose first layer ignores feature 0: an outlier there changes nothing in FP32, but dynamic INT8
+    quantizes the whole input row with one scale, so the outlier rounds every other feature to zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.hidden.weight[:, 0] = 0.0
+
+
+def _build_dynamic(tmp_path: Path, evaluation: np.ndarray) -> dict[str, Any]:
+    report = optpipe.build(BlindFeatureMlp(), (torch.from_numpy(_rows(2, seed=7)),), out_dir=tmp_path / "out",
+                           precisions=("int8-dynamic",), heldout_inputs={"input_0": evaluation}, benchmark=False,
+                           require_judged=False, log=lambda _m: None)  # fmt: skip
+    return report.to_dict()
+
+
+@pytest.mark.slow
+def test_dynamic_int8_guard_ranking_never_sees_the_rows_that_judge(tmp_path: Path) -> None:
+    """The dynamic guard ranks nodes by their effect on the output over its own rows (issue 19); rows of
+    eval_data() with an outlier only they carry must still reject the build, however the guard ranked."""
+    evaluation = _rows(32, seed=3)
+    evaluation[:, 0] = 500.0
+    data = _build_dynamic(tmp_path, evaluation)
+    variant = next(v for v in data["variants"] if v["precision"] == "int8-dynamic")
+    assert not data["passed"] and not variant["passed"]
+    assert any(TEST_REASON in f for f in variant["failures"]), variant["failures"]
+
+
+@pytest.mark.slow
+def test_dynamic_int8_twin_without_the_outlier_passes(tmp_path: Path) -> None:
+    data = _build_dynamic(tmp_path, _rows(32, seed=3))
+    variant = next(v for v in data["variants"] if v["precision"] == "int8-dynamic")
+    assert data["passed"] and variant["passed"], variant["failures"]

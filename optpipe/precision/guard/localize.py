@@ -84,6 +84,10 @@ class GuardResult:
     stopped: str = ""  # why the search ended: gate passed, keep limit, time budget, nothing left
 
 
+#: ``output_gains(fp32, built model path, rows, candidate node names) -> {node: output error removed}``.
+OutputGains = Callable[[onnx.ModelProto, Path, Sequence[Mapping[str, np.ndarray]], Sequence[str]], Mapping[str, float]]
+
+
 class _Stats:
     __slots__ = ("count", "diff2", "dot", "low2", "nonfinite", "ref2")
 
@@ -328,6 +332,7 @@ def guarded_quantize(
     on_round: Callable[[int, int, bool], None] | None = None,
     eligible: Callable[[onnx.ModelProto], Collection[str]] | None = None,
     min_keep: int = 1,
+    output_gains: OutputGains | None = None,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -354,6 +359,10 @@ def guarded_quantize(
     MatMul/Gemm with constant weights alone); a ranked node outside them points the search at its
     nearest eligible producers instead. None: every node is eligible.
     ``min_keep``: the fewest nodes the fraction allows (a floor on the limit, never above the quantizable count).
+    ``output_gains(fp32, built model path, rows, candidates) -> {node: gain}``: the output error each eligible
+    candidate removes when kept in FP32 (dynamic INT8:
+    :func:`~optpipe.precision.guard.dynamic_sensitivity.dynamic_output_gains`); when given, each round keeps the
+    eligible nodes of largest positive gain first, then follows the table.
     """
     src, dst = Path(src), Path(dst)
     # The graph alone for the whole search (names, producers, eligibility); the weights are loaded again only
@@ -371,7 +380,7 @@ def guarded_quantize(
     limit = max_keep if max_keep is not None else max(floor, math.ceil(max_keep_fraction * quantizable))
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
                      None if guard_seconds is None else time.monotonic() + guard_seconds, on_round,
-                     None if eligible is None else frozenset(eligible(fp32)))
+                     None if eligible is None else frozenset(eligible(fp32)), output_gains)
     path = search.run(path)
     if path is None:  # everything quantizable is now kept: the FP32 model is the answer
         return GuardResult(None, False, search.kept, search.iterations, search.first_table, search.history, limit,
@@ -393,7 +402,7 @@ class _Search:
                  build: Callable[[Sequence[str]], tuple[Path | None, int]], fp32: onnx.ModelProto, user_kept: list[str],
                  limit: int, localize_samples: int, deadline: float | None,
                  on_round: Callable[[int, int, bool], None] | None = None,
-                 eligible: frozenset[str] | None = None) -> None:  # fmt: skip
+                 eligible: frozenset[str] | None = None, output_gains: OutputGains | None = None) -> None:  # fmt: skip
         self.src, self.samples, self.gate, self.build, self.fp32 = src, samples, gate, build, fp32
         self.user_kept, self.limit, self.localize_samples, self.deadline = user_kept, limit, localize_samples, deadline
         self.on_round = on_round  # one progress line per gate run (issue 13)
@@ -407,6 +416,7 @@ class _Search:
         self.nodes = {node.name: node for node in fp32.graph.node}  # once: each group looked up nodes anew (N x groups)
         self.constant = {node.name for node in fp32.graph.node if node.op_type == "Constant"}
         self.eligible = eligible  # None: every node may be kept
+        self.output_gains = output_gains
 
     def _judge(self, path: Path) -> bool:
         self.iterations += 1
@@ -432,14 +442,13 @@ class _Search:
             if self._out_of_time():
                 self.stopped = "time budget (--guard-seconds) spent; the last model built is reported"
                 return path
+            rows = onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples)
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
-            table = by_output_sensitivity(
-                table, onnx_graph.load_model(self.src), path,
-                onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples),
-                kept=[*self.kept, *self.user_kept],
-            )
+            if self.output_gains is None:  # Q/DQ emulation; output_gains replaces it where there is no Q/DQ
+                table = by_output_sensitivity(table, onnx_graph.load_model(self.src), path, rows,
+                                              kept=[*self.kept, *self.user_kept])
             self.first_table = self.first_table or table
-            groups = self._next_groups(table, step)
+            groups = self._next_groups(table, step, self._by_gain(path, rows))
             if not groups:
                 self.stopped = "no ranked node left to keep"
                 return path
@@ -450,14 +459,26 @@ class _Search:
             path, step, last_groups = new_path, step * 2, groups
         return self._bisect(path, last_groups) if self.iterations > 1 and len(last_groups) > 1 else path
 
-    def _next_groups(self, table: Sequence[LayerError], step: int) -> list[list[str]]:
-        """Up to ``step`` next node groups from the ranking, within the keep limit."""
+    def _by_gain(self, path: Path, rows: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+        """Eligible nodes not kept, largest positive output gain first (empty without ``output_gains``)."""
+        if self.output_gains is None or self.eligible is None:
+            return []
+        taken = set(self.kept) | set(self.user_kept)
+        candidates = [n.name for n in self.fp32.graph.node if n.name in self.eligible and n.name not in taken]
+        # The FP32 weights are read again here only: the search itself holds the graph alone (self.fp32).
+        gains = dict(self.output_gains(onnx_graph.load_model(self.src), path, rows, candidates))
+        return sorted((n for n, g in gains.items() if g > 0), key=lambda n: gains[n], reverse=True)
+
+    def _next_groups(self, table: Sequence[LayerError], step: int, by_gain: Sequence[str] = ()) -> list[list[str]]:
+        """Up to ``step`` next node groups, ``by_gain``'s nodes first, then the table's ranking, within the limit."""
         groups: list[list[str]] = []
         taken = set(self.kept) | set(self.user_kept)
         added = 0
+        ranked = iter(by_gain)
         # A group (a node and the nodes folded into it) is kept whole, so the limit may be overshot by one group.
         while len(groups) < step and len(self.kept) + added < self.limit:
-            chosen = _next_nodes(table, taken, self.producer, self.constant, self.nodes, self.eligible)
+            chosen = next(([n] for n in ranked if n not in taken), None)
+            chosen = chosen or _next_nodes(table, taken, self.producer, self.constant, self.nodes, self.eligible)
             if not chosen:
                 break
             groups.append(chosen)
