@@ -328,7 +328,7 @@ def load_build_file(path: str | Path, command: click.Command, ctx: click.Context
     base = file.resolve().parent
     params = _params(command)
     models_data = data.pop("model", None)
-    if models_data is None:
+    if models_data is None or models_data == []:  # `model = []` builds nothing: never an exit-0 "success"
         raise ConfigError(f"{label}: no [[model]] table; add one per model to build")
     if not isinstance(models_data, list) or not all(isinstance(m, dict) for m in models_data):
         raise ConfigError(f"{label}: 'model' must be an array of tables ([[model]]), got {type(models_data).__name__}")

@@ -105,4 +105,5 @@ def make_corpus(directory: Path) -> dict[str, Path]:
     put("not_toml.toml", b"[[model]\nspec = ")
     put("no_model.toml", b'out = "x"\n')
     put("model_not_table.toml", b'model = 3\n')
+    put("empty_model_list.toml", b'model = []\n')  # builds nothing: must not exit 0
     return files

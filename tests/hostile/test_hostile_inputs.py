@@ -45,6 +45,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("config-not-utf8", ["build", "-c", "{not_utf8.toml}"], 2, "not UTF-8"),
     ("config-not-toml", ["build", "-c", "{not_toml.toml}"], 2, "not valid TOML"),
     ("config-no-model", ["build", "-c", "{no_model.toml}"], 2, "no [[model]] table"),
+    ("config-empty-model-list", ["build", "-c", "{empty_model_list.toml}"], 2, "no [[model]] table"),
     ("config-model-not-table", ["build", "-c", "{model_not_table.toml}"], 2, "array of tables"),
     # command-line arguments (cases 6, 8, 10)
     ("out-is-root", ["build", M, *X, "--out", "/", "--overwrite"], 2, "filesystem root"),
