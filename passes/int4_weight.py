@@ -19,7 +19,7 @@ from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError
 from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.utils import onnx_files
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, onnx_files
 from optpipe.precision import pass_support
 from optpipe.precision.int4_options import ALGORITHMS, Int4Options
 
@@ -50,6 +50,8 @@ class Int4WeightConfig(pass_support.GuardedConfig):
                             "asymmetric, the kernel's default accuracy level).", choices=ALGORITHMS)
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
+    # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
     def __post_init__(self) -> None:
         """Refuse a block size or accuracy level ONNX Runtime's CPU kernels do not take, before any export."""
@@ -99,7 +101,8 @@ class Int4WeightPass(Pass):
         samples = pass_support.golden_inputs(ctx)  # the per-layer analysis needs inputs only
 
         def quantize(keep: list[str]) -> Any:
-            return quantize_int4_weight(src, dst, exclude_nodes=keep, options=config.int4_options())
+            return quantize_int4_weight(src, dst, exclude_nodes=keep, options=config.int4_options(),
+                                        external_above=config.external_data_above)
 
         result, gate_log = pass_support.run_guard(
             ctx, src, dst, samples, config, gate_name=PRECISION, level="all", guard=config.guard and bool(samples),

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from optpipe.onnx.utils import save_onnx
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, save_onnx
 from optpipe.precision import onnx_graph
 from optpipe.precision.dynamic_quantize import embedding_tables
 from optpipe.precision.int4_options import Int4Options
@@ -125,7 +125,8 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int4_weight(
-    src: Path, dst: Path, *, exclude_nodes: Sequence[str] = (), options: Int4Options | None = None
+    src: Path, dst: Path, *, exclude_nodes: Sequence[str] = (), options: Int4Options | None = None,
+    external_above: int = EXTERNAL_DATA_ABOVE,
 ) -> Int8Result:
     """Quantize the constant MatMul weights of ``src`` to 4-bit blocks at ``dst``; ``exclude_nodes`` stay FP32.
 
@@ -163,7 +164,7 @@ def quantize_int4_weight(
     if not done:
         warnings.append("the MatMulNBits quantizer quantized no node")
         return Int8Result("nothing_quantizable", None, "cpu", METHOD, [], quantizable, excluded, {}, warnings)
-    save_replacing(out, Path(dst))
+    save_replacing(out, Path(dst), external_above)
     return Int8Result("quantized", Path(dst), "cpu", METHOD, done, quantizable, excluded, {}, warnings)
 
 
@@ -204,7 +205,7 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def save_replacing(model: onnx.ModelProto, dst: Path) -> None:
+def save_replacing(model: onnx.ModelProto, dst: Path, external_above: int = EXTERNAL_DATA_ABOVE) -> None:
     """Write ``model`` at ``dst`` with :func:`~optpipe.onnx.utils.save_onnx` in a scratch folder beside it, then rename.
 
     Why not a temporary file name: an external data file is named after its model (``model.onnx.data``)
@@ -214,7 +215,7 @@ def save_replacing(model: onnx.ModelProto, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
     try:
-        written = save_onnx(model, scratch / dst.name)
+        written = save_onnx(model, scratch / dst.name, external_above=external_above)
         stale = dst.parent / f"{dst.name}.data"
         if stale.exists() and all(f.name != stale.name for f in written):
             stale.unlink()

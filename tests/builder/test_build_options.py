@@ -275,7 +275,7 @@ def test_precision_passes_carry_the_gate_tolerances_in_their_config_and_samples_
 # --- --external-data-above -----------------------------------------------------------------------------------------
 
 #: The passes that write a model file: each must get the build's --external-data-above.
-MODEL_WRITERS = {"export", "simplify", "fuse-transformer", "fp16", "int8", "int8-dynamic", "engine-ort"}
+MODEL_WRITERS = {"export", "simplify", "fuse-transformer", "fp16", "int8", "int8-dynamic", "int4-weight", "engine-ort"}
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, 1_800_000_000), ("0", 0), (0, 0), ("500MB", 500_000_000),
@@ -309,8 +309,9 @@ def test_external_data_above_reaches_every_model_writing_pass_and_its_cache_key(
     from optpipe.builder.run import _prefix_pipeline
     from optpipe.runtime.target import get_target
 
-    options = parse_build_options(precisions=["fp32", "fp16", "int8", "int8-dynamic", "int8-dynamic+fused"],
-                                  calib_data=__file__, external_data_above="0")
+    options = parse_build_options(
+        precisions=["fp32", "fp16", "int8", "int8-dynamic", "int8-dynamic+fused", "int4-weight"],
+        calib_data=__file__, external_data_above="0")
     plan = plan_variants(options.precisions, get_target("cpu"), options, engine=True)
     passes = [*_prefix_pipeline(options).passes, *(p for pipeline in plan.pipelines() for p in pipeline.passes)]
     writers = {p.name for p in passes if "external_data_above" in p.config_dict()}

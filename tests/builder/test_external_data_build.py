@@ -23,7 +23,7 @@ from optpipe.report.manifest import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ["sample_models/text_encoder.py:TinyTextEncoder", "--weights", "sample_models/weights/text_encoder.safetensors"]
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-dynamic+fused")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-dynamic+fused", "int4-weight")
 
 
 @dataclass(frozen=True)
