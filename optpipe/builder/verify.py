@@ -244,14 +244,27 @@ def check_parity(directory: Path, report: Report, result: VerifyResult, threads:
             result.failures.append(f"{precision}: engine {variant.artifact} cannot run: {first}")
             result.variants[precision] = {"status": "error"}
             continue
-        record_parity(result, precision, parity, report)
+        record_parity(result, precision, parity, report, rejected=not variant.required and not variant.passed)
 
 
-def record_parity(result: VerifyResult, precision: str, parity: dict[str, Any], report: Report) -> None:
+def record_parity(result: VerifyResult, precision: str, parity: dict[str, Any], report: Report, *,
+                  rejected: bool = False) -> None:
     """One variant's rerun parity: pass, FAIL, or UNJUDGED (a gate that could not judge, unless the build
-    allowed it: ``build.options.require_judged`` false)."""
+    allowed it: ``build.options.require_judged`` false).
+
+    ``rejected``: a candidate of ``--precision auto`` the build itself rejected (not required, failed). Its
+    failing again is what the build recorded, so it is "rejected", not a verify failure: a build that exited 0
+    must verify 0 (ViT-B/16's auto build verified 1 for its rejected static INT8). Should it pass now, the
+    rerun disagrees with the report: a note, since the build shipped another variant on its own verdict.
+    """
     options = (report.build.options if report.build is not None else None) or {}
     unjudged = parity.get("unjudged") or []
+    if rejected:
+        status = "rejected (as in the build)" if not parity["passed"] else "passes now (the build rejected it)"
+        result.variants[precision] = {"status": status, "parity": parity}
+        if parity["passed"]:
+            result.notes.append(f"{precision}: the build rejected this candidate; its rerun parity passes")
+        return
     status = "FAIL" if not parity["passed"] else "UNJUDGED" if unjudged else "pass"
     result.variants[precision] = {"status": status, "parity": parity}
     result.failures.extend(f"{precision}: parity: {failure}" for failure in parity["failures"])

@@ -134,3 +134,33 @@ def test_verify_a_malformed_manifest_exits_2_with_one_line(build_dir: Path, file
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)  # a one-line error, not a traceback
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_verify_of_an_auto_build_agrees_with_the_build_on_its_rejected_candidates(tmp_path: Path) -> None:
+    """An auto build that exits 0 although a candidate failed its gate must verify 0 (the rejected candidate
+    fails again, as recorded) — verify used to exit 1 on it (ViT-B/16's auto build, issue 20). The twin: the
+    shipped variant itself failing its rerun still fails verify (the record says it passed)."""
+    from optpipe.builder.run import build
+    from optpipe.model.prepared import prepare_model
+
+    prepared = prepare_model(str(ROOT / "sample_models/digits_cnn.py:DigitsCNN"),
+                             weights=ROOT / "sample_models/weights/digits_cnn.safetensors",
+                             dynamics=["batch=1:8:64"])
+    out = tmp_path / "auto"
+    report = build(prepared.module, prepared.example_inputs, out_dir=out, input_names=prepared.input_names,
+                   output_names=prepared.output_names, dynamic=prepared.dynamic, precisions="auto",
+                   tolerances={"*": {"min_cosine": 0.9999999}}, no_guard=True, bench_seconds=0.2,
+                   exporter="torchscript", log=lambda message: None)
+    rejected = [v.precision for v in report.variants if not v.required and not v.passed and v.artifact]
+    assert report.passed and rejected, [(v.precision, v.passed, v.required) for v in report.variants]
+    result = CliRunner().invoke(main, ["verify", str(out), "--json"])
+    data = json.loads(result.output)
+    assert result.exit_code == 0, data["failures"]
+    assert all(data["variants"][p]["status"] == "rejected (as in the build)" for p in rejected)
+
+    from optpipe.builder.verify import VerifyResult, record_parity
+
+    shipped = VerifyResult(out)
+    record_parity(shipped, "fp32", {"passed": False, "failures": ["cosine 0.5 < 0.99"]}, report)
+    assert shipped.exit_code == 1 and shipped.variants["fp32"]["status"] == "FAIL"
