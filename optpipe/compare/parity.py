@@ -430,9 +430,9 @@ def _judge_with_split(name: str, collected: _Collected, tolerance: Tolerance,
     guard, test = judge_rows((ROLE_SHAPE, ROLE_GUARD)), judge_rows((ROLE_TEST,))
     record.update(guard_rows=row_figures(guard), test_rows=row_figures(test))
     if not test["passed"]:
-        how = "passes" if guard["passed"] else "fails"
+        how = "passes on the {} guard rows but fails" if guard["passed"] else "fails on the {} guard rows and"
         record["failures"] = [*record["failures"], (
-            f"{how} on the {guard['samples']} guard rows but fails on the {test['samples']} test rows the guard "
+            f"{how.format(guard['samples'])} on the {test['samples']} test rows the guard "
             f"never saw: {'; '.join(test['failures'])}")]
         record["passed"] = False
     return record
