@@ -224,21 +224,20 @@ class FuseTransformerPass(Pass):
 
         assert artifact.path is not None
         src = Path(artifact.path)
-        model = onnx_graph.skeleton(onnx.load(str(src)))  # the graph alone: not held beside the optimizer's copies
-        before = op_counts(model)
-        model_type = self.config.model_type
-        if model_type == FUSE_AUTO:
-            model_type = detect_model_type(model) or ""
-        metrics: dict[str, Any] = {"model_type": model_type or None, "ops_before": before}
-        if not model_type:
-            return self._unchanged(artifact, metrics, "no attention (Softmax over a MatMul of two activations) found")
-        nodes_before = len(model.graph.node)
         with tempfile.TemporaryDirectory(prefix="optpipe-fuse-") as tmp:
-            # The optimizer reads its input twice (once for the graph alone); external weights make that one
-            # read of the graph, not of the model (the fused model is the same: its weights are loaded after).
-            # The mask rewrite and the geometry read small constants only, which stay inline in the copy.
+            # One read of the model: a copy whose weights are external data. Its graph (read without them) serves
+            # detection, the mask rewrite and the geometry (small constants stay inline), and the optimizer,
+            # which reads its input twice, reads the graph twice, not the model (the weights are loaded after).
             light = onnx_graph.externalized_copy(src, Path(tmp))
             graph = onnx.load(str(light), load_external_data=False)
+            model_type = self.config.model_type
+            if model_type == FUSE_AUTO:
+                model_type = detect_model_type(graph) or ""
+            metrics: dict[str, Any] = {"model_type": model_type or None, "ops_before": op_counts(graph)}
+            if not model_type:
+                return self._unchanged(artifact, metrics,
+                                       "no attention (Softmax over a MatMul of two activations) found")
+            nodes_before = len(graph.graph.node)
             metrics["mask_rewrite"] = _rewrite_masks(graph)
             heads, hidden = self.config.num_heads, self.config.hidden_size
             if not heads or not hidden:
