@@ -532,22 +532,20 @@ def _threads(threads: int | None) -> int | None:
 
 def _external_data_above(value: int | str | None) -> int:
     """``--external-data-above``: a size (``2GB``, ``500M``, ``0``) or a byte count; None = the 1.8 GB default."""
-    if value is None:
-        return EXTERNAL_DATA_ABOVE
-    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
-        raise UserInputError(f"--external-data-above must be a size >= 0 (e.g. 0, 500MB, 2GB), got {value!r}")
-    return value if isinstance(value, int) else parse_size(str(value))
+    size = _size("--external-data-above", value, minimum=0, example="0, 500MB, 2GB")
+    return EXTERNAL_DATA_ABOVE if size is None else size
 
 
-def _size(name: str, value: str | int | None) -> int | None:
-    """A size option (``10GB``, ``1.5GiB``, bytes as an int) in bytes; at least 1 MB."""
+def _size(name: str, value: str | int | None, *, minimum: int = 1_000_000, example: str = "6GB") -> int | None:
+    """A size option (``10GB``, ``1.5GiB``, bytes as an int) in bytes, at least ``minimum``; None stays None."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UserInputError(f"{name} must be a size such as 6GB, got {value!r}")
+        raise UserInputError(f"{name} must be a size such as {example}, got {value!r}")
     size = value if isinstance(value, int) else parse_size(value.strip())
-    if size < 1_000_000:
-        raise UserInputError(f"{name} must be at least 1MB, got {value!r}")
+    if size < minimum:
+        least = "0" if minimum == 0 else f"{minimum / 1e6:g}MB"
+        raise UserInputError(f"{name} must be a size of at least {least} (e.g. {example}), got {value!r}")
     return size
 
 
