@@ -83,19 +83,19 @@ def on_disk(model: onnx.ModelProto) -> Iterator[Path]:
         yield path
 
 
-def inferred_through_file(model: onnx.ModelProto, *, weights: bool = True) -> onnx.ModelProto:
+def inferred_through_file(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with ONNX shape inference's value_info, inferred from a file (the form that works over 2 GiB).
 
-    ``weights=False`` returns the inferred graph without its weights (enough to read types).
+    (Types alone need no file: :func:`float_tensor_types` infers them on the :func:`skeleton`.)
     """
+    from onnx.external_data_helper import load_external_data_for_model
+
     with on_disk(model) as path:
         inferred_path = path.with_name("inferred.onnx")
         onnx.shape_inference.infer_shapes_path(str(path), str(inferred_path))
         inferred = onnx.load(str(inferred_path), load_external_data=False)
-        if weights:  # the inferred file refers to the temporary model.onnx.data: read it while it exists
-            from onnx.external_data_helper import load_external_data_for_model
-
-            load_external_data_for_model(inferred, str(path.parent))
+        # The inferred file refers to the temporary model.onnx.data: read it while it exists.
+        load_external_data_for_model(inferred, str(path.parent))
         return inferred
 
 
