@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import os
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
-from optpipe.core.errors import UserInputError
+from optpipe.core.errors import UserInputError, VariantSkipped
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE
 
@@ -199,6 +202,27 @@ def _rewrite_masks(model: Any) -> dict[str, Any]:
     return {"rewritten": len(done.rewritten), "mask_input": done.mask_input, "skipped": list(done.skipped)}
 
 
+@dataclass(frozen=True)
+class _Fused:
+    """One fusion of this build: the variant that ran it and what it made (a fused file, nothing, or a skip)."""
+
+    variant: str
+    path: Path | None  # the fused model; None when nothing fused
+    sha256: str
+    skipped: str  # the skip's reason when the variant was skipped, else ""
+    metrics: dict[str, Any]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no second copy of the weights on disk), else a copy."""
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 class FuseTransformerPass(Pass):
     """ONNX -> ONNX with ONNX Runtime's transformer fusions (``<variant>/fused.onnx``); cpu target only."""
 
@@ -218,6 +242,41 @@ class FuseTransformerPass(Pass):
         return (attention_mask,)
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        """Fuse ``artifact``, or hand back this build's earlier fusion of the same input and config.
+
+        Why: ``fp32+fused`` and ``int8-dynamic+fused`` both fuse the simplified FP32 graph; on BERT-base
+        the second fusion cost another 9 s and a second peak of the optimizer's memory for the same bytes.
+        """
+        key = ("fuse-transformer", artifact.sha256, json.dumps(self.config_dict(), sort_keys=True, default=str))
+        earlier: _Fused | None = ctx.shared.get(key)
+        if earlier is None:
+            try:
+                result = self._fuse(artifact, ctx)
+            except VariantSkipped as skipped:
+                ctx.shared[key] = _Fused(artifact.precision, None, "", skipped.reason, dict(skipped.metrics))
+                raise
+            fused = result.artifact.path if result.modified else None
+            ctx.shared[key] = _Fused(artifact.precision, fused, result.artifact.sha256, "", dict(result.metrics))
+            return result
+        return self._reuse(earlier, artifact, ctx)
+
+    def _reuse(self, earlier: _Fused, artifact: Artifact, ctx: BuildContext) -> PassResult:
+        """The earlier fusion's files linked (else copied) into this variant's folder, its metrics noted as shared."""
+        from optpipe.onnx.utils import onnx_files
+
+        metrics = {**earlier.metrics, "shared_with": earlier.variant}
+        if earlier.skipped:
+            raise VariantSkipped(earlier.skipped.replace(earlier.variant, artifact.precision, 1), metrics)
+        if earlier.path is None:
+            return PassResult(artifact, modified=False, metrics=metrics, warnings=[])
+        dst = ctx.path(artifact.precision, earlier.path.name)
+        for file in onnx_files(earlier.path):
+            _link_or_copy(file, dst.parent / file.name)
+        ctx.log(f"     fuse-transformer: the graph {earlier.variant} fused, reused (same input and options)")
+        out = artifact.derive(path=dst, sha256=earlier.sha256, producer="fuse-transformer/ort")
+        return PassResult(out, modified=True, metrics=metrics)
+
+    def _fuse(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         import onnx
 
         from optpipe.precision import onnx_graph
@@ -261,8 +320,6 @@ class FuseTransformerPass(Pass):
         """The input unchanged; in a fused variant, the variant skipped with ``why``."""
         metrics["status"] = "nothing_fused"
         if self.config.skip_when_unchanged:
-            from optpipe.precision import VariantSkipped
-
             raise VariantSkipped(f"{artifact.precision} skipped: nothing to fuse ({why}); the unfused variant is "
                                  "the same model", metrics)  # fmt: skip
         return PassResult(artifact, modified=False, metrics=metrics, warnings=[])

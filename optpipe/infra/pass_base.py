@@ -53,6 +53,9 @@ class BuildContext:
     log: Callable[[str], None] = info
     # Reuse validation and benchmark results measured under exactly the same conditions (--rebench: False).
     reuse_measurements: bool = True
+    # What a pass computed once for several variants of this build, by the pass's own key (fuse-transformer:
+    # both fused variants fuse the same simplified graph with the same config, so the second reuses the first).
+    shared: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def path(self, *parts: str) -> Path:
         """A path inside the staging directory, with parent folders created."""

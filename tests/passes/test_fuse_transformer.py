@@ -22,7 +22,7 @@ from torch import nn
 from optpipe.builder.options import parse_build_options
 from optpipe.builder.plan import variant_passes
 from optpipe.builder.selection import auto_precisions
-from optpipe.core.artifact import Artifact, ArtifactKind
+from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import PassError, UserInputError, VariantSkipped
 from optpipe.core.tensor_spec import TensorSpec
 from optpipe.infra.pass_base import BuildContext
@@ -152,6 +152,29 @@ def test_residual_layernorm_fuses_when_ort_shape_inference_fails_on_the_head(tmp
     assert result.metrics["shape_inference"] is False
     assert result.metrics["fused"].get("SkipLayerNormalization", 0) == 2, result.metrics["fused"]
     np.testing.assert_allclose(_run(result.artifact.path, feeds), _run(artifact.path, feeds), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_second_fused_variant_of_a_build_reuses_the_first_fusion(tmp_path: Path, monkeypatch: Any) -> None:
+    """fp32+fused and int8-dynamic+fused fuse the same graph: the optimizer runs once per build (BERT-base: 9 s)."""
+    import optpipe.passes.fuse_transformer as fuse_module
+
+    calls: list[Path] = []
+    real = fuse_module.run_optimizer
+    monkeypatch.setattr(fuse_module, "run_optimizer",
+                        lambda src, *a, **k: calls.append(Path(src)) or real(src, *a, **k))
+    feeds, ctx = _feeds(), _ctx(tmp_path)
+    artifact = _export(TinyBert(), feeds, tmp_path / "bert.onnx")
+    first = FuseTransformerPass(FuseTransformerConfig(skip_when_unchanged=True))(artifact, ctx)
+    second = FuseTransformerPass(FuseTransformerConfig(skip_when_unchanged=True))(
+        artifact.derive(precision="int8-dynamic+fused"), ctx)
+    assert len(calls) == 1
+    assert second.artifact.path == tmp_path / "build" / "int8-dynamic+fused" / "fused.onnx"
+    assert second.artifact.sha256 == first.artifact.sha256 == sha256_files([second.artifact.path])
+    assert second.metrics["shared_with"] == "fp32+fused" and second.metrics["fused"] == first.metrics["fused"]
+    np.testing.assert_allclose(_run(second.artifact.path, feeds), _run(artifact.path, feeds), atol=1e-4)
+    other = FuseTransformerPass(FuseTransformerConfig(skip_when_unchanged=True))(artifact, _ctx(tmp_path / "b"))
+    assert len(calls) == 2 and "shared_with" not in other.metrics  # another build fuses on its own
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
