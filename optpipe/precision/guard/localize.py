@@ -248,6 +248,7 @@ def by_output_sensitivity(
     *,
     kept: Sequence[str] = (),
     candidates: int = 32,
+    deadline: float | None = None,
 ) -> list[LayerError]:
     """``table`` with its first ``candidates`` positive entries re-ordered by output sensitivity.
 
@@ -255,13 +256,15 @@ def by_output_sensitivity(
     favours late layers (see :mod:`optpipe.precision.guard.sensitivity`). The candidates whose FP32
     emulation lowers the output error most take the first of the candidates' places, the
     others follow in their old order. An entry already ``kept`` stays where it is: it points
-    the search at its producers, whose quantized output or weights carry the error.
+    the search at its producers, whose quantized output or weights carry the error. Past ``deadline``
+    (``time.monotonic()``, the guard's budget) the candidates not yet measured keep their old order.
     """
     done = set(kept)
     head = [e for e in table if e.contribution > 0 and not set(e.nodes) <= done][:candidates]
     if len(head) < 2 or not samples:
         return list(table)
-    gains = output_sensitivity(fp32, onnx_graph.load_model(Path(lowp_path)), samples, [e.nodes for e in head])
+    gains = output_sensitivity(fp32, onnx_graph.load_model(Path(lowp_path)), samples, [e.nodes for e in head],
+                               deadline=deadline)
     gain = {id(e): g for e, g in zip(head, gains, strict=True) if g is not None and g > 0}
     order = sorted((e for e in head if id(e) in gain), key=lambda e: gain[id(e)], reverse=True)
     ranked = iter(order + [e for e in head if id(e) not in gain])
@@ -446,7 +449,7 @@ class _Search:
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
             if self.output_gains is None:  # Q/DQ emulation; output_gains replaces it where there is no Q/DQ
                 table = by_output_sensitivity(table, onnx_graph.load_model(self.src), path, rows,
-                                              kept=[*self.kept, *self.user_kept])
+                                              kept=[*self.kept, *self.user_kept], deadline=self.deadline)
             self.first_table = self.first_table or table
             groups = self._next_groups(table, step, self._by_gain(path, rows))
             if not groups:

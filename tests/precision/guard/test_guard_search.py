@@ -177,3 +177,50 @@ def test_a_ranked_node_outside_the_eligible_set_points_at_its_eligible_producers
     assert _next_nodes(table, set(), producer, set(), model, eligible) == ["proj"]  # its eligible producer
     assert _next_nodes(table, {"proj"}, producer, set(), model, eligible) == []  # already kept: nothing new
     assert _next_nodes([_entry("out", ("out",))], set(), producer, set(), model, eligible) == ["out"]
+
+
+def _spent_inside_the_round(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[list[float | None]]:
+    """Make the per-layer analysis (the round's first step) outlast ``seconds``; record the sensitivity's gains."""
+    import time
+
+    from optpipe.precision.guard import localize
+
+    real_errors, real_gains = localize.per_layer_errors, localize.output_sensitivity
+    measured: list[list[float | None]] = []
+
+    def slow_errors(*args, **kwargs):  # type: ignore[no-untyped-def]
+        table = real_errors(*args, **kwargs)
+        time.sleep(seconds)
+        return table
+
+    def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        measured.append(real_gains(*args, **kwargs))
+        return measured[-1]
+
+    monkeypatch.setattr(localize, "per_layer_errors", slow_errors)
+    monkeypatch.setattr(localize, "output_sensitivity", recorded)
+    return measured
+
+
+@pytest.mark.parametrize("budget", [0.5, None], ids=["budget_spent_in_the_round", "twin_no_budget"])
+def test_wrong_verdict_a_budget_spent_inside_the_sensitivity_round_stops_there_and_fails(
+    chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: float | None  # type: ignore[no-untyped-def]
+) -> None:
+    """The budget is checked inside the output-sensitivity round (it cost ViT-B/16 minutes a round).
+
+    Spent there, no candidate is measured, the guard judges the model it can still build and stops with the
+    budget as its one-line reason: never "passed". Twin: without a budget every candidate is measured and
+    the search ends on its keep limit (the gate here is unreachable), not on time.
+    """
+    src, _, samples = chain
+    measured = _spent_inside_the_round(monkeypatch, 1.0 if budget else 0.0)
+    result = guarded_quantize(src, tmp_path / "int8.onnx", samples, lambda _path: False,
+                              int8_options={"style": "cpu", "reduce_range": True}, max_keep_fraction=0.05,
+                              guard_seconds=budget)  # fmt: skip
+    assert not result.passed and measured
+    if budget:
+        assert measured == [[None] * len(measured[0])] and result.iterations == 2
+        assert result.stopped.startswith("time budget")
+    else:
+        assert all(any(g is not None for g in gains) for gains in measured)
+        assert result.stopped.startswith("keep limit")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from optpipe.precision.guard.sensitivity import output_sensitivity
+from optpipe.precision.guard.sensitivity import SWITCHES, output_sensitivity, switchable
 
 RNG = np.random.default_rng(0)
 W1 = RNG.normal(size=(8, 8)).astype(np.float32)
@@ -92,3 +94,39 @@ def _lowp_output(x: np.ndarray) -> np.ndarray:
     h = x.astype(np.float64) @ w1
     h = (np.clip(np.round(h / 0.005) + 128, 0, 255) - 128) * 0.005
     return h @ w2
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, feed)[0])
+
+
+def test_one_switchable_session_computes_the_quantized_model_and_each_group_in_fp32() -> None:
+    """All switches on is the Q/DQ model bit for bit; one off is that group in FP32 (here: mm1 reads W1)."""
+    lowp = _lowp(0.5, 0.5)
+    model, switch_of = switchable(lowp, _fp32(), [["mm1"], ["not_a_node"], ["mm1", "mm2"]])
+    assert switch_of == [0, None, 1]
+    x = _samples()[0]["x"]
+    on = np.ones(2, bool)
+    assert np.array_equal(_run(model, {"x": x, SWITCHES: on}), _run(lowp, {"x": x}))
+    h = x.astype(np.float64) @ W1  # mm1 in FP32; h still goes through mm2's Q/DQ, W2 stays quantized
+    h = (np.clip(np.round(h / 0.005) + 128, 0, 255) - 128) * 0.005
+    expected = h @ (np.clip(np.round(W2 / 0.5), -127, 127) * 0.5)
+    np.testing.assert_allclose(_run(model, {"x": x, SWITCHES: np.array([False, True])}), expected, rtol=1e-4,
+                               atol=1e-6)
+    # mm1 sits in two groups: switching either one off restores it; the second also restores mm2
+    np.testing.assert_allclose(_run(model, {"x": x, SWITCHES: np.array([True, False])}), _fp32_output(x), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_groups_not_measured_before_the_deadline_have_no_gain() -> None:
+    """The guard's time budget is checked inside the round: past it the remaining candidates are not measured."""
+    gains = output_sensitivity(_fp32(), _lowp(0.5, 0.01), _samples(), [["mm1"], ["mm2"]], deadline=time.monotonic())
+    assert gains == [None, None]
+    gains = output_sensitivity(_fp32(), _lowp(0.5, 0.01), _samples(), [["mm1"], ["mm2"]],
+                               deadline=time.monotonic() + 600)
+    assert all(g is not None for g in gains)
