@@ -50,7 +50,7 @@ class BenchmarkConfig:
     warmup: int = option(5, help="untimed calls per runtime first", flags=("warmup",))
     seconds: float = option(2.0, help="timed seconds per runtime (a budget, as trtexec's --duration)",
                             flags=("bench_seconds",))
-    min_calls: int = option(10, help="fewest timed calls per runtime, even past the budget", flags=("iterations",))
+    min_calls: int = option(5, help="fewest timed calls per runtime, even past the budget", flags=("iterations",))
     # A fixed count instead of the budget (both set): rounds x iters_per_round timed calls per runtime.
     rounds: int | None = None
     iters_per_round: int | None = None

@@ -268,7 +268,7 @@ class BenchmarkOptions:
     batch: int | None = None  # --batch; checked against the input specs once they are known
     seconds: float = 2.0  # --bench-seconds: timed seconds per runtime (as trtexec's --duration)
     warmup: int = 5  # --warmup: untimed calls per runtime before timing
-    min_calls: int = 10  # --iterations: fewest timed calls per runtime, even past the budget
+    min_calls: int = 5  # --iterations: fewest timed calls per runtime, even past the budget
 
     def __post_init__(self) -> None:
         if self.batch is not None and self.batch < 1:

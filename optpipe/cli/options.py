@@ -184,7 +184,7 @@ def measure_options(func: F) -> F:
         click.option("--warmup", type=WholeIntRange(min=0), metavar="N",
                      help="Untimed calls per runtime before timing (default 5)."),
         click.option("--iterations", type=WholeIntRange(min=1), metavar="N",
-                     help="Fewest timed calls per runtime, even past --bench-seconds (default 10)."),
+                     help="Fewest timed calls per runtime, even past --bench-seconds (default 5)."),
     ]
     for option in reversed(options):
         func = option(func)

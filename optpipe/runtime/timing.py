@@ -91,15 +91,19 @@ def budgeted_latency(
 #: spinning (ONNX Runtime's intra-op threads spin after a run) and slows the first calls of the next one.
 SETTLE_SECONDS = 0.005
 #: Fewest calls in a block, so one stalled call cannot move a block's median.
-MIN_BLOCK_CALLS = 5
+MIN_BLOCK_CALLS = 3
+#: The warm-up stops after this long once it made 2 calls (the first pays one-off costs, the second is warm):
+#: 5 warm-up calls of BERT-base at 300 ms cost 1.5 s per runtime and shape, for nothing a third call teaches.
+WARMUP_SECONDS = 0.5
 
 
 def _per_call_seconds(calls: Mapping[str, Callable[[], object]], warmup: int) -> dict[str, float]:
-    """Untimed warm-up calls of each runtime; the median of the later ones sizes its first blocks."""
+    """Untimed warm-up calls of each runtime (at most ``warmup``, see :data:`WARMUP_SECONDS`); the median of
+    the later ones sizes its first blocks."""
     per_call: dict[str, float] = {}
     for name, call in calls.items():
-        durations = []
-        for _ in range(max(warmup, 1)):
+        durations: list[float] = []
+        while len(durations) < max(warmup, 1) and not (len(durations) >= 2 and sum(durations) >= WARMUP_SECONDS):
             start = time.perf_counter()
             call()
             durations.append(time.perf_counter() - start)
@@ -108,10 +112,34 @@ def _per_call_seconds(calls: Mapping[str, Callable[[], object]], warmup: int) ->
 
 
 def _block_sizes(per_call: Mapping[str, float], seconds: float, blocks: int) -> tuple[dict[str, int], dict[str, int]]:
-    """Timed calls per block (about ``seconds / blocks`` each) and untimed settle calls after a switch."""
+    """Timed calls per block (about ``seconds / blocks`` each) and untimed settle calls after a switch.
+
+    One settle call is enough for a call longer than :data:`SETTLE_SECONDS` (a 300 ms call outlasts the
+    spinning thread pool 60 times); shorter calls get as many as fill it.
+    """
     block = {n: max(MIN_BLOCK_CALLS, math.ceil(seconds / blocks / max(c, 1e-7))) for n, c in per_call.items()}
-    settle = {n: max(2, min(block[n], math.ceil(SETTLE_SECONDS / max(c, 1e-7)))) for n, c in per_call.items()}
+    settle = {n: max(1, min(block[n], math.ceil(SETTLE_SECONDS / max(c, 1e-7)))) for n, c in per_call.items()}
     return block, settle
+
+
+def _still_needed(runs: list[list[float]], per_call: float, seconds: float, min_calls: int) -> int:
+    """Timed calls a runtime still needs for its budget and its ``min_calls`` (0: it has both)."""
+    calls, spent = sum(map(len, runs)), sum(map(sum, runs)) / 1e3
+    if calls >= min_calls and spent >= seconds:
+        return 0
+    return max(min_calls - calls, math.ceil(max(seconds - spent, 0.0) / max(per_call, 1e-7)), 1)
+
+
+def _round_sizes(timed: Mapping[str, list[list[float]]], per_call: Mapping[str, float], block: Mapping[str, int],
+                 seconds: float, min_calls: int) -> dict[str, int]:
+    """Each runtime's block this round: its usual size, all it still needs when that fits in two blocks (no
+    round of every runtime just to top one up by a call or two), and the smallest block once it is done (it
+    stays in every round, so the blocks stay interleaved to the end)."""
+    sizes = {}
+    for name, usual in block.items():
+        need = _still_needed(timed[name], per_call[name], seconds, min_calls)
+        sizes[name] = MIN_BLOCK_CALLS if need == 0 else max(MIN_BLOCK_CALLS, need) if need <= 2 * usual else usual
+    return sizes
 
 
 def budgeted_blocks(
@@ -127,10 +155,13 @@ def budgeted_blocks(
     """Per-call latencies (ms) of each call, block by block, about ``seconds`` of timed calls each.
 
     Each runtime's block holds about ``seconds / blocks`` of calls (sized from
-    its warm-up, then from its own timed calls so far), preceded by untimed
-    settle calls (:data:`SETTLE_SECONDS`: the other runtime's thread pool
-    winding down). Rounds go on, shuffled, until every runtime has both
-    ``seconds`` of timed calls and ``min_calls`` calls. The blocks are kept
+    its warm-up, then from its own timed calls so far; at least
+    :data:`MIN_BLOCK_CALLS`), preceded by untimed settle calls
+    (:data:`SETTLE_SECONDS`: the other runtime's thread pool winding down).
+    Rounds go on, shuffled, until every runtime has both ``seconds`` of timed
+    calls and ``min_calls`` calls; a runtime whose rest fits in two blocks
+    takes it in one (:func:`_round_sizes`), so a slow model is timed for about
+    its budget, not for whole extra rounds. The blocks are kept
     apart so a drift of one runtime over the run (the baseline slowing down
     while others ran) can be seen: :func:`drift`.
     """
@@ -143,16 +174,13 @@ def budgeted_blocks(
     rng = random.Random(seed)
     timed: dict[str, list[list[float]]] = {name: [] for name in calls}
 
-    def done(name: str) -> bool:
-        runs = timed[name]
-        return sum(map(len, runs)) >= min_calls and sum(map(sum, runs)) >= seconds * 1e3
-
     rounds = 0
-    while not all(done(name) for name in calls):
+    while any(_still_needed(timed[name], per_call[name], seconds, min_calls) for name in calls):
         block, settle = _block_sizes(per_call, seconds, blocks)
+        sizes = _round_sizes(timed, per_call, block, seconds, min_calls)
         rng.shuffle(order)
         for name in order:  # every runtime in every round, so the blocks stay interleaved to the end
-            timed[name].append(_timed_block(calls[name], settle[name], block[name]))
+            timed[name].append(_timed_block(calls[name], settle[name], sizes[name]))
         per_call = {n: float(np.median([t for b in timed[n] for t in b])) / 1e3 if timed[n] else c
                     for n, c in per_call.items()}
         rounds += 1
