@@ -90,3 +90,18 @@ def test_model_sha256_covers_the_data_file(tmp_path: Path) -> None:
 
     assert model_sha256(single) == sha256_file(single)  # one file: the file's own hash, as before
     assert onnx_bytes(first) == first.stat().st_size + (first.parent / "model.onnx.data").stat().st_size
+
+
+def test_onnx_files_reads_a_file_once_and_a_rewritten_file_again(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing a model's data files parses the whole protobuf (BERT-base: 0.4 s, asked 31 times a build)."""
+    from optpipe.onnx import utils
+
+    parsed: list[Path] = []
+    real = utils.load_onnx
+    monkeypatch.setattr(utils, "load_onnx", lambda path, **k: parsed.append(path) or real(path, **k))
+    path = tmp_path / "model.onnx"
+    save_onnx(_matmul(_weight(0)), path)
+    assert onnx_files(path) == onnx_files(path) == [path] and len(parsed) == 1
+    save_onnx(_matmul(_weight(1)), path, external_above=0)  # replaced (renamed into place): read again
+    assert onnx_files(path) == [path, tmp_path / "model.onnx.data"] and len(parsed) == 2
