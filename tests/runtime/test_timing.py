@@ -88,3 +88,13 @@ def test_a_runtime_done_early_stays_in_every_round_with_the_smallest_block() -> 
     assert sum(map(len, timed["slow"])) >= 20 and sum(map(sum, timed["fast"])) >= 100.0
     # fast had its budget before slow had its 20 calls: its blocks in the rounds after that are the smallest
     assert len(timed["fast"][-1]) == MIN_BLOCK_CALLS < len(timed["fast"][0])
+
+
+def test_blocks_last_as_long_as_the_slowest_runtimes_smallest_block() -> None:
+    """A slow baseline beside fast engines: every block spans the baseline's 3 calls, so the budget takes two
+    rounds, not one round per seconds/blocks in which the runtimes already done still take a block each."""
+    calls = {"eager": _sleeper(0.04), "engine": _sleeper(0.005)}
+    timed = budgeted_blocks(calls, seconds=0.24, warmup=2, min_calls=3, blocks=5, progress=lambda *_: None)
+    assert len(timed["eager"]) <= 3  # about 0.12 s a block: 2 rounds (5 with 0.048 s blocks)
+    assert len(timed["engine"][0]) >= 15  # the engine's block spans the same time: many more calls
+    assert all(sum(map(sum, runs)) >= 240.0 for runs in timed.values())
