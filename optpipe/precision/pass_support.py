@@ -187,13 +187,14 @@ def guard_report(
     *,
     precision: str,
     advice: str = "",
+    kept_as: str = "FP32",
 ) -> tuple[dict[str, Any], list[str]]:
     """The guard's report: metrics ``guard``, ``kept_nodes``, ``iterations``, ``layer_errors``, and warnings.
 
     The per-layer table is the guard's first one, or computed on the final
     model (when the gate passed at once; none without samples). The warnings
-    name the nodes kept in FP32 and, when the gate still fails, the limit,
-    followed by ``advice``.
+    name the nodes kept in ``kept_as`` (FP32, or INT8 for int4-weight's ``kept_as``) and, when the gate still
+    fails, the limit, followed by ``advice``.
     """
     from optpipe.precision.guard.gate import export_module_paths, guard_record, kept_rows, layer_rows
     from optpipe.precision.guard.localize import per_layer_errors
@@ -213,7 +214,7 @@ def guard_report(
     warnings: list[str] = []
     if result.kept_nodes:
         names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
-        warnings.append(f"{precision}: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
+        warnings.append(f"{precision}: the accuracy guard kept {len(kept)} node(s) in {kept_as}: {names}")
     if not result.passed:
         warnings.append(unreached_line(precision, result, gate_log, advice))
     return metrics, warnings
