@@ -124,23 +124,17 @@ class Int4WeightPass(Pass):
             eligible=lambda model: quantizable_nodes(model, config.embeddings or config.embeddings_int8),
             min_keep=MIN_KEEP, first_step=KEPT_INT8_FIRST_STEP if config.kept_as == "int8" else 1,
         )  # fmt: skip
-        first = result.results[0] if result.results else None
-        warnings: list[str] = list(first.warnings) if first is not None else []
         metrics: dict[str, Any] = {"style": "cpu", "method": "weight-only-int4", "block_size": config.block_size,
                                    "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
                                    "embeddings": config.embeddings, "algorithm": config.algorithm,
                                    "embeddings_int8": config.embeddings_int8, "kept_as": config.kept_as,
                                    "gate_runtime": gate_runtime_note("cpu")}  # fmt: skip
-        if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int4-weight
-            pass_support.skip_nothing_quantizable(PRECISION, result, metrics)
-        advice = "; raise the limit with --guard-max-keep, try block_size 16, or use int8-dynamic"
-        guard_metrics, guard_warnings = pass_support.guard_report(
-            ctx, src, result, gate_log, samples, config, precision=PRECISION, advice=advice,
+        # Nothing quantizable raises VariantSkipped there: FP32 is never shipped labelled int4-weight.
+        warnings = pass_support.guarded_outcome(
+            ctx, src, result, gate_log, samples, config, metrics, precision=PRECISION,
+            advice="; raise the limit with --guard-max-keep, try block_size 16 or kept_as int8, or use int8-dynamic",
             kept_as=config.kept_as.upper(),
-        )
-        status = "quantized" if result.passed else "gate_failed"
-        metrics.update(status=status, **pass_support.quantized_counts(result), **guard_metrics)
-        warnings.extend(guard_warnings)
+        )  # fmt: skip
         out = artifact.derive(path=dst, sha256=sha256_files(onnx_files(dst)), precision=PRECISION,
                               producer="int4/weight-only")  # fmt: skip
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)

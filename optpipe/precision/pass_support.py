@@ -220,6 +220,36 @@ def guard_report(
     return metrics, warnings
 
 
+def guarded_outcome(
+    ctx: BuildContext,
+    src: Path,
+    result: GuardResult,
+    gate_log: Sequence[Mapping[str, Any]],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    config: GuardedConfig,
+    metrics: dict[str, Any],
+    *,
+    precision: str,
+    advice: str = "",
+    kept_as: str = "FP32",
+) -> list[str]:
+    """The tail every guarded pass's ``run`` shares; adds to ``metrics`` and returns the warnings.
+
+    The first build's warnings, then :func:`skip_nothing_quantizable` when nothing was lowered (never
+    FP32 under the low precision's label), ``status`` (``quantized`` or ``gate_failed``), the node
+    counts and :func:`guard_report`'s metrics and warnings (``advice`` and ``kept_as`` go to it).
+    """
+    first = result.results[0] if result.results else None
+    warnings: list[str] = list(first.warnings) if first is not None else []
+    if result.path is None:
+        skip_nothing_quantizable(precision, result, metrics)
+    guard_metrics, guard_warnings = guard_report(ctx, src, result, gate_log, samples, config, precision=precision,
+                                                 advice=advice, kept_as=kept_as)  # fmt: skip
+    status = "quantized" if result.passed else "gate_failed"
+    metrics.update(status=status, **quantized_counts(result), **guard_metrics)
+    return warnings + guard_warnings
+
+
 def unreached_line(precision: str, result: GuardResult, gate_log: Sequence[Mapping[str, Any]], advice: str) -> str:
     """One line: which gate the guard could not reach, with what it kept, and why it stopped (limit, budget...)."""
     last = gate_log[-1] if gate_log else {}
