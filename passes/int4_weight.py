@@ -118,7 +118,7 @@ class Int4WeightPass(Pass):
                                         options=config.int4_options(), external_above=config.external_data_above,
                                         eight_bit_nodes=eight)  # fmt: skip
 
-        result, gate_log = pass_support.run_guard(
+        guarded = pass_support.run_guard(
             ctx, src, dst, samples, config, gate_name=PRECISION, level="all", guard=config.guard and bool(samples),
             int8_options={"exclude_nodes": list(config.exclude_nodes)}, quantize=quantize,
             eligible=lambda model: quantizable_nodes(model, config.embeddings or config.embeddings_int8),
@@ -131,7 +131,7 @@ class Int4WeightPass(Pass):
                                    "gate_runtime": gate_runtime_note("cpu")}  # fmt: skip
         # Nothing quantizable raises VariantSkipped there: FP32 is never shipped labelled int4-weight.
         warnings = pass_support.guarded_outcome(
-            ctx, src, result, gate_log, samples, config, metrics, precision=PRECISION,
+            ctx, src, guarded, samples, config, metrics, precision=PRECISION,
             advice="; raise the limit with --guard-max-keep, try block_size 16 or kept_as int8, or use int8-dynamic",
             kept_as=config.kept_as.upper(),
         )  # fmt: skip

@@ -221,30 +221,24 @@ def guard_report(
 
 
 def guarded_outcome(
-    ctx: BuildContext,
-    src: Path,
-    result: GuardResult,
-    gate_log: Sequence[Mapping[str, Any]],
-    samples: Sequence[Mapping[str, np.ndarray]],
-    config: GuardedConfig,
-    metrics: dict[str, Any],
-    *,
-    precision: str,
-    advice: str = "",
-    kept_as: str = "FP32",
+    ctx: BuildContext, src: Path, guarded: tuple[GuardResult, Sequence[Mapping[str, Any]]],
+    samples: Sequence[Mapping[str, np.ndarray]], config: GuardedConfig, metrics: dict[str, Any], **report: str,
 ) -> list[str]:
-    """The tail every guarded pass's ``run`` shares; adds to ``metrics`` and returns the warnings.
+    """The tail every guarded pass's ``run`` shares, after :func:`run_guard` (``guarded``, its result and gate log).
+
+    Adds to ``metrics`` and returns the warnings; ``report`` (``precision``, ``advice``, ``kept_as``) goes to
+    :func:`guard_report`.
 
     The first build's warnings, then :func:`skip_nothing_quantizable` when nothing was lowered (never
     FP32 under the low precision's label), ``status`` (``quantized`` or ``gate_failed``), the node
     counts and :func:`guard_report`'s metrics and warnings (``advice`` and ``kept_as`` go to it).
     """
+    result, gate_log = guarded
     first = result.results[0] if result.results else None
     warnings: list[str] = list(first.warnings) if first is not None else []
     if result.path is None:
-        skip_nothing_quantizable(precision, result, metrics)
-    guard_metrics, guard_warnings = guard_report(ctx, src, result, gate_log, samples, config, precision=precision,
-                                                 advice=advice, kept_as=kept_as)  # fmt: skip
+        skip_nothing_quantizable(report["precision"], result, metrics)
+    guard_metrics, guard_warnings = guard_report(ctx, src, result, gate_log, samples, config, **report)
     status = "quantized" if result.passed else "gate_failed"
     metrics.update(status=status, **quantized_counts(result), **guard_metrics)
     return warnings + guard_warnings
