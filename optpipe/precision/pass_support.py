@@ -187,13 +187,14 @@ def guard_report(
     *,
     precision: str,
     advice: str = "",
+    kept_as: str = "FP32",
 ) -> tuple[dict[str, Any], list[str]]:
     """The guard's report: metrics ``guard``, ``kept_nodes``, ``iterations``, ``layer_errors``, and warnings.
 
     The per-layer table is the guard's first one, or computed on the final
     model (when the gate passed at once; none without samples). The warnings
-    name the nodes kept in FP32 and, when the gate still fails, the limit,
-    followed by ``advice``.
+    name the nodes kept in ``kept_as`` (FP32, or INT8 for int4-weight's ``kept_as``) and, when the gate still
+    fails, the limit, followed by ``advice``.
     """
     from optpipe.precision.guard.gate import export_module_paths, guard_record, kept_rows, layer_rows
     from optpipe.precision.guard.localize import per_layer_errors
@@ -213,10 +214,34 @@ def guard_report(
     warnings: list[str] = []
     if result.kept_nodes:
         names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
-        warnings.append(f"{precision}: the accuracy guard kept {len(kept)} node(s) in FP32: {names}")
+        warnings.append(f"{precision}: the accuracy guard kept {len(kept)} node(s) in {kept_as}: {names}")
     if not result.passed:
         warnings.append(unreached_line(precision, result, gate_log, advice))
     return metrics, warnings
+
+
+def guarded_outcome(
+    ctx: BuildContext, src: Path, guarded: tuple[GuardResult, Sequence[Mapping[str, Any]]],
+    samples: Sequence[Mapping[str, np.ndarray]], config: GuardedConfig, metrics: dict[str, Any], **report: str,
+) -> list[str]:
+    """The tail every guarded pass's ``run`` shares, after :func:`run_guard` (``guarded``, its result and gate log).
+
+    Adds to ``metrics`` and returns the warnings; ``report`` (``precision``, ``advice``, ``kept_as``) goes to
+    :func:`guard_report`.
+
+    The first build's warnings, then :func:`skip_nothing_quantizable` when nothing was lowered (never
+    FP32 under the low precision's label), ``status`` (``quantized`` or ``gate_failed``), the node
+    counts and :func:`guard_report`'s metrics and warnings (``advice`` and ``kept_as`` go to it).
+    """
+    result, gate_log = guarded
+    first = result.results[0] if result.results else None
+    warnings: list[str] = list(first.warnings) if first is not None else []
+    if result.path is None:
+        skip_nothing_quantizable(report["precision"], result, metrics)
+    guard_metrics, guard_warnings = guard_report(ctx, src, result, gate_log, samples, config, **report)
+    status = "quantized" if result.passed else "gate_failed"
+    metrics.update(status=status, **quantized_counts(result), **guard_metrics)
+    return warnings + guard_warnings
 
 
 def unreached_line(precision: str, result: GuardResult, gate_log: Sequence[Mapping[str, Any]], advice: str) -> str:

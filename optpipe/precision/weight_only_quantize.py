@@ -41,6 +41,10 @@ from optpipe.precision.static_quantize import Int8Result, _nothing_left
 NBITS_OP = "MatMulNBits"
 #: The op it writes for a quantized embedding Gather (``Int4Options.embeddings``).
 GATHER_OP = "GatherBlockQuantized"
+#: Block size of the 8-bit blocks a node the guard keeps gets (``kept_as="int8"``): 8 bits round to 1 part in
+#: 255 of a block's range, so a block of 128 still errs far less than 4 bits at 16, at 1.04 bytes per weight
+#: (scale and zero point included) where block 32 costs 1.16: the guard may keep most MatMuls in a small model.
+KEPT_BLOCK_SIZE = 128
 #: The ``method`` recorded in results (no calibration ranges).
 METHOD = "weight-only-int4"
 
@@ -60,7 +64,7 @@ def _gemm_rewritable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto])
 def quantizable_nodes(model: onnx.ModelProto, embeddings: bool = False) -> list[str]:
     """Nodes ``int4-weight`` quantizes: MatMul (or rewritable Gemm) with a constant 2-D float weight.
 
-    With ``embeddings``, also each Gather of an embedding table (a constant 2-D float matrix).
+    With ``embeddings`` (4-bit or 8-bit tables), also each Gather of an embedding table (a constant 2-D float matrix).
     """
     weights = _constant_weights(model)
     tables = _embedding_gathers(model) if embeddings else set()
@@ -126,9 +130,12 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
 
 def quantize_int4_weight(
     src: Path, dst: Path, *, exclude_nodes: Sequence[str] = (), options: Int4Options | None = None,
-    external_above: int = EXTERNAL_DATA_ABOVE,
+    external_above: int = EXTERNAL_DATA_ABOVE, eight_bit_nodes: Sequence[str] = (),
 ) -> Int8Result:
     """Quantize the constant MatMul weights of ``src`` to 4-bit blocks at ``dst``; ``exclude_nodes`` stay FP32.
+
+    ``eight_bit_nodes`` (MatMuls, not in ``exclude_nodes``) get 8-bit blocks instead (the guard's ``kept_as="int8"``).
+    With ``options.embeddings_int8`` the embedding tables not excluded become uint8 (:func:`int8_tables`).
 
     Node names are ``src``'s (there is no pre-processing: the quantizer needs only the initializers).
     Returns an :class:`~optpipe.precision.static_quantize.Int8Result` with ``method="weight-only-int4"``
@@ -141,7 +148,10 @@ def quantize_int4_weight(
     nbits = _quantizer_module()
     model = onnx_graph.load_model(Path(src))
     opset = _default_opset(model)  # before the quantizer, which may raise it in place
-    quantizable = quantizable_nodes(model, options.embeddings)
+    quantizable = quantizable_nodes(model, options.embeddings or options.embeddings_int8)
+    # A table the guard keeps has no 8-bit MatMul form: it stays FP32.
+    gathers = {n.name for n in model.graph.node if n.op_type == "Gather"}
+    exclude_nodes = [*exclude_nodes, *(n for n in eight_bit_nodes if n in gathers)]
     excluded = [n for n in dict.fromkeys(exclude_nodes) if n in set(quantizable)]
     warnings = [f"int4-weight: exclude node '{n}' is not a quantizable MatMul/Gemm; ignored"
                 for n in dict.fromkeys(exclude_nodes) if n not in set(quantizable)]  # fmt: skip
@@ -150,14 +160,17 @@ def quantize_int4_weight(
     if nothing is not None:
         return nothing
     gemms_to_matmuls(model, skip=excluded)
+    tables = int8_tables(model, set(quantizable) - set(excluded)) if options.embeddings_int8 else []
     # ORT's quantizer takes every MatMul/Gather of an initializer (shape lookups, N-D weights too): only the nodes
     # counted here (which the guard can keep) are let through.
     others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in set(quantizable)]
-    config = _algo_config(nbits, options)
-    quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=[*excluded, *others], algo_config=config)
-    quantizer.process()
-    out = quantizer.model.model
-    done = [name.removesuffix("_Q4") for name in quantized_nodes(out)]
+    eight = [n for n in dict.fromkeys(eight_bit_nodes) if n in set(quantizable) and n not in set(excluded)]
+    if eight:  # first the 8-bit nodes alone, then 4 bits for the rest (ORT's config has one bit width per run)
+        rest = [n.name for n in model.graph.node if n.name not in set(eight)]
+        eight_bit = Int4Options(KEPT_BLOCK_SIZE, accuracy_level=options.accuracy_level)
+        model = _run_quantizer(nbits, model, rest, eight_bit, bits=8)
+    out = _run_quantizer(nbits, model, [*excluded, *others], options)
+    done = [*tables, *(name.removesuffix("_Q4").removesuffix("_Q8") for name in quantized_nodes(out))]
     if any(n.op_type == GATHER_OP for n in out.graph.node) and opset < _default_opset(out):
         warnings.append(f"int4-weight: embedding tables quantized; the model's opset raised from {opset} to "
                         f"{_default_opset(out)} (ONNX Runtime's 4-bit Gather needs 21)")
@@ -168,14 +181,66 @@ def quantize_int4_weight(
     return Int8Result("quantized", Path(dst), "cpu", METHOD, done, quantizable, excluded, {}, warnings)
 
 
-def _algo_config(nbits: Any, options: Int4Options) -> Any:
+def _run_quantizer(nbits: Any, model: onnx.ModelProto, exclude: Sequence[str], options: Int4Options,
+                   bits: int = 4) -> onnx.ModelProto:
+    """ONNX Runtime's MatMulNBits quantizer over ``model`` (changed in place) with ``exclude`` left alone."""
+    quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=list(exclude),
+                                           algo_config=_algo_config(nbits, options, bits))  # fmt: skip
+    quantizer.process()
+    return quantizer.model.model
+
+
+def _algo_config(nbits: Any, options: Int4Options, bits: int = 4) -> Any:
     """ONNX Runtime's weight-only config for ``options`` (HQQ writes no accuracy_level: the kernel's default)."""
     if options.algorithm == "hqq":
-        return nbits.HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4, op_types_to_quantize=("MatMul",))
+        return nbits.HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=bits,
+                                              op_types_to_quantize=("MatMul",))  # fmt: skip
     return nbits.DefaultWeightOnlyQuantConfig(
         block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level or None,
         op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
-        quant_axes=(("MatMul", 0), ("Gather", 1)))
+        quant_axes=(("MatMul", 0), ("Gather", 1)), bits=bits)
+
+
+def int8_tables(model: onnx.ModelProto, gathers: set[str]) -> list[str]:
+    """Rewrite each Gather in ``gathers`` of an embedding table to read a uint8 copy, then ``DequantizeLinear``.
+
+    In place; returns the Gathers rewritten. One scale and zero point per table, from ONNX Runtime's
+    ``quantize_data`` (the quantization ``int8-dynamic``'s ``quantize_dynamic`` gives a Gather): the opset
+    stays as it is (unlike the 4-bit ``GatherBlockQuantized``), and a table 4 bytes a value becomes 1.
+    The Gather keeps its name and the DequantizeLinear writes its output, so names still refer to ``src``.
+    """
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    tables = embedding_tables(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    made: dict[str, tuple[str, str, str]] = {}
+    nodes: list[onnx.NodeProto] = []
+    done: list[str] = []
+    for node in model.graph.node:
+        nodes.append(node)
+        if node.name not in gathers or node.op_type != "Gather" or node.input[0] not in tables:
+            continue
+        table = node.input[0]
+        if table not in made:
+            zero, scale, q = quantize_data(numpy_helper.to_array(inits[table]).ravel(), onnx.TensorProto.UINT8,
+                                                 symmetric=False)  # fmt: skip
+            names = (f"{table}_uint8", f"{table}_scale", f"{table}_zero_point")
+            model.graph.initializer.extend([
+                numpy_helper.from_array(np.asarray(q, np.uint8).reshape(tuple(inits[table].dims)), names[0]),
+                numpy_helper.from_array(np.asarray(scale, np.float32).reshape(()), names[1]),
+                numpy_helper.from_array(np.asarray(zero, np.uint8).reshape(()), names[2])])  # fmt: skip
+            made[table] = names
+        out = node.output[0]
+        node.input[0], node.output[0] = made[table][0], f"{out}_uint8"
+        nodes.append(onnx.helper.make_node("DequantizeLinear", [node.output[0], *made[table][1:]], [out],
+                                           name=f"{node.name}_dequantize"))  # fmt: skip
+        done.append(node.name)
+    used = {i for n in nodes for i in n.input} | {o.name for o in model.graph.output}
+    for table in [t for t in made if t not in used]:  # an FP32 table nothing reads any more goes
+        model.graph.initializer.remove(inits[table])
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    return done
 
 
 def _quantizer_module() -> Any:

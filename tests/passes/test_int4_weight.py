@@ -93,3 +93,45 @@ def test_plain_mlp_needs_no_calibration_data_and_gemms_are_quantized(tmp_path: P
     metrics = variant["passes"]["int4-weight"]
     assert metrics["quantized"] == metrics["quantizable"] == 2  # both Linear layers, exported as Gemm
     assert metrics["kept_nodes"] == []
+
+
+def _kept_as_int8_build(tmp_path: Path, min_cosine: float) -> tuple[dict[str, Any], onnx.ModelProto, Any]:
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 100, (8, 16)).astype(np.int64), "attention_mask": np.ones((8, 16), np.int64)}
+    report = build(TinyBert(hidden=64), feeds, out_dir=tmp_path / "out", precisions=("int4-weight",),
+                   output_names=("y",), benchmark=False, log=lambda _m: None, require_judged=False,
+                   tolerances={"*": {"min_cosine": min_cosine, "min_row_cosine": min_cosine}},
+                   pass_options={"int4-weight": {"kept_as": "int8", "embeddings_int8": True,
+                                                 "max_keep_fraction": 1.0}})  # fmt: skip
+    variant = _variant(report)
+    return variant, onnx.load(str(report.out_dir / variant["onnx"])), report
+
+
+def _bits(model: onnx.ModelProto) -> dict[str, int]:
+    return {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node
+            if n.op_type == "MatMulNBits"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kept_as_int8_keeps_matmuls_as_8_bit_blocks_until_the_gate_passes(tmp_path: Path) -> None:
+    """4-bit misses a 0.99995 bar on this model; the guard keeps MatMuls as 8-bit (not FP32) until it passes."""
+    variant, model, report = _kept_as_int8_build(tmp_path, 0.99995)
+    metrics = variant["passes"]["int4-weight"]
+    assert variant["passed"], variant["failures"]
+    assert metrics["kept_as"] == "int8" and metrics["kept_nodes"], metrics  # the guard had to keep something
+    bits = _bits(model)
+    kept = {k["node"] for k in metrics["kept_nodes"]}
+    assert {n.removesuffix("_Q8").removesuffix("_Q4"): b for n, b in bits.items()} == {
+        n.removesuffix("_Q8").removesuffix("_Q4"): 8 if n.removesuffix("_Q8") in kept else 4 for n in bits
+    }, (bits, kept)  # exactly the kept MatMuls are 8-bit, the others 4-bit
+    assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in
+                {i.name for i in model.graph.initializer}]  # nothing kept in FP32
+    assert any("kept" in w and "in INT8" in w for w in report.warnings), report.warnings
+
+
+@pytest.mark.slow
+def test_kept_as_int8_never_passes_a_bar_8_bits_cannot_reach(tmp_path: Path) -> None:
+    """Wrong-verdict twin: every MatMul kept as 8-bit is still lossy; a bar only FP32 meets must fail the variant."""
+    variant, model, _report = _kept_as_int8_build(tmp_path, 0.99999999)
+    assert not variant["passed"]
+    assert set(_bits(model).values()) == {8}, _bits(model)  # the guard kept everything it could, as 8-bit

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from optpipe.core.errors import UserInputError
 from optpipe.precision.weight_only_quantize import (
     Int4Options,
     gemms_to_matmuls,
@@ -149,3 +150,56 @@ def test_the_quantizer_leaves_the_process_logging_alone(tmp_path: Path) -> None:
         root.setLevel(saved[0])
         for handler in saved[1]:
             root.addHandler(handler)
+
+
+def test_eight_bit_nodes_get_8_bit_blocks_and_err_less_than_4_bit(tmp_path: Path) -> None:
+    """``eight_bit_nodes`` (the guard's kept_as="int8") become MatMulNBits bits=8; the others stay 4-bit."""
+    src = _model(tmp_path / "m.onnx")
+    result = quantize_int4_weight(src, tmp_path / "q8.onnx", eight_bit_nodes=["fc1"])
+    assert sorted(result.quantized_nodes) == ["fc1", "fc2"] and result.excluded_nodes == []
+    bits = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute}.get("bits")
+            for n in onnx.load(str(tmp_path / "q8.onnx")).graph.node if n.op_type == "MatMulNBits"}
+    assert bits == {"fc1_Q8": 8, "fc2_Q4": 4}, bits
+    quantize_int4_weight(src, tmp_path / "q4.onnx")
+    x = np.random.default_rng(3).standard_normal((16, K)).astype(np.float32)
+    ref = _run(src, x)
+    assert 1 - _cosine(ref, _run(tmp_path / "q8.onnx", x)) < 1 - _cosine(ref, _run(tmp_path / "q4.onnx", x))
+
+
+def _table_model(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((100, 64)).astype(np.float32) * 0.02, "table")
+    w = numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [table, w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_int8_embedding_tables_keep_the_opset_and_a_quarter_of_the_bytes(tmp_path: Path) -> None:
+    src = _table_model(tmp_path / "e.onnx")
+    assert quantizable_nodes(onnx.load(str(src)), embeddings=True) == ["embed", "proj"]
+    result = quantize_int4_weight(src, tmp_path / "q.onnx", options=Int4Options(embeddings_int8=True))
+    assert sorted(result.quantized_nodes) == ["embed", "proj"] and not result.warnings, result
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert model.opset_import[0].version == 17
+    inits = {i.name: i for i in model.graph.initializer}
+    assert "table" not in inits and inits["table_uint8"].data_type == TensorProto.UINT8  # the FP32 table is gone
+    ops = _ops(tmp_path / "q.onnx")
+    assert ops["Gather"] == 1 and ops["DequantizeLinear"] == 1 and ops["MatMulNBits"] == 1, ops
+    ids = np.array([3, 50, 99], np.int64)
+    low = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})
+    assert _cosine(ref[0], low[0]) > 0.99
+    kept = quantize_int4_weight(src, tmp_path / "k.onnx", options=Int4Options(embeddings_int8=True),
+                                eight_bit_nodes=["embed"])  # a table has no 8-bit MatMul form: it stays FP32
+    assert kept.quantized_nodes == ["proj"] and kept.excluded_nodes == ["embed"]
+
+
+def test_embedding_options_exclude_each_other() -> None:
+    with pytest.raises(UserInputError, match="exclude each other"):
+        Int4Options(embeddings=True, embeddings_int8=True).check()
+    with pytest.raises(UserInputError, match="kept_as"):
+        Int4Options(kept_as="fp16").check()

@@ -356,6 +356,7 @@ def guarded_quantize(
     eligible: Callable[[onnx.ModelProto], Collection[str]] | None = None,
     min_keep: int = 1,
     output_gains: OutputGains | None = None,
+    first_step: int = 1,
 ) -> GuardResult:
     """Build a low-precision model and keep its worst nodes in FP32 until ``gate`` passes.
 
@@ -386,6 +387,8 @@ def guarded_quantize(
     candidate removes when kept in FP32 (dynamic INT8:
     :func:`~optpipe.precision.guard.dynamic_sensitivity.dynamic_output_gains`); when given, each round keeps the
     eligible nodes of largest positive gain first, then follows the table.
+    ``first_step``: node groups the first round keeps (1, 2, 4... from 1 by default); a pass whose kept node is cheap
+    and whose error is spread over most nodes (int4-weight keeping MatMuls as 8-bit) starts larger, for fewer rounds.
     """
     src, dst = Path(src), Path(dst)
     # The graph alone for the whole search (names, producers, eligibility); the weights are loaded again only
@@ -404,7 +407,7 @@ def guarded_quantize(
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
                      None if guard_seconds is None else time.monotonic() + guard_seconds, on_round,
                      None if eligible is None else frozenset(eligible(fp32)), output_gains)
-    path = search.run(path)
+    path = search.run(path, max(1, first_step))
     if path is None:  # everything quantizable is now kept: the FP32 model is the answer
         return GuardResult(None, False, search.kept, search.iterations, search.first_table, search.history, limit,
                            "nothing_quantizable", results, search.stopped)  # fmt: skip
@@ -456,9 +459,9 @@ class _Search:
     def _out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def run(self, path: Path) -> Path | None:
+    def run(self, path: Path, first_step: int = 1) -> Path | None:
         """Search from the first build at ``path``; the path of the last model built (None: nothing left)."""
-        step, last_groups = 1, []
+        step, last_groups = first_step, []
         while True:
             if self._judge(path):
                 self.passed, self.stopped = True, "gate passed"

@@ -95,6 +95,20 @@ def test_guard_rounds_grow_with_log_of_the_nodes_to_keep(chain, tmp_path: Path) 
     assert result.iterations <= 2 * math.ceil(math.log2(BAD)) + 2 < BAD + 1
 
 
+def test_a_larger_first_step_needs_fewer_rounds_and_still_passes(chain, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``first_step`` (int4-weight keeping MatMuls as 8-bit): the first round keeps that many groups, not one."""
+    src, weights, samples = chain
+    rounds = {}
+    for first in (1, 8):
+        lowering = _NoisyLowering(weights, tmp_path / f"low{first}.onnx")
+        result = guarded_quantize(src, tmp_path / f"low{first}.onnx", samples, _cosine_gate(src, samples, 0.999),
+                                  quantize=lowering, max_keep_fraction=1.0, first_step=first)  # fmt: skip
+        assert result.passed and {f"mm{i}" for i in range(BAD)} <= set(result.kept_nodes), result.stopped
+        assert len(result.history[1][0]) == first  # the round after the first build kept `first` nodes
+        rounds[first] = result.iterations
+    assert rounds[8] < rounds[1], rounds
+
+
 def test_time_budget_stops_the_guard_with_the_reason(chain, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src, weights, samples = chain
     lowering = _NoisyLowering(weights, tmp_path / "low.onnx")
