@@ -162,3 +162,18 @@ def test_the_engine_keeps_its_weights_beside_it_above_the_threshold(exported: tu
     assert data.is_file() and data.stat().st_size > 0
     single = OrtEnginePass()(artifact, ctx)
     assert not data.exists() and single.artifact.sha256 != engine.artifact.sha256
+
+
+def test_the_engine_file_is_the_one_a_session_with_prepacked_weights_writes(exported: tuple[Any, Any]) -> None:
+    """engine-ort's session runs without weight prepacking (one copy of the weights fewer at the build's peak):
+    the file it writes must be byte for byte what ORT writes with its default (prepacking) session."""
+    import onnxruntime as ort
+    from optpipe.runtime.runners import ort_session_options
+
+    ctx, artifact = exported
+    engine = OrtEnginePass()(artifact, ctx).artifact
+    options = ort_session_options(ctx.threads, "extended")
+    reference = engine.path.parent / "prepacked.onnx"
+    options.optimized_model_filepath = str(reference)
+    ort.InferenceSession(str(artifact.path), sess_options=options, providers=["CPUExecutionProvider"])
+    assert reference.read_bytes() == engine.path.read_bytes()
