@@ -168,6 +168,7 @@ def test_the_engine_file_is_the_one_a_session_with_prepacked_weights_writes(expo
     """engine-ort's session runs without weight prepacking (one copy of the weights fewer at the build's peak):
     the file it writes must be byte for byte what ORT writes with its default (prepacking) session."""
     import onnxruntime as ort
+
     from optpipe.runtime.runners import ort_session_options
 
     ctx, artifact = exported
