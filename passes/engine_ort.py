@@ -53,6 +53,9 @@ class OrtEnginePass(Pass):
         path = ctx.path(artifact.precision, "model" + ENGINE_SUFFIX)
         options = ort_session_options(ctx.threads, self.config.level)
         options.optimized_model_filepath = str(path)
+        # This session only writes the optimized file: packing the MatMul weights for this CPU's kernels
+        # would add a copy of them to the build's peak RSS, and packed weights are never saved in the file.
+        options.add_session_config_entry("session.disable_prepacking", "1")
         data = path.parent / f"{path.name}.data"
         data.unlink(missing_ok=True)  # ORT appends to an existing file
         if onnx_bytes(artifact.path) > self.config.external_data_above:  # ORT's own external-data path

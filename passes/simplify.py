@@ -17,7 +17,7 @@ import numpy as np
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import summary_line
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, initializer_bytes, load_onnx, non_standard_ops, save_onnx
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, non_standard_ops, onnx_bytes, save_onnx
 from optpipe.runtime.runners import OrtRunner
 
 
@@ -31,20 +31,23 @@ class SimplifyConfig:
     external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
-def _slim_without_shape_inference(path: Path, weights: int, error: Exception) -> tuple[Any, str]:
-    """onnxslim again on a model over 2 GB, without its shape inference; (model or None, why it failed).
+def _slim_without_shape_inference(path: Path, weights: int) -> tuple[Any, str, str | None]:
+    """onnxslim on a model over protobuf's limit, straight without its shape inference: (model or None, why, failure).
 
-    Why: onnxslim 0.1's shape inference falls back to ``ModelProto.ByteSize()`` when ORT's symbolic
-    inference fails, and that serialises the whole model, which protobuf refuses over 2 GiB
-    ("Failed to serialize proto"). Its constant folding and fusions do not need the inferred shapes.
+    Why not try the full slim first: onnxslim's shape inference copies the whole model, and when ORT's
+    symbolic inference fails falls back to ``ModelProto.ByteSize()``, which protobuf refuses over 2 GiB
+    ("Failed to serialize proto") only after serialising everything: the 2.4 GB scale model peaked at
+    17.4 GB in this failed attempt, for a result the retry without shape inference had to make anyway.
+    Its constant folding and fusions do not need the inferred shapes.
     """
     import onnxslim
 
-    first = f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
+    why = (f"the weights ({weights / 1e9:.1f} GB) exceed protobuf's 2 GiB limit, which onnxslim's shape "
+           "inference needs")
     try:
-        return onnxslim.slim(load_onnx(path), no_shape_infer=True), first
-    except Exception as again:
-        return None, f"{first}, and again without its shape inference ({summary_line(again)})"
+        return onnxslim.slim(str(path), no_shape_infer=True), why, None
+    except Exception as error:
+        return None, why, f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
 
 
 class SimplifyOnnx(Pass):
@@ -62,27 +65,23 @@ class SimplifyOnnx(Pass):
         import onnxslim
 
         assert artifact.path is not None
-        original = load_onnx(artifact.path)
-        before = len(original.graph.node)
-        weights = initializer_bytes(original)
-        retried = ""
-        try:
-            slimmed = onnxslim.slim(original)
-        except Exception as error:  # over 2 GB a third-party step may serialise the whole model
-            if weights <= EXTERNAL_DATA_ABOVE:
-                raise
-            original = None  # freed before the retry reads the model again
-            slimmed, failure = _slim_without_shape_inference(artifact.path, weights, error)
+        # onnxslim loads the model itself from the path: the pass holds no copy of the weights of its own
+        # while onnxslim works, and onnxslim drops its loaded copy after the first optimisation round.
+        before = len(load_onnx(artifact.path, load_external_data=False).graph.node)
+        weights = onnx_bytes(artifact.path)
+        over_limit = ""
+        if weights > EXTERNAL_DATA_ABOVE:  # straight to the path that works over 2 GB (and holds fewer copies)
+            slimmed, over_limit, failure = _slim_without_shape_inference(artifact.path, weights)
             if slimmed is None:  # keep the input, say why: never the build's failure
                 return PassResult(artifact, modified=False, warnings=[f"simplify skipped: {failure}"],
                                   metrics={"nodes_before": before, "kept_input_because": failure})
-            retried = failure
-        del original  # one model in memory at a time (a transformer's is hundreds of MB with its copies)
+        else:
+            slimmed = onnxslim.slim(str(artifact.path))
         path = ctx.path("model.onnx")
         files = save_onnx(slimmed, path, external_above=self.config.external_data_above)
         metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
-        if retried:
-            metrics["without_shape_inference"] = retried
+        if over_limit:
+            metrics["without_shape_inference"] = over_limit
         del slimmed
         problem = self._problem(artifact, path, ctx)
         if problem is not None:
