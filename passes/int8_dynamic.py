@@ -35,7 +35,8 @@ class Int8DynamicConfig(pass_support.GuardedConfig):
     ``max_keep_fraction`` counts the quantizable (MatMul/Gemm) nodes.
     """
 
-    # 7-bit weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> True).
+    # 7-bit int8 weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> 8-bit uint8 weights,
+    # ORT's U8U8 kernel: optpipe.precision.dynamic_quantize.weight_recipe).
     reduce_range: bool | None = None
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
@@ -68,18 +69,17 @@ class Int8DynamicPass(Pass):
         return (*pass_support.guard_code_modules(), dynamic_quantize, dynamic_sensitivity, margin)
 
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
-        """What the output depends on outside the config: the golden inputs and the 7-bit weight choice."""
-        from optpipe.precision.static_quantize import cpu_needs_reduce_range
+        """What the output depends on outside the config: the golden inputs and this CPU's weight recipe."""
+        from optpipe.precision.dynamic_quantize import weight_recipe
 
         facts = pass_support.precision_facts(ctx, pass_support.golden_inputs(ctx), "golden")
-        reduce_range = self.config.reduce_range
-        facts["reduce_range"] = cpu_needs_reduce_range() if reduce_range is None else reduce_range
+        facts["reduce_range"], facts["weight_type"] = weight_recipe(self.config.reduce_range)
         return facts
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from pathlib import Path
 
-        from optpipe.precision.dynamic_quantize import quantizable_nodes, quantize_int8_dynamic
+        from optpipe.precision.dynamic_quantize import quantizable_nodes, quantize_int8_dynamic, weight_recipe
         from optpipe.precision.guard.dynamic_sensitivity import dynamic_output_gains
         from optpipe.precision.guard.gate import gate_runtime_note
         from optpipe.precision.guard.margin import guard_tolerances, margin_note
@@ -118,6 +118,7 @@ class Int8DynamicPass(Pass):
         first = result.results[0] if result.results else None
         warnings: list[str] = list(first.warnings) if first is not None else []
         metrics: dict[str, Any] = {"style": "cpu", "method": "dynamic", "gate_runtime": gate_runtime_note("cpu")}
+        metrics["reduce_range"], metrics["weight_type"] = weight_recipe(config.reduce_range)
         if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int8-dynamic
             pass_support.skip_nothing_quantizable(PRECISION, result, metrics)
 
