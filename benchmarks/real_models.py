@@ -358,11 +358,38 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def serving_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The token model at its real lengths (vs eager and the static-128 artifact) and the sweep's best point."""
+    lines = []
+    for res in results:
+        serving = res.get("serving") or {}
+        real = serving.get("real_lengths")
+        if real:
+            ms = real["ms_per_sentence"]
+            lengths = real["lengths"]
+            acc = real.get("accuracy") or {}
+            lines.append(f"{res['model']} at its sentences' own lengths ({lengths['min']}-{lengths['max']} tokens, "
+                         f"{real['rows']} sentences, batch 1, 1 thread): selected "
+                         f"{(serving.get('selected') or {}).get('dynamic')} {ms['dynamic']} ms/sentence, "
+                         f"{real['speedup_vs_eager_same_lengths']}x eager ({ms['torch']} ms), "
+                         f"{real['speedup_vs_static128_artifact']}x the static-128 artifact ({ms['static128']} ms); "
+                         f"per-row cosine min {acc.get('cosine_min')} mean {acc.get('cosine_mean')}")  # fmt: skip
+        sweep = (serving.get("sweep") or res.get("sweep") or {}).get("sweep") or {}
+        best = sweep.get("best")
+        if best:
+            lines.append(f"{res['model']} sweep: best {sweep.get('variant')} batch {best['batch']}, "
+                         f"{best['threads']} thread(s) within p99 {sweep.get('latency_budget_ms')} ms: "
+                         f"{best.get('throughput'):.1f} rows/s, p50 {best['p50_ms']:.2f} ms")  # fmt: skip
+    return lines
+
+
 def print_tables(results: list[dict[str, Any]]) -> None:
-    """The variants table, the ground-truth table and the ImageNet target's line."""
+    """The variants table, the serving lines, the ground-truth table and the ImageNet target's line."""
     import ground_truth
 
     print(table(results))
+    for line in serving_lines(results):
+        print("\n" + line)
     print("\nGround truth (labels; speed at batch 1, 1 thread, same run):\n")
     print(ground_truth.table(results))
     print("\n" + (ground_truth.imagenet_target(results) or "target: no ImageNet figures for static INT8 in this run"))

@@ -1,8 +1,7 @@
 """MiniLM's variants at the real sentences' own lengths: size, per-row cosine, speed vs PyTorch eager (issue 19).
 
 Reads a finished ``optpipe build`` of ``benchmarks/real_models/minilm.py:model`` whose sequence axis is
-dynamic (``--dynamic 'seq=1:32:128@input_ids.1,attention_mask.1'``) and measures every built variant
-outside optpipe:
+dynamic (the default for token inputs) and measures every built variant outside optpipe:
 
 * size: the variant's portable ONNX and its engine file (MB);
 * accuracy: per-row cosine against FP32 PyTorch over the 40 held-out real sentences, each fed alone at
@@ -13,11 +12,11 @@ outside optpipe:
 Run::
 
     .venv/bin/optpipe build benchmarks/real_models/minilm.py:model --precision auto \\
-        --dynamic batch=1:8:64 --dynamic 'seq=1:32:128@input_ids.1,attention_mask.1' \\
-        --tolerance '*:min_row_cosine=0.99' --out build/minilm
-    .venv/bin/python benchmarks/transformer_fusion.py build/minilm
+        --dynamic batch=1:8:64 --threads 1 --tolerance '*:min_row_cosine=0.99' --out build/minilm
+    .venv/bin/python benchmarks/transformer_fusion.py build/minilm --profile
 
-Prints a Markdown table and writes ``benchmarks/results/transformer_fusion.json``.
+Prints a Markdown table and writes ``benchmarks/results/transformer_fusion.json``; ``--profile`` adds each
+engine's per-op-type time split at those lengths (ONNX Runtime's profiler), to say what limits it.
 """
 
 from __future__ import annotations
@@ -55,7 +54,21 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def measure(build: Path, seconds: float) -> dict[str, Any]:
+def op_split(engine: Path, rows: list[dict[str, np.ndarray]], top: int = 8) -> list[dict[str, Any]]:
+    """Where the engine's time goes at the sentences' own lengths (1 thread): op types, ms per sentence, share.
+
+    ONNX Runtime's profiler (:func:`optpipe.runtime.op_profile.profile_onnx`), every sentence twice; its
+    per-node overhead inflates small ops, so the shares say which op dominates, not the latency.
+    """
+    from optpipe.runtime.op_profile import profile_onnx
+
+    profile = profile_onnx(engine, rows, runs=2 * len(rows), threads=1)
+    return [{"op_type": o.op_type, "nodes_per_run": round(o.nodes / profile.runs, 1),
+             "ms_per_sentence": round(o.total_ms / profile.runs, 3), "percent": round(o.percent, 1)}
+            for o in profile.op_types[:top]]  # fmt: skip
+
+
+def measure(build: Path, seconds: float, profile: bool = False) -> dict[str, Any]:
     """Every built variant of ``build``: sizes, per-row cosine, batch-1 latency vs eager at real lengths."""
     import minilm
     import torch
@@ -97,6 +110,8 @@ def measure(build: Path, seconds: float) -> dict[str, Any]:
             entry["fused_ops"] = ops
         entry["kept_nodes"] = [k["node"] for k in variant.get("passes", {}).get("int8-dynamic", {}).get(
             "kept_nodes", [])]  # fmt: skip
+        if profile:
+            entry["op_split"] = op_split(engine, rows)
     times = budgeted_latency(calls, seconds=seconds, warmup=2, min_calls=5, progress=lambda *_: None)
     torch_ms = float(np.median(times["torch"])) / len(rows)
     result["torch_ms_per_sentence"] = round(torch_ms, 3)
@@ -126,12 +141,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("build", type=Path, help="a finished optpipe build of minilm.py:model (dynamic seq axis)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per runtime")
+    parser.add_argument("--profile", action="store_true", help="add each engine's per-op-type time split")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transformer_fusion.json")
     args = parser.parse_args()
-    result = measure(args.build, args.seconds)
+    result = measure(args.build, args.seconds, args.profile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
+    for name, variant in result["variants"].items():
+        if variant.get("op_split"):
+            print(f"{name}: " + ", ".join(f"{o['op_type']} {o['percent']}%" for o in variant["op_split"]))
 
 
 if __name__ == "__main__":

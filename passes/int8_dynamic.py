@@ -11,7 +11,7 @@ TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -35,12 +35,16 @@ class Int8DynamicConfig(pass_support.GuardedConfig):
     ``max_keep_fraction`` counts the quantizable (MatMul/Gemm) nodes.
     """
 
-    # 7-bit weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> True).
+    # 7-bit int8 weights for ORT's U8S8 kernels; None = decide from this CPU (no VNNI -> 8-bit uint8 weights,
+    # ORT's U8U8 kernel: optpipe.precision.dynamic_quantize.weight_recipe).
     reduce_range: bool | None = None
     # ONNX node names to keep in FP32 from the start.
     exclude_nodes: tuple[str, ...] = ()
     # Weights above this many bytes go to ``<file>.data`` beside the model (build's --external-data-above).
     external_data_above: int = EXTERNAL_DATA_ABOVE
+    # The guard tunes its rows to similarity bars this fraction of the way from the user's bar to 1
+    # (optpipe.precision.guard.margin); the verdict on the test rows keeps the user's bars.
+    guard_margin: float = 0.5
 
 
 class Int8DynamicPass(Pass):
@@ -60,25 +64,25 @@ class Int8DynamicPass(Pass):
     def code_modules(cls) -> tuple[ModuleType, ...]:
         """The quantizer, guard and gate helpers that decide the output (part of the cache key)."""
         from optpipe.precision import dynamic_quantize
-        from optpipe.precision.guard import dynamic_sensitivity
+        from optpipe.precision.guard import dynamic_sensitivity, margin
 
-        return (*pass_support.guard_code_modules(), dynamic_quantize, dynamic_sensitivity)
+        return (*pass_support.guard_code_modules(), dynamic_quantize, dynamic_sensitivity, margin)
 
     def cache_facts(self, ctx: BuildContext) -> dict[str, Any]:
-        """What the output depends on outside the config: the golden inputs and the 7-bit weight choice."""
-        from optpipe.precision.static_quantize import cpu_needs_reduce_range
+        """What the output depends on outside the config: the golden inputs and this CPU's weight recipe."""
+        from optpipe.precision.dynamic_quantize import weight_recipe
 
         facts = pass_support.precision_facts(ctx, pass_support.golden_inputs(ctx), "golden")
-        reduce_range = self.config.reduce_range
-        facts["reduce_range"] = cpu_needs_reduce_range() if reduce_range is None else reduce_range
+        facts["reduce_range"], facts["weight_type"] = weight_recipe(self.config.reduce_range)
         return facts
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from pathlib import Path
 
-        from optpipe.precision.dynamic_quantize import quantizable_nodes, quantize_int8_dynamic
+        from optpipe.precision.dynamic_quantize import quantizable_nodes, quantize_int8_dynamic, weight_recipe
         from optpipe.precision.guard.dynamic_sensitivity import dynamic_output_gains
         from optpipe.precision.guard.gate import gate_runtime_note
+        from optpipe.precision.guard.margin import guard_tolerances, margin_note
 
         assert artifact.path is not None
         config = self.config
@@ -93,12 +97,15 @@ class Int8DynamicPass(Pass):
             return quantize_int8_dynamic(src, dst, exclude_nodes=keep, reduce_range=config.reduce_range,
                                          external_above=config.external_data_above)
 
+        # The guard aims above the user's bars on its own rows (issue 19: rows it never saw sit lower).
+        aimed = replace(config, tolerances=guard_tolerances(PRECISION, ctx.output_names, config.tolerances,
+                                                            config.guard_margin))
         result, gate_log = pass_support.run_guard(
             ctx,
             src,
             dst,
             samples,
-            config,
+            aimed,
             gate_name=PRECISION,
             level="all",
             guard=config.guard and bool(samples),
@@ -111,15 +118,21 @@ class Int8DynamicPass(Pass):
         first = result.results[0] if result.results else None
         warnings: list[str] = list(first.warnings) if first is not None else []
         metrics: dict[str, Any] = {"style": "cpu", "method": "dynamic", "gate_runtime": gate_runtime_note("cpu")}
+        metrics["reduce_range"], metrics["weight_type"] = weight_recipe(config.reduce_range)
         if result.path is None:  # nothing quantizable: say so, never ship FP32 labelled int8-dynamic
             pass_support.skip_nothing_quantizable(PRECISION, result, metrics)
 
         advice = "; raise the limit with --guard-max-keep or use fp32"
+        if config.guard_margin:  # the gate above is the guard's stricter aim, not the verdict's bar
+            advice = (f" (the guard aims {config.guard_margin:g} of the way from each similarity bar to 1; the "
+                      f"verdict on the test rows uses the bars as given){advice}")
         guard_metrics, guard_warnings = pass_support.guard_report(
             ctx, src, result, gate_log, samples, config, precision=PRECISION, advice=advice
         )
         status = "quantized" if result.passed else "gate_failed"
         metrics.update(status=status, **pass_support.quantized_counts(result), **guard_metrics)
+        metrics["guard"]["aimed_at"] = margin_note(PRECISION, ctx.output_names, config.tolerances, config.guard_margin)
+        metrics["guard"]["margin"] = config.guard_margin
         warnings.extend(guard_warnings)
         out = artifact.derive(path=dst, sha256=sha256_files(onnx_files(dst)), precision=variant,
                               producer="int8/dynamic")

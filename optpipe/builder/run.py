@@ -670,7 +670,8 @@ def _run_and_record(onnx_artifact: Artifact, prefix: Pipeline, plan: BuildPlan, 
                   lambda final: ctx.target.runner(final, ctx.threads), require_judged=options.require_judged)
     report.variants.extend(run_plan(plan, run))
     if plan.engine:
-        report.selected = select_variant([v.to_dict() for v in report.variants], options.auto)
+        serving = report.benchmark.serving if report.benchmark is not None else ()  # rank at real lengths
+        report.selected = select_variant([v.to_dict() for v in report.variants], options.auto, serving)
     report.warnings.extend(w for record in report.passes for w in record.warnings)
     if not plan.engine:
         report.status = "split"

@@ -6,18 +6,25 @@ latency) are made elsewhere; this module only decides from them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from optpipe.core.precisions import FUSED_PRECISIONS, base_precision
 from optpipe.core.records import PassStatus, VariantResult, VariantStatus
 
 
-def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[str, Any] | None:
+def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool,
+                   serving: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
     """The fastest variant that passed every gate, with the reason and why each other one lost.
 
     Speed is each variant's speedup over PyTorch eager, measured in its own
-    interleaved run (the p50 when a speedup is missing). Without latencies (``--no-benchmark``, a split
+    interleaved run (the p50 when a speedup is missing). When the benchmark also timed the data's real
+    lengths (``serving``: the p50/p90/max buckets of ``report.benchmark.serving``) and every passing variant
+    was timed in each bucket, speed is the mean of its p50s over those buckets instead: the example is often
+    padded (MiniLM: 128 tokens for sentences of 9-35), and the variant fastest there need not be the one
+    fastest at the lengths a server is fed. Without latencies (``--no-benchmark``, a split
     build) the lowest passing precision wins, since that is the one the user
     asked for when they asked for several.
     """
@@ -39,16 +46,7 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
                 "mode": "auto" if auto else "explicit"}  # fmt: skip
     timed = [v for v in passing if (v.get("latency") or {}).get("p50_ms")]
     if timed:
-        # Every engine was timed in the build's one interleaved run (optpipe.builder.plan.benchmark_variants),
-        # so their medians compare with each other directly; the speedups share one baseline.
-        by_ratio = all(v.get("speedup_vs_torch") for v in timed)
-
-        def cost(v: Mapping[str, Any]) -> float:
-            return float(v["latency"]["p50_ms"])
-
-        def describe(v: Mapping[str, Any]) -> str:
-            text = f"p50 {v['latency']['p50_ms']:.3f} ms"
-            return f"{text}, {v['speedup_vs_torch']:.2f}x PyTorch" if by_ratio else text
+        cost, describe = _speed(timed, serving)
 
         best = min(timed, key=cost)
         others = sorted((v for v in timed if v is not best), key=cost)
@@ -76,6 +74,40 @@ def select_variant(variants: Sequence[Mapping[str, Any]], auto: bool) -> dict[st
         "rejected": rejected,
         "mode": "auto" if auto else "explicit",
     }
+
+
+def _speed(timed: Sequence[Mapping[str, Any]], serving: Sequence[Mapping[str, Any]],
+           ) -> tuple[Callable[[Mapping[str, Any]], float], Callable[[Mapping[str, Any]], str]]:
+    """``(cost, describe)`` of the timed variants: at the data's real lengths when every one was timed there.
+
+    Every engine was timed in the build's one interleaved run (optpipe.builder.plan.benchmark_variants),
+    and in each serving bucket in one interleaved run of its own, so their medians compare directly.
+    """
+    buckets = [b for b in serving if b.get("latency")]
+    at_lengths = {v["precision"]: [float((b["latency"].get(v["precision"]) or {}).get("p50_ms") or 0.0)
+                                   for b in buckets] for v in timed}  # fmt: skip
+    if buckets and all(all(ms > 0 for ms in p50s) for p50s in at_lengths.values()):
+        eager = [float((b["latency"].get("torch") or {}).get("p50_ms") or 0.0) for b in buckets]
+        lengths = "/".join(str(b.get("length")) for b in buckets)
+
+        def serving_cost(v: Mapping[str, Any]) -> float:
+            return float(np.mean(at_lengths[v["precision"]]))
+
+        def serving_text(v: Mapping[str, Any]) -> str:
+            text = f"mean p50 {serving_cost(v):.3f} ms at real lengths {lengths}"
+            return f"{text}, {float(np.mean(eager)) / serving_cost(v):.2f}x PyTorch" if all(eager) else text
+
+        return serving_cost, serving_text
+    by_ratio = all(v.get("speedup_vs_torch") for v in timed)
+
+    def cost(v: Mapping[str, Any]) -> float:
+        return float(v["latency"]["p50_ms"])
+
+    def describe(v: Mapping[str, Any]) -> str:
+        text = f"p50 {v['latency']['p50_ms']:.3f} ms"
+        return f"{text}, {v['speedup_vs_torch']:.2f}x PyTorch" if by_ratio else text
+
+    return cost, describe
 
 
 def auto_precisions(target: str, fuse: bool = True) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Dynamic INT8 quantization for the CPU target (ONNX Runtime ``quantize_dynamic``).
 
-Weights are quantized offline (int8, per-channel, symmetric); activations are
+Weights are quantized offline (per-channel: int8 symmetric, or uint8 on x86 without VNNI, see
+:func:`weight_recipe`); activations are
 quantized at run time per tensor by ``DynamicQuantizeLinear`` from their actual
 range, so there is no calibration data and no range that can be wrong for
 inputs the calibration set did not cover. That is why it keeps transformers
@@ -46,6 +47,26 @@ INTEGER_OPS: tuple[str, ...] = ("MatMulInteger", "DynamicQuantizeMatMul", "QAtte
 METHOD = "dynamic"
 
 
+def weight_recipe(reduce_range: bool | None) -> tuple[bool, str]:
+    """``(reduce_range, weight type)`` for ``quantize_dynamic``: ``"int8"`` or ``"uint8"`` weights.
+
+    ``None`` decides from this CPU. With VNNI: 8-bit int8 weights (U8S8, no saturation). Without it (AVX2
+    only), ORT's U8S8 kernel sums pairs of u8 x s8 products in int16 and saturates, so the choice was 7-bit
+    int8 weights (``reduce_range``); measured on all-MiniLM-L6-v2 at its sentences' own lengths (issue 19,
+    40 held-out sentences, no node kept in FP32) 7-bit int8 weights reach a worst-row cosine of 0.9865 and
+    8-bit uint8 weights (ORT's U8U8 kernel, which widens to 16 bits first and cannot saturate) 0.9908, for
+    about 6% more time per sentence. The guard then keeps fewer FP32 MatMuls, which cost more than that.
+    An explicit ``reduce_range`` (pinned by tests, or ``OPTPIPE_INT8_REDUCE_RANGE``) keeps int8 weights.
+    """
+    import os
+
+    from optpipe.precision.static_quantize import REDUCE_RANGE_ENV
+
+    if reduce_range is not None or os.environ.get(REDUCE_RANGE_ENV, "").strip() in ("0", "1"):
+        return (cpu_needs_reduce_range() if reduce_range is None else reduce_range), "int8"
+    return (False, "uint8") if cpu_needs_reduce_range() else (False, "int8")
+
+
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes ``quantize_dynamic`` would quantize: MatMul/Gemm with a constant weight, Attention, embedding Gathers."""
     consts = {i.name for i in model.graph.initializer}
@@ -85,8 +106,8 @@ def quantize_int8_dynamic(
 ) -> Int8Result:
     """Quantize ``src`` dynamically to ``dst``; ``exclude_nodes`` (names in ``src``) stay FP32.
 
-    ``reduce_range`` (7-bit weights): ``None`` picks it from this CPU, as the
-    static path does (x86 without VNNI saturates U8S8 products). Returns an
+    ``reduce_range`` (7-bit int8 weights): ``None`` picks the weights from this CPU (:func:`weight_recipe`:
+    8-bit uint8 weights on x86 without VNNI, whose U8S8 products saturate; int8 elsewhere). Returns an
     :class:`~optpipe.precision.static_quantize.Int8Result` with ``method="dynamic"`` and
     no ranges; ``status="nothing_quantizable"`` (nothing written) when no
     MatMul/Gemm with a constant weight is left to quantize. ``external_above``: the quantizer's files
@@ -103,8 +124,7 @@ def quantize_int8_dynamic(
                                 "the model has no MatMul/Gemm with a constant weight")  # fmt: skip
         if nothing is not None:
             return nothing
-        if reduce_range is None:
-            reduce_range = cpu_needs_reduce_range()
+        reduce_range, weights = weight_recipe(reduce_range)
         gemms = {n.name for n in pre.graph.node if n.op_type == "Gemm"}
         # ORT renames a Gemm to "<name>_MatMul" when it rewrites it, before nodes_to_exclude applies.
         ort_excluded = [*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)]
@@ -116,7 +136,7 @@ def quantize_int8_dynamic(
             op_types_to_quantize=list(OP_TYPES),
             per_channel=True,
             reduce_range=reduce_range,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
             nodes_to_exclude=ort_excluded,
             # DefaultTensorType: shape inference cannot type the outputs of ORT's fused contrib ops
             # (SkipLayerNormalization, BiasGelu...), so a fused graph needs the default.

@@ -229,3 +229,13 @@ def test_guard_says_in_one_line_why_it_cannot_reach_the_asked_tolerance(tmp_path
     assert "\n" not in line
     assert "y" in line and "0.99" in line  # the gate it could not reach, with the asked value
     assert "stopped: keep limit reached (12 nodes)" in line and "--guard-max-keep" in line
+
+
+@pytest.mark.slow
+def test_guard_aims_above_the_asked_bar_and_the_verdict_keeps_it(tmp_path: Path) -> None:
+    """Issue 19: the guard tunes its rows to a stricter cosine (margin 0.5 of 1 - bar); the test rows keep 0.99."""
+    report = _build(tmp_path, OutlierMlp(), guard_max_keep=0.5, tolerances={"*": {"min_cosine": 0.99}})
+    variant = _variant(report)
+    guard = variant["passes"]["int8-dynamic"]["guard"]
+    assert guard["margin"] == 0.5 and guard["aimed_at"]["y"]["min_cosine"] == 0.995
+    assert variant["parity"]["outputs"]["y"]["tolerance"]["min_cosine"] == 0.99
