@@ -194,11 +194,14 @@ def run_optimizer(src: Any, model_type: str, num_heads: int, hidden_size: int, *
     return optimizer.model
 
 
-def _rewrite_masks(model: Any) -> dict[str, Any]:
-    """Rewrite ``model``'s index-built attention masks in place (:mod:`optpipe.onnx.attention_mask`); its record."""
+def _rewrite_masks(model: Any, base_dir: Path) -> dict[str, Any]:
+    """Rewrite ``model``'s index-built attention masks in place (:mod:`optpipe.onnx.attention_mask`); its record.
+
+    ``base_dir``: where the graph's external data lies (it was read without it).
+    """
     from optpipe.onnx.attention_mask import rewrite_attention_masks
 
-    done = rewrite_attention_masks(model)
+    done = rewrite_attention_masks(model, base_dir)
     return {"rewritten": len(done.rewritten), "mask_input": done.mask_input, "skipped": list(done.skipped)}
 
 
@@ -297,7 +300,7 @@ class FuseTransformerPass(Pass):
                 return self._unchanged(artifact, metrics,
                                        "no attention (Softmax over a MatMul of two activations) found")
             nodes_before = len(graph.graph.node)
-            metrics["mask_rewrite"] = _rewrite_masks(graph)
+            metrics["mask_rewrite"] = _rewrite_masks(graph, Path(tmp))
             heads, hidden = self.config.num_heads, self.config.hidden_size
             if not heads or not hidden:
                 heads, hidden = attention_geometry(graph)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -122,20 +123,49 @@ def _mask_patterns(rng: np.random.Generator) -> Iterator[np.ndarray]:
     yield np.zeros((2, 5), np.int64)
 
 
+def _inline(inits: list[onnx.TensorProto], base_dir: Path | None) -> list[onnx.TensorProto] | None:
+    """``inits`` with the data of external ones read from ``base_dir`` (copies); None when that folder is unknown.
+
+    Why: the fusion pass reads the graph with its weights left in their file, and a mask constant over
+    1 KB (a static 128-token export's index table) is external there. The condition's own small model is
+    run from bytes, where ONNX Runtime would look for that file beside the working directory and fail.
+    """
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    inline: list[onnx.TensorProto] = []
+    for init in inits:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            if base_dir is None:
+                return None
+            copy = onnx.TensorProto()
+            copy.CopyFrom(init)
+            load_external_data_for_tensor(copy, str(base_dir))
+            copy.data_location = onnx.TensorProto.DEFAULT
+            del copy.external_data[:]
+            init = copy
+        inline.append(init)
+    return inline
+
+
 def _condition_matches(model: onnx.ModelProto, cond: str, mask: onnx.ValueInfoProto,
-                       nodes: list[onnx.NodeProto]) -> str:  # fmt: skip
+                       nodes: list[onnx.NodeProto], base_dir: Path | None) -> str:  # fmt: skip
     """"" when the subgraph computing ``cond`` equals ``mask[:, None, None, :] != 0`` on every test mask."""
     import onnxruntime as ort
 
     used = {i for n in nodes for i in n.input}
     inputs = [i for i in model.graph.input if i.name in used]
-    inits = [i for i in model.graph.initializer if i.name in used]
+    inits = _inline([i for i in model.graph.initializer if i.name in used], base_dir)
+    if inits is None:
+        return "its constants are external data and their folder is unknown"
     out = helper.make_tensor_value_info(cond, onnx.TensorProto.BOOL, None)
     sub = helper.make_model(helper.make_graph(nodes, "mask_condition", inputs, [out], inits),
                             opset_imports=model.opset_import, ir_version=model.ir_version)  # fmt: skip
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own errors have no common base class
+        return f"the condition does not load on its own: {type(error).__name__}"
     dtype = onnx.helper.tensor_dtype_to_np_dtype(mask.type.tensor_type.elem_type)
     for rows in _mask_patterns(np.random.default_rng(0)):
         feeds = {}
@@ -154,7 +184,8 @@ def _condition_matches(model: onnx.ModelProto, cond: str, mask: onnx.ValueInfoPr
     return ""
 
 
-def _check(model: onnx.ModelProto, candidate: _Candidate) -> tuple[onnx.ValueInfoProto | None, str]:
+def _check(model: onnx.ModelProto, candidate: _Candidate,
+           base_dir: Path | None) -> tuple[onnx.ValueInfoProto | None, str]:  # fmt: skip
     """The mask input ``candidate``'s condition is proven to read, or None and why not."""
     cond = candidate.where.input[0]
     depends, nodes = _value_inputs(model, cond)
@@ -164,7 +195,7 @@ def _check(model: onnx.ModelProto, candidate: _Candidate) -> tuple[onnx.ValueInf
     shape = mask.type.tensor_type.shape
     if len(shape.dim) != 2 or mask.type.tensor_type.elem_type not in _MASK_TYPES:
         return None, f"input '{mask.name}' is not a rank-2 mask"
-    why = _condition_matches(model, cond, mask, nodes)
+    why = _condition_matches(model, cond, mask, nodes, base_dir)
     return (None, why) if why else (mask, "")
 
 
@@ -222,13 +253,16 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
         model.graph.initializer.remove(init)
 
 
-def rewrite_attention_masks(model: onnx.ModelProto) -> MaskRewrite:
-    """Rewrite, in place, every proven index-built attention mask of ``model`` (see module docs)."""
+def rewrite_attention_masks(model: onnx.ModelProto, base_dir: Path | None = None) -> MaskRewrite:
+    """Rewrite, in place, every proven index-built attention mask of ``model`` (see module docs).
+
+    ``base_dir``: the folder of ``model``'s external data, when it was loaded without it.
+    """
     rewritten: list[str] = []
     skipped: list[str] = []
     mask_input: str | None = None
     for candidate in list(_candidates(model)):
-        mask, why = _check(model, candidate)
+        mask, why = _check(model, candidate, base_dir)
         name = candidate.where.name or candidate.where.output[0]
         if mask is None:
             skipped.append(f"{name}: {why}")

@@ -113,6 +113,52 @@ def test_a_causal_mask_is_not_mistaken_for_a_padding_mask() -> None:
     assert model == original
 
 
+def _graph_without_its_data(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
+    """``model`` with the condition's index constants in ``folder``'s data file, read back without it.
+
+    As the fusion pass reads a static 128-token export: the index tables (here tiny, there over 1 KB) are
+    external, the Where's fill scalars stay inline.
+    """
+    from onnx.external_data_helper import set_external_data, write_external_data_tensors
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for init in copy.graph.initializer:
+        if init.data_type == TensorProto.INT64:
+            set_external_data(init, "scores.onnx.data")
+    path = folder / "scores.onnx"
+    onnx.save_model(write_external_data_tensors(copy, str(folder)), str(path))
+    loaded = onnx.load(str(path), load_external_data=False)
+    assert any(i.data_location == TensorProto.EXTERNAL for i in loaded.graph.initializer)
+    return loaded
+
+
+def test_mask_constants_in_external_data_are_read_from_their_folder(tmp_path: Path, monkeypatch) -> None:
+    """A static-length export keeps mask constants over 1 KB in the data file; the check must read them there.
+
+    Before: the condition's small model was run from bytes, ONNX Runtime looked for the data file beside
+    the working directory, and the fusion pass failed ("External data path ... escapes working directory").
+    """
+    original = _scores_model("padding")
+    model = _graph_without_its_data(original, tmp_path)
+    monkeypatch.chdir(tmp_path.parent)  # not the data's folder
+    done = rewrite_attention_masks(model, tmp_path)
+    assert done.rewritten == ("mask_where",), done.skipped
+    onnx.load_external_data_for_model(model, str(tmp_path))
+    for mask in padded_masks():
+        np.testing.assert_array_equal(_run(model, mask), _run(original, mask))
+
+
+def test_external_mask_constants_without_their_folder_leave_the_mask_alone(tmp_path: Path) -> None:
+    """The twin: with the folder unknown nothing is rewritten, and the reason is recorded (no exception)."""
+    model = _graph_without_its_data(_scores_model("padding"), tmp_path)
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    done = rewrite_attention_masks(model)
+    assert done.rewritten == () and "external data" in done.skipped[0]
+    assert model == before
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 def test_a_transformers_bert_mask_is_found_and_rewritten_exactly(tmp_path: Path) -> None:
