@@ -112,15 +112,27 @@ def _value_inputs(model: onnx.ModelProto, tensor: str) -> tuple[set[str], list[o
     return found, sorted(nodes.values(), key=lambda n: order[id(n)])
 
 
-def _mask_patterns(rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """0/1 masks of several lengths: right and left padding, holes, a row of padding only, no padding."""
-    for length in (1, 2, 7, 13):
-        rows = np.ones((4, length), np.int64)
-        rows[1, max(1, length // 2):] = 0  # right padding
-        rows[2, : length // 2] = 0  # left padding
-        rows[3] = rng.integers(0, 2, length)  # holes
-        yield rows
-    yield np.zeros((2, 5), np.int64)
+def _static_dims(mask: onnx.ValueInfoProto) -> tuple[int | None, int | None]:
+    """The mask's (batch, length) where the graph fixes them (a ``--static-seq`` export), else None."""
+    shape = mask.type.tensor_type.shape.dim
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape]
+    return dims[0], dims[1]
+
+
+def _mask_patterns(rng: np.random.Generator, batch: int | None = None,
+                   length: int | None = None) -> Iterator[np.ndarray]:  # fmt: skip
+    """0/1 masks: right and left padding, holes, a row of padding only, no padding.
+
+    Several lengths where the graph lets the length vary; the graph's own batch and length where it fixes
+    them (a static 128-token graph rejects any other shape, so the proof runs at the one shape it serves).
+    """
+    for size in (length,) if length else (1, 2, 7, 13):
+        rows = np.ones((4, size), np.int64)
+        rows[1, max(1, size // 2) :] = 0  # right padding
+        rows[2, : size // 2] = 0  # left padding
+        rows[3] = rng.integers(0, 2, size)  # holes
+        yield rows[np.arange(batch) % 4] if batch else rows
+    yield np.zeros((batch or 2, length or 5), np.int64)
 
 
 def _inline(inits: list[onnx.TensorProto], base_dir: Path | None) -> list[onnx.TensorProto] | None:
@@ -167,7 +179,7 @@ def _condition_matches(model: onnx.ModelProto, cond: str, mask: onnx.ValueInfoPr
     except Exception as error:  # onnxruntime's own errors have no common base class
         return f"the condition does not load on its own: {type(error).__name__}"
     dtype = onnx.helper.tensor_dtype_to_np_dtype(mask.type.tensor_type.elem_type)
-    for rows in _mask_patterns(np.random.default_rng(0)):
+    for rows in _mask_patterns(np.random.default_rng(0), *_static_dims(mask)):
         feeds = {}
         for graph_input in inputs:  # the others are read through Shape only: any values of the mask's shape
             elem = onnx.helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)

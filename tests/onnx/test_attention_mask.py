@@ -113,6 +113,25 @@ def test_a_causal_mask_is_not_mistaken_for_a_padding_mask() -> None:
     assert model == original
 
 
+def test_a_static_length_mask_is_proven_at_its_own_length() -> None:
+    """A ``--static-seq`` graph takes only its own length: the proof runs there (before: every mask was refused
+    with "does not run on its own", so a static 128-token export never fused its attention)."""
+    original = _scores_model("padding")
+    for value in (*original.graph.input, *original.graph.output):
+        value.type.tensor_type.shape.dim[-1].dim_value = 6
+    original.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 6
+    original.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 6
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    done = rewrite_attention_masks(model)
+    assert done.rewritten == ("mask_where",), done.skipped
+    for length in (3, 6):  # the padded rows at the graph's one length
+        mask = np.ones((3, 6), np.int64)
+        mask[1, length:] = 0
+        mask[2, :2] = 0
+        np.testing.assert_array_equal(_run(model, mask), _run(original, mask))
+
+
 def _graph_without_its_data(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
     """``model`` with the condition's index constants in ``folder``'s data file, read back without it.
 
