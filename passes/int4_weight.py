@@ -11,6 +11,7 @@ TensorRT cannot run ``com.microsoft`` ops, so the ``tensorrt`` target refuses it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -133,11 +134,18 @@ class Int4WeightPass(Pass):
         warnings = pass_support.guarded_outcome(
             ctx, src, guarded, samples, config, metrics, precision=PRECISION,
             advice="; raise the limit with --guard-max-keep, try block_size 16 or kept_as int8, or use int8-dynamic",
-            kept_as=config.kept_as.upper(),
+            kept_as=self._kept_as(),
         )  # fmt: skip
         out = artifact.derive(path=dst, sha256=sha256_files(onnx_files(dst)), precision=PRECISION,
                               producer="int4/weight-only")  # fmt: skip
         return PassResult(out, modified=True, metrics=metrics, warnings=warnings)
+
+    def _kept_as(self) -> Callable[[Mapping[str, Any]], str]:
+        """What a node the guard kept became: with ``kept_as`` int8 a MatMul is 8-bit, anything else (an embedding
+        Gather, a node the user excluded) stays FP32, and the warning must say which is which."""
+        user = set(self.config.exclude_nodes)
+        eight = self.config.kept_as == "int8"
+        return lambda row: "INT8" if eight and row["op_type"] == "MatMul" and row["node"] not in user else "FP32"
 
 
 def tensorrt_refusal(target: object) -> str:

@@ -187,14 +187,15 @@ def guard_report(
     *,
     precision: str,
     advice: str = "",
-    kept_as: str = "FP32",
+    kept_as: str | Callable[[Mapping[str, Any]], str] = "FP32",
 ) -> tuple[dict[str, Any], list[str]]:
     """The guard's report: metrics ``guard``, ``kept_nodes``, ``iterations``, ``layer_errors``, and warnings.
 
     The per-layer table is the guard's first one, or computed on the final
     model (when the gate passed at once; none without samples). The warnings
-    name the nodes kept in ``kept_as`` (FP32, or INT8 for int4-weight's ``kept_as``) and, when the gate still
-    fails, the limit, followed by ``advice``.
+    name the nodes kept, grouped by what each became (``kept_as``: a name, or a rule from a kept row to one,
+    e.g. int4-weight's ``kept_as`` int8 turns kept MatMuls into INT8 while a kept Gather stays FP32) and,
+    when the gate still fails, the limit, followed by ``advice``.
     """
     from optpipe.precision.guard.gate import export_module_paths, guard_record, kept_rows, layer_rows
     from optpipe.precision.guard.localize import per_layer_errors
@@ -213,8 +214,12 @@ def guard_report(
     }
     warnings: list[str] = []
     if result.kept_nodes:
-        names = ", ".join(f"{k['node']} ({k['module'] or k['op_type']})" for k in kept)
-        warnings.append(f"{precision}: the accuracy guard kept {len(kept)} node(s) in {kept_as}: {names}")
+        rule = kept_as if callable(kept_as) else (lambda _row: kept_as)
+        groups: dict[str, list[str]] = {}
+        for k in kept:
+            groups.setdefault(rule(k), []).append(f"{k['node']} ({k['module'] or k['op_type']})")
+        parts = [f"{len(names)} node(s) in {name}: {', '.join(names)}" for name, names in groups.items()]
+        warnings.append(f"{precision}: the accuracy guard kept {'; '.join(parts)}")
     if not result.passed:
         warnings.append(unreached_line(precision, result, gate_log, advice))
     return metrics, warnings
@@ -222,7 +227,7 @@ def guard_report(
 
 def guarded_outcome(
     ctx: BuildContext, src: Path, guarded: tuple[GuardResult, Sequence[Mapping[str, Any]]],
-    samples: Sequence[Mapping[str, np.ndarray]], config: GuardedConfig, metrics: dict[str, Any], **report: str,
+    samples: Sequence[Mapping[str, np.ndarray]], config: GuardedConfig, metrics: dict[str, Any], **report: Any,
 ) -> list[str]:
     """The tail every guarded pass's ``run`` shares, after :func:`run_guard` (``guarded``, its result and gate log).
 

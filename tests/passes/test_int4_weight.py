@@ -48,6 +48,19 @@ def test_wired_everywhere() -> None:
     assert config.max_keep_fraction == 0.3 and config.block_size == 32 and config.accuracy_level == 4
 
 
+def test_the_warning_says_what_each_kept_node_became() -> None:
+    """With kept_as int8 only a MatMul becomes 8-bit: a kept embedding Gather or a node the user excluded stays
+    FP32, and the guard's warning must not call those INT8 (it said "kept N node(s) in INT8" for all)."""
+    from optpipe.passes.int4_weight import Int4WeightConfig, Int4WeightPass
+
+    config = Int4WeightConfig(kept_as="int8", exclude_nodes=("mine",))
+    rule = Int4WeightPass(config)._kept_as()
+    assert rule({"node": "ffn", "op_type": "MatMul"}) == "INT8"
+    assert rule({"node": "words", "op_type": "Gather"}) == "FP32"
+    assert rule({"node": "mine", "op_type": "MatMul"}) == "FP32"
+    assert Int4WeightPass(Int4WeightConfig())._kept_as()({"node": "ffn", "op_type": "MatMul"}) == "FP32"
+
+
 def test_tensorrt_target_is_refused_in_one_line_that_says_what_tensorrt_would_need(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="TensorRT 11 would need weight-only INT4 as standard ONNX") as error:
         int4_weight_pass(parse_build_options(), get_target("tensorrt"))
