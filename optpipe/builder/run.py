@@ -13,7 +13,6 @@ stage and the report says how to finish (a split build, exit 3).
 from __future__ import annotations
 
 import contextlib
-import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,7 +45,7 @@ from optpipe.cache.reference import cached_reference
 from optpipe.compare.golden import RealRows, make_golden, output_kinds_of, real_row_sets, row_split_record
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.console import info
-from optpipe.core.errors import EnvironmentUnavailable, UserInputError
+from optpipe.core.errors import EnvironmentUnavailable, PassError, UserInputError, disk_full_reason
 from optpipe.core.memory import RssSampler, max_rss_bytes
 from optpipe.core.records import BuildRecord
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
@@ -380,9 +379,11 @@ def _memory_plan(model: Any, options: BuildOptions, precisions: Sequence[str]) -
 
 
 def _raise_if_disk_full(error: BaseException, out: Path) -> None:
-    """A full disk (or quota) while writing the staging directory: one line, exit 3, not a traceback."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise EnvironmentUnavailable(f"cannot write the build next to {out}: {error.strerror} (nothing was "
+    """A full disk (or quota) during the build, in a pass or outside one: one line, exit 3, not a traceback."""
+    reason = disk_full_reason(error)
+    if reason is not None:
+        where = f" in pass '{error.pass_name}'" if isinstance(error, PassError) else ""
+        raise EnvironmentUnavailable(f"cannot write the build next to {out}{where}: {reason} (nothing was "
                                      "published; free some space and build again)") from None
 
 
@@ -588,8 +589,6 @@ def _run_prefix(prefix: Pipeline, ctx: BuildContext, report: Report, instruments
     The prefix checks its graphs without the rows held out of the calibration data (``ctx.golden`` has
     them again afterwards): other calibration data must not make export and simplify cache misses.
     """
-    from optpipe.core.errors import PassError
-
     source = Artifact(ArtifactKind.TORCH, None, "", ctx.input_specs,
                       tuple(TensorSpec(n, (), "") for n in ctx.output_names))
     golden = ctx.golden

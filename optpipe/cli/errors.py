@@ -28,7 +28,7 @@ Exit codes:
   {EXIT_GATE_FAILED}  a parity/accuracy gate failed (artifacts kept, report.json says which)
   {EXIT_UNJUDGED}  unjudged: no gate failed but one could not judge (too few rows); see --allow-unjudged
   {EXIT_USAGE}  usage or input error (bad model spec, shapes, weights, files)
-  {EXIT_ENVIRONMENT}  environment error (the target needs hardware or a package that is missing)
+  {EXIT_ENVIRONMENT}  environment error (missing hardware or package, or the disk filled up)
 """
 
 

@@ -9,13 +9,14 @@ Exit codes (documented in ``optpipe --help`` and the README):
 * 0 - build finished and every gate passed
 * 1 - a parity / accuracy gate failed (artifacts are kept, the report says which)
 * 2 - usage or input error (bad model spec, bad shapes, corrupt files, ...)
-* 3 - environment error (the target needs hardware or a package that is missing)
+* 3 - environment error (the target needs hardware or a package that is missing, or the disk filled up)
 * 4 - unjudged: no gate failed, but a gate could not judge (too few decided rows, a reference without
   spread), so nothing says the artifact is right; ``--allow-unjudged`` accepts it (then 0)
 """
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Any
 
@@ -97,6 +98,34 @@ def _root(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     return error
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded")
+
+
+def disk_full_reason(error: BaseException) -> str | None:
+    """Why ``error`` is a full disk or quota, or None: the error, a pass's cause and their chains are read.
+
+    Why: a build that runs out of disk is an environment error (exit 3), not bad input (exit 2). The
+    ``OSError`` rarely reaches the build as itself: a pass wraps it in :class:`PassError`, and ONNX Runtime,
+    protobuf or torch re-raise it as a ``RuntimeError`` whose text carries the C library's message.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return current.strerror or "no space left on the device"
+        text = str(current).lower()
+        for known in _FULL_TEXTS:
+            if known in text:
+                return known.capitalize()
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
 
 
 def full_message(error: BaseException, *, root_cause: bool = False, limit: int = 4000) -> str:

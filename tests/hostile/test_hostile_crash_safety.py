@@ -121,3 +121,52 @@ def test_two_builds_racing_for_one_out_exactly_one_wins(tmp_path: Path) -> None:
     assert '"second"' in (out / "report.json").read_text()  # B's build, untouched by A
     assert _verify(out) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((STAGING_PREFIX, LOCK_PREFIX))]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full (every write: ENOSPC)")
+@pytest.mark.parametrize("raised", ["oserror", "runtime-text"])
+def test_a_full_disk_in_a_pass_exits_3_names_the_pass_and_keeps_the_old_build(
+    tmp_path: Path, old_build: Path, monkeypatch: pytest.MonkeyPatch, raised: str
+) -> None:
+    """The pass's write fails with the kernel's real ENOSPC (``/dev/full``), as itself or re-raised as text by a
+    library (ONNX Runtime and protobuf do that); the build said exit 2 (bad input) before."""
+    import shutil
+
+    from optpipe.passes.simplify import SimplifyOnnx
+
+    def full_disk(self: SimplifyOnnx, *args: object) -> None:
+        try:
+            with open("/dev/full", "wb") as sink:
+                sink.write(b"x" * 8192)
+                sink.flush()
+        except OSError as error:
+            if raised == "oserror":
+                raise
+            raise RuntimeError(f"SaveModel failed: {error.strerror}") from None
+
+    monkeypatch.setattr(SimplifyOnnx, "run", full_disk)
+    out = tmp_path / "out"
+    shutil.copytree(old_build, out)
+    old_manifest = (out / "manifest.json").read_bytes()
+    result = CliRunner().invoke(main, [*BUILD, "--out", str(out), "--overwrite", "--no-cache"])
+    assert result.exit_code == 3, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("optpipe: error:")]
+    assert len(errors) == 1 and "in pass 'simplify'" in errors[0], result.output
+    assert "no space left on device" in errors[0].lower() and "Traceback" not in result.output
+    assert (out / "manifest.json").read_bytes() == old_manifest
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_an_ordinary_pass_failure_is_not_called_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twin: a pass that fails for another reason keeps its own exit code and message (no 'free some space')."""
+    from optpipe.passes.simplify import SimplifyOnnx
+
+    def broken(self: SimplifyOnnx, *args: object) -> None:
+        raise ValueError("the graph has a cycle")
+
+    monkeypatch.setattr(SimplifyOnnx, "run", broken)
+    result = CliRunner().invoke(main, [*BUILD, "--out", str(tmp_path / "out"), "--no-cache"])
+    assert result.exit_code == 2, result.output
+    assert "the graph has a cycle" in result.output and "free some space" not in result.output
