@@ -464,6 +464,12 @@ class _Search:
         """Past the deadline, or ``needed`` seconds from now would be (a rebuild not started is one not paid for)."""
         return self.deadline is not None and time.monotonic() + needed >= self.deadline
 
+    def _time_spent(self) -> str:
+        """Why the search stopped on its budget: spent, or too little of it left for a rebuild."""
+        if self._out_of_time():
+            return TIME_SPENT
+        return f"{TIME_SPENT} (no time left for a rebuild of about {self.build_s:.0f} s)"
+
     def _rebuild(self, kept: Sequence[str]) -> Path | None:
         """Build with ``kept`` in FP32, timed: the next rebuild's estimate."""
         started = time.monotonic()
@@ -486,8 +492,9 @@ class _Search:
                 return path
             rows = onnx_graph.single_rows(self.fp32, self.samples, self.localize_samples)
             table = per_layer_errors(self.src, path, self.samples, max_samples=self.localize_samples)
-            if self._out_of_time():  # checked inside the round too: the analysis alone can outlast the budget
-                self.first_table, self.stopped = self.first_table or table, TIME_SPENT
+            if self._out_of_time(self.build_s):  # inside the round too: the analysis alone can outlast the budget,
+                # and the ranking after it is only worth its seconds when a rebuild still fits in the budget
+                self.first_table, self.stopped = self.first_table or table, self._time_spent()
                 return path
             if self.output_gains is None:  # Q/DQ emulation; output_gains replaces it where there is no Q/DQ
                 table = by_output_sensitivity(table, onnx_graph.load_model(self.src), path, rows,
@@ -497,8 +504,7 @@ class _Search:
                 # No rebuild the budget cannot pay for: one that would end past the deadline (the last build's
                 # seconds) is not started. ViT-B/16's static INT8: the rebuild and its gate ran 60 s past the
                 # 60 s budget, to a verdict that was still "not passed"; stopping earlier can only fail, never pass.
-                self.stopped = TIME_SPENT if self._out_of_time() else f"{TIME_SPENT} (no time left for a rebuild of " \
-                    f"about {self.build_s:.0f} s)"
+                self.stopped = self._time_spent()
                 return path
             groups = self._next_groups(table, step, self._by_gain(path, rows))
             if not groups:
