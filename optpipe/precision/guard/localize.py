@@ -401,7 +401,9 @@ def guarded_quantize(
     build = _lowering(src, dst, samples, precision, opts, quantize, [*user_kept], results)
     started = time.monotonic()
     path, quantizable = build(())
-    first_build_s = time.monotonic() - started
+    # A rebuild reuses the first build's INT8 ranges: its estimate is the first build without the calibration.
+    calibrating = float(getattr(results[0], "calibration_seconds", 0.0)) if results else 0.0
+    first_build_s = time.monotonic() - started - calibrating
     if path is None:
         return GuardResult(None, False, [], 1, [], [((), False)], 0, "nothing_quantizable", results)
     floor = max(1, min(min_keep, quantizable))
@@ -409,7 +411,7 @@ def guarded_quantize(
     search = _Search(src, samples, gate, build, fp32, user_kept, limit, localize_samples,
                      None if guard_seconds is None else time.monotonic() + guard_seconds, on_round,
                      None if eligible is None else frozenset(eligible(fp32)), output_gains)
-    search.build_s = first_build_s  # the first rebuild is estimated from it (it also calibrated: an upper bound)
+    search.build_s = first_build_s  # what the first rebuild is expected to take
     path = search.run(path, max(1, first_step))
     if path is None:  # everything quantizable is now kept: the FP32 model is the answer
         return GuardResult(None, False, search.kept, search.iterations, search.first_table, search.history, limit,
