@@ -115,6 +115,8 @@ class VariantPlan:
     pipeline: Pipeline
     required: bool = True  # False for a candidate of --precision auto
     fallback: bool = False  # fp32 built only because every requested variant was skipped
+    # --precision auto: built only when this (fused) twin did not pass its gates (selection.unfused_twins)
+    unless_passed: str | None = None
 
 
 @dataclass
@@ -135,9 +137,13 @@ def plan_variants(precisions: Sequence[str], target: Target, options: BuildOptio
     """The variant pipelines of ``optpipe build``: one per precision, plus the fp32 fallback when fp32 is not asked.
 
     Under ``--precision auto`` a candidate this build cannot make (int8 without calibration data) is
-    recorded as unavailable; an explicitly requested one is the user's error.
+    recorded as unavailable; an explicitly requested one is the user's error; an unfused candidate with a fused
+    twin is built only when that twin does not pass (:func:`~optpipe.builder.selection.unfused_twins`).
     """
+    from optpipe.builder.selection import unfused_twins
+
     plan = BuildPlan([], engine, benchmark=benchmark_step(options) if engine else None)
+    twins = unfused_twins(precisions) if options.auto else {}
     for precision in precisions:
         try:
             pipeline = Pipeline(variant_passes(precision, target, options, engine), variant=precision)
@@ -146,7 +152,8 @@ def plan_variants(precisions: Sequence[str], target: Target, options: BuildOptio
                 raise
             plan.unavailable[precision] = f"not a candidate here: {error}"
             continue
-        plan.variants.append(VariantPlan(precision, pipeline, required=not options.auto))
+        plan.variants.append(VariantPlan(precision, pipeline, required=not options.auto,
+                                         unless_passed=twins.get(precision)))
     if not options.auto and "fp32" not in precisions:
         pipeline = Pipeline(variant_passes("fp32", target, options, engine), variant="fp32")
         plan.fallback = VariantPlan("fp32", pipeline, fallback=True)
@@ -212,7 +219,8 @@ class PlanRun:
     require_judged: bool = True  # a gate that could not judge fails the variant's verdict (UNJUDGED), not passes
 
 
-def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, has_fp32: bool) -> VariantResult:
+def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, fp32: str | None) -> VariantResult:
+    """Run one variant's pipeline; ``fp32``: the build's FP32 variant a skipped one points to (None: none)."""
     from optpipe.builder.selection import skipped_variant
     from optpipe.precision import VariantSkipped
 
@@ -223,8 +231,8 @@ def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, has_fp32: boo
     except PassError as error:  # a precision pass with nothing to lower skips its variant
         if not isinstance(error.cause, VariantSkipped):
             raise
-        if has_fp32:
-            error.cause.reason += "; the fp32 variant is the artifact to use"
+        if fp32 is not None:
+            error.cause.reason += f"; the {fp32} variant is the artifact to use"
         return skipped_variant(variant.precision, error.cause, passes[start:])
     result = variant_result(variant.precision, final, passes[start:], run.ctx.work_dir, engine, run.require_judged)
     if engine and final.kind is ArtifactKind.ENGINE:
@@ -236,24 +244,37 @@ def _run_variant(variant: VariantPlan, run: PlanRun, engine: bool, has_fp32: boo
 
 def run_plan(plan: BuildPlan, run: PlanRun) -> list[VariantResult]:
     """Run every variant of ``plan`` in order (then the fp32 fallback if needed); one result per variant."""
-    from optpipe.builder.selection import skipped_variant
+    from optpipe.builder.selection import skipped_variant, twin_not_built
     from optpipe.precision import VariantSkipped
 
     log = run.ctx.log
-    has_fp32 = any(v.precision == "fp32" for v in plan.variants)
     results: list[VariantResult] = []
     for variant in plan.variants:
+        fp32 = _fp32_variant(plan, results)
+        if any(r.precision == variant.unless_passed and r.passed for r in results):
+            reason = twin_not_built(variant.precision, str(variant.unless_passed))
+            log(f"[{variant.precision}] {reason}")
+            results.append(replace(skipped_variant(variant.precision, VariantSkipped(reason), []), required=False))
+            continue
         log(f"[{variant.precision}]")
-        results.append(_run_variant(variant, run, plan.engine, has_fp32))
+        results.append(_run_variant(variant, run, plan.engine, fp32))
     if plan.fallback is not None and results and all(r.status is VariantStatus.SKIPPED for r in results):
         skipped = ", ".join(r.precision for r in results)
         run.report.warnings.append(f"every requested variant was skipped ({skipped}): fp32 was built and "
                                    "validated as the fallback")  # fmt: skip
         log(f"[fp32] (fallback: {skipped} skipped)")
-        results.append(_run_variant(plan.fallback, run, plan.engine, has_fp32))
+        results.append(_run_variant(plan.fallback, run, plan.engine, _fp32_variant(plan, results)))
     for precision, reason in plan.unavailable.items():
         results.append(skipped_variant(precision, VariantSkipped(reason), []))
     return benchmark_variants(plan, run, results)
+
+
+def _fp32_variant(plan: BuildPlan, results: Sequence[VariantResult]) -> str | None:
+    """The FP32 variant a skipped variant points to: ``fp32+fused`` once built (under auto it comes first and
+    ``fp32`` is built only if it fails), else ``fp32`` when the plan has it; None without one."""
+    if any(r.precision == "fp32" + FUSED_SUFFIX and r.status is VariantStatus.BUILT for r in results):
+        return "fp32" + FUSED_SUFFIX
+    return "fp32" if any(v.precision == "fp32" for v in plan.variants) else None
 
 
 def benchmark_variants(plan: BuildPlan, run: PlanRun, results: list[VariantResult]) -> list[VariantResult]:

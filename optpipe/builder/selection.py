@@ -111,18 +111,40 @@ def _speed(timed: Sequence[Mapping[str, Any]], serving: Sequence[Mapping[str, An
 
 
 def auto_precisions(target: str, fuse: bool = True) -> tuple[str, ...]:
-    """Candidates of ``--precision auto``: FP16 only where it can be faster (not on CPU, where ORT adds Casts).
+    """Candidates of ``--precision auto``, in build order: FP16 only where it can be faster (not on CPU, where ORT
+    adds Casts).
 
     On the cpu target, ``fuse`` adds the transformer-fused twins of fp32 and int8-dynamic (ONNX Runtime's
-    fusions, then the precision): fused and unfused are judged by the same gates and timed in the same run,
-    so the fusions ship only when they pass and are faster. A graph with nothing to fuse skips its twins.
+    fusions, then the precision), built FIRST: fused and unfused are judged by the same gates, and the unfused
+    twin is built only when its fused twin did not pass them (:func:`unfused_twins`; a graph with nothing to
+    fuse skips its fused twins, so the unfused ones are built). Why not both: on the scale models (README,
+    "Transformer fusions") int8-dynamic+fused ran at the speed of int8-dynamic on BERT-base (267 vs 265 ms) and
+    2.2x faster on ViT-B/16, and building, validating and timing two more variants cost about 60 s of a
+    BERT-base build's 240 s budget (issue 20). Naming both in ``--precision`` builds and times both.
     ``int4-weight`` is not a candidate: on the BERT-base scale model (README, "Weight-only INT4") it failed the
     INT8 gate and was no faster than fp32 on this CPU, and its pass, guard, validation and timing would add about
     2 minutes to an auto build; it is built when named in ``--precision``.
     """
     if target != "cpu":
         return ("fp32", "fp16", "int8")
-    return ("fp32", "int8", "int8-dynamic", *(FUSED_PRECISIONS if fuse else ()))
+    if not fuse:
+        return ("fp32", "int8", "int8-dynamic")
+    return (FUSED_PRECISIONS[0], "int8", FUSED_PRECISIONS[1], "fp32", "int8-dynamic")
+
+
+def unfused_twins(precisions: Sequence[str]) -> dict[str, str]:
+    """``{unfused variant: its fused twin}`` for the twins both in ``precisions`` (``--precision auto``'s plan).
+
+    Under auto the unfused variant is built only when its fused twin did not pass its gates (failed, skipped
+    because nothing fused, or unjudged): :func:`auto_precisions` says why.
+    """
+    return {base_precision(p): p for p in FUSED_PRECISIONS if p in precisions and base_precision(p) in precisions}
+
+
+def twin_not_built(precision: str, twin: str) -> str:
+    """The report's reason for an unfused auto candidate whose fused twin passed (one line)."""
+    return (f"not built: its fused twin {twin} passed its gates, and --precision auto builds the unfused twin only "
+            f"when the fused one does not pass (name both in --precision to build and time both)")
 
 
 def skipped_variant(precision: str, error: Any, records: list[Any]) -> VariantResult:

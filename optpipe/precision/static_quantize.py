@@ -25,10 +25,11 @@ import inspect
 import io
 import logging
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -86,6 +87,9 @@ class Int8Result:
     # Nodes of the op types this style quantizes (ORT's CPU style also quantizes Add, Softmax,
     # Mul...): the base of the accuracy guard's "at most N% of quantizable nodes" limit.
     guard_base: int = 0
+    # Seconds spent calibrating (0 when the ranges were given or cached): a rebuild reuses the ranges, so the
+    # guard estimates a rebuild's seconds as this build's without them.
+    calibration_seconds: float = 0.0
 
     @property
     def quantized_count(self) -> int:
@@ -155,9 +159,8 @@ def quantize_int8(
         op_types = list(COMPUTE_OPS) if style == "tensorrt" else None
         params = {"op_types": op_types, "percentile": percentile if method == "percentile" else None}
         key = CacheKey(model_sha256(src), data_fingerprint(samples) if samples else "", method, params)
-        final_ranges, cache_hit = _resolve_ranges(
-            pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings, calib_bytes
-        )
+        final_ranges, cache_hit, calibration_seconds = _timed_ranges(
+            pre_path, tmp, samples, key, ranges, cache_dir, cache_file, op_types, percentile, warnings, calib_bytes)
         if ranges is not None:
             _check_ranges_name_tensors(pre, final_ranges)
         reduce_range = (style == "cpu" and cpu_needs_reduce_range()) if reduce_range is None else reduce_range
@@ -181,6 +184,7 @@ def quantize_int8(
     return Int8Result(
         "quantized", dst, style, method, quantized, quantizable, excluded, final_ranges, warnings, cache_hit,
         bias_correction=correction.to_dict() if correction is not None else None, guard_base=guard_base,
+        calibration_seconds=calibration_seconds,
     )  # fmt: skip
 
 
@@ -509,6 +513,14 @@ def _map_exclusions(
     if unknown:
         raise UserInputError(f"exclude_nodes names nodes not in '{src}': {unknown}")
     return list(dict.fromkeys(mapped))
+
+
+def _timed_ranges(*args: Any) -> tuple[Ranges, bool, float]:
+    """:func:`_resolve_ranges` and its seconds (``Int8Result.calibration_seconds``: the guard's rebuilds reuse the
+    ranges, so a rebuild's estimate leaves them out)."""
+    started = time.monotonic()
+    final_ranges, cache_hit = _resolve_ranges(*args)
+    return final_ranges, cache_hit, time.monotonic() - started
 
 
 def _resolve_ranges(

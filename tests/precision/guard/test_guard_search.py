@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,31 @@ def test_time_budget_stops_the_guard_with_the_reason(chain, tmp_path: Path) -> N
     assert not result.passed and result.iterations == 1
     assert "time budget" in result.stopped
     assert result.path is not None  # the best model so far (the only one) is still reported
+
+
+@pytest.mark.parametrize("budget", [1.5, 60.0], ids=["rebuild_past_the_budget", "twin_time_for_a_rebuild"])
+def test_a_rebuild_that_would_end_past_the_budget_is_not_started_and_the_guard_fails(
+    chain, tmp_path: Path, budget: float  # type: ignore[no-untyped-def]
+) -> None:
+    """ViT-B/16's static INT8 spent 60 s past its 60 s budget on a rebuild and its gate. A rebuild that cannot end
+    within the budget (it takes as long as the last build) is not started: the guard stops with the budget as its
+    reason and "not passed", although the rebuild would have passed - stopping early only ever fails.
+    Twin: with time for it, the same rebuild is built, judged and passes."""
+    src, weights, samples = chain
+    lowering = _NoisyLowering(weights, tmp_path / "low.onnx")
+
+    def slow(keep: list[str]) -> _Lowered:
+        time.sleep(2.0)  # every build: longer than the 1.5 s budget
+        return lowering(keep)
+
+    result = guarded_quantize(src, tmp_path / "low.onnx", samples, lambda _path: lowering.builds > 1,
+                              quantize=slow, max_keep_fraction=1.0, guard_seconds=budget)  # fmt: skip
+    if budget < 2.0:
+        assert not result.passed and result.iterations == 1 and lowering.builds == 1
+        assert result.stopped.startswith("time budget") and "rebuild of about 2 s" in result.stopped
+        assert result.path is not None and result.table  # the first build is still reported, with its table
+    else:
+        assert result.passed and result.iterations == 2 and lowering.builds == 2
 
 
 @pytest.mark.slow
