@@ -92,6 +92,7 @@ class Int8DynamicPass(Pass):
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.precision.dynamic_quantize import weight_recipe
         from optpipe.precision.guard.gate import gate_runtime_note
+        from optpipe.precision.guard.localize import TIME_SPENT
         from optpipe.precision.guard.margin import margin_note
 
         assert artifact.path is not None
@@ -106,9 +107,12 @@ class Int8DynamicPass(Pass):
                                    "kept_as": config.kept_as}  # fmt: skip
         guarded = self._guarded(ctx, src, dst, samples, config.kept_as)
         result = guarded[0]
-        if config.kept_as != "fp32" and not result.passed and (result.kept_nodes or result.path is None):
-            # An 8-bit form did not let the guard reach the gate (an activation outlier the weight's rounding hides
-            # from, e.g.): the search again with kept nodes in FP32, which repair what they are kept for.
+        if (config.kept_as != "fp32" and not result.passed and (result.kept_nodes or result.path is None)
+                and result.stopped != TIME_SPENT):  # fmt: skip
+            # An 8-bit form did not let the guard reach the gate within its node limit (an input channel whose
+            # weight row 8 bits round away, e.g.): the search again with kept nodes in FP32, which repair what they
+            # are kept for. Not when the time budget stopped it: the form was not what failed, and a second
+            # search would cost a second budget.
             ctx.log(f"     {PRECISION}: kept nodes as {config.kept_as} did not reach the gate; searching again with "
                     "kept nodes in FP32")
             metrics["kept_as_fallback"] = {"tried": config.kept_as, "kept": list(result.kept_nodes),
