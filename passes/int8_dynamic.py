@@ -5,7 +5,11 @@ int8 per-channel weights, activations quantized at run time, no calibration
 data. It goes through the same accuracy gate (the ``int8-dynamic`` tolerances,
 the same as ``int8``'s, on the golden data) and the same guard
 (:func:`~optpipe.precision.guard.localize.guarded_quantize`): when the gate fails the
-worst nodes stay FP32 and the model is rebuilt, up to ``--guard-max-keep``.
+worst nodes are kept out of it and the model is rebuilt, up to ``--guard-max-keep``.
+A kept MatMul need not be FP32 (``kept_as``, :mod:`optpipe.precision.kept_weights`): its error
+came from the per-tensor activation quantization, so it may keep 8-bit weights with an activation
+that is not quantized per tensor, at a quarter of FP32's bytes; when no search in that form reaches
+the gate within the node limit, the guard searches again with FP32 kept nodes.
 TensorRT cannot run ORT's integer ops, so the ``tensorrt`` target refuses it.
 """
 
