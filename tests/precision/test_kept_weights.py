@@ -18,7 +18,8 @@ def _two_matmuls(path: Path, shared: bool = False) -> Path:
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((64, 64)).astype(np.float32) * 0.1
     w2 = rng.standard_normal((64, 64)).astype(np.float32) * 0.1
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="a"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="a"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "W1" if shared else "W2"], ["y"], name="b")]  # fmt: skip
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
