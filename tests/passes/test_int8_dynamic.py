@@ -239,3 +239,74 @@ def test_guard_aims_above_the_asked_bar_and_the_verdict_keeps_it(tmp_path: Path)
     guard = variant["passes"]["int8-dynamic"]["guard"]
     assert guard["margin"] == 0.5 and guard["aimed_at"]["y"]["min_cosine"] == 0.995
     assert variant["parity"]["outputs"]["y"]["tolerance"]["min_cosine"] == 0.99
+
+
+class TokenOutlierMlp(Mlp):
+    """Token 0 of each row comes out of fc1 1000x larger than the 7 others (a transformer's [CLS]-like outlier).
+
+    Per-tensor dynamic activation quantization of fc2's input spends its 256 levels on token 0 and rounds the
+    other tokens to a few levels; each token's output is normalised, so every token counts. fc2's weights are
+    ordinary: 8-bit weights with a float activation (``kept_as`` dequantize) repair it as FP32 does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        boost = torch.ones(8, 1)
+        boost[0] = 1000.0
+        self.boost: torch.Tensor
+        self.register_buffer("boost", boost)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.fc2(torch.relu(self.fc1(x)) * self.boost), dim=-1)
+
+
+def _tokens_build(tmp_path: Path, model: nn.Module) -> Any:
+    """A build of ``model`` on 4 rows of 8 tokens, its output an embedding judged per row at 0.99."""
+    x = np.random.default_rng(0).standard_normal((4, 8, 32)).astype(np.float32)
+    return build(model, {"x": x}, out_dir=tmp_path / "out", precisions=("int8-dynamic",), output_names=("y",),
+                 benchmark=False, log=lambda _m: None, pass_options=PINNED, require_judged=False, guard_max_keep=0.5,
+                 tolerances={"*": {"min_row_cosine": 0.99}}, output_kinds={"y": "embedding"})  # fmt: skip
+
+
+def _kept_matmuls(report: Any, variant: dict[str, Any]) -> collections.Counter[str]:
+    return collections.Counter(n.op_type for n in onnx.load(str(report.out_dir / variant["onnx"])).graph.node)
+
+
+@pytest.mark.slow
+def test_kept_node_ships_uint8_weights_with_a_float_activation(tmp_path: Path) -> None:
+    """Issue 19: a kept MatMul is 8-bit in the file (kept_as dequantize, the default), not FP32."""
+    report = _tokens_build(tmp_path, TokenOutlierMlp())
+    variant = _variant(report)
+    metrics = variant["passes"]["int8-dynamic"]
+    assert metrics["guard"]["history"][0]["passed"] is False and variant["passed"], metrics["guard"]["history"]
+    assert metrics["kept_as"] == "dequantize" and "kept_as_fallback" not in metrics
+    kept = [k["node"] for k in metrics["kept_nodes"]]
+    forms = metrics["kept_forms"]  # a kept Gemm is ORT's "<gemm>_MatMul" in the file
+    assert kept and all("dequantize" in (forms.get(n), forms.get(f"{n}_MatMul")) for n in kept), forms
+    assert _kept_matmuls(report, variant)["DequantizeLinear"] == len(kept)
+    assert any("uint8 weights, FP32 activation" in w for w in report.warnings), report.warnings
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [OutlierMlp, TokenOutlierMlp], ids=["form_cannot_repair", "twin_form_repairs"])
+def test_wrong_verdict_a_kept_form_that_cannot_repair_falls_back_to_fp32_and_says_so(
+    tmp_path: Path, model: type[nn.Module]
+) -> None:
+    """OutlierMlp's fc2 hides a 10^4x input channel in a weight row 10^4x smaller: 8-bit weights round that row
+    to zero, so no 8-bit form of fc2 passes; the guard must not give up (nor ship it), but search again with
+    FP32 kept nodes, and the report and warning must call the kept node FP32, as the file holds it. Twin: on
+    TokenOutlierMlp the form repairs fc2, no fallback, the node is reported as what it is."""
+    report = _tokens_build(tmp_path, model()) if model is TokenOutlierMlp else _build(
+        tmp_path, model(), guard_max_keep=0.5, tolerances={"*": {"min_cosine": 0.99}})
+    variant = _variant(report)
+    metrics = variant["passes"]["int8-dynamic"]
+    assert variant["passed"] and metrics["status"] == "quantized", variant["failures"]
+    ops = _kept_matmuls(report, variant)
+    warning = next(w for w in report.warnings if "accuracy guard kept" in w)
+    if model is OutlierMlp:
+        assert metrics["kept_as"] == "fp32" and metrics["kept_as_fallback"]["tried"] == "dequantize"
+        assert metrics["kept_forms"] == {} and ops["DequantizeLinear"] == 0 and ops["MatMulInteger"] == 1, ops
+        assert "in FP32" in warning and "uint8" not in warning, warning
+    else:
+        assert metrics["kept_as"] == "dequantize" and "kept_as_fallback" not in metrics
+        assert ops["DequantizeLinear"] == 1 and "in FP32" not in warning, (ops, warning)
