@@ -155,7 +155,7 @@ def real_length(row: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class Probe:
-    """One session over a :class:`Switchable`; ``distances(switches)``: each row's ``1 - cosine`` to the kept model."""
+    """One session over a :class:`Switchable`; ``distances(switches)``: each row's error against the kept model."""
 
     def __init__(self, model: Switchable, rows: Sequence[Mapping[str, np.ndarray]]) -> None:
         self.names = model.names
@@ -185,14 +185,15 @@ class Probe:
         return out
 
     def distances(self, switches: np.ndarray) -> np.ndarray:
-        """Each row's ``1 - cosine`` between the model as switched and the kept model (inf: not finite)."""
+        """Each row's squared error relative to the kept model's output (inf: not finite).
+
+        About ``2 * (1 - cosine)`` for an embedding, and it also sees a row of one value, where a cosine is 1.
+        """
         result = []
         for ref, got in zip(self.reference, self._outputs(switches), strict=True):
-            if not np.isfinite(got).all():
-                result.append(float("inf"))
-                continue
-            norm = float(np.linalg.norm(ref) * np.linalg.norm(got))
-            result.append(1.0 - float(np.dot(ref, got)) / norm if norm > 0 else float(np.dot(ref - got, ref - got)))
+            finite = np.isfinite(got).all()
+            result.append(float(np.dot(ref - got, ref - got)) / max(float(np.dot(ref, ref)), 1e-24) if finite
+                          else float("inf"))
         return np.asarray(result)
 
     def kept(self, names: Sequence[str]) -> np.ndarray:
