@@ -176,6 +176,8 @@ class _Guard:
         self.table = [LayerError(n, "MatMul", "", gains[n] / max(self.extra[n], 1), float("nan"), gains[n], "", (n,))
                       for n in sorted(gains, key=lambda n: gains[n], reverse=True)]  # fmt: skip
         order = ordered(gains, self.extra, room, self.budget.max_nodes)
+        if not order:  # the probe's rows see no MatMul whose 4-bit weights cost the output: nothing to keep
+            return self._result(path, False, self._out_of_room(order, gains, room))
         start = error(probe.distances(probe.kept(())))
         ratio = allowed_ratio(self.gate_log[-1] if self.gate_log else {}) * MARGIN
         while True:
@@ -201,6 +203,9 @@ class _Guard:
     def _out_of_room(self, order: Sequence[str], gains: Mapping[str, float], room: int) -> str:
         """Why keeping more cannot help: the size budget, the node limit, or no candidate left with a gain."""
         positive = sum(1 for g in gains.values() if g > 0)
+        if not positive:
+            return (f"no MatMul's 4-bit weights cost the output on the probe's {PROBE_ROWS} guard rows, yet the gate "
+                    "fails on its rows: nothing to keep")
         if len(order) < positive:
             return (f"size budget spent: {len(order)} MatMul(s) kept in their higher-precision form fill the "
                     f"{room:,} bytes the budget leaves above the 4-bit model, and the gate still fails")
