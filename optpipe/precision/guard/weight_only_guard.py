@@ -114,7 +114,7 @@ class _Guard:
                  on_round: Callable[[int, int, bool], None] | None) -> None:  # fmt: skip
         self.src, self.samples, self.gate, self.gate_log, self.build = src, samples, gate, gate_log, build
         self.kept_model, self.budget, self.on_round = kept_model, budget, on_round
-        self.deadline = None if budget.seconds is None else time.monotonic() + budget.seconds
+        self.deadline: float | None = None  # set after the first build, as guarded_quantize's
         self.results: list[Any] = []
         self.history: list[tuple[tuple[str, ...], bool]] = []
         self.kept: list[str] = []
@@ -144,6 +144,7 @@ class _Guard:
         path = self._built([])
         if path is None:
             return self._result(None, False, "nothing_quantizable")
+        self.deadline = None if self.budget.seconds is None else time.monotonic() + self.budget.seconds
         if self._judge(path):
             return self._result(path, True, "gate passed")
         if self._late():
@@ -172,7 +173,9 @@ class _Guard:
         return Probe(model, rows)
 
     def _search(self, path: Path, probe: Probe, room: int) -> GuardResult:
-        gains = output_gains(probe)
+        gains = output_gains(probe, self._late)
+        if self._late():  # the probe ran out of time: a ranking of some MatMuls only is no plan
+            return self._result(path, False, TIME_SPENT)
         self.table = [LayerError(n, "MatMul", "", gains[n] / max(self.extra[n], 1), float("nan"), gains[n], "", (n,))
                       for n in sorted(gains, key=lambda n: gains[n], reverse=True)]  # fmt: skip
         order = ordered(gains, self.extra, room, self.budget.max_nodes)

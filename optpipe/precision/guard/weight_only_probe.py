@@ -15,7 +15,7 @@ than a gate run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,12 +207,17 @@ def error(distances: np.ndarray) -> float:
     return float(distances.mean() + distances.max()) if distances.size else 0.0
 
 
-def output_gains(probe: Probe) -> dict[str, float]:
-    """Each candidate's gain: the error removed by switching it alone back to its kept form (one run per row)."""
+def output_gains(probe: Probe, late: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Each candidate's gain: the error removed by switching it alone back to its kept form (one run per row).
+
+    ``late()`` True stops the probe there (the guard's time budget): the gains measured so far are returned.
+    """
     everything = probe.kept(())
     base = error(probe.distances(everything))
-    gains = {}
+    gains: dict[str, float] = {}
     for k, name in enumerate(probe.names):
+        if late is not None and late():
+            break
         switches = everything.copy()
         switches[k] = False
         gains[name] = base - error(probe.distances(switches))

@@ -75,7 +75,8 @@ def _gate(src: Path, rows: list[dict[str, np.ndarray]], log: list[dict[str, Any]
     reference = _run(src, rows)
 
     def gate(path: Path) -> bool:
-        cosines = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(reference, _run(path, rows))]
+        got = _run(path, rows)
+        cosines = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(reference, got, strict=True)]
         passed = min(cosines) >= bar
         log.append({"passed": passed, "outputs": {"y": {"cosine": float(np.mean(cosines)), "cosine_min": min(cosines),
                                                         "tolerance": {"min_cosine": bar, "min_row_cosine": bar}}}})
@@ -84,7 +85,8 @@ def _gate(src: Path, rows: list[dict[str, np.ndarray]], log: list[dict[str, Any]
     return gate
 
 
-def _guard(tmp_path: Path, gate_rows: list[dict[str, np.ndarray]], size_fraction: float = 1.0, bar: float = BAR) -> Any:
+def _guard(tmp_path: Path, gate_rows: list[dict[str, np.ndarray]], size_fraction: float = 1.0, bar: float = BAR,
+           seconds: float | None = None) -> Any:
     src = _branches(tmp_path / "m.onnx")
     dst = tmp_path / "out" / "model.onnx"
     log: list[dict[str, Any]] = []
@@ -96,7 +98,7 @@ def _guard(tmp_path: Path, gate_rows: list[dict[str, np.ndarray]], size_fraction
         quantize_int4_weight(src, path, options=OPTIONS, eight_bit_nodes=[f"b{i}" for i in range(len(SCALES))])
         return path
 
-    budget = WeightOnlyBudget(int(size_fraction * model_bytes(src)), len(SCALES), None)
+    budget = WeightOnlyBudget(int(size_fraction * model_bytes(src)), len(SCALES), seconds)
     result = weight_only_guard(src, gate_rows, _gate(src, gate_rows, log, bar), log, build=build, kept_model=kept_model,
                                budget=budget)  # fmt: skip
     return result, budget
@@ -134,6 +136,11 @@ def test_wrong_verdict_a_plan_the_probe_rows_pass_is_judged_by_the_gate_rows(tmp
     else:
         assert not result.passed and result.stopped and result.stopped != "gate passed", result.stopped
         assert all(not passed for _kept, passed in result.history)
+
+
+def test_a_spent_time_budget_stops_with_the_last_model_failed(tmp_path: Path) -> None:
+    result, _ = _guard(tmp_path, _rows(6, 1), seconds=0.0)
+    assert not result.passed and result.stopped.startswith("time budget") and result.iterations == 1
 
 
 def test_the_target_is_the_share_of_error_the_gate_allows() -> None:
