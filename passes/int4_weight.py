@@ -3,9 +3,11 @@
 ONNX Runtime's MatMulNBits quantizer (see :mod:`optpipe.precision.weight_only_quantize`): the
 constant MatMul/Gemm weights become 4-bit blocks, activations stay float, no calibration data. It
 goes through the same accuracy gate as the other lossy precisions (the ``int4-weight`` tolerances,
-the same as INT8's, per output kind, on the golden data) and the same guard
-(:func:`~optpipe.precision.guard.localize.guarded_quantize`): when the gate fails, the worst MatMuls
-stay FP32 (``nodes_to_exclude``) and the model is rebuilt, up to ``--guard-max-keep``.
+the same as INT8's, per output kind, on the golden data). Its guard
+(:mod:`~optpipe.precision.guard.weight_only_guard`) ranks MatMuls by what their 4-bit weights do to the output
+(one switchable session, not a rebuild per probe), keeps the most output error per byte in 8-bit (``kept_as``
+int8, the default) or FP32 within ``max_size_fraction`` of the FP32 model's bytes, and lets the gate on the guard
+rows judge the model it plans; the test rows judge the variant.
 TensorRT cannot run ``com.microsoft`` ops, so the ``tensorrt`` target refuses it and says what it would need.
 """
 
@@ -29,12 +31,8 @@ if TYPE_CHECKING:
     from optpipe.precision.guard.localize import GuardResult
 
 PRECISION = "int4-weight"
-#: The fewest nodes the guard may keep, as for dynamic INT8 (a kept node costs one FP32 MatMul, nothing else).
+#: The fewest nodes the guard may keep with ``kept_as`` fp32, as for dynamic INT8 (a kept node costs one FP32 MatMul).
 MIN_KEEP = 12
-#: Node groups the guard's first round keeps when a kept MatMul becomes 8-bit (``kept_as="int8"``): a kept node
-#: then costs little, and on bert_wide the error is spread over 80 of its 120 MatMuls (every V, attention output
-#: and FFN MatMul; 4-bit Q and K cost nothing), so growing from 1 would take 7 rounds to get there.
-KEPT_INT8_FIRST_STEP = 8
 
 
 @dataclass(frozen=True)
