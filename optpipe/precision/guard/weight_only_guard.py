@@ -176,7 +176,7 @@ class _Guard:
         gains = output_gains(probe, self._late)
         if self._late():  # the probe ran out of time: a ranking of some MatMuls only is no plan
             return self._result(path, False, TIME_SPENT)
-        self.table = [LayerError(n, "MatMul", "", gains[n] / max(self.extra[n], 1), float("nan"), gains[n], "", (n,))
+        self.table = [LayerError(n, "MatMul", "", float("nan"), float("nan"), gains[n], "", (n,))  # gain: contribution
                       for n in sorted(gains, key=lambda n: gains[n], reverse=True)]  # fmt: skip
         order = ordered(gains, self.extra, room, self.budget.max_nodes)
         if not order:  # the probe's rows see no MatMul whose 4-bit weights cost the output: nothing to keep
