@@ -165,7 +165,7 @@ class Int4WeightPass(Pass):
         from optpipe.precision.guard.weight_only_guard import (
             WeightOnlyBudget,
             max_nodes,
-            model_bytes,
+            weight_bytes,
             weight_only_guard,
         )
         from optpipe.precision.weight_only_quantize import quantizable_nodes, quantize_int4_weight
@@ -181,7 +181,7 @@ class Int4WeightPass(Pass):
         # kept_as int8: the size budget is the limit; fp32: also the node limit (--guard-max-keep), as before.
         limit = len(candidates) if eight else max(min(MIN_KEEP, len(candidates)),
                                                    max_nodes(config.max_keep_fraction, len(candidates)))
-        budget = WeightOnlyBudget(int(config.max_size_fraction * model_bytes(src)), limit, config.guard_seconds)
+        budget = WeightOnlyBudget(int(config.max_size_fraction * weight_bytes(src)), limit, config.guard_seconds)
 
         def kept_model(path: Path) -> Path | None:
             if not eight:

@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from optpipe.onnx.utils import onnx_files
 from optpipe.precision import onnx_graph
 from optpipe.precision.guard.localize import TIME_SPENT, GuardResult, LayerError
-from optpipe.precision.guard.weight_only_probe import Probe, error, output_gains, switchable
+from optpipe.precision.guard.weight_only_probe import Probe, error, output_gains, switchable, tensor_bytes
 
 #: The probe's rows (guard rows at their real length): enough to rank, few enough that 120 MatMuls of bert_wide
 #: cost about as much as two gate runs.
@@ -100,9 +99,17 @@ def shortest_prefix(probe: Probe, order: Sequence[str], target: float) -> int | 
     return high
 
 
-def model_bytes(path: Path) -> int:
-    """Bytes of an ONNX model and its external data."""
-    return sum(f.stat().st_size for f in onnx_files(Path(path)))
+def weight_bytes(path: Path) -> int:
+    """Bytes of an ONNX model's initializers (by shape: external data is not read).
+
+    Why weights and not the file: the size budget is a share of what the weights cost; a small model's
+    graph (names, attributes) is a large share of its file and no precision shrinks it.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    return tensor_bytes(inits, list(inits))
 
 
 class _Guard:
@@ -149,9 +156,10 @@ class _Guard:
             return self._result(path, True, "gate passed")
         if self._late():
             return self._result(path, False, TIME_SPENT)
-        room = self.budget.max_bytes - model_bytes(path)
+        four_bit = weight_bytes(path)
+        room = self.budget.max_bytes - four_bit
         if room <= 0:
-            return self._result(path, False, f"the all-4-bit model ({model_bytes(path):,} bytes) already fills the "
+            return self._result(path, False, f"the all-4-bit model's weights ({four_bit:,} bytes) already fill the "
                                 f"size budget ({self.budget.max_bytes:,} bytes): nothing can be kept")
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".int4-probe.") as scratch:
             probe = self._probe(path, Path(scratch))
@@ -209,9 +217,13 @@ class _Guard:
         if not positive:
             return (f"no MatMul's 4-bit weights cost the output on the probe's {PROBE_ROWS} guard rows, yet the gate "
                     "fails on its rows: nothing to keep")
+        if not order:
+            first = max((n for n in gains if gains[n] > 0), key=lambda n: gains[n] / max(self.extra[n], 1))
+            return (f"size budget: the {room:,} bytes it leaves above the 4-bit weights cannot hold the first MatMul "
+                    f"to keep ('{first}', {self.extra[first]:,} bytes more)")
         if len(order) < positive:
             return (f"size budget spent: {len(order)} MatMul(s) kept in their higher-precision form fill the "
-                    f"{room:,} bytes the budget leaves above the 4-bit model, and the gate still fails")
+                    f"{room:,} bytes the budget leaves above the 4-bit weights, and the gate still fails")
         return "every MatMul whose 4-bit weights cost the output is kept, and the gate still fails"
 
 

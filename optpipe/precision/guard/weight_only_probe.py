@@ -38,7 +38,7 @@ class Switchable:
     extra_bytes: Mapping[str, int]
 
 
-def _bytes(inits: Mapping[str, onnx.TensorProto], names: Sequence[str]) -> int:
+def tensor_bytes(inits: Mapping[str, onnx.TensorProto], names: Sequence[str]) -> int:
     """Bytes of the named initializers (external data counted by shape: its raw bytes are not loaded here)."""
     total = 0
     for name in names:
@@ -75,7 +75,7 @@ def switchable(lowp: onnx.ModelProto, kept: onnx.ModelProto | None, fp32: onnx.M
             nodes.append(node)
             continue
         lowp.graph.initializer.extend(other_inits)
-        extra[name] = _bytes({i.name: i for i in other_inits}, [i.name for i in other_inits]) - _bytes(
+        extra[name] = tensor_bytes({i.name: i for i in other_inits}, [i.name for i in other_inits]) - tensor_bytes(
             inits, node.input[1:])
         nodes.extend(_if_switch(node, other, len(names), tag, lowp))
         names.append(name)

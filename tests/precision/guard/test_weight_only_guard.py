@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from optpipe.precision.guard.weight_only_guard import (
     WeightOnlyBudget,
     allowed_ratio,
-    model_bytes,
     ordered,
+    weight_bytes,
     weight_only_guard,
 )
 from optpipe.precision.int4_options import Int4Options
@@ -98,7 +98,7 @@ def _guard(tmp_path: Path, gate_rows: list[dict[str, np.ndarray]], size_fraction
         quantize_int4_weight(src, path, options=OPTIONS, eight_bit_nodes=[f"b{i}" for i in range(len(SCALES))])
         return path
 
-    budget = WeightOnlyBudget(int(size_fraction * model_bytes(src)), len(SCALES), seconds)
+    budget = WeightOnlyBudget(int(size_fraction * weight_bytes(src)), len(SCALES), seconds)
     result = weight_only_guard(src, gate_rows, _gate(src, gate_rows, log, bar), log, build=build, kept_model=kept_model,
                                budget=budget)  # fmt: skip
     return result, budget
@@ -110,14 +110,14 @@ def test_it_keeps_the_branches_that_reach_the_output_and_passes(tmp_path: Path) 
     assert result.history[0] == ((), False)  # the all-4-bit model failed first
     assert {"b0", "b1"} <= set(result.kept_nodes) and not {"b3", "b4", "b5"} & set(result.kept_nodes), result.kept_nodes
     assert result.iterations == len(result.history) <= 4  # a plan verified, not a node per round
-    assert model_bytes(result.path) <= budget.max_bytes
+    assert weight_bytes(result.path) <= budget.max_bytes
 
 
 def test_a_size_budget_too_small_for_what_the_gate_needs_is_not_passed(tmp_path: Path) -> None:
     src = _branches(tmp_path / "m.onnx")
     four_bit = quantize_int4_weight(src, tmp_path / "q4.onnx", options=OPTIONS).path
     assert four_bit is not None
-    fraction = (model_bytes(four_bit) + 100) / model_bytes(src)  # room for no 8-bit MatMul
+    fraction = (weight_bytes(four_bit) + 100) / weight_bytes(src)  # room for no 8-bit MatMul
     result, _ = _guard(tmp_path, _rows(6, 1), size_fraction=fraction)
     assert not result.passed and "size budget" in result.stopped, result.stopped
 
