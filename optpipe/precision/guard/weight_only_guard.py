@@ -70,6 +70,22 @@ def allowed_ratio(record: Mapping[str, Any]) -> float:
     return min(ratios) if ratios else DEFAULT_RATIO
 
 
+def gate_ratio(first: Mapping[str, Any], last: Mapping[str, Any]) -> float:
+    """How much of the first gate run's error the last one has left: max over outputs of (1 - got) / (1 - first).
+
+    Over the same figures :func:`allowed_ratio` reads (the cosine and the worst row's), so the guard can
+    compare what its probe predicted with what the gate measured. 0 when the records say nothing.
+    """
+    ratios = []
+    before, after = first.get("outputs") or {}, last.get("outputs") or {}
+    for name, out in after.items():
+        for key in ("cosine", "cosine_min"):
+            old, new = (before.get(name) or {}).get(key), out.get(key)
+            if old is not None and new is not None and old < 1:
+                ratios.append((1.0 - float(new)) / (1.0 - float(old)))
+    return max(ratios) if ratios else 0.0
+
+
 def ordered(gains: Mapping[str, float], extra: Mapping[str, int], room: int, max_nodes: int) -> list[str]:
     """Candidates of positive gain, most gain per byte first, as many as ``room`` bytes and ``max_nodes`` hold."""
     ranked = sorted((n for n, g in gains.items() if g > 0), key=lambda n: gains[n] / max(extra[n], 1), reverse=True)
@@ -190,10 +206,12 @@ class _Guard:
         if not order:  # the probe's rows see no MatMul whose 4-bit weights cost the output: nothing to keep
             return self._result(path, False, self._out_of_room(order, gains, room))
         start = error(probe.distances(probe.kept(())))
-        ratio = allowed_ratio(self.gate_log[-1] if self.gate_log else {}) * MARGIN
+        aim = ratio = allowed_ratio(self.gate_log[-1] if self.gate_log else {}) * MARGIN
+        first = self.gate_log[-1] if self.gate_log else {}
+        note = ""
         while True:
             if self._late():
-                return self._result(path, False, TIME_SPENT)
+                return self._result(path, False, TIME_SPENT + note)
             count = shortest_prefix(probe, order, ratio * start)
             best = count is None
             chosen = list(order if count is None else order[:count])
@@ -207,9 +225,14 @@ class _Guard:
             path = built
             if self._judge(path):
                 return self._result(path, True, "gate passed")
+            predicted = error(probe.distances(probe.kept(chosen))) / max(start, 1e-30)
+            measured = gate_ratio(first, self.gate_log[-1] if self.gate_log else {})
+            note = (f" (with {len(chosen)} MatMul(s) kept the probe predicted {predicted:.3g} of the 4-bit model's "
+                    f"error on its {PROBE_ROWS} rows, the gate measured {measured:.3g} on its rows)")
             if best or len(chosen) >= len(order):
-                return self._result(path, False, self._out_of_room(order, gains, room))
-            ratio /= 2
+                return self._result(path, False, self._out_of_room(order, gains, room) + note)
+            # The probe's rows under-predicted the gate's by measured / predicted: aim that much lower (at least half).
+            ratio = min(ratio / 2, aim * predicted / measured) if measured > 0 else ratio / 2
 
     def _out_of_room(self, order: Sequence[str], gains: Mapping[str, float], room: int) -> str:
         """Why keeping more cannot help: the size budget, the node limit, or no candidate left with a gain."""

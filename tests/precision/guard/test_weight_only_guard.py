@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optpipe.precision.guard.weight_only_guard import (
     WeightOnlyBudget,
     allowed_ratio,
+    gate_ratio,
     ordered,
     weight_bytes,
     weight_only_guard,
@@ -148,6 +149,13 @@ def test_the_target_is_the_share_of_error_the_gate_allows() -> None:
                                                    "tolerance": {"min_cosine": 0.99, "min_row_cosine": 0.98}}}}
     assert allowed_ratio(record) == pytest.approx(0.1)  # (1 - 0.99) / (1 - 0.9) < (1 - 0.98) / (1 - 0.8)
     assert allowed_ratio({}) == pytest.approx(0.1)
+
+
+def test_what_the_gate_measured_is_compared_with_what_the_probe_predicted() -> None:
+    first = {"outputs": {"y": {"cosine": 0.9, "cosine_min": 0.8}}}
+    last = {"outputs": {"y": {"cosine": 0.97, "cosine_min": 0.96}}}
+    assert gate_ratio(first, last) == pytest.approx(0.3)  # the larger of 0.03 / 0.1 and 0.04 / 0.2
+    assert gate_ratio({}, last) == 0.0
 
 
 def test_order_is_gain_per_byte_and_stops_at_the_budget() -> None:
