@@ -93,7 +93,7 @@ class Int4WeightPass(Pass):
     """ONNX -> weight-only INT4 ONNX with MatMulNBits (``int4-weight/model.onnx``), accuracy-guarded."""
 
     name = PRECISION
-    description = "weight-only INT4 (ORT MatMulNBits, no calibration); keep MatMuls in FP32 if the gate fails"
+    description = "weight-only INT4 (ORT MatMulNBits, no calibration); keep MatMuls 8-bit (kept_as) if the gate fails"
     input_kind = ArtifactKind.ONNX
     output_kind = ArtifactKind.ONNX
     Config = Int4WeightConfig
