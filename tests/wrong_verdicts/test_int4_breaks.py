@@ -58,11 +58,20 @@ def test_a_model_int4_breaks_is_rejected(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_guard_repairs_it_by_keeping_the_broken_layer(tmp_path: Path) -> None:
-    _, variant = _build(tmp_path, OutlierWeightMlp())
+    # max_size_fraction 1: this MLP's 8-bit fc2 (K=64 in one block of 128) costs more than a quarter of its FP32
+    # weights leave above 4 bits; the default budget rejects it (the next test)
+    _, variant = _build(tmp_path, OutlierWeightMlp(), pass_options={"int4-weight": {"max_size_fraction": 1.0}})
     guard = variant["passes"]["int4-weight"]["guard"]
     assert guard["history"][0]["passed"] is False and guard["history"][-1]["passed"] is True
     kept = variant["passes"]["int4-weight"]["kept_nodes"]
     assert variant["passed"] and len(kept) == 1, kept
+
+
+@pytest.mark.slow
+def test_the_size_budget_that_cannot_hold_the_repair_rejects_it_in_one_line(tmp_path: Path) -> None:
+    report, variant = _build(tmp_path, OutlierWeightMlp())
+    assert not variant["passed"] and variant["passes"]["int4-weight"]["status"] == "gate_failed"
+    assert any("size budget" in w and "max_size_fraction" in w for w in report.warnings), report.warnings
 
 
 @pytest.mark.slow
