@@ -16,8 +16,10 @@ import numpy as np
 
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import summary_line
+from optpipe.core.memory import release_free_heap
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, non_standard_ops, onnx_bytes, save_onnx
+from optpipe.onnx.weights_aside import put_back, set_aside, values_readable
 from optpipe.runtime.runners import OrtRunner
 
 
@@ -31,23 +33,32 @@ class SimplifyConfig:
     external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
-def _slim_without_shape_inference(path: Path, weights: int) -> tuple[Any, str, str | None]:
-    """onnxslim on a model over protobuf's limit, straight without its shape inference: (model or None, why, failure).
+def _slim(path: Path, over_limit: bool) -> Any:
+    """onnxslim on ``path``'s graph with its large weights set aside (:mod:`optpipe.onnx.weights_aside`),
+    the weights put back in the result; over protobuf's limit without onnxslim's shape inference.
 
-    Why not try the full slim first: onnxslim's shape inference copies the whole model, and when ORT's
-    symbolic inference fails falls back to ``ModelProto.ByteSize()``, which protobuf refuses over 2 GiB
-    ("Failed to serialize proto") only after serialising everything: the 2.4 GB scale model peaked at
-    17.4 GB in this failed attempt, for a result the retry without shape inference had to make anyway.
-    Its constant folding and fusions do not need the inferred shapes.
+    Why the weights aside: onnxslim's shape inference serialises the whole model and parses it back, and
+    its graph IR and constant folding copy the tensors again: BERT-base (0.42 GB) peaked at 3.9 GB here,
+    the build's highest point, and the 2.4 GB scale model at 15.1 GB. It needs their shapes, not their
+    values; a folding that did read one would fail (the placeholder is no file) and leave it unfolded, and
+    the equivalence check on the golden inputs judges the result either way. The files written are the
+    ones slimming the whole model wrote (tests/passes/test_simplify_engine_validate.py).
+    Why no shape inference over the limit, and not the full slim first: it falls back to
+    ``ModelProto.ByteSize()``, which protobuf refuses over 2 GiB ("Failed to serialize proto"), only after
+    serialising everything (17.4 GB for the 2.4 GB model, for a result the retry had to make anyway); the
+    constant folding and fusions do not need the inferred shapes.
     """
     import onnxslim
 
-    why = (f"the weights ({weights / 1e9:.1f} GB) exceed protobuf's 2 GiB limit, which onnxslim's shape "
-           "inference needs")
-    try:
-        return onnxslim.slim(str(path), no_shape_infer=True), why, None
-    except Exception as error:
-        return None, why, f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
+    model = load_onnx(path, load_external_data=False)
+    aside = set_aside(model, path.parent)
+    release_free_heap()  # the weights' first copy, read with the model
+    with values_readable(aside):
+        slimmed = onnxslim.slim(model, no_shape_infer=True) if over_limit else onnxslim.slim(model)
+    del model
+    release_free_heap()  # onnxslim's copies of the graph, before the weights come back
+    put_back(slimmed, aside)
+    return slimmed
 
 
 class SimplifyOnnx(Pass):
@@ -62,21 +73,21 @@ class SimplifyOnnx(Pass):
     cacheable = True
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
-        import onnxslim
-
         assert artifact.path is not None
-        # onnxslim loads the model itself from the path: the pass holds no copy of the weights of its own
-        # while onnxslim works, and onnxslim drops its loaded copy after the first optimisation round.
         before = len(load_onnx(artifact.path, load_external_data=False).graph.node)
         weights = onnx_bytes(artifact.path)
         over_limit = ""
-        if weights > EXTERNAL_DATA_ABOVE:  # straight to the path that works over 2 GB (and holds fewer copies)
-            slimmed, over_limit, failure = _slim_without_shape_inference(artifact.path, weights)
-            if slimmed is None:  # keep the input, say why: never the build's failure
+        if weights > EXTERNAL_DATA_ABOVE:  # without shape inference (which fails over 2 GB) and never fail the build
+            over_limit = (f"the weights ({weights / 1e9:.1f} GB) exceed protobuf's 2 GiB limit, which onnxslim's "
+                          "shape inference needs")
+            try:
+                slimmed = _slim(artifact.path, over_limit=True)
+            except Exception as error:  # keep the input, say why: never the build's failure
+                failure = f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
                 return PassResult(artifact, modified=False, warnings=[f"simplify skipped: {failure}"],
                                   metrics={"nodes_before": before, "kept_input_because": failure})
         else:
-            slimmed = onnxslim.slim(str(artifact.path))
+            slimmed = _slim(artifact.path, over_limit=False)
         path = ctx.path("model.onnx")
         files = save_onnx(slimmed, path, external_above=self.config.external_data_above)
         metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}

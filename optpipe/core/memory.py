@@ -87,6 +87,24 @@ def available_memory_bytes() -> int | None:
     return total
 
 
+def high_water_bytes() -> int | None:
+    """This process's peak RSS as the kernel keeps it (``VmHWM`` of ``/proc/self/status``), None without /proc.
+
+    Why not only :func:`max_rss_bytes`: ``ru_maxrss`` also counts the image that ran before ``exec`` (a fork of
+    a large parent), ``VmHWM`` only this program's memory. Exact where sampling is blind: a sampling thread
+    needs the GIL, and a C call that holds it (protobuf serialising a model, an ONNX Runtime session reading
+    its weights) can allocate and free hundreds of MB between two samples.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def max_rss_bytes() -> int | None:
     """Peak RSS of the process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     try:
@@ -98,11 +116,17 @@ def max_rss_bytes() -> int | None:
 
 
 class RssSampler:
-    """Samples RSS on a background thread while its ``with`` block runs; ``peak`` is the highest seen."""
+    """Samples RSS on a background thread while its ``with`` block runs; ``peak`` is the highest seen.
+
+    When the process's high-water mark (:func:`high_water_bytes`) rose while the block ran, the block set it,
+    so ``peak`` is that mark: exact even for a spike between two samples (a C call holding the GIL). Else the
+    block's peak lies below an earlier one and ``peak`` is the highest sample (a lower bound).
+    """
 
     def __init__(self, interval_s: float = 0.005) -> None:
         self.interval_s = interval_s
         self.peak: int | None = current_rss_bytes()
+        self._high_water_start: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="optpipe-rss", daemon=True)
 
@@ -117,6 +141,7 @@ class RssSampler:
 
     def start(self) -> RssSampler:
         """Start sampling (what ``with`` does); :meth:`stop` ends it."""
+        self._high_water_start = high_water_bytes()
         self._thread.start()
         return self
 
@@ -127,6 +152,9 @@ class RssSampler:
             if self._thread.is_alive():
                 self._thread.join()
             self._sample()
+            high_water = high_water_bytes()
+            if high_water is not None and self._high_water_start is not None and high_water > self._high_water_start:
+                self.peak = max(self.peak or 0, high_water)  # this block set the process's peak
         return self.peak
 
     def __enter__(self) -> RssSampler:

@@ -1,0 +1,54 @@
+"""optpipe.onnx.weights_aside: weights out of a graph while a tool works on it, and back exactly as they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optpipe.onnx.weights_aside import put_back, set_aside, values_readable
+
+
+def _model() -> onnx.ModelProto:
+    """y = x @ W + b, W 64 x 64 (set aside), b 64 (small: stays)."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight, bias])
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_weights_come_back_byte_for_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external: bool) -> None:
+    """Inline or external data, the model after put_back is the model onnx.load reads; the tool saw kilobytes."""
+    path = tmp_path / "model.onnx"
+    onnx.save_model(_model(), str(path), save_as_external_data=external, location="model.onnx.data",
+                    size_threshold=0)
+    expected = onnx.load(str(path)).SerializeToString()
+    model = onnx.load(str(path), load_external_data=False)
+    aside = set_aside(model, tmp_path)
+    assert model.ByteSize() < 2048  # W's 16 KB are out; b (256 B) stays, read in when external
+    put_back(model, aside)
+    assert model.SerializeToString() == expected and not aside.inline
+
+
+def test_a_placeholder_reads_the_real_values_only_while_the_tool_runs(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside :func:`values_readable` a read fails instead of reading a same-named file where the tool runs."""
+    path = tmp_path / "model" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save_model(_model(), str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    weight = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    monkeypatch.chdir(tmp_path)
+    Path("model.onnx.data").write_bytes(b"\0" * 64 * 64 * 4)  # a stale data file in the working directory
+    model = onnx.load(str(path), load_external_data=False)
+    aside = set_aside(model, path.parent)
+    with pytest.raises(Exception, match="optpipe-weights-set-aside"):
+        numpy_helper.to_array(model.graph.initializer[0])
+    with values_readable(aside):
+        np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), weight)
