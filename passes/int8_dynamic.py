@@ -25,7 +25,7 @@ from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
 from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, onnx_files
 from optpipe.precision import pass_support
-from optpipe.precision.kept_weights import KEPT_AS
+from optpipe.precision.names import DYNAMIC_KEPT_AS
 
 PRECISION = "int8-dynamic"
 #: The fewest nodes the dynamic INT8 guard may keep, whatever ``--guard-max-keep``'s fraction gives. Why: a
@@ -60,7 +60,7 @@ class Int8DynamicConfig(pass_support.GuardedConfig):
                           "MatMulNBits blocks of 128, activation quantized per block at run time); dequantize "
                           "(per-channel uint8 weights, DequantizeLinear -> FP32 MatMul: the activation stays FP32). "
                           "Both 8-bit forms cost about 1 byte a weight in the file against FP32's 4.",
-                          choices=KEPT_AS)
+                          choices=DYNAMIC_KEPT_AS)
 
 
 class Int8DynamicPass(Pass):

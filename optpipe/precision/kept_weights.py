@@ -27,9 +27,6 @@ from onnx import helper, numpy_helper
 from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE
 from optpipe.precision import onnx_graph
 
-#: The forms a kept MatMul may take in ``int8-dynamic`` (``kept_as``): FP32, 8-bit MatMulNBits blocks, or
-#: uint8 weights dequantized in front of an FP32 MatMul.
-KEPT_AS: tuple[str, ...] = ("fp32", "int8", "dequantize")
 #: The suffix of the uint8 copy of a weight the ``dequantize`` form writes (and reads back in reports).
 DEQUANTIZED_SUFFIX = "_kept_uint8"
 
