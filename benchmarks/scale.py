@@ -25,6 +25,7 @@ Writes ``benchmarks/results/scale.json`` and prints the Markdown tables the READ
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -133,6 +134,7 @@ def bench_model(name: str, work: Path, extra: list[str]) -> dict[str, Any]:
         entry["rss_within_target"] = build["peak_rss_mib"] <= entry["rss_target_mib"]
     else:
         entry["log_tail"] = (work / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+        print(f"[{name}] exit {build['exit_code']}, no report:", *entry["log_tail"], sep="\n  ", file=sys.stderr)
     return entry
 
 
@@ -172,6 +174,8 @@ def main() -> None:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    if importlib.util.find_spec("transformers") is None:  # the scale models are transformers' BERT and ViT
+        parser.error("the scale models need transformers: pip install -c constraints.txt -e '.[bench]'")
     results: dict[str, Any] = {"models": {}}
     if RESULTS.is_file() and not options.fresh:
         results = json.loads(RESULTS.read_text())
