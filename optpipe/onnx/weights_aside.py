@@ -85,6 +85,24 @@ def _placeholder_key(tensor: Any) -> int | None:
     return int(entries["offset"]) if entries.get("location") == ASIDE_LOCATION else None
 
 
+def _mark_inline_if_materialised(tensor: Any) -> bool:
+    """Mark ``tensor`` inline when a tool wrote its values but kept the placeholder's EXTERNAL mark; whether it did.
+
+    Why: onnxslim's exporter writes a constant whose values it read (through :func:`values_readable`: the real
+    ones) as a new tensor of raw bytes and copies the imported tensor's ``data_location`` onto it, so it says
+    EXTERNAL with no location, a tensor neither onnx nor ONNX Runtime can read (ViT-B/16's position
+    embeddings, which onnxslim reads to see whether an Add's constant is all zeros). Its bytes are the real
+    ones: it is inline data.
+    """
+    import onnx
+
+    if (tensor.data_location != onnx.TensorProto.EXTERNAL or len(tensor.external_data)
+            or not tensor.HasField("raw_data")):
+        return False
+    tensor.ClearField("data_location")
+    return True
+
+
 def _restore(tensor: Any, key: int, aside: WeightsAside) -> None:
     """``tensor`` (a placeholder for ``key``) as it was: its bytes, or its own external-data entries."""
     import onnx
@@ -116,6 +134,7 @@ def values_readable(aside: WeightsAside) -> Iterator[None]:
     original = numpy_helper.to_array
 
     def to_array(tensor: Any, base_dir: str = "") -> Any:
+        _mark_inline_if_materialised(tensor)
         key = _placeholder_key(tensor)
         if key is None:
             return original(tensor, base_dir)
@@ -142,7 +161,12 @@ def put_back(model: Any, aside: WeightsAside, *, load_external: bool = True) -> 
     """
     from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model
 
-    tensors = [(t, k) for t in _get_all_tensors(model) if (k := _placeholder_key(t)) is not None]
+    tensors = []
+    for tensor in _get_all_tensors(model):
+        if (key := _placeholder_key(tensor)) is not None:
+            tensors.append((tensor, key))
+        else:
+            _mark_inline_if_materialised(tensor)
     remaining = Counter(key for _, key in tensors)
     for tensor, key in tensors:
         _restore(tensor, key, aside)

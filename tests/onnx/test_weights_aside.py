@@ -52,3 +52,30 @@ def test_a_placeholder_reads_the_real_values_only_while_the_tool_runs(tmp_path: 
         numpy_helper.to_array(model.graph.initializer[0])
     with values_readable(aside):
         np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), weight)
+
+
+def test_a_weight_the_tool_reads_and_rewrites_comes_back_inline(tmp_path: Path) -> None:
+    """onnxslim reads an Add's large constant (is it all zeros?) and writes it anew, raw bytes under the
+    placeholder's EXTERNAL mark: the result is the model onnxslim makes of the whole model, byte for byte.
+
+    Why: ViT-B/16's position embeddings (x + P) came back as EXTERNAL with no location, and the simplify pass
+    failed ("Location of external TensorProto ... should not be empty"); BERT's weights are never read.
+    """
+    import onnxslim
+
+    rng = np.random.default_rng(1)
+    position = numpy_helper.from_array(rng.standard_normal((1, 17, 64)).astype(np.float32), "P")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "P"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 17, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 17, 64])], [position])
+    path = tmp_path / "model.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    expected = onnxslim.slim(onnx.load(str(path))).SerializeToString()
+    model = onnx.load(str(path), load_external_data=False)
+    aside = set_aside(model, tmp_path)
+    with values_readable(aside):
+        slimmed = onnxslim.slim(model)
+    put_back(slimmed, aside)
+    onnx.checker.check_model(slimmed)
+    assert slimmed.SerializeToString() == expected
+    np.testing.assert_array_equal(numpy_helper.to_array(slimmed.graph.initializer[0]), numpy_helper.to_array(position))
