@@ -37,6 +37,22 @@ def test_weights_come_back_byte_for_byte(tmp_path: Path, monkeypatch: pytest.Mon
     assert model.SerializeToString() == expected and not aside.inline
 
 
+def test_a_small_external_tensor_becomes_inline_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small tensor stays in the graph the tool sees as inline bytes, not a location the tool would resolve
+    against its own working directory (where a stale file of the same name reads the wrong values)."""
+    path = tmp_path / "model" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save_model(_model(), str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    bias = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[1])
+    monkeypatch.chdir(tmp_path)
+    Path("model.onnx.data").write_bytes(b"\xff" * 64 * 64 * 8)  # a stale data file where the tool runs
+    model = onnx.load(str(path), load_external_data=False)
+    set_aside(model, path.parent)
+    small = model.graph.initializer[1]
+    assert small.data_location == TensorProto.DEFAULT and not small.external_data
+    np.testing.assert_array_equal(numpy_helper.to_array(small), bias)
+
+
 def test_a_placeholder_reads_the_real_values_only_while_the_tool_runs(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside :func:`values_readable` a read fails instead of reading a same-named file where the tool runs."""
