@@ -51,6 +51,7 @@ EXPORTED_SUFFIXES = (".pt2",)
 SPEC_USAGE = "use path/to/file.py:NAME, package.module:NAME or a torch.export .pt2 file"
 _MAX_LISTED = 5
 _module_counter = itertools.count()
+_MODULE_PREFIX = "optpipe_user_model_"  # model files' module names: the prefix, a counter, the file's stem
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _import_file(path: Path) -> ModuleType:
     ``sys.modules`` because dataclasses and pickling look classes up there.
     """
     resolved = path.resolve()
-    name = f"optpipe_user_model_{next(_module_counter)}_{resolved.stem}".replace("-", "_")
+    name = f"{_MODULE_PREFIX}{next(_module_counter)}_{resolved.stem}".replace("-", "_")
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
         raise UserInputError(f"cannot import '{path}' as Python code; the model file must end in .py")
@@ -134,6 +135,20 @@ def _import_file(path: Path) -> ModuleType:
         sys.modules.pop(name, None)
         raise UserInputError(f"importing {path} failed: {first_line(exc)}") from exc
     return module
+
+
+def imported_model_file(path: Path) -> ModuleType | None:
+    """The module this process last imported from model file ``path`` (:func:`_import_file`), or None.
+
+    Why: the model file's ``calibration_data()`` is read by the INT8 passes through a ``FILE.py:NAME`` spec;
+    importing the file again would run it again: build the model a second time (BERT 1536 x 20: 2.4 GB and
+    seconds of weight initialisation, or a trained checkpoint read again from disk) only to call one function.
+    """
+    resolved = path.resolve()
+    found = [module for name, module in list(sys.modules.items())
+             if name.startswith(_MODULE_PREFIX) and getattr(module, "__file__", None)
+             and Path(module.__file__).resolve() == resolved]  # fmt: skip
+    return found[-1] if found else None
 
 
 def _import_dotted(module_name: str) -> ModuleType:

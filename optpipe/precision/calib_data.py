@@ -48,6 +48,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,7 @@ import numpy as np
 from optpipe.core.data_cast import cast_to_model_dtype
 from optpipe.core.errors import UserInputError, first_line
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.model.loading import imported_model_file
 
 Sample = dict[str, np.ndarray]
 
@@ -326,18 +328,7 @@ def _from_python(spec_text: str, specs: list[TensorSpec]) -> Iterable[Any]:
         raise UserInputError(f"calibration data file '{file}' does not exist (from '{spec_text}')")
     if not attr.isidentifier():
         raise UserInputError(f"'{attr}' in '{spec_text}' is not a Python name; use 'FILE.py:NAME'")
-    module_name = f"_optpipe_calib_{abs(hash(file.resolve()))}"
-    mod_spec = importlib.util.spec_from_file_location(module_name, file)
-    if mod_spec is None or mod_spec.loader is None:
-        raise UserInputError(f"cannot import calibration data file '{file}'")
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[module_name] = module
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:  # user code: any failure is an input error, reported in one line
-        raise UserInputError(f"importing '{file}' failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.modules.pop(module_name, None)
+    module = imported_model_file(file) or _import_data_file(file)
     if not hasattr(module, attr):
         raise UserInputError(f"'{file}' defines no '{attr}' (from '{spec_text}')")
     obj = getattr(module, attr)
@@ -353,6 +344,23 @@ def _from_python(spec_text: str, specs: list[TensorSpec]) -> Iterable[Any]:
             f"'{spec_text}' gave a {type(obj).__name__}; it must be (or return) an iterable of input dicts"
         )
     return obj
+
+
+def _import_data_file(file: Path) -> ModuleType:
+    """Import a calibration data file that is not the build's model file, under a name of its own."""
+    module_name = f"_optpipe_calib_{abs(hash(file.resolve()))}"
+    mod_spec = importlib.util.spec_from_file_location(module_name, file)
+    if mod_spec is None or mod_spec.loader is None:
+        raise UserInputError(f"cannot import calibration data file '{file}'")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[module_name] = module
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:  # user code: any failure is an input error, reported in one line
+        raise UserInputError(f"importing '{file}' failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.modules.pop(module_name, None)
+    return module
 
 
 def _split_arrays(arrays: dict[str, Any], specs: list[TensorSpec], origin: str) -> list[Sample]:

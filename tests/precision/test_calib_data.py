@@ -74,6 +74,28 @@ def test_python_file_callable_yielding_tuples(tmp_path: Path) -> None:
     assert samples[3]["x"].dtype == np.float32 and samples[3]["mask"].dtype == np.int64
 
 
+def test_the_model_files_calibration_data_runs_the_file_once(tmp_path: Path) -> None:
+    """The build's model file is not imported again to read its calibration_data(): its model is not built twice
+    (a 2.4 GB model's weights, or a checkpoint read from disk again); another data file is imported as before."""
+    from optpipe.model.loading import load_model
+
+    runs = tmp_path / "runs.txt"
+    code = (
+        "import numpy as np, torch\n"
+        f"open({str(runs)!r}, 'a').write('ran\\n')\n"
+        "model = torch.nn.Linear(4, 4)\n"
+        "def calibration_data():\n"
+        "    return [{'x': np.zeros((1, 3, 4, 4), np.float32), 'mask': np.ones((1, 5), np.int64)}] * 2\n"
+    )
+    (tmp_path / "model.py").write_text(code)
+    (tmp_path / "other.py").write_text(code)
+    load_model(f"{tmp_path / 'model.py'}:model")
+    assert len(load_samples(f"{tmp_path / 'model.py'}:calibration_data", SPECS)) == 2
+    assert runs.read_text().count("ran") == 1
+    assert len(load_samples(f"{tmp_path / 'other.py'}:calibration_data", SPECS)) == 2
+    assert runs.read_text().count("ran") == 2
+
+
 def test_python_file_missing_name(tmp_path: Path) -> None:
     (tmp_path / "calib.py").write_text("x = 1\n")
     with pytest.raises(UserInputError, match="defines no 'nothere'"):
