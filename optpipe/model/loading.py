@@ -146,8 +146,7 @@ def imported_model_file(path: Path) -> ModuleType | None:
     """
     resolved = path.resolve()
     found = [module for name, module in list(sys.modules.items())
-             if name.startswith(_MODULE_PREFIX) and getattr(module, "__file__", None)
-             and Path(module.__file__).resolve() == resolved]  # fmt: skip
+             if name.startswith(_MODULE_PREFIX) and Path(getattr(module, "__file__", "") or "").resolve() == resolved]
     return found[-1] if found else None
 
 
