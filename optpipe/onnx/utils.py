@@ -11,6 +11,7 @@ from typing import Any
 
 from optpipe.core.artifact import sha256_file, sha256_files
 from optpipe.core.errors import UserInputError
+from optpipe.onnx.streamed_write import write_model
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
@@ -80,7 +81,7 @@ def save_onnx(model: Any, path: Path, *, external_above: int = EXTERNAL_DATA_ABO
                             location=data_path.name, size_threshold=1024)
             load_external_data_for_model(model, tmp)
         else:
-            onnx.save_model(model, str(staged))
+            write_model(model, staged)  # onnx.save_model's bytes, without two encoded copies of the weights
         if staged_data.is_file():
             os.replace(staged_data, data_path)
         else:

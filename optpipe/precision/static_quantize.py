@@ -247,12 +247,15 @@ def compute_ranges(
         extra = {"num_bins": 2048, "percentile": percentile, "symmetric": True}
     rows = list(samples)
     with tempfile.TemporaryDirectory(prefix="optpipe-calib-") as tmp:
+        # The calibrator's copy keeps its weights in a data file, and so does the graph it augments: saved a
+        # tensor at a time, not serialised whole (the model and two encoded copies of its weights at once,
+        # BERT-base's INT8 peak); its session reads them from that file.
         calibrator = create_calibrator(
-            Path(model_path),
+            onnx_graph.externalized_copy(Path(model_path), Path(tmp)),
             list(op_types) if op_types else None,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=enum,
-            use_external_data_format=onnx_bytes(Path(model_path)) > EXTERNAL_DATA_ABOVE,  # over 2 GB
+            use_external_data_format=True,
             extra_options=extra,
         )
         calibrator.model = None  # the session holds the augmented graph; the proto's weights are not needed again
