@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optpipe.compare import onnx_outputs
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import UserInputError, full_message, summary_line
 from optpipe.core.progress import Elapsed
@@ -185,6 +186,7 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
     if ctx.golden is None:
         return
     runner = OrtRunner(path, threads=ctx.threads, level="basic", log_level=4)
+    seen = []
     for case in ctx.golden.cases:
         try:
             results = runner.infer(case.inputs)
@@ -204,6 +206,9 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
                 raise RuntimeError(
                     f"output '{name}' differs from PyTorch at batch {case.batch} (max abs error {worst:.3g})"
                 )
+        seen.append(results)
+    runner.close()
+    onnx_outputs.remember(ctx.shared, path, ctx.threads, seen)  # what simplify compares its result with
 
 
 def _declared_axes(ctx: BuildContext) -> dict[str, list[tuple[str, int]]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from optpipe.compare import onnx_outputs
 from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import summary_line
 from optpipe.core.memory import release_free_heap
@@ -33,9 +34,10 @@ class SimplifyConfig:
     external_data_above: int = EXTERNAL_DATA_ABOVE
 
 
-def _slim(path: Path, over_limit: bool) -> Any:
+def _slim(path: Path, over_limit: bool) -> tuple[Any, int]:
     """onnxslim on ``path``'s graph with its large weights set aside (:mod:`optpipe.onnx.weights_aside`),
-    the weights put back in the result; over protobuf's limit without onnxslim's shape inference.
+    the weights put back in the result, and the input's node count; over protobuf's limit without onnxslim's
+    shape inference.
 
     Why the weights aside: onnxslim's shape inference serialises the whole model and parses it back, and
     its graph IR and constant folding copy the tensors again: BERT-base (0.42 GB) peaked at 3.9 GB here,
@@ -51,6 +53,7 @@ def _slim(path: Path, over_limit: bool) -> Any:
     import onnxslim
 
     model = load_onnx(path, load_external_data=False)
+    nodes_before = len(model.graph.node)
     aside = set_aside(model, path.parent)
     release_free_heap()  # the weights' first copy, read with the model
     with values_readable(aside):
@@ -58,7 +61,7 @@ def _slim(path: Path, over_limit: bool) -> Any:
     del model
     release_free_heap()  # onnxslim's copies of the graph, before the weights come back
     put_back(slimmed, aside)
-    return slimmed
+    return slimmed, nodes_before
 
 
 class SimplifyOnnx(Pass):
@@ -74,27 +77,32 @@ class SimplifyOnnx(Pass):
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         assert artifact.path is not None
-        before = len(load_onnx(artifact.path, load_external_data=False).graph.node)
         weights = onnx_bytes(artifact.path)
         over_limit = ""
         if weights > EXTERNAL_DATA_ABOVE:  # without shape inference (which fails over 2 GB) and never fail the build
             over_limit = (f"the weights ({weights / 1e9:.1f} GB) exceed protobuf's 2 GiB limit, which onnxslim's "
                           "shape inference needs")
             try:
-                slimmed = _slim(artifact.path, over_limit=True)
+                slimmed, before = _slim(artifact.path, over_limit=True)
             except Exception as error:  # keep the input, say why: never the build's failure
                 failure = f"onnxslim failed on this {weights / 1e9:.1f} GB model ({summary_line(error)})"
+                before = len(load_onnx(artifact.path, load_external_data=False).graph.node)
                 return PassResult(artifact, modified=False, warnings=[f"simplify skipped: {failure}"],
                                   metrics={"nodes_before": before, "kept_input_because": failure})
         else:
-            slimmed = _slim(artifact.path, over_limit=False)
+            slimmed, before = _slim(artifact.path, over_limit=False)
         path = ctx.path("model.onnx")
         files = save_onnx(slimmed, path, external_above=self.config.external_data_above)
         metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
         if over_limit:
             metrics["without_shape_inference"] = over_limit
+        foreign = non_standard_ops(slimmed)
         del slimmed
-        problem = self._problem(artifact, path, ctx)
+        # The model lives in reference cycles (onnxslim's), its pages in the heap until trimmed: freed now,
+        # before the equivalence check's sessions, not after them (BERT-base: 0.85 GB under those sessions).
+        release_free_heap()
+        problem = (f"result uses non-standard ops {dict(foreign)}" if foreign
+                   else self._problem(artifact, path, ctx))
         if problem is not None:
             for file in files:
                 file.unlink()
@@ -104,17 +112,17 @@ class SimplifyOnnx(Pass):
         return PassResult(result, modified=metrics["nodes_before"] != metrics["nodes_after"], metrics=metrics)
 
     def _problem(self, artifact: Artifact, path: Any, ctx: BuildContext) -> str | None:
-        """Why the simplified model must not be used, or None when it is fine."""
-        foreign = non_standard_ops(load_onnx(path, load_external_data=False))
-        if foreign:
-            return f"result uses non-standard ops {dict(foreign)}"
+        """Why the simplified model (portable ONNX) must not be used: it computes other values than its input."""
         if ctx.golden is None:
             return None
         assert artifact.path is not None
-        # One session alive at a time: the input model's outputs first, then the simplified model's.
-        before = OrtRunner(artifact.path, threads=ctx.threads, level="basic")
-        expected_all = [before.infer(case.inputs) for case in ctx.golden.cases]
-        before.close()
+        # The input's outputs as the export pass computed them on the same file, else (a cached export, a
+        # build from an ONNX file) computed here. One session alive at a time: the input's, then the result's.
+        expected_all = onnx_outputs.recall(ctx.shared, artifact.path, ctx.threads)
+        if expected_all is None:
+            before = OrtRunner(artifact.path, threads=ctx.threads, level="basic")
+            expected_all = [before.infer(case.inputs) for case in ctx.golden.cases]
+            before.close()
         after = OrtRunner(path, threads=ctx.threads, level="basic")
         for case, expected in zip(ctx.golden.cases, expected_all, strict=True):
             got = after.infer(case.inputs)
