@@ -106,10 +106,12 @@ def _gb(value: int) -> str:
     return f"{value / 1e9:.2f} GB"
 
 
-def plan_record(plan: MemoryPlan, peak: int | None, process_peak: int | None) -> Any:
-    """``report.memory`` for ``plan`` and the peaks measured while the build ran."""
+def plan_record(plan: MemoryPlan, peak: int | None, process_peak: int | None, paged_out: int = 0) -> Any:
+    """``report.memory`` for ``plan``, the peaks measured while the build ran and the PyTorch weights' bytes
+    mapped from disk after the export (:mod:`optpipe.model.paged_weights`)."""
     from optpipe.core.records import MemoryRecord
 
     return MemoryRecord(weights_mb=mib(plan.weights) or 0.0, estimate_mb=mib(plan.estimate) or 0.0,
                         limit_mb=mib(plan.limit), limit_source=plan.limit_source, peak_rss_mb=mib(peak),
-                        process_peak_rss_mb=mib(process_peak), calib_rows=plan.calib_rows)
+                        process_peak_rss_mb=mib(process_peak), calib_rows=plan.calib_rows,
+                        torch_weights_paged_out_mb=mib(paged_out) or 0.0)

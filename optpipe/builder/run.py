@@ -46,7 +46,7 @@ from optpipe.compare.golden import RealRows, make_golden, output_kinds_of, real_
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.console import info
 from optpipe.core.errors import EnvironmentUnavailable, PassError, UserInputError, disk_full_reason
-from optpipe.core.memory import RssSampler, max_rss_bytes
+from optpipe.core.memory import RssSampler, max_rss_bytes, release_free_heap
 from optpipe.core.records import BuildRecord
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
 from optpipe.core.value_checks import check_environment
@@ -64,6 +64,7 @@ from optpipe.model.default_seq import (
     token_axes,
 )
 from optpipe.model.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
+from optpipe.model.paged_weights import page_out
 from optpipe.onnx.producers import output_producers
 from optpipe.report.build_report import Report
 from optpipe.runtime.target import Target, get_target
@@ -349,11 +350,13 @@ def build_with_options(
         onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
                                     fallbacks, _GoldenSource(reference, golden_rows))
         ctx.output_producers = dict(output_producers(onnx_artifact.path))  # evidence for each output's kind
+        paged = page_out(ctx.model)  # no pass reads the PyTorch weights again before the benchmark
+        release_free_heap()
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
         record = _RecordInputs(options, tuple(precisions), reference, eval_set, next_step, provenance, started, holdout,
-                               lambda: plan_record(memory, sampler.stop(), max_rss_bytes()))
+                               lambda: plan_record(memory, sampler.stop(), max_rss_bytes(), paged.bytes))
         _run_and_record(onnx_artifact, prefix, plan, ctx, report, [ProgressInstrument(log), *instruments], record,
                         capture)
         publish(staging, out, out_seen)

@@ -397,7 +397,8 @@ class MemoryRecord(_JsonRecord):
     for a CLI build). ``estimate_mb`` is the up-front estimate the build was checked against ``limit_mb``
     with (``limit_source``: ``--max-rss`` or the memory this machine had available), from
     ``weights_mb`` (the model's FP32 weights). ``calib_rows``: rows per calibration run when the budget
-    made calibration run in smaller chunks (None: the default chunking).
+    made calibration run in smaller chunks (None: the default chunking). ``torch_weights_paged_out_mb``: the
+    PyTorch model's weights mapped from a file after the export (:mod:`optpipe.model.paged_weights`; 0: kept).
     """
 
     weights_mb: float
@@ -407,12 +408,14 @@ class MemoryRecord(_JsonRecord):
     peak_rss_mb: float | None = None
     process_peak_rss_mb: float | None = None
     calib_rows: int | None = None
+    torch_weights_paged_out_mb: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"weights_mb": self.weights_mb, "estimate_mb": self.estimate_mb,
                                "limit_mb": self.limit_mb, "limit_source": self.limit_source,
-                               "peak_rss_mb": self.peak_rss_mb, "process_peak_rss_mb": self.process_peak_rss_mb}
+                               "peak_rss_mb": self.peak_rss_mb, "process_peak_rss_mb": self.process_peak_rss_mb,
+                               "torch_weights_paged_out_mb": self.torch_weights_paged_out_mb}
         return self._finish(out, calib_rows=self.calib_rows)
 
     @classmethod
@@ -426,4 +429,5 @@ class MemoryRecord(_JsonRecord):
                    limit_mb=number("limit_mb"), limit_source=str(data.get("limit_source") or ""),
                    peak_rss_mb=number("peak_rss_mb"), process_peak_rss_mb=number("process_peak_rss_mb"),
                    calib_rows=int(data["calib_rows"]) if data.get("calib_rows") is not None else None,
+                   torch_weights_paged_out_mb=float(data.get("torch_weights_paged_out_mb") or 0.0),
                    extra=cls._unknown(data))
