@@ -118,7 +118,7 @@ def quantize_int8_dynamic(
     src, dst = Path(src).absolute(), Path(dst).absolute()  # absolute: the quantizer runs in a scratch cwd
     with tempfile.TemporaryDirectory(prefix="optpipe-int8dyn-") as tmp_text, scratch_cwd():
         tmp = Path(tmp_text)
-        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes, external_above)
+        pre_path, pre, excluded, warnings = _prepare(src, tmp, exclude_nodes, external_above, weights=False)
         quantizable = quantizable_nodes(pre)
         nothing = _nothing_left("cpu", METHOD, quantizable, excluded, warnings,
                                 "the model has no MatMul/Gemm with a constant weight")  # fmt: skip

@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import io
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -370,18 +371,20 @@ def _absolute(path: Path | None) -> Path | None:
 
 
 def _prepare(
-    src: Path, tmp: Path, exclude_nodes: Sequence[str], external_above: int = EXTERNAL_DATA_ABOVE
+    src: Path, tmp: Path, exclude_nodes: Sequence[str], external_above: int = EXTERNAL_DATA_ABOVE,
+    *, weights: bool = True,
 ) -> tuple[Path, onnx.ModelProto, list[str], list[str]]:
     """Pre-process ``src`` into ``tmp/pre.onnx``, the quantizers' input, and map ``exclude_nodes`` onto it.
 
     Returns the pre-processed file and model, the excluded node names in it and the warnings so far.
-    ``pre.onnx`` keeps its weights in ``pre.onnx.data`` when ``src`` is larger than ``external_above``.
+    ``pre.onnx`` keeps its weights in ``pre.onnx.data`` when ``src`` is larger than ``external_above``;
+    then ``weights=False`` returns the model without them (a caller that reads only its graph).
     """
     if not Path(src).is_file():  # a corrupt one is refused by the first load (onnx_graph.load_model)
         raise UserInputError(f"ONNX model '{src}' does not exist")
     pre_path = tmp / "pre.onnx"  # the source is not held while pre-processing (the step that peaks)
     warnings = _pre_processed(src, pre_path, onnx_bytes(src) > external_above)
-    pre = onnx.load(str(pre_path))
+    pre = onnx.load(str(pre_path), load_external_data=weights)
     pre_names = {n.name for n in pre.graph.node}
     # The source is read again only when a name to exclude is not in the pre-processed graph (ORT renamed
     # or fused it): reading it costs twice its weights at once.
@@ -483,8 +486,12 @@ def _pre_process(src: Path, dst: Path, external: bool = False) -> list[str]:
                 quant_pre_process(str(light), str(out), skip_symbolic_shape=True, **storage)
             except Exception as exc:  # give the user the cause in one line
                 raise UserInputError(f"quantization pre-processing of '{src}' failed: {exc}") from exc
-        # inline again unless too large: the quantizers and the cache read one file
-        save_onnx(onnx.load(str(out)), dst, external_above=0 if external else EXTERNAL_DATA_ABOVE)
+        data = tmp / str(storage["external_data_location"])
+        if external and out.name == dst.name and data.is_file():  # already laid out as dst's: moved, not read
+            os.replace(data, dst.parent / f"{dst.name}.data")  # (2.4 GB model: 2.4 GB loaded and written again)
+            os.replace(out, dst)
+        else:  # inline again unless too large: the quantizers and the cache read one file
+            save_onnx(onnx.load(str(out)), dst, external_above=0 if external else EXTERNAL_DATA_ABOVE)
     release_free_heap()
     return [] if failed is None else [f"symbolic shape inference failed ({failed}); pre-processed without it"]
 
