@@ -121,7 +121,7 @@ class Int8Pass(Pass):
         from optpipe.precision import onnx_graph
         from optpipe.precision.fragile import mask_softmax_nodes
 
-        return [n for n in mask_softmax_nodes(onnx_graph.load_model(src)) if n not in self.config.exclude_nodes]
+        return [n for n in mask_softmax_nodes(onnx_graph.load_skeleton(src)) if n not in self.config.exclude_nodes]
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> PassResult:
         from optpipe.precision.guard.gate import gate_runtime_note

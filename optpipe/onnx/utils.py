@@ -11,6 +11,7 @@ from typing import Any
 
 from optpipe.core.artifact import sha256_file, sha256_files
 from optpipe.core.errors import UserInputError
+from optpipe.onnx.graph_only import load_graph_only
 from optpipe.onnx.streamed_write import write_model
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -142,8 +143,9 @@ _FILES_SEEN_MAX = 256
 def onnx_files(path: Path) -> list[Path]:
     """An ONNX file plus its external data files, if any.
 
-    Remembered per file identity: finding the data files parses the whole protobuf (weights inline below
-    1.8 GB), 0.4 s for BERT-base, and a build asked 31 times about a handful of files (12 s).
+    Remembered per file identity: finding the data files parsed the whole protobuf (weights inline below
+    1.8 GB), 0.4 s for BERT-base, and a build asked 31 times about a handful of files (12 s); the first
+    answer streams the graph without the weights' bytes (:mod:`optpipe.onnx.graph_only`).
     """
     try:
         stat = path.stat()
@@ -154,7 +156,10 @@ def onnx_files(path: Path) -> list[Path]:
     if seen is not None and all(file.exists() for file in seen):
         return list(seen)
     files = [path]
-    model = load_onnx(path, load_external_data=False)
+    try:  # the graph and each tensor's external-data entries, without reading inline weights
+        model = load_graph_only(path)
+    except Exception:  # not a model: load_onnx says so in one line
+        model = load_onnx(path, load_external_data=False)
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":

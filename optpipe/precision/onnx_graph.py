@@ -40,6 +40,25 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise UserInputError(f"cannot read ONNX model '{path}': {exc}") from exc
 
 
+def load_skeleton(path: Path) -> onnx.ModelProto:
+    """:func:`skeleton` of the ONNX file at ``path``, read without the large weights' bytes
+    (:mod:`optpipe.onnx.graph_only`): the graph to look at, at the cost of the graph, not twice the weights."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    from optpipe.onnx.graph_only import load_graph_only
+
+    if not Path(path).is_file():
+        raise UserInputError(f"ONNX model '{path}' does not exist")
+    try:
+        light = skeleton(load_graph_only(Path(path)))
+        for tensor in light.graph.initializer:  # what the skeleton keeps of external data is read, as onnx.load does
+            if tensor.data_location == TensorProto.EXTERNAL:
+                load_external_data_for_tensor(tensor, str(Path(path).parent))
+        return light
+    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
+        raise UserInputError(f"cannot read ONNX model '{path}': {exc}") from exc
+
+
 def input_specs(model: onnx.ModelProto | Path) -> list[TensorSpec]:
     """The real inputs of a model (graph inputs that are not initializers).
 

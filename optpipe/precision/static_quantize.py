@@ -388,7 +388,7 @@ def _prepare(
     pre_names = {n.name for n in pre.graph.node}
     # The source is read again only when a name to exclude is not in the pre-processed graph (ORT renamed
     # or fused it): reading it costs twice its weights at once.
-    source = (onnx_graph.skeleton(onnx_graph.load_model(src)) if any(n not in pre_names for n in exclude_nodes)
+    source = (onnx_graph.load_skeleton(src) if any(n not in pre_names for n in exclude_nodes)
               else onnx.ModelProto())
     return pre_path, pre, _map_exclusions(source, pre, exclude_nodes, src), warnings
 

@@ -186,8 +186,8 @@ def per_layer_errors(
     # Memory: each model's weights are dropped once its session exists (the session has its own copy);
     # the ranking needs the FP32 graph alone. Both models with their sessions held 7x the weights.
     release_free_heap()  # what the quantizer freed goes back first: these sessions are the pass's largest step
-    fp32 = onnx_graph.skeleton(onnx_graph.load_model(Path(fp32_path)))
-    lowp = onnx_graph.skeleton(onnx_graph.load_model(Path(lowp_path)))
+    fp32 = onnx_graph.load_skeleton(Path(fp32_path))
+    lowp = onnx_graph.load_skeleton(Path(lowp_path))
     mapping = tensor_map(fp32, lowp)
     fp_types = onnx_graph.float_tensor_types(fp32)
     mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in onnx_graph.FLOAT_TYPES}
@@ -393,7 +393,7 @@ def guarded_quantize(
     src, dst = Path(src), Path(dst)
     # The graph alone for the whole search (names, producers, eligibility); the weights are loaded again only
     # where the output sensitivity runs the FP32 model, so they are not held beside every rebuild.
-    fp32 = onnx_graph.skeleton(onnx_graph.load_model(src))
+    fp32 = onnx_graph.load_skeleton(src)
     # Any: the options are forwarded as keyword arguments to quantize_int8 / convert_fp16, which check them.
     opts: dict[str, Any] = dict(int8_options or {}) if precision == "int8" else dict(fp16_options or {})
     user_kept = list(opts.pop("exclude_nodes" if precision == "int8" else "node_block_list", ()))

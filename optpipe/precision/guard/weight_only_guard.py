@@ -187,7 +187,7 @@ class _Guard:
         """The switchable session over the all-4-bit model at ``path`` (the kept model is built in ``scratch``)."""
         kept_path = self.kept_model(scratch / "kept.onnx")
         kept = onnx_graph.load_model(kept_path) if kept_path is not None else None
-        fp32 = onnx_graph.load_model(self.src) if kept is None else onnx_graph.skeleton(onnx_graph.load_model(path))
+        fp32 = onnx_graph.load_model(self.src) if kept is None else onnx_graph.load_skeleton(path)
         model = switchable(onnx_graph.load_model(path), kept, fp32)
         del kept, fp32
         if not model.names:
