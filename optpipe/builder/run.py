@@ -46,7 +46,7 @@ from optpipe.compare.golden import RealRows, make_golden, output_kinds_of, real_
 from optpipe.core.artifact import Artifact, ArtifactKind
 from optpipe.core.console import info
 from optpipe.core.errors import EnvironmentUnavailable, PassError, UserInputError, disk_full_reason
-from optpipe.core.memory import RssSampler, max_rss_bytes, release_free_heap
+from optpipe.core.memory import RssSampler, max_rss_bytes
 from optpipe.core.records import BuildRecord
 from optpipe.core.tensor_spec import DynamicDim, TensorSpec
 from optpipe.core.value_checks import check_environment
@@ -335,10 +335,8 @@ def build_with_options(
     plan = plan_variants(precisions, target, options, engine=reason is None)
     next_step = None if reason is None else split_next_step(out, reason, options.trt)
     staging = make_staging(out)
-    report = _new_report(target, options, model_type, log, [
-        *warnings, *([static_batch_warning(static_reason)] if static_reason is not None else []),
-        *([static_seq_warning(seq_reason)] if seq_reason is not None else []),
-        *([holdout_warning] if holdout_warning is not None else [])])
+    report = _new_report(target, options, model_type, log,
+                         _early_warnings(warnings, static_reason, seq_reason, holdout_warning))
     golden_rows = real_row_sets(heldout_inputs, holdout.guard if holdout else None, holdout.test if holdout else None)
     capture = LogCapture(staging / "build.log").start()  # third-party log lines: the file, not the console
     sampler = RssSampler(BUILD_RSS_INTERVAL_S).start()  # the build's peak RSS (each pass has its own)
@@ -351,7 +349,6 @@ def build_with_options(
                                     fallbacks, _GoldenSource(reference, golden_rows))
         ctx.output_producers = dict(output_producers(onnx_artifact.path))  # evidence for each output's kind
         paged = page_out(ctx.model)  # no pass reads the PyTorch weights again before the benchmark
-        release_free_heap()
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)
@@ -369,6 +366,14 @@ def build_with_options(
     report.out_dir = out
     _write_back_calib_cache(options, out, log)
     return report
+
+
+def _early_warnings(given: Sequence[str], static_reason: str | None, seq_reason: str | None,
+                    holdout: str | None) -> list[str]:
+    """The warnings found before any pass ran: the caller's, a static batch or sequence axis and why, the holdout."""
+    return [*given, *([static_batch_warning(static_reason)] if static_reason is not None else []),
+            *([static_seq_warning(seq_reason)] if seq_reason is not None else []),
+            *([holdout] if holdout is not None else [])]
 
 
 def _memory_plan(model: Any, options: BuildOptions, precisions: Sequence[str]) -> tuple[BuildOptions, Any]:

@@ -121,11 +121,20 @@ def _import_file(path: Path) -> ModuleType:
     loading the same file twice gives a fresh module. The module is registered in
     ``sys.modules`` because dataclasses and pickling look classes up there.
     """
+    name = f"{_MODULE_PREFIX}{next(_module_counter)}_{path.resolve().stem}".replace("-", "_")
+    return import_python_file(path, name, what="the model file")
+
+
+def import_python_file(path: Path, name: str, *, keep: bool = True, what: str = "the file") -> ModuleType:
+    """Run the Python file ``path`` as module ``name``, its folder first on ``sys.path`` meanwhile.
+
+    ``keep``: the module stays in ``sys.modules`` (a model's classes are looked up there); a failure of the
+    user's code, an exit included, is a one-line :class:`UserInputError` naming ``what`` was imported.
+    """
     resolved = path.resolve()
-    name = f"{_MODULE_PREFIX}{next(_module_counter)}_{resolved.stem}".replace("-", "_")
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
-        raise UserInputError(f"cannot import '{path}' as Python code; the model file must end in .py")
+        raise UserInputError(f"cannot import '{path}' as Python code; {what} must end in .py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -134,6 +143,8 @@ def _import_file(path: Path) -> ModuleType:
     except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
         raise UserInputError(f"importing {path} failed: {first_line(exc)}") from exc
+    if not keep:
+        sys.modules.pop(name, None)
     return module
 
 

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from optpipe.core.memory import release_free_heap
+
 #: Modules with fewer bytes of weights keep them in memory (writing and mapping a file costs more than they do).
 PAGE_OUT_ABOVE = 64 << 20
 
@@ -65,4 +67,5 @@ def page_out(module: Any, *, above: int = PAGE_OUT_ABOVE) -> PagedOut:
         with torch.no_grad():
             for name, tensor in tensors.items():
                 tensor.data = mapped[name]
+    release_free_heap()  # what the old storages' pages were, when the allocator kept them
     return PagedOut(total)

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from optpipe.onnx.streamed_write import encode_varint
+
 #: Float initializers with more elements than this lose their values (onnx_graph.SKELETON_MAX_ELEMENTS).
 VALUES_UP_TO_ELEMENTS = 1024
 _FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16 (onnx.TensorProto)
@@ -36,15 +38,6 @@ def _varint(handle: IO[bytes]) -> int:
         if not byte[0] & 0x80:
             return value
         shift += 7
-
-
-def _encode(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _fields(handle: IO[bytes], begin: int, end: int) -> Iterator[tuple[int, int, int, int]]:
@@ -106,17 +99,23 @@ def _tensor(handle: IO[bytes], begin: int, end: int) -> bytes:
                     if not (drop and number in _VALUE_FIELDS))
 
 
-def _graph(handle: IO[bytes], begin: int, end: int) -> bytes:
+def _rewritten(handle: IO[bytes], begin: int, end: int, number: int, rewrite: Any) -> bytes:
+    """The message in ``[begin, end)`` with each length-delimited field ``number`` replaced by ``rewrite(handle,
+    body start, body end)`` (re-framed), every other field copied as it is."""
     parts: list[bytes] = []
     spans = list(_fields(handle, begin, end))
-    for index, (number, wire, start, body) in enumerate(spans):
+    for index, (field, wire, start, body) in enumerate(spans):
         stop = spans[index + 1][2] if index + 1 < len(spans) else end
-        if number == _INITIALIZER and wire == _LENGTH:
-            tensor = _tensor(handle, body, stop)
-            parts.append(_encode(_INITIALIZER << 3 | _LENGTH) + _encode(len(tensor)) + tensor)
+        if field == number and wire == _LENGTH:
+            inner = rewrite(handle, body, stop)
+            parts.append(encode_varint(number << 3 | _LENGTH) + encode_varint(len(inner)) + inner)
         else:
             parts.append(_read(handle, start, stop))
     return b"".join(parts)
+
+
+def _graph(handle: IO[bytes], begin: int, end: int) -> bytes:
+    return _rewritten(handle, begin, end, _INITIALIZER, _tensor)
 
 
 def load_graph_only(path: Path) -> Any:
@@ -126,17 +125,8 @@ def load_graph_only(path: Path) -> Any:
     """
     import onnx
 
-    parts: list[bytes] = []
     with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        spans = list(_fields(handle, 0, size))
-        for index, (number, wire, start, body) in enumerate(spans):
-            stop = spans[index + 1][2] if index + 1 < len(spans) else size
-            if number == _GRAPH and wire == _LENGTH:
-                graph = _graph(handle, body, stop)
-                parts.append(_encode(_GRAPH << 3 | _LENGTH) + _encode(len(graph)) + graph)
-            else:
-                parts.append(_read(handle, start, stop))
+        encoded = _rewritten(handle, 0, os.fstat(handle.fileno()).st_size, _GRAPH, _graph)
     model = onnx.ModelProto()
-    model.ParseFromString(b"".join(parts))
+    model.ParseFromString(encoded)
     return model

@@ -24,7 +24,8 @@ _GRAPH_FIELD, _INITIALIZER_FIELD = 7, 5
 _LENGTH_DELIMITED = 2
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """``value`` as a protobuf varint."""
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -34,7 +35,7 @@ def _varint(value: int) -> bytes:
 
 
 def _tag(field_number: int) -> bytes:
-    return _varint(field_number << 3 | _LENGTH_DELIMITED)
+    return encode_varint(field_number << 3 | _LENGTH_DELIMITED)
 
 
 def _repeated(field: Any) -> bool:
@@ -70,15 +71,15 @@ def write_model(model: Any, path: Path) -> None:
             graph_head = _part(graph, lambda number: number < _INITIALIZER_FIELD)
             graph_tail = _part(graph, lambda number: number > _INITIALIZER_FIELD)
             sizes = [tensor.ByteSize() for tensor in graph.initializer]
-            records = sum(len(_tag(_INITIALIZER_FIELD)) + len(_varint(size)) + size for size in sizes)
+            records = sum(len(_tag(_INITIALIZER_FIELD)) + len(encode_varint(size)) + size for size in sizes)
             graph_size = len(graph_head) + records + len(graph_tail)
             if graph_size + len(before) + len(after) > PROTOBUF_LIMIT:
                 raise ValueError(f"the model is {graph_size / 1e9:.1f} GB, over protobuf's 2 GiB limit: "
                                  "its weights must be saved as external data")
-            handle.write(_tag(_GRAPH_FIELD) + _varint(graph_size))
+            handle.write(_tag(_GRAPH_FIELD) + encode_varint(graph_size))
             handle.write(graph_head)
             for tensor, size in zip(graph.initializer, sizes, strict=True):
-                handle.write(_tag(_INITIALIZER_FIELD) + _varint(size))
+                handle.write(_tag(_INITIALIZER_FIELD) + encode_varint(size))
                 handle.write(tensor.SerializeToString())
             handle.write(graph_tail)
         handle.write(after)

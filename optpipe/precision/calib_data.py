@@ -43,8 +43,6 @@ refusing them would only force every user to write the same ``astype``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +54,7 @@ import numpy as np
 from optpipe.core.data_cast import cast_to_model_dtype
 from optpipe.core.errors import UserInputError, first_line
 from optpipe.core.tensor_spec import TensorSpec
-from optpipe.model.loading import imported_model_file
+from optpipe.model.loading import import_python_file, imported_model_file
 
 Sample = dict[str, np.ndarray]
 
@@ -348,19 +346,8 @@ def _from_python(spec_text: str, specs: list[TensorSpec]) -> Iterable[Any]:
 
 def _import_data_file(file: Path) -> ModuleType:
     """Import a calibration data file that is not the build's model file, under a name of its own."""
-    module_name = f"_optpipe_calib_{abs(hash(file.resolve()))}"
-    mod_spec = importlib.util.spec_from_file_location(module_name, file)
-    if mod_spec is None or mod_spec.loader is None:
-        raise UserInputError(f"cannot import calibration data file '{file}'")
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[module_name] = module
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:  # user code: any failure is an input error, reported in one line
-        raise UserInputError(f"importing '{file}' failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.modules.pop(module_name, None)
-    return module
+    return import_python_file(file, f"_optpipe_calib_{abs(hash(file.resolve()))}", keep=False,
+                              what="a calibration data file")
 
 
 def _split_arrays(arrays: dict[str, Any], specs: list[TensorSpec], origin: str) -> list[Sample]:

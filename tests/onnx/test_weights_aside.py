@@ -37,31 +37,34 @@ def test_weights_come_back_byte_for_byte(tmp_path: Path, monkeypatch: pytest.Mon
     assert model.SerializeToString() == expected and not aside.inline
 
 
-def test_a_small_external_tensor_becomes_inline_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A small tensor stays in the graph the tool sees as inline bytes, not a location the tool would resolve
-    against its own working directory (where a stale file of the same name reads the wrong values)."""
+def _stale_file_beside_the_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, onnx.ModelProto]:
+    """The model with external data in ``tmp/model/``, the working directory ``tmp`` holding a stale data file
+    of the same name; the model's original values, and the model as loaded without them."""
     path = tmp_path / "model" / "model.onnx"
     path.parent.mkdir()
     onnx.save_model(_model(), str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
-    bias = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[1])
+    original = onnx.load(str(path))
     monkeypatch.chdir(tmp_path)
-    Path("model.onnx.data").write_bytes(b"\xff" * 64 * 64 * 8)  # a stale data file where the tool runs
+    Path("model.onnx.data").write_bytes(b"\xff" * 64 * 64 * 8)
+    return path, original
+
+
+def test_a_small_external_tensor_becomes_inline_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small tensor stays in the graph the tool sees as inline bytes, not a location the tool would resolve
+    against its own working directory (where a stale file of the same name reads the wrong values)."""
+    path, original = _stale_file_beside_the_tool(tmp_path, monkeypatch)
     model = onnx.load(str(path), load_external_data=False)
     set_aside(model, path.parent)
     small = model.graph.initializer[1]
     assert small.data_location == TensorProto.DEFAULT and not small.external_data
-    np.testing.assert_array_equal(numpy_helper.to_array(small), bias)
+    np.testing.assert_array_equal(numpy_helper.to_array(small), numpy_helper.to_array(original.graph.initializer[1]))
 
 
 def test_a_placeholder_reads_the_real_values_only_while_the_tool_runs(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside :func:`values_readable` a read fails instead of reading a same-named file where the tool runs."""
-    path = tmp_path / "model" / "model.onnx"
-    path.parent.mkdir()
-    onnx.save_model(_model(), str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
-    weight = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
-    monkeypatch.chdir(tmp_path)
-    Path("model.onnx.data").write_bytes(b"\0" * 64 * 64 * 4)  # a stale data file in the working directory
+    path, original = _stale_file_beside_the_tool(tmp_path, monkeypatch)
+    weight = numpy_helper.to_array(original.graph.initializer[0])
     model = onnx.load(str(path), load_external_data=False)
     aside = set_aside(model, path.parent)
     with pytest.raises(Exception, match="optpipe-weights-set-aside"):
