@@ -64,7 +64,7 @@ from optpipe.model.default_seq import (
     token_axes,
 )
 from optpipe.model.input_parsing import DynamicArg, check_unique_names, resolve_input_specs
-from optpipe.model.paged_weights import page_out
+from optpipe.model.paged_weights import WeightsPager
 from optpipe.onnx.producers import output_producers
 from optpipe.report.build_report import Report
 from optpipe.runtime.target import Target, get_target
@@ -345,10 +345,11 @@ def build_with_options(
         reference = cached_reference(reference, instruments, ctx)  # outputs only: the benchmark times its own
         ctx.golden = _golden(reference, dynamic_io, golden_rows)
         log(f"optpipe: building {report.model} for target '{target.name}' ({', '.join(precisions)})")
-        onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), *instruments],
+        pager = WeightsPager()  # no pass after the export reads the PyTorch weights before the benchmark
+        onnx_artifact = _run_prefix(prefix, ctx, report, [ProgressInstrument(log), pager, *instruments],
                                     fallbacks, _GoldenSource(reference, golden_rows))
         ctx.output_producers = dict(output_producers(onnx_artifact.path))  # evidence for each output's kind
-        paged = page_out(ctx.model)  # no pass reads the PyTorch weights again before the benchmark
+        paged = pager.page(ctx.model)  # a cached export did not run
         ctx.golden.save(staging / "golden")
         pause_point("staged")
         _warn_meaningless_reference(ctx.golden.cases, report, log)

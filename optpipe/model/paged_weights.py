@@ -45,11 +45,11 @@ def _cpu_tensors(module: Any) -> dict[str, Any]:
     return found
 
 
-def page_out(module: Any, *, above: int = PAGE_OUT_ABOVE) -> PagedOut:
+def page_out(module: Any, *, above: int | None = None) -> PagedOut:
     """Back ``module``'s weights by a file mapped from disk (see the module docstring); what was moved.
 
     A module without ``named_parameters`` (not an ``nn.Module``) or with under ``above`` bytes of weights
-    is left as it is. The scratch file is removed at once: the mapping keeps its pages (POSIX), and where
+    (default :data:`PAGE_OUT_ABOVE`) is left as it is. The scratch file is removed at once: the mapping keeps its pages (POSIX), and where
     the system refuses to remove a mapped file it goes with the process's temporary files.
     """
     import torch
@@ -58,6 +58,7 @@ def page_out(module: Any, *, above: int = PAGE_OUT_ABOVE) -> PagedOut:
         return PagedOut(0, "not a torch.nn.Module")
     tensors = _cpu_tensors(module)
     total = sum(t.untyped_storage().nbytes() for t in tensors.values())
+    above = PAGE_OUT_ABOVE if above is None else above
     if total < above:
         return PagedOut(0, f"{total} bytes of weights, under {above}")
     with tempfile.TemporaryDirectory(prefix="optpipe-weights-", ignore_cleanup_errors=True) as folder:
@@ -69,3 +70,28 @@ def page_out(module: Any, *, above: int = PAGE_OUT_ABOVE) -> PagedOut:
                 tensor.data = mapped[name]
     release_free_heap()  # what the old storages' pages were, when the allocator kept them
     return PagedOut(total)
+
+
+class WeightsPager:
+    """A pipeline instrument that pages the PyTorch weights out (:func:`page_out`) as soon as the export pass ran.
+
+    Why not after the whole prefix: the simplify pass that follows the export holds the ONNX weights and
+    two ONNX Runtime sessions' worth of them, and the PyTorch copy sat under that too (the 2.4 GB model).
+    A cached export does not run: :meth:`page` after the prefix then does it, once.
+    """
+
+    def __init__(self) -> None:
+        self.paged: PagedOut | None = None
+
+    def before_pass(self, pass_: Any, artifact: Any, ctx: Any) -> None:
+        return None
+
+    def after_pass(self, pass_: Any, artifact: Any, result: Any, ctx: Any) -> None:
+        if pass_.name == "export" and getattr(result, "skipped", None) is None:
+            self.page(ctx.model)
+
+    def page(self, module: Any) -> PagedOut:
+        """Page ``module`` out unless this pager already did; what it moved."""
+        if self.paged is None:
+            self.paged = page_out(module)
+        return self.paged

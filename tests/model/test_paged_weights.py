@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +50,36 @@ def test_small_modules_and_non_modules_are_left_alone() -> None:
     weight = model[0].weight.data_ptr()
     assert page_out(model).bytes == 0 and model[0].weight.data_ptr() == weight  # under the default threshold
     assert page_out(lambda x: x).skipped == "not a torch.nn.Module"
+
+
+def test_a_build_pages_the_weights_out_after_the_export_and_still_times_pytorch(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a real build (threshold lowered for a small model): the export ran on resident weights, the report
+    says how much was paged out, and the benchmark still ran PyTorch eager on the mapped weights."""
+    import optpipe
+    from optpipe.model import paged_weights
+
+    monkeypatch.setattr(paged_weights, "PAGE_OUT_ABOVE", 0)
+    model = _model()
+    weight = model[0].weight
+    report = optpipe.build(model, (torch.randn(2, 256),), out_dir=tmp_path / "b", precisions=("fp32",),
+                           bench_seconds=0.2, warmup=1)
+    memory = report.to_dict()["memory"]
+    assert memory["torch_weights_paged_out_mb"] > 0
+    assert "weights.pt" in str(_mapped_file_of(weight.data_ptr()))
+    assert report.variants[0].passed and report.variants[0].speedup_vs_torch is not None
+
+
+def test_the_pager_pages_once_after_a_run_export_only() -> None:
+    """A skipped or other pass pages nothing; a second export or the after-prefix call does not page again."""
+    from types import SimpleNamespace
+
+    from optpipe.model.paged_weights import WeightsPager
+
+    pager, ctx = WeightsPager(), SimpleNamespace(model=_model())
+    pager.after_pass(SimpleNamespace(name="simplify"), None, SimpleNamespace(skipped=None), ctx)
+    pager.after_pass(SimpleNamespace(name="export"), None, SimpleNamespace(skipped="no"), ctx)
+    assert pager.paged is None
+    pager.after_pass(SimpleNamespace(name="export"), None, SimpleNamespace(skipped=None), ctx)
+    first = pager.paged
+    assert first is not None and pager.page(ctx.model) is first
