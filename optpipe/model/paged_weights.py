@@ -49,8 +49,8 @@ def page_out(module: Any, *, above: int | None = None) -> PagedOut:
     """Back ``module``'s weights by a file mapped from disk (see the module docstring); what was moved.
 
     A module without ``named_parameters`` (not an ``nn.Module``) or with under ``above`` bytes of weights
-    (default :data:`PAGE_OUT_ABOVE`) is left as it is. The scratch file is removed at once: the mapping keeps its pages (POSIX), and where
-    the system refuses to remove a mapped file it goes with the process's temporary files.
+    (default :data:`PAGE_OUT_ABOVE`) is left as it is. The scratch file is removed at once: the mapping keeps
+    its pages (POSIX), and where the system refuses to remove a mapped file it goes with the temporary files.
     """
     import torch
 
