@@ -19,7 +19,16 @@ from optpipe.core.artifact import Artifact, ArtifactKind, sha256_files
 from optpipe.core.errors import summary_line
 from optpipe.core.memory import release_free_heap
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, non_standard_ops, onnx_bytes, save_onnx
+from optpipe.onnx.utils import (
+    EXTERNAL_DATA_ABOVE,
+    adopt_data_file,
+    holds_external_references,
+    load_onnx,
+    non_standard_ops,
+    onnx_bytes,
+    onnx_files,
+    save_onnx,
+)
 from optpipe.onnx.weights_aside import put_back, set_aside, values_readable
 from optpipe.runtime.runners import OrtRunner
 
@@ -60,7 +69,7 @@ def _slim(path: Path, over_limit: bool) -> tuple[Any, int]:
         slimmed = onnxslim.slim(model, no_shape_infer=True) if over_limit else onnxslim.slim(model)
     del model
     release_free_heap()  # onnxslim's copies of the graph, before the weights come back
-    put_back(slimmed, aside)
+    put_back(slimmed, aside, load_external=len(onnx_files(path)) == 1)  # external weights stay in their file
     return slimmed, nodes_before
 
 
@@ -92,6 +101,10 @@ class SimplifyOnnx(Pass):
         else:
             slimmed, before = _slim(artifact.path, over_limit=False)
         path = ctx.path("model.onnx")
+        if holds_external_references(slimmed) and not adopt_data_file(slimmed, artifact.path.parent, path):
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(slimmed, str(artifact.path.parent))
         files = save_onnx(slimmed, path, external_above=self.config.external_data_above)
         metrics: dict[str, Any] = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
         if over_limit:

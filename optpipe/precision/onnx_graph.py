@@ -22,7 +22,13 @@ from onnx import TensorProto, helper
 from optpipe.core.errors import UserInputError
 from optpipe.core.tensor_spec import TensorSpec
 from optpipe.onnx.shapes import graph_inputs
-from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, initializer_bytes, save_onnx
+from optpipe.onnx.utils import (
+    EXTERNAL_DATA_ABOVE,
+    adopt_data_file,
+    holds_external_references,
+    initializer_bytes,
+    save_onnx,
+)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -124,9 +130,22 @@ def externalized_copy(src: Path, folder: Path) -> Path:
     Why: a third-party step that loads a model file several times over (ONNX Runtime's quantization
     pre-processing, its transformer optimizer) then holds the graph alone where it does not need the
     weights, and reads them from the file where it does: the same model, fewer copies in memory.
+    A ``src`` whose weights already are in one data file (over 2 GB) is copied as its graph beside a copy of
+    that file (:func:`~optpipe.onnx.utils.adopt_data_file`): its weights never pass through this process.
     """
-    model = load_model(src)  # a missing or corrupt file: one line
     path = Path(folder) / "source.onnx"
+    if not Path(src).is_file():
+        raise UserInputError(f"ONNX model '{src}' does not exist")
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
+        raise UserInputError(f"cannot read ONNX model '{src}': {exc}") from exc
+    if holds_external_references(model) and adopt_data_file(model, Path(src).parent, path):
+        save_onnx(model, path)
+        return path
+    from onnx.external_data_helper import load_external_data_for_model
+
+    load_external_data_for_model(model, str(Path(src).parent))
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="source.onnx.data", size_threshold=1024)
     return path

@@ -106,3 +106,33 @@ def test_onnx_files_reads_a_file_once_and_a_rewritten_file_again(tmp_path: Path,
     assert onnx_files(path) == onnx_files(path) == [path] and len(parsed) == 1
     save_onnx(_matmul(_weight(1)), path, external_above=0)  # replaced (renamed into place): read again
     assert onnx_files(path) == [path, tmp_path / "model.onnx.data"] and len(parsed) == 2
+
+
+def test_a_graph_adopts_its_inputs_data_file_without_reading_it(tmp_path: Path) -> None:
+    """A rewritten graph whose weights stayed in the input's data file is saved as a graph beside a copy of
+    that file (no weight read or written); the result runs as the input does."""
+    from optpipe.onnx.utils import adopt_data_file
+
+    source = tmp_path / "in" / "model.export.onnx"
+    save_onnx(_matmul(_weight(0)), source, external_above=0)
+    model = onnx.load(str(source), load_external_data=False)
+    out = tmp_path / "out" / "model.onnx"
+    assert adopt_data_file(model, source.parent, out)
+    files = save_onnx(model, out)
+    assert files == [out, tmp_path / "out" / "model.onnx.data"]
+    assert files[1].read_bytes() == (tmp_path / "in" / "model.export.onnx.data").read_bytes()
+    np.testing.assert_array_equal(_run(out), _run(source))
+
+
+def test_weights_in_several_files_are_not_adopted(tmp_path: Path) -> None:
+    from optpipe.onnx.utils import adopt_data_file
+
+    model = _matmul(_weight(0))
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)
+    loaded = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    extra = numpy_helper.from_array(_weight(1), "V")
+    onnx.external_data_helper.set_external_data(extra, "other.data")
+    loaded.graph.initializer.append(extra)
+    assert not adopt_data_file(loaded, tmp_path, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx.data").exists()
