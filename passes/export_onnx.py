@@ -189,18 +189,20 @@ def _finish_file(path: Path, names: list[str] | None, external_above: int) -> No
     save_onnx(model, path, external_above=external_above)
 
 
-def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol: float = 1e-2) -> None:
+def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3,
+                         rtol: float = 1e-2) -> list[dict[str, Any]]:
     """Run the ONNX file on every golden case; raise when a case fails or differs.
 
     This is a coarse check for broken graphs (a frozen batch, wrong outputs),
-    not the parity gate: the validate pass applies the real tolerances.
+    not the parity gate: the validate pass applies the real tolerances. Returns the model's outputs, a dict
+    per case (simplify compares its result with them: :mod:`optpipe.compare.onnx_outputs`).
     """
     import numpy as np
 
     from optpipe.runtime.runners import OrtRunner
 
     if ctx.golden is None:
-        return
+        return []
     runner = OrtRunner(path, threads=ctx.threads, level="basic", log_level=4)
     seen = []
     for case in ctx.golden.cases:
@@ -224,7 +226,7 @@ def check_against_golden(path: Path, ctx: BuildContext, atol: float = 1e-3, rtol
                 )
         seen.append(results)
     runner.close()
-    onnx_outputs.remember(ctx.shared, path, ctx.threads, seen)  # what simplify compares its result with
+    return seen
 
 
 def _declared_axes(ctx: BuildContext) -> dict[str, list[tuple[str, int]]]:
@@ -383,7 +385,7 @@ class ExportOnnx(Pass):
             try:
                 with Elapsed(f"export ({exporter})"), _interrupts_noticed() as interrupted:  # ticker on a terminal
                     _export(exporter, path, ctx, self.config.opset, self.config.external_data_above)
-                    check_against_golden(path, ctx)
+                    outputs = check_against_golden(path, ctx)
                     check_dynamic_axes(path, ctx)
             except SystemExit as error:
                 raise _model_exited(error) from None
@@ -414,5 +416,6 @@ class ExportOnnx(Pass):
                 sha256=sha256_files(files),
                 producer=f"export/{exporter}",
             )
+            onnx_outputs.remember(ctx.shared, result.sha256, ctx.threads, outputs)  # simplify's comparison
             return PassResult(result, modified=True, metrics=metrics, warnings=warnings_)
         raise UserInputError("no exporter could export the model: " + " | ".join(summaries))

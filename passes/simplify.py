@@ -131,7 +131,7 @@ class SimplifyOnnx(Pass):
         assert artifact.path is not None
         # The input's outputs as the export pass computed them on the same file, else (a cached export, a
         # build from an ONNX file) computed here. One session alive at a time: the input's, then the result's.
-        expected_all = onnx_outputs.recall(ctx.shared, artifact.path, ctx.threads)
+        expected_all = onnx_outputs.recall(ctx.shared, artifact.sha256, ctx.threads)
         if expected_all is None:
             before = OrtRunner(artifact.path, threads=ctx.threads, level="basic")
             expected_all = [before.infer(case.inputs) for case in ctx.golden.cases]
