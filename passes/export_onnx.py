@@ -28,6 +28,7 @@ from optpipe.core.progress import Elapsed
 from optpipe.core.tensor_spec import TensorSpec
 from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
+from optpipe.onnx.graph_only import load_graph_only
 from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, onnx_bytes, onnx_files, rename_outputs, save_onnx
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -176,11 +177,13 @@ def _finish_file(path: Path, names: list[str] | None, external_above: int) -> No
     files = onnx_files(path)
     data = path.parent / f"{path.name}.data"
     laid_out = files == ([path, data] if onnx_bytes(path) > external_above else [path])
-    model = onnx.load(str(path), load_external_data=False)
-    rename = names is not None and [output.name for output in model.graph.output] != names
+    outputs = [output.name for output in load_graph_only(path).graph.output]  # the names, not the weights
+    rename = names is not None and outputs != names
     if laid_out and not rename:
         return
-    if not laid_out:
+    if laid_out:  # renamed in place: an external model's graph alone is rewritten (save_onnx)
+        model = onnx.load(str(path), load_external_data=False)
+    else:
         model = onnx.load(str(path))
         for stale in files[1:]:
             stale.unlink()
@@ -353,7 +356,10 @@ def _reraise_interrupt(error: Exception, interrupted: list[bool]) -> None:
 
 def exported_opset(path: Path) -> int | None:
     """The default-domain opset of the exported file (what ``--opset`` asked for, or what the exporter chose)."""
-    model = load_onnx(path, load_external_data=False)
+    try:
+        model = load_graph_only(path)  # the opsets, not the weights
+    except Exception:  # not a model: load_onnx says so in one line
+        model = load_onnx(path, load_external_data=False)
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 

@@ -251,10 +251,13 @@ class _Fused:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` as a hard link to ``src`` (no second copy of the weights on disk), else a copy."""
+    """``dst`` as a hard link to ``src`` (no second copy of the weights on disk), else a copy; always a copy for
+    an external data file, which onnx refuses to read with several links ("a potential hardlink attack")."""
     if dst.exists():
         dst.unlink()
     try:
+        if src.suffix != ".onnx":
+            raise OSError("an external data file is copied")
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)

@@ -27,7 +27,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -251,15 +251,15 @@ def compute_ranges(
         # The calibrator's copy keeps its weights in a data file, and so does the graph it augments: saved a
         # tensor at a time, not serialised whole (the model and two encoded copies of its weights at once,
         # BERT-base's INT8 peak); its session reads them from that file.
-        calibrator = create_calibrator(
-            onnx_graph.externalized_copy(Path(model_path), Path(tmp)),
-            list(op_types) if op_types else None,
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=enum,
-            use_external_data_format=True,
-            extra_options=extra,
-        )
-        calibrator.model = None  # the session holds the augmented graph; the proto's weights are not needed again
+        with _graph_dropped_before_session():
+            calibrator = create_calibrator(
+                onnx_graph.externalized_copy(Path(model_path), Path(tmp)),
+                list(op_types) if op_types else None,
+                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=enum,
+                use_external_data_format=True,
+                extra_options=extra,
+            )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             if method == "minmax":
                 # A few samples at a time: MinMax merges each chunk's ranges and drops its activations, instead
@@ -278,6 +278,31 @@ def compute_ranges(
         lo, hi = tensor_data.range_value
         out[name] = (float(np.min(lo)), float(np.max(hi)))
     return out
+
+
+@contextlib.contextmanager
+def _graph_dropped_before_session() -> Iterator[None]:
+    """While ONNX Runtime's ``create_calibrator`` runs, its calibrator drops the model it augmented before it
+    makes the session (``calibrator.model`` is None afterwards).
+
+    Why: the augmented model is saved (its weights in a data file) before the session is made from that file,
+    yet the calibrator still held the loaded model, weights and all, under the new session: ViT-B/16's INT8 pass
+    peaked there. Nothing after the session reads it (the calibrators collect from the session's outputs).
+    """
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    original = CalibraterBase.create_inference_session
+
+    def create_inference_session(self: Any) -> None:
+        self.model = None
+        release_free_heap()
+        original(self)
+
+    CalibraterBase.create_inference_session = create_inference_session
+    try:
+        yield
+    finally:
+        CalibraterBase.create_inference_session = original
 
 
 #: Samples per MinMax calibration run (each holds only per-tensor minima and maxima).

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optpipe.core.errors import UserInputError
 from optpipe.precision.calib_cache import CacheKey, CalibCache, load_ranges, save_ranges
-from optpipe.precision.static_quantize import COMPUTE_OPS, quantize_int8
+from optpipe.precision.static_quantize import COMPUTE_OPS, compute_ranges, quantize_int8
 from optpipe.precision.static_quantize import cpu_needs_reduce_range as cpu_needs_reduce_range_unpatched
 
 
@@ -344,7 +344,6 @@ def _ort_ranges(model: Path, samples: list[dict[str, np.ndarray]], method: str, 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_chunked_calibration_computes_exactly_the_unchunked_ranges(cnn: Path, tmp_path: Path, method: str) -> None:
     """A budget of one byte calibrates one tensor (histograms) or one sample (minmax) per run: same ranges."""
-    from optpipe.precision.static_quantize import compute_ranges
 
     samples = _samples(12)
     reference = _ort_ranges(cnn, samples, method, tmp_path)
@@ -383,3 +382,21 @@ def test_pre_processing_with_external_weights_makes_the_same_model(cnn: Path, tm
     assert _pre_process(cnn, tmp_path / "ours.onnx") == []
     assert not (tmp_path / "ours.onnx.data").exists()  # one self-contained file, as before
     _same_model(onnx.load(str(tmp_path / "direct.onnx")), onnx.load(str(tmp_path / "ours.onnx")))
+
+
+def test_the_calibrator_drops_its_graph_before_making_its_session(cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORT's calibrator made its session while still holding the model it had augmented and saved (the weights
+    twice, ViT-B/16's INT8 peak); here it holds none by then, and ORT's method is as it was afterwards."""
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    original = CalibraterBase.create_inference_session
+    held: list[bool] = []
+
+    def spy(self: object) -> None:
+        held.append(getattr(self, "model", None) is not None)
+        original(self)
+
+    monkeypatch.setattr(CalibraterBase, "create_inference_session", spy)
+    for method in ("minmax", "entropy"):
+        assert compute_ranges(cnn, _samples(4), method)
+    assert held == [False, False] and CalibraterBase.create_inference_session is spy
