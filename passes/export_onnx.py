@@ -28,8 +28,7 @@ from optpipe.core.progress import Elapsed
 from optpipe.core.tensor_spec import TensorSpec
 from optpipe.infra.declared_options import option
 from optpipe.infra.pass_base import BuildContext, Pass, PassResult
-from optpipe.onnx.graph_only import load_graph_only
-from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_onnx, onnx_bytes, onnx_files, rename_outputs, save_onnx
+from optpipe.onnx.utils import EXTERNAL_DATA_ABOVE, load_graph, onnx_bytes, onnx_files, rename_outputs, save_onnx
 
 EXPORTERS = ("dynamo", "torchscript")
 #: ``--exporter``: ``auto`` tries the exporters in order; or one of them.
@@ -177,7 +176,7 @@ def _finish_file(path: Path, names: list[str] | None, external_above: int) -> No
     files = onnx_files(path)
     data = path.parent / f"{path.name}.data"
     laid_out = files == ([path, data] if onnx_bytes(path) > external_above else [path])
-    outputs = [output.name for output in load_graph_only(path).graph.output]  # the names, not the weights
+    outputs = [output.name for output in load_graph(path).graph.output]  # the names, not the weights
     rename = names is not None and outputs != names
     if laid_out and not rename:
         return
@@ -356,10 +355,7 @@ def _reraise_interrupt(error: Exception, interrupted: list[bool]) -> None:
 
 def exported_opset(path: Path) -> int | None:
     """The default-domain opset of the exported file (what ``--opset`` asked for, or what the exporter chose)."""
-    try:
-        model = load_graph_only(path)  # the opsets, not the weights
-    except Exception:  # not a model: load_onnx says so in one line
-        model = load_onnx(path, load_external_data=False)
+    model = load_graph(path)  # the opsets, not the weights
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 

@@ -255,12 +255,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     an external data file, which onnx refuses to read with several links ("a potential hardlink attack")."""
     if dst.exists():
         dst.unlink()
-    try:
-        if src.suffix != ".onnx":
-            raise OSError("an external data file is copied")
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    if src.suffix == ".onnx":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or no hard links here
+            pass
+    shutil.copyfile(src, dst)
 
 
 class FuseTransformerPass(Pass):

@@ -40,9 +40,9 @@ def _varint(handle: IO[bytes]) -> int:
         shift += 7
 
 
-def _fields(handle: IO[bytes], begin: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """``(number, wire type, start of the field, start of its body)`` for each field in ``[begin, end)``; the
-    handle is left at the field's end after each one (whatever the caller read)."""
+def _fields(handle: IO[bytes], begin: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """``(number, wire type, start of the field, start of its body, its end)`` for each field in ``[begin, end)``;
+    the next field is read from its own start, whatever the caller read meanwhile."""
     position = begin
     while position < end:
         handle.seek(position)
@@ -63,7 +63,7 @@ def _fields(handle: IO[bytes], begin: int, end: int) -> Iterator[tuple[int, int,
             raise ValueError(f"unsupported protobuf wire type {wire}")
         if stop > end:
             raise ValueError("a field runs past its message")
-        yield number, wire, position, body
+        yield number, wire, position, body, stop
         position = stop
 
 
@@ -77,9 +77,7 @@ def _tensor(handle: IO[bytes], begin: int, end: int) -> bytes:
     kept: list[tuple[int, int, int]] = []  # (field number, start, stop) in file order
     dims: list[int] = []
     data_type = 0
-    spans = list(_fields(handle, begin, end))
-    for index, (number, wire, start, body) in enumerate(spans):
-        stop = spans[index + 1][2] if index + 1 < len(spans) else end
+    for number, wire, start, body, stop in _fields(handle, begin, end):
         kept.append((number, start, stop))
         if number == _DATA_TYPE and wire == _VARINT:
             handle.seek(body)
@@ -103,9 +101,7 @@ def _rewritten(handle: IO[bytes], begin: int, end: int, number: int, rewrite: An
     """The message in ``[begin, end)`` with each length-delimited field ``number`` replaced by ``rewrite(handle,
     body start, body end)`` (re-framed), every other field copied as it is."""
     parts: list[bytes] = []
-    spans = list(_fields(handle, begin, end))
-    for index, (field, wire, start, body) in enumerate(spans):
-        stop = spans[index + 1][2] if index + 1 < len(spans) else end
+    for field, wire, start, body, stop in _fields(handle, begin, end):
         if field == number and wire == _LENGTH:
             inner = rewrite(handle, body, stop)
             parts.append(encode_varint(number << 3 | _LENGTH) + encode_varint(len(inner)) + inner)

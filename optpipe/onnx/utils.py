@@ -29,6 +29,17 @@ def load_onnx(path: Path, load_external_data: bool = True) -> Any:
         raise UserInputError(f"{path} is not a valid ONNX model: {type(error).__name__}: {error}") from None
 
 
+def load_graph(path: Path) -> Any:
+    """:func:`~optpipe.onnx.graph_only.load_graph_only` of ``path`` (the graph, not the large weights' bytes),
+    or the one-line UserInputError :func:`load_onnx` raises for a missing or invalid file."""
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist")
+    try:
+        return load_graph_only(path)
+    except Exception as error:
+        raise UserInputError(f"{path} is not a valid ONNX model: {type(error).__name__}: {error}") from None
+
+
 #: Weights above this many bytes go to an external data file next to the model (protobuf refuses a
 #: message over 2 GiB; the margin leaves room for the graph itself).
 EXTERNAL_DATA_ABOVE = 1_800_000_000
@@ -187,10 +198,7 @@ def onnx_files(path: Path) -> list[Path]:
     if seen is not None and all(file.exists() for file in seen):
         return list(seen)
     files = [path]
-    try:  # the graph and each tensor's external-data entries, without reading inline weights
-        model = load_graph_only(path)
-    except Exception:  # not a model: load_onnx says so in one line
-        model = load_onnx(path, load_external_data=False)
+    model = load_graph(path)  # the graph and each tensor's external-data entries, not inline weights
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":

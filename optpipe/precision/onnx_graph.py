@@ -11,7 +11,7 @@ import ast
 import contextlib
 import itertools
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 
 from optpipe.core.errors import UserInputError
 from optpipe.core.tensor_spec import TensorSpec
+from optpipe.onnx.graph_only import VALUES_UP_TO_ELEMENTS
 from optpipe.onnx.shapes import graph_inputs
 from optpipe.onnx.utils import (
     EXTERNAL_DATA_ABOVE,
@@ -36,14 +37,19 @@ if TYPE_CHECKING:
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 
-def load_model(path: Path) -> onnx.ModelProto:
-    """Load an ONNX file, turning a missing or corrupt file into a one-line user error."""
+def _read(path: Path, read: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
+    """``read()``, turning a missing or corrupt file at ``path`` into a one-line user error."""
     if not Path(path).is_file():
         raise UserInputError(f"ONNX model '{path}' does not exist")
     try:
-        return onnx.load(str(path))
+        return read()
     except Exception as exc:  # protobuf raises several unrelated types for corrupt files
         raise UserInputError(f"cannot read ONNX model '{path}': {exc}") from exc
+
+
+def load_model(path: Path, *, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file (without its external data files' bytes when ``external_data`` is False)."""
+    return _read(path, lambda: onnx.load(str(path), load_external_data=external_data))
 
 
 def load_skeleton(path: Path) -> onnx.ModelProto:
@@ -53,16 +59,14 @@ def load_skeleton(path: Path) -> onnx.ModelProto:
 
     from optpipe.onnx.graph_only import load_graph_only
 
-    if not Path(path).is_file():
-        raise UserInputError(f"ONNX model '{path}' does not exist")
-    try:
+    def read() -> onnx.ModelProto:
         light = skeleton(load_graph_only(Path(path)))
         for tensor in light.graph.initializer:  # what the skeleton keeps of external data is read, as onnx.load does
             if tensor.data_location == TensorProto.EXTERNAL:
                 load_external_data_for_tensor(tensor, str(Path(path).parent))
         return light
-    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
-        raise UserInputError(f"cannot read ONNX model '{path}': {exc}") from exc
+
+    return _read(path, read)
 
 
 def input_specs(model: onnx.ModelProto | Path) -> list[TensorSpec]:
@@ -134,12 +138,7 @@ def externalized_copy(src: Path, folder: Path) -> Path:
     that file (:func:`~optpipe.onnx.utils.adopt_data_file`): its weights never pass through this process.
     """
     path = Path(folder) / "source.onnx"
-    if not Path(src).is_file():
-        raise UserInputError(f"ONNX model '{src}' does not exist")
-    try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
-        raise UserInputError(f"cannot read ONNX model '{src}': {exc}") from exc
+    model = load_model(src, external_data=False)  # a missing or corrupt file: one line
     if holds_external_references(model) and adopt_data_file(model, Path(src).parent, path):
         save_onnx(model, path)
         return path
@@ -171,7 +170,7 @@ def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 
 #: Initializers with more elements than this lose their data in :func:`skeleton` (shape tensors, scales and
 #: axes that shape inference reads are far smaller).
-SKELETON_MAX_ELEMENTS = 1024
+SKELETON_MAX_ELEMENTS = VALUES_UP_TO_ELEMENTS  # load_skeleton's streamed read drops the same values
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
