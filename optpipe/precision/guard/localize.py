@@ -36,6 +36,7 @@ from optpipe.core.errors import UserInputError
 from optpipe.core.memory import release_free_heap
 from optpipe.precision import onnx_graph
 from optpipe.precision.fp16_convert import convert_fp16
+from optpipe.precision.guard.paired_stats import paired_sums
 from optpipe.precision.guard.sensitivity import output_sensitivity
 from optpipe.precision.static_quantize import quantize_int8
 
@@ -131,6 +132,18 @@ class _Stats:
             self.low2 += float(np.dot(y, y))
             self.dot += float(np.dot(x, y))
 
+    def add_sums(self, diff2: float, ref2: float, low2: float, dot: float) -> None:
+        """Add one row's sums computed elsewhere (:mod:`~optpipe.precision.guard.paired_stats`); a non-finite
+        ``low2`` means a non-finite low-precision value, as in :meth:`add`."""
+        self.count += 1
+        if not math.isfinite(low2):
+            self.nonfinite = True
+            return
+        self.diff2 += diff2
+        self.ref2 += ref2
+        self.low2 += low2
+        self.dot += dot
+
     def rel(self) -> float:
         if self.nonfinite:
             return math.inf
@@ -183,8 +196,8 @@ def per_layer_errors(
     """
     if not samples:
         raise UserInputError("per-layer error analysis needs at least one sample")
-    # Memory: each model's weights are dropped once its session exists (the session has its own copy);
-    # the ranking needs the FP32 graph alone. Both models with their sessions held 7x the weights.
+    # Memory: the two models run as one graph that outputs four sums per tensor pair (paired_stats), so no
+    # activation outlives its consumers; the ranking needs the FP32 graph alone.
     release_free_heap()  # what the quantizer freed goes back first: these sessions are the pass's largest step
     fp32 = onnx_graph.load_skeleton(Path(fp32_path))
     lowp = onnx_graph.load_skeleton(Path(lowp_path))
@@ -192,18 +205,32 @@ def per_layer_errors(
     fp_types = onnx_graph.float_tensor_types(fp32)
     mapping = {k: v for k, v in mapping.items() if fp_types.get(k) in onnx_graph.FLOAT_TYPES}
     used = onnx_graph.single_rows(fp32, samples, max_samples)
-    del lowp
 
     stats = {name: _Stats() for name in mapping}
+    low_types = onnx_graph.float_tensor_types(lowp)
+    del lowp
+    pairs = {k: v for k, v in mapping.items() if low_types.get(v) in onnx_graph.FLOAT_TYPES}
+    sums = paired_sums(Path(fp32_path), Path(lowp_path), pairs, (fp_types, low_types), used)
+    if sums is not None:
+        for row in sums:
+            for name, values in row.items():
+                stats[name].add_sums(*(float(v) for v in values))
+    else:  # the two graphs cannot be merged (an operator domain at two versions): every tensor exposed
+        _exposed_stats(Path(fp32_path), Path(lowp_path), mapping, used, stats)
+    available = {name for name, s in stats.items() if s.count}
+    return _rank(fp32, stats, available)
+
+
+def _exposed_stats(fp32_path: Path, lowp_path: Path, mapping: Mapping[str, str],
+                   rows: Sequence[Mapping[str, np.ndarray]], stats: Mapping[str, _Stats]) -> None:
+    """Add each row's tensors to ``stats`` from two sessions exposing every mapped tensor (held until a row ends)."""
     low_names = list(dict.fromkeys(mapping.values()))
-    fp_run = onnx_graph.ExposedSession(onnx_graph.load_model(Path(fp32_path)), list(mapping), consume=True)
-    low_run = onnx_graph.ExposedSession(onnx_graph.load_model(Path(lowp_path)), low_names, consume=True)
-    for ref_values, low_values in zip(fp_run.run(used), low_run.run(used), strict=True):
+    fp_run = onnx_graph.ExposedSession(onnx_graph.load_model(fp32_path), list(mapping), consume=True)
+    low_run = onnx_graph.ExposedSession(onnx_graph.load_model(lowp_path), low_names, consume=True)
+    for ref_values, low_values in zip(fp_run.run(rows), low_run.run(rows), strict=True):
         for name, low_name in mapping.items():
             if name in ref_values and low_name in low_values:
                 stats[name].add(ref_values[name], low_values[low_name])
-    available = {name for name, s in stats.items() if s.count}
-    return _rank(fp32, stats, available)
 
 
 def _rank(fp32: onnx.ModelProto, stats: Mapping[str, _Stats], available: set[str]) -> list[LayerError]:
