@@ -140,3 +140,21 @@ def test_chunked_float32_layer_stats_agree_with_float64() -> None:
     broken = _Stats()
     broken.add(ref, np.where(ref > 2, np.inf, ref))
     assert broken.rel() == float("inf") and broken.cosine() == 0.0
+
+
+def test_the_guard_keeps_the_same_nodes_whichever_way_the_layers_are_compared(
+    outlier_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-layer sums computed in one merged graph steer the search exactly as the exposed tensors do."""
+    from optpipe.precision.guard import localize
+
+    calib, held_out = _data(outlier_model, 0), _data(outlier_model, 1)
+
+    def guard(name: str) -> tuple[bool, list[str]]:
+        result = guarded_quantize(outlier_model, tmp_path / name, calib,
+                                  lambda path: _cosine(outlier_model, path, held_out) >= 0.99, max_keep=3)
+        return result.passed, result.kept_nodes
+
+    merged = guard("merged.onnx")
+    monkeypatch.setattr(localize, "paired_sums", lambda *a: None)
+    assert merged == guard("exposed.onnx") and merged[0] and "node_conv2d_2" in merged[1]

@@ -134,3 +134,27 @@ def test_a_non_finite_low_precision_tensor_ranks_first(tmp_path: Path) -> None:
     assert broken[0].tensor == "r" and broken[0].rel_error == float("inf") and broken[0].cosine == 0.0
     healthy = localize.per_layer_errors(fp32, _model(tmp_path / "ok.onnx", WEIGHTS + 0.01), _rows())
     assert all(np.isfinite(e.rel_error) and 0.99 < e.cosine <= 1.0 + 1e-9 for e in healthy)
+
+
+def test_a_merged_graph_onnx_runtime_refuses_is_compared_tensor_by_tensor(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merged graph that ONNX Runtime cannot run costs the analysis its memory saving, never the build."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    from optpipe.precision.guard import paired_stats
+
+    fp32 = _model(tmp_path / "fp32.onnx", WEIGHTS)
+    low = _model(tmp_path / "low.onnx", WEIGHTS + 0.05)
+    expected = localize.per_layer_errors(fp32, low, _rows())
+
+    def refuse(path: str) -> None:
+        raise ort_errors.InvalidGraph(f"[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from {path} failed")
+
+    monkeypatch.setattr(paired_stats.onnx_graph, "session", refuse)
+    pairs, types = _pairs(fp32, low)
+    assert paired_sums(fp32, low, pairs, types, _rows()) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(localize, "paired_sums", lambda *a: None)  # what per_layer_errors sees then: the fallback
+    fallback = localize.per_layer_errors(fp32, low, _rows())
+    assert [e.node for e in fallback] == [e.node for e in expected]
+    assert [e.rel_error for e in fallback] == pytest.approx([e.rel_error for e in expected], rel=1e-6)
