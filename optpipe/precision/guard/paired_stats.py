@@ -3,7 +3,8 @@
 Why: the per-layer analysis compares every intermediate tensor of the FP32 model with its counterpart in
 the low-precision model. Exposing them all as graph outputs (the way it was done before, still the
 fallback) makes ONNX Runtime keep every one of them until the run ends, in both models: ViT-B/16's static
-INT8 analysis held 1.7 GB above its two sessions for one image, the largest step of a 2.5 GB build.
+INT8 analysis peaked 1.75 GB over its start (the sessions and one image's activations in both), the
+largest step of a 2.5 GB build; computed here, 0.67 GB, in less time (8.4 s against 9.8 s for 8 rows).
 
 Here the two graphs become one (the low-precision names prefixed, the inputs shared), and for every
 tensor pair ``(a, b)`` the graph itself computes the four sums the ranking needs,
@@ -16,7 +17,8 @@ every tensor to float64 first cost 4.7 of 10.7 s).
 Order: ONNX Runtime (default execution order) schedules by a depth-first walk back from the graph's
 leaves, the last leaf first. The sums are appended in *reverse* tensor order, so the first tensor's sums
 are the last leaf: the walk computes each model only as far as the next pair needs, both models in step,
-and their activations are freed as they go. The order changes memory only, never the numbers.
+and their activations are freed as they go (appended in tensor order, the walk ran both models whole
+before the first sum: 1.6 GB on ViT-B/16). The order changes memory only, never the numbers.
 """
 
 from __future__ import annotations
