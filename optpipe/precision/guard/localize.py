@@ -132,11 +132,11 @@ class _Stats:
             self.low2 += float(np.dot(y, y))
             self.dot += float(np.dot(x, y))
 
-    def add_sums(self, diff2: float, ref2: float, low2: float, dot: float) -> None:
-        """Add one row's sums computed elsewhere (:mod:`~optpipe.precision.guard.paired_stats`); a non-finite
-        ``low2`` means a non-finite low-precision value, as in :meth:`add`."""
+    def add_sums(self, diff2: float, ref2: float, low2: float, dot: float, finite: float) -> None:
+        """Add one row's sums computed elsewhere (:data:`~optpipe.precision.guard.paired_stats.SUMS`); ``finite``
+        is 0 when every low-precision value was finite, as :meth:`add` checks them."""
         self.count += 1
-        if not math.isfinite(low2):
+        if finite != 0.0:  # NaN: a non-finite low-precision value
             self.nonfinite = True
             return
         self.diff2 += diff2
@@ -196,7 +196,7 @@ def per_layer_errors(
     """
     if not samples:
         raise UserInputError("per-layer error analysis needs at least one sample")
-    # Memory: the two models run as one graph that outputs four sums per tensor pair (paired_stats), so no
+    # Memory: the two models run as one graph that outputs five numbers per tensor pair (paired_stats), so no
     # activation outlives its consumers; the ranking needs the FP32 graph alone.
     release_free_heap()  # what the quantizer freed goes back first: these sessions are the pass's largest step
     fp32 = onnx_graph.load_skeleton(Path(fp32_path))
@@ -499,6 +499,15 @@ class _Search:
             return TIME_SPENT
         return f"{TIME_SPENT} (no time left for a rebuild of about {self.build_s:.0f} s)"
 
+    def measure_until(self) -> float | None:
+        """Until when a ranking step may measure: the deadline less a rebuild's seconds (None: no budget).
+
+        A ranking is worth its seconds only when a rebuild can follow it within the budget. ViT-B/16's static
+        INT8: once its per-layer analysis took 10 s instead of 18 s, the output sensitivity measured for 50 s up
+        to the deadline, and no rebuild could follow: the pass took 30 s longer for a ranking never used.
+        """
+        return None if self.deadline is None else self.deadline - self.build_s
+
     def _rebuild(self, kept: Sequence[str]) -> Path | None:
         """Build with ``kept`` in FP32, timed: the next rebuild's estimate."""
         started = time.monotonic()
@@ -527,7 +536,7 @@ class _Search:
                 return path
             if self.output_gains is None:  # Q/DQ emulation; output_gains replaces it where there is no Q/DQ
                 table = by_output_sensitivity(table, onnx_graph.load_model(self.src), path, rows,
-                                              kept=[*self.kept, *self.user_kept], deadline=self.deadline)
+                                              kept=[*self.kept, *self.user_kept], deadline=self.measure_until())
             self.first_table = self.first_table or table
             if self._out_of_time(self.build_s):
                 # No rebuild the budget cannot pay for: one that would end past the deadline (the last build's

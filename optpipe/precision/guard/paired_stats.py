@@ -8,7 +8,8 @@ largest step of a 2.5 GB build; computed here, 0.67 GB, in less time (8.4 s agai
 
 Here the two graphs become one (the low-precision names prefixed, the inputs shared), and for every
 tensor pair ``(a, b)`` the graph itself computes the four sums the ranking needs,
-``sum((a-b)^2)``, ``sum(a^2)``, ``sum(b^2)`` and ``sum(a*b)``. Only those come out, so each activation is
+``sum((a-b)^2)``, ``sum(a^2)``, ``sum(b^2)`` and ``sum(a*b)``, and whether every value of ``b`` is finite
+(:data:`SUMS`). Only those come out, so each activation is
 freed once its last consumer has run. Precision: float32 products summed over each tensor's last axis
 (short sums), the partial sums added up in float64: the float64 sums to within 1e-6 relative on ViT-B/16
 (a whole tensor summed in float32 was off by 6e-5; ReduceSumSquare by 1e-5 on INT8 grid values; casting
@@ -41,6 +42,10 @@ _LOG = logging.getLogger(__name__)
 LOW_PREFIX = "optpipe.low/"
 #: Prefix of the names the sums add.
 SUMS_PREFIX = "optpipe.sums/"
+#: What the graph outputs for each pair ``(a, b)``, in this order. ``finite`` is ``sum(b - b)``: 0 when every
+#: value of ``b`` is finite, NaN otherwise. Why not ``sum(b^2)``: a finite value above 1.8e19 (an attention
+#: mask's float32 minimum) overflows its square, and BERT's mask Where then ranked first as if broken.
+SUMS = ("sum((a-b)^2)", "sum(a^2)", "sum(b^2)", "sum(a*b)", "finite")
 
 
 def merged_sums_model(fp32_path: Path, lowp_path: Path, pairs: Mapping[str, str],
@@ -113,17 +118,17 @@ def _mergeable(fp32: onnx.ModelProto, lowp: onnx.ModelProto) -> bool:
 
 
 class _SumsBuilder:
-    """The nodes computing ``[sum((a-b)^2), sum(a^2), sum(b^2), sum(a*b)]`` (float64) for tensor pairs."""
+    """The nodes computing :data:`SUMS` (float64) for tensor pairs."""
 
     def __init__(self, opset: int) -> None:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self.constants = [numpy_helper.from_array(np.array(v, np.int64), SUMS_PREFIX + n)
-                          for n, v in (("zero", [0]), ("last", [-1]), ("one", [1]), ("rows", [4, -1]))]
+                          for n, v in (("zero", [0]), ("last", [-1]), ("one", [1]), ("rows", [len(SUMS), -1]))]
 
     def add(self, index: int, a: str, a_type: int, b: str, b_type: int) -> None:
-        """Sums of the pair ``(a, b)`` as output ``optpipe.sums/<index>/out`` (shape [4])."""
+        """Sums of the pair ``(a, b)`` as output ``optpipe.sums/<index>/out`` (:data:`SUMS`, in that order)."""
         p = f"{SUMS_PREFIX}{index}/"
         common = TensorProto.DOUBLE if TensorProto.DOUBLE in (a_type, b_type) else TensorProto.FLOAT
         # Unsqueeze: a scalar gets an axis to reduce; a tensor keeps its last axis as the short sums' axis.
@@ -132,16 +137,17 @@ class _SumsBuilder:
         self._node("Unsqueeze", b, p + "b", 0)
         ua, ub = self._as(p + "a", a_type, common), self._as(p + "b", b_type, common)
         self.nodes.append(helper.make_node("Sub", [ua, ub], [p + "d"]))
-        for x, y, out in ((p + "d", p + "d", "d2"), (ua, ua, "a2"), (ub, ub, "b2"), (ua, ub, "ab")):
-            self.nodes.append(helper.make_node("Mul", [x, y], [p + out + "_terms"]))
+        for x, y, out, op in ((p + "d", p + "d", "d2", "Mul"), (ua, ua, "a2", "Mul"), (ub, ub, "b2", "Mul"),
+                              (ua, ub, "ab", "Mul"), (ub, ub, "nf", "Sub")):
+            self.nodes.append(helper.make_node(op, [x, y], [p + out + "_terms"]))
             self._node("ReduceSum", p + out + "_terms", p + out, -1, keepdims=1)
         self.nodes += [
-            helper.make_node("Concat", [p + "d2", p + "a2", p + "b2", p + "ab"], [p + "parts"], axis=0),
+            helper.make_node("Concat", [p + n for n in ("d2", "a2", "b2", "ab", "nf")], [p + "parts"], axis=0),
             helper.make_node("Cast", [p + "parts"], [p + "parts64"], to=TensorProto.DOUBLE),
             helper.make_node("Reshape", [p + "parts64", SUMS_PREFIX + "rows"], [p + "rows"]),
         ]
         self._node("ReduceSum", p + "rows", p + "out", 1, keepdims=0)
-        self.outputs.append(helper.make_tensor_value_info(p + "out", TensorProto.DOUBLE, [4]))
+        self.outputs.append(helper.make_tensor_value_info(p + "out", TensorProto.DOUBLE, [len(SUMS)]))
 
     def _as(self, name: str, elem: int, common: int) -> str:
         """``name`` in the ``common`` type: itself, or a cast of it."""
@@ -169,7 +175,7 @@ class SumsSession:
         self.feed_names = {i.name for i in self.session.get_inputs()}
 
     def run(self, rows: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-        """``{FP32 tensor name: [diff2, ref2, low2, dot]}`` for each row."""
+        """``{FP32 tensor name: the values of SUMS}`` for each row."""
         for row in rows:
             values = self.session.run(None, {k: v for k, v in row.items() if k in self.feed_names})
             yield dict(zip(self.names, values, strict=True))

@@ -264,3 +264,35 @@ def test_wrong_verdict_a_budget_spent_inside_the_round_stops_there_and_fails(
     else:
         assert measured and all(any(g is not None for g in gains) for gains in measured)
         assert result.iterations >= 2 and result.stopped.startswith("keep limit")
+
+
+@pytest.mark.parametrize("budget", [600.0, None], ids=["budget", "twin_no_budget"])
+def test_the_output_sensitivity_measures_only_while_a_rebuild_can_follow(
+    chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: float | None  # type: ignore[no-untyped-def]
+) -> None:
+    """The sensitivity's deadline is the guard's less the last build's seconds: what it measures past that point
+    could never be used by a rebuild (ViT-B/16 spent 50 s so). Twin: without a budget it has no deadline."""
+    from optpipe.precision.guard import localize
+
+    seen: dict[str, float | None] = {}
+    given: list[tuple[float | None, float | None]] = []
+    real_out_of_time, real_by = localize._Search._out_of_time, localize.by_output_sensitivity
+
+    def out_of_time(self, needed: float = 0.0) -> bool:  # type: ignore[no-untyped-def]
+        seen["deadline"], seen["build_s"] = self.deadline, self.build_s
+        return real_out_of_time(self, needed)
+
+    def by_sensitivity(*args, **kwargs):  # type: ignore[no-untyped-def]
+        deadline, build_s = seen["deadline"], seen["build_s"]
+        given.append((kwargs["deadline"], None if deadline is None or build_s is None else deadline - build_s))
+        return real_by(*args, **kwargs)
+
+    monkeypatch.setattr(localize._Search, "_out_of_time", out_of_time)
+    monkeypatch.setattr(localize, "by_output_sensitivity", by_sensitivity)
+    src, _, samples = chain
+    guarded_quantize(src, tmp_path / "int8.onnx", samples, lambda _path: False,
+                     int8_options={"style": "cpu", "reduce_range": True}, max_keep_fraction=0.05,
+                     guard_seconds=budget)  # fmt: skip
+    assert given
+    for deadline, expected in given:
+        assert deadline == expected and (deadline is None) == (budget is None)
